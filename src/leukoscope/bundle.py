@@ -1,0 +1,243 @@
+"""The Bundle: one directory format for every trained model, and ``load_bundle``.
+
+Layout of a bundle directory::
+
+    config.json      family, model, classes, preprocessing / features, temperature, protocol
+    <weights>        model.safetensors (networks) or pipeline.skops (classical) — never pickle
+    metrics.json     validation and test figures (and calibration before / after)
+    split.csv        the split the model was trained with
+    history.csv      per-epoch training history (networks)
+    MODEL_CARD.md    data, protocol, metrics, intended use, library versions
+    model.onnx       once exported (``leukoscope export``)
+
+Families register a ``Bundle`` subclass with ``@bundle_family(name)``; the subclass only turns
+images into uncalibrated scores (``logits``). Temperature scaling and the probability contract
+live here, so evaluate / predict / explain / serve never branch on the family.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from leukoscope.errors import BundleError
+
+CONFIG = "config.json"
+METRICS = "metrics.json"
+SPLIT = "split.csv"
+HISTORY = "history.csv"
+CARD = "MODEL_CARD.md"
+ONNX = "model.onnx"
+
+#: family name -> "module:Class"; imported only when a bundle of that family is loaded.
+_FAMILY_CLASSES: dict[str, str] = {
+    "classical": "leukoscope.models.classical:ClassicalBundle",
+    "network": "leukoscope.models.networks:NetworkBundle",
+}
+_VERSIONED = ("leukoscope", "numpy", "scikit-learn", "torch", "onnxruntime", "xgboost-cpu",
+              "lightgbm", "pillow", "scikit-image")
+
+
+class Bundle(ABC):
+    """A trained model on disk. Subclasses implement ``logits``; everything else is shared."""
+
+    def __init__(self, path: Path, config: dict[str, Any]):
+        self.path = Path(path)
+        self.config = config
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: Path, config: dict[str, Any]) -> Bundle:
+        """Read the family's weights from ``path``."""
+
+    @abstractmethod
+    def logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Uncalibrated scores, one row per HxWx3 uint8 RGB image, one column per class."""
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.config["classes"])
+
+    @property
+    def family(self) -> str:
+        return str(self.config["family"])
+
+    @property
+    def temperature(self) -> float:
+        return float(self.config.get("temperature", 1.0))
+
+    def predict_proba(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Calibrated class probabilities (rows sum to 1)."""
+        from leukoscope.evaluate.calibration import softmax_t
+
+        if len(images) == 0:
+            return np.zeros((0, len(self.classes)))
+        return softmax_t(self.logits(images), self.temperature)
+
+    def metrics(self) -> dict[str, Any]:
+        p = self.path / METRICS
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    def history(self) -> pd.DataFrame | None:
+        p = self.path / HISTORY
+        return pd.read_csv(p) if p.exists() else None
+
+    def split(self) -> pd.DataFrame | None:
+        p = self.path / SPLIT
+        return pd.read_csv(p, dtype={"subject": object}) if p.exists() else None
+
+
+def bundle_family(name: str) -> Callable[[type[Bundle]], type[Bundle]]:
+    """Class decorator checking that a family class is the one ``load_bundle`` will import."""
+
+    def wrap(cls: type[Bundle]) -> type[Bundle]:
+        target = f"{cls.__module__}:{cls.__qualname__}"
+        if _FAMILY_CLASSES.get(name) != target:
+            raise ValueError(f"bundle family {name!r} must be declared in _FAMILY_CLASSES")
+        return cls
+
+    return wrap
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The bundle's config.json, with a clear error if the folder is not a bundle."""
+    path = Path(path)
+    cfg = path / CONFIG
+    if not cfg.is_file():
+        raise BundleError(f"{path}: not a model bundle (no {CONFIG})")
+    try:
+        config = json.loads(cfg.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{cfg}: invalid JSON ({e})") from None
+    for key in ("family", "classes"):
+        if key not in config:
+            raise BundleError(f"{cfg}: missing key {key!r}")
+    return config
+
+
+def load_bundle(path: Path | str) -> Bundle:
+    """Load any bundle; the family in config.json picks the class."""
+    path = Path(path)
+    config = read_config(path)
+    target = _FAMILY_CLASSES.get(config["family"])
+    if target is None:
+        raise BundleError(f"{path / CONFIG}: unknown family {config['family']!r}")
+    module, cls_name = target.split(":")
+    cls: type[Bundle] = getattr(importlib.import_module(module), cls_name)
+    return cls.load(path, config)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a model's numbers, for the model card."""
+    out = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    tmp.replace(path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+@contextmanager
+def writing_bundle(out: Path) -> Iterator[Path]:
+    """Yield a temp folder beside ``out``; on success it replaces ``out`` in one rename.
+
+    A crash mid-write leaves any previous bundle at ``out`` untouched.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def finish_bundle(folder: Path, config: dict[str, Any], metrics: dict[str, Any],
+                  split: pd.DataFrame | None = None, history: pd.DataFrame | None = None) -> None:
+    """Write the family-independent files: config, metrics, split, history and the model card."""
+    config = {**config, "created": datetime.now(UTC).isoformat(timespec="seconds"),
+              "versions": library_versions()}
+    write_json(folder / CONFIG, config)
+    write_json(folder / METRICS, metrics)
+    if split is not None:
+        split.to_csv(folder / SPLIT, index=False)
+    if history is not None:
+        history.to_csv(folder / HISTORY, index=False)
+    (folder / CARD).write_text(model_card(config, metrics, split))
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def model_card(config: dict[str, Any], metrics: dict[str, Any],
+               split: pd.DataFrame | None) -> str:
+    """A MONAI-style model card in Markdown: what, trained on what, how judged, for what use."""
+    lines = [f"# Model card: {config.get('model', config['family'])}", ""]
+    lines += ["## Intended use",
+              "Research on single-cell leukemia images only. **Not a medical device; not for "
+              "diagnosis or treatment decisions.**", ""]
+    lines += ["## Model", f"- family: {config['family']}", f"- model: {config.get('model', '-')}",
+              f"- classes: {', '.join(config['classes'])}",
+              f"- calibration temperature: {_fmt(float(config.get('temperature', 1.0)))}"]
+    for key in ("input_size", "features", "preprocessing"):
+        if key in config:
+            lines.append(f"- {key}: {json.dumps(config[key])}")
+    lines += ["", "## Data and protocol", f"- data: {config.get('data', '-')}",
+              f"- protocol: {config.get('protocol', '-')}"]
+    if config.get("protocol") == "image-level":
+        lines.append("- warning: no subject ids; cells of one patient may be on both sides, so "
+                     "the figures below may be optimistic")
+    if split is not None and "side" in split:
+        for side, part in split.groupby("side"):
+            lines.append(f"- {side}: {len(part)} images, {part['group'].nunique()} groups")
+    lines += ["", "## Metrics"]
+    for part, figures in metrics.items():
+        if isinstance(figures, dict):
+            flat = ", ".join(f"{k} {_fmt(v)}" for k, v in figures.items()
+                             if isinstance(v, int | float))
+            lines.append(f"- {part}: {flat}")
+    lines += ["", "## Versions"]
+    lines += [f"- {k}: {v}" for k, v in config.get("versions", {}).items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,10 @@
+"""The ``leukoscope`` command: one module per verb, each a thin layer over the library.
+
+Every verb module registers its commands on ``app`` (from ``leukoscope.cli.app``) when imported;
+importing them here builds the whole command. Heavy libraries are imported inside commands.
+"""
+
+from leukoscope.cli import data as _data  # noqa: F401
+from leukoscope.cli.app import app, main
+
+__all__ = ["app", "main"]

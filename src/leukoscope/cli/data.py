@@ -1,0 +1,124 @@
+"""``leukoscope data describe | split``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from leukoscope.cli.app import console, data_app, guarded, print_json
+
+Paths = Annotated[list[Path], typer.Argument(help="Data set folders or CSV manifests.")]
+LayoutOpt = Annotated[
+    str | None, typer.Option("--layout", help="Force a layout: cnmc, class-folders, "
+                             "label-in-name, csv (default: detected).")]
+
+
+def progress() -> Progress:
+    """The progress bar every long command shows (with ETA), on stderr."""
+    from leukoscope.cli.app import err_console
+
+    return Progress(TextColumn("{task.description}"), BarColumn(),
+                    TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
+                    console=err_console, transient=True)
+
+
+@data_app.command("describe")
+@guarded
+def describe_cmd(paths: Paths, layout: LayoutOpt = None,
+                 as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
+                 ) -> None:
+    """Images per class, subjects per class, per source split; sizes, modes, unreadable files."""
+    from leukoscope.data.describe import describe
+    from leukoscope.data.readers import read
+
+    m = read(paths, layout)
+    with progress() as bar:
+        task = bar.add_task("decoding", total=len(m))
+        info = describe(m, on_image=lambda: bar.advance(task))
+    if as_json:
+        print_json(info)
+        return
+    table = Table(title=f"{', '.join(info['datasets'])} ({info['protocol']})")
+    for col in ("source split", "class", "images", "subjects"):
+        table.add_column(col)
+    for split_name, entry in info["source_splits"].items():
+        for label, c in entry["classes"].items():
+            ids = ", ".join(c["subject_ids"][:8]) + (" ..." if len(c["subject_ids"]) > 8 else "")
+            table.add_row(split_name, label, str(c["images"]),
+                          f"{c['subjects']} ({ids})" if c["subjects"] else "-")
+    console.print(table)
+    console.print(f"sizes: {info['sizes']}  modes: {info['modes']}")
+    if "warning" in info:
+        console.print(f"[yellow]note:[/] {info['warning']}")
+    if info["unreadable"]:
+        console.print(f"[yellow]{len(info['unreadable'])} unreadable file(s):[/]")
+        for u in info["unreadable"]:
+            console.print(f"  {u['path']}: {u['reason']}")
+
+
+@data_app.command("split")
+@guarded
+def split_cmd(
+    paths: Paths,
+    out: Annotated[Path, typer.Option("--out", help="Where to write the split CSV.")],
+    layout: LayoutOpt = None,
+    k: Annotated[int | None, typer.Option("--k", help="k-fold instead of train/val/test.")] = None,
+    val: Annotated[float, typer.Option(help="Validation fraction.")] = 0.15,
+    test: Annotated[float, typer.Option(help="Test fraction.")] = 0.15,
+    official: Annotated[bool, typer.Option("--official", help="C-NMC official protocol: "
+                                           "training folds vs the labelled prelim test.")] = False,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Stratified split grouped by subject (image-level where there is none); never leaks."""
+    from leukoscope.data.readers import read
+    from leukoscope.data.splits import (
+        describe_split,
+        kfold,
+        official_cnmc,
+        train_val_test,
+        write_split,
+    )
+
+    m = read(paths, layout)
+    if official:
+        s = official_cnmc(m, val=val, seed=seed)
+    elif k:
+        s = kfold(m, k=k, seed=seed)
+    else:
+        s = train_val_test(m, val=val, test=test, seed=seed)
+    write_split(s, out)
+    info = describe_split(s)
+    table = Table(title=f"split ({info['protocol']})")
+    for col in (info["by"], "images", "groups", "per class"):
+        table.add_column(col)
+    for key, part in info["parts"].items():
+        table.add_row(key, str(part["images"]), str(part["groups"]),
+                      ", ".join(f"{c} {n}" for c, n in part["per_class"].items()))
+    console.print(table)
+    if "warning" in info:
+        console.print(f"[yellow]note:[/] {info['warning']}")
+    console.print(f"no group on two sides; wrote {out}")
+
+
+@data_app.command("synth")
+@guarded
+def synth_cmd(
+    out: Annotated[Path, typer.Argument(help="Folder to create (class sub-folders).")],
+    subjects: Annotated[int, typer.Option(help="Number of synthetic subjects.")] = 12,
+    per_subject: Annotated[int, typer.Option(help="Cells per subject.")] = 10,
+    classes: Annotated[int, typer.Option(help="Number of classes (2-4).")] = 2,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 96,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Write a SYNTHETIC cell data set (for demos and tests; not real cells)."""
+    from leukoscope.data.synthetic import make_synthetic
+    from leukoscope.errors import ConfigError
+
+    if not 2 <= classes <= 4:
+        raise ConfigError(f"--classes must be 2..4, got {classes}")
+    make_synthetic(out, subjects, per_subject, classes, size, seed)
+    console.print(f"wrote {subjects * per_subject} synthetic cells to {out}")

@@ -1,0 +1,1 @@
+"""Data layer: readers that produce a Manifest, image decoding, splits and synthetic cells."""

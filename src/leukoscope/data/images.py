@@ -1,0 +1,147 @@
+"""Safe image decoding: every mode to 8-bit RGB, a pixel limit, and a resized decode cache.
+
+All pixel data in leukoscope flows through ``load_rgb`` / ``decode_rgb`` so that RGBA, 16-bit,
+grayscale and palette images are read the same way everywhere, and a corrupt or hostile file
+becomes one ``ImageError`` naming it rather than a traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from leukoscope.errors import ImageError
+
+IMAGE_SUFFIXES = {".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".webp"}
+#: Decompression-bomb guard: refuse images above this many pixels (about 8k x 8k).
+MAX_PIXELS = 64_000_000
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def is_image_file(path: Path) -> bool:
+    """True for a regular, non-hidden file with an image extension."""
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def iter_image_files(folder: Path) -> Iterator[Path]:
+    """Image files under ``folder``, recursively, in a stable (sorted) order."""
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            p = Path(root) / name
+            if is_image_file(p):
+                yield p
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    """Convert any PIL mode to an HxWx3 uint8 array (16-bit scaled, alpha composited on black)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        hi = a.max()
+        scale = 65535.0 if hi > 255 else 255.0
+        g = np.clip(a / scale * 255.0, 0, 255).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=2)
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA"):
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)
+        rgb = rgba[..., :3] * (rgba[..., 3:4] / 255.0)
+        return np.round(rgb).astype(np.uint8)
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return np.asarray(im, dtype=np.uint8)
+
+
+def _open(source: Path | io.BytesIO, name: str, max_pixels: int) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise ImageError(f"{name}: {w}x{h} pixels exceeds the limit of {max_pixels:,}")
+                if w == 0 or h == 0:
+                    raise ImageError(f"{name}: image has zero size")
+                im.load()
+                return _to_rgb(im)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not a readable image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{name}: image exceeds the pixel limit (decompression bomb guard)") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageError(f"{name}: cannot decode image ({e})") from None
+
+
+def load_rgb(path: Path | str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode an image file to HxWx3 uint8 RGB, or raise ``ImageError`` naming the file."""
+    p = Path(path)
+    if not p.exists():
+        raise ImageError(f"{p}: file not found")
+    if p.stat().st_size == 0:
+        raise ImageError(f"{p}: empty file (0 bytes)")
+    return _open(p, str(p), max_pixels)
+
+
+def decode_rgb(data: bytes, name: str = "upload", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode image bytes (an upload) to HxWx3 uint8 RGB; the type comes from content only."""
+    if not data:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+    return _open(io.BytesIO(data), name, max_pixels)
+
+
+def probe(path: Path | str) -> tuple[int, int, str]:
+    """Width, height and PIL mode after a full decode (so truncation is caught)."""
+    p = Path(path)
+    load_rgb(p)  # raises on anything unusable
+    with Image.open(p) as im:
+        return im.size[0], im.size[1], im.mode
+
+
+def resize_square(img: np.ndarray, size: int) -> np.ndarray:
+    """Resize an RGB array to ``size`` x ``size`` (bilinear, antialiased)."""
+    if img.shape[0] == size and img.shape[1] == size:
+        return img
+    im = Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def file_digest(path: Path | str) -> str:
+    """SHA-1 of a file's bytes: the key of every content-addressed cache."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class DecodeCache:
+    """Resized uint8 images on disk, keyed by file content and size: decode each image once.
+
+    Training reads every image many times; decoding a 450x450 BMP and resizing it costs more than
+    a forward pass of a small CNN, so the resized array is stored as ``.npy`` and memory-mapped.
+    """
+
+    def __init__(self, root: Path, size: int):
+        self.root = Path(root) / f"decoded-{size}"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.size = size
+
+    def get(self, path: Path | str) -> np.ndarray:
+        key = self.root / f"{file_digest(path)}.npy"
+        if key.exists():
+            return np.load(key)
+        arr = resize_square(load_rgb(path), self.size)
+        tmp = key.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, arr)
+        os.replace(tmp, key)
+        return arr

@@ -1,0 +1,97 @@
+"""The Manifest: one validated DataFrame describing a labelled image collection.
+
+Columns (always present, in this order first):
+
+- ``path``: absolute path of the image file (str);
+- ``label``: class name (str);
+- ``subject``: patient / donor id, or missing where the data set has none;
+- ``group``: what splits group by: the subject where known, else the image path;
+- ``source_split``: what the data set itself calls the image (train, val, test, unlabelled).
+
+Readers may add columns (``fold`` for C-NMC training folds, ``original_name`` for renamed
+files, ``dataset`` for the folder a row came from); downstream code must not rely on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pandas as pd
+
+from leukoscope.errors import DataError
+
+COLUMNS = ["path", "label", "subject", "group", "source_split"]
+SOURCE_SPLITS = {"train", "val", "test", "unlabelled"}
+UNLABELLED = ""
+
+Manifest = pd.DataFrame
+
+
+def make_manifest(records: Iterable[Mapping[str, Any]]) -> Manifest:
+    """Build a validated manifest from row dicts (``group`` is derived when absent)."""
+    df = pd.DataFrame.from_records(list(records))
+    if df.empty:
+        df = pd.DataFrame(columns=COLUMNS)
+    if "subject" not in df:
+        df["subject"] = None
+    if "source_split" not in df:
+        df["source_split"] = "train"
+    df["subject"] = df["subject"].astype("object").where(df["subject"].notna(), None)
+    if "group" not in df:
+        df["group"] = [
+            f"subject:{s}" if s is not None else f"image:{p}"
+            for s, p in zip(df["subject"], df["path"], strict=True)
+        ]
+    return validate(df)
+
+
+def validate(df: pd.DataFrame) -> Manifest:
+    """Check the schema and return the frame with the fixed columns first."""
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"manifest is missing column(s): {', '.join(missing)}")
+    bad = set(df["source_split"]) - SOURCE_SPLITS
+    if bad:
+        raise DataError(f"manifest has unknown source_split value(s): {sorted(bad)}")
+    if df["path"].duplicated().any():
+        dup = df.loc[df["path"].duplicated(), "path"].iloc[0]
+        raise DataError(f"manifest lists the same image twice: {dup}")
+    extra = [c for c in df.columns if c not in COLUMNS]
+    return df[COLUMNS + extra].reset_index(drop=True)
+
+
+def labelled(m: Manifest) -> Manifest:
+    """Rows that carry a label (drops unlabelled test images)."""
+    return m[m["source_split"] != "unlabelled"].reset_index(drop=True)
+
+
+def classes(m: Manifest) -> list[str]:
+    """Class names, sorted, so label indices are stable across runs and machines."""
+    return sorted(set(labelled(m)["label"]))
+
+
+def label_indices(m: Manifest, class_names: list[str]) -> list[int]:
+    """Integer label of each row for the given class order."""
+    index = {c: i for i, c in enumerate(class_names)}
+    unknown = set(m["label"]) - set(index)
+    if unknown:
+        raise DataError(f"labels {sorted(unknown)} are not among the model's classes {class_names}")
+    return [index[c] for c in m["label"]]
+
+
+def has_subjects(m: Manifest) -> bool:
+    """True when every labelled row has a subject id, so splits can group by patient."""
+    lab = labelled(m)
+    return bool(len(lab)) and bool(lab["subject"].notna().all())
+
+
+def protocol(m: Manifest) -> str:
+    """How honest a split of this manifest can be: ``subject-grouped`` or ``image-level``."""
+    return "subject-grouped" if has_subjects(m) else "image-level"
+
+
+IMAGE_LEVEL_WARNING = (
+    "no subject ids: splits are image-level, so cells of one patient may sit on both sides "
+    "and figures may be optimistic"
+)

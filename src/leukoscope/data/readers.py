@@ -1,0 +1,241 @@
+"""Readers: one per on-disk layout, each returning a Manifest; ``read`` detects the layout.
+
+Layouts are registered with ``@layout(name)``, so supporting a new data set is one function
+and ``--layout`` accepts exactly the registered names.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from leukoscope.data.images import is_image_file, iter_image_files, load_rgb
+from leukoscope.data.manifest import Manifest, make_manifest, validate
+from leukoscope.errors import DataError, ImageError
+
+_SUBJECT = re.compile(r"^UID_([A-Za-z]*\d+)_", re.IGNORECASE)
+_ALLIDB = re.compile(r"^Im(\d+)_([01])$", re.IGNORECASE)
+_CNMC_LABELS_CSV = "C-NMC_test_prelim_phase_data_labels.csv"
+#: ALL-IDB's 1/0 and C-NMC's labels CSV mean the same two classes as C-NMC's folders.
+_BINARY = {"1": "all", "0": "hem"}
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    detect: Callable[[Path], bool]
+    read: Callable[[Path], Manifest]
+    doc: str
+
+
+LAYOUTS: dict[str, Layout] = {}
+
+
+def layout(name: str, detect: Callable[[Path], bool]) -> Callable:
+    """Register a reader for a layout; the reader's docstring is shown in ``--help``."""
+
+    def wrap(fn: Callable[[Path], Manifest]) -> Callable[[Path], Manifest]:
+        LAYOUTS[name] = Layout(name, detect, fn, (fn.__doc__ or "").strip().splitlines()[0])
+        return fn
+
+    return wrap
+
+
+def subject_from_name(name: str) -> str | None:
+    """Patient id from a C-NMC style name, ``UID_<id>_...``; case-folded (``UID_h3`` is H3)."""
+    m = _SUBJECT.match(name)
+    return m.group(1).upper() if m else None
+
+
+def _cnmc_root(path: Path) -> Path | None:
+    for cand in (path, path / "C-NMC_Leukemia"):
+        if (cand / "training_data").is_dir() or (cand / "validation_data").is_dir():
+            return cand
+    return None
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return list(iter_image_files(folder))
+
+
+def _preview(names: Sequence[str], n: int = 3) -> str:
+    shown = ", ".join(names[:n])
+    return shown + (", ..." if len(names) > n else "")
+
+
+@layout("cnmc", lambda p: p.is_dir() and _cnmc_root(p) is not None)
+def read_cnmc(path: Path) -> Manifest:
+    """C-NMC 2019 as downloaded: training_data/fold_*/{all,hem}, validation_data + labels CSV."""
+    root = _cnmc_root(path)
+    assert root is not None
+    rows: list[dict] = []
+    for fold_dir in sorted((root / "training_data").glob("fold_*")):
+        for cls_dir in sorted(d for d in fold_dir.iterdir() if d.is_dir()):
+            for f in _image_files(cls_dir):
+                rows.append(
+                    dict(path=str(f.resolve()), label=cls_dir.name.lower(),
+                         subject=subject_from_name(f.name), source_split="train",
+                         source_fold=fold_dir.name, original_name=f.name)
+                )
+    rows += _cnmc_validation(root / "validation_data")
+    test_dir = root / "testing_data"
+    if test_dir.is_dir():
+        for f in _image_files(test_dir):
+            rows.append(dict(path=str(f.resolve()), label="", subject=None,
+                             source_split="unlabelled", source_fold=None, original_name=f.name))
+    if not rows:
+        raise DataError(f"{path}: C-NMC layout but no images under training_data/ or validation_data/")
+    return make_manifest(rows)
+
+
+def _cnmc_validation(folder: Path) -> list[dict]:
+    if not folder.is_dir():
+        return []
+    csvs = list(folder.glob(_CNMC_LABELS_CSV)) or list(folder.glob("*.csv"))
+    images = {f.name: f for f in _image_files(folder)}
+    if not images:
+        return []
+    if not csvs:
+        raise DataError(f"{folder}: images but no labels CSV ({_CNMC_LABELS_CSV})")
+    table = pd.read_csv(csvs[0], dtype=str)
+    need = {"Patient_ID", "new_names", "labels"}
+    if not need <= set(table.columns):
+        raise DataError(f"{csvs[0]}: expected columns {sorted(need)}, found {list(table.columns)}")
+    listed = set(table["new_names"])
+    missing = sorted(listed - set(images))
+    unlisted = sorted(set(images) - listed)
+    if missing or unlisted:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} row(s) name missing files ({_preview(missing)})")
+        if unlisted:
+            parts.append(f"{len(unlisted)} file(s) have no row ({_preview(unlisted)})")
+        raise DataError(f"{csvs[0]} does not match {folder}: " + "; ".join(parts))
+    rows = []
+    for r in table.itertuples(index=False):
+        if r.labels not in _BINARY:
+            raise DataError(f"{csvs[0]}: label {r.labels!r} for {r.new_names} is not 0 or 1")
+        rows.append(dict(path=str(images[r.new_names].resolve()), label=_BINARY[r.labels],
+                         subject=subject_from_name(r.Patient_ID), source_split="val",
+                         source_fold=None, original_name=r.Patient_ID))
+    return rows
+
+
+def _looks_allidb(p: Path) -> bool:
+    if not p.is_dir():
+        return False
+    files = [f for f in p.iterdir() if is_image_file(f)]
+    return bool(files) and all(_ALLIDB.match(f.stem) for f in files)
+
+
+@layout("label-in-name", _looks_allidb)
+def read_label_in_name(path: Path) -> Manifest:
+    """ALL-IDB2 style flat folder, ImXXX_Y.tif/.jpg with Y=1 blast (all), Y=0 normal (hem)."""
+    rows = []
+    for f in sorted(f for f in path.iterdir() if is_image_file(f)):
+        m = _ALLIDB.match(f.stem)
+        if not m:
+            raise DataError(f"{f}: name is not ImXXX_Y (Y = 1 blast, 0 normal)")
+        rows.append(dict(path=str(f.resolve()), label=_BINARY[m.group(2)], subject=None))
+    if not rows:
+        raise DataError(f"{path}: no images found")
+    return make_manifest(rows)
+
+
+def _class_dirs(p: Path) -> list[Path]:
+    return sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+@layout("class-folders", lambda p: p.is_dir() and bool(_class_dirs(p)))
+def read_class_folders(path: Path) -> Manifest:
+    """One sub-folder per class (any name); subjects parsed from C-NMC style UID_ names."""
+    rows = []
+    for d in _class_dirs(path):
+        for f in _image_files(d):
+            rows.append(dict(path=str(f.resolve()), label=d.name,
+                             subject=subject_from_name(f.name)))
+    if not rows:
+        raise DataError(f"{path}: no images found in its sub-folders")
+    m = make_manifest(rows)
+    if m["subject"].notna().any() and m["subject"].isna().any():
+        n = int(m["subject"].isna().sum())
+        raise DataError(f"{path}: {n} image(s) have no UID_<subject>_ in their name while others do")
+    return m
+
+
+@layout("csv", lambda p: p.is_file() and p.suffix.lower() == ".csv")
+def read_csv_manifest(path: Path) -> Manifest:
+    """A CSV with columns path,label[,subject]; relative paths are taken from the CSV's folder."""
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        raise DataError(f"{path}: not a readable CSV ({e})") from None
+    if not {"path", "label"} <= set(table.columns):
+        raise DataError(f"{path}: a manifest CSV needs columns path,label[,subject]")
+    rows, missing = [], []
+    for r in table.to_dict("records"):
+        f = Path(r["path"])
+        f = f if f.is_absolute() else path.parent / f
+        if not f.is_file():
+            missing.append(r["path"])
+            continue
+        subject = (r.get("subject") or "").strip() or None
+        rows.append(dict(path=str(f.resolve()), label=r["label"], subject=subject))
+    if missing:
+        raise DataError(f"{path}: {len(missing)} row(s) name missing files ({_preview(missing)})")
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    return make_manifest(rows)
+
+
+def detect_layout(path: Path) -> str:
+    """Name of the first registered layout whose detector accepts ``path``."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    for lay in LAYOUTS.values():
+        if lay.detect(path):
+            return lay.name
+    if path.is_dir() and not any(path.iterdir()):
+        raise DataError(f"{path}: empty folder")
+    raise DataError(
+        f"{path}: unknown layout; expected one of {', '.join(LAYOUTS)} (see --layout)"
+    )
+
+
+def read(paths: Sequence[Path | str], layout: str | None = None) -> Manifest:
+    """Read one or more data sets into one Manifest (their classes must agree)."""
+    if layout is not None and layout not in LAYOUTS:
+        raise DataError(f"--layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+    if not paths:
+        raise DataError("no input paths given")
+    parts = []
+    for p in map(Path, paths):
+        name = layout or detect_layout(p)
+        m = LAYOUTS[name].read(p)
+        m["dataset"] = p.resolve().name
+        m["layout"] = name
+        parts.append(m)
+    if len(parts) > 1:
+        sets = {p["dataset"].iloc[0]: set(p.loc[p["source_split"] != "unlabelled", "label"])
+                for p in parts}
+        if len({frozenset(s) for s in sets.values()}) > 1:
+            desc = "; ".join(f"{k}: {sorted(v)}" for k, v in sets.items())
+            raise DataError(f"the inputs have different classes ({desc})")
+    m = pd.concat(parts, ignore_index=True)
+    return validate(m)
+
+
+def drop_unreadable(m: Manifest) -> tuple[Manifest, list[tuple[str, str]]]:
+    """Decode every image once; return the readable rows and ``(path, reason)`` for the rest."""
+    keep, skipped = [], []
+    for i, p in enumerate(m["path"]):
+        try:
+            load_rgb(p)
+            keep.append(i)
+        except ImageError as e:
+            skipped.append((p, str(e).removeprefix(f"{p}: ")))
+    return m.iloc[keep].reset_index(drop=True), skipped

@@ -1,0 +1,1 @@
+"""Model registry and model families (classical pipelines, networks)."""
