@@ -1,0 +1,1 @@
+"""Self-contained HTML reports (images embedded, no external assets)."""
