@@ -15,7 +15,7 @@ files, ``dataset`` for the folder a row came from); downstream code must not rel
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeAlias
 
 import pandas as pd
 
@@ -25,7 +25,7 @@ COLUMNS = ["path", "label", "subject", "group", "source_split"]
 SOURCE_SPLITS = {"train", "val", "test", "unlabelled"}
 UNLABELLED = ""
 
-Manifest = pd.DataFrame
+Manifest: TypeAlias = pd.DataFrame
 
 
 def make_manifest(records: Iterable[Mapping[str, Any]]) -> Manifest:

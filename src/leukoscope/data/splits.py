@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -24,7 +25,7 @@ from leukoscope.data.manifest import (
 )
 from leukoscope.errors import DataError, LeakageError
 
-Split = pd.DataFrame
+Split: TypeAlias = pd.DataFrame
 SIDES = ("train", "val", "test")
 OFFICIAL_CNMC = "official C-NMC split"
 
