@@ -1,0 +1,171 @@
+"""``extract``: features for a manifest, content-addressed on disk so a second run is near-instant.
+
+Layout: ``<cache>/features/<kind>-v<version>-<params hash>/<sha1 of the image file>.npy``, one
+float32 row per image, written atomically; ``params.json`` beside them says what the folder holds.
+Keying on file content (not path) means moved or renamed images still hit, and an edited image
+misses. Parallel kinds run in worker processes over all cores, one chunk of paths per task (the
+workers decode the images themselves, so no pixels cross process boundaries).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from leukoscope.data.images import file_digest, load_rgb
+from leukoscope.data.manifest import Manifest
+from leukoscope.errors import ImageError
+
+if TYPE_CHECKING:
+    from leukoscope.features import FeatureExtractor
+
+#: Below this many uncached images, worker start-up costs more than it saves.
+_MIN_PARALLEL = 24
+Skipped = list[tuple[str, str]]
+Progress = Callable[[int, int], None]
+
+
+def entry_dir(root: Path, extractor: FeatureExtractor) -> Path:
+    """The cache folder of one (kind, version, params)."""
+    blob = json.dumps({"kind": extractor.kind, "version": extractor.version,
+                       "params": extractor.params()}, sort_keys=True, default=str)
+    key = hashlib.sha1(blob.encode()).hexdigest()[:16]
+    folder = Path(root) / "features" / f"{extractor.kind}-v{extractor.version}-{key}"
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = folder / "params.json"
+    if not meta.exists():
+        _atomic(meta, lambda tmp: tmp.write_text(blob + "\n"))
+    return folder
+
+
+def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _compute_paths(extractor: FeatureExtractor, paths: Sequence[str]) -> list[tuple[str, Any]]:
+    """Decode and featurise ``paths``: ``(path, row)`` or ``(path, error message)`` each."""
+    images, ok, out = [], [], []
+    for p in paths:
+        try:
+            images.append(load_rgb(p))
+            ok.append(p)
+        except ImageError as e:
+            out.append((p, str(e).removeprefix(f"{p}: ")))
+    if images:
+        rows = np.asarray(extractor.compute(images), np.float32)
+        out += list(zip(ok, rows, strict=True))
+    return out
+
+
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _run(extractor: FeatureExtractor, paths: list[str], n_jobs: int,
+         advance: Callable[[int], None]) -> list[tuple[str, Any]]:
+    """Compute features for ``paths``: worker processes for parallel kinds, batches otherwise."""
+    results: list[tuple[str, Any]] = []
+    if extractor.parallel and n_jobs != 1 and len(paths) >= _MIN_PARALLEL:
+        from joblib import Parallel, delayed, effective_n_jobs
+
+        workers = effective_n_jobs(n_jobs)
+        size = int(np.clip(len(paths) // (workers * 8), 4, 64))
+        tasks = (delayed(_compute_paths)(extractor, c) for c in _chunks(paths, size))
+        for part in Parallel(n_jobs=workers, return_as="generator_unordered")(tasks):
+            results += part
+            advance(len(part))
+        return results
+    size = extractor.batch_size if not extractor.parallel else 16
+    for chunk in _chunks(paths, size):
+        part = _compute_paths(extractor, chunk)
+        results += part
+        advance(len(part))
+    return results
+
+
+def _digests(paths: Sequence[str]) -> tuple[dict[str, str], Skipped]:
+    found, skipped = {}, []
+    for p in paths:
+        try:
+            found[p] = file_digest(p)
+        except OSError as e:
+            skipped.append((p, f"cannot read file ({e.strerror or e})"))
+    return found, skipped
+
+
+def extract_with(m: Manifest, extractor: FeatureExtractor, cache: Path | None = None, *,
+                 n_jobs: int = -1, on_progress: Progress | None = None) -> tuple[pd.DataFrame, Skipped]:
+    """Features of every readable image in ``m`` (index = ``m``'s index of the rows kept).
+
+    Returns the frame and the skipped images as ``(path, reason)``; rows whose image cannot be
+    decoded are left out of the frame, never silently filled.
+    """
+    from leukoscope.settings import cache_dir
+
+    root = Path(cache) if cache is not None else cache_dir()
+    paths = [str(p) for p in m["path"]]
+    digests, skipped = _digests(paths)
+    parts = extractor.parts()
+    total, done = len(paths) * len(parts), len(skipped) * len(parts)
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        if on_progress:
+            on_progress(done, total)
+
+    bad = {p for p, _ in skipped}
+    found: list[dict[str, np.ndarray]] = []
+    for part in parts:
+        folder = entry_dir(root, part)
+        width = len(part.names())
+        rows: dict[str, np.ndarray] = {}
+        missing: dict[str, str] = {}  # digest -> one path with that content
+        for p, d in digests.items():
+            f = folder / f"{d}.npy"
+            if p in bad or d in rows or d in missing:
+                continue
+            row = np.load(f) if f.exists() else None
+            if row is not None and row.shape == (width,):
+                rows[d] = row
+            else:
+                missing[d] = p
+        advance(len(paths) - len(skipped) - len(missing))
+        for p, row in _run(part, list(missing.values()), n_jobs, advance):
+            if isinstance(row, str):
+                skipped.append((p, row))
+                bad.update(q for q, d in digests.items() if d == digests[p])
+                continue
+            rows[digests[p]] = row
+            _atomic(folder / f"{digests[p]}.npy", lambda tmp, r=row: np.save(tmp, r))
+        found.append(rows)
+    keep = [(i, p) for i, p in zip(m.index, paths, strict=True) if p not in bad]
+    columns = [n for part in parts for n in part.names()]
+    data = np.zeros((len(keep), len(columns)), np.float32)
+    col = 0
+    for part, rows in zip(parts, found, strict=True):
+        width = len(part.names())
+        for r, (_, p) in enumerate(keep):
+            data[r, col:col + width] = rows[digests[p]]
+        col += width
+    return pd.DataFrame(data, index=pd.Index([i for i, _ in keep]), columns=columns), skipped
+
+
+def extract(m: Manifest, kind: str, cache: Path | None = None, *, n_jobs: int = -1,
+            on_progress: Progress | None = None, **params: Any) -> tuple[pd.DataFrame, Skipped]:
+    """Features of kind ``kind`` (``handcrafted``, ``deep``, ``both``, ...) for manifest ``m``.
+
+    ``cache`` defaults to ``settings.cache_dir()``; ``params`` go to the extractor.
+    """
+    from leukoscope.features import get_extractor
+
+    return extract_with(m, get_extractor(kind, **params), cache, n_jobs=n_jobs, on_progress=on_progress)
