@@ -5,6 +5,8 @@ importing them here builds the whole command. Heavy libraries are imported insid
 """
 
 from leukoscope.cli import data as _data  # noqa: F401
+from leukoscope.cli import eda as _eda  # noqa: F401
+from leukoscope.cli import serve as _serve  # noqa: F401
 from leukoscope.cli.app import app, main
 
 __all__ = ["app", "main"]

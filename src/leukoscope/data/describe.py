@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from leukoscope.data.images import probe
-from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, Manifest, protocol
+from leukoscope.data.manifest import Manifest, is_synthetic, protocol, warnings_for
 from leukoscope.errors import ImageError
 
 
@@ -57,7 +57,10 @@ def describe(m: Manifest, on_image: Callable[[], None] | None = None) -> dict[st
         "sizes": dict(sizes.most_common()),
         "modes": dict(modes.most_common()),
         "unreadable": unreadable,
+        "synthetic": is_synthetic(m),
     }
-    if out["protocol"] == "image-level":
-        out["warning"] = IMAGE_LEVEL_WARNING
+    warning = warnings_for(m)
+    if warning:
+        out["warning"] = warning
     return out
+

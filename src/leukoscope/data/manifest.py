@@ -9,7 +9,8 @@ Columns (always present, in this order first):
 - ``source_split``: what the data set itself calls the image (train, val, test, unlabelled).
 
 Readers may add columns (``fold`` for C-NMC training folds, ``original_name`` for renamed
-files, ``dataset`` for the folder a row came from); downstream code must not rely on them.
+files, ``dataset`` for the folder a row came from, ``synthetic`` when that folder holds the
+SYNTHETIC.txt marker of generated data); downstream code must not rely on them.
 """
 
 from __future__ import annotations
@@ -91,7 +92,24 @@ def protocol(m: Manifest) -> str:
     return "subject-grouped" if has_subjects(m) else "image-level"
 
 
+def is_synthetic(m: Manifest) -> bool:
+    """True when any row comes from a generated (SYNTHETIC) data set."""
+    return bool(m["synthetic"].any()) if "synthetic" in m else False
+
+
+SYNTHETIC_WARNING = (
+    "SYNTHETIC data: generated cell-like images, not real cells; figures on them say nothing "
+    "about real data"
+)
+
 IMAGE_LEVEL_WARNING = (
     "no subject ids: splits are image-level, so cells of one patient may sit on both sides "
     "and figures may be optimistic"
 )
+
+
+def warnings_for(m: Manifest) -> str | None:
+    """The caveats every summary of ``m`` must carry (synthetic data, no subject ids), or None."""
+    notes = [w for w, applies in ((SYNTHETIC_WARNING, is_synthetic(m)),
+                                  (IMAGE_LEVEL_WARNING, protocol(m) == "image-level")) if applies]
+    return "; ".join(notes) or None

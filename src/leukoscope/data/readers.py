@@ -15,6 +15,7 @@ import pandas as pd
 
 from leukoscope.data.images import is_image_file, iter_image_files, load_rgb
 from leukoscope.data.manifest import Manifest, make_manifest, validate
+from leukoscope.data.synthetic import SYNTHETIC_MARKER
 from leukoscope.errors import DataError, ImageError
 
 _SUBJECT = re.compile(r"^UID_([A-Za-z]*\d+)_", re.IGNORECASE)
@@ -218,6 +219,7 @@ def read(paths: Sequence[Path | str], layout: str | None = None) -> Manifest:
         m = LAYOUTS[name].read(p)
         m["dataset"] = p.resolve().name
         m["layout"] = name
+        m["synthetic"] = p.is_dir() and (p / SYNTHETIC_MARKER).is_file()
         parts.append(m)
     if len(parts) > 1:
         sets = {p["dataset"].iloc[0]: set(p.loc[p["source_split"] != "unlabelled", "label"])

@@ -16,12 +16,12 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from leukoscope.data.manifest import (
-    IMAGE_LEVEL_WARNING,
     Manifest,
     classes,
     labelled,
     protocol,
     validate,
+    warnings_for,
 )
 from leukoscope.errors import DataError, LeakageError
 
@@ -139,8 +139,9 @@ def describe_split(split: Split) -> dict:
             "per_class": {str(c): int(n) for c, n in part["label"].value_counts().sort_index().items()},
         }
     info: dict = {"protocol": split_protocol(split), "by": col, "parts": per}
-    if protocol(split) == "image-level":
-        info["warning"] = IMAGE_LEVEL_WARNING
+    warning = warnings_for(split)
+    if warning:
+        info["warning"] = warning
     return info
 
 

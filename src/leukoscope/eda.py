@@ -1,0 +1,282 @@
+"""Exploratory data report: what a data set holds before any model sees it.
+
+``eda_report`` decodes every image once, keeps only small per-image statistics (size, mean colour,
+a pixel sample for hue / saturation histograms) and thumbnails of a few samples per class, then
+writes ``report.html`` (self-contained, figures embedded) and the same figures as PNGs.
+Unreadable images are skipped, counted and listed, never fatal.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from leukoscope import __version__
+from leukoscope.data.images import load_rgb
+from leukoscope.data.manifest import Manifest, is_synthetic, protocol, warnings_for
+from leukoscope.errors import DataError, ImageError
+from leukoscope.reports.html import image_to_data_uri, save_figure, write_report
+
+#: Samples shown per class in the grid, and the thumbnail side kept for them.
+GRID_PER_CLASS = 8
+THUMB = 96
+#: Pixels per image kept for the hue / saturation histograms (a strided sample).
+PIXEL_SAMPLE = 48
+#: Pixels darker than this value (0-1) are background, e.g. C-NMC's black surround.
+BACKGROUND_V = 0.08
+UNLABELLED = "(unlabelled)"
+
+
+@dataclass
+class _Stats:
+    """What the single decoding pass keeps: per-image numbers, pixel samples, grid thumbnails."""
+
+    images: list[dict[str, Any]] = field(default_factory=list)
+    hsv: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    thumbs: dict[int, np.ndarray] = field(default_factory=dict)
+    unreadable: list[dict[str, str]] = field(default_factory=list)
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.images, columns=["row", "label", "width", "height", "r", "g", "b"])
+
+
+def _labels(m: Manifest) -> list[str]:
+    return [lab or UNLABELLED for lab in m["label"]]
+
+
+def _grid_rows(labels: list[str], per_class: int) -> set[int]:
+    """Evenly spaced row indices per class, so the grid spans the whole class, not its first files."""
+    chosen: set[int] = set()
+    by_class: dict[str, list[int]] = {}
+    for i, lab in enumerate(labels):
+        by_class.setdefault(lab, []).append(i)
+    for idx in by_class.values():
+        take = np.linspace(0, len(idx) - 1, min(per_class, len(idx))).round().astype(int)
+        chosen.update(idx[t] for t in take)
+    return chosen
+
+
+def _cell_pixels(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """RGB (0-255) and HSV (0-1) of a strided pixel sample, background pixels removed."""
+    from matplotlib.colors import rgb_to_hsv
+
+    step = max(1, min(img.shape[:2]) // PIXEL_SAMPLE)
+    rgb = img[::step, ::step].reshape(-1, 3)
+    rgb = rgb[rgb.max(axis=1) > BACKGROUND_V * 255]
+    return rgb, rgb_to_hsv(rgb / 255.0)
+
+
+def _gather(m: Manifest, labels: list[str], on_image: Callable[[], None] | None) -> _Stats:
+    from PIL import Image
+
+    st = _Stats()
+    grid = _grid_rows(labels, GRID_PER_CLASS)
+    for i, p in enumerate(m["path"]):
+        try:
+            img = load_rgb(p)
+        except ImageError as e:
+            st.unreadable.append({"path": p, "reason": str(e).removeprefix(f"{p}: ")})
+        else:
+            rgb, hsv = _cell_pixels(img)
+            r, g, b = rgb.mean(axis=0) if len(rgb) else (0.0, 0.0, 0.0)
+            st.images.append(dict(row=i, label=labels[i], width=img.shape[1], height=img.shape[0],
+                                  r=r, g=g, b=b))
+            st.hsv.setdefault(labels[i], []).append(hsv)
+            if i in grid:
+                im = Image.fromarray(img)
+                im.thumbnail((THUMB, THUMB))
+                st.thumbs[i] = np.asarray(im)
+        if on_image:
+            on_image()
+    return st
+
+
+def _colours(names: list[str]) -> dict[str, Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return {n: cmap(i % 10) for i, n in enumerate(names)}
+
+
+def _class_distribution(m: Manifest, labels: list[str], names: list[str]) -> Any:
+    from matplotlib.figure import Figure
+
+    splits = sorted(set(m["source_split"]))
+    fig = Figure(figsize=(max(4.5, 1.1 * len(names) + 2), 3.4))
+    ax = fig.subplots()
+    x = np.arange(len(names))
+    bottom = np.zeros(len(names))
+    for s in splits:
+        counts = Counter(lab for lab, sp in zip(labels, m["source_split"], strict=True) if sp == s)
+        h = np.array([counts.get(n, 0) for n in names])
+        ax.bar(x, h, bottom=bottom, label=s)
+        bottom += h
+    for xi, total in enumerate(bottom):
+        ax.text(xi, total, str(int(total)), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, names, rotation=20 if len(names) > 4 else 0)
+    ax.set_ylabel("images")
+    ax.set_title("Images per class")
+    if len(splits) > 1:
+        ax.legend(title="source split", fontsize=8)
+    return fig
+
+
+def _images_per_subject(m: Manifest, labels: list[str], colours: dict[str, Any]) -> Any:
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
+
+    rows = [(s, lab) for s, lab in zip(m["subject"], labels, strict=True) if s is not None]
+    counts = Counter(s for s, _ in rows)
+    label_of = {s: lab for s, lab in rows}
+    order = sorted(counts, key=lambda s: (-counts[s], label_of[s], len(s), s))
+    fig = Figure(figsize=(min(14, max(5, 0.28 * len(order) + 2)), 3.4))
+    ax = fig.subplots()
+    ax.bar(range(len(order)), [counts[s] for s in order], color=[colours[label_of[s]] for s in order])
+    if len(order) <= 60:
+        ax.set_xticks(range(len(order)), order, rotation=90, fontsize=7)
+    else:
+        ax.set_xticks([])
+    ax.legend(handles=[Patch(color=colours[lab], label=lab) for lab in sorted(set(label_of.values()))],
+              fontsize=8)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("images")
+    ax.set_title(f"Images per subject ({len(order)} subjects)")
+    return fig
+
+
+def _sample_grid(st: _Stats, labels: list[str], names: list[str]) -> Any:
+    from matplotlib.figure import Figure
+
+    per = {n: [i for i in sorted(st.thumbs) if labels[i] == n] for n in names}
+    cols = max(1, max(len(v) for v in per.values()))
+    fig = Figure(figsize=(1.2 * cols + 1.2, 1.25 * len(names)))
+    axes = np.atleast_2d(fig.subplots(len(names), cols, squeeze=False))
+    for r, n in enumerate(names):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.set_axis_off()
+            if c < len(per[n]):
+                ax.imshow(st.thumbs[per[n][c]])
+        axes[r, 0].text(-0.1, 0.5, n, transform=axes[r, 0].transAxes, ha="right", va="center",
+                        fontsize=9)
+    fig.suptitle("Samples per class")
+    return fig
+
+
+def _image_sizes(sizes: Counter[str]) -> Any:
+    from matplotlib.figure import Figure
+
+    top = sizes.most_common(15)
+    fig = Figure(figsize=(5.5, 0.3 * len(top) + 1.4))
+    ax = fig.subplots()
+    ax.barh([s for s, _ in top][::-1], [n for _, n in top][::-1], color="#5577aa")
+    ax.set_xlabel("images")
+    ax.set_title("Image sizes (width x height)" + (", 15 most common" if len(sizes) > 15 else ""))
+    return fig
+
+
+def _mean_colour(t: pd.DataFrame, st: _Stats, names: list[str], colours: dict[str, Any]) -> Any:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 3.6))
+    ax1, ax2, ax3 = fig.subplots(1, 3)
+    for n in names:
+        part = t[t["label"] == n]
+        if part.empty:
+            continue
+        ax1.scatter(part["r"], part["b"], s=8, alpha=0.6, color=colours[n], label=n)
+        px = np.concatenate(st.hsv[n])
+        ax2.hist(px[:, 0], bins=36, range=(0, 1), density=True, histtype="step", color=colours[n])
+        ax3.hist(px[:, 1], bins=32, range=(0, 1), density=True, histtype="step", color=colours[n])
+    ax1.set(xlabel="mean red", ylabel="mean blue", title="Mean colour per image (cell pixels)")
+    ax1.legend(fontsize=7, markerscale=2)
+    ax2.set(xlabel="hue", ylabel="density", title="Hue of cell pixels")
+    ax3.set(xlabel="saturation", title="Saturation of cell pixels")
+    return fig
+
+
+def _summary(m: Manifest, labels: list[str], names: list[str], t: pd.DataFrame) -> list[dict[str, Any]]:
+    """One table row per class: images per source split, subjects, mean size and mean colour."""
+    out = []
+    lab = np.array(labels)
+    for n in names:
+        sel = lab == n
+        part = t[t["label"] == n]
+        row: dict[str, Any] = {
+            "label": n,
+            "images": int(sel.sum()),
+            "by_split": dict(sorted(Counter(m.loc[sel, "source_split"]).items())),
+            "subjects": int(m.loc[sel, "subject"].dropna().nunique()),
+            "size": "-", "rgb": ["-"] * 3, "colour": "#ffffff",
+        }
+        if len(part):
+            rgb = part[["r", "g", "b"]].mean().to_numpy()
+            row.update(size=f"{part['width'].mean():.0f} x {part['height'].mean():.0f}",
+                       rgb=[f"{v:.0f}" for v in rgb],
+                       colour="#{:02x}{:02x}{:02x}".format(*(int(v) for v in rgb)))
+        out.append(row)
+    return out
+
+
+def eda_report(m: Manifest, out: Path, on_image: Callable[[], None] | None = None) -> Path:
+    """Write ``out/report.html`` and its PNG figures for manifest ``m``; returns the report path.
+
+    ``on_image`` is called once per image decoded (for a progress bar).
+    """
+    if len(m) == 0:
+        raise DataError("the data set has no images to report on")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = _labels(m)
+    names = sorted(set(labels))
+    colours = _colours(names)
+    st = _gather(m, labels, on_image)
+    t = st.table()
+    if t.empty:
+        raise DataError(f"none of the {len(m)} images could be decoded (e.g. {st.unreadable[0]['path']})")
+    sizes = Counter(f"{w}x{h}" for w, h in zip(t["width"], t["height"], strict=True))
+
+    figures = [("class_distribution", "Class distribution", _class_distribution(m, labels, names))]
+    has_subject = bool(m["subject"].notna().any())
+    if has_subject:
+        figures.append(("images_per_subject", "Images per subject",
+                        _images_per_subject(m, labels, colours)))
+    figures += [
+        ("sample_grid", "Sample grid", _sample_grid(st, labels, names)),
+        ("image_sizes", "Image sizes", _image_sizes(sizes)),
+        ("mean_colour", "Mean colour", _mean_colour(t, st, names, colours)),
+    ]
+    embedded = [{"title": title, "file": f"{key}.png", "uri": save_figure(fig, out / f"{key}.png")}
+                for key, title, fig in figures]
+    # The HTML shows the samples as captioned thumbnails instead of the grid PNG.
+    embedded = [f for f in embedded if f["file"] != "sample_grid.png"]
+    samples = {n: [{"uri": image_to_data_uri(st.thumbs[i], THUMB), "name": Path(m["path"].iloc[i]).name,
+                    "subject": m["subject"].iloc[i]}
+                   for i in sorted(st.thumbs) if labels[i] == n] for n in names}
+    return write_report(
+        out / "report.html", "eda.html",
+        title="Exploratory data report" + (" (SYNTHETIC data)" if is_synthetic(m) else ""),
+        version=__version__,
+        protocol=protocol(m),
+        warning=warnings_for(m),
+        datasets=sorted(set(m.get("dataset", []))),
+        layouts=sorted(set(m.get("layout", []))),
+        n_images=len(m),
+        n_read=len(t),
+        n_subjects=int(m["subject"].dropna().nunique()),
+        has_subject=has_subject,
+        summary=_summary(m, labels, names, t),
+        sizes=sizes.most_common(10),
+        n_sizes=len(sizes),
+        figures=embedded,
+        samples=samples,
+        unreadable=st.unreadable,
+        background_v=BACKGROUND_V,
+    )
