@@ -1,0 +1,66 @@
+"""``leukoscope serve BUNDLE``: the web page and JSON API for one model."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from leukoscope.cli.app import app, console, err_console, guarded
+from leukoscope.errors import ConfigError
+from leukoscope.serve.limits import ServeSettings
+
+_D = ServeSettings()
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail with one line naming the option, instead of uvicorn's log and exit, if the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ConfigError(f"--host {host} --port {port}: cannot listen there ({e.strerror})") from None
+
+
+@app.command("serve")
+@guarded
+def serve_cmd(
+    bundle: Annotated[Path, typer.Argument(help="A model bundle directory (from train or "
+                                           "benchmark --save-best).")],
+    host: Annotated[str, typer.Option(help="Address to bind; the default serves this machine only.")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    max_files: Annotated[int, typer.Option("--max-files", help="Most files per request.")] = _D.max_files,
+    max_bytes: Annotated[int, typer.Option("--max-bytes", help="Largest file accepted, in bytes.")]
+    = _D.max_bytes,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", help="Largest image accepted, in pixels "
+                                            "(decompression-bomb guard).")] = _D.max_pixels,
+) -> None:
+    """Serve a page to drop cell images on and see each call, its probabilities and heat map."""
+    import uvicorn
+
+    from leukoscope.serve.app import create_app
+
+    settings = ServeSettings(max_files=max_files, max_bytes=max_bytes, max_pixels=max_pixels)
+    web = create_app(bundle, settings)
+    _check_port_free(host, port)
+    if not _loopback(host):
+        err_console.print(f"[yellow]warning:[/] listening on {host}: other machines can reach this "
+                          "server; it has no login. Use the default 127.0.0.1 unless you mean it.")
+    shown = f"[{host}]" if ":" in host else host
+    console.print(f"leukoscope: serving [bold]{web.state.model.name}[/] from {bundle}\n"
+                  f"  page  http://{shown}:{port}/\n  API   http://{shown}:{port}/docs "
+                  "(Swagger UI needs internet; /openapi.json always works)\n  Ctrl-C to stop")
+    uvicorn.run(web, host=host, port=port, log_level="warning", access_log=False)

@@ -1,0 +1,1 @@
+"""The web page and HTTP API over a model bundle (``leukoscope serve``)."""

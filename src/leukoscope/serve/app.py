@@ -1,0 +1,287 @@
+"""The web page and JSON API over one model bundle.
+
+``create_app(bundle_dir, settings)`` returns a FastAPI app with
+
+- ``GET /`` the page (plain HTML/CSS/JS from ``static/``, no CDN, works offline);
+- ``POST /api/predict`` multipart, one or many images in the field ``files``;
+- ``GET /api/model`` the model card as JSON; ``GET /healthz``;
+- ``/docs`` and ``/openapi.json`` (FastAPI's Swagger page loads its JS from a CDN, so it only
+  renders with internet access; ``/openapi.json`` itself is always served).
+
+Safety is structural rather than a checklist: the request body is streamed through a byte cap
+and parsed in memory (nothing a client sends, name or content, is ever written to disk), the
+count of files is capped while parsing, each file's type is decided by decoding its content with
+the project's one safe decoder (pixel limit against decompression bombs), and every failure is a
+4xx JSON ``{"detail": ...}`` naming the file. Decoding runs in the thread pool and the model runs
+in its own one-slot thread lane, so a slow request never blocks the event loop or ``/healthz``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import anyio
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from leukoscope.bundle import Bundle, load_bundle
+from leukoscope.data.images import decode_rgb
+from leukoscope.data.manifest import IMAGE_LEVEL_WARNING
+from leukoscope.errors import LeukoscopeError
+from leukoscope.reports.html import image_to_data_uri
+from leukoscope.serve.limits import ServeSettings
+
+log = logging.getLogger("leukoscope.serve")
+
+STATIC = Path(__file__).parent / "static"
+FIELD = "files"
+INTENDED_USE = ("Research use only. Not a medical device: not for diagnosis or treatment decisions. "
+                "Every call must be checked by a qualified person.")
+#: The page may only talk to this server; images come back as data: URIs, thumbnails as blob: URLs.
+PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+            "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+_MAX_NAME = 200
+#: Bundle family -> the explainer that draws its heat map (imported when first needed).
+_EXPLAINERS = {"network": "gradcam"}
+
+
+class FileResult(BaseModel):
+    name: str
+    label: str | None = None
+    probabilities: dict[str, float] | None = None
+    heatmap: str | None = None
+    error: str | None = None
+
+
+class PredictResponse(BaseModel):
+    model: str
+    classes: list[str]
+    results: list[FileResult]
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _InMemoryMultiPart(MultiPartParser):
+    # The body is capped before it reaches the parser, so file parts never roll over to disk.
+    spool_max_size = sys.maxsize
+
+
+async def _capped(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    seen = 0
+    async for chunk in stream:
+        seen += len(chunk)
+        if seen > limit:
+            raise _BodyTooLarge
+        yield chunk
+
+
+def display_name(filename: str | None, index: int) -> str:
+    """A label for the page and CSV only: the base name, shortened; never used as a path."""
+    name = PurePosixPath((filename or "").replace("\\", "/")).name
+    name = "".join(c for c in name if c.isprintable())[:_MAX_NAME]
+    return name or f"file-{index + 1}"
+
+
+async def read_uploads(request: Request, settings: ServeSettings) -> list[tuple[str, bytes]]:
+    """(display name, bytes) of every file in the ``files`` field, read in memory under the limits."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise HTTPException(415, f"send the images as multipart/form-data in the field {FIELD!r}")
+    declared = request.headers.get("content-length", "")
+    too_large = f"request body exceeds {settings.max_body:,} bytes ({settings.max_files} files " \
+                f"of at most {settings.max_bytes:,} bytes)"
+    if declared.isdigit() and int(declared) > settings.max_body:
+        raise HTTPException(413, too_large)
+    parser = _InMemoryMultiPart(request.headers, _capped(request.stream(), settings.max_body),
+                                max_files=settings.max_files, max_fields=16, max_part_size=4096)
+    try:
+        form = await parser.parse()
+    except _BodyTooLarge:
+        raise HTTPException(413, too_large) from None
+    except MultiPartException as e:
+        if "too many files" in e.message.lower():
+            raise HTTPException(413, f"too many files: at most {settings.max_files} per request") from None
+        raise HTTPException(400, f"malformed multipart body: {e.message}") from None
+    try:
+        files = [v for k, v in form.multi_items() if k == FIELD and isinstance(v, UploadFile)]
+        if not files:
+            sent = sorted({k for k, _ in form.multi_items()})
+            got = f" (fields sent: {', '.join(sent)})" if sent else ""
+            raise HTTPException(400, f"no file in the form field {FIELD!r}{got}")
+        return [(display_name(f.filename, i), f.file.read()) for i, f in enumerate(files)]
+    finally:
+        await form.close()
+
+
+def decode_upload(name: str, data: bytes, settings: ServeSettings) -> np.ndarray:
+    """Decode one upload; its type comes from the content, never the name or the client's header."""
+    if len(data) > settings.max_bytes:
+        raise LeukoscopeError(f"{name}: {len(data):,} bytes exceeds the limit of {settings.max_bytes:,}")
+    return decode_rgb(data, name, max_pixels=settings.max_pixels)
+
+
+class Model:
+    """The bundle, its explainer and the single lane its calls run in (one at a time, off the loop).
+
+    One lane because a model call already uses every core, and Grad-CAM hooks the shared network.
+    """
+
+    def __init__(self, bundle: Bundle):
+        self.bundle = bundle
+        self.name = str(bundle.config.get("model", bundle.family))
+        self._explainer_name = _EXPLAINERS.get(bundle.family)
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    @property
+    def has_heatmaps(self) -> bool:
+        return self._explainer_name is not None
+
+    async def run(self, images: Sequence[np.ndarray], heatmaps: bool) -> tuple[np.ndarray, list[str | None]]:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(1)
+        return await anyio.to_thread.run_sync(self._run, images, heatmaps, limiter=self._limiter)
+
+    def _run(self, images: Sequence[np.ndarray], heatmaps: bool) -> tuple[np.ndarray, list[str | None]]:
+        probs = self.bundle.predict_proba(images)
+        maps: list[str | None] = [None] * len(images)
+        if heatmaps and self._explainer_name:
+            import leukoscope.explain as explain
+
+            explainer = getattr(explain, self._explainer_name)
+            maps = [image_to_data_uri(explainer(self.bundle, im)[1], max_side=256) for im in images]
+        return probs, maps
+
+
+def model_card(model: Model, settings: ServeSettings) -> dict[str, Any]:
+    """What the page's model-card panel shows: classes, data and its size, protocol, metrics, use."""
+    cfg = model.bundle.config
+    protocol = cfg.get("protocol", "unknown")
+    card: dict[str, Any] = {
+        "model": model.name, "family": model.bundle.family, "classes": model.bundle.classes,
+        "data": cfg.get("data"), "protocol": protocol,
+        "warning": IMAGE_LEVEL_WARNING if protocol == "image-level" else None,
+        "split": _split_sizes(model.bundle), "metrics": model.bundle.metrics(),
+        "input_size": cfg.get("input_size") or cfg.get("preprocessing", {}).get("input_size"),
+        "temperature": model.bundle.temperature,
+        "created": cfg.get("created"), "versions": cfg.get("versions", {}),
+        "heatmaps": model.has_heatmaps, "intended_use": INTENDED_USE,
+        "limits": asdict(settings),
+    }
+    return card
+
+
+def _split_sizes(bundle: Bundle) -> dict[str, dict[str, int]]:
+    """Images and groups (subjects, or images where there are none) per side or fold of the split."""
+    split = bundle.split()
+    if split is None:
+        return {}
+    by = next((c for c in ("side", "fold") if c in split), None)
+    parts = split.groupby(by) if by else [("all", split)]
+    return {str(k): {"images": len(p), "groups": int(p["group"].nunique()) if "group" in p else len(p)}
+            for k, p in parts}
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
+
+
+def _multipart_docs() -> dict[str, Any]:
+    """OpenAPI schema for the hand-parsed body, so /docs offers a file picker."""
+    schema = {"type": "object", "required": [FIELD], "properties": {
+        FIELD: {"type": "array", "items": {"type": "string", "format": "binary"},
+                "description": "one or more cell images (BMP, PNG, JPEG, TIFF, ...)"}}}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+def create_app(bundle_dir: Path | str, settings: ServeSettings | None = None) -> FastAPI:
+    """Load the bundle now (a bad bundle fails here, before any port is opened) and build the app."""
+    settings = settings or ServeSettings()
+    model = Model(load_bundle(bundle_dir))
+    web = FastAPI(title="leukoscope", version="0.1.0",
+                  description=f"Single-cell image classifier `{model.name}`. {INTENDED_USE}")
+    web.state.model = model
+    web.state.settings = settings
+
+    @web.middleware("http")
+    async def security_headers(request: Request, call_next: Any) -> Any:
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        return response
+
+    @web.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_message(exc)}, status_code=422)
+
+    @web.exception_handler(LeukoscopeError)
+    async def user_error(request: Request, exc: LeukoscopeError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @web.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"},
+                            status_code=500)
+
+    @web.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_CSP,
+                                                            "Cache-Control": "no-cache"})
+
+    @web.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        """Liveness: answers even while the model is busy."""
+        return {"status": "ok", "model": model.name, "classes": len(model.bundle.classes)}
+
+    @web.get("/api/model")
+    async def api_model() -> dict[str, Any]:
+        """The model card: classes, training data and split sizes, protocol, metrics, intended use."""
+        return model_card(model, settings)
+
+    @web.post("/api/predict", response_model=PredictResponse, openapi_extra=_multipart_docs(),
+              responses={400: {"description": "bad request (message in `detail`)"},
+                         413: {"description": "too many files or too large"},
+                         415: {"description": "not multipart/form-data"},
+                         422: {"description": "no uploaded file could be read as an image"}})
+    async def api_predict(request: Request, heatmap: bool = True) -> Any:
+        """Classify every image in the multipart field `files`; per file: label, probabilities,
+        Grad-CAM overlay (network models, unless `heatmap=false`) or an error."""
+        uploads = await read_uploads(request, settings)
+        results = [FileResult(name=name) for name, _ in uploads]
+        images: list[np.ndarray] = []
+        ok: list[FileResult] = []
+        for (name, data), res in zip(uploads, results, strict=True):
+            try:
+                images.append(await anyio.to_thread.run_sync(decode_upload, name, data, settings))
+                ok.append(res)
+            except LeukoscopeError as e:
+                res.error = str(e)
+        if not images:
+            detail = "no uploaded file could be read as an image: " + "; ".join(
+                str(r.error) for r in results)
+            return JSONResponse({"detail": detail, "results": [r.model_dump() for r in results]},
+                                status_code=422)
+        probs, maps = await model.run(images, heatmap)
+        classes = model.bundle.classes
+        for res, p, heat in zip(ok, probs, maps, strict=True):
+            res.label = classes[int(np.argmax(p))]
+            res.probabilities = {c: round(float(v), 6) for c, v in zip(classes, p, strict=True)}
+            res.heatmap = heat
+        return PredictResponse(model=model.name, classes=classes, results=results)
+
+    web.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return web

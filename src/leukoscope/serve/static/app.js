@@ -1,0 +1,248 @@
+// leukoscope page: drop images, POST them to /api/predict in batches, show each call; no libraries.
+"use strict";
+
+const state = { card: null, rows: [], busy: 0 };
+const $ = (sel) => document.querySelector(sel);
+
+function el(tag, attrs = {}, text) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function setStatus(text, bad = false) {
+  const s = $("#status");
+  s.textContent = text;
+  s.classList.toggle("bad", bad);
+}
+
+const pct = (p) => (100 * p).toFixed(1) + "%";
+const fmt = (v) => (typeof v === "number" && !Number.isInteger(v) ? v.toFixed(3) : String(v));
+
+// ---- model card -------------------------------------------------------------------------------
+function definitionList(pairs) {
+  const dl = el("dl");
+  for (const [k, v] of pairs) {
+    if (v === null || v === undefined || v === "") continue;
+    dl.append(el("dt", {}, k));
+    const dd = el("dd");
+    if (v instanceof Node) dd.append(v); else dd.textContent = String(v);
+    dl.append(dd);
+  }
+  return dl;
+}
+
+function metricsTable(metrics) {
+  const parts = {};
+  for (const [part, figures] of Object.entries(metrics || {})) {
+    if (figures && typeof figures === "object" && !Array.isArray(figures)) {
+      const nums = Object.entries(figures).filter(([, v]) => typeof v === "number");
+      if (nums.length) parts[part] = Object.fromEntries(nums);
+    } else if (typeof figures === "number") {
+      (parts[""] = parts[""] || {})[part] = figures;
+    }
+  }
+  const names = Object.keys(parts);
+  if (!names.length) return el("p", { class: "muted" }, "No metrics recorded in this bundle.");
+  const metricNames = [...new Set(names.flatMap((p) => Object.keys(parts[p])))];
+  const table = el("table");
+  const head = el("tr");
+  head.append(el("th", {}, "metric"));
+  for (const p of names) head.append(el("th", {}, p || "value"));
+  table.append(head);
+  for (const m of metricNames) {
+    const tr = el("tr");
+    tr.append(el("td", {}, m));
+    for (const p of names) tr.append(el("td", {}, m in parts[p] ? fmt(parts[p][m]) : "–"));
+    table.append(tr);
+  }
+  return table;
+}
+
+function renderCard(card) {
+  $("#model-name").textContent = `${card.model} (${card.family})`;
+  const box = $("#card");
+  box.replaceChildren();
+  const protocol = el("span", { class: "protocol" }, card.protocol);
+  box.append(definitionList([
+    ["model", card.model], ["family", card.family], ["classes", card.classes.join(", ")],
+    ["trained on", card.data], ["protocol", protocol], ["input size", card.input_size],
+    ["temperature", fmt(card.temperature)], ["heat maps", card.heatmaps ? "Grad-CAM" : "not for this family"],
+    ["created", card.created],
+  ]));
+  if (card.warning) box.append(el("p", { class: "warning" }, card.warning));
+  const split = Object.entries(card.split || {});
+  if (split.length) {
+    box.append(el("h3", {}, "Training data"));
+    const t = el("table");
+    const head = el("tr");
+    for (const h of ["part", "images", card.protocol === "image-level" ? "groups" : "subjects"]) head.append(el("th", {}, h));
+    t.append(head);
+    for (const [part, n] of split) {
+      const tr = el("tr");
+      for (const v of [part, n.images, n.groups]) tr.append(el("td", {}, String(v)));
+      t.append(tr);
+    }
+    box.append(t);
+  }
+  box.append(el("h3", {}, "Validation metrics"));
+  box.append(metricsTable(card.metrics));
+  box.append(el("h3", {}, "Intended use"));
+  box.append(el("p", { class: "warning" }, card.intended_use));
+  const lim = card.limits;
+  box.append(el("p", { class: "muted" },
+    `Limits: ${lim.max_files} files per request, ${(lim.max_bytes / 1048576).toFixed(1)} MB per file, ` +
+    `${(lim.max_pixels / 1e6).toFixed(1)} megapixels per image.`));
+}
+
+async function loadCard() {
+  try {
+    const r = await fetch("/api/model");
+    if (!r.ok) throw new Error(`HTTP ${r.status}`);
+    state.card = await r.json();
+    renderCard(state.card);
+  } catch (e) {
+    $("#card").replaceChildren(el("p", { class: "error" }, `Could not load the model card: ${e.message}`));
+  }
+}
+
+// ---- results ----------------------------------------------------------------------------------
+function newResult(file) {
+  const node = $("#result-template").content.firstElementChild.cloneNode(true);
+  node.querySelector(".thumb").src = URL.createObjectURL(file);
+  node.querySelector(".thumb").alt = file.name;
+  node.querySelector(".name").textContent = file.name;
+  node.querySelector(".label").textContent = "…";
+  $("#results").prepend(node);
+  return node;
+}
+
+function showError(node, name, message) {
+  node.classList.add("failed");
+  node.querySelector(".label").textContent = "not classified";
+  const err = node.querySelector(".error");
+  err.textContent = message;
+  err.hidden = false;
+  state.rows.push({ name, label: "", probabilities: {}, error: message });
+}
+
+function showResult(node, res) {
+  if (res.error) return showError(node, res.name, res.error);
+  node.querySelector(".label").textContent = res.label;
+  node.dataset.label = res.label;
+  const bars = node.querySelector(".bars");
+  const sorted = Object.entries(res.probabilities).sort((a, b) => b[1] - a[1]);
+  sorted.forEach(([cls, p], i) => {
+    const li = el("li", i === 0 ? { class: "top" } : {});
+    const bar = el("div", { class: "bar", role: "img", "aria-label": `${cls} ${pct(p)}` });
+    const fill = el("span");
+    fill.style.width = pct(p);
+    bar.append(fill);
+    li.append(el("span", { class: "cls" }, cls), bar, el("span", { class: "p" }, pct(p)));
+    bars.append(li);
+  });
+  if (res.heatmap) {
+    node.querySelector(".heatmap").src = res.heatmap;
+    node.querySelector(".heat-figure").hidden = false;
+  }
+  state.rows.push({ name: res.name, label: res.label, probabilities: res.probabilities, error: "" });
+}
+
+async function classifyBatch(files, nodes) {
+  const body = new FormData();
+  files.forEach((f) => body.append("files", f, f.name));
+  let data;
+  try {
+    const r = await fetch("/api/predict", { method: "POST", body });
+    data = await r.json();
+    if (!r.ok && !data.results) throw new Error(data.detail || `HTTP ${r.status}`);
+  } catch (e) {
+    files.forEach((f, i) => showError(nodes[i], f.name, `request failed: ${e.message}`));
+    return;
+  }
+  data.results.forEach((res, i) => showResult(nodes[i], res));
+}
+
+async function classify(fileList) {
+  const files = [...fileList];
+  if (!files.length) return;
+  const lim = state.card ? state.card.limits : { max_files: 8, max_bytes: Infinity };
+  const batch = [], batchNodes = [], batches = [];
+  for (const f of files) {
+    const node = newResult(f);
+    if (f.size > lim.max_bytes) {
+      showError(node, f.name, `${f.name}: ${f.size.toLocaleString()} bytes exceeds the limit of ${lim.max_bytes.toLocaleString()}`);
+      continue;
+    }
+    batch.push(f); batchNodes.push(node);
+    if (batch.length === lim.max_files) batches.push([batch.splice(0), batchNodes.splice(0)]);
+  }
+  if (batch.length) batches.push([batch, batchNodes]);
+  state.busy += 1;
+  updateButtons();
+  let done = 0;
+  for (const [fs, ns] of batches) {
+    setStatus(`Classifying ${done + 1}–${done + fs.length} of ${files.length}…`);
+    await classifyBatch(fs, ns);
+    done += fs.length;
+  }
+  state.busy -= 1;
+  const failed = state.rows.filter((r) => r.error).length;
+  setStatus(`${state.rows.length} image(s) done` + (failed ? `, ${failed} could not be read` : ""), failed > 0);
+  updateButtons();
+}
+
+function updateButtons() {
+  $("#csv").disabled = state.rows.length === 0 || state.busy > 0;
+  $("#clear").disabled = state.rows.length === 0 || state.busy > 0;
+}
+
+// ---- CSV --------------------------------------------------------------------------------------
+function csvCell(v) {
+  let s = String(v ?? "");
+  if (/^[=+\-@\t\r]/.test(s)) s = "'" + s; // keep spreadsheets from running a cell as a formula
+  return /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+}
+
+function downloadCsv() {
+  const classes = state.card ? state.card.classes : [];
+  const header = ["file", "predicted", ...classes.map((c) => `p_${c}`), "error"];
+  const lines = [header.map(csvCell).join(",")];
+  for (const r of state.rows) {
+    const probs = classes.map((c) => (c in r.probabilities ? r.probabilities[c].toFixed(6) : ""));
+    lines.push([r.name, r.label, ...probs, r.error].map(csvCell).join(","));
+  }
+  const blob = new Blob([lines.join("\r\n") + "\r\n"], { type: "text/csv" });
+  const a = el("a", { href: URL.createObjectURL(blob), download: "leukoscope-results.csv" });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+}
+
+function clearResults() {
+  for (const img of document.querySelectorAll("#results .thumb")) URL.revokeObjectURL(img.src);
+  $("#results").replaceChildren();
+  state.rows = [];
+  setStatus("");
+  updateButtons();
+}
+
+// ---- wiring -----------------------------------------------------------------------------------
+function wire() {
+  const drop = $("#drop"), input = $("#files");
+  input.addEventListener("change", () => { classify(input.files); input.value = ""; });
+  drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); input.click(); } });
+  for (const ev of ["dragenter", "dragover"]) drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.add("over"); });
+  for (const ev of ["dragleave", "drop"]) drop.addEventListener(ev, () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => { e.preventDefault(); classify(e.dataTransfer.files); });
+  // A file dropped beside the zone must not navigate away from the page (and lose the results).
+  window.addEventListener("dragover", (e) => e.preventDefault());
+  window.addEventListener("drop", (e) => e.preventDefault());
+  $("#csv").addEventListener("click", downloadCsv);
+  $("#clear").addEventListener("click", clearResults);
+  loadCard();
+}
+
+document.addEventListener("DOMContentLoaded", wire);
