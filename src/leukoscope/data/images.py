@@ -20,7 +20,8 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from leukoscope.errors import ImageError
 
 IMAGE_SUFFIXES = {".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".webp"}
-#: Decompression-bomb guard: refuse images above this many pixels (about 8k x 8k).
+#: Decompression-bomb guard: refuse images above this many pixels (about 8k x 8k); read at call
+#: time, so ``max_pixels=None`` (the default) always means the current module setting.
 MAX_PIXELS = 64_000_000
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -60,10 +61,12 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8)
 
 
-def _open(source: Path | io.BytesIO, name: str, max_pixels: int) -> np.ndarray:
+def _open(source: Path | io.BytesIO, name: str, max_pixels: int | None) -> np.ndarray:
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF": the error says it
             with Image.open(source) as im:
                 w, h = im.size
                 if w * h > max_pixels:
@@ -82,7 +85,7 @@ def _open(source: Path | io.BytesIO, name: str, max_pixels: int) -> np.ndarray:
         raise ImageError(f"{name}: cannot decode image ({e})") from None
 
 
-def load_rgb(path: Path | str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def load_rgb(path: Path | str, max_pixels: int | None = None) -> np.ndarray:
     """Decode an image file to HxWx3 uint8 RGB, or raise ``ImageError`` naming the file."""
     p = Path(path)
     if not p.exists():
@@ -92,7 +95,7 @@ def load_rgb(path: Path | str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     return _open(p, str(p), max_pixels)
 
 
-def decode_rgb(data: bytes, name: str = "upload", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def decode_rgb(data: bytes, name: str = "upload", max_pixels: int | None = None) -> np.ndarray:
     """Decode image bytes (an upload) to HxWx3 uint8 RGB; the type comes from content only."""
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes)")

@@ -222,10 +222,10 @@ def read(paths: Sequence[Path | str], layout: str | None = None) -> Manifest:
         m["synthetic"] = p.is_dir() and (p / SYNTHETIC_MARKER).is_file()
         parts.append(m)
     if len(parts) > 1:
-        sets = {p["dataset"].iloc[0]: set(p.loc[p["source_split"] != "unlabelled", "label"])
-                for p in parts}
-        if len({frozenset(s) for s in sets.values()}) > 1:
-            desc = "; ".join(f"{k}: {sorted(v)}" for k, v in sets.items())
+        sets = [(str(path), set(part.loc[part["source_split"] != "unlabelled", "label"]))
+                for path, part in zip(paths, parts, strict=True)]
+        if len({frozenset(s) for _, s in sets}) > 1:
+            desc = "; ".join(f"{k}: {sorted(v)}" for k, v in sets)
             raise DataError(f"the inputs have different classes ({desc})")
     m = pd.concat(parts, ignore_index=True)
     return validate(m)
