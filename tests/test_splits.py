@@ -1,0 +1,153 @@
+"""Splits never put a subject on two sides, stay stratified, and say when they are image-level."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from leukoscope.data.manifest import IMAGE_LEVEL_WARNING
+from leukoscope.data.readers import read
+from leukoscope.data.splits import (
+    OFFICIAL_CNMC,
+    check_no_leak,
+    describe_split,
+    kfold,
+    official_cnmc,
+    read_split,
+    require_classes,
+    split_protocol,
+    train_val_test,
+    write_split,
+)
+from leukoscope.errors import DataError, LeakageError
+
+
+@pytest.fixture(scope="module")
+def cnmc(data: Path) -> pd.DataFrame:
+    """C-NMC download + class folders: subjects 1, 3, H6, H10 appear in both."""
+    return read([data / "cnmc_sample", data / "cnmc_cells"])
+
+
+@pytest.fixture(scope="module")
+def aria(data: Path) -> pd.DataFrame:
+    return read([data / "aria_all"])
+
+
+def _sides_per_subject(split: pd.DataFrame, col: str) -> pd.Series:
+    """Independent of check_no_leak: how many sides / folds each subject (or image) sits in."""
+    key = split["subject"].fillna(split["path"])
+    return split.groupby(key)[col].nunique()
+
+
+def test_check_no_leak_raises_on_hand_made_leaks(cnmc: pd.DataFrame) -> None:
+    split = cnmc.copy()
+    split["side"] = "train"
+    h6 = split.index[split["subject"] == "H6"]
+    split.loc[h6[0], "side"] = "test"
+    with pytest.raises(LeakageError,
+                       match=r"1 group\(s\) sit on more than one side; e.g. subject:H6 in test, train"):
+        check_no_leak(split)
+    folds = cnmc.copy()
+    folds["fold"] = range(len(folds))  # every image its own fold: every multi-image subject leaks
+    with pytest.raises(LeakageError, match="sit on more than one fold"):
+        check_no_leak(folds)
+    ok = cnmc.copy()
+    ok["fold"] = ok["group"].rank(method="dense").astype(int) % 3
+    check_no_leak(ok)
+
+
+def test_kfold_never_leaks_and_stays_stratified(cnmc: pd.DataFrame) -> None:
+    for seed in range(8):
+        for k in (3, 5):
+            s = kfold(cnmc, k=k, seed=seed)
+            assert sorted(s["fold"].unique()) == list(range(k))
+            assert (_sides_per_subject(s, "fold") == 1).all(), (seed, k)
+            for _, part in s.groupby("fold"):
+                assert set(part["label"]) == {"all", "hem"}, (seed, k)
+                assert 0.25 <= (part["label"] == "all").mean() <= 0.75
+
+
+def test_train_val_test_never_leaks(cnmc: pd.DataFrame) -> None:
+    for seed in range(8):
+        s = train_val_test(cnmc, val=0.2, test=0.2, seed=seed)
+        assert set(s["side"]) == {"train", "val", "test"}
+        assert (_sides_per_subject(s, "side") == 1).all(), seed
+        for shared in ("1", "3", "H6", "H10"):  # in both folders, still on one side
+            assert s.loc[s["subject"] == shared, "side"].nunique() == 1
+        assert len(s) == len(cnmc)
+
+
+def test_image_level_split_is_stratified_and_warns(aria: pd.DataFrame) -> None:
+    s = train_val_test(aria, val=0.15, test=0.15, seed=3)
+    share = s["side"].value_counts(normalize=True)
+    assert 0.10 <= share["test"] <= 0.20 and 0.10 <= share["val"] <= 0.20
+    per = pd.crosstab(s["side"], s["label"])
+    assert (per.max(axis=1) - per.min(axis=1) <= 0.05 * per.sum(axis=1) + 2).all()
+    info = describe_split(s)
+    assert info["protocol"] == split_protocol(s) == "image-level"
+    assert info["warning"] == IMAGE_LEVEL_WARNING
+    assert sum(p["images"] for p in info["parts"].values()) == 1200
+    assert info["parts"]["test"]["groups"] == info["parts"]["test"]["images"]  # one image, one group
+
+
+def test_subject_grouped_describe_has_no_warning(cnmc: pd.DataFrame) -> None:
+    info = describe_split(kfold(cnmc, k=3, seed=0))
+    assert info["protocol"] == "subject-grouped" and info["by"] == "fold"
+    assert "warning" not in info
+    assert sum(p["groups"] for p in info["parts"].values()) == cnmc["group"].nunique()
+
+
+def test_k_is_capped_by_the_number_of_groups(synthetic2: Path) -> None:
+    s = kfold(read([synthetic2]), k=50, seed=0)
+    assert s["fold"].nunique() == 8  # 8 synthetic subjects
+    assert (_sides_per_subject(s, "fold") == 1).all()
+
+
+def test_official_cnmc_protocol(data: Path, aria: pd.DataFrame) -> None:
+    m = read([data / "cnmc_sample"])
+    s = official_cnmc(m, val=0.2, seed=1)
+    test = s[s["side"] == "test"]
+    assert sorted(test["subject"]) == ["57", "H49"] and (test["source_split"] == "val").all()
+    assert set(s.loc[s["side"] != "test", "source_split"]) == {"train"}
+    assert (_sides_per_subject(s, "side") == 1).all()
+    assert split_protocol(s) == OFFICIAL_CNMC
+    with pytest.raises(DataError, match="official C-NMC split needs a C-NMC download"):
+        official_cnmc(aria)
+
+
+def test_one_class_and_bad_fractions(data: Path, aria: pd.DataFrame) -> None:
+    one = read([data / "cnmc_cells"])
+    one = one[one["label"] == "all"]
+    with pytest.raises(DataError, match=r"cnmc_cells: found 1 class\(es\) \['all'\]; need at least 2"):
+        kfold(one)
+    with pytest.raises(DataError, match="need at least 2"):
+        train_val_test(one)
+    require_classes(aria, minimum=4)
+    with pytest.raises(DataError, match=r"--test must be a fraction in \[0, 1\), got 1.5"):
+        train_val_test(aria, test=1.5)
+
+
+def test_write_and_read_split_round_trip(cnmc: pd.DataFrame, tmp_path: Path) -> None:
+    s = train_val_test(cnmc, seed=2)
+    out = tmp_path / "sub dir" / "split.csv"
+    write_split(s, out)
+    back = read_split(out)
+    assert back[["path", "label", "subject", "group", "side"]].equals(
+        s[["path", "label", "subject", "group", "side"]])
+    assert not list(out.parent.glob("*.tmp"))
+
+
+def test_read_split_rejects_leaks_and_bad_files(cnmc: pd.DataFrame, tmp_path: Path) -> None:
+    s = kfold(cnmc, k=3, seed=0)
+    h10 = s.index[s["subject"] == "H10"]
+    s.loc[h10[0], "fold"] = (s.loc[h10[0], "fold"] + 1) % 3
+    write_split(s, tmp_path / "leak.csv")
+    with pytest.raises(LeakageError, match="subject:H10"):
+        read_split(tmp_path / "leak.csv")
+    cnmc.to_csv(tmp_path / "plain.csv", index=False)
+    with pytest.raises(DataError, match="plain.csv: a split needs a 'side' or 'fold' column"):
+        read_split(tmp_path / "plain.csv")
+    with pytest.raises(DataError, match="absent.csv: split file not found"):
+        read_split(tmp_path / "absent.csv")
