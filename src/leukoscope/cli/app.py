@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from leukoscope.errors import LeukoscopeError
 
@@ -37,7 +38,7 @@ def guarded(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except LeukoscopeError as e:
-            err_console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -42,13 +43,13 @@ def describe_cmd(paths: Paths, layout: LayoutOpt = None,
     if as_json:
         print_json(info)
         return
-    table = Table(title=f"{', '.join(info['datasets'])} ({info['protocol']})")
+    table = Table(title=escape(f"{', '.join(info['datasets'])} ({info['protocol']})"))
     for col in ("source split", "class", "images", "subjects"):
         table.add_column(col)
     for split_name, entry in info["source_splits"].items():
         for label, c in entry["classes"].items():
             ids = ", ".join(c["subject_ids"][:8]) + (" ..." if len(c["subject_ids"]) > 8 else "")
-            table.add_row(split_name, label, str(c["images"]),
+            table.add_row(split_name, escape(label), str(c["images"]),
                           f"{c['subjects']} ({ids})" if c["subjects"] else "-")
     console.print(table)
     console.print(f"sizes: {info['sizes']}  modes: {info['modes']}")
@@ -57,7 +58,7 @@ def describe_cmd(paths: Paths, layout: LayoutOpt = None,
     if info["unreadable"]:
         console.print(f"[yellow]{len(info['unreadable'])} unreadable file(s):[/]")
         for u in info["unreadable"]:
-            console.print(f"  {u['path']}: {u['reason']}")
+            console.print(escape(f"  {u['path']}: {u['reason']}"))
 
 
 @data_app.command("split")
@@ -97,11 +98,11 @@ def split_cmd(
         table.add_column(col)
     for key, part in info["parts"].items():
         table.add_row(key, str(part["images"]), str(part["groups"]),
-                      ", ".join(f"{c} {n}" for c, n in part["per_class"].items()))
+                      escape(", ".join(f"{c} {n}" for c, n in part["per_class"].items())))
     console.print(table)
     if "warning" in info:
         console.print(f"[yellow]note:[/] {info['warning']}")
-    console.print(f"no group on two sides; wrote {out}")
+    console.print(escape(f"no group on two sides; wrote {out}"))
 
 
 @data_app.command("synth")
@@ -121,4 +122,4 @@ def synth_cmd(
     if not 2 <= classes <= 4:
         raise ConfigError(f"--classes must be 2..4, got {classes}")
     make_synthetic(out, subjects, per_subject, classes, size, seed)
-    console.print(f"wrote {subjects * per_subject} synthetic cells to {out}")
+    console.print(escape(f"wrote {subjects * per_subject} synthetic cells to {out}"))

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from leukoscope.cli.app import app, console, guarded
 from leukoscope.cli.data import LayoutOpt, Paths, progress
@@ -26,4 +27,4 @@ def eda_cmd(
     with progress() as bar:
         task = bar.add_task("decoding", total=len(m))
         report = eda_report(m, out, on_image=lambda: bar.advance(task))
-    console.print(f"wrote {report} (and its PNG figures in {out})")
+    console.print(escape(f"wrote {report} (and its PNG figures in {out})"))

@@ -65,7 +65,8 @@ def _open(source: Path | io.BytesIO, name: str, max_pixels: int | None) -> np.nd
     max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our own MAX_PIXELS check below names the size; Pillow's hard limit still raises.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF": the error says it
             with Image.open(source) as im:
                 w, h = im.size
@@ -79,8 +80,8 @@ def _open(source: Path | io.BytesIO, name: str, max_pixels: int | None) -> np.nd
         raise
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not a readable image") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{name}: image exceeds the pixel limit (decompression bomb guard)") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{name}: too large, decompression bomb guard ({e})") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"{name}: cannot decode image ({e})") from None
 

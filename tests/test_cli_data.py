@@ -1,0 +1,216 @@
+"""``leukoscope data describe | split | synth`` on the real data and on bad input (one red line, exit 1)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from imagefiles import cnmc_copy, png_bytes, truncated_copy
+from leukoscope.cli import app
+from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, SYNTHETIC_WARNING
+
+runner = CliRunner()
+
+
+def run(*args: object) -> tuple[int, str, str]:
+    r = runner.invoke(app, [str(a) for a in args])
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return r.exit_code, r.stdout, r.stderr
+
+
+def describe_json(*paths: Path) -> dict:
+    code, out, err = run("data", "describe", *paths, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def _classes(info: dict, split: str) -> dict[str, tuple[int, int]]:
+    return {c: (v["images"], v["subjects"]) for c, v in info["source_splits"][split]["classes"].items()}
+
+
+def test_describe_cnmc_download(data: Path) -> None:
+    info = describe_json(data / "cnmc_sample")
+    assert info["protocol"] == "subject-grouped" and "warning" not in info
+    assert _classes(info, "train") == {"all": (26, 13), "hem": (26, 13)}
+    assert _classes(info, "val") == {"all": (1, 1), "hem": (1, 1)}
+    assert info["source_splits"]["val"]["classes"]["all"]["subject_ids"] == ["57"]
+    assert info["source_splits"]["val"]["classes"]["hem"]["subject_ids"] == ["H49"]
+    assert info["source_splits"]["val"]["original_names"] == {
+        "1002.bmp": "UID_H49_5_2_hem.bmp", "1005.bmp": "UID_57_6_4_all.bmp"}
+    assert "H3" in info["source_splits"]["train"]["classes"]["hem"]["subject_ids"]
+    assert info["sizes"] == {"450x450": 54} and info["unreadable"] == []
+
+
+def test_describe_class_folders_label_in_name_and_four_classes(data: Path) -> None:
+    cells = describe_json(data / "cnmc_cells")
+    assert _classes(cells, "train") == {"all": (7, 5), "hem": (4, 2)}
+    assert cells["modes"] == {"RGB": 11}
+    allidb = describe_json(data / "allidb2")
+    assert _classes(allidb, "train") == {"all": (130, 0), "hem": (130, 0)}
+    assert allidb["protocol"] == "image-level" and allidb["warning"] == IMAGE_LEVEL_WARNING
+    assert allidb["sizes"]["257x257"] == 250 and sum(allidb["sizes"].values()) == 260
+    aria = describe_json(data / "aria_all")
+    assert _classes(aria, "train") == {c: (300, 0) for c in ("Benign", "Early", "Pre", "Pro")}
+    assert aria["protocol"] == "image-level" and aria["warning"] == IMAGE_LEVEL_WARNING
+
+
+def test_describe_table_output(data: Path) -> None:
+    code, out, _ = run("data", "describe", data / "cnmc_sample")
+    assert code == 0
+    assert "cnmc_sample (subject-grouped)" in out and "H49" in out and "450x450" in out
+
+
+def test_split_two_folders_never_puts_a_subject_on_two_sides(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "s.csv"
+    code, stdout, err = run("data", "split", data / "cnmc_sample", data / "cnmc_cells", "--out", out)
+    assert code == 0, err
+    assert "no group on two sides" in stdout
+    s = pd.read_csv(out, dtype={"subject": str})
+    assert {"path", "label", "subject", "side"} <= set(s.columns) and len(s) == 65
+    both = s.groupby("subject")["dataset"].nunique()
+    assert {"1", "3", "H6", "H10"} <= set(both[both == 2].index)
+    assert (s.groupby("subject")["side"].nunique() == 1).all()
+    assert set(s["side"]) == {"train", "val", "test"}
+
+
+def test_split_k_fold_and_official(data: Path, tmp_path: Path) -> None:
+    code, _, _ = run("data", "split", data / "cnmc_sample", "--k", 3, "--out", tmp_path / "k.csv")
+    assert code == 0
+    folds = pd.read_csv(tmp_path / "k.csv", dtype={"subject": str})
+    assert sorted(folds["fold"].unique()) == [0, 1, 2]
+    assert (folds.groupby("subject")["fold"].nunique() == 1).all()
+    code, out, _ = run("data", "split", data / "cnmc_sample", "--official", "--out", tmp_path / "o.csv")
+    assert code == 0 and "official C-NMC split" in out
+    official = pd.read_csv(tmp_path / "o.csv", dtype={"subject": str})
+    assert sorted(official.loc[official["side"] == "test", "subject"]) == ["57", "H49"]
+
+
+def test_split_image_level_says_so(data: Path, tmp_path: Path) -> None:
+    code, out, _ = run("data", "split", data / "allidb2", "--out", tmp_path / "a.csv")
+    assert code == 0
+    assert "image-level" in out and "no subject ids" in " ".join(out.split())
+
+
+def _one_class(data: Path, tmp: Path) -> Path:
+    shutil.copytree(data / "cnmc_cells" / "hem", tmp / "only" / "hem")
+    return tmp / "only"
+
+
+def _odd(tmp: Path) -> Path:
+    (tmp / "odd").mkdir()
+    (tmp / "odd" / "notes.txt").write_text("x")
+    return tmp / "odd"
+
+
+def _empty(tmp: Path) -> Path:
+    (tmp / "empty dir").mkdir()
+    return tmp / "empty dir"
+
+
+def _csv_missing(tmp: Path) -> Path:
+    (tmp / "list.csv").write_text("path,label\nnope.png,all\n")
+    return tmp / "list.csv"
+
+
+BAD: dict[str, tuple[Callable[[Path, Path], list[object]], str]] = {
+    "empty folder": (lambda d, t: ["data", "describe", _empty(t)], "empty dir: empty folder"),
+    "unknown layout": (lambda d, t: ["data", "describe", _odd(t)], "odd: unknown layout"),
+    "missing path": (lambda d, t: ["data", "describe", t / "nowhere"], "nowhere: no such file or folder"),
+    "bad --layout": (lambda d, t: ["data", "describe", d / "allidb2", "--layout", "coco"],
+                     "--layout 'coco' is not one of"),
+    "classes disagree": (lambda d, t: ["data", "split", d / "cnmc_cells", d / "aria_all",
+                                       "--out", t / "s.csv"],
+                         "the inputs have different classes"),
+    "one class, split": (lambda d, t: ["data", "split", _one_class(d, t), "--out", t / "s.csv"],
+                         "only: found 1 class(es) ['hem']; need at least 2"),
+    "labels CSV mismatch": (lambda d, t: ["data", "describe", cnmc_copy(d, t, extra_rows=("9.bmp",),
+                                                                         extra_files=("8.bmp",))],
+                            "1 row(s) name missing files (9.bmp); 1 file(s) have no row (8.bmp)"),
+    "csv manifest missing file": (lambda d, t: ["data", "describe", _csv_missing(t)],
+                                  "list.csv: 1 row(s) name missing files (nope.png)"),
+    "synth classes": (lambda d, t: ["data", "synth", t / "syn", "--classes", "9"], "--classes must be 2..4"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_one_red_line(data: Path, tmp_path: Path, case: str) -> None:
+    build, expected = BAD[case]
+    code, out, err = run(*build(data, tmp_path))
+    assert code == 1
+    assert "Traceback" not in out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert expected in lines[0]
+
+
+def test_one_class_folder_still_describes(data: Path, tmp_path: Path) -> None:
+    info = describe_json(_one_class(data, tmp_path))
+    assert _classes(info, "train") == {"hem": (4, 2)}
+
+
+def _odd_images(data: Path, root: Path) -> dict[str, str]:
+    """Class folders (brackets, spaces, non-ASCII) holding unusual-but-valid and broken files.
+    Returns broken file name -> expected reason fragment."""
+    good = root / "[malignant] pre-b"
+    bad = root / "Benign ü"
+    good.mkdir(parents=True)
+    bad.mkdir()
+    Image.fromarray(np.full((8, 8, 4), 200, np.uint8), "RGBA").save(good / "rgba cell.png")
+    (good / "grey16.png").write_bytes(png_bytes(np.full((8, 8), 40000, np.uint16), bit_depth=16,
+                                                colour_type=0))
+    Image.fromarray(np.full((8, 8), 90, np.uint8), "L").save(good / "grey.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8), "P").save(good / "palette.gif")
+    shutil.copy(data / "aria_all" / "Pre" / "WBC-Malignant-Pre-001.jpg", bad / "zelle ✓.jpg")
+    truncated_copy(data / "aria_all" / "Benign" / "WBC-Benign-001.jpg", bad / "cut.jpg", keep=0.3)
+    (bad / "zero.png").touch()
+    (bad / "notes.tif").write_text("not a picture")
+    (bad / "giant.png").write_bytes(png_bytes(None, width=10_000, height=10_000))
+    return {"cut.jpg": "cannot decode", "zero.png": "empty file (0 bytes)",
+            "notes.tif": "not a readable image", "giant.png": "10000x10000 pixels exceeds the limit"}
+
+
+def test_describe_counts_and_lists_unreadable_files(data: Path, tmp_path: Path) -> None:
+    broken = _odd_images(data, tmp_path / "odd set")
+    info = describe_json(tmp_path / "odd set")
+    assert _classes(info, "train") == {"Benign ü": (5, 0), "[malignant] pre-b": (4, 0)}
+    reasons = {Path(u["path"]).name: u["reason"] for u in info["unreadable"]}
+    assert reasons.keys() == broken.keys()
+    for name, fragment in broken.items():
+        assert fragment in reasons[name]
+    assert sum(info["modes"].values()) == 5
+    assert {"RGBA", "I;16", "L", "P", "RGB"} <= set(info["modes"])
+
+
+def test_describe_table_shows_odd_names_verbatim(data: Path, tmp_path: Path) -> None:
+    _odd_images(data, tmp_path / "odd set")
+    code, out, _ = run("data", "describe", tmp_path / "odd set")
+    assert code == 0
+    flat = " ".join(out.split())
+    assert "[malignant] pre-b" in flat and "Benign ü" in flat
+    assert "4 unreadable file(s)" in flat and "giant.png" in flat
+
+
+def test_error_messages_keep_brackets(tmp_path: Path) -> None:
+    folder = tmp_path / "[b]old [red]set"  # Rich markup tags, if not escaped
+    folder.mkdir()
+    (folder / "x.txt").write_text("x")
+    code, out, err = run("data", "describe", folder)
+    assert code == 1 and "Traceback" not in out + err
+    assert f"{folder}: unknown layout" in err
+
+
+def test_synth_then_describe_says_synthetic(tmp_path: Path) -> None:
+    code, out, _ = run("data", "synth", tmp_path / "syn", "--subjects", 4, "--per-subject", 2, "--size", 32)
+    assert code == 0 and "synthetic" in out
+    info = describe_json(tmp_path / "syn")
+    assert info["synthetic"] is True and info["warning"] == SYNTHETIC_WARNING
+    assert _classes(info, "train") == {"blast": (4, 2), "normal": (4, 2)}
