@@ -1,0 +1,369 @@
+"""The classical leaderboard: every registered model, grouped k-fold CV on one feature matrix.
+
+Features are extracted once per run (cached on disk), folds come from ``data.splits.kfold`` (by
+subject, image-level where there are none, and every output says which), and each model's whole
+CV runs in its own worker process so a per-model time limit can stop it and a crash cannot take
+the run down: a failed or timed-out model becomes a row with its error, the rest go on. Workers
+fork from a ``forkserver`` that has scikit-learn, XGBoost and LightGBM imported once, so starting
+one costs milliseconds and never inherits a parent's OpenMP state.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+import traceback
+import warnings
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, Manifest, classes, label_indices, labelled
+from leukoscope.data.splits import kfold, split_protocol
+
+#: metric key -> column title, in display order. Each gets ``_mean`` and ``_std`` columns.
+METRICS = {
+    "accuracy": "Accuracy",
+    "balanced_accuracy": "Balanced Accuracy",
+    "roc_auc": "ROC AUC",
+    "f1_weighted": "F1 (weighted)",
+    "f1_macro": "F1 (macro)",
+    "fit_s": "Fit s",
+    "predict_s": "Predict s",
+}
+_PRELOAD = ["numpy", "sklearn.pipeline", "sklearn.ensemble", "sklearn.svm", "xgboost", "lightgbm",
+            "leukoscope.models.classical", "leukoscope.evaluate.metrics"]
+
+
+@dataclass
+class Leaderboard:
+    """One run's results and everything needed to say how they were obtained."""
+
+    table: pd.DataFrame
+    protocol: str
+    classes: list[str]
+    features: dict[str, Any]
+    folds: int
+    n_images: int
+    n_groups: int
+    seed: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    data: str = ""
+
+    @property
+    def warning(self) -> str | None:
+        return IMAGE_LEVEL_WARNING if self.protocol == "image-level" else None
+
+    @property
+    def best(self) -> str | None:
+        ok = self.table[self.table["status"] == "ok"]
+        return None if ok.empty else str(ok.iloc[0]["model"])
+
+    def summary(self) -> dict[str, Any]:
+        """The run's settings, as written next to its outputs."""
+        return {"protocol": self.protocol, "warning": self.warning, "data": self.data,
+                "classes": self.classes, "features": self.features, "folds": self.folds,
+                "images": self.n_images, "groups": self.n_groups, "seed": self.seed,
+                "best": self.best, "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
+
+
+def _cv(estimator: Any, X: np.ndarray, y: np.ndarray, folds: np.ndarray, classes: list[str]) -> dict:
+    """Fit and score ``estimator`` on every fold; returns per-fold figures."""
+    from sklearn.base import clone
+
+    from leukoscope.evaluate.metrics import classification_metrics
+    from leukoscope.models.classical import class_probabilities
+
+    rows = []
+    for f in np.unique(folds):
+        test = folds == f
+        model = clone(estimator)
+        t0 = time.perf_counter()
+        model.fit(X[~test], y[~test])
+        t1 = time.perf_counter()
+        probs = class_probabilities(model, X[test], len(classes))
+        t2 = time.perf_counter()
+        m = classification_metrics(y[test], probs, classes)
+        rows.append({k: m.get(k) for k in METRICS} | {"fit_s": t1 - t0, "predict_s": t2 - t1})
+    return {"folds": rows}
+
+
+def _child(conn: Connection, estimator: Any, X: np.ndarray, y: np.ndarray, folds: np.ndarray,
+           classes: list[str]) -> None:
+    """Worker process body: run the CV and send back figures or the error.
+
+    One BLAS / OpenMP thread per worker: workers already fill the cores, and spinning BLAS threads
+    on a busy machine made small linear models ~15x slower.
+    """
+    from threadpoolctl import threadpool_limits
+
+    try:
+        with warnings.catch_warnings(), threadpool_limits(1):
+            warnings.simplefilter("ignore")
+            conn.send(_cv(estimator, X, y, folds, classes))
+    except BaseException as e:  # everything a model can throw becomes its row's error
+        last = traceback.extract_tb(e.__traceback__)[-1:] if e.__traceback__ else []
+        where = f" (at {last[0].filename.rsplit('/', 1)[-1]}:{last[0].lineno})" if last else ""
+        conn.send({"error": f"{type(e).__name__}: {e}{where}"})
+    finally:
+        conn.close()
+
+
+def run_models(estimators: dict[str, Any], X: np.ndarray, y: np.ndarray, folds: np.ndarray,
+               classes: list[str], *, timeout: float | None = None, jobs: int = 1,
+               on_done: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
+    """CV of each estimator in its own worker process, ``jobs`` at a time, each within ``timeout`` s."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    pending = deque(estimators.items())
+    running: dict[Connection, tuple[str, Any, float]] = {}
+    results: dict[str, dict] = {}
+
+    def finish(name: str, res: dict) -> None:
+        results[name] = res
+        if on_done:
+            on_done(name, res)
+
+    while pending or running:
+        while pending and len(running) < max(1, jobs):
+            name, est = pending.popleft()
+            recv, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_child, args=(send, est, X, y, folds, classes), daemon=True)
+            proc.start()
+            send.close()
+            running[recv] = (name, proc, time.monotonic())
+        limit = None
+        if timeout is not None:
+            limit = max(0.0, min(start + timeout for _, _, start in running.values()) - time.monotonic())
+        for conn in wait(list(running), timeout=limit):
+            name, proc, _ = running.pop(conn)  # type: ignore[index]
+            try:
+                res = conn.recv()
+            except EOFError:
+                proc.join()
+                res = {"error": f"worker process died (exit code {proc.exitcode})"}
+            conn.close()
+            proc.join()
+            finish(name, res)
+        if timeout is not None:
+            now = time.monotonic()
+            for conn, (name, proc, start) in list(running.items()):
+                if now - start >= timeout:
+                    proc.terminate()
+                    proc.join()
+                    conn.close()
+                    del running[conn]
+                    finish(name, {"error": f"timed out after {timeout:g} s", "status": "timeout"})
+    return results
+
+
+def _table(results: dict[str, dict], protocol: str) -> pd.DataFrame:
+    rows = []
+    for name, res in results.items():
+        row: dict[str, Any] = {"model": name}
+        if "error" in res:
+            row |= {"status": res.get("status", "failed"), "error": res["error"]}
+        else:
+            per = pd.DataFrame(res["folds"]).astype(float)
+            for key in METRICS:
+                row[f"{key}_mean"] = per[key].mean()
+                row[f"{key}_std"] = per[key].std(ddof=0)
+            row |= {"status": "ok", "error": ""}
+        rows.append(row | {"protocol": protocol})
+    cols = ["model"] + [f"{k}_{s}" for k in METRICS for s in ("mean", "std")] + ["status", "error",
+                                                                                  "protocol"]
+    df = pd.DataFrame(rows).reindex(columns=cols)
+    df["_ok"] = df["status"] == "ok"
+    df = df.sort_values(["_ok", "balanced_accuracy_mean", "model"], ascending=[False, False, True])
+    return df.drop(columns="_ok").reset_index(drop=True)
+
+
+def build_estimators(models: Sequence[str], seed: int) -> tuple[dict[str, Any], dict[str, dict]]:
+    """Unfitted estimators by name, and an error row for any builder that raises."""
+    from leukoscope.models.registry import get_model
+
+    built, errors = {}, {}
+    for name in models:
+        spec = get_model(name)
+        if spec.family != "classical":
+            from leukoscope.errors import ConfigError
+
+            raise ConfigError(f"--models: {name!r} is a {spec.family} model, not a classical one")
+        try:
+            built[name] = spec.build(seed=seed)
+        except Exception as e:
+            errors[name] = {"error": f"cannot build: {type(e).__name__}: {e}"}
+    return built, errors
+
+
+def feature_matrix(m: Manifest, features: str, *, cache: Path | None = None,
+                   feature_params: dict[str, Any] | None = None,
+                   on_progress: Callable[[int, int], None] | None = None
+                   ) -> tuple[Manifest, np.ndarray, dict[str, Any], list[tuple[str, str]]]:
+    """Labelled rows whose image could be featurised, their matrix, the feature spec, the skipped."""
+    from leukoscope.features import get_extractor
+    from leukoscope.features.cache import extract_with
+
+    m = labelled(m)
+    extractor = get_extractor(features, **(feature_params or {}))
+    frame, skipped = extract_with(m, extractor, cache, on_progress=on_progress)
+    kept = m.loc[frame.index].reset_index(drop=True)
+    return kept, frame.to_numpy(np.float32), extractor.spec(), skipped
+
+
+def benchmark(m: Manifest, *, features: str = "handcrafted", k: int = 5,
+              models: Sequence[str] | None = None, timeout: float | None = 300.0,
+              jobs: int | None = None, seed: int = 0, cache: Path | None = None,
+              feature_params: dict[str, Any] | None = None,
+              on_progress: Callable[[int, int], None] | None = None,
+              on_model: Callable[[str, dict], None] | None = None
+              ) -> tuple[Leaderboard, Manifest, np.ndarray]:
+    """Run the leaderboard on manifest ``m``; returns it with the rows and matrix it used."""
+    import os
+
+    from leukoscope.models.registry import list_models
+
+    names = list(models) if models else list_models(family="classical")
+    kept, X, spec, skipped = feature_matrix(m, features, cache=cache, feature_params=feature_params,
+                                            on_progress=on_progress)
+    split = kfold(kept, k=k, seed=seed)
+    class_names = classes(split)
+    y = np.asarray(label_indices(split, class_names))
+    built, errors = build_estimators(names, seed)
+    for name, res in errors.items():
+        if on_model:
+            on_model(name, res)
+    results = run_models(built, X, y, split["fold"].to_numpy(), class_names, timeout=timeout,
+                         jobs=jobs or os.cpu_count() or 1, on_done=on_model)
+    proto = split_protocol(split)
+    data = ", ".join(sorted(set(split["dataset"]))) if "dataset" in split else ""
+    lb = Leaderboard(table=_table(results | errors, proto), protocol=proto, classes=class_names,
+                     features=spec, folds=int(split["fold"].nunique()), n_images=len(split),
+                     n_groups=int(split["group"].nunique()), seed=seed, skipped=skipped, data=data)
+    return lb, split, X
+
+
+def cell(row: pd.Series, key: str) -> str:
+    """``mean ± std`` for a metric of one leaderboard row (``-`` when undefined)."""
+    mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
+    if mean is None or pd.isna(mean):
+        return "-"
+    digits = 2 if key.endswith("_s") else 3
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def to_markdown(lb: Leaderboard) -> str:
+    """The leaderboard as a Markdown table, with its protocol and settings above it."""
+    lines = [f"# Leaderboard ({lb.protocol})", "",
+             f"- protocol: **{lb.protocol}**, {lb.folds}-fold CV, {lb.n_images} images, "
+             f"{lb.n_groups} groups, seed {lb.seed}",
+             f"- features: {lb.features['kind']} {lb.features['params']}",
+             f"- classes: {', '.join(lb.classes)}"]
+    if lb.data:
+        lines.append(f"- data: {lb.data}")
+    if lb.warning:
+        lines.append(f"- warning: {lb.warning}")
+    if lb.skipped:
+        lines.append(f"- skipped {len(lb.skipped)} unreadable image(s)")
+    lines += ["", "| Model | " + " | ".join(METRICS.values()) + " | Status |",
+              "|---" * (len(METRICS) + 2) + "|"]
+    for _, row in lb.table.iterrows():
+        status = "ok" if row["status"] == "ok" else f"{row['status']}: {row['error']}"
+        lines.append(f"| {row['model']} | " + " | ".join(cell(row, k) for k in METRICS)
+                     + f" | {status.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def _bar_plot(lb: Leaderboard) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = lb.table[lb.table["status"] == "ok"].iloc[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * max(len(ok), 3) + 1))
+    ax.barh(ok["model"], ok["balanced_accuracy_mean"], xerr=ok["balanced_accuracy_std"],
+            color="#5b6bbf", capsize=3)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(f"balanced accuracy ({lb.folds}-fold CV, {lb.protocol})")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def write_leaderboard(lb: Leaderboard, out: Path) -> dict[str, Path]:
+    """Write leaderboard.csv, leaderboard.md, leaderboard.html and run.json (atomically)."""
+    from leukoscope import __version__
+    from leukoscope.bundle import write_json
+    from leukoscope.reports.html import figure_to_data_uri, write_report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out / "leaderboard.csv", "md": out / "leaderboard.md",
+             "html": out / "leaderboard.html", "json": out / "run.json"}
+    tmp = paths["csv"].with_name(".leaderboard.csv.tmp")
+    lb.table.to_csv(tmp, index=False)
+    tmp.replace(paths["csv"])
+    tmp = paths["md"].with_name(".leaderboard.md.tmp")
+    tmp.write_text(to_markdown(lb))
+    tmp.replace(paths["md"])
+    rows = [{"model": r["model"], "cells": [cell(r, k) for k in METRICS], "status": r["status"],
+             "error": r["error"]} for _, r in lb.table.iterrows()]
+    write_report(paths["html"], "leaderboard.html", title="Classical leaderboard",
+                 protocol=lb.protocol, warning=lb.warning, version=__version__, run=lb.summary(),
+                 headers=list(METRICS.values()), rows=rows, plot=figure_to_data_uri(_bar_plot(lb)))
+    write_json(paths["json"], lb.summary())
+    return paths
+
+
+def save_best(lb: Leaderboard, split: Manifest, X: np.ndarray, out: Path, *, model: str | None = None,
+              val: float = 0.2) -> Path:
+    """Refit the winner (or ``model``) and write it as a classical bundle at ``out``.
+
+    It is fitted on the train side of a grouped, stratified train/val split of the same rows, so
+    the calibration temperature is fitted, and the figures in metrics.json measured, on the val
+    side it never saw; metrics.json also carries the leaderboard's CV figures for the model.
+    """
+    from leukoscope.bundle import finish_bundle, writing_bundle
+    from leukoscope.data.splits import train_val_test
+    from leukoscope.errors import ConfigError
+    from leukoscope.evaluate.calibration import ece, fit_temperature, softmax_t
+    from leukoscope.evaluate.metrics import classification_metrics
+    from leukoscope.models.classical import WEIGHTS, log_probabilities, save_pipeline
+
+    name = model or lb.best
+    if name is None:
+        raise ConfigError("--save-best: no model finished the leaderboard, nothing to save")
+    row = lb.table[lb.table["model"] == name].iloc[0]
+    built, errors = build_estimators([name], lb.seed)
+    if errors:
+        raise ConfigError(f"--save-best: {errors[name]['error']}")
+    side = train_val_test(split, val=val, test=0.0, seed=lb.seed)
+    y = np.asarray(label_indices(side, lb.classes))
+    train, valid = (side["side"] == "train").to_numpy(), (side["side"] == "val").to_numpy()
+    pipeline = built[name].fit(X[train], y[train])
+    logits = log_probabilities(pipeline, X[valid], len(lb.classes))
+    temperature = fit_temperature(logits, y[valid])
+    val_metrics = classification_metrics(y[valid], softmax_t(logits, temperature), lb.classes)
+    metrics = {
+        "cross_validation": {k: row[f"{k}_mean"] for k in METRICS if pd.notna(row[f"{k}_mean"])},
+        "val": {k: v for k, v in val_metrics.items() if not isinstance(v, dict | list)},
+        "calibration": {"temperature": temperature,
+                        "ece_before": ece(softmax_t(logits), y[valid]),
+                        "ece_after": ece(softmax_t(logits, temperature), y[valid])},
+    }
+    config = {"family": "classical", "model": name, "classes": lb.classes, "features": lb.features,
+              "temperature": temperature, "protocol": lb.protocol, "data": lb.data,
+              "training": {"rows": int(train.sum()), "val_rows": int(valid.sum()), "val": val,
+                           "seed": lb.seed, "cv_folds": lb.folds}}
+    keep = [c for c in ("path", "label", "subject", "group", "source_split", "side") if c in side]
+    with writing_bundle(out) as folder:
+        save_pipeline(pipeline, folder / WEIGHTS)
+        finish_bundle(folder, config, metrics, split=side[keep])
+    return Path(out)
