@@ -152,21 +152,28 @@ def _images_per_subject(m: Manifest, labels: list[str], colours: dict[str, Any])
 
 
 def _sample_grid(st: _Stats, labels: list[str], names: list[str]) -> Any:
+    """One mosaic image (a row per class) drawn with a single imshow: fast, and sharp."""
     from matplotlib.figure import Figure
 
     per = {n: [i for i in sorted(st.thumbs) if labels[i] == n] for n in names}
     cols = max(1, max(len(v) for v in per.values()))
-    fig = Figure(figsize=(1.2 * cols + 1.2, 1.25 * len(names)))
-    axes = np.atleast_2d(fig.subplots(len(names), cols, squeeze=False))
+    pad = 4
+    tile = THUMB + pad
+    mosaic = np.full((len(names) * tile, cols * tile, 3), 255, np.uint8)
     for r, n in enumerate(names):
-        for c in range(cols):
-            ax = axes[r, c]
-            ax.set_axis_off()
-            if c < len(per[n]):
-                ax.imshow(st.thumbs[per[n][c]])
-        axes[r, 0].text(-0.1, 0.5, n, transform=axes[r, 0].transAxes, ha="right", va="center",
-                        fontsize=9)
-    fig.suptitle("Samples per class")
+        for c, i in enumerate(per[n]):
+            th = st.thumbs[i]
+            y, x = r * tile + (THUMB - th.shape[0]) // 2, c * tile + (THUMB - th.shape[1]) // 2
+            mosaic[y:y + th.shape[0], x:x + th.shape[1]] = th
+    fig = Figure(figsize=(cols * tile / 80 + 1.5, len(names) * tile / 80 + 0.5))
+    ax = fig.subplots()
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([r * tile + THUMB / 2 for r in range(len(names))], names)
+    ax.tick_params(left=False)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_title("Samples per class")
     return fig
 
 

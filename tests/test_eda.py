@@ -1,0 +1,89 @@
+"""The EDA report: self-contained HTML + PNG figures, protocol stated, unreadable images counted."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from leukoscope.cli import app
+from leukoscope.data.manifest import IMAGE_LEVEL_WARNING
+from leukoscope.data.readers import read
+from leukoscope.eda import GRID_PER_CLASS, eda_report
+from leukoscope.errors import DataError
+
+FIGURES = {"class_distribution.png", "images_per_subject.png", "sample_grid.png", "image_sizes.png",
+           "mean_colour.png"}
+
+
+def _assert_self_contained(html: str) -> None:
+    sources = re.findall(r'src="([^"]*)"', html) + re.findall(r'href="([^"]*)"', html)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "http://" not in html and "https://" not in html
+
+
+def _pngs(out: Path) -> set[str]:
+    found = {p.name for p in out.glob("*.png")}
+    for name in found:
+        with Image.open(out / name) as im:
+            im.verify()
+    return found
+
+
+def test_eda_on_subject_grouped_real_data(data: Path, tmp_path: Path) -> None:
+    m = read([data / "cnmc_sample", data / "cnmc_cells"])
+    report = eda_report(m, tmp_path / "eda")
+    assert report == tmp_path / "eda" / "report.html"
+    html = report.read_text(encoding="utf-8")
+    _assert_self_contained(html)
+    assert _pngs(tmp_path / "eda") == FIGURES
+    assert '<span class="protocol">subject-grouped</span>' in html
+    assert IMAGE_LEVEL_WARNING not in html
+    assert "65 images" in html and "31 subjects" in html
+    assert "<td>all</td><td>34</td>" in html and "<td>hem</td><td>31</td>" in html
+    assert "train 33, val 1" in html
+    assert html.count('<figcaption>H') == GRID_PER_CLASS  # hem samples captioned by subject
+    assert "None: every image decoded." in html
+
+
+def test_eda_cli_image_level_four_classes(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "aria eda"
+    r = CliRunner().invoke(app, ["eda", str(data / "aria_all"), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    html = (out / "report.html").read_text(encoding="utf-8")
+    _assert_self_contained(html)
+    assert _pngs(out) == FIGURES - {"images_per_subject.png"}
+    assert '<span class="protocol">image-level</span>' in html and IMAGE_LEVEL_WARNING in html
+    assert "no subject (patient) ids" in html
+    for cls in ("Benign", "Early", "Pre", "Pro"):
+        assert f"<td>{cls}</td><td>300</td>" in html
+    assert "<td>224x224</td><td>1200</td>" in html
+    assert html.count('<div class="grid">') == 4
+
+
+def test_eda_skips_and_lists_unreadable(synthetic2: Path, tmp_path: Path) -> None:
+    root = tmp_path / "cells [v2] ü"
+    shutil.copytree(synthetic2, root)
+    (root / "blast" / "UID_S1_90_1_blast.png").write_bytes(b"")
+    (root / "normal" / "UID_S2_91_1_normal.png").write_text("not an image")
+    report = eda_report(read([root]), tmp_path / "out")
+    html = report.read_text(encoding="utf-8")
+    assert "2 image(s) could not be decoded and were skipped" in html
+    assert "UID_S1_90_1_blast.png</td><td>empty file (0 bytes)" in html
+    assert "UID_S2_91_1_normal.png</td><td>not a readable image" in html
+    assert "50 images, 48 readable" in " ".join(html.split())
+    assert "SYNTHETIC" in html  # generated data is named as such in every report
+
+
+def test_eda_with_nothing_readable_is_a_clear_error(tmp_path: Path) -> None:
+    for cls in ("a", "b"):
+        (tmp_path / "set" / cls).mkdir(parents=True)
+        (tmp_path / "set" / cls / "x.png").write_text("no")
+    with pytest.raises(DataError, match=r"none of the 2 images could be decoded \(e.g. .*x.png\)"):
+        eda_report(read([tmp_path / "set"]), tmp_path / "out")
+    r = CliRunner().invoke(app, ["eda", str(tmp_path / "set"), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 1 and r.stderr.strip().startswith("error: none of the 2 images")
