@@ -1,0 +1,76 @@
+"""``leukoscope benchmark``: the classical leaderboard over grouped cross-validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from leukoscope.cli.app import app, console, guarded
+from leukoscope.cli.data import LayoutOpt, Paths, progress
+from leukoscope.cli.features import KindOpt, print_skipped
+
+
+@app.command("benchmark")
+@guarded
+def benchmark_cmd(
+    paths: Paths,
+    out: Annotated[Path, typer.Option("--out", help="Folder for leaderboard.csv / .md / .html.")],
+    features: KindOpt = "handcrafted",
+    cv: Annotated[int, typer.Option("--cv", help="Number of folds (capped by the groups).")] = 5,
+    models: Annotated[str | None, typer.Option(
+        "--models", help="Comma-separated model names or globs (default: every classical model).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds allowed per model (its whole CV).")] = 300.0,
+    jobs: Annotated[int | None, typer.Option(help="Models run side by side (default: cores).")] = None,
+    save_best: Annotated[Path | None, typer.Option(
+        "--save-best", help="Refit the winner on a grouped train side, calibrate on val, "
+        "write a bundle here.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (folds and models).")] = 0,
+    layout: LayoutOpt = None,
+) -> None:
+    """Every classical model on cached features: grouped k-fold CV, sorted by balanced accuracy."""
+    from leukoscope.data.readers import read
+    from leukoscope.errors import ConfigError
+    from leukoscope.leaderboard import METRICS, benchmark, cell, write_leaderboard
+    from leukoscope.leaderboard import save_best as save_best_bundle
+    from leukoscope.models.registry import list_models
+
+    if cv < 2:
+        raise ConfigError(f"--cv must be at least 2, got {cv}")
+    names = None
+    if models:
+        names = []
+        for pattern in (p.strip() for p in models.split(",") if p.strip()):
+            found = list_models(pattern, family="classical")
+            if not found:
+                raise ConfigError(f"--models: no classical model matches {pattern!r}; choose from: "
+                                  f"{', '.join(list_models(family='classical'))}")
+            names += [n for n in found if n not in names]
+    m = read(paths, layout)
+    with progress() as bar:
+        task = bar.add_task(f"{features} features", total=len(m))
+        lb, split, X = benchmark(
+            m, features=features, k=cv, models=names, timeout=timeout, jobs=jobs, seed=seed,
+            on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+            on_model=lambda name, res: bar.update(task, description=f"models: {name} done"))
+    written = write_leaderboard(lb, out)
+    table = Table(title=f"leaderboard: {lb.folds}-fold CV, {lb.protocol} ({lb.n_images} images, "
+                        f"{lb.n_groups} groups; {lb.features['kind']} features)")
+    table.add_column("Model")
+    for title in METRICS.values():
+        table.add_column(title, justify="right")
+    table.add_column("Status")
+    for _, row in lb.table.iterrows():
+        status = "ok" if row["status"] == "ok" else f"[red]{row['status']}: {escape(row['error'])}[/]"
+        table.add_row(escape(row["model"]), *(cell(row, k) for k in METRICS), status)
+    console.print(table)
+    if lb.warning:
+        console.print(f"[yellow]note:[/] {lb.warning}")
+    print_skipped(lb.skipped)
+    console.print(escape(f"wrote {', '.join(str(p) for p in written.values())}"))
+    if save_best:
+        bundle = save_best_bundle(lb, split, X, save_best)
+        console.print(escape(f"saved {lb.best} as a bundle in {bundle}"))
