@@ -50,19 +50,26 @@ def test_eda_on_subject_grouped_real_data(data: Path, tmp_path: Path) -> None:
     assert "None: every image decoded." in html
 
 
-def test_eda_cli_image_level_four_classes(data: Path, tmp_path: Path) -> None:
-    out = tmp_path / "aria eda"
-    r = CliRunner().invoke(app, ["eda", str(data / "aria_all"), "--out", str(out)])
+def test_eda_cli_image_level(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "allidb eda"
+    r = CliRunner().invoke(app, ["eda", str(data / "allidb2"), "--out", str(out)])
     assert r.exit_code == 0, r.output
     html = (out / "report.html").read_text(encoding="utf-8")
     _assert_self_contained(html)
     assert _pngs(out) == FIGURES - {"images_per_subject.png"}
     assert '<span class="protocol">image-level</span>' in html and IMAGE_LEVEL_WARNING in html
     assert "no subject (patient) ids" in html
-    for cls in ("Benign", "Early", "Pre", "Pro"):
-        assert f"<td>{cls}</td><td>300</td>" in html
-    assert "<td>224x224</td><td>1200</td>" in html
+    assert "<td>all</td><td>130</td>" in html and "<td>hem</td><td>130</td>" in html
+    assert "<td>257x257</td><td>250</td>" in html  # ten border crops have other sizes
+    assert html.count('<div class="grid">') == 2
+
+
+def test_eda_four_classes(synthetic4: Path, tmp_path: Path) -> None:
+    html = eda_report(read([synthetic4]), tmp_path / "eda").read_text(encoding="utf-8")
+    for cls in ("blast", "mono", "myelo", "normal"):
+        assert f"<td>{cls}</td><td>15</td>" in html
     assert html.count('<div class="grid">') == 4
+    assert html.count("<figcaption>S") == 4 * GRID_PER_CLASS  # captioned by subject
 
 
 def test_eda_skips_and_lists_unreadable(synthetic2: Path, tmp_path: Path) -> None:

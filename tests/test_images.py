@@ -140,7 +140,7 @@ def test_pixel_limit_header_only_giant(tmp_path: Path) -> None:
         giant = tmp_path / f"giant{side}.png"
         giant.write_bytes(png_bytes(None, width=side, height=side))
         assert giant.stat().st_size < 100
-        with pytest.raises(ImageError, match=rf"giant{side}.png: .*{side}.*(exceeds the limit|bomb)"):
+        with pytest.raises(ImageError, match=rf"giant{side}.png: .*(exceeds the limit|bomb)"):
             load_rgb(giant)
 
 
