@@ -224,6 +224,16 @@ def test_csv_manifest_missing_files_and_bad_shape(tmp_path: Path) -> None:
         read([_write_csv(tmp_path / "m3.csv", "")])
     with pytest.raises(DataError, match="m4.csv: no rows"):
         read([_write_csv(tmp_path / "m4.csv", "path,label\n")])
+    with pytest.raises(DataError, match=r"m5.csv: 1 row\(s\) have no label \(b.png\)"):
+        read([_write_csv(tmp_path / "m5.csv", "path,label\na.png,x\nb.png, \n")])
+
+
+def test_csv_manifest_from_a_spreadsheet(data: Path, tmp_path: Path) -> None:
+    f = data / "cnmc_cells" / "hem" / "UID_H6_5_1_hem.png"
+    csv = tmp_path / "excel.csv"
+    csv.write_bytes(f"\ufeffpath, label, subject\r\n{f}, hem , H6\r\n".encode())
+    m = read([csv])
+    assert m[["label", "subject"]].values.tolist() == [["hem", "H6"]]
 
 
 def test_unknown_empty_and_missing_inputs(tmp_path: Path) -> None:

@@ -172,11 +172,16 @@ def read_class_folders(path: Path) -> Manifest:
 def read_csv_manifest(path: Path) -> Manifest:
     """A CSV with columns path,label[,subject]; relative paths are taken from the CSV's folder."""
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        # utf-8-sig: spreadsheets save a byte-order mark that would otherwise rename "path"
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
         raise DataError(f"{path}: not a readable CSV ({e})") from None
+    table.columns = [str(c).strip() for c in table.columns]
     if not {"path", "label"} <= set(table.columns):
         raise DataError(f"{path}: a manifest CSV needs columns path,label[,subject]")
+    unlabelled = table.loc[table["label"].str.strip() == "", "path"].tolist()
+    if unlabelled:
+        raise DataError(f"{path}: {len(unlabelled)} row(s) have no label ({_preview(unlabelled)})")
     rows, missing = [], []
     for r in table.to_dict("records"):
         f = Path(r["path"])
@@ -185,7 +190,7 @@ def read_csv_manifest(path: Path) -> Manifest:
             missing.append(r["path"])
             continue
         subject = (r.get("subject") or "").strip() or None
-        rows.append(dict(path=str(f.resolve()), label=r["label"], subject=subject))
+        rows.append(dict(path=str(f.resolve()), label=r["label"].strip(), subject=subject))
     if missing:
         raise DataError(f"{path}: {len(missing)} row(s) name missing files ({_preview(missing)})")
     if not rows:
