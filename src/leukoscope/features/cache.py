@@ -17,17 +17,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from leukoscope.data.images import file_digest, load_rgb
-from leukoscope.data.manifest import Manifest
 from leukoscope.errors import ImageError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pandas stays out of the worker processes' imports
+    import pandas as pd
+
+    from leukoscope.data.manifest import Manifest
     from leukoscope.features import FeatureExtractor
 
-#: Below this many uncached images, worker start-up costs more than it saves.
-_MIN_PARALLEL = 24
+#: Below this many uncached images, worker start-up (a second or two) costs more than it saves.
+_MIN_PARALLEL = 64
 Skipped = list[tuple[str, str]]
 Progress = Callable[[int, int], None]
 
@@ -109,6 +110,8 @@ def extract_with(m: Manifest, extractor: FeatureExtractor, cache: Path | None = 
     Returns the frame and the skipped images as ``(path, reason)``; rows whose image cannot be
     decoded are left out of the frame, never silently filled.
     """
+    import pandas as pd
+
     from leukoscope.settings import cache_dir
 
     root = Path(cache) if cache is not None else cache_dir()

@@ -97,13 +97,19 @@ def segment(rgb: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     border = np.concatenate([light[0], light[-1], light[:, 0], light[:, -1]])
     min_area = max(4, int(0.002 * size * size))
     radius = max(1, size // 80)
+    empty = np.zeros(light.shape, bool)
+    if np.ptp(blue) < 2.0:  # a flat picture: no stain contrast, nothing to segment
+        return empty, empty, empty
     on_black = np.median(border) < _DARK_BORDER_L
     if on_black:
         cell_region = _clean(light > _DARK_BORDER_L / 2, radius)
         inside = blue[cell_region] if cell_region.sum() >= min_area else blue.ravel()
         nuclei = _clean(cell_region & (blue < threshold_otsu(inside)), radius)
     else:
-        t_nucleus, t_cell = threshold_multiotsu(blue, classes=3)
+        try:
+            t_nucleus, t_cell = threshold_multiotsu(blue, classes=3)
+        except ValueError:  # fewer than three grey levels
+            return empty, empty, empty
         nuclei = _clean(blue < t_nucleus, radius)
         cell_region = _clean(blue < t_cell, radius)
     labels, n = ndi.label(nuclei)

@@ -25,9 +25,10 @@ from leukoscope.errors import BundleError
 from leukoscope.models.registry import register_model
 
 WEIGHTS = "pipeline.skops"
-#: Type-name prefixes a classical bundle may contain; anything else refuses to load.
-ALLOWED_TYPE_PREFIXES = ("sklearn.", "xgboost.", "lightgbm.", "numpy.", "scipy.sparse.",
-                         "builtins.", "collections.", "functools.partial")
+#: Type names (or prefixes) a classical bundle may contain; anything else refuses to load. Kept
+#: to the model libraries' own types: no builtins, no functions from arbitrary modules.
+ALLOWED_TYPE_PREFIXES = ("sklearn.", "numpy.dtype", "xgboost.core.Booster", "xgboost.sklearn.",
+                         "lightgbm.basic.Booster", "lightgbm.sklearn.", "collections.OrderedDict")
 
 
 def _pipeline(estimator: Any) -> Any:
