@@ -77,8 +77,11 @@ def test_eda_skips_and_lists_unreadable(synthetic2: Path, tmp_path: Path) -> Non
     shutil.copytree(synthetic2, root)
     (root / "blast" / "UID_S1_90_1_blast.png").write_bytes(b"")
     (root / "normal" / "UID_S2_91_1_normal.png").write_text("not an image")
-    report = eda_report(read([root]), tmp_path / "out")
-    html = report.read_text(encoding="utf-8")
+    r = CliRunner().invoke(app, ["eda", str(root), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    flat = " ".join(r.stdout.split())
+    assert "skipped 2 unreadable image(s):" in flat and "UID_S2_91_1_normal.png: not a readable image" in flat
+    html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert "2 image(s) could not be decoded and were skipped" in html
     assert "UID_S1_90_1_blast.png</td><td>empty file (0 bytes)" in html
     assert "UID_S2_91_1_normal.png</td><td>not a readable image" in html

@@ -75,7 +75,8 @@ def _cell_pixels(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rgb, rgb_to_hsv(rgb / 255.0)
 
 
-def _gather(m: Manifest, labels: list[str], on_image: Callable[[], None] | None) -> _Stats:
+def _gather(m: Manifest, labels: list[str], on_image: Callable[[], None] | None,
+            on_skip: Callable[[str, str], None] | None) -> _Stats:
     from PIL import Image
 
     st = _Stats()
@@ -84,7 +85,10 @@ def _gather(m: Manifest, labels: list[str], on_image: Callable[[], None] | None)
         try:
             img = load_rgb(p)
         except ImageError as e:
-            st.unreadable.append({"path": p, "reason": str(e).removeprefix(f"{p}: ")})
+            reason = str(e).removeprefix(f"{p}: ")
+            st.unreadable.append({"path": p, "reason": reason})
+            if on_skip:
+                on_skip(p, reason)
         else:
             rgb, hsv = _cell_pixels(img)
             r, g, b = rgb.mean(axis=0) if len(rgb) else (0.0, 0.0, 0.0)
@@ -236,10 +240,12 @@ def _summary(m: Manifest, labels: list[str], names: list[str], t: pd.DataFrame) 
     return out
 
 
-def eda_report(m: Manifest, out: Path, on_image: Callable[[], None] | None = None) -> Path:
+def eda_report(m: Manifest, out: Path, on_image: Callable[[], None] | None = None,
+               on_skip: Callable[[str, str], None] | None = None) -> Path:
     """Write ``out/report.html`` and its PNG figures for manifest ``m``; returns the report path.
 
-    ``on_image`` is called once per image decoded (for a progress bar).
+    ``on_image`` is called once per image (for a progress bar), ``on_skip(path, reason)`` once per
+    unreadable image (they are also listed in the report).
     """
     if len(m) == 0:
         raise DataError("the data set has no images to report on")
@@ -248,7 +254,7 @@ def eda_report(m: Manifest, out: Path, on_image: Callable[[], None] | None = Non
     labels = _labels(m)
     names = sorted(set(labels))
     colours = _colours(names)
-    st = _gather(m, labels, on_image)
+    st = _gather(m, labels, on_image, on_skip)
     t = st.table()
     if t.empty:
         raise DataError(f"none of the {len(m)} images could be decoded (e.g. {st.unreadable[0]['path']})")

@@ -24,7 +24,13 @@ def eda_cmd(
     from leukoscope.eda import eda_report
 
     m = read(paths, layout)
+    skipped: list[tuple[str, str]] = []
     with progress() as bar:
         task = bar.add_task("decoding", total=len(m))
-        report = eda_report(m, out, on_image=lambda: bar.advance(task))
+        report = eda_report(m, out, on_image=lambda: bar.advance(task),
+                            on_skip=lambda p, why: skipped.append((p, why)))
+    if skipped:
+        console.print(f"[yellow]skipped {len(skipped)} unreadable image(s):[/]")
+        for p, why in skipped:
+            console.print(escape(f"  {p}: {why}"))
     console.print(escape(f"wrote {report} (and its PNG figures in {out})"))
