@@ -214,3 +214,5 @@ def test_synth_then_describe_says_synthetic(tmp_path: Path) -> None:
     info = describe_json(tmp_path / "syn")
     assert info["synthetic"] is True and info["warning"] == SYNTHETIC_WARNING
     assert _classes(info, "train") == {"blast": (4, 2), "normal": (4, 2)}
+    code, out, _ = run("data", "split", tmp_path / "syn", "--k", 2, "--out", tmp_path / "s.csv")
+    assert code == 0 and "SYNTHETIC data" in out and "subject-grouped" in out
