@@ -9,7 +9,15 @@ import pandas as pd
 import pytest
 
 from imagefiles import CNMC_TRAIN, cnmc_copy
-from leukoscope.data.manifest import COLUMNS, classes, has_subjects, protocol
+from leukoscope.data.manifest import (
+    COLUMNS,
+    classes,
+    has_subjects,
+    label_indices,
+    make_manifest,
+    protocol,
+    validate,
+)
 from leukoscope.data.readers import LAYOUTS, detect_layout, drop_unreadable, read, subject_from_name
 from leukoscope.errors import DataError
 
@@ -277,3 +285,15 @@ def test_drop_unreadable_counts_and_names(data: Path, tmp_path: Path) -> None:
     assert len(m) == 11
     assert sorted((Path(p).name, r) for p, r in skipped) == [
         ("UID_9_1_1_all.png", "empty file (0 bytes)"), ("UID_H9_1_1_hem.png", "not a readable image")]
+
+
+def test_manifest_schema_is_enforced() -> None:
+    m = make_manifest([dict(path="/a.png", label="b", subject="7"), dict(path="/c.png", label="a")])
+    assert list(m.columns) == COLUMNS and m["group"].tolist() == ["subject:7", "image:/c.png"]
+    assert classes(m) == ["a", "b"] and label_indices(m, ["a", "b"]) == [1, 0]
+    with pytest.raises(DataError, match=r"labels \['b'\] are not among the model's classes \['a'\]"):
+        label_indices(m, ["a"])
+    with pytest.raises(DataError, match=r"unknown source_split value\(s\): \['holdout'\]"):
+        make_manifest([dict(path="/a.png", label="b", source_split="holdout")])
+    with pytest.raises(DataError, match=r"missing column\(s\): group, source_split"):
+        validate(pd.DataFrame({"path": ["/a.png"], "label": ["x"], "subject": [None]}))
