@@ -1,6 +1,6 @@
 """Bounded load test of ``leukoscope serve`` on loopback: latency percentiles, throughput, failures.
 
-    python benchmarks/load_test.py [BUNDLE] [--requests 300] [--concurrency 8] [--no-heatmap]
+    python benchmarks/load_test.py [BUNDLE] [--requests 300] [--concurrency 8] [--no-explain]
 
 Starts the real server in its own process on a free 127.0.0.1 port, sends a fixed number of
 single-image ``POST /api/predict`` requests (real cells from the four sample data sets, in turn)
@@ -45,7 +45,7 @@ def train_small_bundle(out: Path) -> Path:
 
 
 async def run_load(url: str, images: list[tuple[str, bytes]], n: int, concurrency: int,
-                   heatmap: bool, timeout: float) -> dict[str, float]:
+                   explain: bool, timeout: float) -> dict[str, float]:
     latencies: list[float] = []
     failures: list[str] = []
     server_errors = 0
@@ -61,7 +61,7 @@ async def run_load(url: str, images: list[tuple[str, bytes]], n: int, concurrenc
             async with gate:
                 t0 = time.perf_counter()
                 try:
-                    r = await client.post(f"/api/predict?heatmap={str(heatmap).lower()}",
+                    r = await client.post(f"/api/predict?explain={str(explain).lower()}",
                                           files=[("files", (name, content, "application/octet-stream"))])
                 except httpx.HTTPError as e:
                     failures.append(f"request {i}: {type(e).__name__}: {e}")
@@ -103,7 +103,8 @@ def main() -> int:
     ap.add_argument("bundle", nargs="?", type=Path, help="model bundle (default: train a small leukonet)")
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--no-heatmap", dest="heatmap", action="store_false", help="skip Grad-CAM")
+    ap.add_argument("--no-explain", dest="explain", action="store_false",
+                    help="skip Grad-CAM / feature contributions")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     args = ap.parse_args()
     images = real_images(data_root())
@@ -112,10 +113,10 @@ def main() -> int:
         with serving(bundle) as url:
             # one warm-up request so lazy initialisation is not counted as latency
             httpx.post(f"{url}/api/predict", files=[("files", images[0])], timeout=args.timeout)
-            r = asyncio.run(run_load(url, images, args.requests, args.concurrency, args.heatmap,
+            r = asyncio.run(run_load(url, images, args.requests, args.concurrency, args.explain,
                                      args.timeout))
     print(f"load test: {bundle} on {url}, {args.requests} requests, {args.concurrency} concurrent, "
-          f"one image each, heat map {'on' if args.heatmap else 'off'}")
+          f"one image each, explanations {'on' if args.explain else 'off'}")
     print(f"  ok {r['ok']}/{r['requests']}  failures {r['failures']}  5xx {r['5xx']}")
     print(f"  latency p50 {r['p50_ms']:.1f} ms  p95 {r['p95_ms']:.1f} ms  max {r['max_ms']:.1f} ms")
     print(f"  throughput {r['rps']:.1f} requests/s over {r['wall_s']:.1f} s")

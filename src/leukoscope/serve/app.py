@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -31,7 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -53,16 +53,44 @@ INTENDED_USE = ("Research use only. Not a medical device: not for diagnosis or t
 PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
             "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 _MAX_NAME = 200
-#: Bundle family -> the explainer that draws its heat map (imported when first needed).
-_EXPLAINERS = {"network": "gradcam"}
+TOP_FEATURES = 6
+
+
+class FeatureContribution(BaseModel):
+    feature: str
+    value: float
+    contribution: float
 
 
 class FileResult(BaseModel):
+    model_config = ConfigDict(validate_assignment=True)
+
     name: str
     label: str | None = None
     probabilities: dict[str, float] | None = None
     heatmap: str | None = None
+    features: list[FeatureContribution] | None = None
+    thumbnail: str | None = None
     error: str | None = None
+
+
+def _gradcam(bundle: Bundle, image: np.ndarray) -> dict[str, Any]:
+    from leukoscope.explain import gradcam
+
+    return {"heatmap": image_to_data_uri(gradcam(bundle, image)[1], max_side=256)}
+
+
+def _top_features(bundle: Bundle, image: np.ndarray) -> dict[str, Any]:
+    from leukoscope.explain import feature_contributions
+
+    top = feature_contributions(bundle, image).head(TOP_FEATURES)
+    return {"features": top[["feature", "value", "contribution"]].to_dict("records")}
+
+
+Explainer = Callable[[Bundle, np.ndarray], dict[str, Any]]
+#: Bundle family -> what explains one call: a Grad-CAM overlay, or the features that drove it.
+EXPLAINERS: dict[str, tuple[str, Explainer]] = {
+    "network": ("Grad-CAM heat map", _gradcam), "classical": ("feature contributions", _top_features)}
 
 
 class PredictResponse(BaseModel):
@@ -80,7 +108,7 @@ class _InMemoryMultiPart(MultiPartParser):
     spool_max_size = sys.maxsize
 
 
-async def _capped(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+async def _capped(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[bytes, None]:
     seen = 0
     async for chunk in stream:
         seen += len(chunk)
@@ -142,27 +170,23 @@ class Model:
     def __init__(self, bundle: Bundle):
         self.bundle = bundle
         self.name = str(bundle.config.get("model", bundle.family))
-        self._explainer_name = _EXPLAINERS.get(bundle.family)
+        self.explanation: str | None = None
+        self.explainer: Explainer | None = None
+        if bundle.family in EXPLAINERS:
+            self.explanation, self.explainer = EXPLAINERS[bundle.family]
         self._limiter: anyio.CapacityLimiter | None = None
 
-    @property
-    def has_heatmaps(self) -> bool:
-        return self._explainer_name is not None
-
-    async def run(self, images: Sequence[np.ndarray], heatmaps: bool) -> tuple[np.ndarray, list[str | None]]:
+    async def run(self, images: Sequence[np.ndarray], explain: bool
+                  ) -> tuple[np.ndarray, list[dict[str, Any]]]:
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(1)
-        return await anyio.to_thread.run_sync(self._run, images, heatmaps, limiter=self._limiter)
+        return await anyio.to_thread.run_sync(self._run, images, explain, limiter=self._limiter)
 
-    def _run(self, images: Sequence[np.ndarray], heatmaps: bool) -> tuple[np.ndarray, list[str | None]]:
+    def _run(self, images: Sequence[np.ndarray], explain: bool) -> tuple[np.ndarray, list[dict[str, Any]]]:
         probs = self.bundle.predict_proba(images)
-        maps: list[str | None] = [None] * len(images)
-        if heatmaps and self._explainer_name:
-            import leukoscope.explain as explain
-
-            explainer = getattr(explain, self._explainer_name)
-            maps = [image_to_data_uri(explainer(self.bundle, im)[1], max_side=256) for im in images]
-        return probs, maps
+        if not (explain and self.explainer):
+            return probs, [{} for _ in images]
+        return probs, [self.explainer(self.bundle, im) for im in images]
 
 
 def model_card(model: Model, settings: ServeSettings) -> dict[str, Any]:
@@ -177,7 +201,8 @@ def model_card(model: Model, settings: ServeSettings) -> dict[str, Any]:
         "input_size": cfg.get("input_size") or cfg.get("preprocessing", {}).get("input_size"),
         "temperature": model.bundle.temperature,
         "created": cfg.get("created"), "versions": cfg.get("versions", {}),
-        "heatmaps": model.has_heatmaps, "intended_use": INTENDED_USE,
+        "explanation": model.explanation,
+        "intended_use": INTENDED_USE,
         "limits": asdict(settings),
     }
     return card
@@ -257,30 +282,37 @@ def create_app(bundle_dir: Path | str, settings: ServeSettings | None = None) ->
                          413: {"description": "too many files or too large"},
                          415: {"description": "not multipart/form-data"},
                          422: {"description": "no uploaded file could be read as an image"}})
-    async def api_predict(request: Request, heatmap: bool = True) -> Any:
-        """Classify every image in the multipart field `files`; per file: label, probabilities,
-        Grad-CAM overlay (network models, unless `heatmap=false`) or an error."""
+    async def api_predict(request: Request, explain: bool = True, thumbnail: bool = False) -> Any:
+        """Classify every image in the multipart field `files`. Per file: label, probabilities and,
+        unless `explain=false`, a Grad-CAM overlay as a PNG data URI (network models) or the features
+        that drove the call (classical models); a PNG thumbnail if `thumbnail=true` (for formats
+        browsers cannot show, such as TIFF); or an error naming the file."""
         uploads = await read_uploads(request, settings)
         results = [FileResult(name=name) for name, _ in uploads]
         images: list[np.ndarray] = []
         ok: list[FileResult] = []
         for (name, data), res in zip(uploads, results, strict=True):
             try:
-                images.append(await anyio.to_thread.run_sync(decode_upload, name, data, settings))
-                ok.append(res)
+                img = await anyio.to_thread.run_sync(decode_upload, name, data, settings)
             except LeukoscopeError as e:
                 res.error = str(e)
+                continue
+            images.append(img)
+            ok.append(res)
+            if thumbnail:
+                res.thumbnail = await anyio.to_thread.run_sync(image_to_data_uri, img, 128)
         if not images:
             detail = "no uploaded file could be read as an image: " + "; ".join(
                 str(r.error) for r in results)
             return JSONResponse({"detail": detail, "results": [r.model_dump() for r in results]},
                                 status_code=422)
-        probs, maps = await model.run(images, heatmap)
+        probs, explanations = await model.run(images, explain)
         classes = model.bundle.classes
-        for res, p, heat in zip(ok, probs, maps, strict=True):
+        for res, p, why in zip(ok, probs, explanations, strict=True):
             res.label = classes[int(np.argmax(p))]
             res.probabilities = {c: round(float(v), 6) for c, v in zip(classes, p, strict=True)}
-            res.heatmap = heat
+            res.heatmap = why.get("heatmap")
+            res.features = why.get("features")
         return PredictResponse(model=model.name, classes=classes, results=results)
 
     web.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -34,30 +34,35 @@ function definitionList(pairs) {
 }
 
 function metricsTable(metrics) {
-  const parts = {};
+  // Parts (validation, test, ...) as columns, their numeric figures as rows; top-level numbers below.
+  const parts = {}, scalars = [];
   for (const [part, figures] of Object.entries(metrics || {})) {
     if (figures && typeof figures === "object" && !Array.isArray(figures)) {
       const nums = Object.entries(figures).filter(([, v]) => typeof v === "number");
       if (nums.length) parts[part] = Object.fromEntries(nums);
     } else if (typeof figures === "number") {
-      (parts[""] = parts[""] || {})[part] = figures;
+      scalars.push(`${part} ${fmt(figures)}`);
     }
   }
   const names = Object.keys(parts);
-  if (!names.length) return el("p", { class: "muted" }, "No metrics recorded in this bundle.");
-  const metricNames = [...new Set(names.flatMap((p) => Object.keys(parts[p])))];
-  const table = el("table");
-  const head = el("tr");
-  head.append(el("th", {}, "metric"));
-  for (const p of names) head.append(el("th", {}, p || "value"));
-  table.append(head);
-  for (const m of metricNames) {
-    const tr = el("tr");
-    tr.append(el("td", {}, m));
-    for (const p of names) tr.append(el("td", {}, m in parts[p] ? fmt(parts[p][m]) : "–"));
-    table.append(tr);
+  const box = el("div");
+  if (!names.length) box.append(el("p", { class: "muted" }, "No metrics recorded in this bundle."));
+  else {
+    const table = el("table");
+    const head = el("tr");
+    head.append(el("th", {}, "metric"));
+    for (const p of names) head.append(el("th", {}, p));
+    table.append(head);
+    for (const m of [...new Set(names.flatMap((p) => Object.keys(parts[p])))]) {
+      const tr = el("tr");
+      tr.append(el("td", {}, m));
+      for (const p of names) tr.append(el("td", {}, m in parts[p] ? fmt(parts[p][m]) : "–"));
+      table.append(tr);
+    }
+    box.append(table);
   }
-  return table;
+  if (scalars.length) box.append(el("p", { class: "muted" }, scalars.join(" · ")));
+  return box;
 }
 
 function renderCard(card) {
@@ -68,7 +73,7 @@ function renderCard(card) {
   box.append(definitionList([
     ["model", card.model], ["family", card.family], ["classes", card.classes.join(", ")],
     ["trained on", card.data], ["protocol", protocol], ["input size", card.input_size],
-    ["temperature", fmt(card.temperature)], ["heat maps", card.heatmaps ? "Grad-CAM" : "not for this family"],
+    ["temperature", fmt(card.temperature)], ["explained by", card.explanation || "–"],
     ["created", card.created],
   ]));
   if (card.warning) box.append(el("p", { class: "warning" }, card.warning));
@@ -86,7 +91,7 @@ function renderCard(card) {
     }
     box.append(t);
   }
-  box.append(el("h3", {}, "Validation metrics"));
+  box.append(el("h3", {}, "Validation and test metrics"));
   box.append(metricsTable(card.metrics));
   box.append(el("h3", {}, "Intended use"));
   box.append(el("p", { class: "warning" }, card.intended_use));
@@ -120,6 +125,9 @@ function newResult(file) {
 
 function showError(node, name, message) {
   node.classList.add("failed");
+  const thumb = node.querySelector(".thumb");
+  if (thumb.src.startsWith("blob:")) URL.revokeObjectURL(thumb.src);
+  node.querySelector(".images").hidden = true;
   node.querySelector(".label").textContent = "not classified";
   const err = node.querySelector(".error");
   err.textContent = message;
@@ -131,6 +139,11 @@ function showResult(node, res) {
   if (res.error) return showError(node, res.name, res.error);
   node.querySelector(".label").textContent = res.label;
   node.dataset.label = res.label;
+  if (res.thumbnail) { // decoded by the server: also shows formats the browser cannot (TIFF)
+    const thumb = node.querySelector(".thumb");
+    if (thumb.src.startsWith("blob:")) URL.revokeObjectURL(thumb.src);
+    thumb.src = res.thumbnail;
+  }
   const bars = node.querySelector(".bars");
   const sorted = Object.entries(res.probabilities).sort((a, b) => b[1] - a[1]);
   sorted.forEach(([cls, p], i) => {
@@ -146,6 +159,15 @@ function showResult(node, res) {
     node.querySelector(".heatmap").src = res.heatmap;
     node.querySelector(".heat-figure").hidden = false;
   }
+  if (res.features && res.features.length) {
+    const list = node.querySelector(".features");
+    for (const f of res.features) {
+      const towards = f.contribution >= 0;
+      list.append(el("li", { class: towards ? "towards" : "against" },
+        `${f.feature} = ${fmt(f.value)}: ${towards ? "+" : "−"}${pct(Math.abs(f.contribution))} ${towards ? "towards" : "against"} the call`));
+    }
+    node.querySelector(".why").hidden = false;
+  }
   state.rows.push({ name: res.name, label: res.label, probabilities: res.probabilities, error: "" });
 }
 
@@ -154,7 +176,7 @@ async function classifyBatch(files, nodes) {
   files.forEach((f) => body.append("files", f, f.name));
   let data;
   try {
-    const r = await fetch("/api/predict", { method: "POST", body });
+    const r = await fetch("/api/predict?thumbnail=true", { method: "POST", body });
     data = await r.json();
     if (!r.ok && !data.results) throw new Error(data.detail || `HTTP ${r.status}`);
   } catch (e) {
@@ -222,7 +244,9 @@ function downloadCsv() {
 }
 
 function clearResults() {
-  for (const img of document.querySelectorAll("#results .thumb")) URL.revokeObjectURL(img.src);
+  for (const img of document.querySelectorAll("#results .thumb")) {
+    if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+  }
   $("#results").replaceChildren();
   state.rows = [];
   setStatus("");
