@@ -37,8 +37,17 @@ METRICS = {
     "fit_s": "Fit s",
     "predict_s": "Predict s",
 }
-_PRELOAD = ["numpy", "sklearn.pipeline", "sklearn.ensemble", "sklearn.svm", "xgboost", "lightgbm",
-            "leukoscope.models.classical", "leukoscope.evaluate.metrics"]
+#: Imported once by the forkserver, before any worker forks from it (plus the models' own modules).
+_PRELOAD = ["numpy", "sklearn.base", "leukoscope.models.classical", "leukoscope.evaluate.metrics"]
+
+
+def _modules(estimator: Any) -> set[str]:
+    """The modules defining an estimator and its nested steps (what a worker must import)."""
+    found = {type(estimator).__module__}
+    for value in estimator.get_params(deep=True).values() if hasattr(estimator, "get_params") else ():
+        if hasattr(value, "fit"):
+            found.add(type(value).__module__)
+    return found
 
 
 @dataclass
@@ -55,6 +64,8 @@ class Leaderboard:
     seed: int
     skipped: list[tuple[str, str]] = field(default_factory=list)
     data: str = ""
+    #: model -> builder parameters other than the defaults (e.g. from ``leukoscope tune``)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def warning(self) -> str | None:
@@ -70,11 +81,16 @@ class Leaderboard:
         return {"protocol": self.protocol, "warning": self.warning, "data": self.data,
                 "classes": self.classes, "features": self.features, "folds": self.folds,
                 "images": self.n_images, "groups": self.n_groups, "seed": self.seed,
-                "best": self.best, "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
+                "best": self.best, "params": self.params,
+                "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
 
 
-def _cv(estimator: Any, X: np.ndarray, y: np.ndarray, folds: np.ndarray, classes: list[str]) -> dict:
-    """Fit and score ``estimator`` on every fold; returns per-fold figures."""
+def cross_validate_model(estimator: Any, X: np.ndarray, y: np.ndarray, folds: np.ndarray, classes: list[str],
+                         on_fold: Callable[[int, dict], None] | None = None) -> dict:
+    """Fit and score ``estimator`` on every fold; returns per-fold figures.
+
+    ``on_fold(i, figures)`` runs after each fold (tuning reports it to its pruner, which may stop the CV).
+    """
     from sklearn.base import clone
 
     from leukoscope.evaluate.metrics import classification_metrics
@@ -91,6 +107,8 @@ def _cv(estimator: Any, X: np.ndarray, y: np.ndarray, folds: np.ndarray, classes
         t2 = time.perf_counter()
         m = classification_metrics(y[test], probs, classes)
         rows.append({k: m.get(k) for k in METRICS} | {"fit_s": t1 - t0, "predict_s": t2 - t1})
+        if on_fold:
+            on_fold(len(rows) - 1, rows[-1])
     return {"folds": rows}
 
 
@@ -106,7 +124,7 @@ def _child(conn: Connection, estimator: Any, X: np.ndarray, y: np.ndarray, folds
     try:
         with warnings.catch_warnings(), threadpool_limits(1):
             warnings.simplefilter("ignore")
-            conn.send(_cv(estimator, X, y, folds, classes))
+            conn.send(cross_validate_model(estimator, X, y, folds, classes))
     except BaseException as e:  # everything a model can throw becomes its row's error
         last = traceback.extract_tb(e.__traceback__)[-1:] if e.__traceback__ else []
         where = f" (at {last[0].filename.rsplit('/', 1)[-1]}:{last[0].lineno})" if last else ""
@@ -120,7 +138,8 @@ def run_models(estimators: dict[str, Any], X: np.ndarray, y: np.ndarray, folds: 
                on_done: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
     """CV of each estimator in its own worker process, ``jobs`` at a time, each within ``timeout`` s."""
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(_PRELOAD)
+    models = set().union(*(_modules(e) for e in estimators.values())) if estimators else set()
+    ctx.set_forkserver_preload(_PRELOAD + sorted(models))
     pending = deque(estimators.items())
     running: dict[Connection, tuple[str, Any, float]] = {}
     results: dict[str, dict] = {}
@@ -184,8 +203,10 @@ def _table(results: dict[str, dict], protocol: str) -> pd.DataFrame:
     return df.drop(columns="_ok").reset_index(drop=True)
 
 
-def build_estimators(models: Sequence[str], seed: int) -> tuple[dict[str, Any], dict[str, dict]]:
-    """Unfitted estimators by name, and an error row for any builder that raises."""
+def build_estimators(models: Sequence[str], seed: int, params: dict[str, dict[str, Any]] | None = None
+                     ) -> tuple[dict[str, Any], dict[str, dict]]:
+    """Unfitted estimators by name (built with ``params[name]`` if given), and an error row for any
+    builder that raises."""
     from leukoscope.models.registry import get_model
 
     built, errors = {}, {}
@@ -196,7 +217,7 @@ def build_estimators(models: Sequence[str], seed: int) -> tuple[dict[str, Any], 
 
             raise ConfigError(f"--models: {name!r} is a {spec.family} model, not a classical one")
         try:
-            built[name] = spec.build(seed=seed)
+            built[name] = spec.build(seed=seed, **(params or {}).get(name, {}))
         except Exception as e:
             errors[name] = {"error": f"cannot build: {type(e).__name__}: {e}"}
     return built, errors
@@ -221,6 +242,7 @@ def benchmark(m: Manifest, *, features: str = "handcrafted", k: int = 5,
               models: Sequence[str] | None = None, timeout: float | None = 300.0,
               jobs: int | None = None, seed: int = 0, cache: Path | None = None,
               feature_params: dict[str, Any] | None = None,
+              params: dict[str, dict[str, Any]] | None = None,
               on_progress: Callable[[int, int], None] | None = None,
               on_model: Callable[[str, dict], None] | None = None
               ) -> tuple[Leaderboard, Manifest, np.ndarray]:
@@ -235,7 +257,7 @@ def benchmark(m: Manifest, *, features: str = "handcrafted", k: int = 5,
     split = kfold(kept, k=k, seed=seed)
     class_names = classes(split)
     y = np.asarray(label_indices(split, class_names))
-    built, errors = build_estimators(names, seed)
+    built, errors = build_estimators(names, seed, params)
     for name, res in errors.items():
         if on_model:
             on_model(name, res)
@@ -245,7 +267,8 @@ def benchmark(m: Manifest, *, features: str = "handcrafted", k: int = 5,
     data = ", ".join(sorted(set(split["dataset"]))) if "dataset" in split else ""
     lb = Leaderboard(table=_table(results | errors, proto), protocol=proto, classes=class_names,
                      features=spec, folds=int(split["fold"].nunique()), n_images=len(split),
-                     n_groups=int(split["group"].nunique()), seed=seed, skipped=skipped, data=data)
+                     n_groups=int(split["group"].nunique()), seed=seed, skipped=skipped, data=data,
+                     params=dict(params or {}))
     return lb, split, X
 
 
@@ -341,7 +364,7 @@ def save_best(lb: Leaderboard, split: Manifest, X: np.ndarray, out: Path, *, mod
     if name is None:
         raise ConfigError("--save-best: no model finished the leaderboard, nothing to save")
     row = lb.table[lb.table["model"] == name].iloc[0]
-    built, errors = build_estimators([name], lb.seed)
+    built, errors = build_estimators([name], lb.seed, lb.params)
     if errors:
         raise ConfigError(f"--save-best: {errors[name]['error']}")
     side = train_val_test(split, val=val, test=0.0, seed=lb.seed)
@@ -358,7 +381,8 @@ def save_best(lb: Leaderboard, split: Manifest, X: np.ndarray, out: Path, *, mod
                         "ece_before": ece(softmax_t(logits), y[valid]),
                         "ece_after": ece(softmax_t(logits, temperature), y[valid])},
     }
-    config = {"family": "classical", "model": name, "classes": lb.classes, "features": lb.features,
+    config = {"family": "classical", "model": name, "params": lb.params.get(name, {}),
+              "classes": lb.classes, "features": lb.features,
               "temperature": temperature, "protocol": lb.protocol, "data": lb.data,
               "training": {"rows": int(train.sum()), "val_rows": int(valid.sum()), "val": val,
                            "seed": lb.seed, "cv_folds": lb.folds}}
