@@ -7,8 +7,14 @@ importing them here builds the whole command. Heavy libraries are imported insid
 from leukoscope.cli import benchmark as _benchmark  # noqa: F401
 from leukoscope.cli import data as _data  # noqa: F401
 from leukoscope.cli import eda as _eda  # noqa: F401
+from leukoscope.cli import evaluate as _evaluate  # noqa: F401
+from leukoscope.cli import explain as _explain  # noqa: F401
+from leukoscope.cli import export as _export  # noqa: F401
 from leukoscope.cli import features as _features  # noqa: F401
+from leukoscope.cli import predict as _predict  # noqa: F401
 from leukoscope.cli import serve as _serve  # noqa: F401
+from leukoscope.cli import train as _train  # noqa: F401
+from leukoscope.cli import tune as _tune  # noqa: F401
 from leukoscope.cli.app import app, main
 
 __all__ = ["app", "main"]

@@ -1,0 +1,124 @@
+"""``leukoscope train``: fine-tune / train a network; the bundle lands in RUN_DIR/bundle."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import Progress, TaskID
+from rich.table import Table
+
+from leukoscope.cli.app import app, console, err_console, guarded
+from leukoscope.cli.data import LayoutOpt, Paths, progress
+
+
+class RichReporter:
+    """The training loop's ``Reporter`` as Rich progress bars (with ETA) and one line per epoch."""
+
+    def __init__(self, bar: Progress):
+        self.bar = bar
+        self.tasks: dict[str, TaskID] = {}
+
+    def task(self, description: str, total: int) -> Callable[[int], None]:
+        tid = self.bar.add_task(description, total=total)
+        self.tasks[description] = tid
+        return lambda n: self.bar.advance(tid, n)
+
+    def done(self, description: str) -> None:
+        tid = self.tasks.pop(description, None)
+        if tid is not None:
+            self.bar.remove_task(tid)
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        self.bar.console.print(
+            f"epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  acc {row['train_accuracy']:.3f}  "
+            f"val loss {row['val_loss']:.4f}  val acc {row['val_accuracy']:.3f}  "
+            f"val bal. acc {row['val_balanced_accuracy']:.3f}  ({row['seconds']:.0f} s)")
+
+
+def _figures_table(metrics: dict[str, Any]) -> Table:
+    keys = ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "roc_auc", "ece_before", "ece_after")
+    table = Table(title=f"held-out figures ({metrics.get('protocol', '-')})")
+    table.add_column("")
+    for k in keys:
+        table.add_column(k.replace("_", " "))
+    rows = [(name, metrics[name]) for name in ("validation", "test") if name in metrics]
+    rows += [(f"frozen + LR {side}", figs) for side, figs in metrics.get("frozen_lr", {}).items()]
+    for name, figs in rows:
+        table.add_row(name, *(f"{figs[k]:.4f}" if isinstance(figs.get(k), float) else "-" for k in keys))
+    return table
+
+
+@app.command("train")
+@guarded
+def train_cmd(
+    paths: Paths,
+    out: Annotated[Path, typer.Option("--out", help="Run directory (checkpoints, curves, bundle/).")],
+    model: Annotated[str | None, typer.Option("--model", help="leukonet | efficientnet_lite0.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW, cosine).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
+    img_size: Annotated[int | None, typer.Option("--img-size", help="Input size in pixels.")] = None,
+    grayscale: Annotated[bool | None, typer.Option("--grayscale/--rgb")] = None,
+    subset: Annotated[float | None, typer.Option(help="Train on this fraction of the groups.")] = None,
+    augment: Annotated[bool | None, typer.Option("--augment/--no-augment")] = None,
+    aug_strength: Annotated[float | None, typer.Option("--aug-strength",
+                                                       help="0 = flips only ... 1.5")] = None,
+    stain: Annotated[str | None, typer.Option(help="none | reinhard | macenko.")] = None,
+    crop_to_cell: Annotated[bool | None, typer.Option("--crop-to-cell/--no-crop-to-cell",
+                                                      help="Crop black-background cells first.")] = None,
+    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Test-time flips + rotations.")] = None,
+    patience: Annotated[int | None, typer.Option(help="Early-stopping patience (epochs).")] = None,
+    finetune_depth: Annotated[int | None, typer.Option(
+        "--finetune-depth", help="Top stages fine-tuned (-1 all, 0 head only).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="run.yaml with these settings.")] = None,
+    cv: Annotated[int | None, typer.Option("--cv", help="Subject-grouped K-fold CV, not one split.")] = None,
+    split_protocol: Annotated[str | None, typer.Option("--split-protocol", help="auto | official "
+                                                       "(C-NMC: official folds vs prelim test).")] = None,
+    layout: LayoutOpt = None,
+) -> None:
+    """Train a network (from scratch or fine-tuned) on a grouped split; rerun to resume."""
+    from leukoscope.data.readers import read
+    from leukoscope.train.config import TrainConfig
+    from leukoscope.train.loop import TrainingInterrupted, cross_validate, train
+
+    cfg = TrainConfig.build(
+        config, model=model, epochs=epochs, lr=lr, batch_size=batch_size, img_size=img_size,
+        grayscale=grayscale, subset=subset, augment=augment, aug_strength=aug_strength, stain=stain,
+        crop_to_cell=crop_to_cell, tta=tta, patience=patience, finetune_depth=finetune_depth, seed=seed,
+        cv=cv, split_protocol=split_protocol)
+    m = read(paths, layout)
+    try:
+        with progress() as bar:
+            reporter = RichReporter(bar)
+            if cfg.cv:
+                result = cross_validate(m, cfg, out, reporter)
+            else:
+                bundle = train(m, cfg, out, reporter)
+    except TrainingInterrupted as e:
+        err_console.print(f"[yellow]{e}[/]")
+        raise typer.Exit(130) from None
+    if cfg.cv:
+        table = Table(title=f"{result['k']}-fold CV ({result['protocol']}), weighted F1")
+        for col in ("fold", "test images", "test groups", "fine-tuned", "frozen + LR"):
+            table.add_column(col)
+        for f in result["folds"]:
+            fz = f.get("frozen_lr_f1_weighted")
+            table.add_row(str(f["fold"]), str(f["test_images"]), str(f["test_groups"]),
+                          f"{f['f1_weighted']:.3f}", "-" if fz is None else f"{fz:.3f}")
+        console.print(table)
+        lo, hi = result["f1_weighted_ci95"]
+        console.print(f"pooled weighted F1 {result['pooled']['f1_weighted']:.3f} "
+                      f"(95% subject-bootstrap interval {lo:.2f}-{hi:.2f}); "
+                      f"per-fold mean {result['f1_weighted_mean']:.3f} +- {result['f1_weighted_std']:.3f}")
+        console.print(f"results: {out / 'cv.json'}")
+        return
+    console.print(_figures_table(bundle.metrics()))
+    if bundle.config.get("protocol") == "image-level":
+        from leukoscope.data.manifest import IMAGE_LEVEL_WARNING
+
+        console.print(f"[yellow]note:[/] {IMAGE_LEVEL_WARNING}")
+    console.print(f"bundle: {bundle.path}  (curves: {out / 'curves.png'})")

@@ -1,0 +1,74 @@
+"""The ``deep`` feature kind: frozen ImageNet EfficientNet-Lite0 embeddings (1280 per image).
+
+The seed projects' "CNN as feature extractor" step, with a pretrained network instead of one
+trained on the same few images. Batched in this process (``parallel = False``: torch already uses
+every core, worker processes would each load the network and fight over the same cores); the
+network is loaded once per process. Preprocessing is ``models.preprocess.prepare``, the same as
+the fine-tuned networks use, with an optional crop to the cell for black-background crops.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from leukoscope.errors import ConfigError
+from leukoscope.features import FeatureExtractor, register_features
+from leukoscope.models.backbones import LITE0_MEAN, LITE0_STD, LITE0_WIDTH
+from leukoscope.models.preprocess import prepare, preprocessing_config
+
+#: backbone name -> (embedding width, mean, std)
+BACKBONES: dict[str, tuple[int, tuple[float, ...], tuple[float, ...]]] = {
+    "efficientnet_lite0": (LITE0_WIDTH, LITE0_MEAN, LITE0_STD),
+}
+
+
+@functools.lru_cache(maxsize=2)
+def _network(backbone: str) -> Any:
+    import torch
+
+    from leukoscope.models import backbones
+
+    net = backbones.efficientnet_lite0(num_classes=1000, pretrained=True)
+    return net.eval().to(memory_format=torch.channels_last)
+
+
+@register_features("deep")
+class DeepFeatures(FeatureExtractor):
+    """Pooled embeddings of a frozen ImageNet network (before its classifier)."""
+
+    version = 1
+    parallel = False
+    batch_size = 32
+
+    def __init__(self, backbone: str = "efficientnet_lite0", input_size: int = 224,
+                 crop_to_cell: bool = False):
+        if backbone not in BACKBONES:
+            raise ConfigError(f"deep features: unknown backbone {backbone!r}; "
+                              f"choose from {sorted(BACKBONES)}")
+        self.backbone, self.input_size, self.crop_to_cell = backbone, int(input_size), bool(crop_to_cell)
+        width, mean, std = BACKBONES[backbone]
+        self.width = width
+        self.pre = preprocessing_config(self.input_size, mean, std, crop_to_cell=self.crop_to_cell)
+
+    def params(self) -> dict[str, Any]:
+        return {"backbone": self.backbone, "input_size": self.input_size, "crop_to_cell": self.crop_to_cell}
+
+    def names(self) -> list[str]:
+        return [f"deep_{i:04d}" for i in range(self.width)]
+
+    def compute(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        import torch
+
+        from leukoscope.models.backbones import lite0_embed
+
+        net = _network(self.backbone)
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(images), self.batch_size):
+                x = torch.from_numpy(prepare(images[i:i + self.batch_size], self.pre))
+                out.append(lite0_embed(net, x.contiguous(memory_format=torch.channels_last)).numpy())
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.width), np.float32)

@@ -1,0 +1,88 @@
+"""Training augmentation in torch on uint8 batches (no torchvision): one vectorised call per batch.
+
+Cells have no up or down, so every batch gets random flips and 90-degree rotations; ``strength``
+scales the rest: a small free rotation, zoom / shift (one affine resample), and brightness,
+contrast, saturation and per-channel gain jitter (a cheap stand-in for stain variation).
+Labels are untouched: the batch order is kept, each image is transformed on its own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+#: Ranges at strength 1.0.
+MAX_ANGLE = 30.0  # degrees, on top of the 90-degree rotations
+MAX_ZOOM = 0.15   # scale in [1 - z, 1 + z]
+MAX_SHIFT = 0.06  # fraction of the image
+MAX_COLOUR = 0.12  # brightness / contrast / saturation factor in [1 - c, 1 + c]
+MAX_GAIN = 0.04   # per-channel gain
+
+
+def to_float(batch: torch.Tensor) -> torch.Tensor:
+    """N x H x W x 3 uint8 -> N x 3 x H x W float in [0, 1]."""
+    return batch.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Same arithmetic as ``preprocess.normalize``, on a float [0, 1] NCHW tensor; channels_last out."""
+    m = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
+    return ((x - m) / s).contiguous(memory_format=torch.channels_last)
+
+
+def _u(n: int, g: torch.Generator, lo: float = -1.0, hi: float = 1.0) -> torch.Tensor:
+    return torch.rand(n, generator=g) * (hi - lo) + lo
+
+
+def dihedral(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip and 90-degree rotation per image (square images)."""
+    n = x.shape[0]
+    flip = torch.rand(n, generator=g) < 0.5
+    x = torch.where(flip.view(n, 1, 1, 1), torch.flip(x, dims=(3,)), x)
+    k = torch.randint(0, 4, (n,), generator=g)
+    out = x.clone()
+    for r in range(1, 4):
+        sel = k == r
+        if sel.any():
+            out[sel] = torch.rot90(x[sel], r, dims=(2, 3))
+    return out
+
+
+def affine(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.Tensor:
+    """Free rotation, zoom and shift in one bilinear resample (reflected borders)."""
+    n = x.shape[0]
+    angle = _u(n, g) * math.radians(MAX_ANGLE * strength)
+    scale = 1 + _u(n, g) * MAX_ZOOM * strength  # > 1 zooms out, < 1 zooms in
+    tx, ty = (_u(n, g) * MAX_SHIFT * strength * 2 for _ in range(2))
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def colour(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.Tensor:
+    """Brightness, contrast, saturation and per-channel gain jitter; values stay in [0, 1]."""
+    n = x.shape[0]
+    c = MAX_COLOUR * strength
+    gray = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    sat = (1 + _u(n, g) * c).view(n, 1, 1, 1)
+    x = gray + (x - gray) * sat
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    con = (1 + _u(n, g) * c).view(n, 1, 1, 1)
+    bri = (1 + _u(n, g) * c).view(n, 1, 1, 1)
+    gain = 1 + (torch.rand(n, 3, 1, 1, generator=g) * 2 - 1) * MAX_GAIN * strength
+    return (((x - mean) * con + mean) * bri * gain).clamp_(0, 1)
+
+
+def augment(batch: torch.Tensor, strength: float, g: torch.Generator) -> torch.Tensor:
+    """uint8 NHWC batch -> augmented float [0, 1] NCHW batch (identity at ``strength <= 0``)."""
+    x = to_float(batch)
+    if strength <= 0:
+        return x
+    x = dihedral(x, g)
+    x = affine(x, strength, g)
+    return colour(x, strength, g)

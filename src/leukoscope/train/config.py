@@ -1,0 +1,134 @@
+"""``TrainConfig``: every setting of a network training run, resolved and written next to its outputs.
+
+Precedence: explicit options > ``--config run.yaml`` > the model's ``train_defaults`` > the field
+defaults here. ``None`` means "not set" until ``resolved()`` fills it from the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from leukoscope.errors import ConfigError
+
+SPLIT_PROTOCOLS = ("auto", "official")
+BALANCE = ("loss", "sampler", "none")
+
+
+@dataclass
+class TrainConfig:
+    model: str = "efficientnet_lite0"
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    img_size: int | None = None
+    patience: int | None = None
+    grayscale: bool = False
+    subset: float = 1.0
+    augment: bool = True
+    aug_strength: float = 1.0
+    stain: str = "none"
+    crop_to_cell: bool = False
+    tta: bool = False
+    seed: int = 0
+    val: float = 0.15
+    test: float = 0.15
+    split_protocol: str = "auto"
+    cv: int = 0
+    #: pretrained models: fit the head on frozen embeddings (logistic regression) before fine-tuning
+    head_warmup: bool = True
+    #: top stages unfrozen when fine-tuning (-1: the whole network, 0: the head only)
+    finetune_depth: int = -1
+    label_smoothing: float = 0.1
+    weight_decay: float = 0.01
+    warmup_epochs: float = 0.5
+    balance: str = "loss"
+    threads: int = 0
+
+    @classmethod
+    def from_file(cls, path: Path) -> dict[str, Any]:
+        """Settings from a YAML or JSON file (only known keys)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        text = path.read_text()
+        try:
+            if path.suffix.lower() == ".json":
+                data = json.loads(text)
+            else:
+                import yaml
+
+                data = yaml.safe_load(text) or {}
+        except Exception as e:  # noqa: BLE001 - any parse error is a bad config file
+            raise ConfigError(f"{path}: cannot parse ({e})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings")
+        data = {k.replace("-", "_"): v for k, v in data.items()}
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}")
+        return data
+
+    @classmethod
+    def build(cls, file: Path | None = None, **options: Any) -> TrainConfig:
+        """File settings overlaid with the options that are not None."""
+        data = cls.from_file(file) if file else {}
+        data.update({k: v for k, v in options.items() if v is not None})
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise ConfigError(f"bad training settings ({e})") from None
+
+    def resolved(self) -> TrainConfig:
+        """Unset fields filled from the model's ``train_defaults``, then validated."""
+        from leukoscope.models.networks import network_class
+
+        try:
+            defaults = network_class(self.model).train_defaults
+        except Exception as e:
+            raise ConfigError(f"--model {self.model!r}: not a network model ({e})") from None
+        filled = {k: defaults.get(k) if v is None else v for k, v in self.as_dict().items()}
+        out = TrainConfig(**filled)
+        out.check()
+        return out
+
+    def check(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ConfigError(msg)
+
+        need(self.epochs is not None and self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
+        need(self.lr is not None and self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        need(self.batch_size is not None and self.batch_size >= 1,
+             f"--batch-size must be >= 1, got {self.batch_size}")
+        need(self.img_size is not None and 16 <= self.img_size <= 1024,
+             f"--img-size must be in [16, 1024], got {self.img_size}")
+        need(self.patience is not None and self.patience >= 1,
+             f"--patience must be >= 1, got {self.patience}")
+        need(0 < self.subset <= 1, f"--subset must be a fraction in (0, 1], got {self.subset}")
+        need(self.aug_strength >= 0, f"--aug-strength must be >= 0, got {self.aug_strength}")
+        need(self.split_protocol in SPLIT_PROTOCOLS,
+             f"--split-protocol must be one of {', '.join(SPLIT_PROTOCOLS)}, got {self.split_protocol!r}")
+        need(self.balance in BALANCE, f"balance must be one of {', '.join(BALANCE)}, got {self.balance!r}")
+        need(self.cv == 0 or self.cv >= 2, f"--cv must be 0 (off) or >= 2, got {self.cv}")
+        from leukoscope.train.stain import check_method
+
+        check_method(self.stain)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def write(self, folder: Path) -> None:
+        """``config.yaml`` (for ``--config``) and ``config.json`` in ``folder``, atomically."""
+        import yaml
+
+        from leukoscope.bundle import write_json
+
+        folder = Path(folder)
+        write_json(folder / "config.json", self.as_dict())
+        tmp = folder / ".config.yaml.tmp"
+        tmp.write_text(yaml.safe_dump(self.as_dict(), sort_keys=False))
+        tmp.replace(folder / "config.yaml")

@@ -1,0 +1,109 @@
+"""Training on tiny synthetic cells: the loss falls, runs resume, bundles round-trip, CV and CLI work."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from leukoscope.bundle import load_bundle
+from leukoscope.cli import app
+from leukoscope.data.images import load_rgb
+from leukoscope.data.manifest import label_indices
+from leukoscope.data.readers import read
+from leukoscope.errors import ConfigError
+from leukoscope.models.networks import LeukoNet
+from leukoscope.train.config import TrainConfig
+from leukoscope.train.loop import SilentReporter, TrainingInterrupted, cross_validate, train
+
+TINY = {"model": "leukonet", "img_size": 32, "batch_size": 8, "epochs": 2, "patience": 5}
+
+
+def test_a_few_steps_lower_the_loss(synthetic2):
+    torch.manual_seed(0)
+    m = read([synthetic2]).iloc[:16]
+    x = torch.from_numpy(np.stack([load_rgb(p)[::4, ::4] for p in m["path"]])).permute(0, 3, 1, 2)
+    x = (x.float() / 255 - 0.5).contiguous(memory_format=torch.channels_last)
+    y = torch.tensor(label_indices(m, sorted(set(m["label"]))))
+    net = LeukoNet(num_classes=2)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(5):
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+class _StopAfterFirstEpoch(SilentReporter):
+    def epoch(self, row):
+        raise KeyboardInterrupt
+
+
+def test_interrupt_then_resume_and_bundle_round_trip(synthetic2, tmp_path):
+    m = read([synthetic2])
+    cfg = TrainConfig.build(**TINY)
+    with pytest.raises(TrainingInterrupted):
+        train(m, cfg, tmp_path, _StopAfterFirstEpoch())
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert saved["epoch"] == 1 and len(saved["history"]) == 1
+    bundle = train(m, cfg, tmp_path)  # same command: resumes at epoch 2
+    history = bundle.history()
+    assert list(history["epoch"]) == [1, 2]
+    assert history["train_loss"].iloc[0] == pytest.approx(saved["history"][0]["train_loss"])
+    for name in ("config.yaml", "config.json", "history.csv", "curves.png", "metrics.json"):
+        assert (tmp_path / name).is_file()
+    # round trip: the reloaded bundle reproduces the in-training test figures
+    again = load_bundle(tmp_path / "bundle")
+    split = again.split()
+    test = split[split["side"] == "test"]
+    probs = again.predict_proba([load_rgb(p) for p in test["path"]])
+    y = np.asarray(label_indices(test, again.classes))
+    metrics = again.metrics()["test"]
+    assert (probs.argmax(1) == y).mean() == pytest.approx(metrics["accuracy"])
+    assert np.allclose(probs, bundle.predict_proba([load_rgb(p) for p in test["path"]]))
+    assert again.config["preprocessing"]["input_size"] == 32 and again.family == "network"
+    # a different setting in the same run directory is refused, not mixed
+    with pytest.raises(ConfigError):
+        train(m, TrainConfig.build(**{**TINY, "lr": 0.5}), tmp_path)
+
+
+def test_lite0_fine_tune_with_frozen_baseline(synthetic2, tmp_path):
+    m = read([synthetic2])
+    cfg = TrainConfig.build(model="efficientnet_lite0", img_size=32, batch_size=16, epochs=1,
+                            finetune_depth=2)
+    bundle = train(m, cfg, tmp_path)
+    metrics = bundle.metrics()
+    assert {"validation", "test", "frozen_lr"} <= set(metrics)
+    assert metrics["test"]["n"] > 0 and metrics["best_epoch"] == 1
+    assert set(metrics["frozen_lr"]) == {"val", "test"}
+
+
+def test_cross_validation(synthetic2, tmp_path):
+    m = read([synthetic2])
+    result = cross_validate(m, TrainConfig.build(**{**TINY, "epochs": 1, "cv": 2, "img_size": 24}), tmp_path)
+    assert result["k"] == 2 and len(result["folds"]) == 2
+    assert sum(f["test_images"] for f in result["folds"]) == len(m)
+    lo, hi = result["f1_weighted_ci95"]
+    assert 0 <= lo <= hi <= 1
+    assert json.loads((tmp_path / "cv.json").read_text())["k"] == 2
+
+
+def test_cli_train_and_config_replay(synthetic2, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "run"
+    args = ["train", str(synthetic2), "--model", "leukonet", "--epochs", "1", "--img-size", "32",
+            "--batch-size", "8", "--out", str(out)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert (out / "bundle" / "model.safetensors").is_file() and "test" in res.output
+    replay = runner.invoke(app, ["train", str(synthetic2), "--config", str(out / "config.yaml"),
+                                 "--out", str(out)])
+    assert replay.exit_code == 0, replay.output
+    bad = runner.invoke(app, ["train", str(synthetic2), "--stain", "purple", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 1 and "--stain" in bad.output
