@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -160,10 +160,11 @@ def run_models(estimators: dict[str, Any], X: np.ndarray, y: np.ndarray, folds: 
         limit = None
         if timeout is not None:
             limit = max(0.0, min(start + timeout for _, _, start in running.values()) - time.monotonic())
-        for conn in wait(list(running), timeout=limit):
-            name, proc, _ = running.pop(conn)  # type: ignore[index]
+        for ready in wait(list(running), timeout=limit):
+            conn = cast(Connection, ready)
+            name, proc, _ = running.pop(conn)
             try:
-                res = conn.recv()
+                res: dict = conn.recv()
             except EOFError:
                 proc.join()
                 res = {"error": f"worker process died (exit code {proc.exitcode})"}

@@ -1,0 +1,111 @@
+"""``leukoscope tune``: Optuna search of a registered model's space, resumable, shareable by workers."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from leukoscope.cli.app import app, console, guarded
+from leukoscope.cli.data import LayoutOpt, Paths, progress
+from leukoscope.cli.features import print_skipped
+
+
+def parse_fixed(items: list[str]) -> dict[str, Any]:
+    """``NAME=VALUE`` pairs; values read as YAML scalars (``64`` -> int, ``1e-3`` -> float)."""
+    import yaml
+
+    from leukoscope.errors import ConfigError
+
+    fixed: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--fix {item!r}: expected NAME=VALUE")
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # yaml reads 1e-3 as a string
+            with contextlib.suppress(ValueError):
+                parsed = float(parsed)
+        fixed[name.strip().replace("-", "_")] = parsed
+    return fixed
+
+
+@app.command("tune")
+@guarded
+def tune_cmd(
+    paths: Paths,
+    model: Annotated[str, typer.Option("--model", help="A registered model (leukoscope models).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder: study.db, best.yaml, trials.csv, report.html.")],
+    trials: Annotated[int, typer.Option("--trials", help="Finished trials wanted in the study (all "
+                                        "workers together; finished ones from earlier runs count).")] = 40,
+    timeout: Annotated[float | None, typer.Option(help="Start no trial after this many seconds.")] = None,
+    storage: Annotated[str | None, typer.Option(
+        help="SQLAlchemy URL shared by several workers (default: sqlite:///OUT/study.db).")] = None,
+    study: Annotated[str | None, typer.Option("--study", help="Study name (default: the model).")] = None,
+    metric: Annotated[str, typer.Option(help="balanced_accuracy | weighted_f1 | macro_f1.")
+                      ] = "balanced_accuracy",
+    features: Annotated[str, typer.Option("--features", help="Classical models: handcrafted | deep | both.")
+                        ] = "handcrafted",
+    cv: Annotated[int, typer.Option("--cv", help="Grouped folds of the train side.")] = 5,
+    test: Annotated[float, typer.Option("--test", help="Held-out test fraction (grouped).")] = 0.2,
+    pruner: Annotated[str, typer.Option(help="median | halving | none.")] = "median",
+    fix: Annotated[list[str] | None, typer.Option(
+        "--fix", help="NAME=VALUE: pin a parameter of the space, or set another model / training "
+        "setting (repeatable), e.g. --fix img_size=64 --fix epochs=4.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Split, folds and sampler seed.")] = 0,
+    layout: LayoutOpt = None,
+) -> None:
+    """Search hyperparameters on grouped CV of the train side; score the best once on the test side."""
+    import optuna
+
+    from leukoscope.cli.train import RichReporter
+    from leukoscope.data.readers import read
+    from leukoscope.tune import REPORT_FILE, TuneSettings, tune
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the progress bar says it, once
+    settings = TuneSettings(model=model, metric=metric, features=features, cv=cv, test=test, seed=seed,
+                            pruner=pruner, fixed=parse_fixed(fix or []))
+    settings.check()
+    m = read(paths, layout)
+    with progress() as bar:
+        feat = bar.add_task(f"{features} features (train side)", visible=False)
+        task = bar.add_task(f"{model}: trials", total=trials)
+
+        def on_features(done: int, total: int) -> None:
+            bar.update(feat, completed=done, total=total, visible=done < total)
+
+        def on_trial(ev: Any) -> None:
+            best = "-" if ev.best is None else f"{ev.best:.4f}"
+            value = f"{ev.value:.4f}" if ev.value is not None else ev.state
+            bar.update(task, completed=ev.finished,
+                       description=f"{model}: trial {ev.number} {escape(value)} (best {best})")
+            if ev.error:
+                bar.console.print(f"[yellow]trial {ev.number} failed:[/] {escape(ev.error)}")
+
+        result = tune(m, settings, out, n_trials=trials, timeout=timeout, storage=storage, study_name=study,
+                      on_features=on_features, on_trial=on_trial, reporter=RichReporter(bar))
+    c = result.counts
+    console.print(f"study {escape(result.study.study_name)}: {c['complete']} complete, {c['pruned']} pruned, "
+                  f"{c['fail']} failed trials ({result.seconds:.0f} s in this run)")
+    table = Table(title=f"held-out test side ({result.split['test']} images, {result.protocol}), scored once")
+    for col in ("configuration", f"CV {metric}", "balanced acc.", "weighted F1", "macro F1", "accuracy"):
+        table.add_column(col, justify="right")
+    trial = result.best["trial"]
+    for name, row in ((f"best ({'the defaults' if trial is None else f'trial {trial}'})", result.best),
+                      ("defaults", result.default)):
+        t = row["test"]
+        table.add_row(name, f"{row['cv']:.4f}",
+                      *(f"{t[k]:.4f}" for k in ("balanced_accuracy", "f1_weighted", "f1_macro", "accuracy")))
+    console.print(table)
+    shown = (f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best["params"].items())
+    console.print("best parameters: " + escape(", ".join(shown)))
+    if result.warning:
+        console.print(f"[yellow]note:[/] {result.warning}")
+    print_skipped(result.skipped)
+    nxt = "benchmark" if result.family == "classical" else "train"
+    console.print(escape(f"wrote {out / 'best.yaml'} (leukoscope {nxt} PATH --config {out / 'best.yaml'}), "
+                         f"{out / 'trials.csv'}, {out / REPORT_FILE}"))
