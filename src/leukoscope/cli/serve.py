@@ -11,7 +11,7 @@ import typer
 
 from leukoscope.cli.app import app, console, err_console, guarded
 from leukoscope.errors import ConfigError
-from leukoscope.serve.limits import ServeSettings
+from leukoscope.serve.limits import LOOPBACK_HOSTS, ServeSettings
 
 _D = ServeSettings()
 
@@ -53,7 +53,11 @@ def serve_cmd(
 
     from leukoscope.serve.app import create_app
 
-    settings = ServeSettings(max_files=max_files, max_bytes=max_bytes, max_pixels=max_pixels)
+    # Bound to loopback, only loopback Host headers are answered: a web page cannot reach the API by
+    # DNS rebinding. Bound to a network address, any Host is, since the machine's names are unknown.
+    hosts = LOOPBACK_HOSTS if _loopback(host) else ("*",)
+    settings = ServeSettings(max_files=max_files, max_bytes=max_bytes, max_pixels=max_pixels,
+                             allowed_hosts=hosts)
     web = create_app(bundle, settings)
     _check_port_free(host, port)
     if not _loopback(host):

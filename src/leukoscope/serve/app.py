@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -35,6 +34,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from leukoscope.bundle import Bundle, load_bundle
 from leukoscope.data.images import decode_rgb
@@ -203,7 +203,7 @@ def model_card(model: Model, settings: ServeSettings) -> dict[str, Any]:
         "created": cfg.get("created"), "versions": cfg.get("versions", {}),
         "explanation": model.explanation,
         "intended_use": INTENDED_USE,
-        "limits": asdict(settings),
+        "limits": settings.limits(),
     }
     return card
 
@@ -239,6 +239,8 @@ def create_app(bundle_dir: Path | str, settings: ServeSettings | None = None) ->
                   description=f"Single-cell image classifier `{model.name}`. {INTENDED_USE}")
     web.state.model = model
     web.state.settings = settings
+
+    web.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts))
 
     @web.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Any:

@@ -23,7 +23,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @contextmanager
 def serving(bundle: Path | str, *options: str, port: int | None = None,
-            timeout: float = 60.0) -> Iterator[str]:
+            timeout: float = 120.0) -> Iterator[str]:
     """Start the server on loopback, wait until ``/healthz`` answers, yield its base URL; stop it after."""
     import httpx
 

@@ -1,26 +1,33 @@
-"""Upload limits of the web server, importable without FastAPI (the CLI reads its defaults here)."""
+"""Limits of the web server, importable without FastAPI (the CLI reads its defaults here)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from leukoscope.errors import ConfigError
 
 _MULTIPART_OVERHEAD = 4096  # per-part headers and boundary, generous
+#: Host headers a server bound to loopback answers; anything else is a DNS-rebinding attempt.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """Upload limits. Defaults fit single-cell crops (a few hundred pixels, tens of kB) with room."""
+    """Upload limits (defaults fit single-cell crops, a few hundred pixels and tens of kB, with room)
+    and the Host headers answered (``("*",)``: any)."""
 
     max_files: int = 32
     max_bytes: int = 10 * 2**20
     max_pixels: int = 16_000_000
+    allowed_hosts: tuple[str, ...] = ("*",)
 
     def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
+        for name, value in self.limits().items():
             if value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+
+    def limits(self) -> dict[str, int]:
+        return {"max_files": self.max_files, "max_bytes": self.max_bytes, "max_pixels": self.max_pixels}
 
     @property
     def max_body(self) -> int:
