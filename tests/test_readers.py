@@ -297,3 +297,13 @@ def test_manifest_schema_is_enforced() -> None:
         make_manifest([dict(path="/a.png", label="b", source_split="holdout")])
     with pytest.raises(DataError, match=r"missing column\(s\): group, source_split"):
         validate(pd.DataFrame({"path": ["/a.png"], "label": ["x"], "subject": [None]}))
+
+
+def test_empty_class_folder_is_named(tmp_path: Path) -> None:
+    from leukoscope.data.synthetic import make_synthetic
+    from leukoscope.errors import DataError
+
+    root = make_synthetic(tmp_path / "cells", n_subjects=2, per_subject=1, size=32)
+    (root / "Pro").mkdir()
+    with pytest.raises(DataError, match="class folder.*Pro"):
+        read([root])

@@ -155,12 +155,18 @@ def _class_dirs(p: Path) -> list[Path]:
 def read_class_folders(path: Path) -> Manifest:
     """One sub-folder per class (any name); subjects parsed from C-NMC style UID_ names."""
     rows = []
+    empty = []
     for d in _class_dirs(path):
-        for f in _image_files(d):
+        files = _image_files(d)
+        if not files:
+            empty.append(d.name)
+        for f in files:
             rows.append(dict(path=str(f.resolve()), label=d.name,
                              subject=subject_from_name(f.name)))
     if not rows:
         raise DataError(f"{path}: no images found in its sub-folders")
+    if empty:
+        raise DataError(f"{path}: class folder(s) with no images: {_preview(sorted(empty))}")
     m = make_manifest(rows)
     if m["subject"].notna().any() and m["subject"].isna().any():
         n = int(m["subject"].isna().sum())
