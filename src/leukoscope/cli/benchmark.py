@@ -29,6 +29,9 @@ def benchmark_cmd(
         "--save-best", help="Refit the winner on a grouped train side, calibrate on val, "
         "write a bundle here.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (folds and models).")] = 0,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="A tuned configuration (leukoscope tune's best.yaml): that model, its parameters "
+        "and its feature kind.")] = None,
     layout: LayoutOpt = None,
 ) -> None:
     """Every classical model on cached features: grouped k-fold CV, sorted by balanced accuracy."""
@@ -40,8 +43,15 @@ def benchmark_cmd(
 
     if cv < 2:
         raise ConfigError(f"--cv must be at least 2, got {cv}")
-    names = None
-    if models:
+    names, params = None, None
+    if config:
+        from leukoscope.tune import load_config
+
+        tuned = load_config(config)
+        if features not in ("handcrafted", tuned["features"]):
+            raise ConfigError(f"--features {features} conflicts with {config}: tuned on {tuned['features']}")
+        names, params, features = [tuned["model"]], {tuned["model"]: tuned["params"]}, tuned["features"]
+    elif models:
         names = []
         for pattern in (p.strip() for p in models.split(",") if p.strip()):
             found = list_models(pattern, family="classical")
@@ -53,7 +63,7 @@ def benchmark_cmd(
     with progress() as bar:
         task = bar.add_task(f"{features} features", total=len(m))
         lb, split, X = benchmark(
-            m, features=features, k=cv, models=names, timeout=timeout, jobs=jobs, seed=seed,
+            m, features=features, k=cv, models=names, timeout=timeout, jobs=jobs, seed=seed, params=params,
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
             on_model=lambda name, res: bar.update(task, description=f"models: {name} done"))
     written = write_leaderboard(lb, out)
