@@ -42,12 +42,19 @@ SPLIT = "split.csv"
 HISTORY = "history.csv"
 CARD = "MODEL_CARD.md"
 ONNX = "model.onnx"
+ONNX_INT8 = "model.int8.onnx"
 
 #: family name -> "module:Class"; imported only when a bundle of that family is loaded.
 _FAMILY_CLASSES: dict[str, str] = {
     "classical": "leukoscope.models.classical:ClassicalBundle",
     "network": "leukoscope.models.networks:NetworkBundle",
 }
+#: runtime -> ("module:Class", model file) for network bundles exported with ``leukoscope export``.
+_RUNTIMES: dict[str, tuple[str, str]] = {
+    "onnx": ("leukoscope.predict.onnx:OnnxBundle", ONNX),
+    "onnx-int8": ("leukoscope.predict.onnx:OnnxBundle", ONNX_INT8),
+}
+RUNTIMES = ("auto", "torch", *_RUNTIMES)
 _VERSIONED = ("leukoscope", "numpy", "scikit-learn", "torch", "onnxruntime", "xgboost-cpu",
               "lightgbm", "pillow", "scikit-image")
 
@@ -129,15 +136,34 @@ def read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def load_bundle(path: Path | str) -> Bundle:
-    """Load any bundle; the family in config.json picks the class."""
+def _import(target: str) -> Any:
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_bundle(path: Path | str, runtime: str = "auto") -> Bundle:
+    """Load any bundle; the family in config.json picks the class.
+
+    ``runtime`` (network bundles): ``torch``; ``onnx`` (model.onnx) or ``onnx-int8``
+    (model.int8.onnx) via ONNX Runtime; ``auto``: ``onnx`` when a current export is there, else torch.
+    """
     path = Path(path)
     config = read_config(path)
-    target = _FAMILY_CLASSES.get(config["family"])
-    if target is None:
+    if runtime not in RUNTIMES:
+        raise BundleError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    if runtime == "auto":
+        onnx_cls = _import(_RUNTIMES["onnx"][0])
+        runtime = "onnx" if config["family"] == "network" and onnx_cls.available(path, config) else "torch"
+    if runtime in _RUNTIMES:
+        if config["family"] != "network":
+            raise BundleError(f"{path}: runtime {runtime!r} is for network bundles; this one is "
+                              f"{config['family']}")
+        target, model_file = _RUNTIMES[runtime]
+        return _import(target).load(path, config, model_file)
+    family = _FAMILY_CLASSES.get(config["family"])
+    if family is None:
         raise BundleError(f"{path / CONFIG}: unknown family {config['family']!r}")
-    module, cls_name = target.split(":")
-    cls: type[Bundle] = getattr(importlib.import_module(module), cls_name)
+    cls: type[Bundle] = _import(family)
     return cls.load(path, config)
 
 

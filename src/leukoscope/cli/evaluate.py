@@ -1,0 +1,63 @@
+"""``leukoscope evaluate``: metrics.json, predictions.csv and an HTML report for a bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from leukoscope.cli.app import app, console, guarded
+from leukoscope.cli.data import LayoutOpt, Paths, progress
+from leukoscope.cli.use import BatchOpt, BundleArg, RuntimeOpt, TtaOpt
+
+
+def _f(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+@app.command("evaluate")
+@guarded
+def evaluate_cmd(
+    bundle: BundleArg,
+    paths: Paths,
+    out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, predictions.csv and "
+                                      "report.html.")],
+    layout: LayoutOpt = None,
+    side: Annotated[str | None, typer.Option(
+        "--side", help="Only images on this side (test, val, train) of the bundle's own split.")] = None,
+    tta: TtaOpt = False,
+    batch_size: BatchOpt = 64,
+    runtime: RuntimeOpt = "auto",
+) -> None:
+    """Accuracy, balanced accuracy, P/R/F1, ROC AUC, ECE before/after calibration, per subject; report."""
+    from leukoscope.bundle import load_bundle
+    from leukoscope.data.readers import read
+    from leukoscope.evaluate.report import REPORT_FILE, evaluate
+
+    b = load_bundle(bundle, runtime=runtime)
+    m = read(paths, layout)
+    with progress() as bar:
+        task = bar.add_task("evaluating", total=None)
+        r = evaluate(b, m, out, tta=tta, side=side, batch_size=batch_size,
+                     on_progress=lambda done, total: bar.update(task, completed=done, total=total))
+    table = Table(title=escape(f"{r['model']} on {r['evaluated']} images ({r['protocol']})"))
+    levels = [lvl for lvl in ("cell", "subject") if lvl in r]
+    table.add_column("figure")
+    for lvl in levels:
+        table.add_column(f"{lvl} level", justify="right")
+    for key in ("accuracy", "balanced_accuracy", "f1_weighted", "f1_macro", "roc_auc", "ece"):
+        table.add_row(key, *(_f(r[lvl][key]) for lvl in levels))
+    console.print(table)
+    cal = r["calibration"]
+    console.print(f"ECE before / after temperature (T = {cal['temperature']:.3f}): "
+                  f"{_f(cal['ece_before'])} / {_f(cal['ece_after'])}")
+    for w in r["warnings"]:
+        console.print(f"[yellow]note:[/] {escape(w)}")
+    if r["skipped"]:
+        console.print(f"[yellow]{len(r['skipped'])} unreadable image(s) skipped:[/]")
+        for s in r["skipped"]:
+            console.print(escape(f"  {s['path']}: {s['reason']}"))
+    console.print(escape(f"wrote {Path(out) / REPORT_FILE} and metrics.json, predictions.csv"))

@@ -1,0 +1,34 @@
+"""``leukoscope export``: add ONNX models to a network bundle."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from leukoscope.cli.app import app, console, guarded
+from leukoscope.cli.use import BundleArg
+from leukoscope.errors import ConfigError
+
+
+@app.command("export")
+@guarded
+def export_cmd(
+    bundle: BundleArg,
+    onnx: Annotated[bool, typer.Option("--onnx", help="Write model.onnx (fp32, dynamic batch).")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Also model.int8.onnx: static QDQ quantisation "
+                                       "calibrated on the bundle's train/val images.")] = False,
+    calibration: Annotated[list[str] | None, typer.Option(
+        "--calibration", help="Images for int8 calibration instead of the bundle's split.")] = None,
+) -> None:
+    """Export a network bundle to ONNX; predict, evaluate and serve then use ONNX Runtime."""
+    from leukoscope.predict.local import iter_inputs
+    from leukoscope.predict.onnx import export_onnx
+
+    if not onnx:
+        raise ConfigError("choose a format: --onnx")
+    images = [str(p) for p in iter_inputs(calibration)] if calibration else None
+    info = export_onnx(bundle, int8=int8, calibration=images)
+    files = ", ".join(info[k] for k in ("fp32", "int8") if k in info)
+    console.print(escape(f"wrote {files} in {bundle}"))

@@ -1,0 +1,59 @@
+"""``leukoscope predict``: calibrated class probabilities for many images, to CSV (resumable)."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from leukoscope.cli.app import app, console, guarded
+from leukoscope.cli.data import progress
+from leukoscope.cli.use import BatchOpt, BundleArg, RuntimeOpt, TtaOpt
+from leukoscope.errors import ConfigError
+
+#: Options only some engines take: flag -> keyword of the engine's predict function.
+ENGINE_FLAGS = {"--address": "address", "--num-cpus": "num_cpus", "--csv": "write_csv"}
+
+
+@app.command("predict")
+@guarded
+def predict_cmd(
+    bundle: BundleArg,
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders (recursive) or quoted globs.")],
+    out: Annotated[Path, typer.Option("--out", help="CSV to write: path, label, p_<class>... (ray: a folder "
+                                      "for predictions.parquet).")],
+    tta: TtaOpt = False,
+    batch_size: BatchOpt = 64,
+    engine: Annotated[str, typer.Option("--engine", help="Where to run: local, or ray (Ray Data on this "
+                                        "machine or a cluster, pip install -e .\\[ray]).")] = "local",
+    runtime: RuntimeOpt = "auto",
+    address: Annotated[str | None, typer.Option("--address", help="ray: a running cluster (auto, "
+                                                "ray://head:10001); default: start one here.")] = None,
+    num_cpus: Annotated[int | None, typer.Option("--num-cpus", min=1, help="ray: CPUs of the local "
+                                                 "instance (default: all).")] = None,
+    csv: Annotated[bool, typer.Option("--csv", help="ray: also write predictions.csv.")] = False,
+) -> None:
+    """Predict every image; a killed run resumes from <out>.partial when run again."""
+    from leukoscope.bundle import load_bundle
+    from leukoscope.predict import get_engine
+
+    run = get_engine(engine)
+    given = {flag: v for flag, v in zip(ENGINE_FLAGS, (address, num_cpus, csv), strict=True) if v}
+    if unknown := [flag for flag in given if ENGINE_FLAGS[flag] not in inspect.signature(run).parameters]:
+        raise ConfigError(f"{', '.join(unknown)}: not an option of --engine {engine}")
+    b = load_bundle(bundle, runtime=runtime)
+    with progress() as bar:
+        task = bar.add_task("predicting", total=None)
+        s = run(b, inputs, out, batch_size=batch_size, tta=tta,
+                on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+                **{ENGINE_FLAGS[flag]: v for flag, v in given.items()})
+    resumed = f" ({s.resumed} kept from an interrupted run)" if s.resumed else ""
+    console.print(escape(f"wrote {s.rows} rows to {s.out}{resumed}; {s.predicted} predicted in "
+                         f"{s.seconds:.1f} s ({s.images_per_second:.1f} images/s, {type(b).__name__})"))
+    if s.skipped:
+        console.print(f"[yellow]{len(s.skipped)} unreadable file(s) skipped:[/]")
+        for path, reason in s.skipped:
+            console.print(escape(f"  {path}: {reason}"))

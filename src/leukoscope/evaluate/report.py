@@ -1,0 +1,187 @@
+"""``evaluate``: score a bundle on a labelled manifest; write metrics.json, predictions and report.html.
+
+The report states the protocol and warns when it cannot vouch for the figures: no subject ids
+(image-level), or evaluated images that the model was trained or validated on (read from the
+bundle's split.csv). Calibration is shown before (T = 1) and after the bundle's temperature.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from leukoscope.bundle import Bundle, write_json
+from leukoscope.data.images import load_rgb
+from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, Manifest, label_indices, labelled, protocol
+from leukoscope.errors import DataError, ImageError
+from leukoscope.evaluate import figures
+from leukoscope.evaluate.calibration import ece, reliability
+from leukoscope.evaluate.metrics import curves, evaluation_metrics
+from leukoscope.predict.local import chunks, decode_batch, prefetch
+from leukoscope.predict.tta import proba_from_views, view_logits
+
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.html"
+PREDICTIONS_FILE = "predictions.csv"
+GALLERY_SIZE = 12
+
+
+def score_paths(bundle: Bundle, paths: Sequence[str], batch_size: int = 64, tta: bool = False,
+                on_progress: Callable[[int, int], None] | None = None
+                ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """Logits per view for every readable path: (indices of readable paths, logits, skipped)."""
+    index = {p: i for i, p in enumerate(paths)}
+    ok: list[int] = []
+    parts: list[np.ndarray] = []
+    skipped: list[tuple[str, str]] = []
+    done = 0
+    for good, images, bad in prefetch(decode_batch(b) for b in chunks(map(Path, paths), batch_size)):
+        skipped += bad
+        if images:
+            parts.append(view_logits(bundle, images, tta))
+            ok += [index[str(p)] for p in good]
+        done += len(good) + len(bad)
+        if on_progress:
+            on_progress(done, len(paths))
+    k = len(bundle.classes)
+    logits = np.concatenate(parts) if parts else np.zeros((0, 8 if tta else 1, k))
+    return np.asarray(ok, int), logits, skipped
+
+
+def on_side(bundle: Bundle, m: Manifest, side: str) -> Manifest:
+    """Rows of ``m`` that sit on ``side`` of the split the bundle was trained with."""
+    split = bundle.split()
+    if split is None or "side" not in split:
+        raise DataError(f"{bundle.path}: bundle has no train/val/test split.csv, so --side cannot be used")
+    sides = sorted(split["side"].dropna().unique())
+    if side not in sides:
+        raise DataError(f"--side {side!r}: the bundle's split has sides {', '.join(sides)}")
+    keep = set(split.loc[split["side"] == side, "path"])
+    sub = m[m["path"].isin(keep)].reset_index(drop=True)
+    if sub.empty:
+        raise DataError(f"none of the given images is on the {side!r} side of {bundle.path}/split.csv")
+    return sub
+
+
+def training_overlap(bundle: Bundle, paths: Sequence[str]) -> dict[str, int]:
+    """How many evaluated images sit on each side of the bundle's own split (train/val = optimistic)."""
+    split = bundle.split()
+    col = "side" if split is not None and "side" in split else "fold" if split is not None else None
+    if split is None or col is None:
+        return {}
+    sides = split.set_index("path")[col].astype(str)
+    hits = sides.reindex(list(paths)).dropna()
+    return {str(k): int(v) for k, v in hits.value_counts().items()}
+
+
+def _warnings(m: Manifest, overlap: dict[str, int], side: str | None) -> list[str]:
+    out = []
+    if protocol(m) == "image-level":
+        out.append(IMAGE_LEVEL_WARNING + "; no subject-level figures")
+    seen = {k: v for k, v in overlap.items() if k in ("train", "val")}
+    if seen and side is None:
+        desc = ", ".join(f"{v} on its {k} side" for k, v in seen.items())
+        out.append(f"{sum(seen.values())} evaluated image(s) were used to build this model ({desc}): "
+                   "figures on them are optimistic; use --side test")
+    if "val" in seen and side == "val":
+        out.append("the validation side chose the epoch and the temperature: figures are optimistic")
+    return out
+
+
+def _gallery(paths: Sequence[str], y: np.ndarray, probs: np.ndarray, classes: Sequence[str]
+             ) -> list[dict[str, Any]]:
+    """The most confident mistakes, as embedded thumbnails."""
+    from leukoscope.reports.html import image_to_data_uri
+
+    pred = probs.argmax(axis=1)
+    conf = probs.max(axis=1)
+    wrong = np.flatnonzero(pred != y)
+    items = []
+    for i in wrong[np.argsort(-conf[wrong], kind="stable")][:GALLERY_SIZE]:
+        try:
+            uri = image_to_data_uri(load_rgb(paths[i]))
+        except ImageError:
+            continue
+        items.append({"uri": uri, "name": Path(paths[i]).name, "true": classes[y[i]],
+                      "predicted": classes[pred[i]], "confidence": float(conf[i])})
+    return items
+
+
+def _write_predictions(path: Path, m: Manifest, y: np.ndarray, probs: np.ndarray,
+                       classes: Sequence[str]) -> None:
+    df = pd.DataFrame({"path": m["path"], "subject": m["subject"], "label": [classes[i] for i in y],
+                       "predicted": [classes[i] for i in probs.argmax(axis=1)]})
+    df["correct"] = df["label"] == df["predicted"]
+    for i, c in enumerate(classes):
+        df[f"p_{c}"] = probs[:, i].round(6)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: str | None = None,
+             batch_size: int = 64, on_progress: Callable[[int, int], None] | None = None
+             ) -> dict[str, Any]:
+    """Score ``bundle`` on the labelled rows of ``m`` (optionally one ``side`` of its split).
+
+    Writes ``metrics.json``, ``predictions.csv`` and ``report.html`` into ``out``; returns the
+    metrics dict. Unreadable images are skipped and listed under ``skipped``.
+    """
+    from leukoscope.reports.html import figure_to_data_uri, write_report
+
+    out = Path(out)
+    classes = bundle.classes
+    m = labelled(m)
+    if side is not None:
+        m = on_side(bundle, m, side)
+    if m.empty:
+        raise DataError("no labelled images to evaluate")
+    y_all = np.asarray(label_indices(m, classes), int)
+    ok, logits, skipped = score_paths(bundle, list(m["path"]), batch_size, tta, on_progress)
+    if len(ok) == 0:
+        raise DataError(f"none of the {len(m)} images could be read")
+    m, y = m.iloc[ok].reset_index(drop=True), y_all[ok]
+    temperature = bundle.temperature
+    before, probs = proba_from_views(logits, 1.0), proba_from_views(logits, temperature)
+    overlap = training_overlap(bundle, list(m["path"]))
+    result: dict[str, Any] = {
+        "bundle": str(bundle.path), "model": bundle.config.get("model", bundle.family),
+        "family": bundle.family, "classes": classes, "tta": tta, "side": side,
+        "protocol": protocol(m), "trained_with": bundle.config.get("protocol"),
+        "warnings": _warnings(m, overlap, side), "overlap_with_training_split": overlap,
+        "images": int(len(y_all)), "evaluated": int(len(y)),
+        "skipped": [{"path": p, "reason": r} for p, r in skipped],
+        **evaluation_metrics(y, probs, classes, list(m["subject"])),
+        "calibration": {"temperature": temperature, "ece_before": ece(before, y), "ece_after": ece(probs, y),
+                        "reliability_before": reliability(before, y),
+                        "reliability_after": reliability(probs, y)},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / METRICS_FILE, result)
+    _write_predictions(out / PREDICTIONS_FILE, m, y, probs, classes)
+    cal = result["calibration"]
+    history = bundle.history()
+    figs = {
+        "confusion": figures.confusion_figure(result["cell"]["confusion_matrix"], classes),
+        "curves": figures.curves_figure(curves(y, probs, classes)),
+        "reliability": figures.reliability_figure(cal["reliability_before"], cal["reliability_after"],
+                                                  cal["ece_before"], cal["ece_after"], temperature),
+        "history": figures.history_figure(history) if history is not None else None,
+    }
+    write_report(out / REPORT_FILE, "evaluate.html",
+                 title=f"Evaluation: {result['model']} on {len(y)} images",
+                 protocol=_protocol_text(result), warning=" ".join(result["warnings"]), r=result,
+                 figs={k: figure_to_data_uri(f) for k, f in figs.items() if f is not None},
+                 gallery=_gallery(list(m["path"]), y, probs, classes))
+    return result
+
+
+def _protocol_text(r: dict[str, Any]) -> str:
+    where = f"{r['side']} side of the bundle's split" if r["side"] else "given images"
+    trained = f"; model trained on a {r['trained_with']} split" if r["trained_with"] else ""
+    return f"{r['protocol']} ({where}){trained}"

@@ -1,0 +1,177 @@
+"""ONNX export of network bundles and an ONNX Runtime bundle that serves them.
+
+``export_onnx`` writes ``model.onnx`` (fp32, one file, dynamic batch axis) into the bundle and, on
+request, ``model.int8.onnx``: static QDQ quantisation, per-channel weights, activations calibrated
+on images from the bundle's own train / val sides (dynamic quantisation is slower on this model
+and loses accuracy). ``OnnxBundle`` is what ``load_bundle`` returns for a network bundle with an
+export: the same ``preprocess.prepare`` as PyTorch, then one ORT session using every core.
+The weights' digest is recorded at export so a stale ``model.onnx`` is never used.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leukoscope.bundle import CONFIG, ONNX, ONNX_INT8, Bundle, read_config, write_json
+from leukoscope.data.images import file_digest, load_rgb
+from leukoscope.errors import BundleError, DataError, ImageError
+from leukoscope.models.preprocess import prepare
+
+OPSET = 17
+INPUT, OUTPUT = "input", "logits"
+WEIGHTS = "model.safetensors"
+#: Calibration images for int8 (more barely moves the activation ranges; each costs a forward pass).
+CALIBRATION_IMAGES = 128
+
+
+class OnnxBundle(Bundle):
+    """A network bundle run by ONNX Runtime (fp32 or int8) instead of PyTorch."""
+
+    batch_size = 32
+
+    def __init__(self, path: Path, config: dict[str, Any], session: Any, model_file: str):
+        super().__init__(path, config)
+        self.session = session
+        self.model_file = model_file
+
+    @classmethod
+    def load(cls, path: Path, config: dict[str, Any], model_file: str = ONNX) -> OnnxBundle:
+        import onnxruntime as ort
+
+        path = Path(path)
+        onnx_path = path / model_file
+        if not cls.available(path, config, model_file):
+            why = "exported from other weights" if onnx_path.is_file() else "not found"
+            raise BundleError(f"{onnx_path}: {why}; run `leukoscope export {path} --onnx"
+                              f"{' --int8' if model_file == ONNX_INT8 else ''}`")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = os.cpu_count() or 1
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own types for corrupt files
+            raise BundleError(f"{onnx_path}: cannot load ({e})") from None
+        return cls(path, config, session, model_file)
+
+    @staticmethod
+    def available(path: Path, config: dict[str, Any], model_file: str = ONNX) -> bool:
+        """True when ``model_file`` was exported from the weights now in the bundle (not stale)."""
+        digest = config.get("onnx", {}).get("weights_digest")
+        weights = Path(path) / WEIGHTS
+        return (digest is not None and (Path(path) / model_file).is_file() and weights.is_file()
+                and digest == file_digest(weights))
+
+    def logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        out = [self.session.run([OUTPUT], {INPUT: prepare(images[i:i + self.batch_size], self.config)})[0]
+               for i in range(0, len(images), self.batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+
+def _export_fp32(bundle: Any, target: Path) -> None:
+    import torch
+
+    size = int(bundle.config["preprocessing"]["input_size"])
+    x = torch.zeros(2, 3, size, size)
+    module = bundle.module.eval().to(memory_format=torch.contiguous_format)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer notes on constant folding, not user-facing
+            torch.onnx.export(module, (x,), str(tmp), dynamo=False, opset_version=OPSET,
+                              input_names=[INPUT], output_names=[OUTPUT],
+                              dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def calibration_paths(bundle_dir: Path, n: int = CALIBRATION_IMAGES, seed: int = 0) -> list[str]:
+    """Up to ``n`` images from the bundle's train / val sides (never test), class-interleaved."""
+    from leukoscope.bundle import SPLIT
+
+    split_csv = Path(bundle_dir) / SPLIT
+    if not split_csv.is_file():
+        raise BundleError(f"{bundle_dir}: no {SPLIT} to draw int8 calibration images from")
+    import pandas as pd
+
+    split = pd.read_csv(split_csv)
+    if "side" in split:
+        split = split[split["side"].isin(["train", "val"])]
+    split = split[split["path"].map(os.path.isfile)]
+    if split.empty:
+        raise DataError(f"{split_csv}: none of its train/val images exist on this machine")
+    shuffled = split.sample(frac=1.0, random_state=seed)
+    order = shuffled.groupby("label").cumcount().sort_values(kind="stable").index
+    return list(shuffled.loc[order, "path"][:n])
+
+
+def _calibration_batches(paths: Sequence[str], config: dict[str, Any], batch: int = 16
+                         ) -> Iterator[dict[str, np.ndarray]]:
+    """Preprocessed batches of the readable calibration images, as ORT feeds."""
+    images: list[np.ndarray] = []
+    for p in paths:
+        try:
+            images.append(load_rgb(p))
+        except ImageError:
+            continue
+        if len(images) == batch:
+            yield {INPUT: prepare(images, config)}
+            images = []
+    if images:
+        yield {INPUT: prepare(images, config)}
+
+
+def _export_int8(fp32: Path, target: Path, paths: Sequence[str], config: dict[str, Any]) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = _calibration_batches(paths, config)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".quant.") as work:
+        pre = Path(work) / "pre.onnx"
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        out = Path(work) / "int8.onnx"
+        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        out.replace(target)
+
+
+def export_onnx(bundle_dir: Path | str, int8: bool = False,
+                calibration: Sequence[str] | None = None) -> dict[str, Any]:
+    """Add ``model.onnx`` (and with ``int8`` ``model.int8.onnx``) to a network bundle.
+
+    ``calibration``: images for the int8 activation ranges (default: the bundle's train/val sides).
+    Returns what was written, as recorded under ``config["onnx"]``.
+    """
+    from leukoscope.bundle import load_bundle
+
+    bundle_dir = Path(bundle_dir)
+    config = read_config(bundle_dir)
+    if config["family"] != "network":
+        raise BundleError(f"{bundle_dir}: ONNX export is for network bundles; this {config['family']} "
+                          "bundle computes its features in Python")
+    bundle = load_bundle(bundle_dir, runtime="torch")
+    _export_fp32(bundle, bundle_dir / ONNX)
+    info: dict[str, Any] = {"opset": OPSET, "fp32": ONNX, "weights_digest": file_digest(bundle_dir / WEIGHTS)}
+    if int8:
+        paths = list(calibration) if calibration else calibration_paths(bundle_dir)
+        _export_int8(bundle_dir / ONNX, bundle_dir / ONNX_INT8, paths, config)
+        info |= {"int8": ONNX_INT8, "int8_calibration_images": len(paths), "int8_scheme":
+                 "static QDQ, per-channel int8 weights, uint8 activations (MinMax)"}
+    else:
+        (bundle_dir / ONNX_INT8).unlink(missing_ok=True)  # an old int8 file would be stale
+    write_json(bundle_dir / CONFIG, {**config, "onnx": info})
+    return {**info, "bundle": str(bundle_dir)}

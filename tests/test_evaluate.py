@@ -1,0 +1,72 @@
+"""evaluate: metrics.json, predictions.csv and a self-contained report; honesty warnings; --side."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from imagefiles import truncated_copy
+from leukoscope.bundle import load_bundle
+from leukoscope.data.readers import read
+from leukoscope.errors import DataError
+from leukoscope.evaluate.report import evaluate
+from use_support import cnmc_train, network_bundle  # noqa: F401
+
+
+def test_report_metrics_and_skipped(network_bundle, data, tmp_path):  # noqa: F811
+    bundle = load_bundle(network_bundle)
+    cells = tmp_path / "cells"
+    shutil.copytree(data / "cnmc_cells", cells)
+    truncated_copy(sorted((cells / "all").glob("*.png"))[0], cells / "all" / "UID_9_1_1_all.png")
+    m = read([cells])
+    r = evaluate(bundle, m, tmp_path / "ev")
+    assert r["images"] == 12 and r["evaluated"] == 11 and len(r["skipped"]) == 1
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert saved["cell"]["n"] == 11 and saved["cell"]["accuracy"] == pytest.approx(r["cell"]["accuracy"])
+    # subject level: one row per subject, its mean probability
+    pred = pd.read_csv(tmp_path / "ev" / "predictions.csv", dtype={"subject": str})
+    assert len(pred) == 11 and set(pred["correct"]) <= {True, False}
+    subjects = {s["subject"]: s for s in r["subjects"]}
+    assert set(subjects) == set(pred["subject"]) and r["subject"]["n"] == len(subjects)
+    for sid, part in pred.groupby("subject"):
+        assert subjects[sid]["p_all"] == pytest.approx(part["p_all"].mean(), abs=1e-5)
+    # calibration before (T = 1) and after the bundle's temperature
+    cal = r["calibration"]
+    assert cal["temperature"] == pytest.approx(bundle.temperature)
+    probs = pred[["p_all", "p_hem"]].to_numpy()
+    y = (pred["label"] == "hem").to_numpy(int)
+    from leukoscope.evaluate.calibration import ece
+
+    assert cal["ece_after"] == pytest.approx(ece(probs, y), abs=1e-4)
+    html = (tmp_path / "ev" / "report.html").read_text()
+    for part in ("Confusion matrix", "ROC and precision-recall", "Reliability".lower(), "Training curves",
+                 "Per subject", "Most confident mistakes", "UID_9_1_1_all.png", "subject-grouped"):
+        assert part.lower() in html.lower()
+    assert html.count("data:image/png;base64,") >= 4 and "<script src" not in html
+    # cnmc_cells shares subjects 1, 3, H6 and H10 with the training sample, not the images
+    assert r["overlap_with_training_split"] == {}
+
+
+def test_side_test_and_training_overlap_warning(network_bundle, data, tmp_path):  # noqa: F811
+    bundle = load_bundle(network_bundle)
+    m = read([data / "cnmc_sample"])
+    everything = evaluate(bundle, m, tmp_path / "all")
+    assert any("were used to build this model" in w for w in everything["warnings"])
+    test = evaluate(bundle, m, tmp_path / "test", side="test")
+    split = bundle.split()
+    assert test["evaluated"] == int((split["side"] == "test").sum()) and test["warnings"] == []
+    assert set(test["overlap_with_training_split"]) == {"test"}
+    with pytest.raises(DataError, match="--side"):
+        evaluate(bundle, m, tmp_path / "x", side="holdout")
+
+
+def test_image_level_data_is_flagged_and_tta(network_bundle, data, tmp_path):  # noqa: F811
+    m = read([data / "allidb2"]).iloc[::13]
+    r = evaluate(load_bundle(network_bundle), m, tmp_path / "ev", tta=True)
+    assert r["protocol"] == "image-level" and "subject" not in r and r["tta"]
+    assert any("no subject ids" in w for w in r["warnings"])
+    assert np.isclose(sum(sum(row) for row in r["cell"]["confusion_matrix"]), len(m))

@@ -1,0 +1,79 @@
+"""Grad-CAM for networks (torch and ONNX bundles) and feature attributions for classical bundles."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from leukoscope.bundle import load_bundle
+from leukoscope.data.images import load_rgb
+from leukoscope.errors import BundleError
+from leukoscope.evaluate.calibration import softmax_t
+from leukoscope.explain import INDEX_FILE, explain, feature_contributions, gradcam
+from leukoscope.models.classical import log_probabilities
+from use_support import classical_bundle, network_bundle, onnx_bundle  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def cell_path(data):
+    return sorted((data / "cnmc_cells" / "all").glob("*.png"))[0]
+
+
+@pytest.fixture(scope="module")
+def cell(cell_path):
+    return load_rgb(cell_path)
+
+
+def test_gradcam_heat_map_and_overlay(network_bundle, onnx_bundle, cell):  # noqa: F811
+    heat, over = gradcam(load_bundle(network_bundle), cell)
+    assert heat.shape == cell.shape[:2] and heat.dtype == np.float64
+    assert heat.min() >= 0 and heat.max() == pytest.approx(1.0, abs=1e-3)
+    assert over.shape == cell.shape and over.dtype == np.uint8
+    assert not np.array_equal(over, cell)
+    # an ONNX-served bundle is explained with its torch weights: same map
+    heat_onnx, _ = gradcam(load_bundle(onnx_bundle), cell)
+    np.testing.assert_allclose(heat_onnx, heat, atol=1e-4)
+
+
+def test_gradcam_refuses_classical(classical_bundle, cell):  # noqa: F811
+    with pytest.raises(BundleError, match="network bundle"):
+        gradcam(load_bundle(classical_bundle), cell)
+
+
+def test_explain_network_writes_pngs_and_index(network_bundle, data, tmp_path):  # noqa: F811
+    folder = data / "cnmc_cells" / "hem"
+    bad = tmp_path / "bad.png"
+    bad.write_text("nope")
+    out = explain(load_bundle(network_bundle), [folder, bad], tmp_path / "ex")
+    assert len(out) == len(list(folder.glob("*.png")))
+    w, h = Image.open(out[0]).size
+    assert w == 2 * h  # the cell and its overlay side by side
+    rows = list(csv.DictReader((tmp_path / "ex" / INDEX_FILE).read_text().splitlines()))
+    assert len(rows) == len(out) + 1 and rows[-1]["skipped"] == "not a readable image"
+
+
+def test_classical_contributions(classical_bundle, cell, cell_path, tmp_path):  # noqa: F811
+    bundle = load_bundle(classical_bundle)
+    df = feature_contributions(bundle, cell)
+    assert list(df.columns) == ["feature", "value", "train_mean", "contribution"]
+    assert len(df) == len(bundle.extractor.names())
+    assert df["contribution"].abs().is_monotonic_decreasing
+    p = bundle.predict_proba([cell])[0]
+    assert df.attrs["predicted"] == bundle.classes[int(p.argmax())]
+    assert df.attrs["probability"] == pytest.approx(p.max(), abs=1e-6)
+    assert df["contribution"].abs().max() > 0
+    # the top contribution, recomputed by hand: p(call) minus p(call) with that feature at its mean
+    x = bundle.features([cell])[0].astype(np.float64)
+    j = bundle.extractor.names().index(df["feature"][0])
+    moved = x.copy()
+    moved[j] = bundle.pipeline.named_steps["scale"].mean_[j]
+    call = int(p.argmax())
+    p_moved = softmax_t(log_probabilities(bundle.pipeline, moved[None], 2), bundle.temperature)[0, call]
+    assert df["contribution"][0] == pytest.approx(p[call] - p_moved, abs=1e-6)
+    [png] = explain(bundle, [cell_path], tmp_path / "ex")
+    assert png.name == f"{cell_path.stem}_features.png" and png.stat().st_size > 1000
+    table = (tmp_path / "ex" / f"{cell_path.stem}_features.csv").read_text().splitlines()
+    assert list(csv.DictReader(table))[0]["feature"] == df["feature"][0]

@@ -1,0 +1,70 @@
+"""ONNX export: fp32 parity with PyTorch, int8 agreement, runtime selection, stale and bad exports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from leukoscope.bundle import load_bundle
+from leukoscope.data.images import load_rgb
+from leukoscope.errors import BundleError
+from leukoscope.predict.onnx import OnnxBundle, export_onnx
+from use_support import classical_bundle, network_bundle, onnx_bundle, sample_paths  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def sample(data):
+    return [load_rgb(p) for p in sample_paths(data, n_allidb=60)]
+
+
+def test_fp32_matches_pytorch(onnx_bundle, sample):  # noqa: F811
+    torch_b, onnx_b = load_bundle(onnx_bundle, runtime="torch"), load_bundle(onnx_bundle)
+    assert isinstance(onnx_b, OnnxBundle) and onnx_b.model_file == "model.onnx"
+    assert not isinstance(torch_b, OnnxBundle)
+    p_torch = torch_b.predict_proba(sample)
+    p_onnx = onnx_b.predict_proba(sample)
+    assert np.abs(p_torch - p_onnx).max() <= 1e-4
+    # dynamic batch axis: one image at a time gives the same numbers
+    single = np.concatenate([onnx_b.predict_proba([im]) for im in sample[:5]])
+    assert np.abs(single - p_onnx[:5]).max() <= 1e-5
+
+
+def test_int8_agrees_on_labels(onnx_bundle, sample):  # noqa: F811
+    cfg = json.loads((onnx_bundle / "config.json").read_text())["onnx"]
+    assert cfg["int8"] == "model.int8.onnx" and cfg["int8_calibration_images"] > 0
+    int8 = load_bundle(onnx_bundle, runtime="onnx-int8")
+    assert int8.model_file == "model.int8.onnx"
+    p_torch = load_bundle(onnx_bundle, runtime="torch").predict_proba(sample)
+    p_int8 = int8.predict_proba(sample)
+    agree = (p_torch.argmax(axis=1) == p_int8.argmax(axis=1)).mean()
+    assert len(sample) >= 90 and agree >= 0.99
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(onnx_bundle / "model.int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # static QDQ, not dynamic quantisation
+
+
+def test_stale_export_is_not_used(onnx_bundle, tmp_path):  # noqa: F811
+    copy = tmp_path / "b"
+    shutil.copytree(onnx_bundle, copy)
+    cfg = json.loads((copy / "config.json").read_text())
+    cfg["onnx"]["weights_digest"] = "0" * 40  # as if the weights changed after export
+    (copy / "config.json").write_text(json.dumps(cfg))
+    assert not isinstance(load_bundle(copy), OnnxBundle)  # auto falls back to torch
+    with pytest.raises(BundleError, match="other weights"):
+        load_bundle(copy, runtime="onnx")
+
+
+def test_unexported_and_classical_bundles(network_bundle, classical_bundle):  # noqa: F811
+    assert not isinstance(load_bundle(network_bundle), OnnxBundle)
+    with pytest.raises(BundleError, match="leukoscope export"):
+        load_bundle(network_bundle, runtime="onnx")
+    with pytest.raises(BundleError, match="ONNX export is for network bundles"):
+        export_onnx(classical_bundle)
+    with pytest.raises(BundleError, match="for network bundles"):
+        load_bundle(classical_bundle, runtime="onnx")
+    with pytest.raises(BundleError, match="runtime"):
+        load_bundle(network_bundle, runtime="tensorrt")
