@@ -1,0 +1,220 @@
+"""Batch prediction on a Ray cluster (Ray Data): the local engine's inputs, columns and numbers, scaled out.
+
+The driver expands the inputs exactly as the local engine does (files, folders, globs), so both
+engines see the same paths. Ray Data spreads the paths over a pool of actors, one per CPU of the
+cluster, each holding the bundle once (its files travel through the object store, so the bundle
+folder need not exist on the workers) with a single-threaded model: actors fill the cores, and
+ONNX Runtime threads on top of them would only fight. Each actor decodes its batch with the local
+engine's ``decode_batch`` and scores it with the same ``predict_proba`` (the ONNX model for an
+exported network bundle), so the probabilities are the local engine's. Unreadable files come
+back as rows with an error instead of failing the job.
+
+Results are small (a path and a few numbers per image), so they stream back to the driver, which
+writes ``predictions.parquet`` (and ``predictions.csv`` on request) into the output folder
+atomically, in input order, with the local engine's columns; ``skipped.csv`` lists unreadable files.
+The images themselves must be readable by every worker at the same path (a shared file system).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leukoscope.bundle import ONNX, ONNX_INT8, Bundle, load_bundle
+from leukoscope.errors import ConfigError, DataError
+from leukoscope.predict.local import PredictSummary, check_inputs, csv_row, decode_batch, header, iter_inputs
+from leukoscope.predict.tta import predict_proba
+
+INSTALL_HINT = "the ray engine needs Ray: pip install -e .[ray]"
+PARQUET, CSV, SKIPPED = "predictions.parquet", "predictions.csv", "skipped.csv"
+#: Input blocks per actor: enough to balance the pool and report progress, few enough to stay cheap.
+BLOCKS_PER_ACTOR = 16
+_RUNTIME_OF_FILE = {ONNX: "onnx", ONNX_INT8: "onnx-int8"}
+
+
+def import_ray() -> Any:
+    """``ray`` with usage statistics off, or a one-line ConfigError saying how to install it."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        import ray
+        import ray.data  # noqa: F401 - the [data] extra, not only ray core
+    except ImportError:
+        raise ConfigError(INSTALL_HINT) from None
+    return ray
+
+
+@contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[Any]:
+    """Connect to the cluster at ``address`` or start a local instance; shut down only what we started.
+
+    An already initialised Ray (a test, a notebook) is used as it is.
+    """
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
+    if address:
+        if num_cpus is not None:
+            raise ConfigError("--num-cpus sizes a local Ray instance; with --address the cluster's CPUs "
+                              "are used")
+        try:
+            ray.init(address=address, **quiet)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ConfigError(f"--address {address}: cannot connect to a Ray cluster ({e}); start one "
+                              "with `ray start --head`") from None
+    else:
+        if num_cpus is not None and num_cpus < 1:
+            raise ConfigError(f"--num-cpus must be at least 1, got {num_cpus}")
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _runtime(bundle: Bundle) -> str:
+    """The ``load_bundle`` runtime that rebuilds ``bundle`` on a worker (its ONNX file if exported)."""
+    return _RUNTIME_OF_FILE.get(getattr(bundle, "model_file", ""), "torch")
+
+
+def _bundle_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}
+
+
+class Predictor:
+    """A Ray Data actor: the bundle, loaded once, scoring batches of paths into result columns."""
+
+    def __init__(self, files: dict[str, bytes], runtime: str, tta: bool):
+        os.environ["OMP_NUM_THREADS"] = "1"  # one actor per CPU: the model runs single-threaded
+        with tempfile.TemporaryDirectory(prefix="leukoscope-bundle-") as tmp:
+            for name, data in files.items():
+                (Path(tmp) / name).write_bytes(data)
+            self.bundle = load_bundle(tmp, runtime=runtime)  # weights now in memory; the folder may go
+        self.classes = np.asarray(self.bundle.classes, dtype=object)
+        self.tta = tta
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        paths = [Path(p) for p in batch["path"]]
+        ok, images, skipped = decode_batch(paths)
+        probs = np.full((len(paths), len(self.classes)), np.nan)
+        label = np.full(len(paths), None, dtype=object)
+        error = np.full(len(paths), "", dtype=object)  # "" = read fine (Arrow keeps strings, not NaN)
+        if images:
+            readable = set(ok)
+            rows = [i for i, p in enumerate(paths) if p in readable]
+            probs[rows] = predict_proba(self.bundle, images, self.tta)
+            label[rows] = self.classes[probs[rows].argmax(axis=1)]
+        where = {str(p): i for i, p in enumerate(paths)}
+        for path, reason in skipped:
+            error[where[path]] = reason
+        return {"path": np.asarray([str(p) for p in paths], dtype=object), "label": label,
+                **{f"p_{c}": probs[:, k] for k, c in enumerate(self.classes)}, "error": error}
+
+
+def _configure_data(ray: Any) -> None:
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # the CLI draws its own bar
+    ctx.print_on_execution_start = False
+    ctx.execution_options.preserve_order = True  # rows in input order, like the local engine
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # e.g. "progress bars disabled"
+
+
+@contextmanager
+def _atomic(target: Path) -> Iterator[Path]:
+    """A temp path beside ``target``, renamed onto it if the block succeeds, removed if not."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _schema(classes: list[str]) -> Any:
+    import pyarrow as pa
+
+    return pa.schema([("path", pa.string()), ("label", pa.string()),
+                      *[(c, pa.float64()) for c in header(classes)[2:]]])
+
+
+def _parquet_to_csv(parquet: Path, target: Path, classes: list[str]) -> None:
+    """The CSV the local engine would write (same rows, 6 decimals), streamed from the Parquet file."""
+    import pyarrow.parquet as pq
+
+    with _atomic(target) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header(classes))
+        for batch in pq.ParquetFile(parquet).iter_batches():
+            cols = batch.to_pydict()
+            probs = np.column_stack([cols[c] for c in header(classes)[2:]])
+            writer.writerows(csv_row(p, row, classes) for p, row in zip(cols["path"], probs, strict=True))
+
+
+def _write_skipped(out: Path, skipped: list[tuple[str, str]]) -> None:
+    target = out / SKIPPED
+    target.unlink(missing_ok=True)
+    if skipped:
+        with _atomic(target) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([("path", "reason"), *skipped])
+
+
+def predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path | str, batch_size: int = 64,
+            tta: bool = False, on_progress: Callable[[int, int], None] | None = None,
+            address: str | None = None, num_cpus: int | None = None, write_csv: bool = False
+            ) -> PredictSummary:
+    """Predict every image under ``inputs`` with Ray Data into the folder ``out``.
+
+    ``address``: a running cluster (``auto``, ``ray://host:10001``); without it a local Ray instance
+    with ``num_cpus`` CPUs (default: all) is started and shut down. ``write_csv`` also writes
+    predictions.csv. ``on_progress(done, total)`` is called as results arrive.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import_ray()  # without Ray, say how to install it before any work
+    items, total = check_inputs(inputs, batch_size)
+    paths = [str(p) for p in iter_inputs(items)]
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: --out of the ray engine is a folder, and this is a file")
+    out.mkdir(parents=True, exist_ok=True)
+    classes, schema = bundle.classes, _schema(bundle.classes)
+    summary = PredictSummary(out=out / PARQUET)
+    start = time.perf_counter()
+    with ray_session(address, num_cpus) as ray, _atomic(out / PARQUET) as tmp, \
+            pq.ParquetWriter(tmp, schema) as parquet:
+        _configure_data(ray)
+        actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        blocks = min(math.ceil(total / batch_size), actors * BLOCKS_PER_ACTOR)
+        ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
+        model = {"files": _bundle_files(bundle.path), "runtime": _runtime(bundle), "tta": tta}
+        scored = ds.map_batches(Predictor, batch_size=batch_size, batch_format="numpy", num_cpus=1,
+                                compute=ray.data.ActorPoolStrategy(size=actors), fn_constructor_kwargs=model)
+        if on_progress:
+            on_progress(0, total)
+        done = 0
+        for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
+            bad = batch["error"] != ""
+            summary.skipped += [(str(p), str(e)) for p, e in zip(batch["path"][bad], batch["error"][bad],
+                                                                  strict=True)]
+            parquet.write_table(pa.table({c: batch[c][~bad] for c in schema.names}, schema=schema))
+            summary.predicted += int((~bad).sum())
+            done += len(bad)
+            if on_progress:
+                on_progress(done, total)
+    if write_csv:
+        _parquet_to_csv(out / PARQUET, out / CSV, classes)
+    _write_skipped(out, summary.skipped)
+    summary.seconds = time.perf_counter() - start
+    return summary
