@@ -1,0 +1,90 @@
+"""A real browser (Debian's chromium, driven by Playwright) against a real ``leukoscope serve`` process."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from leukoscope.serve.background import serving
+from serve_support import ARTIFACTS, network_bundle, sample_images  # noqa: F401 - fixture used by name
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists() or shutil.which(str(CHROMIUM)) is None:
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium); "
+                    "the browser test needs it and never downloads a browser")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server(network_bundle: Path) -> Iterator[str]:  # noqa: F811
+    # two files per request, so three dropped files take two requests; a generous start-up wait
+    with serving(network_bundle, "--max-files", "2", timeout=300) as url:
+        yield url
+
+
+def test_page_classifies_a_dropped_image_and_shows_the_heat_map(browser: Any, server: str, data: Path,
+                                                               tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    images = sample_images(data)
+    page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    problems: list[str] = []
+    expected_4xx = "the server responded with a status of 422"  # the deliberately bad file below
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
+            if m.type == "error" and expected_4xx not in m.text else None)
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("request", lambda r: None if r.url.startswith((server, "data:", "blob:"))
+            else problems.append(f"request outside the server: {r.url}"))
+
+    page.goto(server + "/")
+    page.wait_for_selector("#card dl")  # the model card arrived from /api/model
+    card = page.inner_text("#card")
+    assert "all, hem" in card and "Research use only" in card
+
+    dropped = [images["bmp"], images["jpeg"], images["tiff"]]
+    page.set_input_files("#files", [str(p) for p in dropped])
+    done = page.locator(".result[data-label]")
+    expect(done).to_have_count(3, timeout=60_000)  # locators, not eval: the page's CSP forbids eval
+    assert set(done.locator(".label").all_inner_texts()) <= {"all", "hem"}
+    heat = done.locator(".heatmap")
+    expect(heat.first).to_be_visible()
+    for i in range(3):
+        assert heat.nth(i).get_attribute("src").startswith("data:image/png;base64,")
+        # every picture is really drawn, the TIFF too (its thumbnail comes decoded from the server)
+        for img in (heat.nth(i), done.nth(i).locator(".thumb")):
+            assert img.evaluate("img => img.complete && img.naturalWidth > 0")
+    expect(done.locator(".bars li")).to_have_count(6)  # two classes, three images
+
+    page.set_input_files("#files", {"name": "notes.png", "mimeType": "image/png", "buffer": b"not pixels"})
+    page.wait_for_selector(".result.failed .error")
+    assert "notes.png: not a readable image" in page.inner_text(".result.failed .error")
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "serve-page.png"), full_page=True)
+
+    with page.expect_download() as dl:
+        page.click("#csv")
+    saved = tmp_path / "results.csv"
+    dl.value.save_as(saved)
+    rows = list(csv.DictReader(saved.open(newline="")))
+    assert [r["file"] for r in rows] == [p.name for p in dropped] + ["notes.png"]
+    assert rows[0]["predicted"] in ("all", "hem") and rows[3]["error"] and not rows[0]["error"]
+    assert abs(float(rows[0]["p_all"]) + float(rows[0]["p_hem"]) - 1) < 1e-4
+    assert problems == []
+    page.close()
