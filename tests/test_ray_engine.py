@@ -1,0 +1,78 @@
+"""``predict --engine ray``: a real local Ray instance gives the local engine's rows, labels and numbers."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from leukoscope.cli import app
+from leukoscope.data.synthetic import make_synthetic
+from use_support import network_bundle  # noqa: F401
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def exported(network_bundle: Path, tmp_path: Path) -> Path:  # noqa: F811
+    """A copy of the tiny trained network bundle with its fp32 ONNX export (what Ray actors run)."""
+    from leukoscope.predict.onnx import export_onnx
+
+    out = tmp_path / "bundle"
+    shutil.copytree(network_bundle, out)
+    export_onnx(out)
+    return out
+
+
+@pytest.fixture
+def cells(tmp_path: Path) -> Path:
+    """300 synthetic cells in class folders, plus an undecodable file and an empty one."""
+    root = make_synthetic(tmp_path / "cells", n_subjects=10, per_subject=30, size=40, seed=3)
+    (root / "blast" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (root / "normal" / "empty.jpg").write_bytes(b"")
+    return root
+
+
+def test_ray_engine_matches_local(exported, cells, tmp_path):
+    local_csv, ray_dir = tmp_path / "local.csv", tmp_path / "ray"
+    r = runner.invoke(app, ["predict", str(exported), str(cells), "--out", str(local_csv),
+                            "--batch-size", "32"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["predict", str(exported), str(cells), "--out", str(ray_dir), "--engine", "ray",
+                            "--num-cpus", "2", "--batch-size", "32", "--csv"])
+    assert r.exit_code == 0, r.output
+    assert "OnnxBundle" in r.output and "2 unreadable file(s) skipped" in r.output
+    local = pd.read_csv(local_csv)
+    parquet = pd.read_parquet(ray_dir / "predictions.parquet")
+    assert len(local) == len(parquet) == 300
+    assert list(parquet.columns) == list(local.columns) == ["path", "label", "p_all", "p_hem"]
+    # same rows in the same order, same labels, same probabilities (the local CSV keeps 6 decimals)
+    assert parquet["path"].tolist() == local["path"].tolist()
+    assert parquet["label"].tolist() == local["label"].tolist()
+    np.testing.assert_allclose(parquet[["p_all", "p_hem"]], local[["p_all", "p_hem"]], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(parquet[["p_all", "p_hem"]].sum(axis=1), 1.0, atol=1e-6)
+    # the CSV on request is byte for byte what the local engine writes
+    assert (ray_dir / "predictions.csv").read_text() == local_csv.read_text()
+    skipped = pd.read_csv(ray_dir / "skipped.csv")
+    assert sorted(Path(p).name for p in skipped["path"]) == ["broken.png", "empty.jpg"]
+    assert skipped["reason"].str.len().gt(0).all()
+
+
+def test_without_ray_the_flag_says_how_to_install(exported, cells, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
+    r = runner.invoke(app, ["predict", str(exported), str(cells), "--out", str(tmp_path / "o"),
+                            "--engine", "ray"])
+    assert r.exit_code == 1
+    assert r.output.strip().splitlines() == ["error: the ray engine needs Ray: pip install -e .[ray]"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_ray_only_options_are_refused_by_the_local_engine(exported, cells, tmp_path):
+    r = runner.invoke(app, ["predict", str(exported), str(cells), "--out", str(tmp_path / "p.csv"),
+                            "--num-cpus", "2", "--csv"])
+    assert r.exit_code == 1 and "--num-cpus, --csv: not an option of --engine local" in r.output
