@@ -52,6 +52,10 @@ def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
     os.replace(tmp, path)
 
 
+def _save_npy(path: Path, row: np.ndarray) -> None:
+    _atomic(path, lambda tmp: np.save(tmp, row))
+
+
 def _compute_paths(extractor: FeatureExtractor, paths: Sequence[str]) -> list[tuple[str, Any]]:
     """Decode and featurise ``paths``: ``(path, row)`` or ``(path, error message)`` each."""
     images, ok, out = [], [], []
@@ -149,7 +153,7 @@ def extract_with(m: Manifest, extractor: FeatureExtractor, cache: Path | None = 
                 bad.update(q for q, d in digests.items() if d == digests[p])
                 continue
             rows[digests[p]] = row
-            _atomic(folder / f"{digests[p]}.npy", lambda tmp, r=row: np.save(tmp, r))
+            _save_npy(folder / f"{digests[p]}.npy", row)
         found.append(rows)
     keep = [(i, p) for i, p in zip(m.index, paths, strict=True) if p not in bad]
     columns = [n for part in parts for n in part.names()]
