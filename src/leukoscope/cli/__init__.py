@@ -4,6 +4,7 @@ Every verb module registers its commands on ``app`` (from ``leukoscope.cli.app``
 importing them here builds the whole command. Heavy libraries are imported inside commands.
 """
 
+from leukoscope.cli import audit as _audit  # noqa: F401
 from leukoscope.cli import benchmark as _benchmark  # noqa: F401
 from leukoscope.cli import data as _data  # noqa: F401
 from leukoscope.cli import eda as _eda  # noqa: F401

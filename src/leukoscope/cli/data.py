@@ -73,6 +73,8 @@ def split_cmd(
     official: Annotated[bool, typer.Option("--official", help="C-NMC official protocol: "
                                            "training folds vs the labelled prelim test.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    dedupe: Annotated[bool, typer.Option("--dedupe", help="Audit for duplicate cells first and "
+                                         "keep each duplicate cluster in one group.")] = False,
 ) -> None:
     """Stratified split grouped by subject (image-level where there is none); never leaks."""
     from leukoscope.data.readers import read
@@ -85,6 +87,13 @@ def split_cmd(
     )
 
     m = read(paths, layout)
+    merged = None
+    if dedupe:
+        from leukoscope.data.audit import dedupe_groups
+
+        with progress() as bar:
+            task = bar.add_task("auditing", total=len(m))
+            m, merged = dedupe_groups(m, on_image=lambda: bar.advance(task))
     if official:
         s = official_cnmc(m, val=val, seed=seed)
     elif k:
@@ -102,6 +111,8 @@ def split_cmd(
     console.print(table)
     if "warning" in info:
         console.print(f"[yellow]note:[/] {info['warning']}")
+    if merged is not None:
+        console.print(f"--dedupe: {merged} duplicate cluster(s) merged their groups")
     console.print(escape(f"no group on two sides; wrote {out}"))
 
 

@@ -1,0 +1,70 @@
+"""``leukoscope data audit``: duplicates, label conflicts and leakage across a split's sides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from leukoscope.cli.app import console, data_app, guarded
+from leukoscope.cli.data import LayoutOpt, Paths, progress
+
+#: The library's defaults (``leukoscope.data.audit``), repeated so ``--help`` stays instant.
+THRESHOLD, EMBED_THRESHOLD = 0.85, 0.97
+
+
+@data_app.command("audit")
+@guarded
+def audit_cmd(
+    paths: Paths,
+    out: Annotated[Path, typer.Option("--out", help="Folder for audit.json and audit.html.")],
+    split: Annotated[Path | None, typer.Option("--split", help="A split CSV (side or fold column); "
+                                               "default: the data set's own train / test.")] = None,
+    layout: LayoutOpt = None,
+    threshold: Annotated[float, typer.Option(help="Minimum detail correlation (0-1) of a near "
+                                             "duplicate.")] = THRESHOLD,
+    embeddings: Annotated[bool, typer.Option("--embeddings", help="Also compare deep embeddings "
+                                             "(slower; needs the deep feature kind).")] = False,
+    embed_threshold: Annotated[float, typer.Option(help="Minimum embedding cosine.")] = EMBED_THRESHOLD,
+    fail_on_leak: Annotated[bool, typer.Option("--fail-on-leak", help="Exit non-zero when a "
+                                               "duplicate cluster straddles two sides.")] = False,
+) -> None:
+    """Exact and near-duplicate cells (flips, rotations, JPEG, crops), label conflicts, leakage."""
+    from leukoscope.data.audit import audit, write_audit
+    from leukoscope.data.readers import read
+    from leukoscope.data.splits import read_split
+    from leukoscope.errors import LeakageError
+
+    m = read(paths, layout)
+    s = read_split(split) if split is not None else None
+    with progress() as bar:
+        task = bar.add_task("hashing", total=len(m))
+        embed = bar.add_task("embedding", total=None, visible=False)
+        result = audit(m, s, threshold=threshold, embeddings=embeddings, embed_threshold=embed_threshold,
+                       on_image=lambda: bar.advance(task),
+                       on_embed=lambda done, total: bar.update(embed, completed=done, total=total,
+                                                               visible=True))
+    json_path, html_path = write_audit(result, out)
+    info = result.summary()
+    table = Table(title=f"audit of {info['images']} images")
+    table.add_column("finding")
+    table.add_column("count", justify="right")
+    for kind, n in info["pairs"].items():
+        if kind != "embedding" or embeddings:
+            table.add_row(f"{kind} duplicate pairs", str(n))
+    table.add_row("duplicate clusters", f"{info['clusters']} ({info['images_in_clusters']} images)")
+    table.add_row("clusters with a label conflict", str(info["label_conflicts"]))
+    table.add_row("clusters spanning two groups", str(info["cross_group_clusters"]))
+    if info["sides_from"]:
+        table.add_row(f"clusters across sides ({info['sides_from']})", str(info["leaking_clusters"]))
+        for pair, n in info["side_pairs"].items():
+            table.add_row(f"  {pair}", f"{n['pairs']} pairs, {n['clusters']} clusters")
+    console.print(table)
+    for path, reason in result.skipped:
+        console.print(f"[yellow]skipped[/] {path}: {reason}")
+    console.print(f"wrote {json_path} and {html_path}")
+    if fail_on_leak and info["leaking_clusters"]:
+        raise LeakageError(f"{info['leaking_clusters']} duplicate cluster(s) straddle the sides of "
+                           f"{info['sides_from']}; see {html_path}")
