@@ -49,7 +49,7 @@ _TEMPLATE = 0.8  # verification slides the central 80 % of one image over the ot
 _BLACK = 12  # gray level below which a pixel is background (C-NMC cells sit on black)
 _CANDIDATE_MIN = 0.4  # stage-1 cosine below which a neighbour is not worth verifying
 _OUTLINE = 0.3  # weight of the outline band of a cell on black (interior detail weighs 1)
-_MIN_PARALLEL = 64  # below this many images, worker processes cost more than they save
+_MIN_PARALLEL = 400  # below this many images, starting worker processes costs more than it saves
 KINDS = ("exact", "near", "embedding")
 
 
@@ -470,13 +470,15 @@ def _assemble(m: Manifest, pairs: list[tuple[int, int, str, float]], sides_from:
     return AuditResult(m, table, sides_from, threshold, skipped, embeddings)
 
 
-def dedupe_groups(m: Manifest, **audit_kwargs: Any) -> tuple[Manifest, int]:
+def dedupe_groups(m: Manifest, result: AuditResult | None = None,
+                  **audit_kwargs: Any) -> tuple[Manifest, int]:
     """Merge the ``group`` of every duplicate cluster so a grouped split keeps it on one side.
 
-    Returns the manifest with merged groups (each merged group takes the smallest of its names)
-    and how many clusters joined two or more groups. Rows the audit could not decode keep theirs.
+    Audits ``m`` (with ``audit_kwargs``) unless its ``result`` is given. Returns the manifest with
+    merged groups (each merged group takes the smallest of its names) and how many clusters joined
+    two or more groups. Rows the audit could not decode keep their group.
     """
-    result = audit(m, **audit_kwargs)
+    result = result if result is not None else audit(m, **audit_kwargs)
     groups = sorted(set(m["group"]))
     index = {g: i for i, g in enumerate(groups)}
     uf = _UnionFind(len(groups))

@@ -1,0 +1,205 @@
+"""Data audit on real cells: planted copies are found, distinct cells are left alone, leaks are reported."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from leukoscope.cli import app
+from leukoscope.data.audit import EMBED_THRESHOLD, THRESHOLD, AuditResult, audit, dedupe_groups, write_audit
+from leukoscope.data.images import load_rgb
+from leukoscope.data.readers import read, read_csv_manifest, subject_from_name
+from leukoscope.data.splits import train_val_test, write_split
+
+runner = CliRunner()
+
+
+def _crop(img: np.ndarray, seed: int) -> np.ndarray:
+    """Remove 2-5 % of the side from each edge (a light, uneven crop)."""
+    h, w = img.shape[:2]
+    t, left, b, r = np.random.default_rng(seed).integers(int(0.02 * h), int(0.05 * h) + 1, 4)
+    return img[t:h - b, left:w - r]
+
+
+#: How a copy is made: a transform of the pixels and the format it is saved in.
+PLANTS: dict[str, tuple[Callable[[np.ndarray, int], np.ndarray], str]] = {
+    "flip": (lambda img, _: img[:, ::-1], ".png"),
+    "rot90": (lambda img, _: np.rot90(img), ".png"),
+    "jpeg85": (lambda img, _: img, ".jpg"),
+    "png": (lambda img, _: img, ".png"),  # BMP -> PNG for the C-NMC cells
+    "crop": (_crop, ".png"),
+}
+
+
+def _sources(data: Path) -> list[tuple[Path, str]]:
+    """36 distinct real cells with labels: 12 C-NMC BMPs, 12 ALL-IDB2 TIFFs, 12 smear JPEGs."""
+    cnmc = sorted((data / "cnmc_sample/C-NMC_Leukemia/training_data/fold_1").rglob("*.bmp"))
+    allidb = [data / f"allidb2/Im{i:03d}_1.tif" for i in range(1, 13)]
+    aria = sorted((data / "aria_all").rglob("*.jpg"))[::100]
+    return ([(p, p.parent.name) for p in cnmc] + [(p, "all") for p in allidb]
+            + [(p, p.parent.name) for p in aria])
+
+
+def _write_csv(rows: list[dict], path: Path) -> Path:
+    pd.DataFrame(rows, columns=["path", "label", "subject"]).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def planted(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The 36 cells plus one copy each (cycling through PLANTS); the last copy has a wrong label."""
+    out = tmp_path_factory.mktemp("planted")
+    rows, copies = [], []
+    sources = _sources(data)
+    for i, (src, label) in enumerate(sources):
+        kind = list(PLANTS)[i % len(PLANTS)]
+        fn, suffix = PLANTS[kind]
+        dst = out / f"copy{i:02d}_{kind}{suffix}"
+        Image.fromarray(np.ascontiguousarray(fn(load_rgb(src), i))).save(dst, quality=85)
+        subject = subject_from_name(src.name)
+        rows.append(dict(path=str(src), label=label, subject=subject))
+        conflict = i == len(sources) - 1
+        rows.append(dict(path=str(dst), label="hem" if conflict else label, subject=None))
+        copies.append((str(src), str(dst.resolve()), kind))
+    csv = _write_csv(rows, out / "manifest.csv")
+    m = read_csv_manifest(csv)
+    return {"csv": csv, "manifest": m, "copies": copies, "result": audit(m), "out": out}
+
+
+def _pairs(result: AuditResult) -> set[frozenset[str]]:
+    m = result.manifest
+    return {frozenset((m["path"].iloc[a], m["path"].iloc[b])) for a, b in zip(result.pairs["a"],
+                                                                              result.pairs["b"], strict=True)}
+
+
+def test_distinct_real_cells_have_no_near_duplicates(data: Path, tmp_path: Path) -> None:
+    paths = [str(p) for p, _ in _sources(data)]
+    paths += [str(p) for p in sorted((data / "cnmc_cells").rglob("*.png"))]
+    csv = _write_csv([dict(path=p, label="x", subject=None) for p in paths], tmp_path / "m.csv")
+    result = audit(read_csv_manifest(csv))
+    assert len(result.manifest) == len(paths) == 47
+    assert result.pairs.empty, result.pair_records()
+    assert result.summary()["clusters"] == 0
+
+
+def test_planted_copies_are_found(planted: dict) -> None:
+    found = _pairs(planted["result"])
+    hits = {kind: [] for kind in PLANTS}
+    for src, dst, kind in planted["copies"]:
+        hits[kind].append(frozenset((str(Path(src).resolve()), dst)) in found)
+    rate = sum(map(sum, hits.values())) / len(planted["copies"])
+    assert rate >= 0.95, {k: f"{sum(v)}/{len(v)}" for k, v in hits.items()}
+    assert all(any(v) for v in hits.values())  # every kind of copy is caught at least once
+    # nothing but the planted pairs: distinct cells never join a cluster
+    expected = {frozenset((str(Path(s).resolve()), d)) for s, d, _ in planted["copies"]}
+    assert found <= expected
+    kinds = {frozenset((r["a"]["path"], r["b"]["path"])): r["kind"] for r in planted["result"].pair_records()}
+    png_from_bmp = [frozenset((str(Path(s).resolve()), d)) for s, d, k in planted["copies"]
+                    if k == "png" and s.endswith(".bmp")]
+    assert png_from_bmp and all(kinds.get(p) == "exact" for p in png_from_bmp)  # same pixels, new format
+    assert all(THRESHOLD <= r["similarity"] <= 1.0 for r in planted["result"].pair_records()
+               if r["kind"] == "near")
+
+
+def test_label_conflict_is_reported(planted: dict) -> None:
+    result = planted["result"]
+    conflicts = [r for r in result.pair_records() if r["label_conflict"]]
+    src, dst, _ = planted["copies"][-1]
+    assert [frozenset((r["a"]["path"], r["b"]["path"])) for r in conflicts] == [
+        frozenset((str(Path(src).resolve()), dst))]
+    assert result.summary()["label_conflicts"] == 1
+    assert len(result.label_conflicts()) == 1
+
+
+def test_cross_split_copy_is_leakage(planted: dict) -> None:
+    m = planted["manifest"].copy()
+    src, dst, _ = planted["copies"][3]
+    m["side"] = np.where(m["path"] == dst, "test", "train")
+    keep = m["path"].isin([str(Path(src).resolve()), dst]) | (m.index < 6)
+    result = audit(m[keep], m)
+    info = result.summary()
+    assert info["sides_from"] == "split (side)"
+    assert info["leaking_clusters"] == 1
+    assert info["side_pairs"] == {"test/train": {"pairs": 1, "clusters": 1}}
+    leaks = [r for r in result.pair_records() if r["cross_side"]]
+    assert len(leaks) == 1 and {leaks[0]["a"]["side"], leaks[0]["b"]["side"]} == {"train", "test"}
+
+
+def test_dedupe_groups_keeps_clusters_on_one_side(planted: dict) -> None:
+    m = planted["manifest"]
+    merged_m, merged = dedupe_groups(m, result=planted["result"])
+    assert merged == len(planted["result"].clusters()) >= 35  # every cluster joined two groups
+    clusters = planted["result"].manifest.set_index("path")["cluster"]
+    for seed in range(3):
+        s = train_val_test(merged_m, val=0.2, test=0.2, seed=seed)
+        sides = s.assign(cluster=s["path"].map(clusters)).query("cluster >= 0")
+        assert sides.groupby("cluster")["side"].nunique().max() == 1
+    # without --dedupe the copies (no subject ids) are split apart at least once
+    leaky = train_val_test(m, val=0.2, test=0.2, seed=0)
+    straddle = leaky.assign(cluster=leaky["path"].map(clusters)).query("cluster >= 0")
+    assert straddle.groupby("cluster")["side"].nunique().max() > 1
+
+
+def test_report_files(planted: dict, tmp_path: Path) -> None:
+    json_path, html_path = write_audit(planted["result"], tmp_path / "report")
+    data = json.loads(json_path.read_text())
+    assert data["summary"] == json.loads(json.dumps(planted["result"].summary()))
+    assert len(data["pairs"]) == len(planted["result"].pairs) and len(data["clusters"]) >= 35
+    html = html_path.read_text()
+    assert html.count("data:image/png;base64,") >= 2 * 35 and "label conflict" in html
+    assert "http://" not in html and "https://" not in html  # self-contained
+
+
+def _small_set(planted: dict, tmp_path: Path) -> tuple[Path, Path]:
+    """Three cells and a copy of the first, with a split that puts the copy on the test side."""
+    src, dst, _ = planted["copies"][0]
+    others = [c[0] for c in planted["copies"][1:4]]
+    rows = [dict(path=p, label="all", subject=None) for p in [src, dst, *others]]
+    rows[2]["label"] = rows[3]["label"] = "hem"
+    csv = _write_csv(rows, tmp_path / "small.csv")
+    m = read([csv])
+    m["side"] = np.where(m["path"] == dst, "test", "train")
+    split = tmp_path / "split.csv"
+    write_split(m, split)
+    return csv, split
+
+
+def test_cli_fail_on_leak(planted: dict, tmp_path: Path) -> None:
+    csv, split = _small_set(planted, tmp_path)
+    ok = runner.invoke(app, ["data", "audit", str(csv), "--split", str(split), "--out", str(tmp_path / "a")])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "a/audit.html").is_file()
+    assert json.loads((tmp_path / "a/audit.json").read_text())["summary"]["leaking_clusters"] == 1
+    bad = runner.invoke(app, ["data", "audit", str(csv), "--split", str(split), "--out", str(tmp_path / "b"),
+                              "--fail-on-leak"])
+    assert bad.exit_code == 1
+    assert "straddle" in bad.output and "Traceback" not in bad.output
+    clean = runner.invoke(app, ["data", "audit", str(csv), "--out", str(tmp_path / "c"), "--fail-on-leak"])
+    assert clean.exit_code == 0, clean.output  # no sides, so nothing can leak
+    wrong = runner.invoke(app, ["data", "audit", str(csv), "--out", str(tmp_path / "d"), "--threshold", "2"])
+    assert wrong.exit_code == 1 and "--threshold" in wrong.output
+
+
+def test_cli_split_dedupe(planted: dict, tmp_path: Path) -> None:
+    csv, _ = _small_set(planted, tmp_path)
+    out = tmp_path / "split.csv"
+    r = runner.invoke(app, ["data", "split", str(csv), "--k", "2", "--dedupe", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "1 duplicate cluster(s) merged" in r.output
+    s = pd.read_csv(out)
+    src, dst, _ = planted["copies"][0]
+    fold = dict(zip(s["path"], s["fold"], strict=True))
+    assert fold[str(Path(src).resolve())] == fold[dst]
+
+
+def test_cli_defaults_match_library() -> None:
+    from leukoscope.cli import audit as cli_audit
+
+    assert (cli_audit.THRESHOLD, cli_audit.EMBED_THRESHOLD) == (THRESHOLD, EMBED_THRESHOLD)
