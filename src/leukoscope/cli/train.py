@@ -44,7 +44,7 @@ def _figures_table(metrics: dict[str, Any]) -> Table:
     table.add_column("")
     for k in keys:
         table.add_column(k.replace("_", " "))
-    rows = [(name, metrics[name]) for name in ("validation", "test") if name in metrics]
+    rows: list[tuple[str, Any]] = [(n, metrics[n]) for n in ("validation", "test") if n in metrics]
     rows += [(f"frozen + LR {side}", figs) for side, figs in metrics.get("frozen_lr", {}).items()]
     for name, figs in rows:
         table.add_row(name, *(f"{figs[k]:.4f}" if isinstance(figs.get(k), float) else "-" for k in keys))

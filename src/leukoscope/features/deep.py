@@ -28,12 +28,10 @@ BACKBONES: dict[str, tuple[int, tuple[float, ...], tuple[float, ...]]] = {
 
 @functools.lru_cache(maxsize=2)
 def _network(backbone: str) -> Any:
-    import torch
 
     from leukoscope.models import backbones
 
-    net = backbones.efficientnet_lite0(num_classes=1000, pretrained=True)
-    return net.eval().to(memory_format=torch.channels_last)
+    return backbones.channels_last(backbones.efficientnet_lite0(num_classes=1000, pretrained=True).eval())
 
 
 @register_features("deep")

@@ -90,7 +90,7 @@ class TrainConfig:
             defaults = network_class(self.model).train_defaults
         except Exception as e:
             raise ConfigError(f"--model {self.model!r}: not a network model ({e})") from None
-        filled = {k: defaults.get(k) if v is None else v for k, v in self.as_dict().items()}
+        filled: dict[str, Any] = {k: defaults.get(k) if v is None else v for k, v in self.as_dict().items()}
         out = TrainConfig(**filled)
         out.check()
         return out

@@ -46,6 +46,7 @@ from leukoscope.errors import ConfigError, DataError, ImageError
 from leukoscope.evaluate.calibration import fit_temperature, softmax_t
 from leukoscope.evaluate.metrics import classification_metrics
 from leukoscope.models import preprocess
+from leukoscope.models.backbones import channels_last
 from leukoscope.models.networks import Network, forward_logits, network_class, save_weights
 from leukoscope.train import augment, stain
 from leukoscope.train.config import TrainConfig
@@ -289,7 +290,7 @@ def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     cls = network_class(cfg.model)
     k = len(data.classes)
-    model = cls(num_classes=k, pretrained=cls.pretrained).to(memory_format=torch.channels_last)
+    model = channels_last(cls(num_classes=k, pretrained=cls.pretrained))
     tr, va = data.side("train"), data.side("val")
     if not len(tr):
         raise DataError("the training side is empty; use more data or a smaller --val / --test")
@@ -454,10 +455,15 @@ def fit_and_bundle(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: P
                    reporter: Reporter | None = None, data_desc: str = ""
                    ) -> tuple[Any, dict[str, np.ndarray]]:
     """``fit``, evaluate, write metrics.json and ``out/bundle``; the loaded bundle and test probs."""
+    t0, c0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     model, history, extra = fit(data, pre, cfg, out, reporter)
     metrics, temperature, probs = evaluate(model, data, pre, cfg.tta, reporter)
     metrics |= {"protocol": split_protocol(data.split), "tta": cfg.tta,
-                "best_epoch": extra["best_epoch"], "epochs_run": extra["epochs_run"]}
+                "best_epoch": extra["best_epoch"], "epochs_run": extra["epochs_run"],
+                # this session only (a resumed run counts from the resume); the load average says
+                # whether other work shared the machine
+                "timing": {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+                           "load_average": (load0 + os.getloadavg()[0]) / 2, "cores": os.cpu_count()}}
     if "frozen_lr" in extra:
         metrics["frozen_lr"] = extra["frozen_lr"]
     config = {"family": "network", "model": cfg.model, "classes": data.classes,
