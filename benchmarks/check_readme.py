@@ -1,0 +1,125 @@
+"""Check the README's Results tables against fresh benchmark results; exit 1 on any mismatch.
+
+    python benchmarks/check_readme.py [--readme README.md] [--results benchmarks/results]
+
+The expected tables are rendered from the results CSVs (models.csv, throughput.csv) by the same
+code that writes the README (benchmarks/run_all.py), then both are parsed cell by cell: text
+must match exactly; metrics may differ by 0.02, or by one test image's worth (1/n) on small test
+sides; times and rates by a factor of 3 (they depend on the machine and its load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run_all  # noqa: E402
+
+METRIC_TOL = 0.02
+TIME_FACTOR = 3.0
+TIME_COLUMNS = {"Train s", "Cells/s"}
+
+
+def tables(markdown: str) -> dict[str, list[list[str]]]:
+    """Markdown tables by their first header cell: rows of cells (header row first, rule dropped)."""
+    found: dict[str, list[list[str]]] = {}
+    block: list[list[str]] = []
+    for line in [*markdown.splitlines(), ""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not all(re.fullmatch(r":?-+:?", c) for c in cells):
+                block.append(cells)
+        elif block:
+            found[block[0][0]] = block
+            block = []
+    return found
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _n(row: dict[str, str]) -> int | None:
+    m = re.search(r"n = (\d+)", row.get("Evaluation", ""))
+    return int(m.group(1)) if m else None
+
+
+def compare(name: str, got: list[list[str]], want: list[list[str]]) -> list[str]:
+    """Mismatches between a README table and the table rendered from fresh results."""
+    if got[0] != want[0]:
+        return [f"{name}: columns {got[0]} != {want[0]}"]
+    key = 2 if name == "Data set" else 1  # rows are keyed by (data set, row) or by method
+    have = {tuple(r[:key]): dict(zip(got[0], r, strict=False)) for r in got[1:]}
+    fresh = {tuple(r[:key]): dict(zip(want[0], r, strict=False)) for r in want[1:]}
+    problems = [f"{name}: README row {' / '.join(k)} is not in the results" for k in have if k not in fresh]
+    problems += [f"{name}: result row {' / '.join(k)} is missing from the README"
+                 for k in fresh if k not in have]
+    for k in have.keys() & fresh.keys():
+        a, b = have[k], fresh[k]
+        n = _n(b)
+        tol = max(METRIC_TOL, 1 / n + 1e-9) if n else METRIC_TOL
+        for col in want[0][key:]:
+            where = f"{name}: {' / '.join(k)}, {col}: README {a.get(col)!r}, fresh {b.get(col)!r}"
+            if col == "Evaluation":  # text plus the test-side size
+                if _n(a) != n or re.sub(r", n = \d+", "", a[col]) != re.sub(r", n = \d+", "", b[col]):
+                    problems.append(where)
+                continue
+            x, y = _number(a.get(col, "")), _number(b.get(col, ""))
+            if x is None or y is None:
+                if a.get(col) != b.get(col):
+                    problems.append(where)
+            elif col in TIME_COLUMNS:
+                if max(x, y) > TIME_FACTOR * max(min(x, y), 1e-9) and abs(x - y) > 5:
+                    problems.append(where + f" (beyond x{TIME_FACTOR:g})")
+            elif abs(x - y) > tol:
+                problems.append(where + f" (beyond +-{tol:.3f})")
+    return problems
+
+
+def check(readme: Path, results: Path) -> list[str]:
+    """Every mismatch between the README Results section and the results CSVs in ``results``."""
+    text = readme.read_text()
+    if run_all.START not in text or run_all.END not in text:
+        return [f"{readme}: no Results section ({run_all.START} ... {run_all.END})"]
+    section = text.split(run_all.START, 1)[1].split(run_all.END, 1)[0]
+    files = {f: results / f for f in ("models.csv", "throughput.csv")}
+    missing = [str(p) for p in files.values() if not p.exists()]
+    if missing:
+        return [f"no fresh results: {', '.join(missing)} (run benchmarks/run_all.py)"]
+    models = pd.read_csv(files["models.csv"])
+    throughput = pd.read_csv(files["throughput.csv"])
+    info = {"input_size": "?", "images": "?", "cores": "?"}
+    expected = tables(run_all.results_markdown(models) + "\n\n"
+                      + run_all.throughput_markdown(throughput, info))
+    got = tables(section)
+    problems = []
+    for name, want in expected.items():
+        if name not in got:
+            problems.append(f"README has no table starting with {name!r}")
+        else:
+            problems += compare(name, got[name], want)
+    return problems
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--readme", type=Path, default=run_all.README)
+    ap.add_argument("--results", type=Path, default=run_all.HERE / "results")
+    args = ap.parse_args()
+    problems = check(args.readme, args.results)
+    for p in problems:
+        print(p, file=sys.stderr)
+    print("README Results match the fresh results" if not problems else f"{len(problems)} mismatch(es)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
