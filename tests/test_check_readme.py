@@ -1,0 +1,85 @@
+"""benchmarks/check_readme.py: a README rendered from results passes; a changed number fails."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import check_readme  # noqa: E402
+import run_all  # noqa: E402
+
+
+def _results(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Result CSVs shaped like run_all's, with one row per (data set, row kind)."""
+    rows = []
+    for i, ds in enumerate(run_all.DATASETS):
+        for j, kind in enumerate(run_all.ROW_KINDS):
+            held_out = kind in run_all.NETWORKS
+            rows.append({"dataset": ds.key, "row": kind, "model": kind if held_out else "svc",
+                         "features": "pixels" if held_out else "deep", "protocol": ds.protocol,
+                         "evaluation": "held-out test" if held_out else "5-fold CV (mean)",
+                         "n": 180 if held_out else None, "accuracy": 0.9 - 0.01 * (i + j),
+                         "balanced_accuracy": 0.88, "f1_macro": 0.87, "f1_weighted": 0.9, "roc_auc": 0.97,
+                         "train_s": 30.0 + j})
+    models = pd.DataFrame(rows)
+    throughput = pd.DataFrame({"method": ["(b) leukoscope predict, PyTorch"], "cells_per_s": [55.0]})
+    folder.mkdir(parents=True, exist_ok=True)
+    models.to_csv(folder / "models.csv", index=False)
+    throughput.to_csv(folder / "throughput.csv", index=False)
+    return models, throughput
+
+
+def _readme(path: Path, models: pd.DataFrame, throughput: pd.DataFrame) -> Path:
+    info = {"input_size": 128, "images": 256, "cores": 2}
+    section = (run_all.results_markdown(models) + "\n\n" + run_all.throughput_markdown(throughput, info))
+    path.write_text(f"# x\n\n{run_all.START}\n{section}\n{run_all.END}\n\n## After\n")
+    return path
+
+
+def test_rendered_readme_matches_and_rewrite_keeps_the_rest(tmp_path: Path) -> None:
+    models, tp = _results(tmp_path / "results")
+    readme = _readme(tmp_path / "README.md", models, tp)
+    assert check_readme.check(readme, tmp_path / "results") == []
+    rewritten = run_all.replace_section(readme.read_text(), "new")
+    assert rewritten.startswith("# x\n\n") and rewritten.endswith(f"{run_all.END}\n\n## After\n")
+
+
+@pytest.mark.parametrize(("column", "value", "fails"), [
+    ("accuracy", +0.015, False),   # within 0.02
+    ("accuracy", +0.05, True),
+    ("train_s", 2.0, False),       # times: a factor of 2 is machine noise
+    ("train_s", 5.0, True),
+    ("model", "xgboost", True),    # another winner is a mismatch
+])
+def test_a_changed_result_is_reported(tmp_path: Path, column: str, value: float | str, fails: bool) -> None:
+    models, tp = _results(tmp_path / "results")
+    readme = _readme(tmp_path / "README.md", models, tp)
+    fresh = models.copy()
+    first = fresh.index[0]
+    if column == "model":
+        fresh.loc[first, column] = value
+    elif column == "train_s":
+        fresh.loc[first, column] = fresh.loc[first, column] * value
+    else:
+        fresh.loc[first, column] = fresh.loc[first, column] + value
+    fresh.to_csv(tmp_path / "results" / "models.csv", index=False)
+    problems = check_readme.check(readme, tmp_path / "results")
+    assert bool(problems) is fails, problems
+    if fails:
+        assert problems[0].startswith("Data set: C-NMC cells / best classical")
+
+
+def test_missing_results_or_section_fail(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# no results section\n")
+    assert "no Results section" in check_readme.check(readme, tmp_path)[0]
+    models, tp = _results(tmp_path / "results")
+    readme = _readme(readme, models, tp)
+    assert check_readme.check(readme, tmp_path / "elsewhere")[0].startswith("no fresh results")
+    readme = _readme(readme, models.iloc[1:], tp)  # one row left out of the README
+    problems = check_readme.check(readme, tmp_path / "results")
+    assert problems == ["Data set: result row C-NMC cells / best classical is missing from the README"]
