@@ -203,3 +203,13 @@ def test_cli_defaults_match_library() -> None:
     from leukoscope.cli import audit as cli_audit
 
     assert (cli_audit.THRESHOLD, cli_audit.EMBED_THRESHOLD) == (THRESHOLD, EMBED_THRESHOLD)
+
+
+@pytest.mark.slow
+def test_embeddings_find_the_same_copies(planted: dict) -> None:
+    """Deep-embedding neighbours (opt-in) run end to end and agree with the pixel-level audit."""
+    m = planted["manifest"].iloc[:12]
+    result = audit(m, embeddings=True)
+    assert result.summary()["embeddings"] is True
+    assert len(result.clusters()) == 6
+    assert set(result.pairs["kind"]) <= {"exact", "near", "embedding"}

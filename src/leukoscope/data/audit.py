@@ -393,7 +393,7 @@ def _embedding_pairs(m: Manifest, rows: list[int], min_cos: float,
 
     sub = m.iloc[rows]
     feats, _ = extract(sub, "deep", on_progress=on_progress)
-    x = feats.to_numpy(np.float32)
+    x = feats.to_numpy(np.float32, copy=True)
     x /= np.linalg.norm(x, axis=1, keepdims=True) + 1e-9
     position = {idx: rows[k] for k, idx in enumerate(sub.index)}
     kept = [position[i] for i in feats.index]
