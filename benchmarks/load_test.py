@@ -1,6 +1,7 @@
 """Bounded load test of ``leukoscope serve`` on loopback: latency percentiles, throughput, failures.
 
     python benchmarks/load_test.py [BUNDLE] [--requests 300] [--concurrency 8] [--no-explain]
+                                   [--threads 1] [--runtime auto]
 
 Starts the real server in its own process on a free 127.0.0.1 port, sends a fixed number of
 single-image ``POST /api/predict`` requests (real cells from the four sample data sets, in turn)
@@ -106,17 +107,20 @@ def main() -> int:
     ap.add_argument("--no-explain", dest="explain", action="store_false",
                     help="skip Grad-CAM / feature contributions")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    ap.add_argument("--threads", type=int, default=1, help="leukoscope serve --threads")
+    ap.add_argument("--runtime", default="auto", help="leukoscope serve --runtime")
     args = ap.parse_args()
     images = real_images(data_root())
     with tempfile.TemporaryDirectory() as tmp:
         bundle = args.bundle or train_small_bundle(Path(tmp) / "run")
-        with serving(bundle) as url:
+        with serving(bundle, "--threads", str(args.threads), "--runtime", args.runtime) as url:
             # one warm-up request so lazy initialisation is not counted as latency
             httpx.post(f"{url}/api/predict", files=[("files", images[0])], timeout=args.timeout)
             r = asyncio.run(run_load(url, images, args.requests, args.concurrency, args.explain,
                                      args.timeout))
-    print(f"load test: {bundle} on {url}, {args.requests} requests, {args.concurrency} concurrent, "
-          f"one image each, explanations {'on' if args.explain else 'off'}")
+    print(f"load test: {bundle} on {url} (--threads {args.threads} --runtime {args.runtime}), "
+          f"{args.requests} requests, {args.concurrency} concurrent, one image each, "
+          f"explanations {'on' if args.explain else 'off'}")
     print(f"  ok {r['ok']}/{r['requests']}  failures {r['failures']}  5xx {r['5xx']}")
     print(f"  latency p50 {r['p50_ms']:.1f} ms  p95 {r['p95_ms']:.1f} ms  max {r['max_ms']:.1f} ms")
     print(f"  throughput {r['rps']:.1f} requests/s over {r['wall_s']:.1f} s")

@@ -256,6 +256,10 @@ def test_cli_serve_errors_are_one_line(tmp_path: Path, network_bundle: Path) -> 
     assert r.exit_code == 1 and "not a model bundle" in r.output
     r = runner.invoke(cli, ["serve", str(network_bundle), "--max-files", "0"])
     assert r.exit_code == 1 and "--max-files must be at least 1" in r.output
+    r = runner.invoke(cli, ["serve", str(network_bundle), "--threads", "-1"])
+    assert r.exit_code == 1 and "--threads must be 0" in r.output
+    r = runner.invoke(cli, ["serve", str(network_bundle), "--runtime", "tensorflow"])
+    assert r.exit_code == 1 and "runtime 'tensorflow' is not one of" in r.output
     import socket
 
     with socket.socket() as busy:

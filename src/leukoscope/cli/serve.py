@@ -47,6 +47,11 @@ def serve_cmd(
     = _D.max_bytes,
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="Largest image accepted, in pixels "
                                             "(decompression-bomb guard).")] = _D.max_pixels,
+    runtime: Annotated[str, typer.Option(help="Network bundles: auto (ONNX when exported), torch, onnx, "
+                                         "onnx-int8.")] = _D.runtime,
+    threads: Annotated[int, typer.Option(help="PyTorch threads per model call (0: one per core). One "
+                                         "leaves the other cores to decoding and HTTP, and avoids "
+                                         "thread oversubscription on a busy machine.")] = 1,
 ) -> None:
     """Serve a page to drop cell images on and see each call, its probabilities and heat map."""
     import uvicorn
@@ -57,14 +62,21 @@ def serve_cmd(
     # DNS rebinding. Bound to a network address, any Host is, since the machine's names are unknown.
     hosts = LOOPBACK_HOSTS if _loopback(host) else ("*",)
     settings = ServeSettings(max_files=max_files, max_bytes=max_bytes, max_pixels=max_pixels,
-                             allowed_hosts=hosts)
+                             allowed_hosts=hosts, runtime=runtime)
+    if threads < 0:
+        raise ConfigError(f"--threads must be 0 (one per core) or more, got {threads}")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     web = create_app(bundle, settings)
     _check_port_free(host, port)
     if not _loopback(host):
         err_console.print(f"[yellow]warning:[/] listening on {host}: other machines can reach this "
                           "server; it has no login. Use the default 127.0.0.1 unless you mean it.")
     shown = f"[{host}]" if ":" in host else host
-    console.print(f"leukoscope: serving [bold]{web.state.model.name}[/] from {bundle}\n"
+    console.print(f"leukoscope: serving [bold]{web.state.model.name}[/] from {bundle} "
+                  f"({type(web.state.model.bundle).__name__})\n"
                   f"  page  http://{shown}:{port}/\n  API   http://{shown}:{port}/docs "
                   "(Swagger UI needs internet; /openapi.json always works)\n  Ctrl-C to stop")
     uvicorn.run(web, host=host, port=port, log_level="warning", access_log=False)

@@ -198,6 +198,7 @@ def model_card(model: Model, settings: ServeSettings) -> dict[str, Any]:
         "data": cfg.get("data"), "protocol": protocol,
         "warning": IMAGE_LEVEL_WARNING if protocol == "image-level" else None,
         "split": _split_sizes(model.bundle), "metrics": model.bundle.metrics(),
+        "runtime": type(model.bundle).__name__,
         "input_size": cfg.get("input_size") or cfg.get("preprocessing", {}).get("input_size"),
         "temperature": model.bundle.temperature,
         "created": cfg.get("created"), "versions": cfg.get("versions", {}),
@@ -234,7 +235,7 @@ def _multipart_docs() -> dict[str, Any]:
 def create_app(bundle_dir: Path | str, settings: ServeSettings | None = None) -> FastAPI:
     """Load the bundle now (a bad bundle fails here, before any port is opened) and build the app."""
     settings = settings or ServeSettings()
-    model = Model(load_bundle(bundle_dir))
+    model = Model(load_bundle(bundle_dir, runtime=settings.runtime))
     web = FastAPI(title="leukoscope", version="0.1.0",
                   description=f"Single-cell image classifier `{model.name}`. {INTENDED_USE}")
     web.state.model = model

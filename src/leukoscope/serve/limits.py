@@ -13,13 +13,15 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """Upload limits (defaults fit single-cell crops, a few hundred pixels and tens of kB, with room)
-    and the Host headers answered (``("*",)``: any)."""
+    """Upload limits (defaults fit single-cell crops, a few hundred pixels and tens of kB, with room),
+    the Host headers answered (``("*",)``: any) and the runtime network bundles are loaded with."""
 
     max_files: int = 32
     max_bytes: int = 10 * 2**20
     max_pixels: int = 16_000_000
     allowed_hosts: tuple[str, ...] = ("*",)
+    #: network bundles: torch, onnx, onnx-int8, or auto (ONNX when a current export is in the bundle)
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         for name, value in self.limits().items():

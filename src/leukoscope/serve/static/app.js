@@ -73,6 +73,7 @@ function renderCard(card) {
   box.append(definitionList([
     ["model", card.model], ["family", card.family], ["classes", card.classes.join(", ")],
     ["trained on", card.data], ["protocol", protocol], ["input size", card.input_size],
+    ["runtime", card.runtime],
     ["temperature", fmt(card.temperature)], ["explained by", card.explanation || "–"],
     ["created", card.created],
   ]));
