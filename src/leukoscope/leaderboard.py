@@ -312,9 +312,12 @@ def _bar_plot(lb: Leaderboard) -> Any:
 
     ok = lb.table[lb.table["status"] == "ok"].iloc[::-1]
     fig, ax = plt.subplots(figsize=(7, 0.35 * max(len(ok), 3) + 1))
-    ax.barh(ok["model"], ok["balanced_accuracy_mean"], xerr=ok["balanced_accuracy_std"],
-            color="#5b6bbf", capsize=3)
-    ax.set_xlim(0, 1)
+    mean, std = ok["balanced_accuracy_mean"], ok["balanced_accuracy_std"]
+    ax.barh(ok["model"], mean, xerr=std, color="#5b6bbf", capsize=3)
+    for y, (v, e) in enumerate(zip(mean, std, strict=True)):
+        ax.text(v + e + 0.003, y, f"{v:.3f}", fontsize=8, va="center")
+    low = float(np.floor(20 * max(0.0, float((mean - std).min()) - 0.02)) / 20) if len(ok) else 0.0
+    ax.set_xlim(low, 1)  # zoomed: the differences that matter are a few points wide
     ax.set_xlabel(f"balanced accuracy ({lb.folds}-fold CV, {lb.protocol})")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
