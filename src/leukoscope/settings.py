@@ -23,3 +23,13 @@ def cache_dir() -> Path:
     root = Path(env).expanduser() if env else Path.home() / ".cache" / "leukoscope"
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def threads() -> int:
+    """Threads one model may use in this process: ``$OMP_NUM_THREADS`` when set, else every core.
+
+    Engines that already run one single-threaded model per core (Ray actors) set it to 1, so the
+    model's own thread pool does not fight them for the cores.
+    """
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else os.cpu_count() or 1

@@ -23,6 +23,7 @@ from leukoscope.bundle import CONFIG, ONNX, ONNX_INT8, Bundle, read_config, writ
 from leukoscope.data.images import file_digest, load_rgb
 from leukoscope.errors import BundleError, DataError, ImageError
 from leukoscope.models.preprocess import prepare
+from leukoscope.settings import threads
 
 OPSET = 17
 INPUT, OUTPUT = "input", "logits"
@@ -52,7 +53,7 @@ class OnnxBundle(Bundle):
             raise BundleError(f"{onnx_path}: {why}; run `leukoscope export {path} --onnx"
                               f"{' --int8' if model_file == ONNX_INT8 else ''}`")
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = os.cpu_count() or 1
+        opts.intra_op_num_threads = threads()
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
@@ -69,8 +70,16 @@ class OnnxBundle(Bundle):
         return (digest is not None and (Path(path) / model_file).is_file() and weights.is_file()
                 and digest == file_digest(weights))
 
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        if not self.config.get("tta", False):
+            return np.asarray(self.session.run([OUTPUT], {INPUT: x})[0])
+        # trained with TTA: logits averaged over the D4 views, as NetworkBundle does in torch
+        views = [np.rot90(x, k, axes=(2, 3)) for k in range(4)]
+        batch = np.ascontiguousarray(np.concatenate([v for r in views for v in (r, r[..., ::-1])]))
+        return np.asarray(self.session.run([OUTPUT], {INPUT: batch})[0]).reshape(8, len(x), -1).mean(axis=0)
+
     def logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        out = [self.session.run([OUTPUT], {INPUT: prepare(images[i:i + self.batch_size], self.config)})[0]
+        out = [self._run(prepare(images[i:i + self.batch_size], self.config))
                for i in range(0, len(images), self.batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
 
