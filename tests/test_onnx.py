@@ -32,6 +32,17 @@ def test_fp32_matches_pytorch(onnx_bundle, sample):  # noqa: F811
     assert np.abs(single - p_onnx[:5]).max() <= 1e-5
 
 
+def test_bundle_trained_with_tta_matches_too(onnx_bundle, sample, tmp_path):  # noqa: F811
+    copy = tmp_path / "b"
+    shutil.copytree(onnx_bundle, copy)
+    cfg = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**cfg, "tta": True}))
+    p_torch = load_bundle(copy, runtime="torch").predict_proba(sample[:20])
+    p_onnx = load_bundle(copy, runtime="onnx").predict_proba(sample[:20])
+    assert np.abs(p_torch - p_onnx).max() <= 1e-4
+    assert np.abs(p_onnx - load_bundle(onnx_bundle).predict_proba(sample[:20])).max() > 1e-6
+
+
 def test_int8_agrees_on_labels(onnx_bundle, sample):  # noqa: F811
     cfg = json.loads((onnx_bundle / "config.json").read_text())["onnx"]
     assert cfg["int8"] == "model.int8.onnx" and cfg["int8_calibration_images"] > 0

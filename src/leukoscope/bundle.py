@@ -132,6 +132,8 @@ def read_config(path: Path) -> dict[str, Any]:
         raise BundleError(f"{cfg}: invalid JSON ({e})") from None
     for key in ("family", "classes"):
         if key not in config:
+            if (path / "bundle" / CONFIG).is_file():  # a training run folder holds its bundle
+                raise BundleError(f"{path}: a training run folder, not a bundle; use {path / 'bundle'}")
             raise BundleError(f"{cfg}: missing key {key!r}")
     return config
 
