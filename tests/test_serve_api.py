@@ -153,6 +153,9 @@ BAD_UPLOADS = {
                          "no file in the form field 'files' (fields sent: image)"),
     "not multipart": (lambda im: {"json": {"files": ["cell.png"]}}, 415,
                       "send the images as multipart/form-data in the field 'files'"),
+    "multipart without a boundary": (
+        lambda im: {"content": b"--x\r\n", "headers": {"content-type": "multipart/form-data"}}, 400,
+        "malformed multipart body: Missing boundary"),
     "no files at all": (lambda im: {"data": {"note": "x"}, "files": {"other": ("", b"", "text/plain")}}, 400,
                         "no file in the form field 'files'"),
 }

@@ -146,8 +146,8 @@ async def read_uploads(request: Request, settings: ServeSettings) -> list[tuple[
     try:
         files = [v for k, v in form.multi_items() if k == FIELD and isinstance(v, UploadFile)]
         if not files:
-            sent = sorted({k for k, _ in form.multi_items()})
-            got = f" (fields sent: {', '.join(sent)})" if sent else ""
+            sent = sorted({k[:40] for k, _ in form.multi_items()})
+            got = f" (fields sent: {', '.join(sent[:10])})" if sent else ""
             raise HTTPException(400, f"no file in the form field {FIELD!r}{got}")
         return [(display_name(f.filename, i), f.file.read()) for i, f in enumerate(files)]
     finally:
