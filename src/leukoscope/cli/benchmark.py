@@ -60,12 +60,19 @@ def benchmark_cmd(
                                   f"{', '.join(list_models(family='classical'))}")
             names += [n for n in found if n not in names]
     m = read(paths, layout)
+    n_models = len(names or list_models(family="classical"))
+    finished: list[str] = []
     with progress() as bar:
         task = bar.add_task(f"{features} features", total=len(m))
+
+        def model_done(name: str, res: dict) -> None:
+            finished.append(name)
+            bar.update(task, description=f"models ({name} done)", completed=len(finished), total=n_models)
+
         lb, split, X = benchmark(
             m, features=features, k=cv, models=names, timeout=timeout, jobs=jobs, seed=seed, params=params,
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
-            on_model=lambda name, res: bar.update(task, description=f"models: {name} done"))
+            on_model=model_done)
     written = write_leaderboard(lb, out)
     table = Table(title=f"leaderboard: {lb.folds}-fold CV, {lb.protocol} ({lb.n_images} images, "
                         f"{lb.n_groups} groups; {lb.features['kind']} features)")
