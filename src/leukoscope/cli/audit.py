@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from leukoscope.cli.app import console, data_app, guarded
@@ -60,11 +61,11 @@ def audit_cmd(
     if info["sides_from"]:
         table.add_row(f"clusters across sides ({info['sides_from']})", str(info["leaking_clusters"]))
         for pair, n in info["side_pairs"].items():
-            table.add_row(f"  {pair}", f"{n['pairs']} pairs, {n['clusters']} clusters")
+            table.add_row(escape(f"  {pair}"), f"{n['pairs']} pair(s), {n['clusters']} cluster(s)")
     console.print(table)
     for path, reason in result.skipped:
-        console.print(f"[yellow]skipped[/] {path}: {reason}")
-    console.print(f"wrote {json_path} and {html_path}")
+        console.print(f"[yellow]skipped[/] {escape(f'{path}: {reason}')}", soft_wrap=True)
+    console.print(escape(f"wrote {json_path} and {html_path}"), soft_wrap=True)
     if fail_on_leak and info["leaking_clusters"]:
         raise LeakageError(f"{info['leaking_clusters']} duplicate cluster(s) straddle the sides of "
                            f"{info['sides_from']}; see {html_path}")

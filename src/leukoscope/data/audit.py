@@ -335,11 +335,15 @@ class AuditResult:
 
 def _describe(row: pd.Series) -> dict[str, Any]:
     return {"path": row["path"], "label": row["label"], "group": row["group"],
-            "side": None if row["side"] is None else str(row["side"])}
+            "subject": row["subject"], "side": None if row["side"] is None else str(row["side"])}
 
 
 def _sides(m: Manifest, split: pd.DataFrame | None) -> tuple[list[Any], str | None]:
-    """Side of each row: from the split (side or fold), else the data set's own source splits."""
+    """Side of each row: from the split (side or fold), else the data set's own partition.
+
+    The own partition is the source split, with the data set's name when several are audited
+    together and its official fold where it has one (C-NMC's fold_0..2 are meant for CV).
+    """
     if split is not None:
         col = "side" if "side" in split else "fold" if "fold" in split else None
         if col is None:
@@ -348,8 +352,14 @@ def _sides(m: Manifest, split: pd.DataFrame | None) -> tuple[list[Any], str | No
         prefix = "fold " if col == "fold" else ""
         sides = [None if pd.isna(v := lookup.get(p)) else f"{prefix}{v}" for p in m["path"]]
         return sides, f"split ({col})"
-    if m["source_split"].nunique() > 1:
-        return list(m["source_split"]), "source_split"
+    own = [m["source_split"].astype(str)]
+    if "dataset" in m and m["dataset"].nunique() > 1:
+        own.insert(0, m["dataset"].astype(str))
+    if "source_fold" in m:
+        own.append(m["source_fold"].fillna("").astype(str))
+    sides = [" ".join(x for x in parts if x) for parts in zip(*own, strict=True)]
+    if len(set(sides)) > 1:
+        return sides, "the data sets' own partition"
     return [None] * len(m), None
 
 
