@@ -213,3 +213,15 @@ def test_embeddings_find_the_same_copies(planted: dict) -> None:
     assert result.summary()["embeddings"] is True
     assert len(result.clusters()) == 6
     assert set(result.pairs["kind"]) <= {"exact", "near", "embedding"}
+
+
+def test_cnmc_official_folds_share_cells(data: Path) -> None:
+    """Real finding: C-NMC's training folds hold the same cells under two subject ids."""
+    result = audit(read([data / "cnmc_sample"]))
+    info = result.summary()
+    assert info["sides_from"] == "the data sets' own partition"
+    assert info["leaking_clusters"] >= 1 and info["cross_group_clusters"] >= 1
+    pairs = {frozenset(Path(r[k]["path"]).name for k in ("a", "b")): r for r in result.pair_records()}
+    h6_h2 = pairs[frozenset(("UID_H6_1_1_hem.bmp", "UID_H2_1_1_hem.bmp"))]
+    assert h6_h2["cross_side"]
+    assert {h6_h2["a"]["side"], h6_h2["b"]["side"]} == {"train fold_0", "train fold_2"}

@@ -49,6 +49,7 @@ _TEMPLATE = 0.8  # verification slides the central 80 % of one image over the ot
 _BLACK = 12  # gray level below which a pixel is background (C-NMC cells sit on black)
 _CANDIDATE_MIN = 0.4  # stage-1 cosine below which a neighbour is not worth verifying
 _OUTLINE = 0.3  # weight of the outline band of a cell on black (interior detail weighs 1)
+_BLOCK_CELLS = 1 << 22  # similarities held at once by the blocked neighbour search (16 MB)
 _MIN_PARALLEL = 400  # below this many images, starting worker processes costs more than it saves
 KINDS = ("exact", "near", "embedding")
 
@@ -182,7 +183,7 @@ def _blocks(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(n, start + size))
 
 
-def nearest(x: np.ndarray, k: int, min_sim: float, block: int = 512) -> list[tuple[int, int, float, int]]:
+def nearest(x: np.ndarray, k: int, min_sim: float) -> list[tuple[int, int, float, int]]:
     """Top-``k`` neighbours of each row by cosine, exact blocked search.
 
     ``x`` is (n, d) or (n, t, d) for ``t`` transformed views of each row: row ``i`` under view
@@ -196,6 +197,7 @@ def nearest(x: np.ndarray, k: int, min_sim: float, block: int = 512) -> list[tup
     k = min(k, n - 1)
     if k < 1:
         return []
+    block = max(1, _BLOCK_CELLS // (views.shape[1] * n))  # bounded memory for the full C-NMC set
     for rows in _blocks(n, block):
         sims = np.einsum("btd,md->btm", views[rows], ref)
         best_view = sims.argmax(axis=1)
