@@ -30,16 +30,18 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, Manifest, classes, label_indices
-from leukoscope.data.splits import Split, check_no_leak, split_protocol, train_val_test
+from leukoscope.data.manifest import Manifest, classes, label_indices, warnings_for
 from leukoscope.errors import ConfigError, LeukoscopeError
+
+if TYPE_CHECKING:  # splits import scikit-learn; a worker running only the study loop needs none of it
+    from leukoscope.data.splits import Split
 
 #: ``--metric`` name -> key in ``evaluate.metrics.classification_metrics``.
 METRICS = {"balanced_accuracy": "balanced_accuracy", "weighted_f1": "f1_weighted", "macro_f1": "f1_macro"}
@@ -85,6 +87,8 @@ class TuneSettings:
 
 def holdout(m: Manifest, test: float, seed: int) -> Split:
     """The grouped train / test split of a study (``side`` is train or test)."""
+    from leukoscope.data.splits import train_val_test
+
     return train_val_test(m, val=0.0, test=test, seed=seed)
 
 
@@ -140,14 +144,22 @@ def open_study(settings: TuneSettings, url: str, name: str, data: str, *,
     if url.startswith("sqlite:"):
         Path(url.split("///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
         engine = {"connect_args": {"timeout": 60}}  # workers wait for each other's writes
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat[0],
-                                                 grace_period=heartbeat[1])
-            sampler = optuna.samplers.PartialFixedSampler(settings.fixed, TrialSeededSampler(settings.seed))
-    except Exception as e:  # bad URL, missing driver, unreachable server
-        raise ConfigError(f"--storage {url}: cannot open ({type(e).__name__}: {e})") from None
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.PartialFixedSampler(settings.fixed, TrialSeededSampler(settings.seed))
+        for attempt in range(5):
+            try:
+                storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, grace_period=heartbeat[1],
+                                                     heartbeat_interval=heartbeat[0])
+                break
+            except (IntegrityError, OperationalError):  # workers starting together race to create tables
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+            except Exception as e:  # bad URL, missing driver, unreachable server
+                raise ConfigError(f"--storage {url}: cannot open ({type(e).__name__}: {e})") from None
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
                                 pruner=PRUNERS[settings.pruner](), load_if_exists=True)
     mine = {"settings": json.loads(json.dumps(asdict(settings))), "data": data}
@@ -410,6 +422,7 @@ class TuneResult:
     settings: TuneSettings
     family: str
     protocol: str
+    warning: str | None
     split: dict[str, int]
     best: dict[str, Any]
     default: dict[str, Any]
@@ -418,10 +431,6 @@ class TuneResult:
     features: dict[str, Any] | None
     skipped: list[tuple[str, str]]
     seconds: float
-
-    @property
-    def warning(self) -> str | None:
-        return IMAGE_LEVEL_WARNING if self.protocol == "image-level" else None
 
 
 def _counts(study: optuna.Study) -> dict[str, int]:
@@ -497,6 +506,7 @@ def tune(m: Manifest, settings: TuneSettings, out: Path, *, n_trials: int, timeo
          on_trial: Callable[[TrialEvent], None] | None = None, reporter: Any = None) -> TuneResult:
     """Search ``settings.model``'s space on ``m``, then score the best and default configurations on
     the held-out test side and write the outputs (see ``write_outputs``) into ``out``."""
+    from leukoscope.data.splits import check_no_leak, split_protocol
     from leukoscope.models.registry import get_model
 
     t0 = time.perf_counter()
@@ -527,7 +537,8 @@ def tune(m: Manifest, settings: TuneSettings, out: Path, *, n_trials: int, timeo
     for side, part in split.groupby("side"):
         sides |= {str(side): len(part), f"{side}_groups": int(part["group"].nunique())}
     result = TuneResult(
-        study=study, settings=settings, family=family, protocol=split_protocol(split), split=sides,
+        study=study, settings=settings, family=family, protocol=split_protocol(split),
+        warning=warnings_for(split), split=sides,
         best={"trial": number, "cv": cv_value, "params": params,
               "test": objective.holdout_scores(params, "default" if number is None else f"trial-{number:04d}"
                                                )},
@@ -585,7 +596,10 @@ def importances(study: optuna.Study, fixed: dict[str, Any]) -> dict[str, float]:
     if len(done) < 2 or not names:
         return {}
     try:
-        return optuna.importance.get_param_importances(study, params=names)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return optuna.importance.get_param_importances(
+                study, params=names, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
     except (RuntimeError, ValueError):
         return {}
 

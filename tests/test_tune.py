@@ -1,0 +1,239 @@
+"""leukoscope tune: resumable studies, parallel workers on one SQLite study, a test side the search
+never reads, and outputs that ``train --config`` / ``benchmark --config`` accept."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from leukoscope.cli import app
+from leukoscope.data.readers import read
+from leukoscope.tune import TuneSettings, holdout, load_config, storage_url, tune
+
+#: A worker process running the study loop ``tune`` uses (``open_study`` + ``run_trials``) on an
+#: objective that logs "pid trial-number" each time it runs and sleeps, so a trial can be killed
+#: mid-way; no model or data, so a worker starts in about a second.
+WORKER = '''
+import os, sys, time
+from pathlib import Path
+
+from leukoscope.tune import TuneSettings, open_study, run_trials
+
+out, log, delay, n, go = sys.argv[1:6]
+(Path(out) / f"ready-{os.getpid()}").touch()
+while go != "-" and not Path(go).exists():
+    time.sleep(0.02)
+study = open_study(TuneSettings(model="toy"), f"sqlite:///{out}/study.db", "toy", "data", heartbeat=(1, 2))
+
+
+def objective(trial):
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()} {trial.number}\\n")
+    x = trial.suggest_float("x", 0.0, 1.0)
+    time.sleep(float(delay))
+    return x
+
+
+run_trials(study, objective, int(n), poll=0.2)
+'''
+
+
+def _worker(tmp: Path, out: Path, log: Path, delay: float, n: int, go: str = "-") -> subprocess.Popen:
+    script = tmp / "worker.py"
+    script.write_text(WORKER)
+    out.mkdir(parents=True, exist_ok=True)
+    args = [str(script), str(out), str(log), str(delay), str(n), go]
+    return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def _study(out: Path) -> optuna.Study:
+    return optuna.load_study(study_name="toy", storage=storage_url(out))
+
+
+def _complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+def _evaluated(log: Path) -> list[tuple[int, int]]:
+    return [tuple(map(int, line.split())) for line in log.read_text().splitlines()]  # type: ignore[misc]
+
+
+def test_killed_study_resumes_without_repeating_finished_trials(tmp_path: Path) -> None:
+    out, log = tmp_path / "run", tmp_path / "evaluated.log"
+    first = _worker(tmp_path, out, log, delay=0.3, n=8)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and first.poll() is None:
+        if log.exists() and len(_evaluated(log)) >= 4:
+            break  # three trials finished, the fourth is running
+        time.sleep(0.02)
+    assert first.poll() is None, first.communicate()[0]
+    first.send_signal(signal.SIGKILL)  # no chance to clean up: the running trial stays RUNNING
+    first.wait()
+    before = {t.number for t in _complete(_study(out))}
+    killed = {n for _, n in _evaluated(log)} - before
+    assert len(before) >= 3 and len(killed) == 1
+
+    second = _worker(tmp_path, out, log, delay=0.0, n=8)
+    output = second.communicate(timeout=60)[0]
+    assert second.returncode == 0, output
+    study = _study(out)
+    assert len(_complete(study)) == 8
+    numbers = [n for _, n in _evaluated(log)]
+    assert len(numbers) == len(set(numbers)) == 8 + 1  # 8 finished + the killed one; none twice
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[killed.pop()] == optuna.trial.TrialState.FAIL  # stale heartbeat: failed and replaced
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path: Path) -> None:
+    out, log, go = tmp_path / "run", tmp_path / "evaluated.log", tmp_path / "go"
+    workers = [_worker(tmp_path, out, log, delay=0.1, n=12, go=str(go)) for _ in range(2)]
+    deadline = time.monotonic() + 60
+    while len(list(out.glob("ready-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    go.touch()  # both start together, so they race for trials
+    outputs = [w.communicate(timeout=60)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    done = _complete(_study(out))
+    runs = _evaluated(log)
+    assert len(done) == 12
+    assert sorted(n for _, n in runs) == sorted(t.number for t in done)  # none lost, none run twice
+    assert len({pid for pid, _ in runs}) == 2  # both workers did trials
+    assert len({t.params["x"] for t in done}) == 12  # and drew different configurations
+
+
+def test_interrupted_tune_reruns_only_the_missing_trials(tmp_path: Path, synthetic2: Path) -> None:
+    m, out = read([synthetic2]), tmp_path / "run"
+    settings = TuneSettings(model="lda", cv=3, test=0.25)
+    seen: list[int] = []
+
+    def stop_after_three(ev) -> None:  # noqa: ANN001 - a TrialEvent
+        seen.append(ev.number)
+        if len(seen) == 3:
+            raise KeyboardInterrupt  # Ctrl-C between trials
+
+    with pytest.raises(KeyboardInterrupt):
+        tune(m, settings, out, n_trials=7, on_trial=stop_after_three)
+    assert not (out / "best.yaml").exists()
+    again: list[int] = []
+    result = tune(m, settings, out, n_trials=7, on_trial=lambda ev: again.append(ev.number))
+    assert seen == [0, 1, 2] and again == [3, 4, 5, 6]
+    assert result.counts["complete"] + result.counts["pruned"] == 7 and (out / "best.yaml").exists()
+
+
+def _poison(root: Path, test_paths: list[str]) -> None:
+    """Corrupt half of the test images; give the others the pixels of a cell of another class."""
+    donors = {lab: sorted((root / lab).glob("*.png")) for lab in ("blast", "normal")}
+    for i, p in enumerate(sorted(test_paths)):
+        path = Path(p)
+        if i % 2:
+            path.write_bytes(f"not an image ({i})".encode())  # distinct bytes: no deduplication
+        else:
+            other = "normal" if path.parent.name == "blast" else "blast"
+            donor = next(d for d in donors[other] if str(d) not in test_paths)
+            shutil.copyfile(donor, path)
+
+
+def test_objective_never_reads_the_test_side(tmp_path: Path, synthetic2: Path) -> None:
+    settings = TuneSettings(model="logistic_regression", cv=3, test=0.25, pruner="none")
+    results = {}
+    for name in ("clean", "poisoned"):
+        root = tmp_path / name / "cells"
+        shutil.copytree(synthetic2, root)
+        m = read([root])
+        if name == "poisoned":
+            split = holdout(m, settings.test, settings.seed)
+            _poison(root, list(split.loc[split["side"] == "test", "path"]))
+        results[name] = tune(read([root]), settings, tmp_path / name / "out", n_trials=4)
+    clean, poisoned = results["clean"], results["poisoned"]
+    values = {k: [t.value for t in r.study.get_trials()] for k, r in results.items()}
+    assert values["clean"] == values["poisoned"]  # same trials, same scores: test rows unused
+    assert clean.default["cv"] == poisoned.default["cv"] and clean.best["cv"] == poisoned.best["cv"]
+    # ... while the final scoring did read them: corrupt files skipped, swapped cells misjudged
+    assert len(poisoned.skipped) == poisoned.split["test"] // 2 and not clean.skipped
+    assert poisoned.best["test"]["accuracy"] < clean.best["test"]["accuracy"]
+
+
+def test_cli_tune_classical_outputs_feed_benchmark(tmp_path: Path, synthetic4: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "tune"
+    args = ["tune", str(synthetic4), "--model", "knn", "--trials", "6", "--out", str(out), "--cv", "3",
+            "--fix", "n_neighbors=5"]
+    res = runner.invoke(app, [*args, "--metric", "macro_f1"])
+    assert res.exit_code == 0, res.output
+    assert "held-out test side" in res.output and "defaults" in res.output
+    cfg, summary = load_config(out / "best.yaml"), yaml.safe_load((out / "best.json").read_text())
+    assert cfg["model"] == "knn" and cfg["params"] == summary["best"]["params"]
+    assert cfg["params"]["n_neighbors"] == 5  # fixed, whether a trial or the defaults won
+    assert summary["best"]["trial"] is None or cfg["params"]["weights"] in ("uniform", "distance")
+    assert summary["trials"]["complete"] + summary["trials"]["pruned"] == 6
+    assert summary["best"]["cv"] >= summary["default"]["cv"]  # defaults are a candidate
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64" in html and "train side only" in html and "SYNTHETIC data" in html
+    # rerun: the finished study is reused, no new trial
+    trials = len(optuna.load_study(study_name="knn", storage=storage_url(out)).trials)
+    again = runner.invoke(app, [*args, "--metric", "macro_f1"])
+    assert again.exit_code == 0, again.output
+    assert len(optuna.load_study(study_name="knn", storage=storage_url(out)).trials) == trials
+    # another metric on the same study is refused, naming the setting
+    clash = runner.invoke(app, args)
+    assert clash.exit_code == 1 and "metric" in clash.output
+    bench = runner.invoke(app, ["benchmark", str(synthetic4), "--config", str(out / "best.yaml"),
+                                "--out", str(tmp_path / "bench"), "--cv", "3"])
+    assert bench.exit_code == 0, bench.output
+    assert "knn" in (tmp_path / "bench" / "leaderboard.csv").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--metric", "auc"], "--metric"),
+    (["--pruner", "magic"], "--pruner"),
+    (["--fix", "nonsense"], "NAME=VALUE"),
+    (["--fix", "no_such_param=3"], "bad parameters"),
+    (["--model", "nope"], "unknown model"),
+    (["--storage", "nosuchdb://x"], "--storage"),
+])
+def test_cli_tune_bad_settings_are_one_line_errors(tmp_path: Path, synthetic2: Path, args: list[str],
+                                                  message: str) -> None:
+    base = ["tune", str(synthetic2), "--model", "lda", "--trials", "2", "--out", str(tmp_path / "o")]
+    res = CliRunner().invoke(app, base + args)
+    assert res.exit_code == 1 and message in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.slow  # nine tiny trainings: defaults CV, two trials of 2 folds, two finals, the retrain
+def test_network_study_reports_epochs_and_its_best_config_retrains(tmp_path: Path, synthetic2: Path) -> None:
+    out = tmp_path / "cnn"
+    runner = CliRunner()
+    res = runner.invoke(app, ["tune", str(synthetic2), "--model", "leukonet", "--trials", "2",
+                              "--out", str(out), "--cv", "2", "--test", "0.25", "--fix", "img_size=64",
+                              "--fix", "epochs=2", "--fix", "batch_size=16", "--fix", "patience=2"])
+    assert res.exit_code == 0, res.output
+    study = optuna.load_study(study_name="leukonet", storage=storage_url(out))
+    assert all(sorted(t.intermediate_values) == [1, 2] for t in study.trials)  # epochs of the first fold
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["model"] == "leukonet" and best["img_size"] == 64 and best["epochs"] == 2 and best["cv"] == 0
+    assert not list((out / "trials").rglob("*.safetensors"))  # trial weights are not kept
+    run = runner.invoke(app, ["train", str(synthetic2), "--config", str(out / "best.yaml"),
+                              "--out", str(tmp_path / "retrain")])
+    assert run.exit_code == 0, run.output
+    summary = yaml.safe_load((out / "best.json").read_text())
+    retrained = yaml.safe_load((tmp_path / "retrain" / "metrics.json").read_text())["test"]
+    final = summary["best"]["test"]
+    assert retrained["n"] == final["n"] == summary["split"]["test"]  # the same held-out side
+    assert np.isclose(retrained["balanced_accuracy"], final["balanced_accuracy"])  # same seed, same run
+
+
+def test_parse_of_fixed_values() -> None:
+    from leukoscope.cli.tune import parse_fixed
+
+    assert parse_fixed(["lr=1e-3", "img-size=64", "weights=distance", "augment=false"]) == {
+        "lr": 1e-3, "img_size": 64, "weights": "distance", "augment": False}
