@@ -521,6 +521,7 @@ def thumbnails(paths: list[str], max_side: int = 128) -> dict[str, str]:
 
 def write_audit(result: AuditResult, out: Path, max_pairs: int = 300) -> tuple[Path, Path]:
     """Write ``audit.json`` (everything) and ``audit.html`` (pairs side by side) into ``out``."""
+    from leukoscope import __version__
     from leukoscope.bundle import write_json
     from leukoscope.reports.html import write_report
 
@@ -536,5 +537,5 @@ def write_audit(result: AuditResult, out: Path, max_pairs: int = 300) -> tuple[P
     html_path = write_report(out / "audit.html", "audit.html", title="Data audit", protocol=None,
                              warning=None, summary=data["summary"], pairs=shown, thumbs=thumbs,
                              hidden=len(records) - len(shown), clusters=data["clusters"],
-                             skipped=data["skipped"], name=lambda p: Path(p).name)
+                             skipped=data["skipped"], name=lambda p: Path(p).name, version=__version__)
     return json_path, html_path
