@@ -225,3 +225,16 @@ def test_cnmc_official_folds_share_cells(data: Path) -> None:
     h6_h2 = pairs[frozenset(("UID_H6_1_1_hem.bmp", "UID_H2_1_1_hem.bmp"))]
     assert h6_h2["cross_side"]
     assert {h6_h2["a"]["side"], h6_h2["b"]["side"]} == {"train fold_0", "train fold_2"}
+
+
+def test_unreadable_images_are_skipped_and_listed(planted: dict, tmp_path: Path) -> None:
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    src, dst, _ = planted["copies"][1]
+    rows = [dict(path=p, label="all", subject=None) for p in (src, dst, str(bad))]
+    csv = _write_csv(rows, tmp_path / "m.csv")
+    result = audit(read_csv_manifest(csv))
+    assert [p for p, _ in result.skipped] == [str(bad.resolve())]
+    assert len(result.manifest) == 2 and len(result.clusters()) == 1
+    r = runner.invoke(app, ["data", "audit", str(csv), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0 and "skipped" in r.output and "broken.png" in r.output
