@@ -257,7 +257,8 @@ def leaderboards(plan: Plan) -> pd.DataFrame:
         for kind in FEATURES:
             f = plan.step_dir(f"leaderboard-{ds.key}-{kind}") / "out" / "leaderboard.csv"
             if f.exists():
-                frames.append(pd.read_csv(f).assign(dataset=ds.key, features=kind))
+                folds = json.loads((f.parent / "run.json").read_text())["folds"]
+                frames.append(pd.read_csv(f).assign(dataset=ds.key, features=kind, folds=folds))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -274,7 +275,7 @@ def classical_rows(ds: Dataset, lb: pd.DataFrame) -> list[dict[str, Any]]:
                               ascending=[False, False, True, True])
         r = sel.iloc[0]
         rows.append({"row": kind, "model": r["model"], "features": r["features"], "protocol": r["protocol"],
-                     "evaluation": f"{CV}-fold CV (mean)", "n": None,
+                     "evaluation": f"{r['folds']}-fold CV (mean)", "n": None,
                      **{k: r[f"{k}_mean"] for k in METRIC_KEYS}, "train_s": r["fit_s_mean"]})
     return rows
 
@@ -465,8 +466,11 @@ def summary_markdown(section: str, steps: pd.DataFrame, lb: pd.DataFrame) -> str
     if len(lb):
         lines += ["", "## Every classical model (balanced accuracy, mean over folds)", ""]
         wide = lb[lb["status"] == "ok"].pivot_table(index=["dataset", "model"], columns="features",
-                                                    values="balanced_accuracy_mean")
-        lines.append(wide.round(3).to_markdown())
+                                                    values="balanced_accuracy_mean").reindex(columns=FEATURES)
+        lines += ["| Data set | Model | " + " | ".join(FEATURES) + " |",
+                  "|---|---|" + "---:|" * len(FEATURES)]
+        lines += [f"| {TITLES[d]} | {m} | " + " | ".join(fmt(v) for v in row) + " |"
+                  for (d, m), row in wide.iterrows()]
     return "\n".join(lines) + "\n"
 
 
