@@ -191,8 +191,13 @@ class ClassicalObjective:
 
     family = "classical"
 
-    def __init__(self, settings: TuneSettings, split: Split, *, cache: Path | None = None,
-                 on_features: Callable[[int, int], None] | None = None):
+    @staticmethod
+    def rows(m: Manifest, settings: TuneSettings) -> Manifest:
+        """The rows a study splits and searches on."""
+        return m
+
+    def __init__(self, settings: TuneSettings, split: Split, out: Path, *, cache: Path | None = None,
+                 on_features: Callable[[int, int], None] | None = None, reporter: Any = None):
         from leukoscope.data.splits import kfold
         from leukoscope.leaderboard import feature_matrix
         from leukoscope.models.registry import get_model
@@ -308,7 +313,18 @@ class NetworkObjective:
 
     family = "network"
 
-    def __init__(self, settings: TuneSettings, split: Split, out: Path, *, reporter: Any = None):
+    @staticmethod
+    def rows(m: Manifest, settings: TuneSettings) -> Manifest:
+        """The rows a study splits and searches on: ``--fix subset=F`` takes the groups
+        ``leukoscope train`` would take for the same subset and seed, so the retrained best
+        configuration holds out the same test side."""
+        from leukoscope.data.manifest import labelled
+        from leukoscope.train.loop import subset
+
+        return subset(labelled(m), float(settings.fixed.get("subset", 1.0)), settings.seed)
+
+    def __init__(self, settings: TuneSettings, split: Split, out: Path, *, cache: Path | None = None,
+                 on_features: Callable[[int, int], None] | None = None, reporter: Any = None):
         from leukoscope.models.registry import get_model
 
         self.settings, self.spec = settings, get_model(settings.model)
@@ -345,7 +361,7 @@ class NetworkObjective:
         """Pooled out-of-fold score of ``params``; with a ``trial``, epochs go to its pruner."""
         from leukoscope.train.loop import cross_validate
 
-        cfg = self._config(params, cv=self.settings.cv)
+        cfg = self._config(params, cv=self.settings.cv, subset=1.0)  # the rows are the subset already
         folder = self.out / "trials" / name
         if folder.exists():  # left by a killed worker under the same number: not resumable as such
             shutil.rmtree(folder)
@@ -370,7 +386,7 @@ class NetworkObjective:
         folder.parent.mkdir(parents=True, exist_ok=True)
         with open(folder.parent / f".{name}.lock", "w") as lock:  # workers sharing out/ train it once
             fcntl.flock(lock, fcntl.LOCK_EX)
-            bundle = train(self.manifest, self._config(params), folder, self.reporter)
+            bundle = train(self.manifest, self._config(params, subset=1.0), folder, self.reporter)
         split = bundle.split()
         if split is not None and set(split.loc[split["side"] == "test", "path"]) != self.test_paths:
             raise ConfigError("the retrained model's test side differs from the study's (unreadable images "
@@ -384,12 +400,8 @@ class NetworkObjective:
         return self._config(params).as_dict()
 
 
-OBJECTIVES: dict[str, Callable[..., Any]] = {
-    "classical": lambda s, split, out, cache, on_features, reporter: ClassicalObjective(
-        s, split, cache=cache, on_features=on_features),
-    "network": lambda s, split, out, cache, on_features, reporter: NetworkObjective(
-        s, split, out, reporter=reporter),
-}
+OBJECTIVES: dict[str, type[ClassicalObjective] | type[NetworkObjective]] = {
+    "classical": ClassicalObjective, "network": NetworkObjective}
 
 
 # ---------------------------------------------------------------- the run
@@ -516,9 +528,10 @@ def tune(m: Manifest, settings: TuneSettings, out: Path, *, n_trials: int, timeo
     family = get_model(settings.model).family
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    split = holdout(m, settings.test, settings.seed)
+    kind = OBJECTIVES[family]
+    split = holdout(kind.rows(m, settings), settings.test, settings.seed)
     check_no_leak(split)
-    objective = OBJECTIVES[family](settings, split, out, cache, on_features, reporter)
+    objective = kind(settings, split, out, cache=cache, on_features=on_features, reporter=reporter)
     study = open_study(settings, storage_url(out, storage), study_name or settings.model,
                        _fingerprint(split), heartbeat=heartbeat)
     default = objective.default_params()
@@ -609,6 +622,7 @@ def _figures(study: optuna.Study, result: TuneResult, imp: dict[str, float]) -> 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from leukoscope.reports.html import figure_to_data_uri
 
@@ -639,8 +653,9 @@ def _figures(study: optuna.Study, result: TuneResult, imp: dict[str, float]) -> 
                 steps = sorted(t.intermediate_values)
                 ax.plot(steps, [t.intermediate_values[s] for s in steps], alpha=0.6, lw=1,
                         color="#c55" if t.state == TrialState.PRUNED else "#5b6bbf")
-        unit = "fold" if result.family == "classical" else "epoch (first fold)"
+        unit = "fold (from 0; running mean)" if result.family == "classical" else "epoch (first fold)"
         ax.set(xlabel=unit, ylabel="reported value", title="intermediate values (red: pruned)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         figs["intermediate"] = figure_to_data_uri(fig)
 
