@@ -71,6 +71,7 @@ def main() -> None:
     write_leaderboard(lb, args.out / "classical-leaderboard")
     ok = lb.table[lb.table["status"] == "ok"]
     best = ok.iloc[0]
+    figures["leaderboard_cpu_s"] = float(lb.table["cpu_s"].sum())
     figures |= {"models": len(lb.table), "models_ok": len(ok), "protocol": lb.protocol,
                 "best_model": lb.best or "-",
                 "best_balanced_accuracy": float(best["balanced_accuracy_mean"]),
@@ -87,6 +88,9 @@ def main() -> None:
         print(f"  {key:<18} {value:8.2f} s   (target <= {target:g} s: {verdict})")
     print(f"  per image, cold    {1000 * float(figures['extract_cold_s']) / len(m):8.1f} ms wall "
           f"({figures['cores']} cores); {float(figures['cpu_ms_per_image']):.1f} ms CPU on one core")
+    print(f"  leaderboard CPU    {float(figures['leaderboard_cpu_s']):8.2f} s in the models' workers "
+          f"(about {float(figures['leaderboard_cpu_s']) / int(figures['cores']):.1f} s of wall on "
+          f"{figures['cores']} idle cores, plus start-up)")
     print(f"  machine load (1-min average) before {float(figures['load_before']):.1f}, after "
           f"{float(figures['load_after']):.1f}: above {figures['cores']} means other work shared the cores")
     print(f"  leaderboard: {figures['models_ok']}/{figures['models']} models ok, {lb.folds}-fold "

@@ -124,7 +124,9 @@ def _child(conn: Connection, estimator: Any, X: np.ndarray, y: np.ndarray, folds
     try:
         with warnings.catch_warnings(), threadpool_limits(1):
             warnings.simplefilter("ignore")
-            conn.send(cross_validate_model(estimator, X, y, folds, classes))
+            cpu = time.process_time()
+            res = cross_validate_model(estimator, X, y, folds, classes)
+            conn.send(res | {"cpu_s": time.process_time() - cpu})
     except BaseException as e:  # everything a model can throw becomes its row's error
         last = traceback.extract_tb(e.__traceback__)[-1:] if e.__traceback__ else []
         where = f" (at {last[0].filename.rsplit('/', 1)[-1]}:{last[0].lineno})" if last else ""
@@ -194,10 +196,10 @@ def _table(results: dict[str, dict], protocol: str) -> pd.DataFrame:
             for key in METRICS:
                 row[f"{key}_mean"] = per[key].mean()
                 row[f"{key}_std"] = per[key].std(ddof=0)
-            row |= {"status": "ok", "error": ""}
+            row |= {"cpu_s": res.get("cpu_s"), "status": "ok", "error": ""}
         rows.append(row | {"protocol": protocol})
-    cols = ["model"] + [f"{k}_{s}" for k in METRICS for s in ("mean", "std")] + ["status", "error",
-                                                                                  "protocol"]
+    cols = ["model"] + [f"{k}_{s}" for k in METRICS for s in ("mean", "std")] + ["cpu_s", "status",
+                                                                                  "error", "protocol"]
     df = pd.DataFrame(rows).reindex(columns=cols)
     df["_ok"] = df["status"] == "ok"
     df = df.sort_values(["_ok", "balanced_accuracy_mean", "model"], ascending=[False, False, True])
