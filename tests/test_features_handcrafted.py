@@ -121,6 +121,14 @@ def test_cache_hit_and_skipped(synthetic2: Path, tmp_path: Path, monkeypatch: py
     with pytest.raises(AssertionError, match="cache miss"):  # other params: another key
         extract(m, "handcrafted", cache=tmp_path / "c", n_jobs=1, size=80)
 
+    monkeypatch.undo()  # a damaged entry is recomputed, and progress reaches the total
+    next((tmp_path / "c" / "features").glob("handcrafted-*/*.npy")).write_bytes(b"torn write")
+    seen = []
+    third, _ = extract(m, "handcrafted", cache=tmp_path / "c", n_jobs=1, size=64,
+                       on_progress=lambda done, total: seen.append((done, total)))
+    pd.testing.assert_frame_equal(first, third)
+    assert seen[-1] == (11, 11)
+
 
 def test_parallel_equals_serial(synthetic2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from leukoscope.features import cache

@@ -52,6 +52,14 @@ def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
     os.replace(tmp, path)
 
 
+def _load_npy(path: Path) -> np.ndarray | None:
+    """A cached row, or None when absent or unreadable (then it is recomputed and rewritten)."""
+    try:
+        return np.load(path) if path.exists() else None
+    except (OSError, ValueError):
+        return None
+
+
 def _save_npy(path: Path, row: np.ndarray) -> None:
     _atomic(path, lambda tmp: np.save(tmp, row))
 
@@ -122,7 +130,7 @@ def extract_with(m: Manifest, extractor: FeatureExtractor, cache: Path | None = 
     paths = [str(p) for p in m["path"]]
     digests, skipped = _digests(paths)
     parts = extractor.parts()
-    total, done = len(paths) * len(parts), len(skipped) * len(parts)
+    total, done = len(paths) * len(parts), 0
 
     def advance(n: int) -> None:
         nonlocal done
@@ -138,15 +146,14 @@ def extract_with(m: Manifest, extractor: FeatureExtractor, cache: Path | None = 
         rows: dict[str, np.ndarray] = {}
         missing: dict[str, str] = {}  # digest -> one path with that content
         for p, d in digests.items():
-            f = folder / f"{d}.npy"
             if p in bad or d in rows or d in missing:
                 continue
-            row = np.load(f) if f.exists() else None
+            row = _load_npy(folder / f"{d}.npy")
             if row is not None and row.shape == (width,):
                 rows[d] = row
             else:
                 missing[d] = p
-        advance(len(paths) - len(skipped) - len(missing))
+        advance(len(paths) - len(missing))  # the rest is counted as it is computed
         for p, row in _run(part, list(missing.values()), n_jobs, advance):
             if isinstance(row, str):
                 skipped.append((p, row))
