@@ -6,7 +6,7 @@ A fresh study in a temporary folder every time (the feature cache is reused unle
 which times the feature extraction too). Prints wall time (target: under 5 minutes on 2 cores),
 CPU time, the load average (other work on the machine slows the wall time), the CV score of the
 best trial and of the defaults, and both held-out test figures; writes them as JSON to
-benchmarks/results/tune_svc.json.
+benchmarks/results/tune_svc-seed<SEED>.json.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ def _cpu() -> float:
 
 
 def main() -> None:
+    import optuna
+
     from leukoscope.data.readers import read
     from leukoscope.settings import data_root
     from leukoscope.tune import TuneSettings, tune
@@ -39,6 +41,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fresh-cache", action="store_true")
     args = ap.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache" if args.fresh_cache else None
@@ -55,7 +58,7 @@ def main() -> None:
                  "test": result.best["test"]},
         "default": {"cv": result.default["cv"], "test": result.default["test"]},
     }
-    out = Path(__file__).parent / "results" / "tune_svc.json"
+    out = Path(__file__).parent / "results" / f"tune_svc-seed{args.seed}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(figures, indent=2, default=float))
     b, d = result.best, result.default

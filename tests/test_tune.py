@@ -237,3 +237,14 @@ def test_parse_of_fixed_values() -> None:
 
     assert parse_fixed(["lr=1e-3", "img-size=64", "weights=distance", "augment=false"]) == {
         "lr": 1e-3, "img_size": 64, "weights": "distance", "augment": False}
+
+
+def test_benchmark_config_refuses_a_network_configuration(tmp_path: Path) -> None:
+    from leukoscope.errors import ConfigError
+
+    f = tmp_path / "best.yaml"
+    f.write_text(yaml.safe_dump({"model": "leukonet", "lr": 1e-3, "epochs": 4}))
+    with pytest.raises(ConfigError, match="leukoscope train --config"):
+        load_config(f)
+    f.write_text("model: svc\nfamily: classical\nfeatures: handcrafted\nparams: {C: 3.0}\n")
+    assert load_config(f) == {"model": "svc", "params": {"C": 3.0}, "features": "handcrafted"}

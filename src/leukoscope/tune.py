@@ -531,9 +531,9 @@ def tune(m: Manifest, settings: TuneSettings, out: Path, *, n_trials: int, timeo
     kind = OBJECTIVES[family]
     split = holdout(kind.rows(m, settings), settings.test, settings.seed)
     check_no_leak(split)
-    objective = kind(settings, split, out, cache=cache, on_features=on_features, reporter=reporter)
     study = open_study(settings, storage_url(out, storage), study_name or settings.model,
                        _fingerprint(split), heartbeat=heartbeat)
+    objective = kind(settings, split, out, cache=cache, on_features=on_features, reporter=reporter)
     default = objective.default_params()
     if "default_cv" not in study.user_attrs:  # the baseline the search must beat, once per study
         study.set_user_attr("default_cv", objective.score(default))
@@ -578,10 +578,10 @@ def load_config(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot parse ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("model"), str):
         raise ConfigError(f"{path}: expected a mapping with 'model' (a leukoscope tune best.yaml)")
-    if data.get("family", "classical") != "classical" or not isinstance(data.get("params", {}), dict):
+    if data.get("family", "classical") != "classical" or not isinstance(data.get("params"), dict):
         raise ConfigError(f"{path}: not a classical configuration; "
                           "a network's goes to leukoscope train --config")
-    return {"model": data["model"], "params": data.get("params") or {},
+    return {"model": data["model"], "params": data["params"],
             "features": data.get("features", "handcrafted")}
 
 
