@@ -56,6 +56,14 @@ def test_measures_are_relative_to_the_image_so_resolution_does_not_matter() -> N
         assert large[name] == pytest.approx(small[name], rel=0.05), name
 
 
+def test_non_square_images_are_padded_not_stretched() -> None:
+    square = row(drawn_cell(160, 50, 30, BACKGROUNDS["smear"]))
+    wide = np.pad(drawn_cell(160, 50, 30, BACKGROUNDS["smear"]), ((0, 0), (40, 40), (0, 0)), mode="edge")
+    f = row(wide)
+    assert f["nucleus_eccentricity"] < 0.2 and f["nucleus_circularity"] == pytest.approx(1.0, abs=0.06)
+    assert f["nucleus_area"] == pytest.approx(square["nucleus_area"] * (160 / 240) ** 2, rel=0.06)
+
+
 def test_ellipse_eccentricity_and_axes() -> None:
     a, b = 40, 20
     f = row(drawn_cell(160, 60, 0, BACKGROUNDS["smear"], nuc_axes=(a, b)))

@@ -1,7 +1,7 @@
 """Handcrafted cell features a hematologist recognises: shape, stain colour and chromatin texture.
 
 Segmentation works on two kinds of picture at one fixed working size (so sizes are comparable
-whatever the file's resolution):
+whatever the file's resolution; a non-square image is padded, not stretched):
 
 - **crops on black** (C-NMC): the cell is everything brighter than the background; the nucleus is
   the darker-blue part of it (Otsu on smoothed Lab b* inside the cell);
@@ -191,13 +191,24 @@ def _field(nuclei: np.ndarray, lab: np.ndarray) -> list[float]:
             *lab[nuclei].mean(0)]
 
 
+def working_image(img: np.ndarray, size: int) -> np.ndarray:
+    """``img`` at ``size`` x ``size``: longer side scaled to ``size``, the shorter one padded by
+    repeating its edge, so shapes keep their proportions (ALL-IDB2's border crops are not square)."""
+    h, w = img.shape[:2]
+    if (h, w) == (size, size):
+        return img
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    img = np.asarray(Image.fromarray(img).resize((nw, nh), Image.Resampling.BILINEAR))
+    top, left = (size - nh) // 2, (size - nw) // 2
+    return np.pad(img, ((top, size - nh - top), (left, size - nw - left), (0, 0)), mode="edge")
+
+
 def cell_features(img: np.ndarray, size: int) -> np.ndarray:
     """The feature row of one HxWx3 uint8 RGB image, computed at ``size`` x ``size``."""
     from skimage.color import rgb2lab
 
-    if img.shape[:2] != (size, size):
-        img = np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR))
-    rgb = img.astype(np.float32) / 255.0
+    rgb = working_image(img, size).astype(np.float32) / 255.0
     lab = rgb2lab(rgb)
     nucleus, cell, nuclei = segment(rgb, lab)
     cytoplasm = cell & ~nucleus
@@ -219,7 +230,7 @@ def cell_features(img: np.ndarray, size: int) -> np.ndarray:
 class Handcrafted(FeatureExtractor):
     """Shape, colour and texture of the segmented nucleus and cell (see the module docstring)."""
 
-    version = 1
+    version = 2  # 2: aspect ratio kept (padding) instead of stretching to a square
     parallel = True
 
     def __init__(self, size: int = 160):
