@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 from pathlib import Path
 
 import pytest
@@ -20,15 +21,15 @@ def train_tiny_network(data: Path, out: Path) -> Path:
                                            seed=0), out).path)
 
 
-_trained: dict[Path, Path] = {}
-
-
 @pytest.fixture(scope="session")
-def network_bundle(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Trained once per test process, however many modules import this fixture."""
-    if data not in _trained:
-        _trained[data] = train_tiny_network(data, tmp_path_factory.mktemp("serve-run"))
-    return _trained[data]
+def network_bundle(data: Path, tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """Trained once per test run, however many modules import this fixture and however many
+    pytest-xdist workers run them (they share the session's base temp folder, under a lock)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base if worker_id == "master" else base.parent  # the parent is this run's, per worker
+    with (shared / "serve-bundle.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return train_tiny_network(data, shared / "serve-run")  # a finished run is only reloaded
 
 
 def sample_images(data: Path) -> dict[str, Path]:
