@@ -546,7 +546,7 @@ def tune(m: Manifest, settings: TuneSettings, out: Path, *, n_trials: int, timeo
         number, cv_value, params = study.best_trial.number, study.best_value, best_params(study, objective)
     else:  # the defaults are a candidate too, chosen by the same CV score (never by the test side)
         number, cv_value, params = None, default_cv, default
-    sides = {}
+    sides: dict[str, int] = {}
     for side, part in split.groupby("side"):
         sides |= {str(side): len(part), f"{side}_groups": int(part["group"].nunique())}
     result = TuneResult(
@@ -633,13 +633,14 @@ def _figures(study: optuna.Study, result: TuneResult, imp: dict[str, float]) -> 
     figs: dict[str, str] = {}
 
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
-    ax.scatter([t.number for t in done], [t.value for t in done], s=18, color="#5b6bbf", label="complete")
+    ordered = sorted(done, key=lambda t: t.number)
+    values = np.array([t.value for t in ordered], float)
+    ax.scatter([t.number for t in ordered], values, s=18, color="#5b6bbf", label="complete")
     if pruned:
         last = [t.intermediate_values[max(t.intermediate_values)] for t in pruned]
         ax.scatter([t.number for t in pruned], last, marker="x", s=18, color="#c55",
                    label="pruned (last reported)")
-    ordered = sorted(done, key=lambda t: t.number)
-    ax.step([t.number for t in ordered], np.maximum.accumulate([t.value for t in ordered]), where="post",
+    ax.step([t.number for t in ordered], np.maximum.accumulate(values), where="post",
             color="#222", label="best so far")
     ax.set(xlabel="trial", ylabel=label, title="optimisation history")
     ax.grid(alpha=0.3)
