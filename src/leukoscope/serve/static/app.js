@@ -45,17 +45,18 @@ function metricsTable(metrics) {
     }
   }
   const names = Object.keys(parts);
-  const box = el("div");
+  const box = el("div", { class: "metrics" });
+  const label = (k) => k.replace(/_/g, " ");
   if (!names.length) box.append(el("p", { class: "muted" }, "No metrics recorded in this bundle."));
   else {
     const table = el("table");
     const head = el("tr");
     head.append(el("th", {}, "metric"));
-    for (const p of names) head.append(el("th", {}, p));
+    for (const p of names) head.append(el("th", {}, label(p)));
     table.append(head);
     for (const m of [...new Set(names.flatMap((p) => Object.keys(parts[p])))]) {
       const tr = el("tr");
-      tr.append(el("td", {}, m));
+      tr.append(el("td", {}, label(m)));
       for (const p of names) tr.append(el("td", {}, m in parts[p] ? fmt(parts[p][m]) : "–"));
       table.append(tr);
     }
