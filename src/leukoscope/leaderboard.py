@@ -289,7 +289,8 @@ def to_markdown(lb: Leaderboard) -> str:
     lines = [f"# Leaderboard ({lb.protocol})", "",
              f"- protocol: **{lb.protocol}**, {lb.folds}-fold CV, {lb.n_images} images, "
              f"{lb.n_groups} groups, seed {lb.seed}",
-             f"- features: {lb.features['kind']} {lb.features['params']}",
+             f"- features: {lb.features['kind']} "
+             + ", ".join(f"{k}={v}" for k, v in lb.features["params"].items()),
              f"- classes: {', '.join(lb.classes)}"]
     if lb.data:
         lines.append(f"- data: {lb.data}")
