@@ -3,7 +3,7 @@
     python benchmarks/audit.py [DATASET ...] [--n-jobs 2] [--embeddings]
 
 Defaults to ``aria_all``. Prints wall time (target: under 30 s on a 2-core laptop), the CPU time
-of this process and its workers, the machine's load average (other work on the machine slows the
+(all of it with ``--n-jobs 1``), the machine's load average (other work on the machine slows the
 wall time) and what the audit found; writes the figures as JSON to benchmarks/results/audit.json.
 """
 
@@ -19,7 +19,7 @@ TARGET_S = 30.0
 
 
 def _cpu() -> float:
-    """CPU seconds of this process and its finished children (the audit's worker processes)."""
+    """CPU seconds of this process and its finished children (reused joblib workers are not)."""
     import resource
 
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -50,7 +50,8 @@ def main() -> None:
     print(f"audit of {info['images']} images ({', '.join(args.datasets)}), n_jobs={args.n_jobs}, "
           f"embeddings={args.embeddings}: {wall:.1f} s wall "
           f"({'within' if wall < TARGET_S else 'OVER'} the {TARGET_S:.0f} s target), "
-          f"{cpu:.1f} s CPU (this process and its workers); load average before: {load_before:.1f}")
+          f"{cpu:.1f} s CPU{' (workers still alive are not counted)' if args.n_jobs != 1 else ''}; "
+          f"load average before: {load_before:.1f}")
     print(f"found: {info['pairs']} in {info['clusters']} clusters")
     out = Path(__file__).parent / "results" / "audit.json"
     out.parent.mkdir(parents=True, exist_ok=True)
