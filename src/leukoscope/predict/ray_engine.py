@@ -76,7 +76,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     else:
         if num_cpus is not None and num_cpus < 1:
             raise ConfigError(f"--num-cpus must be at least 1, got {num_cpus}")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
+        # "local": a new instance even if `ray start` left a cluster running here or RAY_ADDRESS is set
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
     try:
         yield ray
     finally:
@@ -107,17 +108,15 @@ class Predictor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [Path(p) for p in batch["path"]]
         ok, images, skipped = decode_batch(paths)
+        decoded = set(ok)
+        readable = np.array([p in decoded for p in paths], dtype=bool)
         probs = np.full((len(paths), len(self.classes)), np.nan)
         label = np.full(len(paths), None, dtype=object)
-        error = np.full(len(paths), "", dtype=object)  # "" = read fine (Arrow keeps strings, not NaN)
         if images:
-            readable = set(ok)
-            rows = [i for i, p in enumerate(paths) if p in readable]
-            probs[rows] = predict_proba(self.bundle, images, self.tta)
-            label[rows] = self.classes[probs[rows].argmax(axis=1)]
-        where = {str(p): i for i, p in enumerate(paths)}
-        for path, reason in skipped:
-            error[where[path]] = reason
+            probs[readable] = predict_proba(self.bundle, images, self.tta)
+            label[readable] = self.classes[probs[readable].argmax(axis=1)]
+        error = np.full(len(paths), "", dtype=object)  # "" = read fine (Arrow keeps strings, not NaN)
+        error[~readable] = [reason for _, reason in skipped]
         return {"path": np.asarray([str(p) for p in paths], dtype=object), "label": label,
                 **{f"p_{c}": probs[:, k] for k, c in enumerate(self.classes)}, "error": error}
 
@@ -195,8 +194,9 @@ def predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path | str, batch
     with ray_session(address, num_cpus) as ray, _atomic(out / PARQUET) as tmp, \
             pq.ParquetWriter(tmp, schema) as parquet:
         _configure_data(ray)
-        actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        blocks = min(math.ceil(total / batch_size), actors * BLOCKS_PER_ACTOR)
+        batches = math.ceil(total / batch_size)
+        actors = max(1, min(int(ray.cluster_resources().get("CPU", 1)), batches))  # one per CPU, none idle
+        blocks = min(batches, actors * BLOCKS_PER_ACTOR)
         ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
         model = {"files": _bundle_files(bundle.path), "runtime": _runtime(bundle), "tta": tta}
         scored = ds.map_batches(Predictor, batch_size=batch_size, batch_format="numpy", num_cpus=1,
