@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,9 @@ from scipy.ndimage import binary_dilation, gaussian_filter
 from leukoscope.data.images import load_rgb
 from leukoscope.data.manifest import Manifest
 from leukoscope.errors import ConfigError, ImageError
+
+if TYPE_CHECKING:
+    from leukoscope.data.splits import Split
 
 #: Default minimum detail correlation (0..1) for a verified near-duplicate.
 THRESHOLD = 0.85
@@ -342,7 +345,7 @@ def _describe(row: pd.Series) -> dict[str, Any]:
             "subject": row["subject"], "side": None if row["side"] is None else str(row["side"])}
 
 
-def _sides(m: Manifest, split: pd.DataFrame | None) -> tuple[list[Any], str | None]:
+def _sides(m: Manifest, split: Split | None) -> tuple[list[Any], str | None]:
     """Side of each row: from the split (side or fold), else the data set's own partition.
 
     The own partition is the source split, with the data set's name when several are audited
@@ -434,7 +437,7 @@ def cosine_pairs(x: np.ndarray, min_cos: float, k: int = 5) -> list[tuple[int, i
     return out
 
 
-def audit(m: Manifest, split: pd.DataFrame | None = None, *, threshold: float = THRESHOLD,
+def audit(m: Manifest, split: Split | None = None, *, threshold: float = THRESHOLD,
           neighbours: int = 3, embeddings: bool = False, embed_threshold: float = EMBED_THRESHOLD,
           n_jobs: int = -1, on_image: Callable[[], None] | None = None,
           on_embed: Callable[[int, int], None] | None = None) -> AuditResult:
