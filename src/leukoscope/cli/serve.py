@@ -65,12 +65,12 @@ def serve_cmd(
                              allowed_hosts=hosts, runtime=runtime)
     if threads < 0:
         raise ConfigError(f"--threads must be 0 (one per core) or more, got {threads}")
-    if threads:
+    web = create_app(bundle, settings)
+    _check_port_free(host, port)
+    if threads:  # process-wide, so only once nothing can fail before serving
         import torch
 
         torch.set_num_threads(threads)
-    web = create_app(bundle, settings)
-    _check_port_free(host, port)
     if not _loopback(host):
         err_console.print(f"[yellow]warning:[/] listening on {host}: other machines can reach this "
                           "server; it has no login. Use the default 127.0.0.1 unless you mean it.")
