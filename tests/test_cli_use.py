@@ -27,7 +27,7 @@ def test_predict_evaluate_explain(bundle, data, tmp_path):
                               "--batch-size", "4"])
     assert res.exit_code == 0, res.output
     assert "wrote 11 rows" in res.output and "1 unreadable file(s) skipped" in res.output
-    assert "broken.png" in res.output
+    assert "broken.png: not a readable image" in res.output
     with open(tmp_path / "p.csv", newline="") as f:
         assert next(csv.reader(f)) == ["path", "label", "p_all", "p_hem"]
 

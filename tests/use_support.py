@@ -7,6 +7,7 @@ change a bundle (export) work on a copy.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,9 +39,20 @@ def train_classical(data: Path, out: Path) -> Path:
     return save_best(lb, split, X, out)
 
 
-def _once(name: str, factory: pytest.TempPathFactory, build: object) -> Path:
+def _once(name: str, factory: pytest.TempPathFactory, build: Callable[[Path], Path]) -> Path:
+    """Build once for the whole run: xdist workers share the base temp folder and wait on a lock."""
+    from filelock import FileLock
+
     if name not in _made:
-        _made[name] = build(factory.mktemp(name) / "bundle")  # type: ignore[operator]
+        base = factory.getbasetemp()
+        root = base.parent if base.name.startswith("popen-gw") else base
+        with FileLock(str(root / f"{name}.lock")):
+            done = root / name / "done"
+            if not done.is_file():
+                shutil.rmtree(root / name, ignore_errors=True)
+                (root / name).mkdir()
+                done.write_text(str(build(root / name / "bundle")))
+            _made[name] = Path(done.read_text())
     return _made[name]
 
 

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from leukoscope.cli.app import app, console, guarded
 from leukoscope.cli.data import LayoutOpt, Paths, progress
-from leukoscope.cli.use import BatchOpt, BundleArg, RuntimeOpt, TtaOpt
+from leukoscope.cli.use import BatchOpt, BundleArg, RuntimeOpt, TtaOpt, say
 
 
 def _f(v: float | None) -> str:
@@ -59,5 +59,5 @@ def evaluate_cmd(
     if r["skipped"]:
         console.print(f"[yellow]{len(r['skipped'])} unreadable image(s) skipped:[/]")
         for s in r["skipped"]:
-            console.print(escape(f"  {s['path']}: {s['reason']}"))
-    console.print(escape(f"wrote {Path(out) / REPORT_FILE} and metrics.json, predictions.csv"))
+            say(f"  {s['path']}: {s['reason']}")
+    say(f"wrote {Path(out) / REPORT_FILE} and metrics.json, predictions.csv")

@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from leukoscope.cli.app import app, console, guarded
-from leukoscope.cli.use import BundleArg
+from leukoscope.cli.use import BundleArg, say
 
 
 @app.command("explain")
@@ -25,8 +24,8 @@ def explain_cmd(
 
     skipped: list[tuple[str, str]] = []
     written = explain(load_bundle(bundle), images, out, on_skip=lambda p, r: skipped.append((p, r)))
-    console.print(escape(f"wrote {len(written)} explanation(s) to {out} (index: {Path(out) / INDEX_FILE})"))
+    say(f"wrote {len(written)} explanation(s) to {out} (index: {Path(out) / INDEX_FILE})")
     if skipped:
         console.print(f"[yellow]{len(skipped)} unreadable file(s) skipped:[/]")
         for p, r in skipped:
-            console.print(escape(f"  {p}: {r}"))
+            say(f"  {p}: {r}")

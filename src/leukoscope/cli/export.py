@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from leukoscope.cli.app import app, console, guarded
-from leukoscope.cli.use import BundleArg
+from leukoscope.cli.app import app, guarded
+from leukoscope.cli.use import BundleArg, say
 from leukoscope.errors import ConfigError
 
 
@@ -31,4 +30,4 @@ def export_cmd(
     images = [str(p) for p in iter_inputs(calibration)] if calibration else None
     info = export_onnx(bundle, int8=int8, calibration=images)
     files = ", ".join(info[k] for k in ("fp32", "int8") if k in info)
-    console.print(escape(f"wrote {files} in {bundle}"))
+    say(f"wrote {files} in {bundle}")

@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from leukoscope.cli.app import app, console, guarded
 from leukoscope.cli.data import progress
-from leukoscope.cli.use import BatchOpt, BundleArg, RuntimeOpt, TtaOpt
+from leukoscope.cli.use import BatchOpt, BundleArg, RuntimeOpt, TtaOpt, say
 from leukoscope.errors import ConfigError
 
 #: Options only some engines take: flag -> keyword of the engine's predict function.
@@ -51,9 +50,9 @@ def predict_cmd(
                 on_progress=lambda done, total: bar.update(task, completed=done, total=total),
                 **{ENGINE_FLAGS[flag]: v for flag, v in given.items()})
     resumed = f" ({s.resumed} kept from an interrupted run)" if s.resumed else ""
-    console.print(escape(f"wrote {s.rows} rows to {s.out}{resumed}; {s.predicted} predicted in "
-                         f"{s.seconds:.1f} s ({s.images_per_second:.1f} images/s, {type(b).__name__})"))
+    say(f"wrote {s.rows} rows to {s.out}{resumed}; {s.predicted} predicted in "
+        f"{s.seconds:.1f} s ({s.images_per_second:.1f} images/s, {type(b).__name__})")
     if s.skipped:
         console.print(f"[yellow]{len(s.skipped)} unreadable file(s) skipped:[/]")
         for path, reason in s.skipped:
-            console.print(escape(f"  {path}: {reason}"))
+            say(f"  {path}: {reason}")
