@@ -46,7 +46,11 @@ def main() -> None:
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     figures = {"dataset": args.dataset, "images": len(images), "input_size": args.size,
                "batch": args.batch, "cores": os.cpu_count(), "network_images_per_s": len(images) / wall,
-               "network_wall_s": wall, "network_cpu_s": cpu, "load_average_before": load0,
+               "network_wall_s": wall, "network_cpu_s": cpu,
+               # what the cores would give if this process had them to itself (set
+               # OMP_WAIT_POLICY=PASSIVE on a shared machine so spinning threads do not inflate cpu_s)
+               "cpu_bound_images_per_s": len(images) / cpu * (os.cpu_count() or 1),
+               "load_average_before": load0,
                "load_average_after": os.getloadavg()[0], "width": int(rows.shape[1])}
     with tempfile.TemporaryDirectory(prefix="leukoscope-deep-") as tmp:
         t0 = time.perf_counter()

@@ -7,9 +7,11 @@
   regression on the same split come with every Lite0 run (metrics.json ``frozen_lr``).
 - cnmc: subject-grouped 5-fold CV on ``cnmc_sample cnmc_cells`` (65 cells, 31 subjects): weighted
   F1 per fold and pooled, fine-tuned vs frozen + LR, with a subject-bootstrap 95% interval.
-- ablation: short Lite0 runs (128 px, 4 epochs; aria_all on half of its images) changing one
+- ablation: short Lite0 runs (96 px, 3 epochs; aria_all on half of its images) changing one
   setting at a time: crop-to-cell, stain normalisation, augmentation strength, input size,
-  fine-tuning depth; TTA is scored on the base run's bundle (same weights, with / without TTA).
+  fine-tuning depth, BatchNorm mode, body learning rate; TTA is scored on the base run's bundle
+  (same weights, with / without TTA). ``--only TEXT`` runs the settings whose name contains it
+  (to spread the runs over several processes; a final run without it collects them all).
 
 Every run lives in benchmarks/results/deep_track/<data>/<name> and resumes or is reused when the
 script is rerun. Writes deep_track.json, deep_track.md and deep_track_ablation.png beside it, and
@@ -26,19 +28,21 @@ from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
 KEYS = ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted")
-ABLATION_BASE = {"model": "efficientnet_lite0", "img_size": 128, "epochs": 4, "patience": 4}
+ABLATION_BASE = {"model": "efficientnet_lite0", "img_size": 96, "epochs": 3, "patience": 3}
 ABLATIONS: dict[str, dict[str, Any]] = {
-    "base (128 px, aug 1.0, full fine-tune)": {},
+    "base (96 px, 3 epochs, aug 1.0, full fine-tune)": {},
     "crop-to-cell": {"crop_to_cell": True},
     "stain reinhard": {"stain": "reinhard"},
     "stain macenko": {"stain": "macenko"},
     "no augmentation": {"augment": False},
     "aug strength 0.5": {"aug_strength": 0.5},
     "aug strength 1.5": {"aug_strength": 1.5},
-    "input 96 px": {"img_size": 96},
-    "input 160 px": {"img_size": 160},
+    "input 64 px": {"img_size": 64},
+    "input 128 px": {"img_size": 128},
     "fine-tune depth 0 (head only)": {"finetune_depth": 0},
     "fine-tune depth 4 (top stages)": {"finetune_depth": 4},
+    "BatchNorm in train mode (batch statistics)": {"freeze_bn": False},
+    "body learning rate = head's": {"body_lr": 1.0},
 }
 SUBSET = {"aria_all": 0.5}
 
@@ -124,10 +128,12 @@ def cnmc(k: int = 5) -> dict[str, Any]:
     return result
 
 
-def ablation(datasets: list[str]) -> list[dict[str, Any]]:
+def ablation(datasets: list[str], only: str = "") -> list[dict[str, Any]]:
     rows = []
     for d in datasets:
         for name, change in ABLATIONS.items():
+            if only not in name:
+                continue
             opts = {**ABLATION_BASE, "subset": SUBSET.get(d, 1.0), **change}
             rows.append(run([d], name, opts))
             if not change:
@@ -187,6 +193,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--part", choices=("headline", "cnmc", "ablation", "all"), default="all")
     ap.add_argument("--datasets", nargs="+", default=["aria_all", "allidb2"])
+    ap.add_argument("--only", default="", help="ablation settings whose name contains this")
     args = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     store = RESULTS / "deep_track.json"
@@ -196,7 +203,7 @@ def main() -> None:
     if args.part in ("cnmc", "all"):
         results["cnmc"] = cnmc()
     if args.part in ("ablation", "all"):
-        results["ablation"] = ablation(args.datasets)
+        results["ablation"] = ablation(args.datasets, args.only)
         plot(results["ablation"], RESULTS / "deep_track_ablation.png")
     store.write_text(json.dumps(results, indent=2, default=str) + "\n")
     (RESULTS / "deep_track.md").write_text(markdown(results))

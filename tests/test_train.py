@@ -76,7 +76,7 @@ def test_interrupt_then_resume_and_bundle_round_trip(synthetic2, tmp_path):
 def test_lite0_fine_tune_with_frozen_baseline(synthetic2, tmp_path):
     m = read([synthetic2])
     cfg = TrainConfig.build(model="efficientnet_lite0", img_size=32, batch_size=16, epochs=1,
-                            finetune_depth=2)
+                            finetune_depth=2, freeze_bn=True)
     bundle = train(m, cfg, tmp_path)
     metrics = bundle.metrics()
     assert {"validation", "test", "frozen_lr"} <= set(metrics)

@@ -73,6 +73,8 @@ def train_cmd(
     patience: Annotated[int | None, typer.Option(help="Early-stopping patience (epochs).")] = None,
     finetune_depth: Annotated[int | None, typer.Option(
         "--finetune-depth", help="Top stages fine-tuned (-1 all, 0 head only).")] = None,
+    freeze_bn: Annotated[bool | None, typer.Option("--freeze-bn/--no-freeze-bn",
+                                                   help="Keep BatchNorm statistics frozen.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="run.yaml with these settings.")] = None,
     cv: Annotated[int | None, typer.Option("--cv", help="Subject-grouped K-fold CV, not one split.")] = None,
@@ -89,6 +91,7 @@ def train_cmd(
         config, model=model, epochs=epochs, lr=lr, batch_size=batch_size, img_size=img_size,
         grayscale=grayscale, subset=subset, augment=augment, aug_strength=aug_strength, stain=stain,
         crop_to_cell=crop_to_cell, tta=tta, patience=patience, finetune_depth=finetune_depth, seed=seed,
+        freeze_bn=freeze_bn,
         cv=cv, split_protocol=split_protocol)
     m = read(paths, layout)
     try:

@@ -47,6 +47,10 @@ class TrainConfig:
     warmup_epochs: float = 0.5
     balance: str = "loss"
     threads: int = 0
+    #: keep every BatchNorm in eval mode while fine-tuning (running statistics frozen, affine trained)
+    freeze_bn: bool | None = None
+    #: learning rate of everything but the head, as a fraction of ``lr`` (None: the model's default)
+    body_lr: float | None = None
 
     @classmethod
     def from_file(cls, path: Path) -> dict[str, Any]:
@@ -120,6 +124,12 @@ class TrainConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def same_as(self, saved: dict[str, Any]) -> bool:
+        """True when ``saved`` (an earlier ``as_dict``) describes this run; settings added to
+        TrainConfig since then count as their defaults, so older run directories still resume."""
+        defaults = TrainConfig().as_dict()
+        return {**{k: defaults[k] for k in defaults if k not in saved}, **saved} == self.as_dict()
 
     def write(self, folder: Path) -> None:
         """``config.yaml`` (for ``--config``) and ``config.json`` in ``folder``, atomically."""

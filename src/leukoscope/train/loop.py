@@ -294,8 +294,9 @@ def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
     tr, va = data.side("train"), data.side("val")
     if not len(tr):
         raise DataError("the training side is empty; use more data or a smaller --val / --test")
-    bs = cfg.batch_size or 32
-    steps_per_epoch = max(1, len(tr) // bs) if len(tr) >= bs else 1
+    # tiny sets (C-NMC sample): smaller batches, so an epoch still takes at least 4 steps
+    bs = max(2, min(cfg.batch_size or 32, len(tr) // 4))
+    steps_per_epoch = max(1, len(tr) // bs)
     epochs = cfg.epochs or 1
     fingerprint = _fingerprint(cfg, data)
     extra: dict[str, Any] = {}
@@ -304,7 +305,8 @@ def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
     state: dict[str, Any] | None = None
     if ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=False)
-        if state.get("fingerprint") != fingerprint:
+        old = state.get("fingerprint", {})
+        if old.get("split") != fingerprint["split"] or not cfg.same_as(old.get("config", {})):
             raise ConfigError(f"{out} holds a run with other settings or another split; "
                               "use another --out, or delete it to start over")
     weights = class_weights(data.y[tr], k)
@@ -317,7 +319,13 @@ def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
         rep.done("frozen features: logistic regression, head warm-up")
 
     params = model.trainable(cfg.finetune_depth if cls.pretrained else -1)
-    opt = torch.optim.AdamW(params, lr=cfg.lr or 1e-3, weight_decay=cfg.weight_decay)
+    head_ids = {id(p) for p in model.head.parameters()}
+    lr = cfg.lr or 1e-3
+    # pretrained bodies move slower than the head (Adam's first steps are as large as lr whatever the
+    # gradient, enough to scramble ImageNet filters at a head's learning rate)
+    groups = [{"params": [p for p in params if id(p) in head_ids], "lr": lr},
+              {"params": [p for p in params if id(p) not in head_ids], "lr": lr * (cfg.body_lr or 1.0)}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, _schedule(epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)))
     loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(weights if cfg.balance == "loss" else np.ones(k),
@@ -352,6 +360,10 @@ def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
             model.train()
             for f in frozen:
                 f.eval()
+            if cfg.freeze_bn:
+                for mod in model.modules():
+                    if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                        mod.eval()
             order = (rng.choice(tr, size=len(tr), p=sample_p) if sample_p is not None
                      else rng.permutation(tr))
             total, correct, seen = 0.0, 0, 0
@@ -532,7 +544,7 @@ def _check_same(out: Path, cfg: TrainConfig) -> None:
     import json
 
     f = out / "config.json"
-    if f.exists() and json.loads(f.read_text()) != cfg.as_dict():
+    if f.exists() and not cfg.same_as(json.loads(f.read_text())):
         raise ConfigError(f"{out} holds a run with other settings (see {f}); "
                           "use another --out, or delete it to start over")
 
