@@ -5,7 +5,7 @@
 The expected tables are rendered from the results CSVs (models.csv, throughput.csv) by the same
 code that writes the README (benchmarks/run_all.py), then both are parsed cell by cell: text
 must match exactly; metrics may differ by 0.02, or by one test image's worth (1/n) on small test
-sides; times and rates by a factor of 3 (they depend on the machine and its load).
+sides; times and rates by a factor of 5 (they depend on the machine and its load).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run_all  # noqa: E402
 
 METRIC_TOL = 0.02
-TIME_FACTOR = 3.0
+TIME_FACTOR = 5.0
 TIME_COLUMNS = {"Train s", "Cells/s"}
 
 
@@ -77,7 +77,7 @@ def compare(name: str, got: list[list[str]], want: list[list[str]]) -> list[str]
                 if a.get(col) != b.get(col):
                     problems.append(where)
             elif col in TIME_COLUMNS:
-                if max(x, y) > TIME_FACTOR * max(min(x, y), 1e-9) and abs(x - y) > 5:
+                if max(x, y) > TIME_FACTOR * max(min(x, y), 1e-9) and abs(x - y) > 10:
                     problems.append(where + f" (beyond x{TIME_FACTOR:g})")
             elif abs(x - y) > tol:
                 problems.append(where + f" (beyond +-{tol:.3f})")
