@@ -591,9 +591,11 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get("surplus"):
             continue
-        rows.append({"number": t.number, "state": t.state.name.lower(), "value": t.value,
+        last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
+        rows.append({"number": t.number, "state": t.state.name.lower(),
+                     "value": t.value if t.state == TrialState.COMPLETE else None,
                      **{f"param_{k}": v for k, v in t.params.items()},
-                     "steps": len(t.intermediate_values),
+                     "steps": len(t.intermediate_values), "last_reported": last,
                      "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
                      if t.datetime_complete and t.datetime_start else None,
                      "fold_scores": " ".join(f"{s:.4f}" for s in t.user_attrs.get("fold_scores", [])),
