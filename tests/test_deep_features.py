@@ -19,5 +19,9 @@ def test_deep_features_cached_and_parametrised(data, tmp_path):
     cropped, _ = extract(m, "deep", cache=tmp_path, input_size=64, crop_to_cell=True)
     assert not np.allclose(cropped.to_numpy(), x.to_numpy())
     ex = get_extractor("deep", input_size=64)
-    assert ex.params() == {"backbone": "efficientnet_lite0", "input_size": 64, "crop_to_cell": False}
+    assert ex.params() == {"backbone": "efficientnet_lite0", "input_size": 64, "crop_to_cell": False,
+                           "engine": "onnx"}
+    # the ONNX Runtime export and eager torch give the same embeddings
+    eager, _ = extract(m, "deep", cache=tmp_path, input_size=64, engine="torch")
+    assert np.allclose(eager.to_numpy(), x.to_numpy(), atol=1e-3)
     assert ex.parallel is False

@@ -3,13 +3,16 @@
 The seed projects' "CNN as feature extractor" step, with a pretrained network instead of one
 trained on the same few images. Batched in this process (``parallel = False``: torch already uses
 every core, worker processes would each load the network and fight over the same cores); the
-network is loaded once per process. Preprocessing is ``models.preprocess.prepare``, the same as
-the fine-tuned networks use, with an optional crop to the cell for black-background crops.
+network is loaded once per process (by default an ONNX Runtime export of it, made once into the
+cache folder: several times faster than eager torch on CPU). Preprocessing is
+``models.preprocess.prepare``, the same as the fine-tuned networks use, with an optional crop to
+the cell for black-background crops.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +24,8 @@ from leukoscope.models.backbones import LITE0_MEAN, LITE0_STD, LITE0_WIDTH
 from leukoscope.models.preprocess import prepare, preprocessing_config
 
 #: backbone name -> (embedding width, mean, std)
+#: "onnx": ONNX Runtime on an exported copy (fast); "torch": eager PyTorch
+ENGINES = ("onnx", "torch")
 BACKBONES: dict[str, tuple[int, tuple[float, ...], tuple[float, ...]]] = {
     "efficientnet_lite0": (LITE0_WIDTH, LITE0_MEAN, LITE0_STD),
 }
@@ -28,10 +33,60 @@ BACKBONES: dict[str, tuple[int, tuple[float, ...], tuple[float, ...]]] = {
 
 @functools.lru_cache(maxsize=2)
 def _network(backbone: str) -> Any:
-
     from leukoscope.models import backbones
 
     return backbones.channels_last(backbones.efficientnet_lite0(num_classes=1000, pretrained=True).eval())
+
+
+def _embedder(backbone: str) -> Any:
+    """The network cut after global pooling, as a module whose forward returns the embedding."""
+    from torch import nn
+
+    from leukoscope.models.backbones import lite0_embed
+
+    class Embed(nn.Module):
+        def __init__(self, net: nn.Module):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: Any) -> Any:
+            return lite0_embed(self.net, x)
+
+    from leukoscope.models.backbones import efficientnet_lite0
+
+    return Embed(efficientnet_lite0(num_classes=1000, pretrained=True).eval())
+
+
+@functools.lru_cache(maxsize=4)
+def _session(backbone: str, size: int) -> Any:
+    """An ONNX Runtime session of the embedding network (exported once into the cache folder).
+
+    ONNX Runtime runs this network about 3-4x faster than eager torch on a laptop CPU.
+    """
+    import warnings
+
+    import onnxruntime as ort
+    import torch
+
+    from leukoscope.settings import cache_dir
+
+    path = cache_dir() / "models" / f"{backbone}-embed-{size}-v{DeepFeatures.version}.onnx"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(_embedder(backbone), (torch.zeros(2, 3, size, size),), str(tmp),
+                                  dynamo=False, opset_version=17, input_names=["input"],
+                                  output_names=["embedding"], dynamic_axes={"input": {0: "batch"},
+                                                                            "embedding": {0: "batch"}})
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = os.cpu_count() or 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 @register_features("deep")
@@ -43,7 +98,10 @@ class DeepFeatures(FeatureExtractor):
     batch_size = 32
 
     def __init__(self, backbone: str = "efficientnet_lite0", input_size: int = 224,
-                 crop_to_cell: bool = False):
+                 crop_to_cell: bool = False, engine: str = "onnx"):
+        if engine not in ENGINES:
+            raise ConfigError(f"deep features: engine must be one of {ENGINES}, got {engine!r}")
+        self.engine = engine
         if backbone not in BACKBONES:
             raise ConfigError(f"deep features: unknown backbone {backbone!r}; "
                               f"choose from {sorted(BACKBONES)}")
@@ -53,12 +111,20 @@ class DeepFeatures(FeatureExtractor):
         self.pre = preprocessing_config(self.input_size, mean, std, crop_to_cell=self.crop_to_cell)
 
     def params(self) -> dict[str, Any]:
-        return {"backbone": self.backbone, "input_size": self.input_size, "crop_to_cell": self.crop_to_cell}
+        return {"backbone": self.backbone, "input_size": self.input_size, "crop_to_cell": self.crop_to_cell,
+                "engine": self.engine}
 
     def names(self) -> list[str]:
         return [f"deep_{i:04d}" for i in range(self.width)]
 
     def compute(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        if not len(images):
+            return np.zeros((0, self.width), np.float32)
+        if self.engine == "onnx":
+            session = _session(self.backbone, self.input_size)
+            batches = (prepare(images[i:i + self.batch_size], self.pre)
+                       for i in range(0, len(images), self.batch_size))
+            return np.concatenate([session.run(None, {"input": x})[0] for x in batches]).astype(np.float32)
         import torch
 
         from leukoscope.models.backbones import lite0_embed
