@@ -30,7 +30,7 @@ def predict_cmd(
                                         "machine or a cluster, pip install -e .\\[ray]).")] = "local",
     runtime: RuntimeOpt = "auto",
     address: Annotated[str | None, typer.Option("--address", help="ray: a running cluster (auto, "
-                                                "ray://head:10001); default: start one here.")] = None,
+                                                "head-host:6379); default: a new local one.")] = None,
     num_cpus: Annotated[int | None, typer.Option("--num-cpus", min=1, help="ray: CPUs of the local "
                                                  "instance (default: all).")] = None,
     csv: Annotated[bool, typer.Option("--csv", help="ray: also write predictions.csv.")] = False,

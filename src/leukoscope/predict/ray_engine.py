@@ -59,6 +59,10 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
 
     An already initialised Ray (a test, a notebook) is used as it is.
     """
+    if address and address.startswith("ray://"):  # ray-project/ray#42739: Ray Data needs a cluster node
+        raise ConfigError(f"--address {address}: Ray Data cannot run through Ray Client (ray://); run "
+                          "the command on a machine of the cluster with --address auto, or submit it there "
+                          "with `ray job submit`")
     ray = import_ray()
     if ray.is_initialized():
         yield ray
@@ -174,7 +178,7 @@ def predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path | str, batch
             ) -> PredictSummary:
     """Predict every image under ``inputs`` with Ray Data into the folder ``out``.
 
-    ``address``: a running cluster (``auto``, ``ray://host:10001``); without it a local Ray instance
+    ``address``: a running cluster (``auto``, ``head-host:6379``); without it a local Ray instance
     with ``num_cpus`` CPUs (default: all) is started and shut down. ``write_csv`` also writes
     predictions.csv. ``on_progress(done, total)`` is called as results arrive.
     """
