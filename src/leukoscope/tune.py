@@ -382,11 +382,13 @@ class NetworkObjective:
 
         from leukoscope.train.loop import train
 
-        folder = self.out / "final" / name
+        cfg = self._config(params, subset=1.0)
+        digest = hashlib.sha1(json.dumps(cfg.as_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        folder = self.out / "final" / f"{name}-{digest}"  # new defaults or code: a new run, not a clash
         folder.parent.mkdir(parents=True, exist_ok=True)
-        with open(folder.parent / f".{name}.lock", "w") as lock:  # workers sharing out/ train it once
+        with open(folder.parent / f".{folder.name}.lock", "w") as lock:  # workers sharing out/ train it once
             fcntl.flock(lock, fcntl.LOCK_EX)
-            bundle = train(self.manifest, self._config(params, subset=1.0), folder, self.reporter)
+            bundle = train(self.manifest, cfg, folder, self.reporter)
         split = bundle.split()
         if split is not None and set(split.loc[split["side"] == "test", "path"]) != self.test_paths:
             raise ConfigError("the retrained model's test side differs from the study's (unreadable images "
@@ -535,13 +537,15 @@ def tune(m: Manifest, settings: TuneSettings, out: Path, *, n_trials: int, timeo
                        _fingerprint(split), heartbeat=heartbeat)
     objective = kind(settings, split, out, cache=cache, on_features=on_features, reporter=reporter)
     default = objective.default_params()
-    if "default_cv" not in study.user_attrs:  # the baseline the search must beat, once per study
-        study.set_user_attr("default_cv", objective.score(default))
+    resolved = json.dumps(objective.config_file(default), sort_keys=True, default=str)
+    key = f"default_cv-{hashlib.sha1(resolved.encode()).hexdigest()[:8]}"  # again if the defaults change
+    if key not in study.user_attrs:  # the baseline the search must beat, once per study
+        study.set_user_attr(key, objective.score(default))
     run_trials(study, objective, n_trials, timeout=timeout, on_trial=on_trial)
     counts = _counts(study)
     if not counts["complete"]:
         raise ConfigError(f"study {study.study_name!r} has no completed trial yet; run more trials")
-    default_cv = float(study.user_attrs["default_cv"])
+    default_cv = float(study.user_attrs[key])
     if study.best_value > default_cv:
         number, cv_value, params = study.best_trial.number, study.best_value, best_params(study, objective)
     else:  # the defaults are a candidate too, chosen by the same CV score (never by the test side)
@@ -695,17 +699,17 @@ def _figures(study: optuna.Study, result: TuneResult, imp: dict[str, float]) -> 
 
 
 def protocol_text(result: TuneResult) -> str:
-    s = result.settings
-    objective = ("mean fold score" if result.family == "classical" else
+    s, n, classical = result.settings, result.split, result.family == "classical"
+    objective = ("mean fold score" if classical else
                  "pooled out-of-fold score; each fold's network early-stopped on a val side of its rest")
-    n = result.split
+    fitted = ("fitted on the whole train side" if classical
+              else "trained on the train side (a val part of it for early stopping)")
     return (f"Objective: {s.metric} of {s.cv}-fold grouped CV ({objective}) on the train side only "
             f"({n['train']} images, {n['train_groups']} groups) of a grouped, stratified train/test split "
             f"(test {s.test:.0%}: {n['test']} images, {n['test_groups']} groups, seed {s.seed}). "
-            "The test side was read once, after the search, to score the best "
-            f"configuration and the model's defaults, both fitted on the whole train side. "
-            f"Sampler: TPE; pruner: {s.pruner} on per-{'fold' if result.family == 'classical' else 'epoch'} "
-            f"values.")
+            f"The test side was read once, after the search, to score the best configuration and the "
+            f"model's defaults, both {fitted}. Sampler: TPE; pruner: {s.pruner} on per-"
+            f"{'fold' if classical else 'epoch'} values.")
 
 
 def summary(result: TuneResult) -> dict[str, Any]:
