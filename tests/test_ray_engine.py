@@ -76,3 +76,13 @@ def test_ray_only_options_are_refused_by_the_local_engine(exported, cells, tmp_p
     r = runner.invoke(app, ["predict", str(exported), str(cells), "--out", str(tmp_path / "p.csv"),
                             "--num-cpus", "2", "--csv"])
     assert r.exit_code == 1 and "--num-cpus, --csv: not an option of --engine local" in r.output
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--address", "ray://head:10001"], "Ray Data cannot run through Ray Client"),
+    (["--address", "auto", "--num-cpus", "2"], "--num-cpus sizes a local Ray instance"),
+])
+def test_cluster_options_that_cannot_work_are_refused(exported, cells, tmp_path, options, message):
+    r = runner.invoke(app, ["predict", str(exported), str(cells), "--out", str(tmp_path / "o"),
+                            "--engine", "ray", *options])
+    assert r.exit_code == 1 and message in r.output
