@@ -1,7 +1,7 @@
 """Ray's overhead on one machine: the same 20,000 synthetic cells predicted by the local and the Ray engine.
 
     python benchmarks/ray_throughput.py [--images 20000] [--size 96] [--model leukonet] [--img-size 96]
-                                        [--rounds 2] [--num-cpus N] [--batch-size 64]
+                                        [--rounds 2] [--num-cpus N] [--batch-size 64] [--scaling]
 
 Both engines run the same exported ONNX model end to end from files on disk (expand inputs, decode,
 preprocess, model, write the output), on the same images, with the page cache warmed first. The rounds
@@ -16,6 +16,10 @@ figure measures Ray, not who wins the CPU.
 The cells (SYNTHETIC, ``leukoscope.data.synthetic``) and the quickly trained bundle are made once into
 the git-ignored ``.cache/benchmarks/`` folder; a bundle's speed does not depend on how well it learned.
 Results also go to benchmarks/results/ray_throughput.json.
+
+``--scaling`` instead runs Ray alone with 1, 2, ... actors (one per CPU of this machine) and prints, for
+each, when the first results came back and the steady rate after that: how throughput grows with workers
+once the fixed start-up is paid.
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from leukoscope.bundle import load_bundle
+from leukoscope.bundle import Bundle, load_bundle
 from leukoscope.data.images import iter_image_files
 from leukoscope.data.synthetic import make_synthetic
 from leukoscope.predict import local, ray_engine
+from leukoscope.predict.local import PredictSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "benchmarks"
@@ -78,6 +83,24 @@ def warm_page_cache(folder: Path) -> int:
     return n
 
 
+def timed_ray(b: Bundle, folder: Path, out: Path, batch_size: int) -> tuple[PredictSummary, float, float]:
+    """A Ray run, with the seconds until its first results and the images/s from then to the end."""
+    marks: list[tuple[float, int]] = []
+    t = time.perf_counter()
+    s = ray_engine.predict(b, [folder], out, batch_size,
+                           on_progress=lambda done, _: marks.append((time.perf_counter() - t, done)))
+    (t0, d0), (t1, d1) = next(m for m in marks if m[1] > 0), marks[-1]
+    return s, t0, (d1 - d0) / (t1 - t0) if t1 > t0 else float("nan")
+
+
+def scaling(b: Bundle, folder: Path, batch_size: int) -> None:
+    for n in range(1, (os.cpu_count() or 1) + 1):
+        with ray_engine.ray_session(num_cpus=n), tempfile.TemporaryDirectory() as tmp:
+            s, first, steady = timed_ray(b, folder, Path(tmp), batch_size)
+        print(f"{n} actor(s): {s.predicted / s.seconds:.1f} images/s end to end ({s.seconds:.1f} s); first "
+              f"results after {first:.1f} s, then {steady:.1f} images/s", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=20_000)
@@ -87,6 +110,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--num-cpus", type=int, default=None, help="the local Ray instance (default: all)")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--scaling", action="store_true", help="Ray alone with 1..all CPUs")
     args = ap.parse_args()
     os.environ.setdefault("RAY_worker_niceness", "0")
 
@@ -95,6 +119,9 @@ def main() -> None:
     b = load_bundle(bundle_dir)
     print(f"{n} cells of {args.size} px, {args.model} at {args.img_size} px ({type(b).__name__}), "
           f"batch {args.batch_size}, {os.cpu_count()} CPUs", flush=True)
+    if args.scaling:
+        scaling(b, folder, args.batch_size)
+        return
     t0 = time.perf_counter()
     figures: dict[str, list[float]] = {"local": [], "ray": []}
     with ray_engine.ray_session(num_cpus=args.num_cpus) as ray, tempfile.TemporaryDirectory() as tmp:
