@@ -125,7 +125,7 @@ class Lite0(Network):
     # BatchNorm frozen: batch statistics of cell crops are far from ImageNet's, and in train mode
     # they alone took a warmed-up head from 100% to 49% training accuracy (allidb2, measured);
     # the body learns at a fifth of the head's rate
-    train_defaults = {"img_size": 160, "lr": 5e-4, "epochs": 10, "batch_size": 32, "patience": 4,
+    train_defaults = {"img_size": 128, "lr": 5e-4, "epochs": 6, "batch_size": 32, "patience": 4,
                       "freeze_bn": True, "body_lr": 0.2}
 
     def __init__(self, num_classes: int, pretrained: bool = True):
