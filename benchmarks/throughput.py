@@ -1,0 +1,194 @@
+"""Cells per second on the same images: notebook loop vs leukoscope predict (PyTorch, ONNX fp32, int8).
+
+    python benchmarks/throughput.py [--bundle DIR] [--images 512] [--batch-size 64]
+
+(a) a plain PyTorch loop at batch 1, the way notebooks do it (PIL open, resize, tensor, model);
+(b) ``leukoscope predict`` with PyTorch; (c) with ONNX Runtime fp32; (d) with the static int8 model.
+Every figure is end to end from files on disk (decode, resize, model, CSV for b-d), on the same
+images, after a short warm-up; the page cache is warmed first so no method pays for the disk.
+The FLOP-bound limit is this machine's measured float32 matmul rate divided by the model's FLOPs
+per image (``torch.utils.flop_counter``): no implementation can beat it without skipping work.
+
+Without ``--bundle`` it trains a quick EfficientNet-Lite0 at 224 px (head warm-up and one epoch on a
+quarter of aria_all); speed does not depend on how well the weights are trained. A given bundle is
+copied to a temporary folder, set to ``--size`` and exported there, so it is left as it was. Results also go
+to benchmarks/results/throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from leukoscope.bundle import load_bundle
+from leukoscope.data.images import iter_image_files
+from leukoscope.settings import data_root
+
+RESULTS = Path(__file__).resolve().parent / "results" / "throughput.json"
+
+
+def evenly(paths: list[Path], n: int) -> list[Path]:
+    idx = np.linspace(0, len(paths) - 1, min(n, len(paths))).round().astype(int)
+    return [paths[i] for i in idx]
+
+
+def train_quick_bundle(out: Path, size: int) -> Path:
+    from leukoscope.data.readers import read
+    from leukoscope.train.config import TrainConfig
+    from leukoscope.train.loop import train
+
+    m = read([data_root() / "aria_all"])
+    cfg = TrainConfig.build(model="efficientnet_lite0", img_size=size, epochs=1, subset=0.25,
+                            batch_size=32, seed=0)
+    return Path(train(m, cfg, out).path)
+
+
+def notebook_loop(bundle_dir: Path, paths: list[Path]) -> float:
+    """(a): batch 1, PIL + numpy + torch per image, as tutorials write it. Returns seconds."""
+    from PIL import Image
+
+    bundle = load_bundle(bundle_dir, runtime="torch")
+    model = bundle.module.eval().to(memory_format=torch.contiguous_format)
+    pre = bundle.config["preprocessing"]
+    size = pre["input_size"]
+    mean = torch.tensor(pre["mean"]).view(3, 1, 1)
+    std = torch.tensor(pre["std"]).view(3, 1, 1)
+
+    def run(ps: list[Path]) -> None:
+        with torch.no_grad():
+            for p in ps:
+                img = Image.open(p).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+                x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255.0
+                x = (x - mean) / std
+                model(x.unsqueeze(0)).softmax(dim=1)
+
+    run(paths[:8])
+    t = time.perf_counter()
+    run(paths)
+    return time.perf_counter() - t
+
+
+def leukoscope_predict(bundle_dir: Path, runtime: str, paths: list[Path], batch_size: int,
+                       work: Path) -> float:
+    """(b)-(d): ``leukoscope predict`` end to end into a CSV. Returns seconds."""
+    from leukoscope.predict.local import predict
+
+    bundle = load_bundle(bundle_dir, runtime=runtime)
+    predict(bundle, paths[:batch_size], work / f"warm-{runtime}.csv", batch_size=batch_size)
+    t = time.perf_counter()
+    summary = predict(bundle, paths, work / f"{runtime}.csv", batch_size=batch_size)
+    seconds = time.perf_counter() - t
+    assert summary.predicted == len(paths), summary.skipped
+    return seconds
+
+
+def matmul_flops(n: int = 2048, repeat: int = 10) -> float:
+    """Measured float32 matmul FLOP/s on all cores (best of ``repeat``)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def model_flops(bundle_dir: Path) -> float:
+    """FLOPs of one forward pass for one image at the bundle's input size."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    bundle = load_bundle(bundle_dir, runtime="torch")
+    size = bundle.config["preprocessing"]["input_size"]
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        bundle.module(torch.zeros(1, 3, size, size))
+    return float(counter.get_total_flops())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", type=Path, help="An efficientnet_lite0 bundle (default: train a quick one).")
+    ap.add_argument("--images", type=int, default=512, help="Number of aria_all images (evenly spaced).")
+    ap.add_argument("--size", type=int, default=224, help="Input size (a given bundle's copy is set to it: "
+                    "the networks are fully convolutional, so speed at this size needs no retraining).")
+    ap.add_argument("--batch-size", type=int, default=64)
+    args = ap.parse_args(argv)
+
+    paths = evenly(list(iter_image_files(data_root() / "aria_all")), args.images)
+    for p in paths:  # warm the page cache: every method reads from memory
+        p.read_bytes()
+    with tempfile.TemporaryDirectory(prefix="leukoscope-throughput-") as tmp:
+        work = Path(tmp)
+        source = args.bundle or train_quick_bundle(work / "trained", args.size)
+        bundle_dir = work / "bundle"
+        shutil.copytree(source, bundle_dir)
+        config = json.loads((bundle_dir / "config.json").read_text())
+        config["preprocessing"]["input_size"] = args.size
+        (bundle_dir / "config.json").write_text(json.dumps(config))
+        from leukoscope.predict.onnx import export_onnx
+
+        t = time.perf_counter()
+        export_onnx(bundle_dir, int8=True)
+        export_s = time.perf_counter() - t
+        config = json.loads((bundle_dir / "config.json").read_text())
+        size = config["preprocessing"]["input_size"]
+
+        runs: dict[str, Callable[[], float]] = {
+            "(a) PyTorch loop, batch 1 (notebook)": lambda: notebook_loop(bundle_dir, paths),
+            "(b) leukoscope predict, PyTorch": lambda: leukoscope_predict(bundle_dir, "torch", paths,
+                                                                          args.batch_size, work),
+            "(c) leukoscope predict, ONNX Runtime fp32": lambda: leukoscope_predict(
+                bundle_dir, "onnx", paths, args.batch_size, work),
+            "(d) leukoscope predict, ONNX Runtime int8": lambda: leukoscope_predict(
+                bundle_dir, "onnx-int8", paths, args.batch_size, work),
+        }
+        rates = {}
+        for name, run in runs.items():
+            rates[name] = len(paths) / run()
+            print(f"{name}: {rates[name]:.1f} cells/s", file=sys.stderr, flush=True)
+        flops = model_flops(bundle_dir)
+        peak = matmul_flops()
+        limit = peak / flops
+        agree = _int8_agreement(work)
+
+    base = rates["(a) PyTorch loop, batch 1 (notebook)"]
+    print(f"\n{len(paths)} aria_all images at {size} px, model {config.get('model')}, "
+          f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
+    print(f"model: {flops / 1e9:.3f} GFLOP per image; measured float32 matmul: {peak / 1e9:.1f} GFLOP/s; "
+          f"FLOP-bound limit {limit:.0f} cells/s")
+    print(f"ONNX export (fp32 + int8 calibration) took {export_s:.1f} s; int8 vs fp32 same label on "
+          f"{agree:.1%} of the images\n")
+    print(f"| {'method':<44} | cells/s | x (a) | % of limit |")
+    print(f"|{'-' * 46}|--------:|------:|-----------:|")
+    for name, r in rates.items():
+        print(f"| {name:<44} | {r:7.1f} | {r / base:5.2f} | {100 * r / limit:9.1f}% |")
+    print(f"| {'FLOP-bound limit':<44} | {limit:7.1f} | {limit / base:5.2f} | {100.0:9.1f}% |")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "images": len(paths), "input_size": size, "model": config.get("model"), "cores": os.cpu_count(),
+        "cells_per_second": rates, "model_gflop_per_image": flops / 1e9, "matmul_gflops": peak / 1e9,
+        "flop_bound_cells_per_second": limit, "int8_label_agreement_with_fp32": agree,
+        "load_average_1min": os.getloadavg()[0]}, indent=2) + "\n")
+    return 0
+
+
+def _int8_agreement(work: Path) -> float:
+    import pandas as pd
+
+    fp32, int8 = pd.read_csv(work / "onnx.csv"), pd.read_csv(work / "onnx-int8.csv")
+    return float((fp32["label"].to_numpy() == int8["label"].to_numpy()).mean())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
