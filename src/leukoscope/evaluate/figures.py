@@ -48,7 +48,8 @@ def curves_figure(curves: dict[str, dict[str, Any]]) -> Any:
     fig, (roc, pr) = plt.subplots(1, 2, figsize=(10, 4.2))
     for c, cv in curves.items():
         roc.plot(cv["fpr"], cv["tpr"], label=f"{c} (AUC {cv['auc']:.3f})")
-        pr.plot(cv["recall"], cv["precision"], drawstyle="steps-post", label=f"{c} (AP {cv['average_precision']:.3f})")
+        pr.plot(cv["recall"], cv["precision"], drawstyle="steps-post",
+                label=f"{c} (AP {cv['average_precision']:.3f})")
     roc.plot([0, 1], [0, 1], "k:", lw=1)
     roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (one vs rest)")
     pr.set(xlabel="recall", ylabel="precision", title="Precision-recall (one vs rest)", ylim=(0, 1.02))
