@@ -15,15 +15,9 @@ import os
 import time
 from pathlib import Path
 
+from machine import cpu_seconds
+
 TARGET_S = 30.0
-
-
-def _cpu() -> float:
-    """CPU seconds of this process and its finished children (reused joblib workers are not)."""
-    import resource
-
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def main() -> None:
@@ -39,9 +33,9 @@ def main() -> None:
 
     m = read([data_root() / d for d in args.datasets])
     load_before = os.getloadavg()[0]
-    wall, cpu = time.perf_counter(), _cpu()
+    wall, cpu = time.perf_counter(), cpu_seconds()
     result = audit(m, n_jobs=args.n_jobs, embeddings=args.embeddings)
-    wall, cpu = time.perf_counter() - wall, _cpu() - cpu
+    wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
     info = result.summary()
     figures = {"datasets": args.datasets, "images": info["images"], "n_jobs": args.n_jobs,
                "embeddings": args.embeddings, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),

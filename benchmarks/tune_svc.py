@@ -18,14 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_seconds
+
 TARGET_S = 300.0
-
-
-def _cpu() -> float:
-    import resource
-
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def main() -> None:
@@ -45,11 +40,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache" if args.fresh_cache else None
-        t0, c0 = time.perf_counter(), _cpu()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         m = read([data_root() / args.dataset])
         result = tune(m, TuneSettings(model="svc", seed=args.seed), Path(tmp) / "study", n_trials=args.trials,
                       cache=cache)
-        wall, cpu = time.perf_counter() - t0, _cpu() - c0
+        wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     figures = {
         "dataset": args.dataset, "trials": result.counts, "seed": args.seed, "protocol": result.protocol,
         "split": result.split, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),

@@ -186,7 +186,21 @@ def _scalar_figures(y: np.ndarray, probs: np.ndarray, class_names: list[str]) ->
             if k in full}
 
 
-class ClassicalObjective:
+class _Objective:
+    """What both objectives share: a registry spec, the settings, and how a trial's params are drawn."""
+
+    settings: TuneSettings
+    spec: Any
+
+    def params(self, trial: Trial) -> dict[str, Any]:
+        """The model's registered space, with the user's ``--fix`` settings on top."""
+        space = self.spec.space
+        if space is None:
+            raise ConfigError(f"--model {self.settings.model!r} declares no search space")
+        return {**space(trial), **self.settings.fixed}
+
+
+class ClassicalObjective(_Objective):
     """Grouped K-fold CV of a classical pipeline on the train side's cached features."""
 
     family = "classical"
@@ -215,12 +229,6 @@ class ClassicalObjective:
     def default_params(self) -> dict[str, Any]:
         self._build(self.settings.fixed)
         return dict(self.settings.fixed)
-
-    def params(self, trial: Trial) -> dict[str, Any]:
-        space = self.spec.space
-        if space is None:
-            raise ConfigError(f"--model {self.settings.model!r} declares no search space")
-        return {**space(trial), **self.settings.fixed}
 
     def _build(self, params: dict[str, Any]) -> Any:
         try:
@@ -308,7 +316,7 @@ class _EpochPruning:
                 raise optuna.TrialPruned(f"after epoch {row['epoch']}")
 
 
-class NetworkObjective:
+class NetworkObjective(_Objective):
     """Grouped K-fold CV of a network training run (``train.loop.cross_validate``) on the train side."""
 
     family = "network"
@@ -347,12 +355,6 @@ class NetworkObjective:
     def default_params(self) -> dict[str, Any]:
         self._config(self.settings.fixed)
         return dict(self.settings.fixed)
-
-    def params(self, trial: Trial) -> dict[str, Any]:
-        space = self.spec.space
-        if space is None:
-            raise ConfigError(f"--model {self.settings.model!r} declares no search space")
-        return {**space(trial), **self.settings.fixed}
 
     def __call__(self, trial: Trial) -> float:
         return self.score(self.params(trial), trial, f"trial-{trial.number:04d}")
