@@ -4,8 +4,7 @@
 
     config.json / config.yaml   the resolved TrainConfig (``--config out/config.yaml`` replays it)
     checkpoint.pt               last finished epoch (model, optimiser, schedule, RNG, history)
-    best.safetensors            weights of the best epoch so far (validation balanced accuracy;
-                                epoch 0 is the warmed head on frozen features, when there is one)
+    best.safetensors            weights of the best epoch so far (validation balanced accuracy)
     history.csv, curves.png     per-epoch loss / accuracy
     metrics.json                validation and test figures (and frozen features + LR)
     bundle/                     the model bundle (``load_bundle(out / "bundle")``)
@@ -345,12 +344,6 @@ def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
         extra = state.get("extra", {})
         gen.set_state(state["torch_rng"])
         rng.bit_generator.state = state["numpy_rng"]
-    if state is None and "frozen_lr" in extra and len(va):
-        # the warmed head is the first candidate: fine-tuning must beat it on validation to replace it
-        best_score = _selection_score(*_val_figures(model, data, pre, va))
-        best_epoch = 0
-        save_weights(model, out)
-        os.replace(out / "model.safetensors", out / BEST)
     stopped = state is not None and state.get("stopped", False)
 
     sample_p = weights[data.y[tr]] / weights[data.y[tr]].sum() if cfg.balance == "sampler" else None
@@ -397,10 +390,13 @@ def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
                                    "train_accuracy": correct / max(seen, 1),
                                    "lr": opt.param_groups[0]["lr"]}
             if len(va):
-                s, val_loss = _val_figures(model, data, pre, va)
-                row |= {"val_loss": val_loss, "val_accuracy": s["accuracy"],
-                        "val_balanced_accuracy": s["balanced_accuracy"]}
-                score = _selection_score(s, val_loss)
+                lv = predict_logits(model, data.images[va], pre)
+                probs = softmax_t(lv)
+                s = _scores(data.y[va], probs, data.classes)
+                row |= {"val_loss": float(nn.functional.cross_entropy(torch.from_numpy(lv),
+                                                                      torch.from_numpy(data.y[va]))),
+                        "val_accuracy": s["accuracy"], "val_balanced_accuracy": s["balanced_accuracy"]}
+                score = s["balanced_accuracy"] - 1e-3 * row["val_loss"]  # ties -> lower loss
             else:
                 row |= {"val_loss": math.nan, "val_accuracy": math.nan, "val_balanced_accuracy": math.nan}
                 score = -row["train_loss"]
@@ -431,19 +427,6 @@ def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
     extra["best_epoch"] = best_epoch
     extra["epochs_run"] = len(history)
     return model, hist, extra
-
-
-def _val_figures(model: Network, data: Prepared, pre: dict[str, Any], va: np.ndarray
-                 ) -> tuple[dict[str, Any], float]:
-    """Validation scores and cross-entropy of the model as it stands."""
-    lv = predict_logits(model, data.images[va], pre)
-    s = _scores(data.y[va], softmax_t(lv), data.classes)
-    return s, float(nn.functional.cross_entropy(torch.from_numpy(lv), torch.from_numpy(data.y[va])))
-
-
-def _selection_score(figures: dict[str, Any], val_loss: float) -> float:
-    """What early stopping maximises: validation balanced accuracy, ties broken by lower loss."""
-    return float(figures["balanced_accuracy"]) - 1e-3 * val_loss
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
