@@ -65,10 +65,9 @@ class Dataset:
     cv: bool = False  # networks: subject-grouped K-fold instead of one held-out split
 
 
-# leukonet keeps its recipe (train_defaults in src/leukoscope/models/networks.py). Lite0's recipe
-# (160 px, 10 epochs) costs ~0.12 s per training image per epoch on 2 cores, i.e. ~17 min on
-# aria_all's 840 training images alone, so within the 60-minute budget it trains at 128 px for
-# 8 epochs (5 on aria_all). Seeds are the defaults' (0).
+# leukonet keeps its recipe (train_defaults in src/leukoscope/models/networks.py); Lite0 trains at
+# 128 px for 8 epochs (5 on aria_all, ~20 s per epoch over its 832 training images on 2 cores),
+# close to its recipe, so the whole run stays within 60 minutes. Seeds are the defaults' (0).
 LITE0_SMALL = {"img-size": 128, "epochs": 8}
 DATASETS = (
     Dataset("cnmc", "C-NMC cells", ("cnmc_sample", "cnmc_cells"), "subject-grouped",
