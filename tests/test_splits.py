@@ -99,9 +99,10 @@ def test_subject_grouped_describe_has_no_warning(cnmc: pd.DataFrame) -> None:
     assert sum(p["groups"] for p in info["parts"].values()) == cnmc["group"].nunique()
 
 
-def test_k_is_capped_by_the_number_of_groups(synthetic2: Path) -> None:
+def test_k_is_capped_by_the_groups_of_the_rarest_class(synthetic2: Path) -> None:
     s = kfold(read([synthetic2]), k=50, seed=0)
-    assert s["fold"].nunique() == 8  # 8 synthetic subjects
+    assert s["fold"].nunique() == 4  # 8 synthetic subjects, 4 per class: every fold sees both classes
+    assert (s.groupby("fold")["label"].nunique() == 2).all()
     assert (_sides_per_subject(s, "fold") == 1).all()
 
 
@@ -151,3 +152,10 @@ def test_read_split_rejects_leaks_and_bad_files(cnmc: pd.DataFrame, tmp_path: Pa
         read_split(tmp_path / "plain.csv")
     with pytest.raises(DataError, match="absent.csv: split file not found"):
         read_split(tmp_path / "absent.csv")
+
+
+def test_a_class_with_one_group_is_a_clear_error(synthetic2: Path) -> None:
+    m = read([synthetic2])
+    one = pd.concat([m[m["label"] == "blast"], m[m["label"] == "normal"].head(1)], ignore_index=True)
+    with pytest.raises(DataError, match="normal"):
+        kfold(one, k=3)

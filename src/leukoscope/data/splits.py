@@ -56,9 +56,12 @@ def check_no_leak(split: Split) -> None:
 
 
 def _group_folds(m: Manifest, k: int, seed: int) -> np.ndarray:
-    """Fold index per row from stratified group k-fold (k is capped by the group count)."""
-    n_groups = m["group"].nunique()
-    k = max(2, min(k, n_groups))
+    """Fold index per row from stratified group k-fold (k is capped by the groups of the rarest class)."""
+    per_class = m.groupby("label")["group"].nunique()
+    if per_class.min() < 2:
+        rare = ", ".join(f"{c} ({n})" for c, n in per_class[per_class < 2].items())
+        raise DataError(f"too few subjects or images to split: class {rare} has fewer than 2 groups")
+    k = max(2, min(k, int(per_class.min())))
     sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     fold = np.full(len(m), -1)
     with warnings.catch_warnings():
