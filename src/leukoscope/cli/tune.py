@@ -38,7 +38,8 @@ def parse_fixed(items: list[str]) -> dict[str, Any]:
 @guarded
 def tune_cmd(
     paths: Paths,
-    model: Annotated[str, typer.Option("--model", help="A registered model (leukoscope models).")],
+    model: Annotated[str, typer.Option(
+        "--model", help="A registered model name (an unknown one lists the choices).")],
     out: Annotated[Path, typer.Option("--out", help="Folder: study.db, best.yaml, trials.csv, report.html.")],
     trials: Annotated[int, typer.Option("--trials", help="Finished trials wanted in the study (all "
                                         "workers together; finished ones from earlier runs count).")] = 40,

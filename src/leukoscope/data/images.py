@@ -11,8 +11,9 @@ import hashlib
 import io
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -101,6 +102,23 @@ def decode_rgb(data: bytes, name: str = "upload", max_pixels: int | None = None)
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes)")
     return _open(io.BytesIO(data), name, max_pixels)
+
+
+P = TypeVar("P", str, Path)
+
+
+def load_batch(paths: Sequence[P]) -> tuple[list[P], list[np.ndarray], list[tuple[str, str]]]:
+    """Decode several files: the readable paths, their images, and ``(path, reason)`` for the rest."""
+    ok: list[P] = []
+    images: list[np.ndarray] = []
+    skipped: list[tuple[str, str]] = []
+    for p in paths:
+        try:
+            images.append(load_rgb(p))
+            ok.append(p)
+        except ImageError as e:
+            skipped.append((str(p), str(e).removeprefix(f"{p}: ")))
+    return ok, images, skipped
 
 
 def probe(path: Path | str) -> tuple[int, int, str]:

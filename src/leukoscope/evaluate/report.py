@@ -16,13 +16,13 @@ import numpy as np
 import pandas as pd
 
 from leukoscope.bundle import Bundle, write_json
-from leukoscope.data.images import load_rgb
+from leukoscope.data.images import load_batch, load_rgb
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, Manifest, label_indices, labelled, protocol
 from leukoscope.errors import DataError, ImageError
 from leukoscope.evaluate import figures
 from leukoscope.evaluate.calibration import ece, reliability
 from leukoscope.evaluate.metrics import curves, evaluation_metrics
-from leukoscope.predict.local import chunks, decode_batch, prefetch
+from leukoscope.predict.local import chunks, prefetch
 from leukoscope.predict.tta import proba_from_views, view_logits
 
 METRICS_FILE = "metrics.json"
@@ -40,7 +40,7 @@ def score_paths(bundle: Bundle, paths: Sequence[str], batch_size: int = 64, tta:
     parts: list[np.ndarray] = []
     skipped: list[tuple[str, str]] = []
     done = 0
-    for good, images, bad in prefetch(decode_batch(b) for b in chunks(map(Path, paths), batch_size)):
+    for good, images, bad in prefetch(load_batch(b) for b in chunks(map(Path, paths), batch_size)):
         skipped += bad
         if images:
             parts.append(view_logits(bundle, images, tta))

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from leukoscope.data.images import file_digest, load_rgb
-from leukoscope.errors import ImageError
+from leukoscope.data.images import file_digest, load_batch
 
 if TYPE_CHECKING:  # pandas stays out of the worker processes' imports
     import pandas as pd
@@ -66,13 +65,8 @@ def _save_npy(path: Path, row: np.ndarray) -> None:
 
 def _compute_paths(extractor: FeatureExtractor, paths: Sequence[str]) -> list[tuple[str, Any]]:
     """Decode and featurise ``paths``: ``(path, row)`` or ``(path, error message)`` each."""
-    images, ok, out = [], [], []
-    for p in paths:
-        try:
-            images.append(load_rgb(p))
-            ok.append(p)
-        except ImageError as e:
-            out.append((p, str(e).removeprefix(f"{p}: ")))
+    ok, images, skipped = load_batch(paths)
+    out: list[tuple[str, Any]] = list(skipped)
     if images:
         rows = np.asarray(extractor.compute(images), np.float32)
         out += list(zip(ok, rows, strict=True))

@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from leukoscope.bundle import Bundle
-from leukoscope.data.images import is_image_file, iter_image_files, load_rgb
-from leukoscope.errors import DataError, ImageError
+from leukoscope.data.images import is_image_file, iter_image_files, load_batch
+from leukoscope.errors import DataError
 from leukoscope.predict.tta import predict_proba
 
 T = TypeVar("T")
@@ -143,18 +143,6 @@ def prefetch(it: Iterator[T], depth: int = 2) -> Iterator[T]:
         worker.join(timeout=5)
 
 
-def decode_batch(paths: Sequence[Path]) -> tuple[list[Path], list[np.ndarray], list[tuple[str, str]]]:
-    """Decode a batch; unreadable files go to the third list with the reason."""
-    ok, images, skipped = [], [], []
-    for p in paths:
-        try:
-            images.append(load_rgb(p))
-            ok.append(p)
-        except ImageError as e:
-            skipped.append((str(p), str(e).removeprefix(f"{p}: ")))
-    return ok, images, skipped
-
-
 def _resume(partial: Path, cols: list[str]) -> set[str]:
     """Paths already written by an interrupted run (after cutting a torn last line)."""
     if not partial.exists():
@@ -214,7 +202,7 @@ def predict(bundle: Bundle, inputs: Iterable[str | Path], out_csv: Path | str, b
             writer.writerow(cols)
         if on_progress:
             on_progress(len(done), total)
-        for paths, images, skipped in prefetch(decode_batch(b) for b in chunks(todo, batch_size)):
+        for paths, images, skipped in prefetch(load_batch(b) for b in chunks(todo, batch_size)):
             summary.skipped += skipped
             if images:
                 probs = predict_proba(bundle, images, tta)

@@ -5,7 +5,7 @@ engines see the same paths. Ray Data spreads the paths over a pool of actors, on
 cluster, each holding the bundle once (its files travel through the object store, so the bundle
 folder need not exist on the workers) with a single-threaded model: actors fill the cores, and
 ONNX Runtime threads on top of them would only fight. Each actor decodes its batch with the local
-engine's ``decode_batch`` and scores it with the same ``predict_proba`` (the ONNX model for an
+engine's ``load_batch`` and scores it with the same ``predict_proba`` (the ONNX model for an
 exported network bundle), so the probabilities are the local engine's. Unreadable files come
 back as rows with an error instead of failing the job.
 
@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from leukoscope.bundle import ONNX, ONNX_INT8, Bundle, load_bundle
+from leukoscope.data.images import load_batch
 from leukoscope.errors import ConfigError, DataError
-from leukoscope.predict.local import PredictSummary, check_inputs, csv_row, decode_batch, header, iter_inputs
+from leukoscope.predict.local import PredictSummary, check_inputs, csv_row, header, iter_inputs
 from leukoscope.predict.tta import predict_proba
 
 INSTALL_HINT = "the ray engine needs Ray: pip install -e .[ray]"
@@ -111,7 +112,7 @@ class Predictor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [Path(p) for p in batch["path"]]
-        ok, images, skipped = decode_batch(paths)
+        ok, images, skipped = load_batch(paths)
         decoded = set(ok)
         readable = np.array([p in decoded for p in paths], dtype=bool)
         probs = np.full((len(paths), len(self.classes)), np.nan)
