@@ -196,8 +196,20 @@ def test_cli_tune_classical_outputs_feed_benchmark(tmp_path: Path, synthetic4: P
     assert "knn" in (tmp_path / "bench" / "leaderboard.csv").read_text()
 
 
+def test_classical_objective_averages_repeated_cv(tmp_path: Path, synthetic2: Path) -> None:
+    settings = TuneSettings(model="lda", cv=3, test=0.25, repeats=2, pruner="none")
+    result = tune(read([synthetic2]), settings, tmp_path / "run", n_trials=2)
+    for t in result.study.get_trials():
+        folds = t.user_attrs["fold_scores"]
+        assert len(folds) == 6 and sorted(t.intermediate_values) == list(range(6))
+        assert np.isclose(t.value, np.mean(folds))
+    assert "repeated 2x" in (tmp_path / "run" / "report.html").read_text()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--metric", "auc"], "--metric"),
+    (["--repeats", "0"], "--repeats"),
+    (["--model", "leukonet", "--repeats", "2"], "--repeats is for classical models"),
     (["--pruner", "magic"], "--pruner"),
     (["--fix", "nonsense"], "NAME=VALUE"),
     (["--fix", "no_such_param=3"], "bad parameters"),

@@ -52,6 +52,8 @@ PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
 }
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 CLAIMED = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
+#: Repeats of a classical model's K-fold CV (``TuneSettings.repeats``).
+CLASSICAL_REPEATS = 3
 #: Consecutive failed trials (exceptions in a model) after which a worker gives up.
 MAX_FAILURES = 3
 BEST_FILE, SUMMARY_FILE, TRIALS_FILE, REPORT_FILE = "best.yaml", "best.json", "trials.csv", "report.html"
@@ -69,6 +71,10 @@ class TuneSettings:
     seed: int = 0
     pruner: str = "median"
     fixed: dict[str, Any] = field(default_factory=dict)
+    #: classical models: the K-fold CV repeated on this many shufflings, averaged. Forty trials
+    #: ranked by one noisy CV pick a lucky configuration (the winner's curse); repeats cut the
+    #: noise at a small cost. Networks train once per fold (1).
+    repeats: int | None = None
 
     def check(self) -> None:
         if self.metric not in METRICS:
@@ -79,6 +85,8 @@ class TuneSettings:
             raise ConfigError(f"--cv must be at least 2, got {self.cv}")
         if not 0 < self.test < 1:
             raise ConfigError(f"--test must be a fraction in (0, 1), got {self.test}")
+        if self.repeats is not None and self.repeats < 1:
+            raise ConfigError(f"--repeats must be at least 1, got {self.repeats}")
 
     @property
     def key(self) -> str:
@@ -222,8 +230,11 @@ class ClassicalObjective(_Objective):
         train = split[split["side"] == "train"].drop(columns="side")
         kept, self.X, self.features, self.skipped = feature_matrix(train, settings.features, cache=cache,
                                                                    on_progress=on_features)
-        self.train = kfold(kept, settings.cv, settings.seed)
-        self.y = np.asarray(label_indices(self.train, self.classes))
+        self.repeats = settings.repeats or CLASSICAL_REPEATS
+        # each repeat shuffles the groups into folds anew (kfold keeps the row order)
+        self.folds = [kfold(kept, settings.cv, settings.seed + r)["fold"].to_numpy()
+                      for r in range(self.repeats)]
+        self.y = np.asarray(label_indices(kept, self.classes))
         self.default_params()  # a fixed setting the builder does not take fails here, not in every trial
 
     def default_params(self) -> dict[str, Any]:
@@ -249,18 +260,18 @@ class ClassicalObjective(_Objective):
         estimator = self._build(params)
         scores: list[float] = []
 
-        def on_fold(i: int, figures: dict) -> None:
+        def on_fold(_: int, figures: dict) -> None:
             scores.append(float(figures[self.settings.key]))
             if trial is not None:
-                trial.report(float(np.mean(scores)), i)
+                trial.report(float(np.mean(scores)), len(scores) - 1)
                 if trial.should_prune():
-                    raise optuna.TrialPruned(f"after fold {i + 1}")
+                    raise optuna.TrialPruned(f"after fold {len(scores)}")
 
         with warnings.catch_warnings(), threadpool_limits(1):
             warnings.simplefilter("ignore")
             try:
-                cross_validate_model(estimator, self.X, self.y, self.train["fold"].to_numpy(),
-                                     self.classes, on_fold)
+                for folds in self.folds:
+                    cross_validate_model(estimator, self.X, self.y, folds, self.classes, on_fold)
             finally:
                 if trial is not None:
                     trial.set_user_attr("fold_scores", scores)
@@ -335,6 +346,8 @@ class NetworkObjective(_Objective):
                  on_features: Callable[[int, int], None] | None = None, reporter: Any = None):
         from leukoscope.models.registry import get_model
 
+        if settings.repeats not in (None, 1):
+            raise ConfigError("--repeats is for classical models: a network trains once per fold")
         self.settings, self.spec = settings, get_model(settings.model)
         self.classes = classes(split)
         self.out, self.reporter = Path(out), reporter
@@ -706,7 +719,8 @@ def protocol_text(result: TuneResult) -> str:
                  "pooled out-of-fold score; each fold's network early-stopped on a val side of its rest")
     fitted = ("fitted on the whole train side" if classical
               else "trained on the train side (a val part of it for early stopping)")
-    return (f"Objective: {s.metric} of {s.cv}-fold grouped CV ({objective}) on the train side only "
+    cv = f"{s.cv}-fold grouped CV" + (f" repeated {s.repeats or CLASSICAL_REPEATS}x" if classical else "")
+    return (f"Objective: {s.metric} of {cv} ({objective}) on the train side only "
             f"({n['train']} images, {n['train_groups']} groups) of a grouped, stratified train/test split "
             f"(test {s.test:.0%}: {n['test']} images, {n['test_groups']} groups, seed {s.seed}). "
             f"The test side was read once, after the search, to score the best configuration and the "

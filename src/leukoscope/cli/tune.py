@@ -52,6 +52,8 @@ def tune_cmd(
     features: Annotated[str, typer.Option("--features", help="Classical models: handcrafted | deep | both.")
                         ] = "handcrafted",
     cv: Annotated[int, typer.Option("--cv", help="Grouped folds of the train side.")] = 5,
+    repeats: Annotated[int | None, typer.Option(
+        "--repeats", help="Classical models: repeat the K-fold CV on new shufflings (default 3).")] = None,
     test: Annotated[float, typer.Option("--test", help="Held-out test fraction (grouped).")] = 0.2,
     pruner: Annotated[str, typer.Option(help="median | halving | none.")] = "median",
     fix: Annotated[list[str] | None, typer.Option(
@@ -69,7 +71,7 @@ def tune_cmd(
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the progress bar says it, once
     settings = TuneSettings(model=model, metric=metric, features=features, cv=cv, test=test, seed=seed,
-                            pruner=pruner, fixed=parse_fixed(fix or []))
+                            pruner=pruner, fixed=parse_fixed(fix or []), repeats=repeats)
     settings.check()
     m = read(paths, layout)
     with progress() as bar:

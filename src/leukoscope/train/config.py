@@ -51,6 +51,10 @@ class TrainConfig:
     freeze_bn: bool | None = None
     #: learning rate of everything but the head, as a fraction of ``lr`` (None: the model's default)
     body_lr: float | None = None
+    #: at least this many optimiser steps: a small data set gets more epochs (and patience in
+    #: proportion). Only the model's default epochs are stretched; an explicit ``epochs`` is kept
+    #: exactly unless ``min_steps`` is given too.
+    min_steps: int | None = None
 
     @classmethod
     def from_file(cls, path: Path) -> dict[str, Any]:
@@ -95,6 +99,9 @@ class TrainConfig:
         except Exception as e:
             raise ConfigError(f"--model {self.model!r}: not a network model ({e})") from None
         filled: dict[str, Any] = {k: defaults.get(k) if v is None else v for k, v in self.as_dict().items()}
+        if self.epochs is not None and self.min_steps is None:
+            filled["min_steps"] = 0
+        filled["min_steps"] = filled["min_steps"] or 0
         out = TrainConfig(**filled)
         out.check()
         return out
@@ -118,9 +125,16 @@ class TrainConfig:
              f"--split-protocol must be one of {', '.join(SPLIT_PROTOCOLS)}, got {self.split_protocol!r}")
         need(self.balance in BALANCE, f"balance must be one of {', '.join(BALANCE)}, got {self.balance!r}")
         need(self.cv == 0 or self.cv >= 2, f"--cv must be 0 (off) or >= 2, got {self.cv}")
+        need(self.min_steps is None or self.min_steps >= 0, f"min_steps must be >= 0, got {self.min_steps}")
         from leukoscope.train.stain import check_method
 
         check_method(self.stain)
+
+    def schedule(self, steps_per_epoch: int) -> tuple[int, int]:
+        """Epochs and early-stopping patience for this many steps per epoch (see ``min_steps``)."""
+        epochs, patience = self.epochs or 1, self.patience or self.epochs or 1
+        stretched = max(epochs, -(-(self.min_steps or 0) // max(steps_per_epoch, 1)))
+        return stretched, -(-patience * stretched // epochs)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

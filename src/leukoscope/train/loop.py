@@ -297,7 +297,7 @@ def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
     # tiny sets (C-NMC sample): smaller batches, so an epoch still takes at least 4 steps
     bs = max(2, min(cfg.batch_size or 32, len(tr) // 4))
     steps_per_epoch = max(1, len(tr) // bs)
-    epochs = cfg.epochs or 1
+    epochs, patience = cfg.schedule(steps_per_epoch)
     fingerprint = _fingerprint(cfg, data)
     extra: dict[str, Any] = {}
 
@@ -408,7 +408,7 @@ def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
                 os.replace(out / "model.safetensors", out / BEST)
             else:
                 bad += 1
-            stopped = bad >= (cfg.patience or epochs)
+            stopped = bad >= patience
             _save_checkpoint(ckpt_path, {
                 "fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "history": history, "epoch": epoch + 1,
@@ -426,6 +426,7 @@ def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
     hist.to_csv(out / "history.csv", index=False)
     extra["best_epoch"] = best_epoch
     extra["epochs_run"] = len(history)
+    extra["epochs_planned"] = epochs
     return model, hist, extra
 
 
@@ -472,6 +473,7 @@ def fit_and_bundle(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: P
     metrics, temperature, probs = evaluate(model, data, pre, cfg.tta, reporter)
     metrics |= {"protocol": split_protocol(data.split), "tta": cfg.tta,
                 "best_epoch": extra["best_epoch"], "epochs_run": extra["epochs_run"],
+                "epochs_planned": extra["epochs_planned"],
                 # this session only (a resumed run counts from the resume); the load average says
                 # whether other work shared the machine
                 "timing": {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
