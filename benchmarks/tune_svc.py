@@ -50,6 +50,7 @@ def main() -> None:
         "split": result.split, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
         "load_average": os.getloadavg(), "fresh_feature_cache": args.fresh_cache,
         "best": {"trial": result.best["trial"], "params": result.best["params"], "cv": result.best["cv"],
+                 "search_best": result.best["search_best"],
                  "test": result.best["test"]},
         "default": {"cv": result.default["cv"], "test": result.default["test"]},
     }
@@ -66,6 +67,10 @@ def main() -> None:
           f"best {b['test']['balanced_accuracy']:.4f}, "
           f"defaults {d['test']['balanced_accuracy']:.4f}; accuracy best {b['test']['accuracy']:.4f}, "
           f"defaults {d['test']['accuracy']:.4f}")
+    top = b["search_best"]
+    chosen = "defaults" if b["trial"] is None else "the trial"
+    print(f"  search's top trial {top['trial']}: CV {top['cv']:.4f}, paired per-fold change over the "
+          f"defaults {top['mean']:+.4f} +- {top['se']:.4f} (chosen: {chosen})")
     print(f"  best parameters: {b['params']}")
     print(f"wrote {out}")
 

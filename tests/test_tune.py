@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from leukoscope.cli import app
 from leukoscope.data.readers import read
-from leukoscope.tune import TuneSettings, holdout, load_config, storage_url, tune
+from leukoscope.tune import TuneSettings, holdout, improvement, load_config, storage_url, tune
 
 #: A worker process running the study loop ``tune`` uses (``open_study`` + ``run_trials``) on an
 #: objective that logs "pid trial-number" each time it runs and sleeps, so a trial can be killed
@@ -204,6 +204,13 @@ def test_classical_objective_averages_repeated_cv(tmp_path: Path, synthetic2: Pa
         assert len(folds) == 6 and sorted(t.intermediate_values) == list(range(6))
         assert np.isclose(t.value, np.mean(folds))
     assert "repeated 2x" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_improvement_is_paired_with_the_corrected_standard_error() -> None:
+    # d = [0, .1, 0, -.1]: mean 0, sample variance .02 / 3, times 1/4 + 1/(5 - 1)
+    gain = improvement([0.9, 1.0, 0.95, 0.85], [0.9, 0.9, 0.95, 0.95], k=5)
+    assert np.isclose(gain["mean"], 0.0) and np.isclose(gain["se"], np.sqrt(0.02 / 3 * 0.5))
+    assert improvement([0.9, 0.8], [0.7], k=5) == {"mean": pytest.approx(0.15), "se": 0.0}  # unpaired
 
 
 @pytest.mark.parametrize("args, message", [

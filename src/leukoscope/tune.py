@@ -249,10 +249,12 @@ class ClassicalObjective(_Objective):
                               ) from None
 
     def __call__(self, trial: Trial) -> float:
-        return self.score(self.params(trial), trial)
+        return self.score(self.params(trial), trial)[0]
 
-    def score(self, params: dict[str, Any], trial: Trial | None = None, name: str = "") -> float:
-        """Mean fold score of ``params``; with a ``trial``, each fold is reported to its pruner."""
+    def score(self, params: dict[str, Any], trial: Trial | None = None, name: str = ""
+              ) -> tuple[float, list[float]]:
+        """Mean fold score of ``params`` and the fold scores; with a ``trial``, each fold is reported
+        to its pruner."""
         from threadpoolctl import threadpool_limits
 
         from leukoscope.leaderboard import cross_validate_model
@@ -275,7 +277,7 @@ class ClassicalObjective(_Objective):
             finally:
                 if trial is not None:
                     trial.set_user_attr("fold_scores", scores)
-        return float(np.mean(scores))
+        return float(np.mean(scores)), scores
 
     def holdout_scores(self, params: dict[str, Any], name: str) -> dict[str, Any]:
         """Fit on every train-side row, score the test side (its features are read only now)."""
@@ -370,9 +372,10 @@ class NetworkObjective(_Objective):
         return dict(self.settings.fixed)
 
     def __call__(self, trial: Trial) -> float:
-        return self.score(self.params(trial), trial, f"trial-{trial.number:04d}")
+        return self.score(self.params(trial), trial, f"trial-{trial.number:04d}")[0]
 
-    def score(self, params: dict[str, Any], trial: Trial | None = None, name: str = "default") -> float:
+    def score(self, params: dict[str, Any], trial: Trial | None = None, name: str = "default"
+              ) -> tuple[float, list[float]]:
         """Pooled out-of-fold score of ``params``; with a ``trial``, epochs go to its pruner."""
         from leukoscope.train.loop import cross_validate
 
@@ -386,10 +389,10 @@ class NetworkObjective(_Objective):
         finally:
             for f in [*folder.rglob("*.pt"), *folder.rglob("*.safetensors")]:
                 f.unlink()  # weights of a trial are never reused; keep cv.json and histories only
+        folds = [float(f[self.settings.key]) for f in result["folds"] if self.settings.key in f]
         if trial is not None:
-            trial.set_user_attr("fold_scores", [f[self.settings.key] for f in result["folds"]
-                                                if self.settings.key in f])
-        return float(result["pooled"][self.settings.key])
+            trial.set_user_attr("fold_scores", folds)
+        return float(result["pooled"][self.settings.key]), folds
 
     def holdout_scores(self, params: dict[str, Any], name: str) -> dict[str, Any]:
         """Train on the train side (val carved from it), score the study's test side once."""
@@ -523,6 +526,20 @@ def run_trials(study: optuna.Study, objective: Callable[[Trial], float], n_trial
             raise ConfigError(f"{len(failures)} trials in a row failed; last error: {failures[-1]}")
 
 
+def improvement(best: list[float], default: list[float], k: int) -> dict[str, float]:
+    """Mean paired fold improvement of ``best`` over ``default`` and its standard error.
+
+    Fold scores of K-fold CV share most of their training rows, so the plain standard error is
+    too small; Nadeau & Bengio's correction (Machine Learning 52:239, 2003; for repeated CV,
+    Bouckaert & Frank, PAKDD 2004) scales the variance by ``1/n + n_test/n_train`` = ``1/n + 1/(k-1)``.
+    Without paired folds (unequal lengths) the standard error is 0: plain comparison.
+    """
+    if len(best) != len(default) or len(best) < 2:
+        return {"mean": float(np.mean(best) - np.mean(default)) if best and default else 0.0, "se": 0.0}
+    d = np.asarray(best, float) - np.asarray(default, float)
+    return {"mean": float(d.mean()), "se": float(math.sqrt(d.var(ddof=1) * (1 / len(d) + 1 / (k - 1))))}
+
+
 def best_params(study: optuna.Study, objective: Any) -> dict[str, Any]:
     """The best trial's model parameters, as its search space maps them (plus the fixed ones)."""
     return objective.params(optuna.trial.FixedTrial(study.best_trial.params, study.best_trial.number))
@@ -553,17 +570,21 @@ def tune(m: Manifest, settings: TuneSettings, out: Path, *, n_trials: int, timeo
     objective = kind(settings, split, out, cache=cache, on_features=on_features, reporter=reporter)
     default = objective.default_params()
     resolved = json.dumps(objective.config_file(default), sort_keys=True, default=str)
-    key = f"default_cv-{hashlib.sha1(resolved.encode()).hexdigest()[:8]}"  # again if the defaults change
+    key = f"defaults-{hashlib.sha1(resolved.encode()).hexdigest()[:8]}"  # again if the defaults change
     if key not in study.user_attrs:  # the baseline the search must beat, once per study
-        study.set_user_attr(key, objective.score(default))
+        value, folds = objective.score(default)
+        study.set_user_attr(key, {"cv": value, "folds": folds})
     run_trials(study, objective, n_trials, timeout=timeout, on_trial=on_trial)
     counts = _counts(study)
     if not counts["complete"]:
         raise ConfigError(f"study {study.study_name!r} has no completed trial yet; run more trials")
-    default_cv = float(study.user_attrs[key])
-    if study.best_value > default_cv:
+    default_cv, default_folds = float(study.user_attrs[key]["cv"]), study.user_attrs[key]["folds"]
+    gain = improvement(study.best_trial.user_attrs.get("fold_scores", []), default_folds, settings.cv)
+    # the defaults are a candidate too, chosen by the same CV (never by the test side): the best trial
+    # replaces them only when it beats them by more than one standard error of the paired difference
+    if study.best_value > default_cv and gain["mean"] > gain["se"]:
         number, cv_value, params = study.best_trial.number, study.best_value, best_params(study, objective)
-    else:  # the defaults are a candidate too, chosen by the same CV score (never by the test side)
+    else:
         number, cv_value, params = None, default_cv, default
     sides: dict[str, int] = {}
     for side, part in split.groupby("side"):
@@ -572,6 +593,7 @@ def tune(m: Manifest, settings: TuneSettings, out: Path, *, n_trials: int, timeo
         study=study, settings=settings, family=family, protocol=split_protocol(split),
         warning=warnings_for(split), split=sides,
         best={"trial": number, "cv": cv_value, "params": params,
+              "search_best": {"trial": study.best_trial.number, "cv": study.best_value, **gain},
               "test": objective.holdout_scores(params, "default" if number is None else f"trial-{number:04d}"
                                                )},
         default={"params": default, "cv": default_cv, "test": objective.holdout_scores(default, "default")},
@@ -725,7 +747,9 @@ def protocol_text(result: TuneResult) -> str:
             f"(test {s.test:.0%}: {n['test']} images, {n['test_groups']} groups, seed {s.seed}). "
             f"The test side was read once, after the search, to score the best configuration and the "
             f"model's defaults, both {fitted}. Sampler: TPE; pruner: {s.pruner} on per-"
-            f"{'fold' if classical else 'epoch'} values.")
+            f"{'fold' if classical else 'epoch'} values. The best trial replaces the defaults only when "
+            "its paired per-fold improvement exceeds one standard error (Nadeau & Bengio's correction "
+            "for overlapping training folds).")
 
 
 def summary(result: TuneResult) -> dict[str, Any]:

@@ -104,6 +104,11 @@ def tune_cmd(
         table.add_row(name, f"{row['cv']:.4f}",
                       *(f"{t[k]:.4f}" for k in ("balanced_accuracy", "f1_weighted", "f1_macro", "accuracy")))
     console.print(table)
+    top = result.best["search_best"]
+    if trial is None and top["cv"] > result.default["cv"]:
+        console.print(f"kept the defaults: the search's best, trial {top['trial']} (CV {top['cv']:.4f}), "
+                      f"beat them by {top['mean']:+.4f} per fold, within one standard error "
+                      f"({top['se']:.4f}): noise")
     shown = (f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best["params"].items())
     console.print("best parameters: " + escape(", ".join(shown)))
     if result.warning:
