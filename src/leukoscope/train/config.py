@@ -15,6 +15,9 @@ from typing import Any
 from leukoscope.errors import ConfigError
 
 SPLIT_PROTOCOLS = ("auto", "official")
+#: Settings added after run directories were first written, with the value that reproduces those
+#: runs (a run from before ``min_steps`` trained exactly its epochs).
+ADDED = {"min_steps": 0}
 BALANCE = ("loss", "sampler", "none")
 
 
@@ -142,7 +145,7 @@ class TrainConfig:
     def same_as(self, saved: dict[str, Any]) -> bool:
         """True when ``saved`` (an earlier ``as_dict``) describes this run; settings added to
         TrainConfig since then count as their defaults, so older run directories still resume."""
-        defaults = TrainConfig().as_dict()
+        defaults = {**TrainConfig().as_dict(), **ADDED}
         return {**{k: defaults[k] for k in defaults if k not in saved}, **saved} == self.as_dict()
 
     def write(self, folder: Path) -> None:
