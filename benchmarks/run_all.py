@@ -388,7 +388,8 @@ def throughput_markdown(tp: pd.DataFrame, info: dict[str, Any]) -> str:
         return "Throughput: not measured yet (step `throughput`)."
     head = (f"EfficientNet-Lite0 bundle of the aria_all row, {info['input_size']} px input, "
             f"{info['images']} aria_all images end to end from disk (decode, resize, model, CSV), "
-            f"{info['cores']} cores; `benchmarks/throughput.py`.")
+            f"{info['cores']} cores, each method's best of {info.get('repeat', 1)} interleaved rounds; "
+            "`benchmarks/throughput.py`.")
     lines = [head, "", "| Method | Cells/s |", "|---|---:|"]
     lines += [f"| {r['method']} | {r['cells_per_s']:.1f} |" for _, r in tp.iterrows()]
     return "\n".join(lines)
