@@ -57,7 +57,9 @@ def train_cmd(
     paths: Paths,
     out: Annotated[Path, typer.Option("--out", help="Run directory (checkpoints, curves, bundle/).")],
     model: Annotated[str | None, typer.Option("--model", help="leukonet | efficientnet_lite0.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    epochs: Annotated[int | None, typer.Option(
+        help="Maximum epochs, kept as given (default: the model's, stretched on small sets to its "
+        "min_steps, e.g. 150 steps for efficientnet_lite0).")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW, cosine).")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
     img_size: Annotated[int | None, typer.Option("--img-size", help="Input size in pixels.")] = None,

@@ -102,9 +102,8 @@ class TrainConfig:
         except Exception as e:
             raise ConfigError(f"--model {self.model!r}: not a network model ({e})") from None
         filled: dict[str, Any] = {k: defaults.get(k) if v is None else v for k, v in self.as_dict().items()}
-        if self.epochs is not None and self.min_steps is None:
-            filled["min_steps"] = 0
-        filled["min_steps"] = filled["min_steps"] or 0
+        if self.min_steps is None:  # the model's step floor stretches only the model's own epochs
+            filled["min_steps"] = 0 if self.epochs is not None else defaults.get("min_steps") or 0
         out = TrainConfig(**filled)
         out.check()
         return out
