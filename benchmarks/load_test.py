@@ -25,6 +25,7 @@ import numpy as np
 
 from leukoscope.serve.background import serving
 from leukoscope.settings import data_root
+from machine import quick_bundle
 
 
 def real_images(root: Path) -> list[tuple[str, bytes]]:
@@ -34,15 +35,6 @@ def real_images(root: Path) -> list[tuple[str, bytes]]:
              next((root / "aria_all" / "Benign").glob("*.jpg")),
              root / "allidb2" / "Im001_1.tif"]
     return [(p.name, p.read_bytes()) for p in paths]
-
-
-def train_small_bundle(out: Path) -> Path:
-    from leukoscope.data.readers import read
-    from leukoscope.train.config import TrainConfig
-    from leukoscope.train.loop import train
-
-    m = read([data_root() / "cnmc_sample"])
-    return Path(train(m, TrainConfig.build(model="leukonet", epochs=3, img_size=96), out).path)
 
 
 async def run_load(url: str, images: list[tuple[str, bytes]], n: int, concurrency: int,
@@ -112,7 +104,8 @@ def main() -> int:
     args = ap.parse_args()
     images = real_images(data_root())
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = args.bundle or train_small_bundle(Path(tmp) / "run")
+        bundle = args.bundle or quick_bundle([data_root() / "cnmc_sample"], Path(tmp) / "run",
+                                             model="leukonet", epochs=3, img_size=96)
         with serving(bundle, "--threads", str(args.threads), "--runtime", args.runtime) as url:
             # one warm-up request so lazy initialisation is not counted as latency
             httpx.post(f"{url}/api/predict", files=[("files", images[0])], timeout=args.timeout)

@@ -1,9 +1,13 @@
-"""What every benchmark script reports next to its figures: CPU seconds spent and machine load."""
+"""What the benchmark scripts share: CPU seconds and machine load to report next to a figure, a
+quick bundle to measure with, and a warm page cache so no method pays for the disk."""
 
 from __future__ import annotations
 
 import os
 import resource
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 
 def cpu_seconds() -> float:
@@ -15,3 +19,24 @@ def cpu_seconds() -> float:
 def load_average() -> float:
     """The 1-minute load average: how much the machine was shared while a figure was measured."""
     return os.getloadavg()[0]
+
+
+def quick_bundle(folders: list[Path], out: Path, **settings: Any) -> Path:
+    """Train a network on ``folders`` with ``settings`` (TrainConfig fields) into ``out``; the bundle.
+
+    Speed figures do not depend on how well the weights are trained, so a short run serves.
+    """
+    from leukoscope.data.readers import read
+    from leukoscope.train.config import TrainConfig
+    from leukoscope.train.loop import train
+
+    return Path(train(read(folders), TrainConfig.build(**settings), out).path)
+
+
+def warm_page_cache(paths: Iterable[Path]) -> int:
+    """Read every file once; how many there were."""
+    n = 0
+    for p in paths:
+        p.read_bytes()
+        n += 1
+    return n

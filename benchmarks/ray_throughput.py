@@ -38,6 +38,7 @@ from leukoscope.data.images import iter_image_files
 from leukoscope.data.synthetic import make_synthetic
 from leukoscope.predict import local, ray_engine
 from leukoscope.predict.local import PredictSummary
+from machine import quick_bundle, warm_page_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "benchmarks"
@@ -60,27 +61,15 @@ def cells(n: int, size: int) -> Path:
 
 def bundle(model: str, img_size: int) -> Path:
     """A network bundle trained for one epoch on a few synthetic subjects, exported to ONNX; made once."""
-    from leukoscope.data.readers import read
     from leukoscope.predict.onnx import export_onnx
-    from leukoscope.train.config import TrainConfig
-    from leukoscope.train.loop import train
 
     run = CACHE / f"bundle-{model}-{img_size}"
     if not (run / "bundle" / "model.onnx").exists():
         print(f"training a quick {model} bundle in {run} (once)...", flush=True)
         data = make_synthetic(CACHE / "train-cells", n_subjects=8, per_subject=12, size=96, seed=1)
-        cfg = TrainConfig.build(model=model, img_size=img_size, epochs=1, batch_size=16, seed=0)
-        train(read([data]), cfg, run)
-        export_onnx(run / "bundle")
+        export_onnx(quick_bundle([data], run, model=model, img_size=img_size, epochs=1, batch_size=16,
+                                 seed=0))
     return run / "bundle"
-
-
-def warm_page_cache(folder: Path) -> int:
-    n = 0
-    for p in iter_image_files(folder):
-        p.read_bytes()
-        n += 1
-    return n
 
 
 def timed_ray(b: Bundle, folder: Path, out: Path, batch_size: int) -> tuple[PredictSummary, float, float]:
@@ -115,7 +104,7 @@ def main() -> None:
     os.environ.setdefault("RAY_worker_niceness", "0")
 
     folder, bundle_dir = cells(args.images, args.size), bundle(args.model, args.img_size)
-    n = warm_page_cache(folder)
+    n = warm_page_cache(iter_image_files(folder))
     b = load_bundle(bundle_dir)
     print(f"{n} cells of {args.size} px, {args.model} at {args.img_size} px ({type(b).__name__}), "
           f"batch {args.batch_size}, {os.cpu_count()} CPUs", flush=True)

@@ -34,6 +34,7 @@ import torch
 from leukoscope.bundle import load_bundle
 from leukoscope.data.images import iter_image_files
 from leukoscope.settings import data_root
+from machine import quick_bundle, warm_page_cache
 
 RESULTS = Path(__file__).resolve().parent / "results" / "throughput.json"
 
@@ -41,17 +42,6 @@ RESULTS = Path(__file__).resolve().parent / "results" / "throughput.json"
 def evenly(paths: list[Path], n: int) -> list[Path]:
     idx = np.linspace(0, len(paths) - 1, min(n, len(paths))).round().astype(int)
     return [paths[i] for i in idx]
-
-
-def train_quick_bundle(out: Path, size: int) -> Path:
-    from leukoscope.data.readers import read
-    from leukoscope.train.config import TrainConfig
-    from leukoscope.train.loop import train
-
-    m = read([data_root() / "aria_all"])
-    cfg = TrainConfig.build(model="efficientnet_lite0", img_size=size, epochs=1, subset=0.25,
-                            batch_size=32, seed=0)
-    return Path(train(m, cfg, out).path)
 
 
 def notebook_loop(bundle_dir: Path, paths: list[Path]) -> float:
@@ -129,11 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     paths = evenly(list(iter_image_files(data_root() / "aria_all")), args.images)
-    for p in paths:  # warm the page cache: every method reads from memory
-        p.read_bytes()
+    warm_page_cache(paths)  # every method reads from memory
     with tempfile.TemporaryDirectory(prefix="leukoscope-throughput-") as tmp:
         work = Path(tmp)
-        source = args.bundle or train_quick_bundle(work / "trained", args.size)
+        source = args.bundle or quick_bundle([data_root() / "aria_all"], work / "trained",
+                                             model="efficientnet_lite0", img_size=args.size, epochs=1,
+                                             subset=0.25, batch_size=32, seed=0)
         bundle_dir = work / "bundle"
         shutil.copytree(source, bundle_dir)
         config = json.loads((bundle_dir / "config.json").read_text())

@@ -89,6 +89,10 @@ class TuneSettings:
             raise ConfigError(f"--repeats must be at least 1, got {self.repeats}")
 
     @property
+    def classical_repeats(self) -> int:
+        return self.repeats or CLASSICAL_REPEATS
+
+    @property
     def key(self) -> str:
         return METRICS[self.metric]
 
@@ -230,10 +234,9 @@ class ClassicalObjective(_Objective):
         train = split[split["side"] == "train"].drop(columns="side")
         kept, self.X, self.features, self.skipped = feature_matrix(train, settings.features, cache=cache,
                                                                    on_progress=on_features)
-        self.repeats = settings.repeats or CLASSICAL_REPEATS
         # each repeat shuffles the groups into folds anew (kfold keeps the row order)
         self.folds = [kfold(kept, settings.cv, settings.seed + r)["fold"].to_numpy()
-                      for r in range(self.repeats)]
+                      for r in range(settings.classical_repeats)]
         self.y = np.asarray(label_indices(kept, self.classes))
         self.default_params()  # a fixed setting the builder does not take fails here, not in every trial
 
@@ -589,14 +592,16 @@ def tune(m: Manifest, settings: TuneSettings, out: Path, *, n_trials: int, timeo
     sides: dict[str, int] = {}
     for side, part in split.groupby("side"):
         sides |= {str(side): len(part), f"{side}_groups": int(part["group"].nunique())}
+    # scored once each (a network's final run is a full training)
+    default_test = objective.holdout_scores(default, "default")
+    best_test = default_test if number is None else objective.holdout_scores(params, f"trial-{number:04d}")
     result = TuneResult(
         study=study, settings=settings, family=family, protocol=split_protocol(split),
         warning=warnings_for(split), split=sides,
         best={"trial": number, "cv": cv_value, "params": params,
               "search_best": {"trial": study.best_trial.number, "cv": study.best_value, **gain},
-              "test": objective.holdout_scores(params, "default" if number is None else f"trial-{number:04d}"
-                                               )},
-        default={"params": default, "cv": default_cv, "test": objective.holdout_scores(default, "default")},
+              "test": best_test},
+        default={"params": default, "cv": default_cv, "test": default_test},
         counts=counts, config=objective.config_file(params), features=objective.features,
         skipped=list(objective.skipped), seconds=time.perf_counter() - t0)
     write_outputs(result, out)
@@ -741,7 +746,7 @@ def protocol_text(result: TuneResult) -> str:
                  "pooled out-of-fold score; each fold's network early-stopped on a val side of its rest")
     fitted = ("fitted on the whole train side" if classical
               else "trained on the train side (a val part of it for early stopping)")
-    cv = f"{s.cv}-fold grouped CV" + (f" repeated {s.repeats or CLASSICAL_REPEATS}x" if classical else "")
+    cv = f"{s.cv}-fold grouped CV" + (f" repeated {s.classical_repeats}x" if classical else "")
     return (f"Objective: {s.metric} of {cv} ({objective}) on the train side only "
             f"({n['train']} images, {n['train_groups']} groups) of a grouped, stratified train/test split "
             f"(test {s.test:.0%}: {n['test']} images, {n['test_groups']} groups, seed {s.seed}). "

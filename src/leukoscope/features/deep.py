@@ -12,7 +12,6 @@ the cell for black-background crops.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,7 +41,7 @@ def _embedder(backbone: str) -> Any:
     """The network cut after global pooling, as a module whose forward returns the embedding."""
     from torch import nn
 
-    from leukoscope.models.backbones import lite0_embed
+    from leukoscope.models.backbones import efficientnet_lite0, lite0_embed
 
     class Embed(nn.Module):
         def __init__(self, net: nn.Module):
@@ -51,8 +50,6 @@ def _embedder(backbone: str) -> Any:
 
         def forward(self, x: Any) -> Any:
             return lite0_embed(self.net, x)
-
-    from leukoscope.models.backbones import efficientnet_lite0
 
     return Embed(efficientnet_lite0(num_classes=1000, pretrained=True).eval())
 
@@ -63,30 +60,14 @@ def _session(backbone: str, size: int) -> Any:
 
     ONNX Runtime runs this network about 3-4x faster than eager torch on a laptop CPU.
     """
-    import warnings
-
-    import onnxruntime as ort
-    import torch
-
+    from leukoscope.predict.onnx import export_module, ort_session
     from leukoscope.settings import cache_dir
 
     path = cache_dir() / "models" / f"{backbone}-embed-{size}-v{DeepFeatures.version}.onnx"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with torch.inference_mode(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(_embedder(backbone), (torch.zeros(2, 3, size, size),), str(tmp),
-                                  dynamo=False, opset_version=17, input_names=["input"],
-                                  output_names=["embedding"], dynamic_axes={"input": {0: "batch"},
-                                                                            "embedding": {0: "batch"}})
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = os.cpu_count() or 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        export_module(_embedder(backbone), size, path, output="embedding")
+    return ort_session(path)
 
 
 @register_features("deep")
@@ -121,10 +102,12 @@ class DeepFeatures(FeatureExtractor):
         if not len(images):
             return np.zeros((0, self.width), np.float32)
         if self.engine == "onnx":
+            from leukoscope.predict.onnx import INPUT
+
             session = _session(self.backbone, self.input_size)
             batches = (prepare(images[i:i + self.batch_size], self.pre)
                        for i in range(0, len(images), self.batch_size))
-            return np.concatenate([session.run(None, {"input": x})[0] for x in batches]).astype(np.float32)
+            return np.concatenate([session.run(None, {INPUT: x})[0] for x in batches]).astype(np.float32)
         import torch
 
         from leukoscope.models.backbones import lite0_embed

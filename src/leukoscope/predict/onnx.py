@@ -46,20 +46,14 @@ class OnnxBundle(Bundle):
 
     @classmethod
     def load(cls, path: Path, config: dict[str, Any], model_file: str = ONNX) -> OnnxBundle:
-        import onnxruntime as ort
-
         path = Path(path)
         onnx_path = path / model_file
         if not cls.available(path, config, model_file):
             why = "exported from other weights" if onnx_path.is_file() else "not found"
             raise BundleError(f"{onnx_path}: {why}; run `leukoscope export {path} --onnx"
                               f"{' --int8' if model_file == ONNX_INT8 else ''}`")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads()
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+            session = ort_session(onnx_path)
         except Exception as e:  # ORT raises its own types for corrupt files
             raise BundleError(f"{onnx_path}: cannot load ({e})") from None
         return cls(path, config, session, model_file)
@@ -86,19 +80,30 @@ class OnnxBundle(Bundle):
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
 
 
-def _export_fp32(bundle: Any, target: Path) -> None:
+def ort_session(path: Path) -> Any:
+    """An ONNX Runtime CPU session of ``path`` on ``settings.threads()`` cores, graph fully optimised."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads()
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def export_module(module: Any, size: int, target: Path, output: str = OUTPUT) -> None:
+    """Write ``module`` (input ``INPUT``: float NCHW at ``size`` px, any batch) to ``target`` as one
+    ONNX file, atomically: the traced exporter, so nothing lands beside it."""
     import torch
 
-    size = int(bundle.config["preprocessing"]["input_size"])
-    x = torch.zeros(2, 3, size, size)
-    module = bundle.module.eval().to(memory_format=torch.contiguous_format)
+    module = module.eval().to(memory_format=torch.contiguous_format)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notes on constant folding, not user-facing
-            torch.onnx.export(module, (x,), str(tmp), dynamo=False, opset_version=OPSET,
-                              input_names=[INPUT], output_names=[OUTPUT],
-                              dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+            torch.onnx.export(module, (torch.zeros(2, 3, size, size),), str(tmp), dynamo=False,
+                              opset_version=OPSET, input_names=[INPUT], output_names=[output],
+                              dynamic_axes={INPUT: {0: "batch"}, output: {0: "batch"}})
         tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -192,8 +197,8 @@ def export_onnx(bundle_dir: Path | str, int8: bool = False,
     if config["family"] != "network":
         raise BundleError(f"{bundle_dir}: ONNX export is for network bundles; this {config['family']} "
                           "bundle computes its features in Python")
-    bundle = load_bundle(bundle_dir, runtime="torch")
-    _export_fp32(bundle, bundle_dir / ONNX)
+    network: Any = load_bundle(bundle_dir, runtime="torch")  # a NetworkBundle: the family says so
+    export_module(network.module, int(config["preprocessing"]["input_size"]), bundle_dir / ONNX)
     info: dict[str, Any] = {"opset": OPSET, "fp32": ONNX, "weights_digest": file_digest(bundle_dir / WEIGHTS)}
     if int8:
         paths = list(calibration) if calibration else calibration_paths(bundle_dir)
