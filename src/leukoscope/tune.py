@@ -490,6 +490,7 @@ def run_trials(study: optuna.Study, objective: Callable[[Trial], float], n_trial
     failures: list[str] = []
 
     def guarded(trial: Trial) -> float:
+        _first_heartbeat(study, trial)
         claimed = study.get_trials(deepcopy=False, states=CLAIMED)
         if sum(t.number < trial.number for t in claimed) >= n_trials:
             trial.set_user_attr("surplus", True)
@@ -527,6 +528,19 @@ def run_trials(study: optuna.Study, objective: Callable[[Trial], float], n_trial
         study.optimize(guarded, n_trials=1, catch=(_Surplus, _TrialFailed), callbacks=[callback])
         if len(failures) >= MAX_FAILURES:
             raise ConfigError(f"{len(failures)} trials in a row failed; last error: {failures[-1]}")
+
+
+def _first_heartbeat(study: optuna.Study, trial: Trial) -> None:
+    """Record a trial's first heartbeat before its objective runs.
+
+    Optuna records heartbeats from a thread that may not have run yet when a worker is killed; a
+    RUNNING trial with no heartbeat at all is never failed as stale, and every other worker would
+    wait for it forever (seen: a resumed study hanging under load). Optuna's own optimise loop uses
+    the same private handles (``study._storage``, ``trial._trial_id``).
+    """
+    storage = study._storage
+    if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
+        storage.record_heartbeat(trial._trial_id)
 
 
 def improvement(best: list[float], default: list[float], k: int) -> dict[str, float]:
