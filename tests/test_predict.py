@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import csv
 import itertools
+import os
 import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from imagefiles import truncated_copy
 from leukoscope.bundle import load_bundle
+from leukoscope.cli import app
 from leukoscope.data.images import load_rgb
 from leukoscope.errors import ConfigError, DataError
 from leukoscope.predict import get_engine
-from leukoscope.predict.local import iter_inputs, partial_path, predict, prefetch
+from leukoscope.predict.local import iter_inputs, partial_path, predict, prefetch, run_record_path
 from leukoscope.predict.tta import d4_views, predict_proba
-from use_support import cnmc_train, network_bundle  # noqa: F401
+from use_support import classical_bundle, cnmc_train, network_bundle, onnx_bundle  # noqa: F401
+
+runner = CliRunner()
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -141,8 +150,175 @@ def test_prefetch_streams_a_bounded_number_of_items_ahead():
 
     it = prefetch(source(), depth=2)
     assert next(it) == 0
-    import time
-
     time.sleep(0.3)  # give the worker every chance to run ahead
     assert next(produced) <= 5  # 1 consumed + 2 queued + 1 blocked in put (+ this call)
     assert list(it) == list(range(1, 1000))
+
+
+def _kill_after(rows: int) -> Callable[[int, int], None]:
+    """An ``on_progress`` that stops a run once ``rows`` inputs are done, as a kill would."""
+    def hook(done: int, total: int) -> None:
+        if done >= rows:
+            raise _Killed
+    return hook
+
+
+@pytest.mark.parametrize("change, message", [
+    ("bundle", "bundle {classical} (was {network})"),
+    ("tta", "--tta on (was off)"),
+    ("inputs", "inputs (4 images, was 12)"),
+    ("runtime", "runtime onnx (was torch)"),
+])
+def test_resume_refuses_the_rows_of_another_run(change, message, network_bundle, classical_bundle,  # noqa: F811
+                                                onnx_bundle, images, tmp_path):  # noqa: F811
+    out = tmp_path / "p.csv"
+    first = load_bundle(onnx_bundle if change == "runtime" else network_bundle, runtime="torch")
+    with pytest.raises(_Killed):
+        predict(first, [images], out, batch_size=3, on_progress=_kill_after(6))
+    partial = partial_path(out)
+    kept = partial.read_bytes()
+    again = {"bundle": (load_bundle(classical_bundle), [images], False),
+             "tta": (first, [images], True),
+             "inputs": (first, [images / "png"], False),
+             "runtime": (load_bundle(onnx_bundle, runtime="onnx"), [images], False)}[change]
+    bundle, inputs, tta = again
+    expected = message.format(classical=classical_bundle, network=network_bundle)
+    with pytest.raises(DataError, match="--restart") as e:
+        predict(bundle, inputs, out, batch_size=3, tta=tta)
+    assert str(e.value).startswith(f"{partial}: ") and expected in str(e.value)
+    assert partial.read_bytes() == kept and not out.exists()  # refused: nothing touched
+    s = predict(bundle, inputs, out, batch_size=3, tta=tta, restart=True)
+    clean = tmp_path / "clean.csv"
+    predict(bundle, inputs, clean, batch_size=3, tta=tta)
+    assert s.resumed == 0 and _rows(out) == _rows(clean)
+
+
+def test_a_partial_without_a_record_is_refused(network_bundle, images, tmp_path):  # noqa: F811
+    """A partial file whose run left no record (an older leukoscope) cannot be trusted to match."""
+    bundle = load_bundle(network_bundle)
+    out = tmp_path / "p.csv"
+    with pytest.raises(_Killed):
+        predict(bundle, [images], out, batch_size=3, on_progress=_kill_after(3))
+    record = run_record_path(out)
+    assert record.is_file()
+    record.unlink()
+    with pytest.raises(DataError, match=f"no record of the run that wrote it .*{record.name}.*--restart"):
+        predict(bundle, [images], out, batch_size=3)
+
+
+def test_cli_restart_starts_over_and_the_help_says_so(network_bundle, images, tmp_path):  # noqa: F811
+    out = tmp_path / "p.csv"
+    with pytest.raises(_Killed):
+        predict(load_bundle(network_bundle), [images], out, batch_size=3, on_progress=_kill_after(3))
+    base = ["predict", str(network_bundle), str(images), "--out", str(out), "--batch-size", "3"]
+    res = runner.invoke(app, [*base, "--tta"])
+    assert res.exit_code == 1 and res.output.count("error:") == 1 and "--tta on (was off)" in res.output
+    res = runner.invoke(app, [*base, "--tta", "--restart"])
+    assert res.exit_code == 0, res.output
+    assert "wrote 12 rows" in res.output and "kept from an interrupted run" not in res.output
+    assert not run_record_path(out).exists() and not partial_path(out).exists()
+    help_text = " ".join(runner.invoke(app, ["predict", "--help"]).output.split())
+    assert "--restart" in help_text and "refused" in help_text
+    res = runner.invoke(app, [*base, "--engine", "ray", "--restart"])
+    assert res.exit_code == 1 and "--restart: not an option of --engine ray" in res.output
+
+
+_HOLD = """
+import sys, time
+from pathlib import Path
+from leukoscope.bundle import load_bundle
+from leukoscope.predict.local import predict
+bundle, images, out, ready = sys.argv[1:]
+
+def hold(done, total):
+    if done >= 3:  # the first batch is written: say so and wait to be killed
+        Path(ready).touch()
+        time.sleep(600)
+
+predict(load_bundle(bundle), [images], out, batch_size=3, on_progress=hold)
+"""
+
+
+def test_a_second_run_on_the_same_out_is_refused(network_bundle, images, tmp_path):  # noqa: F811
+    """Two real processes: a predict paused mid-run holds the output, and a second one (this process)
+    is refused with the first one's pid without touching its rows; once the first is killed (SIGKILL,
+    its lock file left behind), a rerun resumes."""
+    import leukoscope
+
+    out, ready = tmp_path / "p.csv", tmp_path / "ready"
+    env = {**os.environ, "PYTHONPATH": str(Path(leukoscope.__file__).parents[1])}
+    first = subprocess.Popen([sys.executable, "-c", _HOLD, str(network_bundle), str(images), str(out),
+                              str(ready)], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert first.poll() is None, first.communicate()[1]
+            assert time.monotonic() < deadline, "the first run never started"
+            time.sleep(0.05)
+        kept = partial_path(out).read_bytes()
+        res = runner.invoke(app, ["predict", str(network_bundle), str(images), "--out", str(out)])
+        assert res.exit_code == 1
+        refusal = f"error: another predict is writing {out} (pid {first.pid})"
+        assert res.output.strip().splitlines() == [refusal]
+        assert partial_path(out).read_bytes() == kept and len(_rows(partial_path(out))) == 3
+    finally:
+        first.kill()
+        first.communicate(timeout=120)
+    assert out.with_name("p.csv.lock").exists()  # left by the killed run; it holds nothing now
+    res = runner.invoke(app, ["predict", str(network_bundle), str(images), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "wrote 12 rows" in res.output and "(3 kept from an interrupted run)" in res.output
+    rows = _rows(out)
+    assert len(rows) == len({r["path"] for r in rows}) == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells", "p.csv", "ready"]  # nothing else left
+
+
+def test_file_names_that_are_not_utf8_are_written_losslessly(network_bundle, data, tmp_path):  # noqa: F811
+    """A name with bytes that are not UTF-8 (latin-1 'é', a stray 0xff) round-trips through the CSV
+    and through a resume; a corrupt one is listed by the CLI."""
+    bundle = load_bundle(network_bundle)
+    root = tmp_path / "cells"
+    root.mkdir()
+    cells = sorted((data / "cnmc_cells").rglob("*.png"))[:4]
+    names = [b"a-caf\xe9.png", b"b-\xff\xfe.png", b"c-plain.png", b"d-\xe9t\xe9.png"]
+    for src, name in zip(cells, names, strict=True):
+        shutil.copy(src, os.path.join(os.fsencode(root), name))
+    out = tmp_path / "p.csv"
+    with pytest.raises(_Killed):  # the kill leaves a partial file holding a name that is not UTF-8
+        predict(bundle, [root], out, batch_size=2, on_progress=_kill_after(2))
+    s = predict(bundle, [root], out, batch_size=2)
+    assert s.resumed == 2 and s.predicted == 2 and not s.skipped
+    with open(out, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        rows = list(csv.DictReader(f))
+    assert [os.fsencode(r["path"]) for r in rows] == [os.path.join(os.fsencode(root), n) for n in names]
+    direct = bundle.predict_proba([load_rgb(r["path"]) for r in rows])
+    np.testing.assert_allclose([[float(r["p_all"]), float(r["p_hem"])] for r in rows], direct, atol=1e-6)
+
+    (root / os.fsdecode(b"e-\xff.png")).write_bytes(b"not an image")
+    res = runner.invoke(app, ["predict", str(network_bundle), str(root), "--out", str(tmp_path / "q.csv")])
+    assert res.exit_code == 0, res.output
+    assert "wrote 4 rows" in res.output and "e-\\xff.png: not a readable image" in res.output
+
+
+def test_out_that_cannot_be_a_csv_is_refused_before_any_work(network_bundle, images, tmp_path):  # noqa: F811
+    bundle = load_bundle(network_bundle)
+    calls: list[int] = []
+    (tmp_path / "file").write_text("")
+    for out, message in [(tmp_path, "--out is a folder"), (tmp_path / "file" / "p.csv", "cannot create")]:
+        with pytest.raises(DataError, match=message) as e:
+            predict(bundle, [images], out, on_progress=lambda done, total: calls.append(done))
+        assert str(e.value).startswith(str(out))
+    assert not calls  # nothing was predicted
+    res = runner.invoke(app, ["predict", str(network_bundle), str(images), "--out", str(tmp_path)])
+    assert res.exit_code == 1 and res.output.count("error:") == 1 and "--out is a folder" in res.output
+
+
+def test_nothing_readable_exits_non_zero_and_lists_the_files(network_bundle, tmp_path):  # noqa: F811
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "text.png").write_text("not an image")
+    (bad / "empty.jpg").write_bytes(b"")
+    res = runner.invoke(app, ["predict", str(network_bundle), str(bad), "--out", str(tmp_path / "p.csv")])
+    assert res.exit_code == 1
+    assert "text.png: not a readable image" in res.output and "empty.jpg" in res.output
+    assert res.output.count("error:") == 1 and "nothing predicted" in res.output

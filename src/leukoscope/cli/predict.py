@@ -11,10 +11,11 @@ import typer
 from leukoscope.cli.app import app, console, guarded
 from leukoscope.cli.data import progress
 from leukoscope.cli.use import BatchOpt, BundleArg, RuntimeOpt, TtaOpt, say
-from leukoscope.errors import ConfigError
+from leukoscope.errors import ConfigError, DataError
 
 #: Options only some engines take: flag -> keyword of the engine's predict function.
-ENGINE_FLAGS = {"--address": "address", "--num-cpus": "num_cpus", "--csv": "write_csv"}
+ENGINE_FLAGS = {"--address": "address", "--num-cpus": "num_cpus", "--csv": "write_csv",
+                "--restart": "restart"}
 
 
 @app.command("predict")
@@ -34,13 +35,20 @@ def predict_cmd(
     num_cpus: Annotated[int | None, typer.Option("--num-cpus", min=1, help="ray: CPUs of the local "
                                                  "instance (default: all).")] = None,
     csv: Annotated[bool, typer.Option("--csv", help="ray: also write predictions.csv.")] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="local: discard the rows of an interrupted "
+                                          "run in <out>.partial and start over.")] = False,
 ) -> None:
-    """Predict every image; a killed run resumes from <out>.partial when run again."""
+    """Predict every image; a killed run resumes from <out>.partial when run again.
+
+    The rerun must use the same bundle, runtime, --tta and inputs (recorded in <out>.partial.json);
+    another one is refused, naming what differs, unless --restart. One run per --out at a time: a
+    second one is refused while the first writes. Exits 1 when no input could be read.
+    """
     from leukoscope.bundle import load_bundle
     from leukoscope.predict import get_engine
 
     run = get_engine(engine)
-    given = {flag: v for flag, v in zip(ENGINE_FLAGS, (address, num_cpus, csv), strict=True) if v}
+    given = {flag: v for flag, v in zip(ENGINE_FLAGS, (address, num_cpus, csv, restart), strict=True) if v}
     if unknown := [flag for flag in given if ENGINE_FLAGS[flag] not in inspect.signature(run).parameters]:
         raise ConfigError(f"{', '.join(unknown)}: not an option of --engine {engine}")
     b = load_bundle(bundle, runtime=runtime)
@@ -50,9 +58,13 @@ def predict_cmd(
                 on_progress=lambda done, total: bar.update(task, completed=done, total=total),
                 **{ENGINE_FLAGS[flag]: v for flag, v in given.items()})
     resumed = f" ({s.resumed} kept from an interrupted run)" if s.resumed else ""
-    say(f"wrote {s.rows} rows to {s.out}{resumed}; {s.predicted} predicted in "
-        f"{s.seconds:.1f} s ({s.images_per_second:.1f} images/s, {type(b).__name__})")
+    if s.rows:
+        say(f"wrote {s.rows} rows to {s.out}{resumed}; {s.predicted} predicted in "
+            f"{s.seconds:.1f} s ({s.images_per_second:.1f} images/s, {type(b).__name__})")
     if s.skipped:
         console.print(f"[yellow]{len(s.skipped)} unreadable file(s) skipped:[/]")
         for path, reason in s.skipped:
             say(f"  {path}: {reason}")
+    if not s.rows:
+        raise DataError(f"nothing predicted: none of the {len(s.skipped)} input image(s) could be read; "
+                        f"{s.out} has no rows")

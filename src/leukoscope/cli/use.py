@@ -20,5 +20,7 @@ RuntimeOpt = Annotated[str, typer.Option(
 
 
 def say(text: str) -> None:
-    """Print plain text (paths, reasons): markup escaped, long paths never broken across lines."""
-    console.print(escape(text), soft_wrap=True)
+    """Print plain text (paths, reasons): markup escaped, long paths never broken across lines, and the
+    bytes of a file name that is not UTF-8 shown as ``\\xff`` escapes (printing them raw would fail)."""
+    shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    console.print(escape(shown), soft_wrap=True)

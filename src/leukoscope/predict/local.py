@@ -5,24 +5,32 @@ worker thread (PIL releases the GIL, so decoding overlaps the model) into a shor
 are appended to ``<out>.partial`` and flushed after every batch. A finished run renames the
 partial file into place; a killed run leaves it, and the next run with the same output keeps its
 rows and predicts only the paths not yet in it (a torn last line is cut off first).
+
+``<out>.partial.json`` records what produces the rows (bundle files, runtime, TTA, input list), so
+a rerun resumes only the same run and refuses another one, naming what differs, unless told to
+restart. ``<out>.lock`` (flock) keeps a second run off the same output while one writes it. Paths
+are written as their bytes: a name that is not UTF-8 goes into the CSV as it is on disk.
 """
 
 from __future__ import annotations
 
 import csv
 import glob
+import hashlib
+import json
 import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
-from leukoscope.bundle import Bundle
+from leukoscope.bundle import CARD, HISTORY, METRICS, ONNX, ONNX_INT8, SPLIT, Bundle, write_json
 from leukoscope.data.images import is_image_file, iter_image_files, load_batch
 from leukoscope.errors import DataError
 from leukoscope.predict.tta import predict_proba
@@ -30,6 +38,11 @@ from leukoscope.predict.tta import predict_proba
 T = TypeVar("T")
 _GLOB_CHARS = set("*?[")
 _END = object()
+#: Paths and names in the CSV are the file system's bytes, even where they are not valid UTF-8.
+_NAMES = "surrogateescape"
+#: Bundle files that document a model without changing its numbers (left out of its digest).
+_DOCUMENTS = {METRICS, SPLIT, HISTORY, CARD}
+_RUNTIME_OF_FILE = {ONNX: "onnx", ONNX_INT8: "onnx-int8"}
 
 
 @dataclass
@@ -58,6 +71,11 @@ class PredictSummary:
 def partial_path(out: Path) -> Path:
     """Where an unfinished run keeps its rows."""
     return Path(out).with_name(Path(out).name + ".partial")
+
+
+def run_record_path(out: Path) -> Path:
+    """Where an unfinished run records what produces its rows (bundle, settings, inputs)."""
+    return Path(out).with_name(Path(out).name + ".partial.json")
 
 
 def header(classes: Sequence[str]) -> list[str]:
@@ -143,34 +161,135 @@ def prefetch(it: Iterator[T], depth: int = 2) -> Iterator[T]:
         worker.join(timeout=5)
 
 
-def _resume(partial: Path, cols: list[str]) -> set[str]:
-    """Paths already written by an interrupted run (after cutting a torn last line)."""
+def _resume(out: Path, cols: list[str], record: dict[str, Any]) -> set[str]:
+    """Paths already written by an interrupted run of the same ``record`` (after cutting a torn last
+    line); the rows of another run raise, saying what differs."""
+    partial, recorded = partial_path(out), run_record_path(out)
     if not partial.exists():
         return set()
     data = partial.read_bytes()
-    if data and not data.endswith(b"\n"):
-        data = data[: data.rfind(b"\n") + 1]
-        with open(partial, "r+b") as f:
-            f.truncate(len(data))
-    lines = data.decode("utf-8").splitlines()
+    whole = data[: data.rfind(b"\n") + 1]
+    lines = whole.decode("utf-8", _NAMES).splitlines()
     if not lines:
         return set()
     if next(csv.reader([lines[0]])) != cols:
-        raise DataError(f"{partial}: left by a run with other classes or columns; delete it to start over")
+        raise DataError(f"{partial}: left by a run with other classes or columns; rerun with --restart to "
+                        "discard it")
+    if len(lines) == 1:  # a header and no rows: nothing to keep
+        return set()
+    try:
+        old = json.loads(recorded.read_text())
+    except (OSError, ValueError):
+        raise DataError(f"{partial}: no record of the run that wrote it ({recorded.name} is missing or "
+                        "unreadable); rerun with --restart to discard its rows") from None
+    if diff := _differences(old, record):
+        raise DataError(f"{partial}: rows of another run ({'; '.join(diff)}); rerun with --restart to "
+                        "discard them, or choose another --out")
+    if len(whole) < len(data):
+        with open(partial, "r+b") as f:
+            f.truncate(len(whole))
     return {row[0] for row in csv.reader(lines[1:]) if row}
 
 
-def check_inputs(inputs: Iterable[str | Path], batch_size: int) -> tuple[list[str], int]:
-    """The input items and how many image files they hold (shared by every engine); bad input raises."""
+def check_inputs(inputs: Iterable[str | Path], batch_size: int) -> tuple[list[str], int, str]:
+    """The input items, how many image files they hold and a digest of their paths in order (shared
+    by every engine); bad input raises."""
     if batch_size < 1:
         raise DataError(f"--batch-size must be at least 1, got {batch_size}")
     items = [str(i) for i in inputs]
     if not items:
         raise DataError("no input images given")
-    total = sum(1 for _ in iter_inputs(items))
+    total, h = 0, hashlib.sha1()
+    for p in iter_inputs(items):
+        total += 1
+        h.update(os.fsencode(p) + b"\0")
     if total == 0:
         raise DataError(f"no image files found in: {', '.join(items)}")
-    return items, total
+    return items, total, h.hexdigest()
+
+
+def runtime_name(bundle: Bundle) -> str:
+    """The ``load_bundle`` runtime that ``bundle`` runs on (``torch`` unless an ONNX file)."""
+    return _RUNTIME_OF_FILE.get(getattr(bundle, "model_file", ""), "torch")
+
+
+def bundle_digest(folder: Path) -> str:
+    """SHA-1 over a bundle's config and weight files (names and bytes; documents left out)."""
+    h = hashlib.sha1()
+    for p in sorted(Path(folder).iterdir()):
+        if p.is_file() and p.name not in _DOCUMENTS:
+            h.update(p.name.encode() + b"\0")
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
+
+
+def check_out(out: Path) -> None:
+    """Refuse an output that cannot become a CSV file, before any work: a folder, or a folder that
+    cannot be made."""
+    if out.is_dir():
+        raise DataError(f"{out}: --out is a folder; name the CSV file to write, e.g. "
+                        f"{out / 'predictions.csv'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{out}: cannot create its folder {out.parent} ({e.strerror})") from None
+
+
+@contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold ``<out>.lock`` (an exclusive, non-blocking flock) while writing ``out``.
+
+    A second run on the same output raises at once, naming the first one's pid; the lock file is
+    removed while still held, so a run that opened it meanwhile sees another file and tries again.
+    """
+    import fcntl
+
+    lock = out.with_name(out.name + ".lock")
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise DataError(f"{out}: cannot write beside it ({e.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DataError(f"another predict is writing {out} (pid {pid})") from None
+        try:
+            held = os.stat(lock)
+        except FileNotFoundError:
+            held = None
+        mine = os.fstat(fd)
+        if held is not None and (held.st_dev, held.st_ino) == (mine.st_dev, mine.st_ino):
+            break
+        os.close(fd)  # the run before removed the file we locked: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What a recorded run did otherwise than this one, as short phrases."""
+    said = []
+    if old.get("bundle_digest") != new["bundle_digest"]:
+        was = old.get("bundle")
+        said.append(f"bundle {new['bundle']} (was {was})" if was != new["bundle"]
+                    else f"bundle {new['bundle']} (its files changed)")
+    if old.get("runtime") != new["runtime"]:
+        said.append(f"runtime {new['runtime']} (was {old.get('runtime')})")
+    if old.get("tta") != new["tta"]:
+        said.append(f"--tta {'on' if new['tta'] else 'off'} (was {'on' if old.get('tta') else 'off'})")
+    if old.get("inputs_digest") != new["inputs_digest"]:
+        n, was = new["inputs"], old.get("inputs")
+        said.append(f"inputs ({n} images, was {was})" if n != was else f"inputs (other {n} images)")
+    return said
 
 
 def csv_row(path: str | Path, probs: np.ndarray, classes: Sequence[str]) -> list[str]:
@@ -179,27 +298,40 @@ def csv_row(path: str | Path, probs: np.ndarray, classes: Sequence[str]) -> list
 
 
 def predict(bundle: Bundle, inputs: Iterable[str | Path], out_csv: Path | str, batch_size: int = 64,
-            tta: bool = False, on_progress: Callable[[int, int], None] | None = None) -> PredictSummary:
+            tta: bool = False, on_progress: Callable[[int, int], None] | None = None,
+            restart: bool = False) -> PredictSummary:
     """Predict every image under ``inputs`` into ``out_csv`` (path, label, p_<class>...).
 
     ``on_progress(done, total)`` is called after each batch (``total`` counts input files).
+    ``restart`` discards the rows of an interrupted run instead of resuming (or refusing) them.
     """
-    items, total = check_inputs(inputs, batch_size)
     out = Path(out_csv)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_out(out)
+    with output_lock(out):
+        return _predict(bundle, inputs, out, batch_size, tta, on_progress, restart)
+
+
+def _predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path, batch_size: int, tta: bool,
+             on_progress: Callable[[int, int], None] | None, restart: bool) -> PredictSummary:
+    """``predict`` once the output is checked and held."""
+    items, total, inputs_digest = check_inputs(inputs, batch_size)
     classes = bundle.classes
     cols = header(classes)
     partial = partial_path(out)
-    done = _resume(partial, cols)
+    record = {"bundle": str(bundle.path), "bundle_digest": bundle_digest(bundle.path),
+              "runtime": runtime_name(bundle), "tta": tta, "inputs": total, "inputs_digest": inputs_digest}
+    done = set() if restart else _resume(out, cols, record)
     summary = PredictSummary(out=out, resumed=len(done))
     todo = (p for p in iter_inputs(items) if str(p) not in done)
     start = time.perf_counter()
-    with open(partial, "a", newline="", encoding="utf-8") as f:
+    with open(partial, "a", newline="", encoding="utf-8", errors=_NAMES) as f:
         writer = csv.writer(f)
-        if not done:
+        if not done:  # rows of another run go before this run's record is written
             f.seek(0)
             f.truncate()
             writer.writerow(cols)
+            f.flush()
+            write_json(run_record_path(out), record)
         if on_progress:
             on_progress(len(done), total)
         for paths, images, skipped in prefetch(load_batch(b) for b in chunks(todo, batch_size)):
@@ -212,5 +344,6 @@ def predict(bundle: Bundle, inputs: Iterable[str | Path], out_csv: Path | str, b
             if on_progress:
                 on_progress(summary.rows + len(summary.skipped), total)
     os.replace(partial, out)
+    run_record_path(out).unlink(missing_ok=True)
     summary.seconds = time.perf_counter() - start
     return summary

@@ -30,17 +30,16 @@ from typing import Any
 
 import numpy as np
 
-from leukoscope.bundle import ONNX, ONNX_INT8, Bundle, load_bundle
+from leukoscope.bundle import Bundle, load_bundle
 from leukoscope.data.images import load_batch
 from leukoscope.errors import ConfigError, DataError
-from leukoscope.predict.local import PredictSummary, check_inputs, csv_row, header, iter_inputs
+from leukoscope.predict.local import PredictSummary, check_inputs, csv_row, header, iter_inputs, runtime_name
 from leukoscope.predict.tta import predict_proba
 
 INSTALL_HINT = "the ray engine needs Ray: pip install -e .[ray]"
 PARQUET, CSV, SKIPPED = "predictions.parquet", "predictions.csv", "skipped.csv"
 #: Input blocks per actor: enough to balance the pool and report progress, few enough to stay cheap.
 BLOCKS_PER_ACTOR = 16
-_RUNTIME_OF_FILE = {ONNX: "onnx", ONNX_INT8: "onnx-int8"}
 
 
 def import_ray() -> Any:
@@ -87,11 +86,6 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         yield ray
     finally:
         ray.shutdown()
-
-
-def _runtime(bundle: Bundle) -> str:
-    """The ``load_bundle`` runtime that rebuilds ``bundle`` on a worker (its ONNX file if exported)."""
-    return _RUNTIME_OF_FILE.get(getattr(bundle, "model_file", ""), "torch")
 
 
 def _bundle_files(folder: Path) -> dict[str, bytes]:
@@ -187,7 +181,7 @@ def predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path | str, batch
     import pyarrow.parquet as pq
 
     import_ray()  # without Ray, say how to install it before any work
-    items, total = check_inputs(inputs, batch_size)
+    items, total, _ = check_inputs(inputs, batch_size)
     paths = [str(p) for p in iter_inputs(items)]
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -203,7 +197,7 @@ def predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path | str, batch
         actors = max(1, min(int(ray.cluster_resources().get("CPU", 1)), batches))  # one per CPU, none idle
         blocks = min(batches, actors * BLOCKS_PER_ACTOR)
         ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
-        model = {"files": _bundle_files(bundle.path), "runtime": _runtime(bundle), "tta": tta}
+        model = {"files": _bundle_files(bundle.path), "runtime": runtime_name(bundle), "tta": tta}
         scored = ds.map_batches(Predictor, batch_size=batch_size, batch_format="numpy", num_cpus=1,
                                 compute=ray.data.ActorPoolStrategy(size=actors), fn_constructor_kwargs=model)
         if on_progress:
