@@ -238,3 +238,24 @@ def test_unreadable_images_are_skipped_and_listed(planted: dict, tmp_path: Path)
     assert len(result.manifest) == 2 and len(result.clusters()) == 1
     r = runner.invoke(app, ["data", "audit", str(csv), "--out", str(tmp_path / "out")])
     assert r.exit_code == 0 and "skipped" in r.output and "broken.png" in r.output
+
+
+def test_long_thin_image_is_a_counted_skip_in_small_memory(data: Path, tmp_path: Path) -> None:
+    """A 3 KB PNG of 100000x10 pixels once made the audit pad a 74.5 GiB square."""
+    import resource
+
+    cells = tmp_path / "cells" / "Benign"
+    cells.mkdir(parents=True)
+    for f in sorted((data / "aria_all" / "Benign").glob("*.jpg"))[:3]:
+        (cells / f.name).write_bytes(f.read_bytes())
+    wide = cells / "wide.png"
+    Image.new("RGB", (100_000, 10), (200, 30, 90)).save(wide)
+    assert wide.stat().st_size < 10_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    r = runner.invoke(app, ["data", "audit", str(tmp_path / "cells"), "--out", str(tmp_path / "out")])
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert r.exit_code == 0, r.output
+    assert "wide.png: 100000x10 pixels exceeds the limit of 64,000,000 once padded square" in r.output
+    summary = json.loads((tmp_path / "out" / "audit.json").read_text())["summary"]
+    assert (summary["images"], summary["skipped"]) == (3, 1)
+    assert grown_mib < 300, f"peak memory grew by {grown_mib:.0f} MiB"

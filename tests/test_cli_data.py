@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from imagefiles import cnmc_copy, png_bytes, truncated_copy
+from imagefiles import CNMC_CSV, cnmc_copy, png_bytes, truncated_copy
 from leukoscope.cli import app
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, SYNTHETIC_WARNING
 
@@ -121,6 +121,23 @@ def _csv_missing(tmp: Path) -> Path:
     return tmp / "list.csv"
 
 
+def _labels_csv(data: Path, tmp: Path, text: str) -> Path:
+    """A tiny C-NMC copy whose validation labels CSV holds ``text`` (CRLF, as distributed)."""
+    root = cnmc_copy(data, tmp)
+    (root / "C-NMC_Leukemia" / "validation_data" / CNMC_CSV).write_bytes(text.encode())
+    return root
+
+
+def _describe_cnmc(data: Path, tmp: Path, *lines: str) -> list[object]:
+    return ["data", "describe", _labels_csv(data, tmp, "".join(f"{line}\r\n" for line in lines))]
+
+
+def _split(data: Path, tmp: Path, *options: str) -> list[object]:
+    return ["data", "split", data / "cnmc_sample", *options, "--out", tmp / "s.csv"]
+
+
+_HEADER, _ROW = "Patient_ID,new_names,labels", "UID_57_6_4_all.bmp,1005.bmp,1"
+
 BAD: dict[str, tuple[Callable[[Path, Path], list[object]], str]] = {
     "empty folder": (lambda d, t: ["data", "describe", _empty(t)], "empty dir: empty folder"),
     "unknown layout": (lambda d, t: ["data", "describe", _odd(t)], "odd: unknown layout"),
@@ -138,6 +155,20 @@ BAD: dict[str, tuple[Callable[[Path, Path], list[object]], str]] = {
     "csv manifest missing file": (lambda d, t: ["data", "describe", _csv_missing(t)],
                                   "list.csv: 1 row(s) name missing files (nope.png)"),
     "synth classes": (lambda d, t: ["data", "synth", t / "syn", "--classes", "9"], "--classes must be 2..4"),
+    "labels CSV empty": (lambda d, t: _describe_cnmc(d, t),
+                         f"{CNMC_CSV}: not a readable CSV (empty file, no header row)"),
+    "labels CSV blank cell": (lambda d, t: _describe_cnmc(d, t, _HEADER, "H49.bmp,,0", _ROW),
+                              f"{CNMC_CSV}: line 2 has a blank 'new_names' cell"),
+    "labels CSV row too long": (lambda d, t: _describe_cnmc(d, t, _HEADER, "H49.bmp,1002.bmp,0,7", _ROW),
+                                f"{CNMC_CSV}: line 2 has 4 field(s), the header has 3"),
+    "labels CSV row too short": (lambda d, t: _describe_cnmc(d, t, _HEADER, _ROW, "H49.bmp,1002.bmp"),
+                                 f"{CNMC_CSV}: line 3 has 2 field(s), the header has 3"),
+    "split --k negative": (lambda d, t: _split(d, t, "--k", "-3"), "--k must be at least 2, got -3"),
+    "split --k 0": (lambda d, t: _split(d, t, "--k", "0"), "--k must be at least 2, got 0"),
+    "split --val above half": (lambda d, t: _split(d, t, "--val", "0.7", "--test", "0"),
+                               "--val 0.7 is more than half: a grouped hold-out is one fold of at least two"),
+    "split --val with --test": (lambda d, t: _split(d, t, "--val", "0.5", "--test", "0.4"),
+                                "--val 0.5 is more than half of the 0.6 that --test 0.4 leaves"),
 }
 
 

@@ -70,3 +70,27 @@ def test_image_level_data_is_flagged_and_tta(network_bundle, data, tmp_path):  #
     assert r["protocol"] == "image-level" and "subject" not in r and r["tta"]
     assert any("no subject ids" in w for w in r["warnings"])
     assert np.isclose(sum(sum(row) for row in r["cell"]["confusion_matrix"]), len(m))
+
+
+def test_classes_absent_from_the_data_are_named_not_averaged(network_bundle, data, tmp_path,  # noqa: F811
+                                                             recwarn):
+    """Only 'all' cells: macro figures are those of 'all', and the report says 'hem' is absent."""
+    from typer.testing import CliRunner
+
+    from leukoscope.cli import app
+
+    cells = tmp_path / "cells"
+    shutil.copytree(data / "cnmc_cells" / "all", cells / "all")
+    r = evaluate(load_bundle(network_bundle), read([cells]), tmp_path / "ev")
+    cell = r["cell"]
+    assert cell["absent_classes"] == ["hem"]
+    assert cell["f1_macro"] == pytest.approx(cell["per_class"]["all"]["f1"])
+    assert cell["recall_macro"] == pytest.approx(cell["per_class"]["all"]["recall"])
+    note = "1 of the model's 2 classes are absent from the evaluated images (hem)"
+    assert any(w.startswith(note) for w in r["warnings"])
+    assert note in (tmp_path / "ev" / "report.html").read_text().replace("&#39;", "'")
+    assert not [w for w in recwarn if "legend" in str(w.message)]  # no curves to label, no warning
+    args = ["evaluate", str(network_bundle), str(cells), "--out", str(tmp_path / "cli")]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
+    assert note in " ".join(out.stdout.split())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,59 @@ def test_pixel_limit_is_a_module_setting(data: Path, monkeypatch: pytest.MonkeyP
     assert load_rgb(path, max_pixels=450 * 450).shape == (450, 450, 3)
     with pytest.raises(ImageError, match="upload"):
         decode_rgb(path.read_bytes())
+
+
+def _long_thin_png(path: Path) -> Path:
+    """A real 100000x10 PNG (about 3 KB): few pixels, but a 100000-pixel square once padded."""
+    Image.new("RGB", (100_000, 10), (200, 30, 90)).save(path)
+    assert path.stat().st_size < 10_000
+    return path
+
+
+def test_long_thin_image_is_refused_before_decoding(tmp_path: Path) -> None:
+    wide = _long_thin_png(tmp_path / "wide.png")
+    message = r"wide.png: 100000x10 pixels exceeds the limit of 64,000,000 once padded square"
+    with pytest.raises(ImageError, match=message):
+        load_rgb(wide)
+    with pytest.raises(ImageError, match=message):
+        probe(wide)
+    with pytest.raises(ImageError, match=r"wide.png: 100000x10 pixels exceeds the limit of 4,000,000 once"):
+        decode_rgb(wide.read_bytes(), "wide.png", max_pixels=4_000_000)
+    # the square of the longest side is what counts: 2000x10 fits 4,000,000, 2001x10 does not
+    Image.new("RGB", (2000, 10)).save(tmp_path / "ok.png")
+    assert load_rgb(tmp_path / "ok.png", max_pixels=4_000_000).shape == (10, 2000, 3)
+    Image.new("RGB", (10, 2001)).save(tmp_path / "tall.png")
+    with pytest.raises(ImageError, match=r"tall.png: 10x2001 .* \(longest side at most 2,000\)"):
+        load_rgb(tmp_path / "tall.png", max_pixels=4_000_000)
+
+
+EPS = b"""%!PS-Adobe-3.0 EPSF-3.0
+%%BoundingBox: 0 0 16 16
+%%EndComments
+newpath 0 0 moveto 16 16 lineto stroke
+showpage
+%%EOF
+"""
+
+
+def test_only_the_accepted_formats_are_decoded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An EPS file named like a cell image is refused without running Ghostscript."""
+    from PIL import EpsImagePlugin
+
+    # A stand-in ``gs`` first on PATH records any call; Pillow looks gs up again once its cache is reset.
+    bin_dir, called = tmp_path / "bin", tmp_path / "gs-was-called"
+    bin_dir.mkdir()
+    (bin_dir / "gs").write_text(f"#!/bin/sh\ntouch {called}\nexit 1\n")
+    (bin_dir / "gs").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", None)
+    eps = tmp_path / "cell.png"
+    eps.write_bytes(EPS)
+    with pytest.raises(ImageError, match="cell.png: not a readable image"):
+        load_rgb(eps)
+    with pytest.raises(ImageError, match="upload.jpg: not a readable image"):
+        decode_rgb(EPS, "upload.jpg")
+    assert not called.exists()
 
 
 def test_decode_bytes_ignores_the_name_suffix(data: Path) -> None:

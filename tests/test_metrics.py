@@ -89,3 +89,20 @@ def test_curves_match_auc() -> None:
     assert c["hem"]["auc"] == pytest.approx(8 / 9)
     assert c["all"]["auc"] == pytest.approx(8 / 9)
     assert c["hem"]["recall"][0] == 1.0
+
+
+def test_averages_cover_the_classes_present() -> None:
+    """A set holding 2 of 4 classes: an absent class is named, not averaged in as an F1 of 0."""
+    classes = ["a", "b", "c", "d"]
+    y = np.array([0, 0, 0, 1, 1])
+    pred = np.array([0, 0, 1, 1, 2])  # an a called b, a b called c (a class absent from y)
+    m = classification_metrics(y, np.eye(4)[pred], classes)
+    # a: P 2/2 R 2/3 F1 .8; b: P 1/2 R 1/2 F1 .5
+    assert m["absent_classes"] == ["c", "d"]
+    assert m["f1_macro"] == pytest.approx((0.8 + 0.5) / 2)  # was (0.8 + 0.5) / 4
+    assert m["precision_macro"] == pytest.approx((1 + 0.5) / 2)
+    assert m["recall_macro"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert m["f1_weighted"] == pytest.approx((3 * 0.8 + 2 * 0.5) / 5)
+    assert m["accuracy"] == pytest.approx(3 / 5)  # the call into c still counts against it
+    assert m["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert classification_metrics(Y, PROBS, CLASSES)["absent_classes"] == []

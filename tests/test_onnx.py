@@ -79,3 +79,26 @@ def test_unexported_and_classical_bundles(network_bundle, classical_bundle):  # 
         load_bundle(classical_bundle, runtime="onnx")
     with pytest.raises(BundleError, match="runtime"):
         load_bundle(network_bundle, runtime="tensorrt")
+
+
+def test_int8_with_no_readable_calibration_image_is_one_line(network_bundle, data, tmp_path):  # noqa: F811
+    """Every calibration image unreadable (or none given): one red line, and nothing written."""
+    from typer.testing import CliRunner
+
+    from imagefiles import truncated_copy
+    from leukoscope.cli import app
+
+    copy, cal, empty = tmp_path / "b", tmp_path / "cal", tmp_path / "empty"
+    shutil.copytree(network_bundle, copy)
+    cal.mkdir()
+    empty.mkdir()
+    (cal / "a.png").write_bytes(b"not an image")
+    truncated_copy(data / "aria_all" / "Benign" / "WBC-Benign-001.jpg", cal / "b.jpg", keep=0.02)
+    unreadable = "none of the 2 int8 calibration image(s) can be read (first: "
+    cases = ((cal, f"{unreadable}{cal / 'a.png'}: not a readable image)"),
+             (empty, "--calibration: no images found for int8 calibration"))
+    for folder, message in cases:
+        r = CliRunner().invoke(app, ["export", str(copy), "--onnx", "--int8", "--calibration", str(folder)])
+        assert r.exit_code == 1 and isinstance(r.exception, SystemExit)
+        assert r.stderr.strip().splitlines() == [f"error: {message}"]
+        assert not (copy / "model.onnx").exists() and not (copy / "model.int8.onnx").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -234,6 +235,21 @@ def test_csv_manifest_missing_files_and_bad_shape(tmp_path: Path) -> None:
         read([_write_csv(tmp_path / "m4.csv", "path,label\n")])
     with pytest.raises(DataError, match=r"m5.csv: 1 row\(s\) have no label \(b.png\)"):
         read([_write_csv(tmp_path / "m5.csv", "path,label\na.png,x\nb.png, \n")])
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("path,label\n{f},all\n,hem\n", "line 3 has a blank 'path' cell"),
+    ("path,label\n{f},all\n{f}\n", "line 3 has 1 field(s), the header has 2"),
+    ("path,label\n{f},all,P1\n{f},hem\n", "line 2 has 3 field(s), the header has 2"),  # pandas shifted it
+    ("path,label,subject\n{f},all\n\n{f},hem,\n{f},hem\n",
+     "line 2 has 2 field(s), the header has 3 (1 more such line(s))"),
+    ("path,label,path\n{f},all,{f}\n", "column(s) 'path' appear more than once"),
+])
+def test_csv_manifest_blank_cells_and_ragged_rows(data: Path, tmp_path: Path, text: str,
+                                                  message: str) -> None:
+    csv = _write_csv(tmp_path / "m.csv", text.format(f=data / "allidb2" / "Im001_1.tif"))
+    with pytest.raises(DataError, match=f"^{re.escape(f'{csv}: {message}')}$"):
+        read([csv])
 
 
 def test_csv_manifest_from_a_spreadsheet(data: Path, tmp_path: Path) -> None:

@@ -96,7 +96,7 @@ def split_cmd(
             m, merged = dedupe_groups(m, on_image=lambda: bar.advance(task))
     if official:
         s = official_cnmc(m, val=val, seed=seed)
-    elif k:
+    elif k is not None:
         s = kfold(m, k=k, seed=seed)
     else:
         s = train_val_test(m, val=val, test=test, seed=seed)

@@ -27,7 +27,7 @@ def export_cmd(
 
     if not onnx:
         raise ConfigError("choose a format: --onnx")
-    images = [str(p) for p in iter_inputs(calibration)] if calibration else None
+    images = [str(p) for p in iter_inputs(calibration)] if calibration is not None else None
     info = export_onnx(bundle, int8=int8, calibration=images)
     files = ", ".join(info[k] for k in ("fp32", "int8") if k in info)
     say(f"wrote {files} in {bundle}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -21,8 +22,13 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from leukoscope.errors import ImageError
 
 IMAGE_SUFFIXES = {".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".webp"}
-#: Decompression-bomb guard: refuse images above this many pixels (about 8k x 8k); read at call
-#: time, so ``max_pixels=None`` (the default) always means the current module setting.
+#: The Pillow formats of those suffixes, and the only ones ever decoded: content decides the
+#: format, so without this list a file named ``cell.png`` could reach any Pillow plugin (EPS would
+#: run Ghostscript).
+FORMATS = ("BMP", "PNG", "JPEG", "TIFF", "GIF", "WEBP")
+#: Decompression-bomb guard: refuse images above this many pixels, or whose square (longest side
+#: squared) is above it (at most 8k x 8k); read at call time, so ``max_pixels=None`` (the default)
+#: always means the current module setting.
 MAX_PIXELS = 64_000_000
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -62,21 +68,37 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8)
 
 
-def _open(source: Path | io.BytesIO, name: str, max_pixels: int | None) -> np.ndarray:
+def _check_size(name: str, w: int, h: int, max_pixels: int) -> None:
+    """Refuse a size from the header alone, before any pixel is allocated.
+
+    Audit signatures and crop-to-cell pad an image to a square, so the limit bounds that square
+    too: a 3 KB PNG of 100000x10 pixels would otherwise become a 100000x100000 array.
+    """
+    if w == 0 or h == 0:
+        raise ImageError(f"{name}: image has zero size")
+    if w * h > max_pixels:
+        raise ImageError(f"{name}: {w}x{h} pixels exceeds the limit of {max_pixels:,}")
+    if max(w, h) ** 2 > max_pixels:
+        raise ImageError(f"{name}: {w}x{h} pixels exceeds the limit of {max_pixels:,} once padded "
+                         f"square (longest side at most {math.isqrt(max_pixels):,})")
+
+
+def _open(source: Path | io.BytesIO, name: str, max_pixels: int | None) -> tuple[np.ndarray, str]:
+    """The one place pixels are decoded: accepted formats only, size checked from the header first.
+
+    Returns the RGB array and the file's own PIL mode.
+    """
     max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     try:
         with warnings.catch_warnings():
             # Our own MAX_PIXELS check below names the size; Pillow's hard limit still raises.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF": the error says it
-            with Image.open(source) as im:
-                w, h = im.size
-                if w * h > max_pixels:
-                    raise ImageError(f"{name}: {w}x{h} pixels exceeds the limit of {max_pixels:,}")
-                if w == 0 or h == 0:
-                    raise ImageError(f"{name}: image has zero size")
+            with Image.open(source, formats=FORMATS) as im:
+                _check_size(name, *im.size, max_pixels)
+                mode = im.mode  # as the header says (loading may change it for some formats)
                 im.load()
-                return _to_rgb(im)
+                return _to_rgb(im), mode
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -87,8 +109,7 @@ def _open(source: Path | io.BytesIO, name: str, max_pixels: int | None) -> np.nd
         raise ImageError(f"{name}: cannot decode image ({e})") from None
 
 
-def load_rgb(path: Path | str, max_pixels: int | None = None) -> np.ndarray:
-    """Decode an image file to HxWx3 uint8 RGB, or raise ``ImageError`` naming the file."""
+def _read(path: Path | str, max_pixels: int | None) -> tuple[np.ndarray, str]:
     p = Path(path)
     if not p.exists():
         raise ImageError(f"{p}: file not found")
@@ -97,11 +118,16 @@ def load_rgb(path: Path | str, max_pixels: int | None = None) -> np.ndarray:
     return _open(p, str(p), max_pixels)
 
 
+def load_rgb(path: Path | str, max_pixels: int | None = None) -> np.ndarray:
+    """Decode an image file to HxWx3 uint8 RGB, or raise ``ImageError`` naming the file."""
+    return _read(path, max_pixels)[0]
+
+
 def decode_rgb(data: bytes, name: str = "upload", max_pixels: int | None = None) -> np.ndarray:
     """Decode image bytes (an upload) to HxWx3 uint8 RGB; the type comes from content only."""
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes)")
-    return _open(io.BytesIO(data), name, max_pixels)
+    return _open(io.BytesIO(data), name, max_pixels)[0]
 
 
 P = TypeVar("P", str, Path)
@@ -123,10 +149,8 @@ def load_batch(paths: Sequence[P]) -> tuple[list[P], list[np.ndarray], list[tupl
 
 def probe(path: Path | str) -> tuple[int, int, str]:
     """Width, height and PIL mode after a full decode (so truncation is caught)."""
-    p = Path(path)
-    load_rgb(p)  # raises on anything unusable
-    with Image.open(p) as im:
-        return im.size[0], im.size[1], im.mode
+    rgb, mode = _read(path, None)
+    return rgb.shape[1], rgb.shape[0], mode
 
 
 def resize_square(img: np.ndarray, size: int) -> np.ndarray:

@@ -6,6 +6,7 @@ and ``--layout`` accepts exactly the registered names.
 
 from __future__ import annotations
 
+import csv
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,6 +51,42 @@ def subject_from_name(name: str) -> str | None:
     """Patient id from a C-NMC style name, ``UID_<id>_...``; case-folded (``UID_h3`` is H3)."""
     m = _SUBJECT.match(name)
     return m.group(1).upper() if m else None
+
+
+def _read_csv_table(path: Path) -> pd.DataFrame:
+    """A CSV's cells as stripped-header strings, indexed by line number; refuses what pandas bends.
+
+    pandas reads an empty file as an error without the file's name, shifts a row with one field
+    too many into the index and pads a short row with NaN; here each is one ``DataError`` naming
+    the file and the line. Blank lines are skipped; a spreadsheet's byte-order mark is dropped.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            rows = [(reader.line_num, row) for row in reader if row]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: not a readable CSV ({e})") from None
+    if not rows:
+        raise DataError(f"{path}: not a readable CSV (empty file, no header row)")
+    header = [c.strip() for c in rows[0][1]]
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:
+        raise DataError(f"{path}: column(s) {', '.join(map(repr, twice))} appear more than once")
+    ragged = [(n, len(r)) for n, r in rows[1:] if len(r) != len(header)]
+    if ragged:
+        (n, width), more = ragged[0], len(ragged) - 1
+        raise DataError(f"{path}: line {n} has {width} field(s), the header has {len(header)}"
+                        + (f" ({more} more such line(s))" if more else ""))
+    return pd.DataFrame([r for _, r in rows[1:]], columns=header, index=[n for n, _ in rows[1:]], dtype=str)
+
+
+def _refuse_blank_cells(path: Path, table: pd.DataFrame, columns: Sequence[str]) -> None:
+    """Raise ``DataError`` naming the first line with a blank cell in one of ``columns``."""
+    blank = sorted((n, c) for c in columns for n in table.index[table[c].str.strip() == ""])
+    if blank:
+        (n, col), more = blank[0], len(blank) - 1
+        raise DataError(f"{path}: line {n} has a blank {col!r} cell"
+                        + (f" ({more} more blank cell(s))" if more else ""))
 
 
 def _cnmc_root(path: Path) -> Path | None:
@@ -102,10 +139,11 @@ def _cnmc_validation(folder: Path) -> list[dict]:
         return []
     if not csvs:
         raise DataError(f"{folder}: images but no labels CSV ({_CNMC_LABELS_CSV})")
-    table = pd.read_csv(csvs[0], dtype=str)
-    need = {"Patient_ID", "new_names", "labels"}
-    if not need <= set(table.columns):
+    table = _read_csv_table(csvs[0])
+    need = ["Patient_ID", "new_names", "labels"]
+    if not set(need) <= set(table.columns):
         raise DataError(f"{csvs[0]}: expected columns {sorted(need)}, found {list(table.columns)}")
+    _refuse_blank_cells(csvs[0], table, need)
     listed = set(table["new_names"])
     missing = sorted(listed - set(images))
     unlisted = sorted(set(images) - listed)
@@ -177,14 +215,10 @@ def read_class_folders(path: Path) -> Manifest:
 @layout("csv", lambda p: p.is_file() and p.suffix.lower() == ".csv")
 def read_csv_manifest(path: Path) -> Manifest:
     """A CSV with columns path,label[,subject]; relative paths are taken from the CSV's folder."""
-    try:
-        # utf-8-sig: spreadsheets save a byte-order mark that would otherwise rename "path"
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-        raise DataError(f"{path}: not a readable CSV ({e})") from None
-    table.columns = [str(c).strip() for c in table.columns]
+    table = _read_csv_table(path)
     if not {"path", "label"} <= set(table.columns):
         raise DataError(f"{path}: a manifest CSV needs columns path,label[,subject]")
+    _refuse_blank_cells(path, table, ["path"])
     unlabelled = table.loc[table["label"].str.strip() == "", "path"].tolist()
     if unlabelled:
         raise DataError(f"{path}: {len(unlabelled)} row(s) have no label ({_preview(unlabelled)})")

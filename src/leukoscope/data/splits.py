@@ -23,7 +23,7 @@ from leukoscope.data.manifest import (
     validate,
     warnings_for,
 )
-from leukoscope.errors import DataError, LeakageError
+from leukoscope.errors import ConfigError, DataError, LeakageError
 
 Split: TypeAlias = pd.DataFrame
 SIDES = ("train", "val", "test")
@@ -73,6 +73,8 @@ def _group_folds(m: Manifest, k: int, seed: int) -> np.ndarray:
 
 def kfold(m: Manifest, k: int = 5, seed: int = 0) -> Split:
     """Stratified k-fold, grouped: each row gets a ``fold`` in 0..k-1."""
+    if k < 2:
+        raise ConfigError(f"--k must be at least 2, got {k}")
     m = labelled(m)
     require_classes(m)
     out = m.copy()
@@ -87,13 +89,25 @@ def _holdout(m: Manifest, fraction: float, seed: int) -> np.ndarray:
     return _group_folds(m, k, seed) == 0
 
 
+def _check_fractions(val: float, test: float) -> None:
+    """Refuse fractions a hold-out cannot honour: it is one grouped fold of at least two, so at
+    most half of what it is taken from (test from all rows, val from what test leaves)."""
+    for name, v in (("val", val), ("test", test)):
+        if not 0 <= v < 1:
+            raise DataError(f"--{name} must be a fraction in [0, 1), got {v}")
+    why = "a grouped hold-out is one fold of at least two"
+    if test > 0.5:
+        raise DataError(f"--test {test} is more than half: {why}")
+    if val > 0.5 * (1 - test) + 1e-9:
+        rest = f" of the {1 - test:g} that --test {test} leaves" if test else ""
+        raise DataError(f"--val {val} is more than half{rest}: {why}")
+
+
 def train_val_test(m: Manifest, val: float = 0.15, test: float = 0.15, seed: int = 0) -> Split:
     """Grouped, stratified train / val / test sides (``val`` and ``test`` are fractions)."""
     m = labelled(m)
     require_classes(m)
-    for name, v in (("val", val), ("test", test)):
-        if not 0 <= v < 1:
-            raise DataError(f"--{name} must be a fraction in [0, 1), got {v}")
+    _check_fractions(val, test)
     out = m.copy()
     out["side"] = "train"
     if test > 0:

@@ -54,7 +54,8 @@ def curves_figure(curves: dict[str, dict[str, Any]]) -> Any:
     roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (one vs rest)")
     pr.set(xlabel="recall", ylabel="precision", title="Precision-recall (one vs rest)", ylim=(0, 1.02))
     for ax in (roc, pr):
-        ax.legend(fontsize=8, loc="lower right" if ax is roc else "lower left")
+        if curves:  # none when the data hold one class: no legend (and no matplotlib warning)
+            ax.legend(fontsize=8, loc="lower right" if ax is roc else "lower left")
         ax.grid(alpha=0.3)
     return fig
 

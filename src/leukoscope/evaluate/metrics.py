@@ -44,6 +44,7 @@ def classification_metrics(y: Sequence[int] | np.ndarray, probs: np.ndarray,
     """Accuracy, balanced accuracy, macro / weighted P-R-F1, per-class P-R-F1, AUC, confusion, ECE.
 
     ``y`` holds integer labels indexing ``classes``; ``probs`` one row per item, one column per class.
+    Averages are over the classes present in ``y``; ``absent_classes`` names the others.
     """
     y = np.asarray(y, int)
     probs = np.asarray(probs, np.float64)
@@ -51,17 +52,23 @@ def classification_metrics(y: Sequence[int] | np.ndarray, probs: np.ndarray,
     k = len(classes)
     if len(y) == 0:
         return {"n": 0, "accuracy": None, "balanced_accuracy": None, "roc_auc": None, "ece": None,
-                "confusion_matrix": [[0] * k for _ in range(k)], "per_class": {}}
+                "confusion_matrix": [[0] * k for _ in range(k)], "per_class": {},
+                "absent_classes": list(classes)}
     pred = probs.argmax(axis=1)
     labels = list(range(k))
+    present = np.unique(y)
     out: dict[str, Any] = {
         "n": int(len(y)),
         "accuracy": float(skm.accuracy_score(y, pred)),
         # balanced accuracy over the classes present in y (sklearn's definition)
-        "balanced_accuracy": float(np.mean([(pred[y == c] == c).mean() for c in np.unique(y)])),
+        "balanced_accuracy": float(np.mean([(pred[y == c] == c).mean() for c in present])),
+        "absent_classes": [c for i, c in enumerate(classes) if i not in present],
     }
     for avg in ("macro", "weighted"):
-        p, r, f, _ = skm.precision_recall_fscore_support(y, pred, labels=labels, average=avg,
+        # over the classes present: an absent class has no recall, and scoring it 0 would halve
+        # the macro figure of a set holding 2 of 4 classes (a call into it still costs accuracy
+        # and the recall of the class it came from)
+        p, r, f, _ = skm.precision_recall_fscore_support(y, pred, labels=present, average=avg,
                                                          zero_division=0)
         out |= {f"precision_{avg}": float(p), f"recall_{avg}": float(r), f"f1_{avg}": float(f)}
     p, r, f, s = skm.precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)

@@ -1,8 +1,9 @@
 """``evaluate``: score a bundle on a labelled manifest; write metrics.json, predictions and report.html.
 
 The report states the protocol and warns when it cannot vouch for the figures: no subject ids
-(image-level), or evaluated images that the model was trained or validated on (read from the
-bundle's split.csv). Calibration is shown before (T = 1) and after the bundle's temperature.
+(image-level), evaluated images that the model was trained or validated on (read from the
+bundle's split.csv), or classes of the model absent from the evaluated images (averages then
+cover the classes present). Calibration is shown before (T = 1) and after the bundle's temperature.
 """
 
 from __future__ import annotations
@@ -79,8 +80,13 @@ def training_overlap(bundle: Bundle, paths: Sequence[str]) -> dict[str, int]:
     return {str(k): int(v) for k, v in hits.value_counts().items()}
 
 
-def _warnings(m: Manifest, overlap: dict[str, int], side: str | None) -> list[str]:
+def _warnings(m: Manifest, overlap: dict[str, int], side: str | None, classes: Sequence[str],
+              absent: Sequence[str]) -> list[str]:
     out = []
+    if absent:
+        out.append(f"{len(absent)} of the model's {len(classes)} classes are absent from the evaluated "
+                   f"images ({', '.join(absent)}): macro figures average the {len(classes) - len(absent)} "
+                   "present, and an absent class has no recall")
     if protocol(m) == "image-level":
         out.append(IMAGE_LEVEL_WARNING + "; no subject-level figures")
     seen = {k: v for k, v in overlap.items() if k in ("train", "val")}
@@ -149,14 +155,16 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
     temperature = bundle.temperature
     before, probs = proba_from_views(logits, 1.0), proba_from_views(logits, temperature)
     overlap = training_overlap(bundle, list(m["path"]))
+    scores = evaluation_metrics(y, probs, classes, list(m["subject"]))
     result: dict[str, Any] = {
         "bundle": str(bundle.path), "model": bundle.config.get("model", bundle.family),
         "family": bundle.family, "classes": classes, "tta": tta, "side": side,
         "protocol": protocol(m), "trained_with": bundle.config.get("protocol"),
-        "warnings": _warnings(m, overlap, side), "overlap_with_training_split": overlap,
+        "warnings": _warnings(m, overlap, side, classes, scores["cell"]["absent_classes"]),
+        "overlap_with_training_split": overlap,
         "images": int(len(y_all)), "evaluated": int(len(y)),
         "skipped": [{"path": p, "reason": r} for p, r in skipped],
-        **evaluation_metrics(y, probs, classes, list(m["subject"])),
+        **scores,
         "calibration": {"temperature": temperature, "ece_before": ece(before, y), "ece_after": ece(probs, y),
                         "reliability_before": reliability(before, y),
                         "reliability_after": reliability(probs, y)},

@@ -129,6 +129,24 @@ def calibration_paths(bundle_dir: Path, n: int = CALIBRATION_IMAGES, seed: int =
     return list(shuffled.loc[order, "path"][:n])
 
 
+def _check_calibration(paths: Sequence[str]) -> None:
+    """Refuse calibration images of which none decodes, before anything is written.
+
+    Unreadable ones are skipped while calibrating, but with none left ONNX Runtime fails deep
+    inside ``quantize_static`` ("No data is collected"). Stops at the first readable image.
+    """
+    if not paths:
+        raise DataError("--calibration: no images found for int8 calibration")
+    first = ""
+    for p in paths:
+        try:
+            load_rgb(p)
+            return
+        except ImageError as e:
+            first = first or str(e)
+    raise DataError(f"none of the {len(paths)} int8 calibration image(s) can be read (first: {first})")
+
+
 def _calibration_batches(paths: Sequence[str], config: dict[str, Any], batch: int = 16
                          ) -> Iterator[dict[str, np.ndarray]]:
     """Preprocessed batches of the readable calibration images, as ORT feeds."""
@@ -197,11 +215,14 @@ def export_onnx(bundle_dir: Path | str, int8: bool = False,
     if config["family"] != "network":
         raise BundleError(f"{bundle_dir}: ONNX export is for network bundles; this {config['family']} "
                           "bundle computes its features in Python")
+    paths: list[str] = []
+    if int8:
+        paths = list(calibration) if calibration is not None else calibration_paths(bundle_dir)
+        _check_calibration(paths)
     network: Any = load_bundle(bundle_dir, runtime="torch")  # a NetworkBundle: the family says so
     export_module(network.module, int(config["preprocessing"]["input_size"]), bundle_dir / ONNX)
     info: dict[str, Any] = {"opset": OPSET, "fp32": ONNX, "weights_digest": file_digest(bundle_dir / WEIGHTS)}
     if int8:
-        paths = list(calibration) if calibration else calibration_paths(bundle_dir)
         _export_int8(bundle_dir / ONNX, bundle_dir / ONNX_INT8, paths, config)
         info |= {"int8": ONNX_INT8, "int8_calibration_images": len(paths), "int8_scheme":
                  "static QDQ, per-channel 7-bit int8 weights, uint8 activations (MinMax); "
