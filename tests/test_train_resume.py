@@ -19,7 +19,7 @@ from leukoscope.data.readers import read
 from leukoscope.errors import ConfigError
 from leukoscope.train import checkpoint
 from leukoscope.train.config import TrainConfig
-from leukoscope.train.loop import SilentReporter, TrainingInterrupted, train
+from leukoscope.train.loop import SilentReporter, TrainingInterrupted, cross_validate, train
 
 SETTINGS = {"model": "leukonet", "img_size": 32, "batch_size": 4, "epochs": 3, "patience": 5}
 ARGS = ["--model", "leukonet", "--img-size", "32", "--batch-size", "4", "--epochs", "3", "--patience", "5"]
@@ -46,7 +46,6 @@ class _StopAfterFirstEpoch(SilentReporter):
 def _stopped_after_one_epoch(cells: Path, out: Path) -> None:
     with pytest.raises(TrainingInterrupted):
         train(read([cells]), TrainConfig.build(**SETTINGS), out, _StopAfterFirstEpoch())
-    assert (out / checkpoint.NAME).is_file()
 
 
 class _Planted:
@@ -72,20 +71,20 @@ def test_resume_is_bit_identical_to_an_unbroken_run(cells, tmp_path):
     train(m, cfg, unbroken)
     resumed = tmp_path / "resumed"
     _stopped_after_one_epoch(cells, resumed)
-    assert checkpoint.load(resumed / checkpoint.NAME)["epoch"] == 1
     train(m, cfg, resumed)
     for name in ("bundle/model.safetensors", "best.safetensors"):
         a, b = load_file(str(unbroken / name)), load_file(str(resumed / name))
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), name
+    ha, hb = (pd.read_csv(run / "history.csv").drop(columns="seconds") for run in (unbroken, resumed))
+    assert list(ha["epoch"]) == [1, 2, 3]
+    pd.testing.assert_frame_equal(ha, hb, check_exact=True)
+    # the last epoch's weights (not only the best ones) and every random state after it
     a, b = (checkpoint.load(run / checkpoint.NAME) for run in (unbroken, resumed))
+    assert a["epoch"] == b["epoch"] == 3
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert all(torch.equal(a["rng"][k], b["rng"][k]) for k in ("augment", "torch"))
-    assert a["rng"]["order"] == b["rng"]["order"]
-    ha, hb = (pd.read_csv(run / "history.csv").drop(columns="seconds") for run in (unbroken, resumed))
-    assert len(ha) == 3
-    pd.testing.assert_frame_equal(ha, hb, check_exact=True)
-    assert (pd.read_csv(unbroken / "bundle" / "history.csv")["epoch"] == [1, 2, 3]).all()
+    assert all(a["rng"][k] == b["rng"][k] for k in ("order", "python"))
 
 
 @pytest.mark.parametrize("name", [checkpoint.LEGACY, checkpoint.NAME])
@@ -110,7 +109,15 @@ def test_a_truncated_checkpoint_is_one_line_then_deleting_it_starts_over(cells, 
     out = tmp_path / "run"
     _stopped_after_one_epoch(cells, out)
     ckpt = out / checkpoint.NAME
-    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    state, good = checkpoint.load(ckpt), ckpt.read_bytes()
+    assert state["epoch"] == 1
+    m, cfg = read([cells]), TrainConfig.build(**SETTINGS)
+    # well-formed files whose contents fit no run (edited, or planted by hand)
+    for edited in ({**state, "model": {"w": torch.zeros(2)}}, {**state, "rng": {}}, {"fingerprint": "x"}):
+        checkpoint.save(ckpt, edited)
+        with pytest.raises(ConfigError, match="not a usable checkpoint"):
+            train(m, cfg, out)
+    ckpt.write_bytes(good[: len(good) // 2])
     runner = CliRunner()
     command = ["train", str(cells), *ARGS, "--out", str(out)]
     res = runner.invoke(app, command)
@@ -158,3 +165,12 @@ def test_a_failed_start_does_not_lock_its_run_folder(cells, tmp_path):
     # a folder with finished epochs is still protected from other settings
     other = runner.invoke(app, ["train", str(cells), *ARGS, "--lr", "0.5", "--out", str(out)])
     assert other.exit_code == 1 and "other settings" in _one_error_line(other.output)
+
+
+def test_a_cv_folder_with_finished_folds_stays_protected(cells, tmp_path):
+    m = read([cells])
+    settings = {**SETTINGS, "epochs": 1, "cv": 2}
+    cross_validate(m, TrainConfig.build(**settings), tmp_path)  # progress lives in fold-*/ only
+    assert not (tmp_path / checkpoint.NAME).exists()
+    with pytest.raises(ConfigError, match="other settings"):
+        cross_validate(m, TrainConfig.build(**{**settings, "lr": 0.5}), tmp_path)

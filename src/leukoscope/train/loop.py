@@ -55,6 +55,8 @@ from leukoscope.train.config import TrainConfig
 BEST = "best.safetensors"
 BUNDLE = "bundle"
 EVAL_BATCH = 64
+#: What restoring a checkpoint that parses but does not fit this run raises (a foreign or edited file).
+BAD_STATE = (AttributeError, IndexError, KeyError, TypeError, ValueError, RuntimeError)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -305,8 +307,12 @@ def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
     found = checkpoint.find(out)
     state = checkpoint.load(found) if found else None
     if state is not None:
-        old = state.get("fingerprint", {})
-        if old.get("split") != fingerprint["split"] or not cfg.same_as(old.get("config", {})):
+        try:
+            old = state["fingerprint"]
+            same = old["split"] == fingerprint["split"] and cfg.same_as(old["config"])
+        except BAD_STATE as e:
+            raise checkpoint.unreadable(ckpt_path, e) from None
+        if not same:
             raise ConfigError(f"{out} holds a run with other settings or another split; "
                               "use another --out, or delete it to start over")
     weights = class_weights(data.y[tr], k)
@@ -335,6 +341,7 @@ def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
     start, best_score, best_epoch, bad = 0, -1.0, -1, 0
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
+    stopped = False
     if state is not None:
         try:
             model.load_state_dict(state["model"])
@@ -345,9 +352,9 @@ def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
             best_score, best_epoch, bad = state["best_score"], state["best_epoch"], state["bad_epochs"]
             extra = state["extra"]
             _set_rng_states(state["rng"], gen, rng)
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            stopped = bool(state["stopped"])
+        except BAD_STATE as e:
             raise checkpoint.unreadable(ckpt_path, e) from None
-    stopped = state is not None and state["stopped"]
 
     sample_p = weights[data.y[tr]] / weights[data.y[tr]].sum() if cfg.balance == "sampler" else None
     strength = cfg.aug_strength if cfg.augment else 0.0
@@ -450,7 +457,8 @@ def _set_rng_states(saved: dict[str, Any], gen: torch.Generator, rng: np.random.
 
 def _match_layout(opt: torch.optim.Optimizer) -> None:
     """Optimiser moments back in their parameter's memory layout (channels_last), as the unbroken run
-    keeps them (the checkpoint stores them contiguous), so the updates compute the same bits."""
+    keeps them: the checkpoint stores them contiguous, and an elementwise kernel over mixed layouts
+    may take another code path (not seen to change a bit on this project's CPUs; kept to be exact)."""
     for p, st in opt.state.items():
         for key, v in st.items():
             if isinstance(v, torch.Tensor) and v.shape == p.shape:
