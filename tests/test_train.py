@@ -16,6 +16,7 @@ from leukoscope.data.manifest import label_indices
 from leukoscope.data.readers import read
 from leukoscope.errors import ConfigError
 from leukoscope.models.networks import LeukoNet
+from leukoscope.train import checkpoint
 from leukoscope.train.config import TrainConfig
 from leukoscope.train.loop import SilentReporter, TrainingInterrupted, cross_validate, train
 
@@ -50,7 +51,7 @@ def test_interrupt_then_resume_and_bundle_round_trip(synthetic2, tmp_path):
     cfg = TrainConfig.build(**TINY)
     with pytest.raises(TrainingInterrupted):
         train(m, cfg, tmp_path, _StopAfterFirstEpoch())
-    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    saved = checkpoint.load(tmp_path / checkpoint.NAME)
     assert saved["epoch"] == 1 and len(saved["history"]) == 1
     bundle = train(m, cfg, tmp_path)  # same command: resumes at epoch 2
     history = bundle.history()

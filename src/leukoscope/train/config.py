@@ -127,6 +127,9 @@ class TrainConfig:
              f"--split-protocol must be one of {', '.join(SPLIT_PROTOCOLS)}, got {self.split_protocol!r}")
         need(self.balance in BALANCE, f"balance must be one of {', '.join(BALANCE)}, got {self.balance!r}")
         need(self.cv == 0 or self.cv >= 2, f"--cv must be 0 (off) or >= 2, got {self.cv}")
+        # numpy seeds only take [0, 2**32): anything else would fail deep in the loop
+        need(type(self.seed) is int and 0 <= self.seed < 2**32,
+             f"--seed must be an integer in [0, 2**32 - 1], got {self.seed!r}")
         need(self.min_steps is None or self.min_steps >= 0, f"min_steps must be >= 0, got {self.min_steps}")
         from leukoscope.train.stain import check_method
 

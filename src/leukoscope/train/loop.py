@@ -3,15 +3,16 @@
 ``train(m, config, out)`` writes into the run directory ``out``::
 
     config.json / config.yaml   the resolved TrainConfig (``--config out/config.yaml`` replays it)
-    checkpoint.pt               last finished epoch (model, optimiser, schedule, RNG, history)
+    checkpoint.safetensors      last finished epoch (model, optimiser, schedule, every RNG, history;
+                                no pickle: see ``train.checkpoint``)
     best.safetensors            weights of the best epoch so far (validation balanced accuracy)
     history.csv, curves.png     per-epoch loss / accuracy
     metrics.json                validation and test figures (and frozen features + LR)
     bundle/                     the model bundle (``load_bundle(out / "bundle")``)
 
-Rerunning with the same settings resumes from ``checkpoint.pt``; Ctrl-C leaves the last finished
-epoch on disk and raises ``TrainingInterrupted``. The test side is never seen before the end:
-early stopping and temperature scaling use the validation side only.
+Rerunning with the same settings resumes from the checkpoint, bit for bit as if never stopped;
+Ctrl-C leaves the last finished epoch on disk and raises ``TrainingInterrupted``. The test side is
+never seen before the end: early stopping and temperature scaling use the validation side only.
 """
 
 from __future__ import annotations
@@ -48,13 +49,14 @@ from leukoscope.evaluate.metrics import classification_metrics
 from leukoscope.models import preprocess
 from leukoscope.models.backbones import channels_last
 from leukoscope.models.networks import Network, forward_logits, network_class, save_weights
-from leukoscope.train import augment, stain
+from leukoscope.train import augment, checkpoint, stain
 from leukoscope.train.config import TrainConfig
 
-CHECKPOINT = "checkpoint.pt"
 BEST = "best.safetensors"
 BUNDLE = "bundle"
 EVAL_BATCH = 64
+#: What restoring a checkpoint that parses but does not fit this run raises (a foreign or edited file).
+BAD_STATE = (AttributeError, IndexError, KeyError, TypeError, ValueError, RuntimeError)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -301,12 +303,16 @@ def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
     fingerprint = _fingerprint(cfg, data)
     extra: dict[str, Any] = {}
 
-    ckpt_path = out / CHECKPOINT
-    state: dict[str, Any] | None = None
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=False)
-        old = state.get("fingerprint", {})
-        if old.get("split") != fingerprint["split"] or not cfg.same_as(old.get("config", {})):
+    ckpt_path = out / checkpoint.NAME
+    found = checkpoint.find(out)
+    state = checkpoint.load(found) if found else None
+    if state is not None:
+        try:
+            old = state["fingerprint"]
+            same = old["split"] == fingerprint["split"] and cfg.same_as(old["config"])
+        except BAD_STATE as e:
+            raise checkpoint.unreadable(ckpt_path, e) from None
+        if not same:
             raise ConfigError(f"{out} holds a run with other settings or another split; "
                               "use another --out, or delete it to start over")
     weights = class_weights(data.y[tr], k)
@@ -335,16 +341,20 @@ def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
     start, best_score, best_epoch, bad = 0, -1.0, -1, 0
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
+    stopped = False
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        history, start = state["history"], state["epoch"]
-        best_score, best_epoch, bad = state["best_score"], state["best_epoch"], state["bad_epochs"]
-        extra = state.get("extra", {})
-        gen.set_state(state["torch_rng"])
-        rng.bit_generator.state = state["numpy_rng"]
-    stopped = state is not None and state.get("stopped", False)
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            _match_layout(opt)
+            sched.load_state_dict(state["scheduler"])
+            history, start = state["history"], state["epoch"]
+            best_score, best_epoch, bad = state["best_score"], state["best_epoch"], state["bad_epochs"]
+            extra = state["extra"]
+            _set_rng_states(state["rng"], gen, rng)
+            stopped = bool(state["stopped"])
+        except BAD_STATE as e:
+            raise checkpoint.unreadable(ckpt_path, e) from None
 
     sample_p = weights[data.y[tr]] / weights[data.y[tr]].sum() if cfg.balance == "sampler" else None
     strength = cfg.aug_strength if cfg.augment else 0.0
@@ -409,11 +419,11 @@ def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
             else:
                 bad += 1
             stopped = bad >= patience
-            _save_checkpoint(ckpt_path, {
+            checkpoint.save(ckpt_path, {
                 "fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "history": history, "epoch": epoch + 1,
                 "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad, "extra": extra,
-                "torch_rng": gen.get_state(), "numpy_rng": rng.bit_generator.state, "stopped": stopped})
+                "rng": _rng_states(gen, rng), "stopped": stopped})
             rep.epoch(row)
             epochs_bar(1)
     except KeyboardInterrupt:
@@ -430,10 +440,29 @@ def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
     return model, hist, extra
 
 
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+def _rng_states(gen: torch.Generator, rng: np.random.Generator) -> dict[str, Any]:
+    """Every random state an epoch draws from: augmentation and batch order (the run's own
+    generators), dropout (torch's global one), and numpy's and Python's global ones for the rest."""
+    return {"augment": gen.get_state(), "order": rng.bit_generator.state, "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(legacy=False), "python": random.getstate()}
+
+
+def _set_rng_states(saved: dict[str, Any], gen: torch.Generator, rng: np.random.Generator) -> None:
+    gen.set_state(saved["augment"])
+    rng.bit_generator.state = saved["order"]
+    torch.set_rng_state(saved["torch"])
+    np.random.set_state(saved["numpy"])
+    random.setstate(saved["python"])
+
+
+def _match_layout(opt: torch.optim.Optimizer) -> None:
+    """Optimiser moments back in their parameter's memory layout (channels_last), as the unbroken run
+    keeps them: the checkpoint stores them contiguous, and an elementwise kernel over mixed layouts
+    may take another code path (not seen to change a bit on this project's CPUs; kept to be exact)."""
+    for p, st in opt.state.items():
+        for key, v in st.items():
+            if isinstance(v, torch.Tensor) and v.shape == p.shape:
+                st[key] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 def evaluate(model: Network, data: Prepared, pre: dict[str, Any], tta: bool,
@@ -528,6 +557,7 @@ def train(m: Manifest, config: TrainConfig, out: Path, reporter: Reporter | None
     rep = reporter or SilentReporter()
     out.mkdir(parents=True, exist_ok=True)
     _check_same(out, cfg)
+    checkpoint.find(out)  # an old pickle checkpoint is refused now, not after decoding every image
     cfg.write(out)
     m, images, pre, class_names, skipped = _prepare_run(m, cfg, rep)
     split = make_split(m, cfg)
@@ -542,13 +572,21 @@ def train(m: Manifest, config: TrainConfig, out: Path, reporter: Reporter | None
 
 
 def _check_same(out: Path, cfg: TrainConfig) -> None:
-    """Refuse to mix two different runs in one directory."""
+    """Refuse to mix two different runs in one directory. A directory with no finished epoch (a start
+    that failed before its first checkpoint, leaving only its config) holds nothing to protect: the
+    corrected command takes it over."""
     import json
 
     f = out / "config.json"
-    if f.exists() and not cfg.same_as(json.loads(f.read_text())):
+    if f.exists() and not cfg.same_as(json.loads(f.read_text())) and _has_progress(out):
         raise ConfigError(f"{out} holds a run with other settings (see {f}); "
                           "use another --out, or delete it to start over")
+
+
+def _has_progress(out: Path) -> bool:
+    """Whether ``out`` (or one of its CV folds) holds a finished epoch or a finished run."""
+    return any((run / name).exists() for run in (out, *out.glob("fold-*"))
+               for name in (checkpoint.NAME, checkpoint.LEGACY, ".done"))
 
 
 def cross_validate(m: Manifest, config: TrainConfig, out: Path, reporter: Reporter | None = None
