@@ -12,6 +12,7 @@ import io
 import os
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -62,21 +63,15 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8)
 
 
-def _open(source: Path | io.BytesIO, name: str, max_pixels: int | None) -> np.ndarray:
-    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
+@contextmanager
+def _pil_errors(name: str) -> Iterator[None]:
+    """Turn every way Pillow fails on a file into one ``ImageError`` naming it."""
     try:
         with warnings.catch_warnings():
-            # Our own MAX_PIXELS check below names the size; Pillow's hard limit still raises.
+            # Our own MAX_PIXELS check names the size; Pillow's hard limit still raises.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF": the error says it
-            with Image.open(source) as im:
-                w, h = im.size
-                if w * h > max_pixels:
-                    raise ImageError(f"{name}: {w}x{h} pixels exceeds the limit of {max_pixels:,}")
-                if w == 0 or h == 0:
-                    raise ImageError(f"{name}: image has zero size")
-                im.load()
-                return _to_rgb(im)
+            yield
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -85,6 +80,31 @@ def _open(source: Path | io.BytesIO, name: str, max_pixels: int | None) -> np.nd
         raise ImageError(f"{name}: too large, decompression bomb guard ({e})") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"{name}: cannot decode image ({e})") from None
+
+
+def _open(source: Path | io.BytesIO, name: str, max_pixels: int | None) -> np.ndarray:
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
+    with _pil_errors(name), Image.open(source) as im:
+        w, h = im.size
+        if w * h > max_pixels:
+            raise ImageError(f"{name}: {w}x{h} pixels exceeds the limit of {max_pixels:,}")
+        if w == 0 or h == 0:
+            raise ImageError(f"{name}: image has zero size")
+        im.load()
+        return _to_rgb(im)
+
+
+def image_size(path: Path | str) -> tuple[int, int]:
+    """Width and height from the file's header, without decoding the pixels.
+
+    Cheap enough to sort thousands of files by size (cells from whole-field overviews);
+    a file that is not an image raises ``ImageError`` naming it.
+    """
+    p = Path(path)
+    if p.stat().st_size == 0:
+        raise ImageError(f"{p}: empty file (0 bytes)")
+    with _pil_errors(str(p)), Image.open(p) as im:
+        return im.size
 
 
 def load_rgb(path: Path | str, max_pixels: int | None = None) -> np.ndarray:
