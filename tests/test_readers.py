@@ -285,7 +285,7 @@ def test_class_folders_with_no_images(tmp_path: Path) -> None:
 
 
 def test_layout_override_and_registry(data: Path) -> None:
-    assert set(LAYOUTS) == {"cnmc", "class-folders", "label-in-name", "csv"}
+    assert set(LAYOUTS) == {"cnmc", "class-folders", "label-in-name", "csv", "cohort"}
     assert all(lay.doc for lay in LAYOUTS.values())
     # cnmc_cells detected as class folders; forcing label-in-name must fail clearly, not misread
     with pytest.raises(DataError, match="cnmc_cells: no images found"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -14,8 +15,16 @@ from leukoscope.cli.app import console, data_app, guarded, print_json
 
 Paths = Annotated[list[Path], typer.Argument(help="Data set folders or CSV manifests.")]
 LayoutOpt = Annotated[
-    str | None, typer.Option("--layout", help="Force a layout: cnmc, class-folders, "
+    str | None, typer.Option("--layout", help="Force a layout: cnmc, cohort, class-folders, "
                              "label-in-name, csv (default: detected).")]
+SubjectsOpt = Annotated[
+    Path | None, typer.Option("--subjects", help="Patient table (CSV), one row per patient: reads each "
+                              "input as a cohort whose patient folders are named by its ids (README).")]
+SubjectIdOpt = Annotated[
+    str | None, typer.Option("--subject-id", help="Column of --subjects holding the patient id "
+                             "(default: its first column).")]
+DiagnosisOpt = Annotated[
+    str, typer.Option("--diagnosis", help="Column of --subjects holding the patient-level label.")]
 
 
 def progress() -> Progress:
@@ -29,17 +38,27 @@ def progress() -> Progress:
 
 @data_app.command("describe")
 @guarded
-def describe_cmd(paths: Paths, layout: LayoutOpt = None,
+def describe_cmd(paths: Paths, layout: LayoutOpt = None, subjects: SubjectsOpt = None,
+                 subject_id: SubjectIdOpt = None, diagnosis: DiagnosisOpt = "diagnosis",
                  as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
                  ) -> None:
-    """Images per class, subjects per class, per source split; sizes, modes, unreadable files."""
-    from leukoscope.data.describe import describe
-    from leukoscope.data.readers import read
+    """Images per class, subjects per class, per source split; sizes, modes, unreadable files.
 
-    m = read(paths, layout)
+    For a patient cohort also patients per diagnosis, cells per patient and per type, unlabelled
+    cells, whole-field overview images and skipped files.
+    """
+    from leukoscope.data.cohort import DEFAULT_DIAGNOSIS, load_subjects
+    from leukoscope.data.describe import describe
+    from leukoscope.data.readers import read_with_cohorts
+    from leukoscope.errors import ConfigError
+
+    if subjects is None and (subject_id is not None or diagnosis != DEFAULT_DIAGNOSIS):
+        raise ConfigError("--subject-id and --diagnosis name columns of --subjects FILE; give it too")
+    patients = load_subjects(subjects, subject_id, diagnosis) if subjects is not None else None
+    m, cohorts = read_with_cohorts(paths, layout, patients)
     with progress() as bar:
         task = bar.add_task("decoding", total=len(m))
-        info = describe(m, on_image=lambda: bar.advance(task))
+        info = describe(m, on_image=lambda: bar.advance(task), cohorts=cohorts)
     if as_json:
         print_json(info)
         return
@@ -53,12 +72,33 @@ def describe_cmd(paths: Paths, layout: LayoutOpt = None,
                           f"{c['subjects']} ({ids})" if c["subjects"] else "-")
     console.print(table)
     console.print(f"sizes: {info['sizes']}  modes: {info['modes']}")
+    if "cohort" in info:
+        _print_cohort(info["cohort"])
     if "warning" in info:
         console.print(f"[yellow]note:[/] {info['warning']}")
     if info["unreadable"]:
         console.print(f"[yellow]{len(info['unreadable'])} unreadable file(s):[/]")
         for u in info["unreadable"]:
             console.print(escape(f"  {u['path']}: {u['reason']}"))
+
+
+def _print_cohort(c: dict) -> None:
+    """The cohort lines of ``data describe``: patients, cells, and what is not a cell."""
+    per_dx = ", ".join(f"{k} {v}" for k, v in c["patients_per_diagnosis"].items())
+    cpp = c["cells_per_patient"]
+    console.print(escape(
+        f"cohort: {c['patients']} patients ({c['diagnosis_column']}: {per_dx}); cells per patient "
+        f"min {cpp['min']} / median {cpp['median']:g} / max {cpp['max']}; {c['typed_cells']} typed cells "
+        f"in {c['cell_types']} types, {c['unlabelled_cells']} unlabelled; {c['overview_images']} "
+        f"overview image(s), not cells"))
+    for what, items in (("patient(s) with no cells", c["patients_without_cells"]),
+                        ("folder(s) not in the subjects table", list(c["unlisted_folders"]))):
+        if items:
+            console.print(f"[yellow]{len(items)} {what}:[/] " + escape(", ".join(items)))
+    if c["skipped"]:
+        reasons = Counter(s["reason"] for s in c["skipped"])
+        console.print(escape(f"{c['skipped_files']} file(s) skipped: ")
+                      + escape("; ".join(f"{r} ({n})" for r, n in reasons.most_common())))
 
 
 @data_app.command("split")

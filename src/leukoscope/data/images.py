@@ -13,6 +13,7 @@ import math
 import os
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -83,22 +84,15 @@ def _check_size(name: str, w: int, h: int, max_pixels: int) -> None:
                          f"square (longest side at most {math.isqrt(max_pixels):,})")
 
 
-def _open(source: Path | io.BytesIO, name: str, max_pixels: int | None) -> tuple[np.ndarray, str]:
-    """The one place pixels are decoded: accepted formats only, size checked from the header first.
-
-    Returns the RGB array and the file's own PIL mode.
-    """
-    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
+@contextmanager
+def _pil_errors(name: str) -> Iterator[None]:
+    """Turn every way Pillow fails on a file into one ``ImageError`` naming it."""
     try:
         with warnings.catch_warnings():
-            # Our own MAX_PIXELS check below names the size; Pillow's hard limit still raises.
+            # Our own MAX_PIXELS check names the size; Pillow's hard limit still raises.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF": the error says it
-            with Image.open(source, formats=FORMATS) as im:
-                _check_size(name, *im.size, max_pixels)
-                mode = im.mode  # as the header says (loading may change it for some formats)
-                im.load()
-                return _to_rgb(im), mode
+            yield
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -109,6 +103,19 @@ def _open(source: Path | io.BytesIO, name: str, max_pixels: int | None) -> tuple
         raise ImageError(f"{name}: cannot decode image ({e})") from None
 
 
+def _open(source: Path | io.BytesIO, name: str, max_pixels: int | None) -> tuple[np.ndarray, str]:
+    """The one place pixels are decoded: accepted formats only, size checked from the header first.
+
+    Returns the RGB array and the file's own PIL mode.
+    """
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
+    with _pil_errors(name), Image.open(source, formats=FORMATS) as im:
+        _check_size(name, *im.size, max_pixels)
+        mode = im.mode  # as the header says (loading may change it for some formats)
+        im.load()
+        return _to_rgb(im), mode
+
+
 def _read(path: Path | str, max_pixels: int | None) -> tuple[np.ndarray, str]:
     p = Path(path)
     if not p.exists():
@@ -116,6 +123,19 @@ def _read(path: Path | str, max_pixels: int | None) -> tuple[np.ndarray, str]:
     if p.stat().st_size == 0:
         raise ImageError(f"{p}: empty file (0 bytes)")
     return _open(p, str(p), max_pixels)
+
+
+def image_size(path: Path | str) -> tuple[int, int]:
+    """Width and height from the file's header, without decoding the pixels.
+
+    Cheap enough to sort thousands of files by size (cells from whole-field overviews);
+    a file that is not an image raises ``ImageError`` naming it.
+    """
+    p = Path(path)
+    if p.stat().st_size == 0:
+        raise ImageError(f"{p}: empty file (0 bytes)")
+    with _pil_errors(str(p)), Image.open(p, formats=FORMATS) as im:
+        return im.size
 
 
 def load_rgb(path: Path | str, max_pixels: int | None = None) -> np.ndarray:

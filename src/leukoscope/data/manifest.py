@@ -10,7 +10,9 @@ Columns (always present, in this order first):
 
 Readers may add columns (``fold`` for C-NMC training folds, ``original_name`` for renamed
 files, ``dataset`` for the folder a row came from, ``synthetic`` when that folder holds the
-SYNTHETIC.txt marker of generated data); downstream code must not rely on them.
+SYNTHETIC.txt marker of generated data; for a patient cohort, ``subjects_file`` and the patient
+table's columns in snake_case, see data/cohort.py); downstream code must not rely on them, except
+through data/cohort.py's ``subject_labels``.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from leukoscope.data.cohort import Cohort, SubjectTable, is_deepapl, scan_cohort
 from leukoscope.data.images import is_image_file, iter_image_files, load_rgb
 from leukoscope.data.manifest import Manifest, make_manifest, validate
 from leukoscope.data.synthetic import SYNTHETIC_MARKER
@@ -185,6 +186,12 @@ def read_label_in_name(path: Path) -> Manifest:
     return make_manifest(rows)
 
 
+@layout("cohort", is_deepapl)
+def read_cohort(path: Path) -> Manifest:
+    """Patient cohort: a folder per patient + a subjects CSV (DeepAPL: Data/master.csv, Data/All)."""
+    return scan_cohort(path).cells
+
+
 def _class_dirs(p: Path) -> list[Path]:
     return sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
 
@@ -252,16 +259,32 @@ def detect_layout(path: Path) -> str:
     )
 
 
-def read(paths: Sequence[Path | str], layout: str | None = None) -> Manifest:
-    """Read one or more data sets into one Manifest (their classes must agree)."""
+def read(paths: Sequence[Path | str], layout: str | None = None,
+         subjects: SubjectTable | None = None) -> Manifest:
+    """Read one or more data sets into one Manifest (their classes must agree).
+
+    ``subjects`` reads every path as a patient cohort keyed by that table (see data/cohort.py).
+    """
+    return read_with_cohorts(paths, layout, subjects)[0]
+
+
+def read_with_cohorts(paths: Sequence[Path | str], layout: str | None = None,
+                      subjects: SubjectTable | None = None) -> tuple[Manifest, list[Cohort]]:
+    """``read``, also returning the scan of each cohort input (its overview images, skipped files)."""
     if layout is not None and layout not in LAYOUTS:
         raise DataError(f"--layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+    if subjects is not None and layout not in (None, "cohort"):
+        raise DataError(f"--subjects reads patient cohorts; it does not go with --layout {layout}")
     if not paths:
         raise DataError("no input paths given")
-    parts = []
+    parts, cohorts = [], []
     for p in map(Path, paths):
-        name = layout or detect_layout(p)
-        m = LAYOUTS[name].read(p)
+        name = layout or ("cohort" if subjects is not None else detect_layout(p))
+        if name == "cohort":  # a cohort's scan holds more than its cells: keep it for describe
+            cohorts.append(scan_cohort(p, subjects))
+            m = cohorts[-1].cells.copy()
+        else:
+            m = LAYOUTS[name].read(p)
         m["dataset"] = p.resolve().name
         m["layout"] = name
         m["synthetic"] = p.is_dir() and (p / SYNTHETIC_MARKER).is_file()
@@ -273,7 +296,7 @@ def read(paths: Sequence[Path | str], layout: str | None = None) -> Manifest:
             desc = "; ".join(f"{k}: {sorted(v)}" for k, v in sets)
             raise DataError(f"the inputs have different classes ({desc})")
     m = pd.concat(parts, ignore_index=True)
-    return validate(m)
+    return validate(m), cohorts
 
 
 def drop_unreadable(m: Manifest) -> tuple[Manifest, list[tuple[str, str]]]:
