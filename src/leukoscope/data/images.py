@@ -12,6 +12,7 @@ import io
 import os
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -21,6 +22,9 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from leukoscope.errors import ImageError
 
 IMAGE_SUFFIXES = {".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".webp"}
+#: The only Pillow formats ever opened: those of the suffixes above. Never EPS (it runs Ghostscript)
+#: nor any of Pillow's rarely used parsers, whatever a file's name or content claims.
+FORMATS = ("BMP", "PNG", "JPEG", "TIFF", "GIF", "WEBP")
 #: Decompression-bomb guard: refuse images above this many pixels (about 8k x 8k); read at call
 #: time, so ``max_pixels=None`` (the default) always means the current module setting.
 MAX_PIXELS = 64_000_000
@@ -54,29 +58,28 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "PA"):
-        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)
-        rgb = rgba[..., :3] * (rgba[..., 3:4] / 255.0)
-        return np.round(rgb).astype(np.uint8)
+        # in integers, 2 bytes a sample rather than float32's 4 (plus temporaries); x * a / 255 is
+        # never exactly half-way, so adding 127 before the floor division rounds as np.round would
+        rgba = np.asarray(im.convert("RGBA"))
+        rgb = rgba[..., :3] * rgba[..., 3:4].astype(np.uint16)  # at most 255 * 255 + 127 below
+        rgb += 127
+        rgb //= 255
+        return rgb.astype(np.uint8)
     if im.mode != "RGB":
         im = im.convert("RGB")
     return np.asarray(im, dtype=np.uint8)
 
 
-def _open(source: Path | io.BytesIO, name: str, max_pixels: int | None) -> np.ndarray:
-    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
+@contextmanager
+def _opened(source: Path | io.BytesIO, name: str) -> Iterator[Image.Image]:
+    """Open an image of an accepted format (header only) and map any failure inside to one ``ImageError``."""
     try:
         with warnings.catch_warnings():
-            # Our own MAX_PIXELS check below names the size; Pillow's hard limit still raises.
+            # Our own MAX_PIXELS check names the size; Pillow's hard limit still raises.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF": the error says it
-            with Image.open(source) as im:
-                w, h = im.size
-                if w * h > max_pixels:
-                    raise ImageError(f"{name}: {w}x{h} pixels exceeds the limit of {max_pixels:,}")
-                if w == 0 or h == 0:
-                    raise ImageError(f"{name}: image has zero size")
-                im.load()
-                return _to_rgb(im)
+            with Image.open(source, formats=FORMATS) as im:
+                yield im
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -85,6 +88,18 @@ def _open(source: Path | io.BytesIO, name: str, max_pixels: int | None) -> np.nd
         raise ImageError(f"{name}: too large, decompression bomb guard ({e})") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"{name}: cannot decode image ({e})") from None
+
+
+def _open(source: Path | io.BytesIO, name: str, max_pixels: int | None) -> np.ndarray:
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
+    with _opened(source, name) as im:
+        w, h = im.size
+        if w * h > max_pixels:
+            raise ImageError(f"{name}: {w}x{h} pixels exceeds the limit of {max_pixels:,}")
+        if w == 0 or h == 0:
+            raise ImageError(f"{name}: image has zero size")
+        im.load()
+        return _to_rgb(im)
 
 
 def load_rgb(path: Path | str, max_pixels: int | None = None) -> np.ndarray:
@@ -102,6 +117,12 @@ def decode_rgb(data: bytes, name: str = "upload", max_pixels: int | None = None)
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes)")
     return _open(io.BytesIO(data), name, max_pixels)
+
+
+def header_size(data: bytes, name: str = "upload") -> tuple[int, int]:
+    """Width and height from the header alone, nothing decoded: to budget pixels before decoding."""
+    with _opened(io.BytesIO(data), name) as im:
+        return im.size
 
 
 P = TypeVar("P", str, Path)
