@@ -26,7 +26,8 @@ from serve_support import network_bundle, sample_images  # noqa: F401 - the fixt
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 
-LIMITS = ServeSettings(max_files=4, max_bytes=3 * 2**20, max_pixels=4_000_000)
+LIMITS = ServeSettings(max_files=4, max_bytes=3 * 2**20, max_pixels=4_000_000, max_body=8 * 2**20,
+                       max_request_pixels=6_000_000)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,8 @@ def test_model_card_describes_bundle(client: Any, network_bundle: Path) -> None:
     assert sum(p["images"] for p in card["split"].values()) == len(split)
     assert set(card["split"]) == set(split["side"])
     assert "Research use only" in card["intended_use"]
-    assert card["limits"] == {"max_files": 4, "max_bytes": 3 * 2**20, "max_pixels": 4_000_000}
+    assert card["limits"] == {"max_files": 4, "max_bytes": 3 * 2**20, "max_pixels": 4_000_000,
+                              "max_body": 8 * 2**20, "max_request_pixels": 6_000_000}
 
 
 @pytest.mark.parametrize("explain", [True, False])
@@ -190,6 +192,24 @@ def test_body_over_the_total_cap_is_refused_before_parsing(client: Any, images: 
     assert_serves_next(client, images)
 
 
+def test_eps_is_never_parsed(client: Any, images: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """EPS is decoded by running Ghostscript on the upload: the server must not even parse one."""
+    from PIL import EpsImagePlugin
+
+    eps = io.BytesIO()
+    Image.open(images["png"]).convert("RGB").save(eps, format="EPS")
+    assert eps.getvalue().startswith(b"%!PS-Adobe")
+    parsed: list[int] = []
+    real_open = EpsImagePlugin.EpsImageFile._open
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open",
+                        lambda self: (parsed.append(1), real_open(self))[1])
+    r = client.post("/api/predict", **upload(("cell.eps", eps.getvalue()), ctype="application/postscript"))
+    assert r.status_code == 422
+    assert r.json()["detail"] == "no uploaded file could be read as an image: cell.eps: not a readable image"
+    assert parsed == []
+    assert_serves_next(client, images)
+
+
 def test_bad_query_parameter_is_a_readable_422(client: Any, images: dict[str, Path]) -> None:
     r = client.post("/api/predict?explain=perhaps", **upload(("c.png", images["png"].read_bytes())))
     assert r.status_code == 422
@@ -261,6 +281,12 @@ def test_cli_serve_errors_are_one_line(tmp_path: Path, network_bundle: Path) -> 
     assert r.exit_code == 1 and "--max-files must be at least 1" in r.output
     r = runner.invoke(cli, ["serve", str(network_bundle), "--threads", "-1"])
     assert r.exit_code == 1 and "--threads must be 0" in r.output
+    for option, value, message in [("--port", "70000", "--port must be 1 to 65535 (got 70000)"),
+                                   ("--max-active", "0", "--max-active must be at least 1 (got 0)"),
+                                   ("--max-queue", "-1", "--max-queue must be at least 0 (got -1)"),
+                                   ("--max-body", "0", "--max-body must be at least 1 (got 0)")]:
+        r = runner.invoke(cli, ["serve", str(network_bundle), option, value])
+        assert r.exit_code == 1 and r.output.strip() == f"error: {message}", r.output
     r = runner.invoke(cli, ["serve", str(network_bundle), "--runtime", "tensorflow"])
     assert r.exit_code == 1 and "runtime 'tensorflow' is not one of" in r.output
     import socket

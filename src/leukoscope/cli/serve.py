@@ -41,12 +41,21 @@ def serve_cmd(
                                            "benchmark --save-best).")],
     host: Annotated[str, typer.Option(help="Address to bind; the default serves this machine only.")]
     = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(help="TCP port, 1 to 65535.")] = 8000,
     max_files: Annotated[int, typer.Option("--max-files", help="Most files per request.")] = _D.max_files,
     max_bytes: Annotated[int, typer.Option("--max-bytes", help="Largest file accepted, in bytes.")]
     = _D.max_bytes,
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="Largest image accepted, in pixels "
                                             "(decompression-bomb guard).")] = _D.max_pixels,
+    max_body: Annotated[int, typer.Option("--max-body", help="Largest request body, in bytes; counted "
+                                          "as it arrives, and the rest is never read.")] = _D.max_body,
+    max_request_pixels: Annotated[int, typer.Option(
+        "--max-request-pixels", help="Most pixels of all images in one request together, read from "
+        "their headers before any is decoded.")] = _D.max_request_pixels,
+    max_active: Annotated[int, typer.Option("--max-active", help="Predict requests handled at once.")]
+    = _D.max_active,
+    max_queue: Annotated[int, typer.Option("--max-queue", help="Predict requests that may wait for a "
+                                           "place; any more get 503 with Retry-After.")] = _D.max_queue,
     runtime: Annotated[str, typer.Option(help="Network bundles: auto (ONNX when exported), torch, onnx, "
                                          "onnx-int8.")] = _D.runtime,
     threads: Annotated[int, typer.Option(help="PyTorch threads per model call (0: one per core). One "
@@ -62,7 +71,11 @@ def serve_cmd(
     # DNS rebinding. Bound to a network address, any Host is, since the machine's names are unknown.
     hosts = LOOPBACK_HOSTS if _loopback(host) else ("*",)
     settings = ServeSettings(max_files=max_files, max_bytes=max_bytes, max_pixels=max_pixels,
-                             allowed_hosts=hosts, runtime=runtime)
+                             max_body=max_body, max_request_pixels=max_request_pixels,
+                             max_active=max_active, max_queue=max_queue, allowed_hosts=hosts,
+                             runtime=runtime)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port must be 1 to 65535 (got {port})")
     if threads < 0:
         raise ConfigError(f"--threads must be 0 (one per core) or more, got {threads}")
     web = create_app(bundle, settings)

@@ -8,19 +8,22 @@
 - ``/docs`` and ``/openapi.json`` (FastAPI's Swagger page loads its JS from a CDN, so it only
   renders with internet access; ``/openapi.json`` itself is always served).
 
-Safety is structural rather than a checklist: the request body is streamed through a byte cap
-and parsed in memory (nothing a client sends, name or content, is ever written to disk), the
-count of files is capped while parsing, each file's type is decided by decoding its content with
-the project's one safe decoder (pixel limit against decompression bombs), and every failure is a
-4xx JSON ``{"detail": ...}`` naming the file. Decoding runs in the thread pool and the model runs
-in its own one-slot thread lane, so a slow request never blocks the event loop or ``/healthz``.
+Safety is structural rather than a checklist: ``admission.Admission`` caps the body as it
+arrives and lets only a few predictions run at once (the rest wait in a short queue, then get
+503); the body is parsed in memory (nothing a client sends, name or content, is ever written to
+disk), the count of files is capped while parsing, the pixels of all images in a request are
+summed from their headers before any is decoded, each file's type is decided by decoding its
+content with the project's one safe decoder (accepted formats only, pixel limit against
+decompression bombs), and every failure is a 4xx JSON ``{"detail": ...}`` naming the file or the
+limit. Decoding runs in the thread pool and the model runs in its own one-slot thread lane, so a
+slow request never blocks the event loop or ``/healthz``.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -37,10 +40,11 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from leukoscope.bundle import Bundle, load_bundle
-from leukoscope.data.images import decode_rgb
+from leukoscope.data.images import FORMATS, decode_rgb, image_size
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING
-from leukoscope.errors import LeukoscopeError
+from leukoscope.errors import ImageError, LeukoscopeError
 from leukoscope.reports.html import image_to_data_uri
+from leukoscope.serve.admission import Admission, ASGIApp, Message, Receive, Scope, Send
 from leukoscope.serve.limits import ServeSettings
 
 log = logging.getLogger("leukoscope.serve")
@@ -53,7 +57,30 @@ INTENDED_USE = ("Research use only. Not a medical device: not for diagnosis or t
 PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
             "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 _MAX_NAME = 200
+#: Grad-CAM of larger images runs on a copy this many pixels on its longest side (cells are smaller).
+EXPLAIN_SIDE = 512
 TOP_FEATURES = 6
+
+
+class SecurityHeaders:
+    """Plain ASGI, unlike ``@app.middleware("http")``, whose task group would wrap every error the
+    app raises (a refused body included) in an ExceptionGroup."""
+
+    HEADERS = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+               (b"x-frame-options", b"DENY"))
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {k.lower() for k, _ in headers}
+                message["headers"] = headers + [h for h in self.HEADERS if h[0] not in present]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 class FeatureContribution(BaseModel):
@@ -74,20 +101,29 @@ class FileResult(BaseModel):
     error: str | None = None
 
 
-def _gradcam(bundle: Bundle, image: np.ndarray) -> dict[str, Any]:
+def _gradcam(bundle: Bundle, image: np.ndarray, call: int) -> dict[str, Any]:
+    """The overlay of the class called on the whole image, at most 256 px. A large image is explained
+    from a smaller copy: Grad-CAM blends in float64 at the image's size (1 GB, 10 s at 4000x4000)."""
+    from PIL import Image
+
     from leukoscope.explain import gradcam
 
-    return {"heatmap": image_to_data_uri(gradcam(bundle, image)[1], max_side=256)}
+    if max(image.shape[:2]) > EXPLAIN_SIDE:
+        small = Image.fromarray(image)
+        small.thumbnail((EXPLAIN_SIDE, EXPLAIN_SIDE))
+        image = np.asarray(small)
+    return {"heatmap": image_to_data_uri(gradcam(bundle, image, target=call)[1], max_side=256)}
 
 
-def _top_features(bundle: Bundle, image: np.ndarray) -> dict[str, Any]:
+def _top_features(bundle: Bundle, image: np.ndarray, call: int) -> dict[str, Any]:
     from leukoscope.explain import feature_contributions
 
     top = feature_contributions(bundle, image).head(TOP_FEATURES)
     return {"features": top[["feature", "value", "contribution"]].to_dict("records")}
 
 
-Explainer = Callable[[Bundle, np.ndarray], dict[str, Any]]
+#: (bundle, image, index of the class called) -> the explanation's fields of a ``FileResult``
+Explainer = Callable[[Bundle, np.ndarray, int], dict[str, Any]]
 #: Bundle family -> what explains one call: a Grad-CAM overlay, or the features that drove it.
 EXPLAINERS: dict[str, tuple[str, Explainer]] = {
     "network": ("Grad-CAM heat map", _gradcam), "classical": ("feature contributions", _top_features)}
@@ -99,22 +135,9 @@ class PredictResponse(BaseModel):
     results: list[FileResult]
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class _InMemoryMultiPart(MultiPartParser):
-    # The body is capped before it reaches the parser, so file parts never roll over to disk.
+    # Admission caps the body before it reaches the parser, so file parts never roll over to disk.
     spool_max_size = sys.maxsize
-
-
-async def _capped(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[bytes, None]:
-    seen = 0
-    async for chunk in stream:
-        seen += len(chunk)
-        if seen > limit:
-            raise _BodyTooLarge
-        yield chunk
 
 
 def display_name(filename: str | None, index: int) -> str:
@@ -128,17 +151,10 @@ async def read_uploads(request: Request, settings: ServeSettings) -> list[tuple[
     """(display name, bytes) of every file in the ``files`` field, read in memory under the limits."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise HTTPException(415, f"send the images as multipart/form-data in the field {FIELD!r}")
-    declared = request.headers.get("content-length", "")
-    too_large = f"request body exceeds {settings.max_body:,} bytes ({settings.max_files} files " \
-                f"of at most {settings.max_bytes:,} bytes)"
-    if declared.isdigit() and int(declared) > settings.max_body:
-        raise HTTPException(413, too_large)
-    parser = _InMemoryMultiPart(request.headers, _capped(request.stream(), settings.max_body),
-                                max_files=settings.max_files, max_fields=16, max_part_size=4096)
+    parser = _InMemoryMultiPart(request.headers, request.stream(), max_files=settings.max_files,
+                                max_fields=16, max_part_size=4096)
     try:
         form = await parser.parse()
-    except _BodyTooLarge:
-        raise HTTPException(413, too_large) from None
     except MultiPartException as e:
         if "too many files" in e.message.lower():
             raise HTTPException(413, f"too many files: at most {settings.max_files} per request") from None
@@ -149,9 +165,37 @@ async def read_uploads(request: Request, settings: ServeSettings) -> list[tuple[
             sent = sorted({k[:40] for k, _ in form.multi_items()})
             got = f" (fields sent: {', '.join(sent[:10])})" if sent else ""
             raise HTTPException(400, f"no file in the form field {FIELD!r}{got}")
-        return [(display_name(f.filename, i), f.file.read()) for i, f in enumerate(files)]
+        return [(display_name(f.filename, i), _take(f)) for i, f in enumerate(files)]
     finally:
         await form.close()
+
+
+def _take(upload: UploadFile) -> bytes:
+    """The file's bytes, freeing its buffer at once so a request holds its body only once."""
+    data = upload.file.read()
+    upload.file.close()
+    return data
+
+
+def check_request_pixels(uploads: Sequence[tuple[str, bytes]], settings: ServeSettings) -> None:
+    """Refuse (413) a request whose images would decode to more than ``max_request_pixels`` in all.
+
+    Only headers are read: a few bytes of a flat 4000x4000 PNG say it would take 48 MB decoded.
+    Files the decoder will refuse anyway (unreadable, too large on their own) do not count.
+    """
+    total = 0
+    for name, data in uploads:
+        if len(data) > settings.max_bytes:
+            continue
+        try:
+            w, h = image_size(data, name)
+        except ImageError:
+            continue
+        if w * h <= settings.max_pixels:
+            total += w * h
+    if total > settings.max_request_pixels:
+        raise HTTPException(413, f"the images in this request total {total:,} pixels, over the limit of "
+                            f"{settings.max_request_pixels:,} per request; send fewer or smaller images")
 
 
 def decode_upload(name: str, data: bytes, settings: ServeSettings) -> np.ndarray:
@@ -186,7 +230,8 @@ class Model:
         probs = self.bundle.predict_proba(images)
         if not (explain and self.explainer):
             return probs, [{} for _ in images]
-        return probs, [self.explainer(self.bundle, im) for im in images]
+        return probs, [self.explainer(self.bundle, im, int(np.argmax(p)))
+                       for im, p in zip(images, probs, strict=True)]
 
 
 def model_card(model: Model, settings: ServeSettings) -> dict[str, Any]:
@@ -228,7 +273,7 @@ def _multipart_docs() -> dict[str, Any]:
     """OpenAPI schema for the hand-parsed body, so /docs offers a file picker."""
     schema = {"type": "object", "required": [FIELD], "properties": {
         FIELD: {"type": "array", "items": {"type": "string", "format": "binary"},
-                "description": "one or more cell images (BMP, PNG, JPEG, TIFF, ...)"}}}
+                "description": f"one or more cell images ({', '.join(FORMATS)})"}}}
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
 
 
@@ -242,14 +287,6 @@ def create_app(bundle_dir: Path | str, settings: ServeSettings | None = None) ->
     web.state.settings = settings
 
     web.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts))
-
-    @web.middleware("http")
-    async def security_headers(request: Request, call_next: Any) -> Any:
-        response = await call_next(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        return response
 
     @web.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -282,15 +319,18 @@ def create_app(bundle_dir: Path | str, settings: ServeSettings | None = None) ->
 
     @web.post("/api/predict", response_model=PredictResponse, openapi_extra=_multipart_docs(),
               responses={400: {"description": "bad request (message in `detail`)"},
-                         413: {"description": "too many files or too large"},
+                         413: {"description": "too many files, bytes or pixels in one request"},
                          415: {"description": "not multipart/form-data"},
-                         422: {"description": "no uploaded file could be read as an image"}})
+                         422: {"description": "no uploaded file could be read as an image"},
+                         503: {"description": "busy: every place in the queue is taken (see "
+                                              "Retry-After)"}})
     async def api_predict(request: Request, explain: bool = True, thumbnail: bool = False) -> Any:
         """Classify every image in the multipart field `files`. Per file: label, probabilities and,
         unless `explain=false`, a Grad-CAM overlay as a PNG data URI (network models) or the features
         that drove the call (classical models); a PNG thumbnail if `thumbnail=true` (for formats
         browsers cannot show, such as TIFF); or an error naming the file."""
         uploads = await read_uploads(request, settings)
+        await anyio.to_thread.run_sync(check_request_pixels, uploads, settings)
         results = [FileResult(name=name) for name, _ in uploads]
         images: list[np.ndarray] = []
         ok: list[FileResult] = []
@@ -319,4 +359,7 @@ def create_app(bundle_dir: Path | str, settings: ServeSettings | None = None) ->
         return PredictResponse(model=model.name, classes=classes, results=results)
 
     web.mount("/static", StaticFiles(directory=STATIC), name="static")
+    # added last, so outermost: a refused body or a full queue costs no parsing, routing or model
+    web.add_middleware(Admission, settings=settings, heavy={"/api/predict"})
+    web.add_middleware(SecurityHeaders)
     return web

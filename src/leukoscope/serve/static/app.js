@@ -100,7 +100,8 @@ function renderCard(card) {
   const lim = card.limits;
   box.append(el("p", { class: "muted" },
     `Limits: ${lim.max_files} files per request, ${(lim.max_bytes / 1048576).toFixed(1)} MB per file, ` +
-    `${(lim.max_pixels / 1e6).toFixed(1)} megapixels per image.`));
+    `${(lim.max_pixels / 1e6).toFixed(1)} megapixels per image, ` +
+    `${(lim.max_request_pixels / 1e6).toFixed(1)} megapixels per request.`));
 }
 
 async function loadCard() {
@@ -180,6 +181,12 @@ async function classifyBatch(files, nodes) {
   try {
     const r = await fetch("/api/predict?thumbnail=true", { method: "POST", body });
     data = await r.json();
+    if (r.status === 413 && files.length > 1) { // too many bytes or pixels together: halve the batch
+      const half = Math.ceil(files.length / 2);
+      await classifyBatch(files.slice(0, half), nodes.slice(0, half));
+      await classifyBatch(files.slice(half), nodes.slice(half));
+      return;
+    }
     if (!r.ok && !data.results) throw new Error(data.detail || `HTTP ${r.status}`);
   } catch (e) {
     files.forEach((f, i) => showError(nodes[i], f.name, `request failed: ${e.message}`));
@@ -191,16 +198,19 @@ async function classifyBatch(files, nodes) {
 async function classify(fileList) {
   const files = [...fileList];
   if (!files.length) return;
-  const lim = state.card ? state.card.limits : { max_files: 8, max_bytes: Infinity };
+  const lim = state.card ? state.card.limits : { max_files: 8, max_bytes: Infinity, max_body: Infinity };
+  const room = lim.max_body - 65536; // the body also carries multipart framing
   const batch = [], batchNodes = [], batches = [];
+  let bytes = 0;
   for (const f of files) {
     const node = newResult(f);
     if (f.size > lim.max_bytes) {
       showError(node, f.name, `${f.name}: ${f.size.toLocaleString()} bytes exceeds the limit of ${lim.max_bytes.toLocaleString()}`);
       continue;
     }
-    batch.push(f); batchNodes.push(node);
-    if (batch.length === lim.max_files) batches.push([batch.splice(0), batchNodes.splice(0)]);
+    if (batch.length && bytes + f.size > room) { batches.push([batch.splice(0), batchNodes.splice(0)]); bytes = 0; }
+    batch.push(f); batchNodes.push(node); bytes += f.size;
+    if (batch.length === lim.max_files) { batches.push([batch.splice(0), batchNodes.splice(0)]); bytes = 0; }
   }
   if (batch.length) batches.push([batch, batchNodes]);
   state.busy += 1;
