@@ -223,16 +223,16 @@ def test_bundles_honour_the_umask(umask: int, folder_mode: int, file_mode: int,
     from leukoscope.models.networks import LeukoNet, save_weights
 
     X, y = features
+    pipeline = get_model("gaussian_nb").build().fit(X, y)
     old = os.umask(umask)
     try:
-        for name, write in [("net", lambda f: save_weights(LeukoNet(num_classes=4), f)),
-                            ("cls", lambda f: save_pipeline(get_model("gaussian_nb").build().fit(X, y),
-                                                            f / WEIGHTS))]:
-            with writing_bundle(tmp_path / name) as folder:
+        for family, write in [("network", lambda f: save_weights(LeukoNet(num_classes=4), f)),
+                              ("classical", lambda f: save_pipeline(pipeline, f / WEIGHTS))]:
+            with writing_bundle(tmp_path / family) as folder:
                 write(folder)
-                finish_bundle(folder, {"family": "network", "classes": ["a", "b", "c", "d"]}, {})
-            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / name).iterdir()}
-            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == folder_mode
+                finish_bundle(folder, {"family": family, "classes": ["a", "b", "c", "d"]}, {})
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / family).iterdir()}
+            assert stat.S_IMODE((tmp_path / family).stat().st_mode) == folder_mode
             assert len(modes) >= 4 and set(modes.values()) == {file_mode}, modes
     finally:
         os.umask(old)
