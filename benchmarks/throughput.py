@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         bundle_dir = work / "bundle"
         shutil.copytree(source, bundle_dir)
         config = json.loads((bundle_dir / "config.json").read_text())
-        config["preprocessing"]["input_size"] = args.size
+        config["input_size"] = config["preprocessing"]["input_size"] = args.size
         (bundle_dir / "config.json").write_text(json.dumps(config))
         from leukoscope.predict.onnx import export_onnx
 

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import platform
+import reprlib
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
@@ -55,6 +57,12 @@ _RUNTIMES: dict[str, tuple[str, str]] = {
     "onnx-int8": ("leukoscope.predict.onnx:OnnxBundle", ONNX_INT8),
 }
 RUNTIMES = ("auto", "torch", *_RUNTIMES)
+#: Input side in pixels a network bundle (or deep features) may ask for: 1024 px is already 12 MB of
+#: float32 per image; 20000 px would be 4.8 GB and get the process killed for memory.
+INPUT_SIZES = (16, 1024)
+#: Calibration temperatures a bundle may carry (``fit_temperature`` fits within [0.05, 20]): zero
+#: gives NaN probabilities, a negative one inverts every call, extreme ones overflow or flatten.
+TEMPERATURES = (0.01, 100.0)
 _VERSIONED = ("leukoscope", "numpy", "scikit-learn", "torch", "onnxruntime", "xgboost-cpu",
               "lightgbm", "pillow", "scikit-image")
 
@@ -121,21 +129,130 @@ def bundle_family(name: str) -> Callable[[type[Bundle]], type[Bundle]]:
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    """The bundle's config.json, with a clear error if the folder is not a bundle."""
+    """The bundle's config.json, checked by ``check_config``; a clear error if the folder is not a bundle."""
     path = Path(path)
     cfg = path / CONFIG
     if not cfg.is_file():
         raise BundleError(f"{path}: not a model bundle (no {CONFIG})")
     try:
         config = json.loads(cfg.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleError(f"{cfg}: invalid JSON ({e})") from None
+    if isinstance(config, dict) and not {"family", "classes"} <= set(config) \
+            and (path / "bundle" / CONFIG).is_file():  # a training run folder holds its bundle
+        raise BundleError(f"{path}: a training run folder, not a bundle; use {path / 'bundle'}")
+    return check_config(config, cfg)
+
+
+_short = reprlib.Repr()
+_short.maxstring, _short.maxother, _short.maxlist = 40, 40, 6
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _numbers(v: Any, shape: tuple[int, ...]) -> bool:
+    """``v`` is a JSON array of finite numbers of this shape (``()``: one number)."""
+    if not shape:
+        return _number(v)
+    return isinstance(v, list) and len(v) == shape[0] and all(_numbers(x, shape[1:]) for x in v)
+
+
+def _input_size(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and INPUT_SIZES[0] <= v <= INPUT_SIZES[1]
+
+
+#: Keys a bundle may carry for information (model card, serve page): only their JSON type is checked.
+_INFO_TYPES: dict[str, type] = {"model": str, "protocol": str, "data": str, "created": str, "tta": bool,
+                                "versions": dict, "params": dict, "training": dict, "train": dict,
+                                "model_params": dict, "onnx": dict}
+#: Stain-normalisation parameters by method (``train.stain.fit`` writes them): key -> array shape.
+_STAIN_PARAMS: dict[str, dict[str, tuple[int, ...]]] = {
+    "none": {}, "reinhard": {"mean": (3,), "std": (3,)}, "macenko": {"HERef": (3, 2), "maxCRef": (2,)}}
+
+
+def check_config(config: Any, cfg: Path) -> dict[str, Any]:
+    """``config`` if leukoscope can use it, else a ``BundleError`` naming the file ``cfg`` and the key.
+
+    Types and ranges of every key the code reads, so a hand-edited or tampered config fails at load
+    with one line instead of giving NaN probabilities, inverted calls or an out-of-memory kill at
+    predict time. Keys nothing reads are left alone. Consistency with the weights is checked by
+    each family's ``load``.
+    """
+    def need(ok: bool, key: str, what: str, value: Any) -> None:
+        if not ok:
+            raise BundleError(f"{cfg}: {key} must be {what}, got {_short.repr(value)}")
+
+    if not isinstance(config, dict):
+        raise BundleError(f"{cfg}: must be a JSON object, got {type(config).__name__}")
     for key in ("family", "classes"):
         if key not in config:
-            if (path / "bundle" / CONFIG).is_file():  # a training run folder holds its bundle
-                raise BundleError(f"{path}: a training run folder, not a bundle; use {path / 'bundle'}")
             raise BundleError(f"{cfg}: missing key {key!r}")
+    family, classes = config["family"], config["classes"]
+    need(isinstance(family, str) and family in _FAMILY_CLASSES, "family",
+         f"one of {', '.join(_FAMILY_CLASSES)}", family)
+    need(isinstance(classes, list) and len(classes) >= 2
+         and all(isinstance(c, str) and c.strip() for c in classes) and len(set(classes)) == len(classes),
+         "classes", "a list of two or more unique, non-empty names", classes)
+    t = config.get("temperature", 1.0)
+    need(_number(t) and TEMPERATURES[0] <= t <= TEMPERATURES[1], "temperature",
+         f"a number in [{TEMPERATURES[0]}, {TEMPERATURES[1]}]", t)
+    for key, kind in _INFO_TYPES.items():
+        if key in config:
+            need(isinstance(config[key], kind), key, f"a JSON {kind.__name__}", config[key])
+    if family == "network":
+        need("model" in config, "model", "the network's name", None)
+        pre: Any = config.get("preprocessing")
+        need(isinstance(pre, dict), "preprocessing", "a JSON object", pre)
+        _check_preprocessing(pre, need)
+        if "input_size" in config:
+            need(config["input_size"] == pre["input_size"], "input_size",
+                 f"preprocessing.input_size ({pre['input_size']})", config["input_size"])
+        digest = config.get("onnx", {}).get("weights_digest")
+        need(digest is None or isinstance(digest, str), "onnx.weights_digest", "a string", digest)
+    else:
+        features: Any = config.get("features")
+        need(isinstance(features, dict) and isinstance(features.get("kind"), str)
+             and isinstance(features.get("params", {}), dict),
+             "features", 'an object {"kind": name, "params": {...}}', features)
+        for key, size in _nested(features.get("params", {}), "features.params"):
+            if key.endswith(".input_size"):
+                need(_input_size(size), key, f"an integer in {INPUT_SIZES[0]}..{INPUT_SIZES[1]}", size)
     return config
+
+
+def _nested(d: dict[str, Any], prefix: str) -> Iterator[tuple[str, Any]]:
+    """Dotted key and value of every leaf of nested dicts (feature kinds nest their parts' params)."""
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _nested(v, f"{prefix}.{k}")
+        else:
+            yield f"{prefix}.{k}", v
+
+
+def _check_preprocessing(pre: dict[str, Any], need: Callable[[bool, str, str, Any], None]) -> None:
+    size = pre.get("input_size")
+    need(_input_size(size), "preprocessing.input_size",
+         f"an integer in {INPUT_SIZES[0]}..{INPUT_SIZES[1]}", size)
+    need(_numbers(pre.get("mean"), (3,)), "preprocessing.mean", "three numbers", pre.get("mean"))
+    std: Any = pre.get("std")
+    need(_numbers(std, (3,)) and min(std) > 0, "preprocessing.std", "three positive numbers", std)
+    for key in ("grayscale", "crop_to_cell"):
+        need(isinstance(pre.get(key, False), bool), f"preprocessing.{key}", "true or false", pre.get(key))
+    stain = pre.get("stain") or {"method": "none"}
+    method = stain.get("method", "none") if isinstance(stain, dict) else None
+    need(isinstance(method, str) and method in _STAIN_PARAMS, "preprocessing.stain.method",
+         f"one of {', '.join(_STAIN_PARAMS)}", method)
+    for key, shape in _STAIN_PARAMS[str(method)].items():
+        need(_numbers(stain.get(key), shape), f"preprocessing.stain.{key}",
+             f"finite numbers of shape {shape}", stain.get(key))
+
+
+def one_line(e: BaseException) -> str:
+    """A library's error message on one line (some span many), for a ``BundleError``."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _import(target: str) -> Any:
@@ -162,10 +279,7 @@ def load_bundle(path: Path | str, runtime: str = "auto") -> Bundle:
                               f"{config['family']}")
         target, model_file = _RUNTIMES[runtime]
         return _import(target).load(path, config, model_file)
-    family = _FAMILY_CLASSES.get(config["family"])
-    if family is None:
-        raise BundleError(f"{path / CONFIG}: unknown family {config['family']!r}")
-    cls: type[Bundle] = _import(family)
+    cls: type[Bundle] = _import(_FAMILY_CLASSES[config["family"]])
     return cls.load(path, config)
 
 
@@ -209,6 +323,7 @@ def writing_bundle(out: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         yield tmp
+        honour_umask(tmp)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -219,6 +334,26 @@ def writing_bundle(out: Path) -> Iterator[Path]:
             tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    """The process umask. It can only be read by setting it: probe with 0o077, so a file another
+    thread creates meanwhile gets stricter modes, never looser."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: Path) -> None:
+    """Give ``path`` and everything under it the modes a plain ``open`` / ``mkdir`` would.
+
+    ``mkdtemp`` makes 0700 folders and safetensors writes 0600 files whatever the umask, which
+    left bundles unreadable to the group and to a server running as another user.
+    """
+    mask = _umask()
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if not p.is_symlink():
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def finish_bundle(folder: Path, config: dict[str, Any], metrics: dict[str, Any],

@@ -5,7 +5,7 @@ feature undefined) and standard scaling inside, then the estimator, so CV folds 
 other side's statistics. All of them have ``predict_proba``: RidgeClassifier(CV) and SVC have
 none (``SVC(probability=True)`` is deprecated), so they are wrapped in ``CalibratedClassifierCV``
 (sigmoid, 3 folds) rather than softmaxing their decision values by hand. That keeps every saved
-pipeline made of library types only, which the skops allow-list below can check. ``space(trial)``
+pipeline made of library classes only, which the skops allow-list below can name one by one. ``space(trial)``
 gives each model's Optuna search space. A bundle's logits are the log of these probabilities;
 its temperature is then fitted on a validation side.
 
@@ -22,15 +22,29 @@ from typing import Any
 
 import numpy as np
 
-from leukoscope.bundle import Bundle, bundle_family
-from leukoscope.errors import BundleError
+from leukoscope.bundle import CONFIG, Bundle, bundle_family, one_line
+from leukoscope.errors import BundleError, ConfigError
 from leukoscope.models.registry import register_model
 
 WEIGHTS = "pipeline.skops"
-#: Type names (or prefixes) a classical bundle may contain; anything else refuses to load. Kept
-#: to the model libraries' own types: no builtins, no functions from arbitrary modules.
-ALLOWED_TYPE_PREFIXES = ("sklearn.", "numpy.dtype", "xgboost.core.Booster", "xgboost.sklearn.",
-                         "lightgbm.basic.Booster", "lightgbm.sklearn.", "collections.OrderedDict")
+#: The types beyond skops' own safe defaults (primitives, containers, arrays, public scikit-learn
+#: estimators) that a saved leukoscope pipeline holds, by exact name: the union of
+#: ``skops.io.get_untrusted_types`` over a fitted dump of every registered classical model
+#: (tests/test_bundle_security.py keeps it complete). Classes only: trusting a prefix such as
+#: ``sklearn.`` let a file name ``sklearn.utils._testing.check_output`` (``subprocess.check_output``)
+#: and run a shell command on load.
+ALLOWED_TYPES = frozenset({
+    "collections.OrderedDict",
+    "lightgbm.basic.Booster",
+    "lightgbm.sklearn.LGBMClassifier",
+    "numpy.dtype",
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.model_selection._split.StratifiedKFold",
+    "sklearn.tree._tree.Tree",
+    "xgboost.core.Booster",
+    "xgboost.sklearn.XGBClassifier",
+})
 
 
 def _pipeline(estimator: Any) -> Any:
@@ -215,17 +229,20 @@ def save_pipeline(pipeline: Any, path: Path) -> None:
     import skops.io as sio
 
     sio.dump(pipeline, path)
-    _trusted(path)
+    _refuse_untrusted(path)
 
 
-def _trusted(path: Path) -> list[str]:
+def _refuse_untrusted(path: Path) -> None:
+    """Name the file's types that are off ``ALLOWED_TYPES`` (``skops.io.load`` only says that some are).
+
+    ``get_untrusted_types`` only reads the schema: nothing in the file is imported or built.
+    """
     import skops.io as sio
 
-    untrusted = sio.get_untrusted_types(file=path)
-    bad = [t for t in untrusted if not t.startswith(ALLOWED_TYPE_PREFIXES)]
+    bad = sorted(set(sio.get_untrusted_types(file=path)) - ALLOWED_TYPES)
     if bad:
-        raise BundleError(f"{path}: refusing to load types outside the allow-list: {', '.join(bad)}")
-    return untrusted
+        raise BundleError(f"{path}: refusing to load types outside the allow-list (they could run code): "
+                          f"{', '.join(bad)}")
 
 
 def load_pipeline(path: Path) -> Any:
@@ -236,11 +253,30 @@ def load_pipeline(path: Path) -> Any:
     if not path.is_file():
         raise BundleError(f"{path.parent}: classical bundle has no {path.name}")
     try:
-        return sio.load(path, trusted=_trusted(path))
+        _refuse_untrusted(path)
+        # the allow-list again, not what the check found: skops audits the file it actually reads
+        return sio.load(path, trusted=sorted(ALLOWED_TYPES))
     except BundleError:
         raise
-    except Exception as e:  # a corrupt or foreign file: say which
-        raise BundleError(f"{path}: cannot read the saved pipeline ({e})") from None
+    except Exception as e:  # a corrupt, truncated or foreign file: say which, on one line
+        raise BundleError(f"{path}: cannot read the saved pipeline ({one_line(e)})") from None
+
+
+def check_pipeline(pipeline: Any, path: Path, n_classes: int, n_features: int) -> None:
+    """Refuse a pipeline that does not fit its config: a class index outside the config's classes
+    (three classes named, four predicted) or another number of input features than the extractor's."""
+    seen = getattr(pipeline, "classes_", None)
+    if seen is None or not hasattr(pipeline, "predict_proba"):
+        raise BundleError(f"{path}: not a fitted classifier with predict_proba")
+    seen = np.asarray(seen)
+    if seen.dtype.kind not in "iu" or len(np.unique(seen)) != len(seen) or len(seen) > n_classes \
+            or seen.min() < 0 or seen.max() >= n_classes:
+        raise BundleError(f"{path}: the pipeline predicts classes {seen.tolist()}, but {CONFIG} lists "
+                          f"{n_classes} (indices 0..{n_classes - 1})")
+    expected = getattr(pipeline, "n_features_in_", n_features)
+    if expected != n_features:
+        raise BundleError(f"{path}: the pipeline takes {expected} features, but the {CONFIG} 'features' "
+                          f"settings give {n_features}")
 
 
 @bundle_family("classical")
@@ -251,10 +287,12 @@ class ClassicalBundle(Bundle):
         from leukoscope.features import from_spec
 
         super().__init__(path, config)
-        if "features" not in config:
-            raise BundleError(f"{path}: config.json has no 'features' settings")
         self.pipeline = pipeline
-        self.extractor = from_spec(config["features"])
+        try:
+            self.extractor = from_spec(config["features"])
+        except ConfigError as e:
+            raise BundleError(f"{self.path / CONFIG}: features: {e}") from None
+        check_pipeline(pipeline, self.path / WEIGHTS, len(self.classes), len(self.extractor.names()))
 
     @classmethod
     def load(cls, path: Path, config: dict[str, Any]) -> ClassicalBundle:

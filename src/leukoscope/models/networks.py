@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from leukoscope.bundle import Bundle, bundle_family
-from leukoscope.errors import BundleError
+from leukoscope.bundle import CONFIG, Bundle, bundle_family, one_line
+from leukoscope.errors import BundleError, ConfigError
 from leukoscope.models import backbones
 from leukoscope.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, prepare
-from leukoscope.models.registry import get_model, register_model
+from leukoscope.models.registry import get_model, list_models, register_model
 
 WEIGHTS = "model.safetensors"
 
@@ -174,6 +174,33 @@ def forward_logits(module: nn.Module, x: torch.Tensor, tta: bool = False) -> tor
     return torch.stack([module(v.contiguous(memory_format=torch.channels_last)) for v in d4_views(x)]).mean(0)
 
 
+def check_weights(module: Network, tensors: dict[str, torch.Tensor], weights: Path,
+                  config: dict[str, Any]) -> None:
+    """Refuse weights that do not fit the config, with one line: a classifier with another number of
+    outputs than the config's classes; missing, extra, reshaped or retyped tensors; NaN or infinity.
+
+    ``module`` may live on the meta device: only its state dict's shapes and types are read.
+    """
+    head = next(f"{name}.weight" for name, m in module.named_modules() if m is module.head)
+    n_classes = len(config["classes"])
+    if head in tensors and tensors[head].ndim == 2 and tensors[head].shape[0] != n_classes:
+        raise BundleError(f"{weights}: the classifier has {tensors[head].shape[0]} outputs, but {CONFIG} "
+                          f"lists {n_classes} classes")
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    reshaped = [k for k in expected if k in tensors
+                and (tensors[k].shape, tensors[k].dtype) != (expected[k].shape, expected[k].dtype)]
+    if missing or extra or reshaped:
+        first = (missing or extra or reshaped)[0]
+        raise BundleError(f"{weights}: weights do not fit model {config['model']!r} ({len(missing)} "
+                          f"missing, {len(extra)} unexpected, {len(reshaped)} of another shape or type; "
+                          f"first: {first})")
+    bad = next((k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if bad is not None:
+        raise BundleError(f"{weights}: tensor {bad} holds NaN or infinite values")
+
+
 def save_weights(module: nn.Module, folder: Path) -> None:
     from safetensors.torch import save_file
 
@@ -209,15 +236,30 @@ class NetworkBundle(Bundle):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        weights = Path(path) / WEIGHTS
+        path = Path(path)
+        weights = path / WEIGHTS
         if not weights.is_file():
             raise BundleError(f"{path}: network bundle without {WEIGHTS}")
-        module = network_class(config["model"])(num_classes=len(config["classes"]), pretrained=False,
-                                                **config.get("model_params", {}))
         try:
-            module.load_state_dict(load_file(str(weights)))
-        except (SafetensorError, RuntimeError) as e:
-            raise BundleError(f"{weights}: weights do not fit model {config['model']!r} ({e})") from None
+            network = network_class(config["model"])
+        except (BundleError, ConfigError):
+            raise BundleError(f"{path / CONFIG}: model {config['model']!r} is not a registered network; "
+                              f"choose from: {', '.join(list_models(family='network'))}") from None
+        try:
+            # shapes only: nothing is allocated until the weights file agrees (a tampered
+            # model_params such as a huge width cannot exhaust memory)
+            with torch.device("meta"):
+                module = network(num_classes=len(config["classes"]), pretrained=False,
+                                 **config.get("model_params", {}))
+        except (TypeError, ValueError) as e:
+            raise BundleError(f"{path / CONFIG}: model_params do not fit model {config['model']!r} "
+                              f"({one_line(e)})") from None
+        try:
+            tensors = load_file(str(weights))
+        except (SafetensorError, OSError) as e:  # truncated, corrupt or not safetensors at all
+            raise BundleError(f"{weights}: cannot read the weights ({one_line(e)})") from None
+        check_weights(module, tensors, weights, config)
+        module.load_state_dict(tensors, assign=True)  # the loaded tensors become the parameters
         backbones.channels_last(module.eval())
         return cls(path, config, module)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from leukoscope.bundle import CONFIG, ONNX, ONNX_INT8, Bundle, read_config, write_json
+from leukoscope.bundle import CONFIG, ONNX, ONNX_INT8, Bundle, one_line, read_config, write_json
 from leukoscope.data.images import file_digest, load_rgb
 from leukoscope.errors import BundleError, DataError, ImageError
 from leukoscope.models.preprocess import prepare
@@ -54,8 +54,9 @@ class OnnxBundle(Bundle):
                               f"{' --int8' if model_file == ONNX_INT8 else ''}`")
         try:
             session = ort_session(onnx_path)
-        except Exception as e:  # ORT raises its own types for corrupt files
-            raise BundleError(f"{onnx_path}: cannot load ({e})") from None
+        except Exception as e:  # ORT raises its own types for corrupt or truncated files
+            raise BundleError(f"{onnx_path}: cannot load ({one_line(e)})") from None
+        check_session(session, onnx_path, config)
         return cls(path, config, session, model_file)
 
     @staticmethod
@@ -78,6 +79,25 @@ class OnnxBundle(Bundle):
         out = [self._run(prepare(images[i:i + self.batch_size], self.config))
                for i in range(0, len(images), self.batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+
+def check_session(session: Any, onnx_path: Path, config: dict[str, Any]) -> None:
+    """Refuse an ONNX model that does not fit the config: its input is float NCHW at the config's
+    ``input_size``, its output one score per class (else a malformed CSV, or a 500 from serve)."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    if INPUT not in inputs or OUTPUT not in outputs:
+        raise BundleError(f"{onnx_path}: expected input {INPUT!r} and output {OUTPUT!r}, found "
+                          f"{sorted(inputs)} and {sorted(outputs)}")
+    size = config["preprocessing"]["input_size"]
+    shape = list(inputs[INPUT].shape)
+    if len(shape) != 4 or shape[1] != 3 or any(isinstance(d, int) and d != size for d in shape[2:]):
+        raise BundleError(f"{onnx_path}: takes input of shape {shape}, but {CONFIG} says 3 x {size} x {size}")
+    out = list(outputs[OUTPUT].shape)
+    n_classes = len(config["classes"])
+    if len(out) != 2 or out[1] != n_classes:
+        raise BundleError(f"{onnx_path}: gives {out[-1] if out else 'no'} scores per image, but {CONFIG} "
+                          f"lists {n_classes} classes")
 
 
 def ort_session(path: Path) -> Any:
