@@ -31,14 +31,12 @@ from leukoscope.tune.settings import TuneSettings
 if TYPE_CHECKING:
     from leukoscope.data.splits import Split
 
+#: The held-out figures a study keeps of a configuration (what the metrics give, scalars only).
+HELD_OUT_KEYS = ("n", "accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "roc_auc")
 
 
-def _scalar_figures(y: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict[str, Any]:
-    from leukoscope.evaluate.metrics import classification_metrics
-
-    full = classification_metrics(y, probs, class_names)
-    return {k: full[k] for k in ("n", "accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "roc_auc")
-            if k in full}
+def _held_out(figures: dict[str, Any]) -> dict[str, Any]:
+    return {k: figures[k] for k in HELD_OUT_KEYS if k in figures}
 
 
 class _Objective:
@@ -127,6 +125,7 @@ class ClassicalObjective(_Objective):
 
     def holdout_scores(self, params: dict[str, Any], name: str) -> dict[str, Any]:
         """Fit on every train-side row, score the test side (its features are read only now)."""
+        from leukoscope.evaluate.metrics import classification_metrics
         from leukoscope.leaderboard import feature_matrix
         from leukoscope.models.classical import class_probabilities
 
@@ -141,7 +140,8 @@ class ClassicalObjective(_Objective):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = self._build(params).fit(self.X, self.y)
-            return _scalar_figures(y, class_probabilities(model, X, len(self.classes)), self.classes)
+            return _held_out(classification_metrics(y, class_probabilities(model, X, len(self.classes)),
+                                                    self.classes))
 
     def config_file(self, params: dict[str, Any]) -> dict[str, Any]:
         """What ``leukoscope benchmark --config`` reads."""
@@ -258,8 +258,7 @@ class NetworkObjective(_Objective):
             raise ConfigError("the retrained model's test side differs from the study's (unreadable images "
                               "or --fix subset?); its held-out figures would not be comparable")
         figures = bundle.metrics()["test"]
-        return {k: figures[k] for k in ("n", "accuracy", "balanced_accuracy", "f1_macro", "f1_weighted",
-                                        "roc_auc") if k in figures}
+        return _held_out(figures)
 
     def config_file(self, params: dict[str, Any]) -> dict[str, Any]:
         """What ``leukoscope train --config`` reads: every TrainConfig setting, resolved."""
