@@ -21,8 +21,9 @@ TARGET_S = 30.0
 
 
 def main() -> None:
-    from leukoscope.data.audit import audit
+    from leukoscope.audit import audit
     from leukoscope.data.readers import read
+    from leukoscope.features import extract
     from leukoscope.settings import data_root
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -34,7 +35,8 @@ def main() -> None:
     m = read([data_root() / d for d in args.datasets])
     load_before = os.getloadavg()[0]
     wall, cpu = time.perf_counter(), cpu_seconds()
-    result = audit(m, n_jobs=args.n_jobs, embeddings=args.embeddings)
+    vectors = extract(m, "deep", n_jobs=args.n_jobs)[0] if args.embeddings else None
+    result = audit(m, n_jobs=args.n_jobs, embeddings=vectors)
     wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
     info = result.summary()
     figures = {"datasets": args.datasets, "images": info["images"], "n_jobs": args.n_jobs,

@@ -3,7 +3,7 @@
     python benchmarks/check_readme.py [--readme README.md] [--results benchmarks/results]
 
 The expected tables are rendered from the results CSVs (models.csv, throughput.csv) by the same
-code that writes the README (benchmarks/run_all.py), then both are parsed cell by cell: text
+code that writes the README (benchmarks/readme.py), then both are parsed cell by cell: text
 must match exactly (except a "best classical" model that ties the fresh best within the metric
 tolerance); metrics may differ by 0.02, or by one test image's worth (1/n) on small test
 sides; times and rates by a factor of 5 (they depend on the machine and its load).
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run_all  # noqa: E402
+from readme import END, README, START, results_markdown, throughput_markdown
+from suite import DATASETS, ROW_KINDS
 
 METRIC_TOL = 0.02
 TIME_FACTOR = 5.0
@@ -61,11 +61,11 @@ def near_tie(leaderboards: pd.DataFrame) -> Tie:
     """Whether a README "best classical" row names a model that ties the fresh best: its fresh mean
     balanced accuracy with the same features is within the metric tolerance of the best's. Models
     that close swap places between runs (threaded floating-point sums), which is not a regression."""
-    keys = {ds.title: ds.key for ds in run_all.DATASETS}
+    keys = {ds.title: ds.key for ds in DATASETS}
     ok = leaderboards[leaderboards["status"] == "ok"] if len(leaderboards) else leaderboards
 
     def tie(key: tuple[str, ...], row: dict[str, str]) -> bool:
-        if len(ok) == 0 or key[1] != run_all.ROW_KINDS["best-classical"] or key[0] not in keys:
+        if len(ok) == 0 or key[1] != ROW_KINDS["best-classical"] or key[0] not in keys:
             return False
         part = ok[ok["dataset"] == keys[key[0]]]
         named = part[(part["model"] == row.get("Model")) & (part["features"] == row.get("Features"))]
@@ -110,9 +110,9 @@ def compare(name: str, got: list[list[str]], want: list[list[str]], tie: Tie | N
 def check(readme: Path, results: Path) -> list[str]:
     """Every mismatch between the README Results section and the results CSVs in ``results``."""
     text = readme.read_text()
-    if run_all.START not in text or run_all.END not in text:
-        return [f"{readme}: no Results section ({run_all.START} ... {run_all.END})"]
-    section = text.split(run_all.START, 1)[1].split(run_all.END, 1)[0]
+    if START not in text or END not in text:
+        return [f"{readme}: no Results section ({START} ... {END})"]
+    section = text.split(START, 1)[1].split(END, 1)[0]
     files = {f: results / f for f in ("models.csv", "throughput.csv")}
     missing = [str(p) for p in files.values() if not p.exists()]
     if missing:
@@ -120,8 +120,7 @@ def check(readme: Path, results: Path) -> list[str]:
     models = pd.read_csv(files["models.csv"])
     throughput = pd.read_csv(files["throughput.csv"])
     info = {"input_size": "?", "images": "?", "cores": "?"}
-    expected = tables(run_all.results_markdown(models) + "\n\n"
-                      + run_all.throughput_markdown(throughput, info))
+    expected = tables(results_markdown(models) + "\n\n" + throughput_markdown(throughput, info))
     got = tables(section)
     lb = results / "leaderboards.csv"
     tie = near_tie(pd.read_csv(lb)) if lb.exists() else None
@@ -136,8 +135,8 @@ def check(readme: Path, results: Path) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--readme", type=Path, default=run_all.README)
-    ap.add_argument("--results", type=Path, default=run_all.HERE / "results")
+    ap.add_argument("--readme", type=Path, default=README)
+    ap.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args()
     problems = check(args.readme, args.results)
     for p in problems:

@@ -1,13 +1,28 @@
-"""What the benchmark scripts share: CPU seconds and machine load to report next to a figure, a
-quick bundle to measure with, and a warm page cache so no method pays for the disk."""
+"""What the benchmark scripts share: the machine, CPU seconds and load to report next to a figure,
+a quick bundle to measure with, and a warm page cache so no method pays for the disk."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import platform
 import resource
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+
+def hardware() -> str:
+    """CPU model, cores, memory, Python and OS, in one line."""
+    cpu, ram = "unknown CPU", ""
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    with contextlib.suppress(OSError, StopIteration):
+        kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                  if line.startswith("MemTotal"))
+        ram = f", {kb / 1024 ** 2:.0f} GB RAM"
+    return f"{cpu}, {os.cpu_count()} cores{ram}; Python {platform.python_version()}, {platform.system()}"
 
 
 def cpu_seconds() -> float:

@@ -12,11 +12,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from leukoscope.audit import EMBED_THRESHOLD, THRESHOLD, AuditResult, audit, dedupe_groups, write_audit
 from leukoscope.cli import app
-from leukoscope.data.audit import EMBED_THRESHOLD, THRESHOLD, AuditResult, audit, dedupe_groups, write_audit
 from leukoscope.data.images import load_rgb
 from leukoscope.data.readers import read, read_csv_manifest, subject_from_name
 from leukoscope.data.splits import train_val_test, write_split
+from leukoscope.features import extract
 
 runner = CliRunner()
 
@@ -209,7 +210,7 @@ def test_cli_defaults_match_library() -> None:
 def test_embeddings_find_the_same_copies(planted: dict) -> None:
     """Deep-embedding neighbours (opt-in) run end to end and agree with the pixel-level audit."""
     m = planted["manifest"].iloc[:12]
-    result = audit(m, embeddings=True)
+    result = audit(m, embeddings=extract(m, "deep")[0])
     assert result.summary()["embeddings"] is True
     assert len(result.clusters()) == 6
     assert set(result.pairs["kind"]) <= {"exact", "near", "embedding"}
@@ -259,3 +260,14 @@ def test_long_thin_image_is_a_counted_skip_in_small_memory(data: Path, tmp_path:
     summary = json.loads((tmp_path / "out" / "audit.json").read_text())["summary"]
     assert (summary["images"], summary["skipped"]) == (3, 1)
     assert grown_mib < 300, f"peak memory grew by {grown_mib:.0f} MiB"
+
+
+@pytest.mark.slow
+def test_cli_embeddings_are_computed_by_the_cli(planted: dict, tmp_path: Path) -> None:
+    """The CLI computes the deep embeddings and hands them to the audit (which imports no model)."""
+    csv, _ = _small_set(planted, tmp_path)
+    r = runner.invoke(app, ["data", "audit", str(csv), "--embeddings", "--out", str(tmp_path / "e")])
+    assert r.exit_code == 0, r.output
+    assert "embedding duplicate pairs" in r.output
+    summary = json.loads((tmp_path / "e/audit.json").read_text())["summary"]
+    assert summary["embeddings"] is True and summary["clusters"] == 1

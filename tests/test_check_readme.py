@@ -10,15 +10,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import check_readme  # noqa: E402
-import run_all  # noqa: E402
+from readme import END, START, replace_section, results_markdown, throughput_markdown  # noqa: E402
+from suite import DATASETS, NETWORKS, ROW_KINDS  # noqa: E402
 
 
 def _results(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Result CSVs shaped like run_all's, with one row per (data set, row kind)."""
     rows = []
-    for i, ds in enumerate(run_all.DATASETS):
-        for j, kind in enumerate(run_all.ROW_KINDS):
-            held_out = kind in run_all.NETWORKS
+    for i, ds in enumerate(DATASETS):
+        for j, kind in enumerate(ROW_KINDS):
+            held_out = kind in NETWORKS
             rows.append({"dataset": ds.key, "row": kind, "model": kind if held_out else "svc",
                          "features": "pixels" if held_out else "deep", "protocol": ds.protocol,
                          "evaluation": "held-out test" if held_out else "5-fold CV (mean)",
@@ -35,8 +36,8 @@ def _results(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def _readme(path: Path, models: pd.DataFrame, throughput: pd.DataFrame) -> Path:
     info = {"input_size": 128, "images": 256, "cores": 2}
-    section = (run_all.results_markdown(models) + "\n\n" + run_all.throughput_markdown(throughput, info))
-    path.write_text(f"# x\n\n{run_all.START}\n{section}\n{run_all.END}\n\n## After\n")
+    section = (results_markdown(models) + "\n\n" + throughput_markdown(throughput, info))
+    path.write_text(f"# x\n\n{START}\n{section}\n{END}\n\n## After\n")
     return path
 
 
@@ -44,8 +45,8 @@ def test_rendered_readme_matches_and_rewrite_keeps_the_rest(tmp_path: Path) -> N
     models, tp = _results(tmp_path / "results")
     readme = _readme(tmp_path / "README.md", models, tp)
     assert check_readme.check(readme, tmp_path / "results") == []
-    rewritten = run_all.replace_section(readme.read_text(), "new")
-    assert rewritten.startswith("# x\n\n") and rewritten.endswith(f"{run_all.END}\n\n## After\n")
+    rewritten = replace_section(readme.read_text(), "new")
+    assert rewritten.startswith("# x\n\n") and rewritten.endswith(f"{END}\n\n## After\n")
 
 
 @pytest.mark.parametrize(("column", "value", "fails"), [
@@ -82,7 +83,7 @@ def test_another_best_classical_passes_only_when_it_ties(tmp_path: Path, svc_sco
     fresh = models.copy()
     fresh.loc[fresh.index[0], "model"] = "xgboost"
     fresh.to_csv(tmp_path / "results" / "models.csv", index=False)
-    key = run_all.DATASETS[0].key
+    key = DATASETS[0].key
     pd.DataFrame({"dataset": [key, key], "model": ["xgboost", "svc"], "features": ["deep", "deep"],
                   "status": ["ok", "ok"], "balanced_accuracy_mean": [0.88, svc_score]}
                  ).to_csv(tmp_path / "results" / "leaderboards.csv", index=False)

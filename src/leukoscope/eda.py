@@ -21,6 +21,7 @@ from leukoscope import __version__
 from leukoscope.data.images import load_rgb
 from leukoscope.data.manifest import Manifest, is_synthetic, protocol, warnings_for
 from leukoscope.errors import DataError, ImageError
+from leukoscope.geometry import foreground
 from leukoscope.reports.html import image_to_data_uri, save_figure, write_report
 
 #: Samples shown per class in the grid, and the thumbnail side kept for them.
@@ -71,7 +72,7 @@ def _cell_pixels(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     step = max(1, min(img.shape[:2]) // PIXEL_SAMPLE)
     rgb = img[::step, ::step].reshape(-1, 3)
-    rgb = rgb[rgb.max(axis=1) > BACKGROUND_V * 255]
+    rgb = rgb[foreground(rgb, BACKGROUND_V * 255)]
     return rgb, rgb_to_hsv(rgb / 255.0)
 
 

@@ -13,7 +13,6 @@ for a linear model on standardised features it is the familiar (x - mean) * coef
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import pandas as pd
 from leukoscope.bundle import Bundle, load_bundle
 from leukoscope.data.images import load_rgb
 from leukoscope.errors import BundleError, ImageError
+from leukoscope.io import atomic_path, write_csv_atomic
 
 TOP_FEATURES = 15
 HEAT_ALPHA = 0.45
@@ -161,9 +161,8 @@ def contributions_figure(df: pd.DataFrame, title: str, top: int = TOP_FEATURES) 
 def _save_png(img: np.ndarray, path: Path) -> None:
     from PIL import Image
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(img).save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(img).save(tmp, format="PNG")
 
 
 def _explain_network(bundle: Bundle, image: np.ndarray, stem: Path) -> tuple[Path, str, float]:
@@ -185,9 +184,7 @@ def _explain_classical(bundle: Bundle, image: np.ndarray, stem: Path) -> tuple[P
     df = feature_contributions(bundle, image)
     label, prob = df.attrs["predicted"], df.attrs["probability"]
     csv_path = stem.with_name(stem.name + "_features.csv")
-    tmp = csv_path.with_name(f".{csv_path.name}.{os.getpid()}.tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(csv_path)
+    write_csv_atomic(csv_path, df)
     out = stem.with_name(stem.name + "_features.png")
     save_figure(contributions_figure(df, f"{stem.name}: called {label} (p = {prob:.3f})"), out)
     return out, label, prob
@@ -243,10 +240,8 @@ def _unique_stem(path: Path, used: set[str]) -> str:
 
 
 def _write_index(path: Path, rows: Sequence[dict[str, str]]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, ["path", "explanation", "predicted", "probability", "skipped"])
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(path)
 

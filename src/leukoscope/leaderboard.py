@@ -26,6 +26,7 @@ import pandas as pd
 
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, Manifest, classes, label_indices, labelled
 from leukoscope.data.splits import kfold, split_protocol
+from leukoscope.io import write_csv_atomic, write_json_atomic, write_text_atomic
 
 #: metric key -> column title, in display order. Each gets ``_mean`` and ``_std`` columns.
 METRICS = {
@@ -330,25 +331,20 @@ def _bar_plot(lb: Leaderboard) -> Any:
 def write_leaderboard(lb: Leaderboard, out: Path) -> dict[str, Path]:
     """Write leaderboard.csv, leaderboard.md, leaderboard.html and run.json (atomically)."""
     from leukoscope import __version__
-    from leukoscope.bundle import write_json
     from leukoscope.reports.html import figure_to_data_uri, write_report
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "leaderboard.csv", "md": out / "leaderboard.md",
              "html": out / "leaderboard.html", "json": out / "run.json"}
-    tmp = paths["csv"].with_name(".leaderboard.csv.tmp")
-    lb.table.to_csv(tmp, index=False)
-    tmp.replace(paths["csv"])
-    tmp = paths["md"].with_name(".leaderboard.md.tmp")
-    tmp.write_text(to_markdown(lb))
-    tmp.replace(paths["md"])
+    write_csv_atomic(paths["csv"], lb.table)
+    write_text_atomic(paths["md"], to_markdown(lb))
     rows = [{"model": r["model"], "cells": [cell(r, k) for k in METRICS], "status": r["status"],
              "error": r["error"]} for _, r in lb.table.iterrows()]
     write_report(paths["html"], "leaderboard.html", title="Classical leaderboard",
                  protocol=lb.protocol, warning=lb.warning, version=__version__, run=lb.summary(),
                  headers=list(METRICS.values()), rows=rows, plot=figure_to_data_uri(_bar_plot(lb)))
-    write_json(paths["json"], lb.summary())
+    write_json_atomic(paths["json"], lb.summary())
     return paths
 
 

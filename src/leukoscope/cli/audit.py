@@ -12,7 +12,7 @@ from rich.table import Table
 from leukoscope.cli.app import console, data_app, guarded
 from leukoscope.cli.data import LayoutOpt, Paths, progress
 
-#: The library's defaults (``leukoscope.data.audit``), repeated so ``--help`` stays instant.
+#: The library's defaults (``leukoscope.audit``), repeated so ``--help`` stays instant.
 THRESHOLD, EMBED_THRESHOLD = 0.85, 0.97
 
 
@@ -33,7 +33,7 @@ def audit_cmd(
                                                "duplicate cluster straddles two sides.")] = False,
 ) -> None:
     """Exact and near-duplicate cells (flips, rotations, JPEG, crops), label conflicts, leakage."""
-    from leukoscope.data.audit import audit, write_audit
+    from leukoscope.audit import audit, write_audit
     from leukoscope.data.readers import read
     from leukoscope.data.splits import read_split
     from leukoscope.errors import LeakageError
@@ -41,12 +41,16 @@ def audit_cmd(
     m = read(paths, layout)
     s = read_split(split) if split is not None else None
     with progress() as bar:
+        vectors = None
+        if embeddings:  # unreadable images are left out here and listed by the audit
+            from leukoscope.features import extract
+
+            embed = bar.add_task("embedding", total=None)
+            vectors, _ = extract(m, "deep", on_progress=lambda done, total: bar.update(
+                embed, completed=done, total=total))
         task = bar.add_task("hashing", total=len(m))
-        embed = bar.add_task("embedding", total=None, visible=False)
-        result = audit(m, s, threshold=threshold, embeddings=embeddings, embed_threshold=embed_threshold,
-                       on_image=lambda: bar.advance(task),
-                       on_embed=lambda done, total: bar.update(embed, completed=done, total=total,
-                                                               visible=True))
+        result = audit(m, s, threshold=threshold, embeddings=vectors, embed_threshold=embed_threshold,
+                       on_image=lambda: bar.advance(task))
     json_path, html_path = write_audit(result, out)
     info = result.summary()
     table = Table(title=f"audit of {info['images']} images")

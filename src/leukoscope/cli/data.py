@@ -129,7 +129,7 @@ def split_cmd(
     m = read(paths, layout)
     merged = None
     if dedupe:
-        from leukoscope.data.audit import dedupe_groups
+        from leukoscope.audit import dedupe_groups
 
         with progress() as bar:
             task = bar.add_task("auditing", total=len(m))

@@ -8,7 +8,6 @@ cover the classes present). Calibration is shown before (T = 1) and after the bu
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from leukoscope.bundle import Bundle, write_json
+from leukoscope.bundle import Bundle
 from leukoscope.data.images import load_batch, load_rgb
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, Manifest, label_indices, labelled, protocol
 from leukoscope.errors import DataError, ImageError
 from leukoscope.evaluate import figures
 from leukoscope.evaluate.calibration import ece, reliability
 from leukoscope.evaluate.metrics import curves, evaluation_metrics
+from leukoscope.io import write_csv_atomic, write_json_atomic
 from leukoscope.predict.local import chunks, prefetch
 from leukoscope.predict.tta import proba_from_views, view_logits
 
@@ -125,9 +125,7 @@ def _write_predictions(path: Path, m: Manifest, y: np.ndarray, probs: np.ndarray
     df["correct"] = df["label"] == df["predicted"]
     for i, c in enumerate(classes):
         df[f"p_{c}"] = probs[:, i].round(6)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
+    write_csv_atomic(path, df)
 
 
 def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: str | None = None,
@@ -170,7 +168,7 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
                         "reliability_after": reliability(probs, y)},
     }
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / METRICS_FILE, result)
+    write_json_atomic(out / METRICS_FILE, result)
     _write_predictions(out / PREDICTIONS_FILE, m, y, probs, classes)
     cal = result["calibration"]
     history = bundle.history()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from leukoscope.data.images import file_digest, load_batch
+from leukoscope.io import atomic_path, write_text_atomic
 
 if TYPE_CHECKING:  # pandas stays out of the worker processes' imports
     import pandas as pd
@@ -41,14 +41,8 @@ def entry_dir(root: Path, extractor: FeatureExtractor) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     meta = folder / "params.json"
     if not meta.exists():
-        _atomic(meta, lambda tmp: tmp.write_text(blob + "\n"))
+        write_text_atomic(meta, blob + "\n")
     return folder
-
-
-def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _load_npy(path: Path) -> np.ndarray | None:
@@ -60,7 +54,8 @@ def _load_npy(path: Path) -> np.ndarray | None:
 
 
 def _save_npy(path: Path, row: np.ndarray) -> None:
-    _atomic(path, lambda tmp: np.save(tmp, row))
+    with atomic_path(path) as tmp:
+        np.save(tmp, row)
 
 
 def _compute_paths(extractor: FeatureExtractor, paths: Sequence[str]) -> list[tuple[str, Any]]:

@@ -32,6 +32,7 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from leukoscope.features import FeatureExtractor, register_features
+from leukoscope.geometry import foreground
 
 _CHANNELS = ("r", "g", "b", "h", "s", "v", "lab_l", "lab_a", "lab_b")
 _SHAPE = ("area", "perimeter", "eccentricity", "solidity", "extent", "circularity",
@@ -102,7 +103,7 @@ def segment(rgb: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
         return empty, empty, empty
     on_black = np.median(border) < _DARK_BORDER_L
     if on_black:
-        cell_region = _clean(light > _DARK_BORDER_L / 2, radius)
+        cell_region = _clean(foreground(light, _DARK_BORDER_L / 2, channel_axis=None), radius)
         inside = blue[cell_region] if cell_region.sum() >= min_area else blue.ravel()
         nuclei = _clean(cell_region & (blue < threshold_otsu(inside)), radius)
     else:

@@ -1,0 +1,144 @@
+"""The README's Results section, rendered from the results frames: the tables (which
+check_readme.py compares cell by cell), the text around them, and the markers it sits between."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from machine import hardware
+from suite import CV, DATASETS, FEATURES, METRIC_KEYS, ROW_KINDS
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and pd.isna(v)):
+        return "—"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def fmt_time(v: Any) -> str:
+    if v is None or pd.isna(v):
+        return "—"
+    return f"{v:.2f}" if v < 10 else f"{v:.0f}"
+
+
+TITLES = {ds.key: ds.title for ds in DATASETS}
+RESULT_HEADER = ["Data set", "Row", "Model", "Features", "Evaluation", "Accuracy", "Balanced acc.",
+                 "F1 macro", "F1 weighted", "ROC AUC", "Train s"]
+
+
+def results_markdown(models: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(RESULT_HEADER) + " |", "|" + "---|" * 5 + "---:|" * 6]
+    for _, r in models.iterrows():
+        cells = [TITLES[r["dataset"]], ROW_KINDS[r["row"]], fmt(r["model"]), fmt(r["features"]),
+                 fmt(r["evaluation"]) + (f", n = {int(r['n'])}" if pd.notna(r["n"]) else ""),
+                 *(fmt(r[k]) for k in METRIC_KEYS), fmt_time(r["train_s"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def throughput_markdown(tp: pd.DataFrame, info: dict[str, Any]) -> str:
+    if tp.empty:
+        return "Throughput: not measured yet (step `throughput`)."
+    head = (f"EfficientNet-Lite0 bundle of the aria_all row, {info['input_size']} px input, "
+            f"{info['images']} aria_all images end to end from disk (decode, resize, model, CSV), "
+            f"{info['cores']} cores, each method's best of {info.get('repeat', 1)} interleaved rounds; "
+            "`benchmarks/throughput.py`.")
+    lines = [head, "", "| Method | Cells/s |", "|---|---:|"]
+    lines += [f"| {r['method']} | {r['cells_per_s']:.1f} |" for _, r in tp.iterrows()]
+    return "\n".join(lines)
+
+
+PUBLISHED = """\
+### Published figures on these data sets (context only: not reproduced here)
+
+Reported by their authors, under their own protocols; leukoscope has not re-run them.
+
+- C-NMC 2019, final test set (subject-disjoint by construction), weighted F1: Pan et al. 91.04 (winner;
+  fine-tuned ResNets + neighbourhood correction), Prellberg & Kramer 88.91 (ResNeXt + SE, 8-rotation
+  test-time augmentation), Marzahl et al. 82.84. Data: Gupta A., Gupta R. (2019) ALL Challenge dataset
+  of ISBI 2019, The Cancer Imaging Archive, doi:10.7937/tcia.2019.dc64i46r. Our C-NMC rows use 65 cells
+  of 31 subjects, not the challenge's test set, so they are not comparable.
+- ALL-IDB2: up to 100 % accuracy claimed, always with image-level splits. Data: R. Donida Labati,
+  V. Piuri, F. Scotti, IEEE ICIP 2011, doi:10.1109/ICIP.2011.6115881.
+- 4-class ALL set: 99.85 % accuracy (DenseNet201 after colour segmentation), image-level split, on all
+  3,256 images (we use an evenly spaced 1,200). Data: Aria M. et al. (2021) doi:10.34740/KAGGLE/DSV/2175623;
+  Ghaderzadeh M. et al., Int J Intell Syst 37(8):5113-5133, 2022, doi:10.1002/int.22753."""
+
+
+def splits_text() -> str:
+    cnmc = " + ".join(f"`{f}`" for f in DATASETS[0].folders)
+    return (f"**Splits.** C-NMC cells ({cnmc}): **subject-grouped** everywhere; the classical "
+            f"leaderboard is {CV}-fold CV grouped by subject and the CNN rows pool the out-of-fold "
+            f"predictions of subject-grouped {CV}-fold CV (`leukoscope train --cv {CV}`), because a "
+            "held-out side of 65 cells would hold about ten. ALL-IDB2 and aria_all have no subject ids: "
+            "their splits are **image-level** (cells of one patient may sit on both sides) and may be "
+            "optimistic. Classical rows are means over the folds; CNN rows on ALL-IDB2 and aria_all are "
+            "scored once on a held-out 15 % test side (`leukoscope evaluate --side test`); so the two "
+            "kinds of row are not on the same test cells.")
+
+
+def times_text(steps: pd.DataFrame) -> str:
+    done = steps.dropna(subset=["wall_s"])
+    total = done["wall_s"].sum()
+    peak = done["peak_rss_mb"].max() if len(done) else float("nan")
+    return ("**Train s**: classical = mean fit time per CV fold on cached features; CNN = wall time of "
+            "`leukoscope train` (decoding, head warm-up, every epoch, evaluation), per fold for C-NMC. "
+            f"Whole benchmark: {total / 60:.0f} min of step wall time over {len(done)} steps, "
+            f"largest peak memory of a step {fmt(peak, 0)} MB (per step in `benchmarks/results/summary.md`).")
+
+
+def readme_section(models: pd.DataFrame, tp: pd.DataFrame, tp_info: dict[str, Any],
+                   steps: pd.DataFrame) -> str:
+    loads = steps["load_before"].dropna()
+    when = steps["started"].dropna()
+    measured = (f"Measured {str(when.max())[:10]} on {hardware()}"
+                + (f"; other work shared the machine (1-min load average up to {loads.max():.1f})"
+                   if len(loads) and loads.max() > 2.5 else "") + ".")
+    missing = models[models["evaluation"] == "not measured yet"]
+    note = (f"\n\n**Not measured yet:** {len(missing)} row(s) marked —; rerun `make benchmark`."
+            if len(missing) else "")
+    return "\n\n".join([
+        "## Results",
+        "Generated by `make benchmark` (`benchmarks/run_all.py --update-readme`); `make benchmark` on a "
+        "clean clone reruns every step and `benchmarks/check_readme.py` fails if a number below differs "
+        "from the fresh run (metrics by more than 0.02 or one test image, times by more than 5x). "
+        + measured,
+        results_markdown(models) + note,
+        splits_text(),
+        times_text(steps),
+        "### Throughput",
+        throughput_markdown(tp, tp_info),
+        PUBLISHED,
+    ])
+
+
+def summary_markdown(section: str, steps: pd.DataFrame, lb: pd.DataFrame) -> str:
+    lines = ["# leukoscope benchmark summary", "", section, "", "## Steps", "",
+             "| Step | Status | Wall s | Peak RSS MB | Started (UTC) | Load before |",
+             "|---|---|---:|---:|---|---:|"]
+    for _, r in steps.iterrows():
+        lines.append(f"| {r['step']} | {r['status']} | {fmt_time(r['wall_s'])} | "
+                     f"{fmt(r['peak_rss_mb'], 0)} | {fmt(r['started'])} | {fmt(r['load_before'], 1)} |")
+    if len(lb):
+        lines += ["", "## Every classical model (balanced accuracy, mean over folds)", ""]
+        wide = lb[lb["status"] == "ok"].pivot_table(index=["dataset", "model"], columns="features",
+                                                    values="balanced_accuracy_mean").reindex(columns=FEATURES)
+        lines += ["| Data set | Model | " + " | ".join(FEATURES) + " |",
+                  "|---|---|" + "---:|" * len(FEATURES)]
+        lines += [f"| {TITLES[d]} | {m} | " + " | ".join(fmt(v) for v in row) + " |"
+                  for (d, m), row in wide.iterrows()]
+    return "\n".join(lines) + "\n"
+
+
+def replace_section(text: str, section: str) -> str:
+    if START not in text or END not in text:
+        raise SystemExit(f"{README}: markers {START} / {END} not found")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{section}\n{END}{tail}"

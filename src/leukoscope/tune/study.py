@@ -1,0 +1,214 @@
+"""Studies in an RDB storage with heartbeats, and the loop that runs a study's trials.
+
+Studies live in an RDB storage (SQLite in the output folder unless ``storage`` is given) with
+heartbeats: a killed run resumes where it stopped, and several processes (or machines, with a
+server database) can work on one study. Finished trials (complete or pruned) count towards
+``n_trials``; the storage numbers trials atomically, and a trial that finds ``n_trials`` others
+already claimed before it is dropped unrun, so parallel workers finish exactly ``n_trials``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from leukoscope.errors import ConfigError, LeukoscopeError
+from leukoscope.tune.settings import PRUNERS, TuneSettings
+
+if TYPE_CHECKING:
+    from leukoscope.data.splits import Split
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+CLAIMED = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
+#: Consecutive failed trials (exceptions in a model) after which a worker gives up.
+MAX_FAILURES = 3
+
+
+def storage_url(out: Path, storage: str | None = None) -> str:
+    """``storage`` as given, else an SQLite file in ``out``."""
+    return storage or f"sqlite:///{(Path(out) / 'study.db').resolve()}"
+
+
+def fingerprint(split: Split) -> str:
+    """The data a study was run on: file names, labels and sides (not absolute paths, so machines
+    mounting the data elsewhere can share a study)."""
+    rows = sorted(f"{Path(p).name},{lab},{s}" for p, lab, s in zip(split["path"], split["label"],
+                                                                    split["side"], strict=True))
+    return hashlib.sha1("\n".join(rows).encode()).hexdigest()[:16]
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """TPE whose random stream is seeded by (seed, trial number).
+
+    One worker replays a study exactly; parallel workers, whose trials get distinct numbers from
+    the storage, never draw the same start-up configurations (a shared seed would make them).
+    """
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self._tpe = optuna.samplers.TPESampler(seed=seed)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        state = np.random.SeedSequence([self.seed, trial.number]).generate_state(1)[0]
+        self._tpe = optuna.samplers.TPESampler(seed=int(state))
+        self._tpe.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+        return self._tpe.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]
+                        ) -> dict[str, Any]:
+        return self._tpe.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: Any) -> Any:
+        return self._tpe.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Any) -> None:
+        self._tpe.after_trial(study, trial, state, values)
+
+
+def open_study(settings: TuneSettings, url: str, name: str, data: str, *,
+               heartbeat: tuple[int, int] = (10, 30)) -> optuna.Study:
+    """Create or load the study ``name`` at ``url``; refuse one made with other settings or data."""
+    engine: dict[str, Any] = {}
+    if url.startswith("sqlite:"):
+        Path(url.split("///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
+        engine = {"connect_args": {"timeout": 60}}  # workers wait for each other's writes
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.PartialFixedSampler(settings.fixed, TrialSeededSampler(settings.seed))
+        for attempt in range(5):
+            try:
+                storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, grace_period=heartbeat[1],
+                                                     heartbeat_interval=heartbeat[0])
+                break
+            except (IntegrityError, OperationalError):  # workers starting together race to create tables
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+            except Exception as e:  # bad URL, missing driver, unreachable server
+                raise ConfigError(f"--storage {url}: cannot open ({type(e).__name__}: {e})") from None
+    study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
+                                pruner=PRUNERS[settings.pruner](), load_if_exists=True)
+    mine = {"settings": json.loads(json.dumps(asdict(settings))), "data": data}
+    theirs = {k: study.user_attrs.get(k) for k in mine}
+    if theirs["settings"] is None:
+        for k, v in mine.items():
+            study.set_user_attr(k, v)
+    elif theirs != mine:
+        diff = [k for k in mine["settings"] if mine["settings"][k] != theirs["settings"].get(k)]
+        what = f"settings {', '.join(diff)}" if diff else "data"
+        raise ConfigError(f"study {name!r} in {url} was made with other {what}; "
+                          "use another --study or --out, or the same settings")
+    return study
+
+
+class _Surplus(Exception):
+    """This trial came after ``n_trials`` claimed ones (another worker got there first)."""
+
+
+class _TrialFailed(Exception):
+    """A model raised inside one trial; the trial is recorded as failed and the study goes on."""
+
+
+@dataclass
+class TrialEvent:
+    """What a progress display needs after each trial of this worker."""
+
+    number: int
+    state: str
+    value: float | None
+    finished: int
+    total: int
+    best: float | None
+    error: str | None = None
+
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials of each state (``complete``, ``pruned``, ``running``, ...), surplus ones left out."""
+    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
+    return {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+
+
+def _best_value(study: optuna.Study) -> float | None:
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return max(t.value for t in done) if done else None  # type: ignore[type-var]
+
+
+def run_trials(study: optuna.Study, objective: Callable[[Trial], float], n_trials: int, *,
+               timeout: float | None = None, poll: float = 1.0,
+               on_trial: Callable[[TrialEvent], None] | None = None) -> None:
+    """Run trials until ``n_trials`` of the study are finished (by any worker) or ``timeout`` s pass.
+
+    A worker waits for other workers' running trials rather than starting more than needed; a
+    running trial whose worker died is failed once its heartbeat is stale, and then redone.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    failures: list[str] = []
+
+    def guarded(trial: Trial) -> float:
+        _first_heartbeat(study, trial)
+        claimed = study.get_trials(deepcopy=False, states=CLAIMED)
+        if sum(t.number < trial.number for t in claimed) >= n_trials:
+            trial.set_user_attr("surplus", True)
+            raise _Surplus
+        try:
+            return objective(trial)
+        except (optuna.TrialPruned, LeukoscopeError):
+            raise
+        except Exception as e:
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+            raise _TrialFailed(str(e)) from e
+
+    def callback(study: optuna.Study, t: FrozenTrial) -> None:
+        if t.user_attrs.get("surplus"):
+            return
+        error = t.user_attrs.get("error")
+        failures[:] = [*failures, error] if error else []
+        if on_trial:
+            counts = trial_counts(study)
+            finished = counts["complete"] + counts["pruned"]
+            on_trial(TrialEvent(t.number, t.state.name.lower(), t.value, finished, n_trials,
+                                _best_value(study), error))
+
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        counts = trial_counts(study)
+        finished, active = counts["complete"] + counts["pruned"], counts["running"] + counts["waiting"]
+        if finished >= n_trials or (deadline is not None and time.monotonic() >= deadline):
+            return
+        if finished + active >= n_trials:  # the rest are running elsewhere
+            time.sleep(poll)
+            continue
+        study.optimize(guarded, n_trials=1, catch=(_Surplus, _TrialFailed), callbacks=[callback])
+        if len(failures) >= MAX_FAILURES:
+            raise ConfigError(f"{len(failures)} trials in a row failed; last error: {failures[-1]}")
+
+
+def _first_heartbeat(study: optuna.Study, trial: Trial) -> None:
+    """Record a trial's first heartbeat before its objective runs.
+
+    Optuna records heartbeats from a thread that may not have run yet when a worker is killed; a
+    RUNNING trial with no heartbeat at all is never failed as stale, and every other worker would
+    wait for it forever (seen: a resumed study hanging under load). Optuna's own optimise loop uses
+    the same private handles (``study._storage``, ``trial._trial_id``).
+    """
+    storage = study._storage
+    if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
+        storage.record_heartbeat(trial._trial_id)
