@@ -41,6 +41,7 @@ demo: venv
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
+	PYTHONPATH=src $(BIN)/lint-imports
 
 typecheck: venv
 	$(BIN)/mypy
