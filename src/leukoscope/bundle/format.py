@@ -76,26 +76,25 @@ _STAIN_PARAMS: dict[str, dict[str, tuple[int, ...]]] = {
 Need = Callable[[bool, str, str, Any], None]
 
 
-def load_json(path: Path) -> Any:
-    """The JSON in a bundle's config.json, whatever it holds; a clear error if the folder is not a bundle."""
+def raw_config(path: Path) -> Any:
+    """The JSON in a bundle's config.json, not yet checked; a clear error if the folder is not a bundle."""
     path = Path(path)
     cfg = path / CONFIG
     if not cfg.is_file():
         raise BundleError(f"{path}: not a model bundle (no {CONFIG})")
     try:
-        return json.loads(cfg.read_text())
+        config = json.loads(cfg.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleError(f"{cfg}: invalid JSON ({e})") from None
+    if isinstance(config, dict) and not {"family", "classes"} <= set(config) \
+            and (path / "bundle" / CONFIG).is_file():  # a training run folder holds its bundle
+        raise BundleError(f"{path}: a training run folder, not a bundle; use {path / 'bundle'}")
+    return config
 
 
 def read_config(path: Path) -> dict[str, Any]:
     """The bundle's config.json, checked by ``check_config``; a clear error if the folder is not a bundle."""
-    path = Path(path)
-    config = load_json(path)
-    if isinstance(config, dict) and not {"family", "classes"} <= set(config) \
-            and (path / "bundle" / CONFIG).is_file():  # a training run folder holds its bundle
-        raise BundleError(f"{path}: a training run folder, not a bundle; use {path / 'bundle'}")
-    return check_config(config, path / CONFIG)
+    return check_config(raw_config(path), Path(path) / CONFIG)
 
 
 def format_version(config: dict[str, Any], cfg: Path) -> int:

@@ -19,8 +19,12 @@ RuntimeOpt = Annotated[str, typer.Option(
     "bundle has a current export, else PyTorch).")]
 
 
+def plain(text: str) -> str:
+    """Text (paths, reasons) as Rich prints it literally: markup escaped, and the bytes of a file name
+    that is not UTF-8 shown as ``\\xff`` escapes (printing them raw would fail)."""
+    return escape(text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
+
+
 def say(text: str) -> None:
-    """Print plain text (paths, reasons): markup escaped, long paths never broken across lines, and the
-    bytes of a file name that is not UTF-8 shown as ``\\xff`` escapes (printing them raw would fail)."""
-    shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    console.print(escape(shown), soft_wrap=True)
+    """Print plain text (see ``plain``); long paths are never broken across lines."""
+    console.print(plain(text), soft_wrap=True)

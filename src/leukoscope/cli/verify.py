@@ -1,0 +1,26 @@
+"""``leukoscope verify``: check a bundle before using or sharing it."""
+
+from __future__ import annotations
+
+import typer
+
+from leukoscope.cli.app import app, console, guarded
+from leukoscope.cli.use import BundleArg, plain
+
+
+@app.command("verify")
+@guarded
+def verify_cmd(bundle: BundleArg) -> None:
+    """Check a bundle: config.json and its format version, the files it declares, weights that fit
+    the config (every runtime it declares), and a smoke prediction whose rows sum to 1.
+
+    One line per check; exit 1 when any fails.
+    """
+    from leukoscope.bundle.verify import verify
+
+    findings = verify(bundle)
+    for f in findings:
+        mark = "[green]ok  [/]" if f.ok else "[bold red]FAIL[/]"
+        console.print(f"{mark} {plain(f.check)}: {plain(f.detail)}", soft_wrap=True)
+    if not all(f.ok for f in findings):
+        raise typer.Exit(1)
