@@ -99,7 +99,7 @@ def decode(images: Sequence[ImageLike]) -> Sequence[np.ndarray]:
         return images  # type: ignore[return-value]  # arrays only
     from leukoscope.data.images import load_batch
 
-    _, arrays, skipped = load_batch([str(p) for p in paths])
+    _, arrays, skipped = load_batch([os.fspath(p) for p in paths])
     if skipped:
         path, why = skipped[0]
         more = f" (and {len(skipped) - 1} more unreadable)" if len(skipped) > 1 else ""
