@@ -70,3 +70,15 @@ def test_errors_are_one_red_line(args, message, network_bundle, classical_bundle
     assert res.exit_code == 1
     assert message in res.output and "Traceback" not in res.output
     assert res.output.count("error:") == 1
+
+
+def test_an_error_naming_a_file_that_is_not_utf8_is_one_line(tmp_path):
+    """A bundle path with bytes that are not UTF-8 is named with \\x escapes, not a UnicodeEncodeError."""
+    import os
+
+    folder = os.fsdecode(os.fsencode(str(tmp_path)) + b"/caf\xe9-bundle")
+    os.mkdir(folder)
+    r = runner.invoke(app, ["predict", folder, str(tmp_path), "--out", str(tmp_path / "p.csv")])
+    assert r.exit_code == 1, r.output
+    assert "caf\\xe9-bundle" in r.output and "not a model bundle" in r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1

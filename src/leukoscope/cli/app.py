@@ -30,6 +30,14 @@ err_console = Console(stderr=True, highlight=False)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def printable(text: str) -> str:
+    """``text`` with the bytes of a file name that is not UTF-8 shown as ``\\xff`` escapes.
+
+    Such names reach strings as surrogate escapes; printing them raw raises UnicodeEncodeError.
+    """
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def guarded(fn: F) -> F:
     """Turn user errors into one red line and exit 1; Ctrl-C into exit 130, no traceback."""
 
@@ -38,7 +46,7 @@ def guarded(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except LeukoscopeError as e:
-            err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(printable(str(e)))}", soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")

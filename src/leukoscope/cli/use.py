@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from leukoscope.cli.app import console
+from leukoscope.cli.app import console, printable
 
 BundleArg = Annotated[Path, typer.Argument(help="A model bundle folder (from train or benchmark).")]
 TtaOpt = Annotated[bool, typer.Option("--tta", help="Test-time augmentation: mean over the 8 flips / "
@@ -19,12 +19,6 @@ RuntimeOpt = Annotated[str, typer.Option(
     "bundle has a current export, else PyTorch).")]
 
 
-def plain(text: str) -> str:
-    """Text (paths, reasons) as Rich prints it literally: markup escaped, and the bytes of a file name
-    that is not UTF-8 shown as ``\\xff`` escapes (printing them raw would fail)."""
-    return escape(text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
-
-
 def say(text: str) -> None:
-    """Print plain text (see ``plain``); long paths are never broken across lines."""
-    console.print(plain(text), soft_wrap=True)
+    """Print plain text (paths, reasons): markup escaped, long paths never broken across lines."""
+    console.print(escape(printable(text)), soft_wrap=True)

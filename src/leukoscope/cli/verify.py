@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 
-from leukoscope.cli.app import app, console, guarded
-from leukoscope.cli.use import BundleArg, plain
+from leukoscope.cli.app import app, console, guarded, printable
+from leukoscope.cli.use import BundleArg
 
 
 @app.command("verify")
@@ -21,6 +22,6 @@ def verify_cmd(bundle: BundleArg) -> None:
     findings = verify(bundle)
     for f in findings:
         mark = "[green]ok  [/]" if f.ok else "[bold red]FAIL[/]"
-        console.print(f"{mark} {plain(f.check)}: {plain(f.detail)}", soft_wrap=True)
+        console.print(f"{mark} {escape(printable(f'{f.check}: {f.detail}'))}", soft_wrap=True)
     if not all(f.ok for f in findings):
         raise typer.Exit(1)
