@@ -41,6 +41,7 @@ demo: venv
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
+	PYTHONPATH=src $(BIN)/lint-imports
 
 typecheck: venv
 	$(BIN)/mypy
@@ -55,4 +56,4 @@ benchmark: venv
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache .mypy_cache .import_linter_cache

@@ -61,7 +61,7 @@ def cells(n: int, size: int) -> Path:
 
 def bundle(model: str, img_size: int) -> Path:
     """A network bundle trained for one epoch on a few synthetic subjects, exported to ONNX; made once."""
-    from leukoscope.predict.onnx import export_onnx
+    from leukoscope.bundle.export import export_onnx
 
     run = CACHE / f"bundle-{model}-{img_size}"
     if not (run / "bundle" / "model.onnx").exists():

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         config = json.loads((bundle_dir / "config.json").read_text())
         config["input_size"] = config["preprocessing"]["input_size"] = args.size
         (bundle_dir / "config.json").write_text(json.dumps(config))
-        from leukoscope.predict.onnx import export_onnx
+        from leukoscope.bundle.export import export_onnx
 
         t = time.perf_counter()
         export_onnx(bundle_dir, int8=True)
@@ -188,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
 def int8_fidelity(source: Path, paths: list[Path], work: Path, batch_size: int) -> dict[str, float]:
     """fp32 vs int8 labels at the size the bundle was trained at (a model run at another size is
     off its training distribution, and its near-tie calls say nothing about quantisation)."""
+    from leukoscope.bundle.export import export_onnx
     from leukoscope.predict.local import predict
-    from leukoscope.predict.onnx import export_onnx
 
     native = work / "native"
     shutil.copytree(source, native)

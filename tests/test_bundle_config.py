@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from leukoscope.bundle import _STAIN_PARAMS, CONFIG, load_bundle
+from leukoscope.bundle import CONFIG, load_bundle
+from leukoscope.bundle.format import _STAIN_PARAMS
 from leukoscope.cli import app
 from leukoscope.data.images import load_rgb
 from leukoscope.errors import BundleError
@@ -110,7 +111,7 @@ def test_config_that_is_not_an_object(network_bundle: Path, tmp_path: Path) -> N
 
 
 def test_stain_methods_match_training() -> None:
-    from leukoscope.train.stain import METHODS
+    from leukoscope.models.stain import METHODS
 
     assert set(_STAIN_PARAMS) == set(METHODS)
 
@@ -162,7 +163,8 @@ def test_every_network_round_trips(name: str, tmp_path: Path) -> None:
     import torch
 
     from leukoscope.bundle import finish_bundle, writing_bundle
-    from leukoscope.models.networks import network_class, save_weights
+    from leukoscope.bundle.network import save_weights
+    from leukoscope.models.networks import network_class
     from leukoscope.models.preprocess import preprocessing_config
 
     cls = network_class(name)
@@ -204,8 +206,8 @@ def test_serve_refuses_a_mismatched_onnx_bundle(onnx_bundle: Path, tmp_path: Pat
 @pytest.fixture(scope="module")
 def four_class_pipeline(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Logistic regression on handcrafted features of 32 real aria_all cells (four classes)."""
+    from leukoscope.bundle.classical import save_pipeline
     from leukoscope.features import get_extractor
-    from leukoscope.models.classical import save_pipeline
     from leukoscope.models.registry import get_model
 
     classes = sorted(p.name for p in (data / "aria_all").iterdir() if p.is_dir())

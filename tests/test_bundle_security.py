@@ -19,11 +19,11 @@ import pytest
 from typer.testing import CliRunner
 
 from leukoscope.bundle import load_bundle
+from leukoscope.bundle.classical import ALLOWED_TYPES, WEIGHTS, load_pipeline, save_pipeline
 from leukoscope.cli import app
 from leukoscope.data.images import load_rgb
 from leukoscope.errors import BundleError
 from leukoscope.features import get_extractor
-from leukoscope.models.classical import ALLOWED_TYPES, WEIGHTS, load_pipeline, save_pipeline
 from leukoscope.models.registry import get_model, list_models
 from use_support import classical_bundle, network_bundle, onnx_bundle  # noqa: F401
 
@@ -220,7 +220,8 @@ def test_corrupt_weights_give_one_line(family: str, file: str, runtime: str, dam
 def test_bundles_honour_the_umask(umask: int, folder_mode: int, file_mode: int,
                                   features: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
     from leukoscope.bundle import finish_bundle, writing_bundle
-    from leukoscope.models.networks import LeukoNet, save_weights
+    from leukoscope.bundle.network import save_weights
+    from leukoscope.models.networks import LeukoNet
 
     X, y = features
     pipeline = get_model("gaussian_nb").build().fit(X, y)

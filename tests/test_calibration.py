@@ -10,7 +10,8 @@ import pytest
 
 from leukoscope.bundle import load_bundle
 from leukoscope.data.images import load_rgb
-from leukoscope.evaluate.calibration import ece, fit_temperature, softmax_t
+from leukoscope.evaluate.calibration import ece, fit_temperature
+from leukoscope.probability import softmax_t
 from use_support import network_bundle  # noqa: F401
 
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from leukoscope.bundle import load_bundle
+from leukoscope.bundle.classical import WEIGHTS, ClassicalBundle, load_pipeline
 from leukoscope.data.images import load_rgb
 from leukoscope.data.readers import read
 from leukoscope.errors import BundleError
 from leukoscope.leaderboard import benchmark, save_best
-from leukoscope.models.classical import WEIGHTS, ClassicalBundle, load_pipeline
 
 
 @pytest.fixture(scope="module")

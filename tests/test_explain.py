@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 
 from leukoscope.bundle import load_bundle
+from leukoscope.bundle.classical import log_probabilities
 from leukoscope.data.images import load_rgb
 from leukoscope.errors import BundleError
-from leukoscope.evaluate.calibration import softmax_t
 from leukoscope.explain import INDEX_FILE, explain, feature_contributions, gradcam
-from leukoscope.models.classical import log_probabilities
+from leukoscope.probability import softmax_t
 from use_support import classical_bundle, network_bundle, onnx_bundle  # noqa: F401
 
 

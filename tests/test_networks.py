@@ -37,11 +37,12 @@ def test_trainable_depth(name):
 
 
 def test_tta_averages_the_eight_views():
-    from leukoscope.models.networks import d4_views, forward_logits
+    from leukoscope.geometry import dihedral
+    from leukoscope.models.networks import forward_logits
 
     net = get_model("leukonet").build(num_classes=2).eval()
     x = torch.randn(3, 3, 16, 16)
-    views = d4_views(x)
+    views = dihedral(x, (2, 3))
     assert len(views) == 8 and all(v.shape == x.shape for v in views)
     with torch.inference_mode():
         expect = torch.stack([net(v) for v in views]).mean(0)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from leukoscope.bundle import load_bundle
+from leukoscope.bundle.export import export_onnx
+from leukoscope.bundle.onnx import OnnxBundle
 from leukoscope.data.images import load_rgb
 from leukoscope.errors import BundleError
-from leukoscope.predict.onnx import OnnxBundle, export_onnx
 from use_support import classical_bundle, network_bundle, onnx_bundle, sample_paths  # noqa: F401
 
 

@@ -21,9 +21,10 @@ from leukoscope.bundle import load_bundle
 from leukoscope.cli import app
 from leukoscope.data.images import load_rgb
 from leukoscope.errors import ConfigError, DataError
+from leukoscope.geometry import dihedral
 from leukoscope.predict import get_engine
 from leukoscope.predict.local import iter_inputs, partial_path, predict, prefetch, run_record_path
-from leukoscope.predict.tta import d4_views, predict_proba
+from leukoscope.predict.tta import predict_proba
 from use_support import classical_bundle, cnmc_train, network_bundle, onnx_bundle  # noqa: F401
 
 runner = CliRunner()
@@ -118,7 +119,7 @@ def test_partial_from_another_model_is_refused(network_bundle, images, tmp_path)
 def test_tta_is_the_mean_over_the_eight_views(network_bundle, images, tmp_path):  # noqa: F811
     bundle = load_bundle(network_bundle)
     img = load_rgb(next((images / "png").iterdir()))
-    views = d4_views(img)
+    views = dihedral(img)
     assert len(views) == 8 and np.array_equal(views[0], img)
     assert len({v.tobytes() for v in views}) == 8  # a real cell has no symmetry
     expected = bundle.predict_proba(views).mean(axis=0)

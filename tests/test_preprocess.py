@@ -10,8 +10,7 @@ import pytest
 
 from leukoscope.data.images import load_rgb
 from leukoscope.data.readers import read
-from leukoscope.models import preprocess
-from leukoscope.train import stain
+from leukoscope.models import preprocess, stain
 
 
 def _cnmc_images(data, n=3):
@@ -62,7 +61,7 @@ def test_torch_and_numpy_normalisation_agree(data):
 
 
 def test_preprocess_does_not_import_torch():
-    code = ("import sys, leukoscope.models.preprocess, leukoscope.train.stain; "
+    code = ("import sys, leukoscope.models.preprocess, leukoscope.models.stain; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -21,7 +21,7 @@ runner = CliRunner()
 @pytest.fixture
 def exported(network_bundle: Path, tmp_path: Path) -> Path:  # noqa: F811
     """A copy of the tiny trained network bundle with its fp32 ONNX export (what Ray actors run)."""
-    from leukoscope.predict.onnx import export_onnx
+    from leukoscope.bundle.export import export_onnx
 
     out = tmp_path / "bundle"
     shutil.copytree(network_bundle, out)

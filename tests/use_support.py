@@ -71,7 +71,7 @@ def classical_bundle(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 @pytest.fixture(scope="session")
 def onnx_bundle(network_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of ``network_bundle`` with model.onnx and model.int8.onnx."""
-    from leukoscope.predict.onnx import export_onnx
+    from leukoscope.bundle.export import export_onnx
 
     def build(out: Path) -> Path:
         shutil.copytree(network_bundle, out)

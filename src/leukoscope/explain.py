@@ -120,8 +120,8 @@ def feature_contributions(bundle: Bundle, image: np.ndarray) -> pd.DataFrame:
     if pipeline is None or scale is None or not hasattr(scale, "mean_"):
         raise BundleError(f"{bundle.path}: feature attributions need a classical pipeline with a fitted "
                           "'scale' step")
-    from leukoscope.evaluate.calibration import softmax_t
-    from leukoscope.models.classical import log_probabilities
+    from leukoscope.bundle.classical import log_probabilities
+    from leukoscope.probability import softmax_t
 
     def proba(rows: np.ndarray) -> np.ndarray:  # calibrated, as predict reports it
         return softmax_t(log_probabilities(pipeline, rows, len(bundle.classes)), bundle.temperature)

@@ -24,21 +24,25 @@ BACKGROUND_LEVEL = 12
 A = TypeVar("A")
 
 
-def dihedral(a: A, axes: tuple[int, int] = (0, 1)) -> list[A]:
-    """The eight views of ``a`` in ``D4``'s order, rotating and mirroring the two ``axes``.
+def view(a: A, index: int, axes: tuple[int, int] = (0, 1)) -> A:
+    """View ``index`` of ``D4`` of ``a``: its quarter turns of the two ``axes``, then the mirror of
+    the second.
 
-    ``a`` is a numpy array (views are returned, not copies) or a torch tensor (through its own
+    ``a`` is a numpy array (a view is returned, not a copy) or a torch tensor (through its own
     methods, so torch is not imported here).
     """
     x: Any = a
-    numpy = isinstance(x, np.ndarray)
-    views: list[Any] = []
-    for k, mirrored in D4:
-        r = np.rot90(x, k, axes) if numpy else x.rot90(k, axes)
-        if mirrored:
-            r = np.flip(r, axes[1]) if numpy else r.flip((axes[1],))
-        views.append(r)
-    return views
+    k, mirrored = D4[index]
+    if isinstance(x, np.ndarray):
+        r: Any = np.rot90(x, k, axes)
+        return np.flip(r, axes[1]) if mirrored else r
+    r = x.rot90(k, axes)
+    return r.flip((axes[1],)) if mirrored else r
+
+
+def dihedral(a: A, axes: tuple[int, int] = (0, 1)) -> list[A]:
+    """The eight views of ``a`` in ``D4``'s order (see ``view``)."""
+    return [view(a, i, axes) for i in range(len(D4))]
 
 
 def inverse(view: int) -> int:

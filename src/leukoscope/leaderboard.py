@@ -94,8 +94,8 @@ def cross_validate_model(estimator: Any, X: np.ndarray, y: np.ndarray, folds: np
     """
     from sklearn.base import clone
 
+    from leukoscope.bundle.classical import class_probabilities
     from leukoscope.evaluate.metrics import classification_metrics
-    from leukoscope.models.classical import class_probabilities
 
     rows = []
     for f in np.unique(folds):
@@ -357,11 +357,12 @@ def save_best(lb: Leaderboard, split: Manifest, X: np.ndarray, out: Path, *, mod
     side it never saw; metrics.json also carries the leaderboard's CV figures for the model.
     """
     from leukoscope.bundle import finish_bundle, writing_bundle
+    from leukoscope.bundle.classical import WEIGHTS, log_probabilities, save_pipeline
     from leukoscope.data.splits import train_val_test
     from leukoscope.errors import ConfigError
-    from leukoscope.evaluate.calibration import ece, fit_temperature, softmax_t
+    from leukoscope.evaluate.calibration import ece, fit_temperature
     from leukoscope.evaluate.metrics import classification_metrics
-    from leukoscope.models.classical import WEIGHTS, log_probabilities, save_pipeline
+    from leukoscope.probability import softmax_t
 
     name = model or lb.best
     if name is None:

@@ -16,6 +16,7 @@ from leukoscope.cli import predict as _predict  # noqa: F401
 from leukoscope.cli import serve as _serve  # noqa: F401
 from leukoscope.cli import train as _train  # noqa: F401
 from leukoscope.cli import tune as _tune  # noqa: F401
+from leukoscope.cli import verify as _verify  # noqa: F401
 from leukoscope.cli.app import app, main
 
 __all__ = ["app", "main"]

@@ -22,8 +22,8 @@ def export_cmd(
         "--calibration", help="Images for int8 calibration instead of the bundle's split.")] = None,
 ) -> None:
     """Export a network bundle to ONNX; predict, evaluate and serve then use ONNX Runtime."""
+    from leukoscope.bundle.export import export_onnx
     from leukoscope.predict.local import iter_inputs
-    from leukoscope.predict.onnx import export_onnx
 
     if not onnx:
         raise ConfigError("choose a format: --onnx")

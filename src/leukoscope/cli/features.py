@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from leukoscope.cli.app import app, console, guarded
 from leukoscope.cli.data import LayoutOpt, Paths, progress
+from leukoscope.io import atomic_path
 
 KindOpt = Annotated[str, typer.Option("--kind", "--features",
                                       help="Feature kind: handcrafted, deep or both.")]
@@ -42,8 +43,7 @@ def features_cmd(
             task, completed=done, total=total))
     table = m.loc[frame.index, ["path", "label", "subject", "group", "source_split"]].join(frame)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    table.reset_index(drop=True).to_parquet(tmp, index=False)
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        table.reset_index(drop=True).to_parquet(tmp, index=False)
     console.print(escape(f"wrote {len(table)} rows x {frame.shape[1]} {kind} features to {out}"))
     print_skipped(skipped)

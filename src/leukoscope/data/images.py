@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from leukoscope.errors import ImageError
+from leukoscope.io import atomic_path
 
 IMAGE_SUFFIXES = {".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".webp"}
 #: The Pillow formats of those suffixes, and the only ones ever decoded: content decides the
@@ -215,7 +216,6 @@ class DecodeCache:
         if key.exists():
             return np.load(key)
         arr = resize_square(load_rgb(path), self.size)
-        tmp = key.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, arr)
-        os.replace(tmp, key)
+        with atomic_path(key) as tmp:
+            np.save(tmp, arr)
         return arr

@@ -24,6 +24,7 @@ from leukoscope.data.manifest import (
     warnings_for,
 )
 from leukoscope.errors import ConfigError, DataError, LeakageError
+from leukoscope.io import write_csv_atomic
 
 Split: TypeAlias = pd.DataFrame
 SIDES = ("train", "val", "test")
@@ -166,9 +167,7 @@ def write_split(split: Split, path: Path) -> None:
     """Write a split CSV atomically (path, label, subject, group, side/fold, ...)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    split.to_csv(tmp, index=False)
-    tmp.replace(path)
+    write_csv_atomic(path, split)
 
 
 def read_split(path: Path) -> Split:

@@ -2,18 +2,14 @@
 
 One scalar T divides the logits before the softmax; it is fitted on the validation side by
 minimising the negative log-likelihood, never on the test side, and does not change the argmax.
+Applying it is ``leukoscope.probability.softmax_t``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax, softmax
-
-
-def softmax_t(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of ``logits / temperature``."""
-    return softmax(np.asarray(logits, np.float64) / temperature, axis=1)
+from scipy.special import log_softmax
 
 
 def nll(logits: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> float:

@@ -60,7 +60,7 @@ def _session(backbone: str, size: int) -> Any:
 
     ONNX Runtime runs this network about 3-4x faster than eager torch on a laptop CPU.
     """
-    from leukoscope.predict.onnx import export_module, ort_session
+    from leukoscope.models.onnx import export_module, ort_session
     from leukoscope.settings import cache_dir
 
     path = cache_dir() / "models" / f"{backbone}-embed-{size}-v{DeepFeatures.version}.onnx"
@@ -102,7 +102,7 @@ class DeepFeatures(FeatureExtractor):
         if not len(images):
             return np.zeros((0, self.width), np.float32)
         if self.engine == "onnx":
-            from leukoscope.predict.onnx import INPUT
+            from leukoscope.models.onnx import INPUT
 
             session = _session(self.backbone, self.input_size)
             batches = (prepare(images[i:i + self.batch_size], self.pre)

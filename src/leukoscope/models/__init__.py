@@ -1,1 +1,3 @@
-"""Model registry and model families (classical pipelines, networks)."""
+"""What builds a model: the registry, classical pipelines, networks and their backbones, the image
+preprocessing (and stain normalisation) they share, and a torch module's ONNX export. Saving,
+loading and running a trained model is ``leukoscope.bundle``."""

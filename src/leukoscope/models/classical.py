@@ -1,13 +1,14 @@
-"""Classical models on cell features: scikit-learn pipelines, and their bundle family.
+"""Classical models on cell features: builders of scikit-learn pipelines (their bundle family is
+``leukoscope.bundle.classical``).
 
 Every builder returns an unfitted ``Pipeline``: median imputation (segmentation can leave a
 feature undefined) and standard scaling inside, then the estimator, so CV folds never see the
 other side's statistics. All of them have ``predict_proba``: RidgeClassifier(CV) and SVC have
 none (``SVC(probability=True)`` is deprecated), so they are wrapped in ``CalibratedClassifierCV``
 (sigmoid, 3 folds) rather than softmaxing their decision values by hand. That keeps every saved
-pipeline made of library classes only, which the skops allow-list below can name one by one. ``space(trial)``
-gives each model's Optuna search space. A bundle's logits are the log of these probabilities;
-its temperature is then fitted on a validation side.
+pipeline made of library classes only, which the bundle's skops allow-list can name one by one.
+``space(trial)`` gives each model's Optuna search space. A bundle's logits are the log of these
+probabilities; its temperature is then fitted on a validation side.
 
 Builders use one thread (``n_jobs=1``): the leaderboard runs models side by side, one per core.
 Tree ensembles default to sizes that cost about half a CPU-second per fit on ~1,000 cells x 83
@@ -16,35 +17,11 @@ features (aria_all), with balanced accuracy within 0.005 of twice the trees.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from leukoscope.bundle import CONFIG, Bundle, bundle_family, one_line
-from leukoscope.errors import BundleError, ConfigError
 from leukoscope.models.registry import register_model
-
-WEIGHTS = "pipeline.skops"
-#: The types beyond skops' own safe defaults (primitives, containers, arrays, public scikit-learn
-#: estimators) that a saved leukoscope pipeline holds, by exact name: the union of
-#: ``skops.io.get_untrusted_types`` over a fitted dump of every registered classical model
-#: (tests/test_bundle_security.py keeps it complete). Classes only: trusting a prefix such as
-#: ``sklearn.`` let a file name ``sklearn.utils._testing.check_output`` (``subprocess.check_output``)
-#: and run a shell command on load.
-ALLOWED_TYPES = frozenset({
-    "collections.OrderedDict",
-    "lightgbm.basic.Booster",
-    "lightgbm.sklearn.LGBMClassifier",
-    "numpy.dtype",
-    "sklearn.calibration._CalibratedClassifier",
-    "sklearn.calibration._SigmoidCalibration",
-    "sklearn.model_selection._split.StratifiedKFold",
-    "sklearn.tree._tree.Tree",
-    "xgboost.core.Booster",
-    "xgboost.sklearn.XGBClassifier",
-})
 
 
 def _pipeline(estimator: Any) -> Any:
@@ -208,99 +185,3 @@ def logistic_regression(C: float = 1.0, seed: int = 0) -> Any:
     from sklearn.linear_model import LogisticRegression
 
     return _pipeline(LogisticRegression(C=C, max_iter=2000, random_state=seed))
-
-
-def class_probabilities(pipeline: Any, X: np.ndarray, n_classes: int) -> np.ndarray:
-    """``predict_proba`` spread over all ``n_classes`` columns (a class unseen in training gets 0)."""
-    proba = np.asarray(pipeline.predict_proba(X), np.float64)
-    seen = np.asarray(pipeline.classes_, int)
-    out = np.zeros((len(X), n_classes))
-    out[:, seen] = proba
-    return out
-
-
-def log_probabilities(pipeline: Any, X: np.ndarray, n_classes: int) -> np.ndarray:
-    """Logits of a classical model: log of its probabilities (softmax undoes it exactly)."""
-    return np.log(np.clip(class_probabilities(pipeline, X, n_classes), 1e-7, 1.0))
-
-
-def save_pipeline(pipeline: Any, path: Path) -> None:
-    """Write a fitted pipeline with skops (never pickle), refusing types outside the allow-list."""
-    import skops.io as sio
-
-    sio.dump(pipeline, path)
-    _refuse_untrusted(path)
-
-
-def _refuse_untrusted(path: Path) -> None:
-    """Name the file's types that are off ``ALLOWED_TYPES`` (``skops.io.load`` only says that some are).
-
-    ``get_untrusted_types`` only reads the schema: nothing in the file is imported or built.
-    """
-    import skops.io as sio
-
-    bad = sorted(set(sio.get_untrusted_types(file=path)) - ALLOWED_TYPES)
-    if bad:
-        raise BundleError(f"{path}: refusing to load types outside the allow-list (they could run code): "
-                          f"{', '.join(bad)}")
-
-
-def load_pipeline(path: Path) -> Any:
-    """Read a skops pipeline, trusting only types on the allow-list (never blindly)."""
-    import skops.io as sio
-
-    path = Path(path)
-    if not path.is_file():
-        raise BundleError(f"{path.parent}: classical bundle has no {path.name}")
-    try:
-        _refuse_untrusted(path)
-        # the allow-list again, not what the check found: skops audits the file it actually reads
-        return sio.load(path, trusted=sorted(ALLOWED_TYPES))
-    except BundleError:
-        raise
-    except Exception as e:  # a corrupt, truncated or foreign file: say which, on one line
-        raise BundleError(f"{path}: cannot read the saved pipeline ({one_line(e)})") from None
-
-
-def check_pipeline(pipeline: Any, path: Path, n_classes: int, n_features: int) -> None:
-    """Refuse a pipeline that does not fit its config: a class index outside the config's classes
-    (three classes named, four predicted) or another number of input features than the extractor's."""
-    seen = getattr(pipeline, "classes_", None)
-    if seen is None or not hasattr(pipeline, "predict_proba"):
-        raise BundleError(f"{path}: not a fitted classifier with predict_proba")
-    seen = np.asarray(seen)
-    if seen.dtype.kind not in "iu" or len(np.unique(seen)) != len(seen) or len(seen) > n_classes \
-            or seen.min() < 0 or seen.max() >= n_classes:
-        raise BundleError(f"{path}: the pipeline predicts classes {seen.tolist()}, but {CONFIG} lists "
-                          f"{n_classes} (indices 0..{n_classes - 1})")
-    expected = getattr(pipeline, "n_features_in_", n_features)
-    if expected != n_features:
-        raise BundleError(f"{path}: the pipeline takes {expected} features, but the {CONFIG} 'features' "
-                          f"settings give {n_features}")
-
-
-@bundle_family("classical")
-class ClassicalBundle(Bundle):
-    """A fitted pipeline plus the feature settings that turn images into its input."""
-
-    def __init__(self, path: Path, config: dict[str, Any], pipeline: Any):
-        from leukoscope.features import from_spec
-
-        super().__init__(path, config)
-        self.pipeline = pipeline
-        try:
-            self.extractor = from_spec(config["features"])
-        except ConfigError as e:
-            raise BundleError(f"{self.path / CONFIG}: features: {e}") from None
-        check_pipeline(pipeline, self.path / WEIGHTS, len(self.classes), len(self.extractor.names()))
-
-    @classmethod
-    def load(cls, path: Path, config: dict[str, Any]) -> ClassicalBundle:
-        return cls(path, config, load_pipeline(Path(path) / WEIGHTS))
-
-    def features(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """The feature rows the pipeline sees (used by explanations too)."""
-        return self.extractor.compute(images)
-
-    def logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        return log_probabilities(self.pipeline, self.features(images), len(self.classes))

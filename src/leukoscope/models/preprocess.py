@@ -23,6 +23,7 @@ import numpy as np
 
 from leukoscope.data.images import resize_square
 from leukoscope.errors import ConfigError
+from leukoscope.geometry import BACKGROUND_LEVEL, foreground
 
 #: ImageNet statistics (torchvision convention), for networks trained from scratch.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -30,8 +31,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: EfficientNet-Lite was trained on (x - 127) / 128 (TensorFlow's lite preprocessing).
 LITE_MEAN = (127.0 / 255, 127.0 / 255, 127.0 / 255)
 LITE_STD = (128.0 / 255, 128.0 / 255, 128.0 / 255)
-#: Pixels at or below this (max over channels) count as background in black-background crops.
-BACKGROUND_LEVEL = 12
 
 
 def preprocessing_config(input_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
@@ -55,7 +54,7 @@ def crop_to_cell(img: np.ndarray, level: int = BACKGROUND_LEVEL, margin: float =
 
     Images with no black background (or nothing but background) are returned unchanged.
     """
-    fg = img.max(axis=2) > level
+    fg = foreground(img, level)
     if fg.all() or not fg.any():
         return img
     rows, cols = np.flatnonzero(fg.any(axis=1)), np.flatnonzero(fg.any(axis=0))
@@ -83,7 +82,7 @@ def to_uint8(images: Sequence[np.ndarray], config: Mapping[str, Any]) -> np.ndar
     stain = cfg.get("stain") or {"method": "none"}
     apply_stain = None
     if stain.get("method", "none") != "none":
-        from leukoscope.train.stain import apply as apply_stain_fn
+        from leukoscope.models.stain import apply as apply_stain_fn
 
         def apply_stain(im: np.ndarray) -> np.ndarray:
             return apply_stain_fn(im, stain)

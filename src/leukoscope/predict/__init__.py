@@ -1,4 +1,4 @@
-"""Uses of a bundle on many images: batch prediction engines, test-time augmentation, ONNX export.
+"""Uses of a bundle on many images: batch prediction engines (local, Ray) and test-time augmentation.
 
 ``ENGINES`` maps an ``--engine`` name to the ``"module:function"`` that runs it; every engine takes
 ``(bundle, inputs, out_csv, batch_size=..., tta=..., on_progress=...)`` and returns a summary.

@@ -30,9 +30,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from leukoscope.bundle import CARD, HISTORY, METRICS, ONNX, ONNX_INT8, SPLIT, Bundle, write_json
+from leukoscope.bundle import CARD, HISTORY, METRICS, ONNX, ONNX_INT8, SPLIT, Bundle
 from leukoscope.data.images import is_image_file, iter_image_files, load_batch
 from leukoscope.errors import DataError
+from leukoscope.io import write_json_atomic
 from leukoscope.predict.tta import predict_proba
 
 T = TypeVar("T")
@@ -331,7 +332,7 @@ def _predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path, batch_size
             f.truncate()
             writer.writerow(cols)
             f.flush()
-            write_json(run_record_path(out), record)
+            write_json_atomic(run_record_path(out), record)
         if on_progress:
             on_progress(len(done), total)
         for paths, images, skipped in prefetch(load_batch(b) for b in chunks(todo, batch_size)):

@@ -33,6 +33,7 @@ import numpy as np
 from leukoscope.bundle import Bundle, load_bundle
 from leukoscope.data.images import load_batch
 from leukoscope.errors import ConfigError, DataError
+from leukoscope.io import atomic_path
 from leukoscope.predict.local import PredictSummary, check_inputs, csv_row, header, iter_inputs, runtime_name
 from leukoscope.predict.tta import predict_proba
 
@@ -128,17 +129,6 @@ def _configure_data(ray: Any) -> None:
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # e.g. "progress bars disabled"
 
 
-@contextmanager
-def _atomic(target: Path) -> Iterator[Path]:
-    """A temp path beside ``target``, renamed onto it if the block succeeds, removed if not."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _schema(classes: list[str]) -> Any:
     import pyarrow as pa
 
@@ -150,7 +140,7 @@ def _parquet_to_csv(parquet: Path, target: Path, classes: list[str]) -> None:
     """The CSV the local engine would write (same rows, 6 decimals), streamed from the Parquet file."""
     import pyarrow.parquet as pq
 
-    with _atomic(target) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(target) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(header(classes))
         for batch in pq.ParquetFile(parquet).iter_batches():
@@ -163,7 +153,7 @@ def _write_skipped(out: Path, skipped: list[tuple[str, str]]) -> None:
     target = out / SKIPPED
     target.unlink(missing_ok=True)
     if skipped:
-        with _atomic(target) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        with atomic_path(target) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             csv.writer(f).writerows([("path", "reason"), *skipped])
 
 
@@ -190,7 +180,7 @@ def predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path | str, batch
     classes, schema = bundle.classes, _schema(bundle.classes)
     summary = PredictSummary(out=out / PARQUET)
     start = time.perf_counter()
-    with ray_session(address, num_cpus) as ray, _atomic(out / PARQUET) as tmp, \
+    with ray_session(address, num_cpus) as ray, atomic_path(out / PARQUET) as tmp, \
             pq.ParquetWriter(tmp, schema) as parquet:
         _configure_data(ray)
         batches = math.ceil(total / batch_size)

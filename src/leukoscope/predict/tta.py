@@ -11,26 +11,16 @@ from collections.abc import Sequence
 import numpy as np
 
 from leukoscope.bundle import Bundle
-from leukoscope.evaluate.calibration import softmax_t
-
-N_VIEWS = 8
-
-
-def d4_views(img: np.ndarray) -> list[np.ndarray]:
-    """The eight rotations / mirror images of an HxWx3 image (the first is the image itself)."""
-    out = []
-    for k in range(4):
-        r = np.rot90(img, k, axes=(0, 1))
-        out += [np.ascontiguousarray(r), np.ascontiguousarray(r[:, ::-1])]
-    return out
+from leukoscope.geometry import D4, dihedral
+from leukoscope.probability import softmax_t
 
 
 def view_logits(bundle: Bundle, images: Sequence[np.ndarray], tta: bool = False) -> np.ndarray:
     """Uncalibrated scores, shape (images, views, classes): one view, or the eight D4 views."""
     if not tta:
         return np.asarray(bundle.logits(images))[:, None, :]
-    views = [v for img in images for v in d4_views(img)]
-    return np.asarray(bundle.logits(views)).reshape(len(images), N_VIEWS, -1)
+    views = [np.ascontiguousarray(v) for img in images for v in dihedral(img)]
+    return np.asarray(bundle.logits(views)).reshape(len(images), len(D4), -1)
 
 
 def proba_from_views(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from leukoscope.io import write_bytes_atomic, write_text_atomic
 
 _TEMPLATES = Path(__file__).parent / "templates"
 
@@ -28,9 +29,9 @@ def figure_to_data_uri(fig: Any, dpi: int = 110) -> str:
 
 
 def save_figure(fig: Any, path: Path, dpi: int = 110) -> str:
-    """Save a figure as PNG at ``path`` and return it as a data URI for embedding."""
+    """Save a figure as PNG at ``path`` (atomically) and return it as a data URI for embedding."""
     uri = figure_to_data_uri(fig, dpi)
-    Path(path).write_bytes(base64.b64decode(uri.split(",", 1)[1]))
+    write_bytes_atomic(path, base64.b64decode(uri.split(",", 1)[1]))
     return uri
 
 
@@ -57,7 +58,4 @@ def write_report(path: Path, template: str, **context: Any) -> Path:
     """Render and write an HTML report atomically; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(render(template, **context), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, render(template, **context))

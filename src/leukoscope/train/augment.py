@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from leukoscope.geometry import D4, view
+
 #: Ranges at strength 1.0.
 MAX_ANGLE = 30.0  # degrees, on top of the 90-degree rotations
 MAX_ZOOM = 0.15   # scale in [1 - z, 1 + z]
@@ -39,16 +41,18 @@ def _u(n: int, g: torch.Generator, lo: float = -1.0, hi: float = 1.0) -> torch.T
 
 
 def dihedral(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip and 90-degree rotation per image (square images)."""
+    """A random view of ``geometry.D4`` per image (square images): a horizontal flip with
+    probability 1/2, then ``k`` quarter turns."""
     n = x.shape[0]
     flip = torch.rand(n, generator=g) < 0.5
-    x = torch.where(flip.view(n, 1, 1, 1), torch.flip(x, dims=(3,)), x)
     k = torch.randint(0, 4, (n,), generator=g)
+    # turning a mirror image by k is mirroring the image turned by -k: D4 view (-k, mirrored)
+    index = torch.where(flip, 2 * ((4 - k) % 4) + 1, 2 * k)
     out = x.clone()
-    for r in range(1, 4):
-        sel = k == r
+    for v in range(1, len(D4)):
+        sel = index == v
         if sel.any():
-            out[sel] = torch.rot90(x[sel], r, dims=(2, 3))
+            out[sel] = view(x[sel], v, (2, 3))
     return out
 
 

@@ -13,7 +13,6 @@ unpickling a planted run folder's checkpoint would run whatever code it holds.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from leukoscope.errors import ConfigError
+from leukoscope.io import atomic_path
 
 NAME = "checkpoint.safetensors"
 LEGACY = "checkpoint.pt"
@@ -44,9 +44,8 @@ def save(path: Path, state: dict[str, Any]) -> None:
 
     tensors: dict[str, torch.Tensor] = {}
     tree = json.dumps(_encode(state, "", tensors))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata={"format": FORMAT, "state": tree})
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT, "state": tree})
 
 
 def load(path: Path) -> dict[str, Any]:

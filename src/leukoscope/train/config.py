@@ -131,7 +131,7 @@ class TrainConfig:
         need(type(self.seed) is int and 0 <= self.seed < 2**32,
              f"--seed must be an integer in [0, 2**32 - 1], got {self.seed!r}")
         need(self.min_steps is None or self.min_steps >= 0, f"min_steps must be >= 0, got {self.min_steps}")
-        from leukoscope.train.stain import check_method
+        from leukoscope.models.stain import check_method
 
         check_method(self.stain)
 

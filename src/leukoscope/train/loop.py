@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from leukoscope.bundle import finish_bundle, load_bundle, write_json, writing_bundle
+from leukoscope.bundle.network import save_weights
 from leukoscope.data.images import load_rgb
 from leukoscope.data.manifest import Manifest, classes, label_indices, labelled
 from leukoscope.data.splits import (
@@ -44,12 +45,13 @@ from leukoscope.data.splits import (
     train_val_test,
 )
 from leukoscope.errors import ConfigError, DataError, ImageError
-from leukoscope.evaluate.calibration import fit_temperature, softmax_t
+from leukoscope.evaluate.calibration import fit_temperature
 from leukoscope.evaluate.metrics import classification_metrics
-from leukoscope.models import preprocess
+from leukoscope.models import preprocess, stain
 from leukoscope.models.backbones import channels_last
-from leukoscope.models.networks import Network, forward_logits, network_class, save_weights
-from leukoscope.train import augment, checkpoint, stain
+from leukoscope.models.networks import Network, forward_logits, network_class
+from leukoscope.probability import softmax_t
+from leukoscope.train import augment, checkpoint
 from leukoscope.train.config import TrainConfig
 
 BEST = "best.safetensors"

@@ -125,9 +125,9 @@ class ClassicalObjective(_Objective):
 
     def holdout_scores(self, params: dict[str, Any], name: str) -> dict[str, Any]:
         """Fit on every train-side row, score the test side (its features are read only now)."""
+        from leukoscope.bundle.classical import class_probabilities
         from leukoscope.evaluate.metrics import classification_metrics
         from leukoscope.leaderboard import feature_matrix
-        from leukoscope.models.classical import class_probabilities
 
         if not hasattr(self, "_test"):
             test = self._split[self._split["side"] == "test"].drop(columns="side")

@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 
 from leukoscope.errors import ConfigError
+from leukoscope.geometry import foreground
 
 METHODS = ("none", "reinhard", "macenko")
-_LEVEL = 12  # background: max channel at or below this
 
 
 def _foreground(img: np.ndarray) -> np.ndarray:
-    fg = img.max(axis=2) > _LEVEL
+    """The cell's pixels; the whole image when under 65 of them are (no black surround to skip)."""
+    fg = foreground(img)
     return fg if fg.sum() > 64 else np.ones(img.shape[:2], bool)
 
 

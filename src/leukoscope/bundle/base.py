@@ -1,0 +1,152 @@
+"""``Bundle``, the one interface of every trained model, and ``load_bundle``.
+
+Families register a ``Bundle`` subclass with ``@bundle_family(name)`` (and one line in
+``format._FAMILY_CLASSES``); the subclass only turns images into uncalibrated scores (``logits``).
+Temperature scaling and the probability contract live here, so evaluate / predict / explain /
+serve never branch on the family.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from leukoscope.bundle.format import (
+    _FAMILY_CLASSES,
+    _RUNTIMES,
+    HISTORY,
+    METRICS,
+    RUNTIMES,
+    SPLIT,
+    read_config,
+)
+from leukoscope.errors import BundleError, ImageError
+
+#: What ``predict_proba`` takes for one image: an HxWx3 uint8 RGB array, or the path of an image file.
+ImageLike = np.ndarray | str | os.PathLike[str]
+
+
+class Bundle(ABC):
+    """A trained model on disk. Subclasses implement ``logits``; everything else is shared."""
+
+    #: The family's weight files in the bundle folder (``verify`` checks they are there).
+    weight_files: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, path: Path, config: dict[str, Any]):
+        self.path = Path(path)
+        self.config = config
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: Path, config: dict[str, Any]) -> Bundle:
+        """Read the family's weights from ``path``."""
+
+    @abstractmethod
+    def logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Uncalibrated scores, one row per HxWx3 uint8 RGB image, one column per class."""
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.config["classes"])
+
+    @property
+    def family(self) -> str:
+        return str(self.config["family"])
+
+    @property
+    def temperature(self) -> float:
+        return float(self.config.get("temperature", 1.0))
+
+    def predict_proba(self, images: Sequence[ImageLike] | str | os.PathLike[str]) -> np.ndarray:
+        """Calibrated class probabilities, one row per image (rows sum to 1).
+
+        ``images``: HxWx3 uint8 RGB arrays, image file paths, or a mix; one path alone is one image.
+        An unreadable file raises ``ImageError`` naming it.
+        """
+        from leukoscope.probability import softmax_t  # scipy: not at ``import leukoscope.bundle``
+
+        if isinstance(images, str | os.PathLike):
+            images = [images]
+        if len(images) == 0:
+            return np.zeros((0, len(self.classes)))
+        return softmax_t(self.logits(decode(images)), self.temperature)
+
+    def metrics(self) -> dict[str, Any]:
+        p = self.path / METRICS
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    def history(self) -> pd.DataFrame | None:
+        p = self.path / HISTORY
+        return pd.read_csv(p) if p.exists() else None
+
+    def split(self) -> pd.DataFrame | None:
+        p = self.path / SPLIT
+        return pd.read_csv(p, dtype={"subject": object}) if p.exists() else None
+
+
+def decode(images: Sequence[ImageLike]) -> Sequence[np.ndarray]:
+    """``images`` with every path decoded (``data.images.load_batch``); arrays pass through as they are."""
+    paths = [im for im in images if isinstance(im, str | os.PathLike)]
+    if not paths:
+        return images  # type: ignore[return-value]  # arrays only
+    from leukoscope.data.images import load_batch
+
+    _, arrays, skipped = load_batch([os.fspath(p) for p in paths])
+    if skipped:
+        path, why = skipped[0]
+        more = f" (and {len(skipped) - 1} more unreadable)" if len(skipped) > 1 else ""
+        raise ImageError(f"{path}: {why}{more}")
+    decoded = iter(arrays)
+    return [next(decoded) if isinstance(im, str | os.PathLike) else im for im in images]
+
+
+def bundle_family(name: str) -> Callable[[type[Bundle]], type[Bundle]]:
+    """Class decorator checking that a family class is the one ``load_bundle`` will import."""
+
+    def wrap(cls: type[Bundle]) -> type[Bundle]:
+        target = f"{cls.__module__}:{cls.__qualname__}"
+        if _FAMILY_CLASSES.get(name) != target:
+            raise ValueError(f"bundle family {name!r} must be declared in _FAMILY_CLASSES")
+        return cls
+
+    return wrap
+
+
+def _import(target: str) -> Any:
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def family_class(family: str) -> type[Bundle]:
+    """The ``Bundle`` subclass of a family named in ``format._FAMILY_CLASSES`` (imported on first use)."""
+    return _import(_FAMILY_CLASSES[family])
+
+
+def load_bundle(path: Path | str, runtime: str = "auto") -> Bundle:
+    """Load any bundle; the family in config.json picks the class.
+
+    ``runtime`` (network bundles): ``torch``; ``onnx`` (model.onnx) or ``onnx-int8``
+    (model.int8.onnx) via ONNX Runtime; ``auto``: ``onnx`` when a current export is there, else torch.
+    """
+    path = Path(path)
+    config = read_config(path)
+    if runtime not in RUNTIMES:
+        raise BundleError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    if runtime == "auto":
+        onnx_cls = _import(_RUNTIMES["onnx"][0])
+        runtime = "onnx" if config["family"] == "network" and onnx_cls.available(path, config) else "torch"
+    if runtime in _RUNTIMES:
+        if config["family"] != "network":
+            raise BundleError(f"{path}: runtime {runtime!r} is for network bundles; this one is "
+                              f"{config['family']}")
+        target, model_file = _RUNTIMES[runtime]
+        return _import(target).load(path, config, model_file)
+    return family_class(config["family"]).load(path, config)

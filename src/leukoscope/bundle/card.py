@@ -1,0 +1,45 @@
+"""The model card of a bundle (MONAI-style, Markdown): what the model is, trained on what, judged
+how, for what use, with which library versions."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def model_card(config: dict[str, Any], metrics: dict[str, Any],
+               split: pd.DataFrame | None) -> str:
+    """A MONAI-style model card in Markdown: what, trained on what, how judged, for what use."""
+    lines = [f"# Model card: {config.get('model', config['family'])}", ""]
+    lines += ["## Intended use",
+              "Research on single-cell leukemia images only. **Not a medical device; not for "
+              "diagnosis or treatment decisions.**", ""]
+    lines += ["## Model", f"- family: {config['family']}", f"- model: {config.get('model', '-')}",
+              f"- classes: {', '.join(config['classes'])}",
+              f"- calibration temperature: {_fmt(float(config.get('temperature', 1.0)))}"]
+    for key in ("input_size", "features", "preprocessing"):
+        if key in config:
+            lines.append(f"- {key}: {json.dumps(config[key])}")
+    lines += ["", "## Data and protocol", f"- data: {config.get('data', '-')}",
+              f"- protocol: {config.get('protocol', '-')}"]
+    if config.get("protocol") == "image-level":
+        lines.append("- warning: no subject ids; cells of one patient may be on both sides, so "
+                     "the figures below may be optimistic")
+    if split is not None and "side" in split:
+        for side, part in split.groupby("side"):
+            lines.append(f"- {side}: {len(part)} images, {part['group'].nunique()} groups")
+    lines += ["", "## Metrics"]
+    for part, figures in metrics.items():
+        if isinstance(figures, dict):
+            flat = ", ".join(f"{k} {_fmt(v)}" for k, v in figures.items()
+                             if isinstance(v, int | float))
+            lines.append(f"- {part}: {flat}")
+    lines += ["", "## Versions"]
+    lines += [f"- {k}: {v}" for k, v in config.get("versions", {}).items()]
+    return "\n".join(lines) + "\n"

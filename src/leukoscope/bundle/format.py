@@ -1,0 +1,217 @@
+"""The bundle format: what a bundle directory holds, its version, and reading its config.json.
+
+Layout of a bundle directory::
+
+    config.json      family, model, classes, preprocessing / features, temperature, protocol,
+                     format_version
+    <weights>        model.safetensors (networks) or pipeline.skops (classical) — never pickle
+    metrics.json     validation and test figures (and calibration before / after)
+    split.csv        the split the model was trained with
+    history.csv      per-epoch training history (networks)
+    MODEL_CARD.md    data, protocol, metrics, intended use, library versions
+    model.onnx       once exported (``leukoscope export``; model.int8.onnx with --int8)
+
+``FORMAT_VERSION`` is written into every new config.json. Version 0 is a bundle from before
+versions were recorded (no ``format_version`` key): the same layout, read the same way. A version
+this code does not know is refused at load, so an older leukoscope never misreads a newer bundle.
+
+``check_config`` checks the type and range of every key the code reads, so a hand-edited or
+tampered config fails at load with one line naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import reprlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from leukoscope.errors import BundleError
+
+CONFIG = "config.json"
+METRICS = "metrics.json"
+SPLIT = "split.csv"
+HISTORY = "history.csv"
+CARD = "MODEL_CARD.md"
+SAFETENSORS = "model.safetensors"
+SKOPS = "pipeline.skops"
+ONNX = "model.onnx"
+ONNX_INT8 = "model.int8.onnx"
+
+#: The version of this layout that new bundles carry as ``format_version``; 0 is a bundle without it.
+FORMAT_VERSION = 1
+
+#: family name -> "module:Class"; imported only when a bundle of that family is loaded. A family's
+#: class declares itself with ``@bundle_family(name)``; a new family is one line here.
+_FAMILY_CLASSES: dict[str, str] = {
+    "classical": "leukoscope.bundle.classical:ClassicalBundle",
+    "network": "leukoscope.bundle.network:NetworkBundle",
+}
+#: runtime -> ("module:Class", model file) for network bundles exported with ``leukoscope export``.
+_RUNTIMES: dict[str, tuple[str, str]] = {
+    "onnx": ("leukoscope.bundle.onnx:OnnxBundle", ONNX),
+    "onnx-int8": ("leukoscope.bundle.onnx:OnnxBundle", ONNX_INT8),
+}
+RUNTIMES = ("auto", "torch", *_RUNTIMES)
+#: Input side in pixels a network bundle (or deep features) may ask for: 1024 px is already 12 MB of
+#: float32 per image; 20000 px would be 4.8 GB and get the process killed for memory.
+INPUT_SIZES = (16, 1024)
+#: Calibration temperatures a bundle may carry (``fit_temperature`` fits within [0.05, 20]): zero
+#: gives NaN probabilities, a negative one inverts every call, extreme ones overflow or flatten.
+TEMPERATURES = (0.01, 100.0)
+
+_short = reprlib.Repr()
+_short.maxstring, _short.maxother, _short.maxlist = 40, 40, 6
+
+#: Keys a bundle may carry for information (model card, serve page): only their JSON type is checked.
+_INFO_TYPES: dict[str, type] = {"model": str, "protocol": str, "data": str, "created": str, "tta": bool,
+                                "versions": dict, "params": dict, "training": dict, "train": dict,
+                                "model_params": dict, "onnx": dict}
+#: Stain-normalisation parameters by method (``models.stain.fit`` writes them): key -> array shape.
+_STAIN_PARAMS: dict[str, dict[str, tuple[int, ...]]] = {
+    "none": {}, "reinhard": {"mean": (3,), "std": (3,)}, "macenko": {"HERef": (3, 2), "maxCRef": (2,)}}
+
+Need = Callable[[bool, str, str, Any], None]
+
+
+def raw_config(path: Path) -> Any:
+    """The JSON in a bundle's config.json, not yet checked; a clear error if the folder is not a bundle."""
+    path = Path(path)
+    cfg = path / CONFIG
+    if not cfg.is_file():
+        raise BundleError(f"{path}: not a model bundle (no {CONFIG})")
+    try:
+        config = json.loads(cfg.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{cfg}: invalid JSON ({e})") from None
+    if isinstance(config, dict) and not {"family", "classes"} <= set(config) \
+            and (path / "bundle" / CONFIG).is_file():  # a training run folder holds its bundle
+        raise BundleError(f"{path}: a training run folder, not a bundle; use {path / 'bundle'}")
+    return config
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The bundle's config.json, checked by ``check_config``; a clear error if the folder is not a bundle."""
+    return check_config(raw_config(path), Path(path) / CONFIG)
+
+
+def format_version(config: dict[str, Any], cfg: Path) -> int:
+    """The config's ``format_version`` (0 when absent); a ``BundleError`` for one this code does not know."""
+    v = config.get("format_version", 0)
+    if not (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= FORMAT_VERSION):
+        raise BundleError(f"{cfg}: format_version must be an integer in 0..{FORMAT_VERSION} (a newer "
+                          f"leukoscope may have written this bundle), got {_short.repr(v)}")
+    return v
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _numbers(v: Any, shape: tuple[int, ...]) -> bool:
+    """``v`` is a JSON array of finite numbers of this shape (``()``: one number)."""
+    if not shape:
+        return _number(v)
+    return isinstance(v, list) and len(v) == shape[0] and all(_numbers(x, shape[1:]) for x in v)
+
+
+def _input_size(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and INPUT_SIZES[0] <= v <= INPUT_SIZES[1]
+
+
+def check_config(config: Any, cfg: Path) -> dict[str, Any]:
+    """``config`` if leukoscope can use it, else a ``BundleError`` naming the file ``cfg`` and the key.
+
+    Types and ranges of every key the code reads, so a hand-edited or tampered config fails at load
+    with one line instead of giving NaN probabilities, inverted calls or an out-of-memory kill at
+    predict time. Keys nothing reads are left alone. Consistency with the weights is checked by
+    each family's ``load``.
+    """
+    def need(ok: bool, key: str, what: str, value: Any) -> None:
+        if not ok:
+            raise BundleError(f"{cfg}: {key} must be {what}, got {_short.repr(value)}")
+
+    if not isinstance(config, dict):
+        raise BundleError(f"{cfg}: must be a JSON object, got {type(config).__name__}")
+    for key in ("family", "classes"):
+        if key not in config:
+            raise BundleError(f"{cfg}: missing key {key!r}")
+    format_version(config, cfg)
+    family, classes = config["family"], config["classes"]
+    need(isinstance(family, str) and family in _FAMILY_CLASSES, "family",
+         f"one of {', '.join(_FAMILY_CLASSES)}", family)
+    need(isinstance(classes, list) and len(classes) >= 2
+         and all(isinstance(c, str) and c.strip() for c in classes) and len(set(classes)) == len(classes),
+         "classes", "a list of two or more unique, non-empty names", classes)
+    t = config.get("temperature", 1.0)
+    need(_number(t) and TEMPERATURES[0] <= t <= TEMPERATURES[1], "temperature",
+         f"a number in [{TEMPERATURES[0]}, {TEMPERATURES[1]}]", t)
+    for key, kind in _INFO_TYPES.items():
+        if key in config:
+            need(isinstance(config[key], kind), key, f"a JSON {kind.__name__}", config[key])
+    check = _FAMILY_CHECKS.get(family)
+    if check is not None:
+        check(config, need)
+    return config
+
+
+def _check_network(config: dict[str, Any], need: Need) -> None:
+    need("model" in config, "model", "the network's name", None)
+    pre: Any = config.get("preprocessing")
+    need(isinstance(pre, dict), "preprocessing", "a JSON object", pre)
+    _check_preprocessing(pre, need)
+    if "input_size" in config:
+        need(config["input_size"] == pre["input_size"], "input_size",
+             f"preprocessing.input_size ({pre['input_size']})", config["input_size"])
+    digest = config.get("onnx", {}).get("weights_digest")
+    need(digest is None or isinstance(digest, str), "onnx.weights_digest", "a string", digest)
+
+
+def _check_classical(config: dict[str, Any], need: Need) -> None:
+    features: Any = config.get("features")
+    need(isinstance(features, dict) and isinstance(features.get("kind"), str)
+         and isinstance(features.get("params", {}), dict),
+         "features", 'an object {"kind": name, "params": {...}}', features)
+    for key, size in _nested(features.get("params", {}), "features.params"):
+        if key.endswith(".input_size"):
+            need(_input_size(size), key, f"an integer in {INPUT_SIZES[0]}..{INPUT_SIZES[1]}", size)
+
+
+#: family -> the checks of its own keys (a family without an entry gets only the common ones).
+_FAMILY_CHECKS: dict[str, Callable[[dict[str, Any], Need], None]] = {
+    "network": _check_network, "classical": _check_classical}
+
+
+def _nested(d: dict[str, Any], prefix: str) -> Iterator[tuple[str, Any]]:
+    """Dotted key and value of every leaf of nested dicts (feature kinds nest their parts' params)."""
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _nested(v, f"{prefix}.{k}")
+        else:
+            yield f"{prefix}.{k}", v
+
+
+def _check_preprocessing(pre: dict[str, Any], need: Need) -> None:
+    size = pre.get("input_size")
+    need(_input_size(size), "preprocessing.input_size",
+         f"an integer in {INPUT_SIZES[0]}..{INPUT_SIZES[1]}", size)
+    need(_numbers(pre.get("mean"), (3,)), "preprocessing.mean", "three numbers", pre.get("mean"))
+    std: Any = pre.get("std")
+    need(_numbers(std, (3,)) and min(std) > 0, "preprocessing.std", "three positive numbers", std)
+    for key in ("grayscale", "crop_to_cell"):
+        need(isinstance(pre.get(key, False), bool), f"preprocessing.{key}", "true or false", pre.get(key))
+    stain = pre.get("stain") or {"method": "none"}
+    method = stain.get("method", "none") if isinstance(stain, dict) else None
+    need(isinstance(method, str) and method in _STAIN_PARAMS, "preprocessing.stain.method",
+         f"one of {', '.join(_STAIN_PARAMS)}", method)
+    for key, shape in _STAIN_PARAMS[str(method)].items():
+        need(_numbers(stain.get(key), shape), f"preprocessing.stain.{key}",
+             f"finite numbers of shape {shape}", stain.get(key))
+
+
+def one_line(e: BaseException) -> str:
+    """A library's error message on one line (some span many), for a ``BundleError``."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

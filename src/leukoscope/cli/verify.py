@@ -1,0 +1,27 @@
+"""``leukoscope verify``: check a bundle before using or sharing it."""
+
+from __future__ import annotations
+
+import typer
+from rich.markup import escape
+
+from leukoscope.cli.app import app, console, guarded, printable
+from leukoscope.cli.use import BundleArg
+
+
+@app.command("verify")
+@guarded
+def verify_cmd(bundle: BundleArg) -> None:
+    """Check a bundle: config.json and its format version, the files it declares, weights that fit
+    the config (every runtime it declares), and a smoke prediction whose rows sum to 1.
+
+    One line per check; exit 1 when any fails.
+    """
+    from leukoscope.bundle.verify import verify
+
+    findings = verify(bundle)
+    for f in findings:
+        mark = "[green]ok  [/]" if f.ok else "[bold red]FAIL[/]"
+        console.print(f"{mark} {escape(printable(f'{f.check}: {f.detail}'))}", soft_wrap=True)
+    if not all(f.ok for f in findings):
+        raise typer.Exit(1)

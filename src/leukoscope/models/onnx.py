@@ -1,0 +1,42 @@
+"""A network as an ONNX file and an ONNX Runtime session of one: what bundles and deep features share.
+
+``export_module`` writes a torch module to one ONNX file (input ``INPUT``: float NCHW at a fixed
+size, any batch); ``ort_session`` opens such a file on the CPU with every core this process may
+use. Deep features export their frozen backbone with it, ``bundle.export`` a trained network.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+from leukoscope.io import atomic_path
+from leukoscope.settings import threads
+
+OPSET = 17
+INPUT, OUTPUT = "input", "logits"
+
+
+def ort_session(path: Path) -> Any:
+    """An ONNX Runtime CPU session of ``path`` on ``settings.threads()`` cores, graph fully optimised."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads()
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def export_module(module: Any, size: int, target: Path, output: str = OUTPUT) -> None:
+    """Write ``module`` (input ``INPUT``: float NCHW at ``size`` px, any batch) to ``target`` as one
+    ONNX file, atomically: the traced exporter, so nothing lands beside it."""
+    import torch
+
+    module = module.eval().to(memory_format=torch.contiguous_format)
+    with atomic_path(target) as tmp, torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer notes on constant folding, not user-facing
+        torch.onnx.export(module, (torch.zeros(2, 3, size, size),), str(tmp), dynamo=False,
+                          opset_version=OPSET, input_names=[INPUT], output_names=[output],
+                          dynamic_axes={INPUT: {0: "batch"}, output: {0: "batch"}})
