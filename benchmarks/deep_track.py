@@ -67,8 +67,7 @@ def run(data: list[str], name: str, options: dict[str, Any]) -> dict[str, Any]:
     """One ``train`` run (reused when already finished); its figures and times."""
     from leukoscope.data.readers import read
     from leukoscope.settings import data_root
-    from leukoscope.train.config import TrainConfig
-    from leukoscope.train.loop import train
+    from leukoscope.train import TrainConfig, train
 
     out = RESULTS / "deep_track" / "+".join(data) / _slug(name)
     print(f"[{'+'.join(data)}] {name}: {options}", flush=True)
@@ -113,8 +112,7 @@ def headline(datasets: list[str]) -> list[dict[str, Any]]:
 def cnmc(k: int = 5) -> dict[str, Any]:
     from leukoscope.data.readers import read
     from leukoscope.settings import data_root
-    from leukoscope.train.config import TrainConfig
-    from leukoscope.train.loop import cross_validate
+    from leukoscope.train import TrainConfig, cross_validate
 
     out = RESULTS / "deep_track" / "cnmc_sample+cnmc_cells" / f"lite0-cv{k}"
     m = read([data_root() / "cnmc_sample", data_root() / "cnmc_cells"])

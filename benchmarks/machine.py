@@ -42,8 +42,7 @@ def quick_bundle(folders: list[Path], out: Path, **settings: Any) -> Path:
     Speed figures do not depend on how well the weights are trained, so a short run serves.
     """
     from leukoscope.data.readers import read
-    from leukoscope.train.config import TrainConfig
-    from leukoscope.train.loop import train
+    from leukoscope.train import TrainConfig, train
 
     return Path(train(read(folders), TrainConfig.build(**settings), out).path)
 

@@ -13,8 +13,7 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 def train_tiny_network(data: Path, out: Path) -> Path:
     """One epoch of leukonet at 32 px on the 52 real C-NMC training cells (a few seconds on 2 cores)."""
     from leukoscope.data.readers import read
-    from leukoscope.train.config import TrainConfig
-    from leukoscope.train.loop import train
+    from leukoscope.train import TrainConfig, train
 
     m = read([data / "cnmc_sample"])
     return Path(train(m, TrainConfig.build(model="leukonet", epochs=1, img_size=32, batch_size=16,

@@ -16,9 +16,14 @@ from leukoscope.data.manifest import label_indices
 from leukoscope.data.readers import read
 from leukoscope.errors import ConfigError
 from leukoscope.models.networks import LeukoNet
-from leukoscope.train import checkpoint
-from leukoscope.train.config import TrainConfig
-from leukoscope.train.loop import SilentReporter, TrainingInterrupted, cross_validate, train
+from leukoscope.train import (
+    SilentReporter,
+    TrainConfig,
+    TrainingInterrupted,
+    checkpoint,
+    cross_validate,
+    train,
+)
 
 TINY = {"model": "leukonet", "img_size": 32, "batch_size": 8, "epochs": 2, "patience": 5}
 

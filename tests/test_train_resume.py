@@ -17,9 +17,14 @@ from typer.testing import CliRunner
 from leukoscope.cli import app
 from leukoscope.data.readers import read
 from leukoscope.errors import ConfigError
-from leukoscope.train import checkpoint
-from leukoscope.train.config import TrainConfig
-from leukoscope.train.loop import SilentReporter, TrainingInterrupted, cross_validate, train
+from leukoscope.train import (
+    SilentReporter,
+    TrainConfig,
+    TrainingInterrupted,
+    checkpoint,
+    cross_validate,
+    train,
+)
 
 SETTINGS = {"model": "leukonet", "img_size": 32, "batch_size": 4, "epochs": 3, "patience": 5}
 ARGS = ["--model", "leukonet", "--img-size", "32", "--batch-size", "4", "--epochs", "3", "--patience", "5"]

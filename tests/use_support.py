@@ -22,8 +22,7 @@ def cnmc_train(data: Path) -> Path:
 def train_network(data: Path, out: Path) -> Path:
     """leukonet, 32 px, two epochs (seconds on 2 cores)."""
     from leukoscope.data.readers import read
-    from leukoscope.train.config import TrainConfig
-    from leukoscope.train.loop import train
+    from leukoscope.train import TrainConfig, train
 
     m = read([data / "cnmc_sample"])
     cfg = TrainConfig.build(model="leukonet", epochs=2, img_size=32, batch_size=16, seed=0)

@@ -24,8 +24,9 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
-from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, Manifest, classes, label_indices, labelled
+from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, Manifest, classes, label_indices
 from leukoscope.data.splits import kfold, split_protocol
+from leukoscope.features.cache import feature_matrix
 from leukoscope.io import write_csv_atomic, write_json_atomic, write_text_atomic
 
 #: metric key -> column title, in display order. Each gets ``_mean`` and ``_std`` columns.
@@ -227,21 +228,6 @@ def build_estimators(models: Sequence[str], seed: int, params: dict[str, dict[st
     return built, errors
 
 
-def feature_matrix(m: Manifest, features: str, *, cache: Path | None = None,
-                   feature_params: dict[str, Any] | None = None,
-                   on_progress: Callable[[int, int], None] | None = None
-                   ) -> tuple[Manifest, np.ndarray, dict[str, Any], list[tuple[str, str]]]:
-    """Labelled rows whose image could be featurised, their matrix, the feature spec, the skipped."""
-    from leukoscope.features import get_extractor
-    from leukoscope.features.cache import extract_with
-
-    m = labelled(m)
-    extractor = get_extractor(features, **(feature_params or {}))
-    frame, skipped = extract_with(m, extractor, cache, on_progress=on_progress)
-    kept = m.loc[frame.index].reset_index(drop=True)
-    return kept, frame.to_numpy(np.float32), extractor.spec(), skipped
-
-
 def benchmark(m: Manifest, *, features: str = "handcrafted", k: int = 5,
               models: Sequence[str] | None = None, timeout: float | None = 300.0,
               jobs: int | None = None, seed: int = 0, cache: Path | None = None,
@@ -356,13 +342,12 @@ def save_best(lb: Leaderboard, split: Manifest, X: np.ndarray, out: Path, *, mod
     the calibration temperature is fitted, and the figures in metrics.json measured, on the val
     side it never saw; metrics.json also carries the leaderboard's CV figures for the model.
     """
-    from leukoscope.bundle import finish_bundle, writing_bundle
-    from leukoscope.bundle.classical import WEIGHTS, log_probabilities, save_pipeline
     from leukoscope.data.splits import train_val_test
     from leukoscope.errors import ConfigError
     from leukoscope.evaluate.calibration import ece, fit_temperature
     from leukoscope.evaluate.metrics import classification_metrics
     from leukoscope.probability import softmax_t
+    from leukoscope.train.classical import fit_on_train, write_bundle
 
     name = model or lb.best
     if name is None:
@@ -373,9 +358,10 @@ def save_best(lb: Leaderboard, split: Manifest, X: np.ndarray, out: Path, *, mod
         raise ConfigError(f"--save-best: {errors[name]['error']}")
     side = train_val_test(split, val=val, test=0.0, seed=lb.seed)
     y = np.asarray(label_indices(side, lb.classes))
-    train, valid = (side["side"] == "train").to_numpy(), (side["side"] == "val").to_numpy()
-    pipeline = built[name].fit(X[train], y[train])
-    logits = log_probabilities(pipeline, X[valid], len(lb.classes))
+    sides = side["side"].to_numpy()
+    valid = sides == "val"
+    pipeline, held_out = fit_on_train(built[name], X, y, sides, len(lb.classes))
+    logits = held_out["val"]
     temperature = fit_temperature(logits, y[valid])
     val_metrics = classification_metrics(y[valid], softmax_t(logits, temperature), lb.classes)
     metrics = {
@@ -385,13 +371,10 @@ def save_best(lb: Leaderboard, split: Manifest, X: np.ndarray, out: Path, *, mod
                         "ece_before": ece(softmax_t(logits), y[valid]),
                         "ece_after": ece(softmax_t(logits, temperature), y[valid])},
     }
-    config = {"family": "classical", "model": name, "params": lb.params.get(name, {}),
+    config = {"model": name, "params": lb.params.get(name, {}),
               "classes": lb.classes, "features": lb.features,
               "temperature": temperature, "protocol": lb.protocol, "data": lb.data,
-              "training": {"rows": int(train.sum()), "val_rows": int(valid.sum()), "val": val,
+              "training": {"rows": int((sides == "train").sum()), "val_rows": int(valid.sum()), "val": val,
                            "seed": lb.seed, "cv_folds": lb.folds}}
     keep = [c for c in ("path", "label", "subject", "group", "source_split", "side") if c in side]
-    with writing_bundle(out) as folder:
-        save_pipeline(pipeline, folder / WEIGHTS)
-        finish_bundle(folder, config, metrics, split=side[keep])
-    return Path(out)
+    return write_bundle(out, pipeline, config, metrics, side[keep])

@@ -1,4 +1,4 @@
-"""``leukoscope train``: fine-tune / train a network; the bundle lands in RUN_DIR/bundle."""
+"""``leukoscope train``: train a network or fit a classical pipeline; the bundle lands in RUN_DIR/bundle."""
 
 from __future__ import annotations
 
@@ -56,7 +56,12 @@ def _figures_table(metrics: dict[str, Any]) -> Table:
 def train_cmd(
     paths: Paths,
     out: Annotated[Path, typer.Option("--out", help="Run directory (checkpoints, curves, bundle/).")],
-    model: Annotated[str | None, typer.Option("--model", help="leukonet | efficientnet_lite0.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help=(
+        "Any registered model: a network (efficientnet_lite0, the default; leukonet) or a classical "
+        "pipeline (svc, xgboost, ...: the models of leukoscope benchmark)."))] = None,
+    features: Annotated[str | None, typer.Option("--features", help=(
+        "Classical models: the image features they are fitted on, handcrafted (default), deep or "
+        "both."))] = None,
     epochs: Annotated[int | None, typer.Option(
         help="Maximum epochs, kept as given (default: the model's, stretched on small sets to its "
         "min_steps, e.g. 150 steps for efficientnet_lite0).")] = None,
@@ -84,17 +89,16 @@ def train_cmd(
                                                        "(C-NMC: official folds vs prelim test).")] = None,
     layout: LayoutOpt = None,
 ) -> None:
-    """Train a network (from scratch or fine-tuned) on a grouped split; rerun to resume."""
+    """Train a network (from scratch or fine-tuned) or fit a classical pipeline on a grouped split; rerun
+    to resume."""
     from leukoscope.data.readers import read
-    from leukoscope.train.config import TrainConfig
-    from leukoscope.train.loop import TrainingInterrupted, cross_validate, train
+    from leukoscope.train import TrainConfig, TrainingInterrupted, cross_validate, train
 
     cfg = TrainConfig.build(
         config, model=model, epochs=epochs, lr=lr, batch_size=batch_size, img_size=img_size,
         grayscale=grayscale, subset=subset, augment=augment, aug_strength=aug_strength, stain=stain,
         crop_to_cell=crop_to_cell, tta=tta, patience=patience, finetune_depth=finetune_depth, seed=seed,
-        freeze_bn=freeze_bn,
-        cv=cv, split_protocol=split_protocol)
+        freeze_bn=freeze_bn, cv=cv, split_protocol=split_protocol, features=features)
     m = read(paths, layout)
     try:
         with progress() as bar:
@@ -126,4 +130,5 @@ def train_cmd(
         from leukoscope.data.manifest import IMAGE_LEVEL_WARNING
 
         console.print(f"[yellow]note:[/] {IMAGE_LEVEL_WARNING}")
-    console.print(f"bundle: {bundle.path}  (curves: {out / 'curves.png'})")
+    curves = out / "curves.png"
+    console.print(f"bundle: {bundle.path}" + (f"  (curves: {curves})" if curves.is_file() else ""))

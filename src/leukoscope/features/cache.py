@@ -172,3 +172,17 @@ def extract(m: Manifest, kind: str, cache: Path | None = None, *, n_jobs: int = 
     from leukoscope.features import get_extractor
 
     return extract_with(m, get_extractor(kind, **params), cache, n_jobs=n_jobs, on_progress=on_progress)
+
+
+def feature_matrix(m: Manifest, features: str, *, cache: Path | None = None,
+                   feature_params: dict[str, Any] | None = None, on_progress: Progress | None = None
+                   ) -> tuple[Manifest, np.ndarray, dict[str, Any], Skipped]:
+    """Labelled rows whose image could be featurised, their matrix, the feature spec, the skipped."""
+    from leukoscope.data.manifest import labelled
+    from leukoscope.features import get_extractor
+
+    m = labelled(m)
+    extractor = get_extractor(features, **(feature_params or {}))
+    frame, skipped = extract_with(m, extractor, cache, on_progress=on_progress)
+    kept = m.loc[frame.index].reset_index(drop=True)
+    return kept, frame.to_numpy(np.float32), extractor.spec(), skipped

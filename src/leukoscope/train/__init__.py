@@ -1,4 +1,36 @@
-"""Network training: ``loop.train`` / ``loop.cross_validate``, ``config.TrainConfig``, augmentation, stain.
+"""Training: ``train`` (every family) and ``cross_validate`` (networks), configured by ``TrainConfig``.
 
-Submodules import torch; import them where they are needed so the CLI starts fast.
+Modules, from the bottom: ``config`` (settings), ``reporter`` (progress), ``data`` (rows, split,
+decoded pixels), ``heldout`` (calibrated figures), ``rundir`` (the run directory and its protection),
+``checkpoint`` + ``resume`` (resumable state), ``augment`` / ``stain`` / ``forward`` / ``warmstart``
+(network pieces), ``fit`` (the epoch loop), ``network`` and ``classical`` (a run of each family),
+``cv`` (K-fold), ``run`` (``train``). The names below load their module on first use: most import
+torch, and the CLI must start fast.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from leukoscope.train.classical import train_classical
+    from leukoscope.train.config import TrainConfig
+    from leukoscope.train.cv import cross_validate
+    from leukoscope.train.fit import TrainingInterrupted
+    from leukoscope.train.network import train_network
+    from leukoscope.train.reporter import Reporter, SilentReporter
+    from leukoscope.train.run import train
+
+_HOME = {"train": "run", "train_network": "network", "train_classical": "classical",
+         "cross_validate": "cv", "TrainingInterrupted": "fit", "TrainConfig": "config",
+         "Reporter": "reporter", "SilentReporter": "reporter"}
+
+__all__ = ["Reporter", "SilentReporter", "TrainConfig", "TrainingInterrupted", "cross_validate", "train",
+           "train_classical", "train_network"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)

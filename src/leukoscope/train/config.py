@@ -1,7 +1,9 @@
-"""``TrainConfig``: every setting of a network training run, resolved and written next to its outputs.
+"""``TrainConfig``: every setting of a training run, resolved and written next to its outputs.
 
 Precedence: explicit options > ``--config run.yaml`` > the model's ``train_defaults`` > the field
-defaults here. ``None`` means "not set" until ``resolved()`` fills it from the model.
+defaults here. ``None`` means "not set" until ``resolved()`` fills it from the model. A classical
+model (a scikit-learn pipeline on image features) takes only ``CLASSICAL`` settings; the others are
+a network's and must stay unset.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ SPLIT_PROTOCOLS = ("auto", "official")
 #: runs (a run from before ``min_steps`` trained exactly its epochs).
 ADDED = {"min_steps": 0}
 BALANCE = ("loss", "sampler", "none")
+#: The settings a classical run uses: which rows, how they are split, which features.
+CLASSICAL = ("model", "subset", "seed", "val", "test", "split_protocol", "features")
 
 
 @dataclass
@@ -58,6 +62,18 @@ class TrainConfig:
     #: proportion). Only the model's default epochs are stretched; an explicit ``epochs`` is kept
     #: exactly unless ``min_steps`` is given too.
     min_steps: int | None = None
+    #: classical models: the image features the pipeline is fitted on (default handcrafted)
+    features: str | None = None
+
+    @property
+    def family(self) -> str:
+        """``network`` or ``classical``: what the registry says ``model`` is."""
+        from leukoscope.models.registry import get_model
+
+        try:
+            return get_model(self.model).family
+        except ConfigError as e:
+            raise ConfigError(f"--model: {e}") from None
 
     @classmethod
     def from_file(cls, path: Path) -> dict[str, Any]:
@@ -94,25 +110,39 @@ class TrainConfig:
             raise ConfigError(f"bad training settings ({e})") from None
 
     def resolved(self) -> TrainConfig:
-        """Unset fields filled from the model's ``train_defaults``, then validated."""
+        """Unset fields filled from the model's ``train_defaults`` (networks) or the default feature
+        kind (classical), then validated."""
+        if self.family == "classical":
+            out = dataclasses.replace(self, features=self.features or "handcrafted")
+        else:
+            out = self._network_defaults()
+        out.check()
+        return out
+
+    def _network_defaults(self) -> TrainConfig:
         from leukoscope.models.networks import network_class
 
-        try:
-            defaults = network_class(self.model).train_defaults
-        except Exception as e:
-            raise ConfigError(f"--model {self.model!r}: not a network model ({e})") from None
+        defaults = network_class(self.model).train_defaults
         filled: dict[str, Any] = {k: defaults.get(k) if v is None else v for k, v in self.as_dict().items()}
         if self.min_steps is None:  # the model's step floor stretches only the model's own epochs
             filled["min_steps"] = 0 if self.epochs is not None else defaults.get("min_steps") or 0
-        out = TrainConfig(**filled)
-        out.check()
-        return out
+        return TrainConfig(**filled)
 
     def check(self) -> None:
         def need(ok: bool, msg: str) -> None:
             if not ok:
                 raise ConfigError(msg)
 
+        need(0 < self.subset <= 1, f"--subset must be a fraction in (0, 1], got {self.subset}")
+        need(self.split_protocol in SPLIT_PROTOCOLS,
+             f"--split-protocol must be one of {', '.join(SPLIT_PROTOCOLS)}, got {self.split_protocol!r}")
+        # numpy seeds only take [0, 2**32): anything else would fail deep in the loop
+        need(type(self.seed) is int and 0 <= self.seed < 2**32,
+             f"--seed must be an integer in [0, 2**32 - 1], got {self.seed!r}")
+        if self.family == "classical":
+            self._check_classical()
+            return
+        need(self.features is None, f"--features is for classical models; {self.model} learns its own")
         need(self.epochs is not None and self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
         need(self.lr is not None and self.lr > 0, f"--lr must be > 0, got {self.lr}")
         need(self.batch_size is not None and self.batch_size >= 1,
@@ -121,19 +151,27 @@ class TrainConfig:
              f"--img-size must be in [16, 1024], got {self.img_size}")
         need(self.patience is not None and self.patience >= 1,
              f"--patience must be >= 1, got {self.patience}")
-        need(0 < self.subset <= 1, f"--subset must be a fraction in (0, 1], got {self.subset}")
         need(self.aug_strength >= 0, f"--aug-strength must be >= 0, got {self.aug_strength}")
-        need(self.split_protocol in SPLIT_PROTOCOLS,
-             f"--split-protocol must be one of {', '.join(SPLIT_PROTOCOLS)}, got {self.split_protocol!r}")
         need(self.balance in BALANCE, f"balance must be one of {', '.join(BALANCE)}, got {self.balance!r}")
         need(self.cv == 0 or self.cv >= 2, f"--cv must be 0 (off) or >= 2, got {self.cv}")
-        # numpy seeds only take [0, 2**32): anything else would fail deep in the loop
-        need(type(self.seed) is int and 0 <= self.seed < 2**32,
-             f"--seed must be an integer in [0, 2**32 - 1], got {self.seed!r}")
         need(self.min_steps is None or self.min_steps >= 0, f"min_steps must be >= 0, got {self.min_steps}")
         from leukoscope.models.stain import check_method
 
         check_method(self.stain)
+
+    def _check_classical(self) -> None:
+        """A network's settings are refused by name rather than silently ignored."""
+        from leukoscope.features import list_feature_kinds
+
+        defaults = TrainConfig().as_dict()
+        given = sorted(k for k, v in self.as_dict().items() if k not in CLASSICAL and v != defaults[k])
+        if given:
+            flags = ", ".join(f"--{k.replace('_', '-')}" for k in given)
+            raise ConfigError(f"--model {self.model} is a classical model; these settings are for "
+                              f"networks only: {flags}")
+        if self.features not in list_feature_kinds():
+            raise ConfigError(f"--features must be one of {', '.join(list_feature_kinds())}, "
+                              f"got {self.features!r}")
 
     def schedule(self, steps_per_epoch: int) -> tuple[int, int]:
         """Epochs and early-stopping patience for this many steps per epoch (see ``min_steps``)."""

@@ -2,7 +2,7 @@
 
 A classical model's objective is the mean fold score of grouped K-fold CV on cached features
 (``leaderboard.cross_validate_model``), reported after each fold so the pruner can stop a poor
-configuration early. A network's is the pooled out-of-fold score of ``train.loop.cross_validate``
+configuration early. A network's is the pooled out-of-fold score of ``train.cross_validate``
 on the train side; each epoch's validation balanced accuracy (first fold) goes to the pruner.
 Search spaces are the registry's (``get_model(name).space``); ``fixed`` pins parameters of the
 space or sets other builder / ``TrainConfig`` settings. Each objective also scores a
@@ -66,7 +66,7 @@ class ClassicalObjective(_Objective):
     def __init__(self, settings: TuneSettings, split: Split, out: Path, *, cache: Path | None = None,
                  on_features: Callable[[int, int], None] | None = None, reporter: Any = None):
         from leukoscope.data.splits import kfold
-        from leukoscope.leaderboard import feature_matrix
+        from leukoscope.features.cache import feature_matrix
         from leukoscope.models.registry import get_model
 
         self.settings, self.spec = settings, get_model(settings.model)
@@ -127,7 +127,7 @@ class ClassicalObjective(_Objective):
         """Fit on every train-side row, score the test side (its features are read only now)."""
         from leukoscope.bundle.classical import class_probabilities
         from leukoscope.evaluate.metrics import classification_metrics
-        from leukoscope.leaderboard import feature_matrix
+        from leukoscope.features.cache import feature_matrix
 
         if not hasattr(self, "_test"):
             test = self._split[self._split["side"] == "test"].drop(columns="side")
@@ -176,7 +176,7 @@ class _EpochPruning:
 
 
 class NetworkObjective(_Objective):
-    """Grouped K-fold CV of a network training run (``train.loop.cross_validate``) on the train side."""
+    """Grouped K-fold CV of a network training run (``train.cross_validate``) on the train side."""
 
     family = "network"
 
@@ -186,7 +186,7 @@ class NetworkObjective(_Objective):
         ``leukoscope train`` would take for the same subset and seed, so the retrained best
         configuration holds out the same test side."""
         from leukoscope.data.manifest import labelled
-        from leukoscope.train.loop import subset
+        from leukoscope.train.data import subset
 
         return subset(labelled(m), float(settings.fixed.get("subset", 1.0)), settings.seed)
 
@@ -223,7 +223,7 @@ class NetworkObjective(_Objective):
     def score(self, params: dict[str, Any], trial: Trial | None = None, name: str = "default"
               ) -> tuple[float, list[float]]:
         """Pooled out-of-fold score of ``params``; with a ``trial``, epochs go to its pruner."""
-        from leukoscope.train.loop import cross_validate
+        from leukoscope.train import cross_validate
 
         cfg = self._config(params, cv=self.settings.cv, subset=1.0)  # the rows are the subset already
         folder = self.out / "trials" / name
@@ -244,7 +244,7 @@ class NetworkObjective(_Objective):
         """Train on the train side (val carved from it), score the study's test side once."""
         import fcntl
 
-        from leukoscope.train.loop import train
+        from leukoscope.train import train
 
         cfg = self._config(params, subset=1.0)
         digest = hashlib.sha1(json.dumps(cfg.as_dict(), sort_keys=True).encode()).hexdigest()[:8]

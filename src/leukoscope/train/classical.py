@@ -1,0 +1,107 @@
+"""A classical run: a registered scikit-learn pipeline fitted on image features, as a bundle.
+
+``train_classical(m, config, out)`` takes the rows a network run would (``train.data``: the same
+subset and the same grouped train / val / test split for the same seed), computes the features the
+bundle will declare (``config.features``, cached on disk), fits the pipeline on the train side,
+fits the calibration temperature on the val side and scores val and test with it, the way a
+network run does. The run directory is laid out as a network's (``train.rundir``): ``out/bundle``.
+``benchmark --save-best`` writes its bundle with the same ``fit_on_train`` and ``write_bundle``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from leukoscope.bundle import Bundle, finish_bundle, load_bundle, write_json, writing_bundle
+from leukoscope.bundle.classical import WEIGHTS, log_probabilities, save_pipeline
+from leukoscope.data.manifest import Manifest, classes, label_indices, labelled
+from leukoscope.data.splits import split_protocol
+from leukoscope.errors import ConfigError
+from leukoscope.features.cache import feature_matrix
+from leukoscope.train import rundir
+from leukoscope.train.config import TrainConfig
+from leukoscope.train.data import bundle_split, describe, run_split, subset
+from leukoscope.train.heldout import calibrated
+from leukoscope.train.reporter import Reporter, SilentReporter
+
+
+def train_classical(m: Manifest, config: TrainConfig, out: Path, reporter: Reporter | None = None) -> Bundle:
+    """Fit the classical model ``config.model`` on ``config.features`` of ``m``; the bundle in ``out/bundle``.
+
+    A finished run directory is not refitted: rerunning returns its bundle.
+    """
+    from leukoscope.models.registry import get_model
+
+    out, cfg, done = rundir.begin(config, out, "classical")
+    if done is not None:
+        return done
+    rep = reporter or SilentReporter()
+    try:
+        estimator = get_model(cfg.model).build(seed=cfg.seed)
+    except Exception as e:  # noqa: BLE001 - a builder that cannot run here (a missing library) is one line
+        raise ConfigError(f"--model {cfg.model}: cannot build ({type(e).__name__}: {e})") from None
+    rows, X, spec, skipped = _features(subset(labelled(m), cfg.subset, cfg.seed), str(cfg.features), rep)
+    split = run_split(rows, cfg)
+    class_names = classes(split)
+    y = np.asarray(label_indices(split, class_names))
+    sides = split["side"].to_numpy()
+    fitting = f"fitting {cfg.model}"
+    advance = rep.task(fitting, 1)
+    pipeline, logits = fit_on_train(estimator, X, y, sides, len(class_names))
+    advance(1)
+    rep.done(fitting)
+    metrics, temperature, _ = calibrated(logits, {s: y[sides == s] for s in logits}, class_names)
+    metrics["protocol"] = split_protocol(split)
+    write_json(out / "metrics.json", metrics)
+    write_bundle(out / rundir.BUNDLE, pipeline, {
+        "model": cfg.model, "params": {}, "classes": class_names, "features": spec,
+        "temperature": temperature, "protocol": metrics["protocol"], "data": describe(rows),
+        "train": cfg.as_dict()}, metrics, bundle_split(split))
+    rundir.mark_done(out)
+    rundir.write_skipped(out, skipped)
+    return load_bundle(out / rundir.BUNDLE)
+
+
+def _features(m: Manifest, kind: str, rep: Reporter
+              ) -> tuple[Manifest, np.ndarray, dict[str, Any], list[tuple[str, str]]]:
+    """``feature_matrix`` with its progress shown as a reporter task."""
+    what = f"{kind} features"
+    advance: Callable[[int], None] | None = None
+    seen = 0
+
+    def on_progress(done: int, total: int) -> None:
+        nonlocal advance, seen
+        if advance is None:
+            advance = rep.task(what, total)
+        advance(done - seen)
+        seen = done
+
+    found = feature_matrix(m, kind, on_progress=on_progress)
+    rep.done(what)
+    return found
+
+
+def fit_on_train(estimator: Any, X: np.ndarray, y: np.ndarray, sides: np.ndarray, n_classes: int
+                 ) -> tuple[Any, dict[str, np.ndarray]]:
+    """``estimator`` fitted on the rows whose side is ``train``; its logits on the val and test rows
+    (the sides present), for the temperature and the held-out figures."""
+    train = sides == "train"
+    pipeline = estimator.fit(X[train], y[train])
+    logits = {side: log_probabilities(pipeline, X[sides == side], n_classes)
+              for side in ("val", "test") if (sides == side).any()}
+    return pipeline, logits
+
+
+def write_bundle(out: Path, pipeline: Any, config: dict[str, Any], metrics: dict[str, Any],
+                 split: pd.DataFrame) -> Path:
+    """A classical bundle at ``out``, atomically: the pipeline (skops, allow-listed types only) and
+    the family-independent files (``config`` gets ``family: classical``)."""
+    with writing_bundle(out) as folder:
+        save_pipeline(pipeline, folder / WEIGHTS)
+        finish_bundle(folder, {"family": "classical", **config}, metrics, split=split)
+    return Path(out)

@@ -1,0 +1,124 @@
+"""The rows and pixels a training run uses: the subset, the grouped split, the decoded image cache.
+
+Both families take their rows the same way (``subset`` of the labelled rows, the images that decode,
+``run_split``), so a classical and a network model trained on the same data with the same seed hold
+out the same test side.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from leukoscope.data.images import load_rgb
+from leukoscope.data.manifest import Manifest, classes, label_indices, labelled
+from leukoscope.data.splits import Split, check_no_leak, official_cnmc, train_val_test
+from leukoscope.errors import ImageError
+from leukoscope.models import preprocess, stain
+from leukoscope.train.config import TrainConfig
+from leukoscope.train.reporter import Reporter
+
+
+def subset(m: Manifest, fraction: float, seed: int) -> Manifest:
+    """About ``fraction`` of the groups of each class (whole groups, so splits stay grouped)."""
+    if fraction >= 1:
+        return m
+    rng = np.random.default_rng(seed)
+    keep: set[str] = set()
+    for _, part in m.groupby("label"):
+        groups = sorted(part["group"].unique())
+        n = max(2, math.ceil(fraction * len(groups)))
+        keep.update(rng.choice(groups, size=min(n, len(groups)), replace=False))
+    return m[m["group"].isin(keep)].reset_index(drop=True)
+
+
+def run_split(m: Manifest, cfg: TrainConfig) -> Split:
+    """``m`` (in its own row order) with the run's grouped train / val / test ``side``; checked for leaks."""
+    if cfg.split_protocol == "official":
+        split = official_cnmc(m, val=cfg.val, seed=cfg.seed)
+    else:
+        split = train_val_test(m, val=cfg.val, test=cfg.test, seed=cfg.seed)
+    split = m.assign(side=split.set_index("path").loc[m["path"], "side"].to_numpy())
+    check_no_leak(split)
+    return split
+
+
+def bundle_split(split: Split) -> Split:
+    """The split as a bundle stores it (``split.csv``): without the reader's layout column."""
+    return split.drop(columns=[c for c in ("layout",) if c in split])
+
+
+def describe(m: Manifest) -> str:
+    """The data sets a run used, as its bundle's ``data`` says."""
+    return ", ".join(sorted(set(m.get("dataset", pd.Series(["input"])).astype(str))))
+
+
+def decode(paths: Sequence[str], pre: dict[str, Any], reporter: Reporter
+           ) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Each image decoded once, cropped and resized: N x S x S x 3 uint8 (skipped files listed)."""
+    size = pre["input_size"]
+    out = np.zeros((len(paths), size, size, 3), np.uint8)
+    skipped: list[tuple[str, str]] = []
+    geometry = {**pre, "stain": {"method": "none"}, "grayscale": False}
+    advance = reporter.task("decoding images", len(paths))
+
+    def one(i: int) -> None:
+        try:
+            out[i] = preprocess.to_uint8([load_rgb(paths[i])], geometry)[0]
+        except ImageError as e:
+            skipped.append((paths[i], str(e)))
+        advance(1)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(one, range(len(paths))))
+    reporter.done("decoding images")
+    return out, skipped
+
+
+def decoded_rows(m: Manifest, cfg: TrainConfig, reporter: Reporter
+                 ) -> tuple[Manifest, np.ndarray, dict[str, Any], list[str], list[tuple[str, str]]]:
+    """The run's rows whose image decodes, their pixels, the preprocessing, the classes, the skipped."""
+    from leukoscope.models.networks import network_class
+
+    m = subset(labelled(m), cfg.subset, cfg.seed)
+    cls = network_class(cfg.model)
+    pre = preprocess.preprocessing_config(cfg.img_size or 224, cls.mean, cls.std, cfg.grayscale,
+                                          cfg.crop_to_cell)
+    images, skipped = decode(list(m["path"]), pre, reporter)
+    if skipped:
+        bad = {p for p, _ in skipped}
+        keep = ~m["path"].isin(bad).to_numpy()
+        m, images = m[keep].reset_index(drop=True), images[keep]
+    return m, images, pre, classes(m), skipped
+
+
+@dataclass
+class Prepared:
+    """A split with its pixels: ``images[i]`` belongs to ``split.iloc[i]``."""
+
+    split: Split
+    images: np.ndarray
+    y: np.ndarray
+    classes: list[str]
+
+    def side(self, name: str) -> np.ndarray:
+        return np.flatnonzero(self.split["side"].to_numpy() == name)
+
+
+def prepare_split(split: Split, images: np.ndarray, pre: dict[str, Any], cfg: TrainConfig,
+                  class_names: list[str]) -> tuple[Prepared, dict[str, Any]]:
+    """Fit the stain target on the training side, apply stain + grayscale: the final uint8 cache."""
+    train_idx = np.flatnonzero(split["side"].to_numpy() == "train")
+    target = stain.fit([images[i] for i in train_idx[:64]], cfg.stain)
+    pre = {**pre, "stain": target}
+    if target["method"] != "none" or pre["grayscale"]:
+        images = preprocess.to_uint8(list(images), {**pre, "crop_to_cell": False})
+    y = np.asarray(label_indices(split, class_names), np.int64)
+    return Prepared(split.reset_index(drop=True), images, y, class_names), pre

@@ -1,0 +1,45 @@
+"""A network's eval-mode passes over cached uint8 images: logits (validation, held-out sides) and
+embeddings (the frozen-feature baseline), in fixed-size batches with no augmentation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from leukoscope.models.networks import Network, forward_logits
+from leukoscope.train import augment
+
+EVAL_BATCH = 64
+
+
+def batches(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def inputs(images: np.ndarray, pre: dict[str, Any]) -> torch.Tensor:
+    """uint8 NHWC images as the network's normalised float input."""
+    return augment.normalize(augment.to_float(torch.from_numpy(images)), pre["mean"], pre["std"])
+
+
+def predict_logits(module: nn.Module, images: np.ndarray, pre: dict[str, Any], tta: bool = False,
+                   advance: Callable[[int], None] | None = None) -> np.ndarray:
+    """Eval-mode logits of cached uint8 images (no augmentation; D4 average when ``tta``)."""
+    module.eval()
+    out = []
+    with torch.inference_mode():
+        for s in batches(len(images), EVAL_BATCH):
+            out.append(forward_logits(module, inputs(images[s], pre), tta).float().numpy())
+            if advance:
+                advance(s.stop - s.start)
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def embeddings(module: Network, images: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
+    module.eval()
+    with torch.inference_mode():
+        return np.concatenate([module.embed(inputs(images[s], pre)).float().numpy()
+                               for s in batches(len(images), EVAL_BATCH)])

@@ -1,0 +1,83 @@
+"""A network run end to end: decoded rows, the grouped split, ``fit``, calibrated held-out figures,
+the bundle. See ``train.rundir`` for the run directory and ``train.fit`` for what the epochs write."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leukoscope.bundle import Bundle, finish_bundle, load_bundle, write_json, writing_bundle
+from leukoscope.bundle.network import save_weights
+from leukoscope.data.manifest import Manifest
+from leukoscope.data.splits import split_protocol
+from leukoscope.models.networks import Network
+from leukoscope.train import rundir
+from leukoscope.train.config import TrainConfig
+from leukoscope.train.data import Prepared, bundle_split, decoded_rows, describe, prepare_split, run_split
+from leukoscope.train.fit import fit
+from leukoscope.train.forward import predict_logits
+from leukoscope.train.heldout import calibrated
+from leukoscope.train.reporter import Reporter, SilentReporter
+
+
+def train_network(m: Manifest, config: TrainConfig, out: Path, reporter: Reporter | None = None) -> Bundle:
+    """Train the network ``config.model`` on ``m`` into the run directory ``out``.
+
+    A finished run directory is not retrained: rerunning returns its bundle; an unfinished one resumes.
+    """
+    out, cfg, done = rundir.begin(config, out, "network")
+    if done is not None:
+        return done
+    rep = reporter or SilentReporter()
+    m, images, pre, class_names, skipped = decoded_rows(m, cfg, rep)
+    data, pre = prepare_split(run_split(m, cfg), images, pre, cfg, class_names)
+    bundle, _ = fit_and_bundle(data, pre, cfg, out, rep, describe(m))
+    rundir.write_skipped(out, skipped)
+    return bundle
+
+
+def fit_and_bundle(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
+                   reporter: Reporter | None = None, data_desc: str = ""
+                   ) -> tuple[Bundle, dict[str, np.ndarray]]:
+    """``fit``, evaluate, write metrics.json and ``out/bundle``; the loaded bundle and test probs."""
+    t0, c0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()[0]
+    model, history, extra = fit(data, pre, cfg, out, reporter)
+    metrics, temperature, probs = evaluate(model, data, pre, cfg.tta, reporter)
+    metrics |= {"protocol": split_protocol(data.split), "tta": cfg.tta,
+                "best_epoch": extra["best_epoch"], "epochs_run": extra["epochs_run"],
+                "epochs_planned": extra["epochs_planned"],
+                # this session only (a resumed run counts from the resume); the load average says
+                # whether other work shared the machine
+                "timing": {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+                           "load_average": (load0 + os.getloadavg()[0]) / 2, "cores": os.cpu_count()}}
+    if "frozen_lr" in extra:
+        metrics["frozen_lr"] = extra["frozen_lr"]
+    config = {"family": "network", "model": cfg.model, "classes": data.classes,
+              "input_size": pre["input_size"], "preprocessing": pre, "temperature": temperature,
+              "tta": cfg.tta, "protocol": metrics["protocol"], "data": data_desc,
+              "train": cfg.as_dict()}
+    write_json(out / "metrics.json", metrics)
+    with writing_bundle(out / rundir.BUNDLE) as folder:
+        save_weights(model, folder)
+        finish_bundle(folder, config, metrics, bundle_split(data.split), history)
+    rundir.mark_done(out)
+    return load_bundle(out / rundir.BUNDLE), probs
+
+
+def evaluate(model: Network, data: Prepared, pre: dict[str, Any], tta: bool,
+             reporter: Reporter | None = None) -> tuple[dict[str, Any], float, dict[str, np.ndarray]]:
+    """Figures on val and test (temperature fitted on val only) and the calibrated probabilities."""
+    rep = reporter or SilentReporter()
+    logits: dict[str, np.ndarray] = {}
+    for side in ("val", "test"):
+        idx = data.side(side)
+        if len(idx):
+            what = f"evaluating {side}" + (" (TTA x8)" if tta else "")
+            advance = rep.task(what, len(idx))
+            logits[side] = predict_logits(model, data.images[idx], pre, tta, advance)
+            rep.done(what)
+    return calibrated(logits, {side: data.y[data.side(side)] for side in logits}, data.classes)
