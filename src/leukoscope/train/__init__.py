@@ -2,7 +2,7 @@
 
 Modules, from the bottom: ``config`` (settings), ``reporter`` (progress), ``data`` (rows, split,
 decoded pixels), ``heldout`` (calibrated figures), ``rundir`` (the run directory and its protection),
-``checkpoint`` + ``resume`` (resumable state), ``augment`` / ``stain`` / ``forward`` / ``warmstart``
+``checkpoint`` + ``resume`` (resumable state), ``augment`` / ``forward`` / ``warmstart``
 (network pieces), ``fit`` (the epoch loop), ``network`` and ``classical`` (a run of each family),
 ``cv`` (K-fold), ``run`` (``train``). The names below load their module on first use: most import
 torch, and the CLI must start fast.

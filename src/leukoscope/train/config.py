@@ -192,10 +192,8 @@ class TrainConfig:
         """``config.yaml`` (for ``--config``) and ``config.json`` in ``folder``, atomically."""
         import yaml
 
-        from leukoscope.bundle import write_json
+        from leukoscope.io import write_json_atomic, write_text_atomic
 
         folder = Path(folder)
-        write_json(folder / "config.json", self.as_dict())
-        tmp = folder / ".config.yaml.tmp"
-        tmp.write_text(yaml.safe_dump(self.as_dict(), sort_keys=False))
-        tmp.replace(folder / "config.yaml")
+        write_json_atomic(folder / "config.json", self.as_dict())
+        write_text_atomic(folder / "config.yaml", yaml.safe_dump(self.as_dict(), sort_keys=False))
