@@ -269,3 +269,17 @@ def test_benchmark_config_refuses_a_network_configuration(tmp_path: Path) -> Non
         load_config(f)
     f.write_text("model: svc\nfamily: classical\nfeatures: handcrafted\nparams: {C: 3.0}\n")
     assert load_config(f) == {"model": "svc", "params": {"C": 3.0}, "features": "handcrafted"}
+
+
+def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_redone(tmp_path: Path) -> None:
+    """A worker killed between creating a trial and its first heartbeat left a RUNNING trial with no
+    heartbeat, which Optuna never fails as stale: every other worker then waited for it forever."""
+    from leukoscope.tune import open_study, run_trials
+
+    study = open_study(TuneSettings(model="toy"), storage_url(tmp_path), "toy", "data", heartbeat=(1, 2))
+    orphan = study.ask()  # RUNNING, no heartbeat, and no worker will ever finish it
+    started = time.monotonic()
+    run_trials(study, lambda t: t.suggest_float("x", 0.0, 1.0), 2, timeout=60, poll=0.2)
+    assert len(_complete(study)) == 2, "the worker waited for the orphan instead of redoing it"
+    assert study.get_trials()[orphan.number].state == optuna.trial.TrialState.FAIL
+    assert time.monotonic() - started < 30

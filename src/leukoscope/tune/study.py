@@ -9,6 +9,7 @@ already claimed before it is dropped unrun, so parallel workers finish exactly `
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -189,6 +190,7 @@ def run_trials(study: optuna.Study, objective: Callable[[Trial], float], n_trial
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
+        _fail_silent_trials(study)
         counts = trial_counts(study)
         finished, active = counts["complete"] + counts["pruned"], counts["running"] + counts["waiting"]
         if finished >= n_trials or (deadline is not None and time.monotonic() >= deadline):
@@ -201,6 +203,46 @@ def run_trials(study: optuna.Study, objective: Callable[[Trial], float], n_trial
             raise ConfigError(f"{len(failures)} trials in a row failed; last error: {failures[-1]}")
 
 
+def _heartbeat_storage(study: optuna.Study) -> optuna.storages.RDBStorage | None:
+    """The study's RDB storage when it records heartbeats (Optuna wraps it in a cache), else None."""
+    storage = getattr(study._storage, "_backend", study._storage)
+    if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
+        return storage
+    return None
+
+
+def _fail_silent_trials(study: optuna.Study) -> None:
+    """Fail RUNNING trials that never recorded a heartbeat and started over a grace period ago.
+
+    Optuna's ``fail_stale_trials`` skips a trial with no heartbeat at all; one is left when a worker
+    dies between creating a trial and its first heartbeat (``_first_heartbeat`` narrows that window but
+    cannot close it), and every other worker would wait for it forever. Heartbeat rows are only
+    reachable through the storage's private models, as in Optuna's own stale check.
+    """
+    from datetime import datetime
+
+    storage = _heartbeat_storage(study)
+    if storage is None:
+        return
+    interval = storage.get_heartbeat_interval()
+    assert interval is not None
+    grace = storage.grace_period or 2 * interval
+    old = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+           if t.datetime_start is not None and (datetime.now() - t.datetime_start).total_seconds() > grace]
+    if not old:
+        return
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    ids = [t._trial_id for t in old]
+    with _create_scoped_session(storage.scoped_session) as session:
+        beating = {h.trial_id for h in session.query(models.TrialHeartbeatModel)
+                   .filter(models.TrialHeartbeatModel.trial_id.in_(ids))}
+    for trial_id in set(ids) - beating:
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+
+
 def _first_heartbeat(study: optuna.Study, trial: Trial) -> None:
     """Record a trial's first heartbeat before its objective runs.
 
@@ -209,6 +251,6 @@ def _first_heartbeat(study: optuna.Study, trial: Trial) -> None:
     wait for it forever (seen: a resumed study hanging under load). Optuna's own optimise loop uses
     the same private handles (``study._storage``, ``trial._trial_id``).
     """
-    storage = study._storage
-    if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
+    storage = _heartbeat_storage(study)
+    if storage is not None:
         storage.record_heartbeat(trial._trial_id)
