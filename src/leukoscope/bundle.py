@@ -50,6 +50,7 @@ ONNX_INT8 = "model.int8.onnx"
 _FAMILY_CLASSES: dict[str, str] = {
     "classical": "leukoscope.models.classical:ClassicalBundle",
     "network": "leukoscope.models.networks:NetworkBundle",
+    "patient": "leukoscope.patients.bundle:PatientBundle",
 }
 #: runtime -> ("module:Class", model file) for network bundles exported with ``leukoscope export``.
 _RUNTIMES: dict[str, tuple[str, str]] = {
