@@ -143,3 +143,24 @@ def test_tampered_weights_are_one_line(run_dir: Path, tmp_path: Path) -> None:  
     (copy / "config.json").write_text(json.dumps({**cfg, "platt": "oops"}))
     with pytest.raises(BundleError, match="platt must be two finite numbers"):
         load_bundle(copy)
+
+
+def test_min_cells_needs_every_larger_count_close_to_all_cells() -> None:
+    from leukoscope.patients.protocol import min_cells
+
+    assert min_cells({1: 0.70, 2: 0.88, 4: 0.84, 8: 0.90, 16: 0.91}, 0.92) == 8  # 2 passes, 4 does not
+    assert min_cells({1: 0.50, 16: 0.60}, 0.92) == 16
+
+
+def test_views_average_the_embedding_over_mirrors(bags) -> None:  # noqa: F811
+    from leukoscope.data.images import load_rgb
+    from leukoscope.errors import ConfigError
+    from leukoscope.features import get_extractor
+
+    img = load_rgb(bags.cells["path"].iloc[0])
+    one, two = get_extractor("deep", input_size=64), get_extractor("deep", input_size=64, views=2)
+    assert "views" not in one.params() and two.params()["views"] == 2  # old cache keys unchanged
+    expected = (one.compute([img]) + one.compute([np.ascontiguousarray(img[:, ::-1])])) / 2
+    assert np.allclose(two.compute([img]), expected, atol=1e-5)
+    with pytest.raises(ConfigError, match="views must be 1..8"):
+        get_extractor("deep", views=9)

@@ -70,8 +70,10 @@ def test_export_writes_the_embedding_network(run_dir: Path, cohort: Path, tmp_pa
     assert code == 0, out
     b = load_bundle(copy)
     img = [load_rgb(next((cohort / "Data" / "All" / "Patient_00").rglob("*.jpg")))]
-    x = prepare(img, b.extractor.pre)
-    onnx_emb = ort_session(copy / "model.onnx").run(None, {"input": x})[0]
+    session = ort_session(copy / "model.onnx")
+    views = [prepare(v, b.extractor.pre) for v in (img, [np.ascontiguousarray(img[0][:, ::-1])])]
+    onnx_emb = np.mean([session.run(None, {"input": x})[0] for x in views], axis=0)  # config: views 2
+    assert json.loads((copy / "config.json").read_text())["onnx"]["views"] == 2
     assert np.allclose(onnx_emb, b.embed(img), atol=1e-4)
 
 

@@ -193,7 +193,10 @@ def export_patient_onnx(bundle_dir: Path | str) -> dict[str, Any]:
     size = int(params.get("input_size", 224))
     export_module(_embedder(str(params.get("backbone", "efficientnet_lite0"))), size, bundle_dir / ONNX,
                   output="embedding")
+    views = int(params.get("views", 1))
     info = {"opset": OPSET, "fp32": ONNX, "input": INPUT, "output": "embedding", "input_size": size,
+            "views": views, "embedding": f"mean of the outputs over the first {views} D4 view(s) of the cell "
+            "(2: the cell and its left-right mirror)",
             "aggregator": f"{WEIGHTS} (see MODEL_CARD.md, 'How a patient is scored')"}
     write_json(bundle_dir / CONFIG, {**config, "onnx": info})
     return info
