@@ -72,7 +72,8 @@ def run_method(name: str, bags: Any, repeats: int, folds: int) -> dict[str, Any]
 def frame(result: dict[str, Any]) -> pd.DataFrame:
     """One row per method (the README's patient table and results/patients.csv)."""
     return pd.DataFrame([{
-        "method": r["method"], "baseline": r["baseline"], "protocol": result["protocol"],
+        "method": r["method"], "baseline": r["baseline"], "default": r["method"] == result["default"],
+        "protocol": result["protocol"],
         "patients": f"{r['n_patients']} ({r['n_positive']} {r['positive']})",
         "roc_auc": r["roc_auc"], "roc_auc_std": r["roc_auc_std"], "ci_low": r["roc_auc_ci95"][0],
         "ci_high": r["roc_auc_ci95"][1], "sensitivity": r["sensitivity"], "specificity": r["specificity"],

@@ -64,7 +64,7 @@ def patients_markdown(patients: pd.DataFrame) -> str:
     """The patient-level table (benchmarks/patients.py): one row per method, best ROC AUC first."""
     lines = ["| " + " | ".join(PATIENT_HEADER) + " |", "|---|---|---|" + "---:|" * (len(PATIENT_HEADER) - 3)]
     for _, r in patients.sort_values("roc_auc", ascending=False).iterrows():
-        name = r["method"] + (" (baseline)" if r["baseline"] else "")
+        name = r["method"] + (" (baseline)" if r["baseline"] else " (default)" if r["default"] else "")
         cells = [name, r["protocol"], r["patients"], *(fmt(r[k]) for k in PATIENT_METRICS),
                  fmt_time(r["wall_s"])]
         lines.append("| " + " | ".join(cells) + " |")
@@ -79,7 +79,8 @@ def patients_text(patients: pd.DataFrame) -> str:
             "`benchmarks/patients.py`. Patient ROC AUC: mean and sd over the repeats, 95% interval by "
             "bootstrap over patients; sensitivity / specificity of APL at the threshold fixed on the "
             "training folds; cell AUC: every cell scored alone, inheriting its patient's label; Wall s: the "
-            "method's whole nested CV.\n\n" + patients_markdown(patients))
+            "method's whole nested CV. `leukoscope train COHORT --target diagnosis` trains the default; "
+            "`--model` picks another.\n\n" + patients_markdown(patients))
 
 
 PUBLISHED = """\

@@ -14,7 +14,7 @@ from patients import frame  # noqa: E402
 from readme import END, START, patients_markdown, results_markdown, throughput_markdown  # noqa: E402
 from test_check_readme import _results  # noqa: E402
 
-RESULT = {"protocol": "patient-level, 5x5 patient-grouped CV", "rows": [
+RESULT = {"protocol": "patient-level, 5x5 patient-grouped CV", "default": "cell-logodds", "rows": [
     {"method": m, "baseline": m == "composition", "n_patients": 82, "n_positive": 22, "positive": "APL",
      "roc_auc": auc, "roc_auc_std": 0.03, "roc_auc_ci95": [auc - 0.08, min(auc + 0.06, 1.0)],
      "sensitivity": 0.8, "specificity": 0.85, "balanced_accuracy": 0.825, "cell_roc_auc": 0.8, "wall_s": 20.0}
@@ -34,7 +34,8 @@ def _readme(tmp_path: Path, patients: pd.DataFrame) -> Path:
 def test_patient_rows_carry_their_protocol_and_are_checked(tmp_path: Path) -> None:
     patients = frame(RESULT)
     text = patients_markdown(patients)
-    assert "| cell-logodds | patient-level, 5x5 patient-grouped CV | 82 (22 APL) | 0.930 |" in text
+    row = "| cell-logodds (default) | patient-level, 5x5 patient-grouped CV | 82 (22 APL) | 0.930 |"
+    assert row in text
     assert "| composition (baseline) |" in text
     readme = _readme(tmp_path, patients)
     patients.to_csv(tmp_path / "results" / "patients.csv", index=False)
@@ -42,4 +43,4 @@ def test_patient_rows_carry_their_protocol_and_are_checked(tmp_path: Path) -> No
     drift = patients.assign(roc_auc=patients["roc_auc"] - [0.05, 0.0])
     drift.to_csv(tmp_path / "results" / "patients.csv", index=False)
     problems = check_readme.check(readme, tmp_path / "results")
-    assert len(problems) == 1 and problems[0].startswith("Patient method: cell-logodds, ROC AUC"), problems
+    assert len(problems) == 1 and problems[0].startswith("Patient method: cell-logodds (default), ROC AUC"), problems
