@@ -43,4 +43,5 @@ def test_patient_rows_carry_their_protocol_and_are_checked(tmp_path: Path) -> No
     drift = patients.assign(roc_auc=patients["roc_auc"] - [0.05, 0.0])
     drift.to_csv(tmp_path / "results" / "patients.csv", index=False)
     problems = check_readme.check(readme, tmp_path / "results")
-    assert len(problems) == 1 and problems[0].startswith("Patient method: cell-logodds (default), ROC AUC"), problems
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("Patient method: cell-logodds (default), ROC AUC")
