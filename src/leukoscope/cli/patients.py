@@ -56,14 +56,16 @@ def train_patients_cmd(paths: Sequence[Path], layout: str | None, out: Path, tar
                            folds or FOLDS, seed or 0, features, on_progress=tick)
     table = Table(title=escape(f"{r['model']}: {r['target']} per patient ({r['protocol']}, "
                                f"{r['repeats']}x{r['folds']}), positive = {r['positive']}"))
-    for col in ("patients", "ROC AUC", "std over repeats", "bootstrap 95%", "sensitivity", "specificity",
-                "balanced acc.", "cell AUC"):
+    for col in ("patients", "ROC AUC", "sd", "95% CI", "sens.", "spec.", "bal. acc.", "cell AUC"):
         table.add_column(col, justify="right")
     table.add_row(f"{r['n_patients']} ({r['n_positive']} {escape(r['positive'])})", _f(r["roc_auc"]),
                   _f(r["roc_auc_std"]), _ci(r["roc_auc_ci95"]), _f(r["sensitivity"]), _f(r["specificity"]),
                   _f(r["balanced_accuracy"]), _f(r["cell_roc_auc"]))
     console.print(table)
     _skipped(r["skipped"], Path(out) / "cv.json")
+    console.print(f"sd: over the {r['repeats']} repeats; 95% CI: bootstrap over patients; sens. / spec. of "
+                  f"{escape(r['positive'])} at the training-fold threshold; no call below "
+                  f"{r['min_cells']} cells (AUC vs cells per patient)")
     say(f"bundle: {r['bundle']}  (figures: {Path(out) / 'cv.json'}, "
         f"per patient: {Path(out) / 'patients.csv'})")
 
