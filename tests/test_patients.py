@@ -114,11 +114,14 @@ def test_bundle_round_trip_and_diagnose(run_dir: Path, cohort: Path, bags) -> No
     assert probs.shape == (2, 2) and np.allclose(probs.sum(axis=1), 1)
 
 
-def test_diagnose_says_too_few_and_counts_byte_copies(run_dir: Path, cohort: Path) -> None:  # noqa: F811
+def test_diagnose_says_too_few_and_skips_copies_and_overviews(run_dir: Path, cohort: Path,  # noqa: F811
+                                                              data: Path) -> None:
     b = load_bundle(run_dir / "bundle")
     one = _cells_of(cohort, "Patient_00")[:1]
-    call = b.diagnose(one + one, "Patient_00")
+    overview = data / "deepapl" / "Data" / "All" / "Patient_00" / "Unsigned slides" / "10027293117_001.jpg"
+    call = b.diagnose(one + one + [overview], "Patient_00")
     assert call.cells_used == 1 and call.skipped[0][1] == f"byte copy of {one[0]}"
+    assert call.skipped[1] == (str(overview), "whole-field overview (2920x2960), not a cell")
     b.min_cells = 2
     assert b.diagnose(one).too_few and b.diagnose(one).call is None
 

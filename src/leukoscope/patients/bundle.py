@@ -149,7 +149,9 @@ class PatientBundle(Bundle):
 
 
 def _read_cells(cells: Sequence[Cell]) -> tuple[list[np.ndarray], list[str], list[tuple[str, str]]]:
-    """Decoded cells and their names; unreadable files and byte copies of an earlier file skipped."""
+    """Decoded cells and their names; unreadable files, byte copies of an earlier file and whole-field
+    overviews (a side of ``OVERVIEW_MIN_SIDE`` px or more, as the cohort reader keeps apart) skipped."""
+    from leukoscope.data.cohort import OVERVIEW_MIN_SIDE
     from leukoscope.data.images import file_digest, load_batch
 
     images: list[np.ndarray] = []
@@ -157,23 +159,27 @@ def _read_cells(cells: Sequence[Cell]) -> tuple[list[np.ndarray], list[str], lis
     skipped: list[tuple[str, str]] = []
     seen: dict[str, str] = {}
     for i, c in enumerate(cells):
-        if isinstance(c, np.ndarray):
-            images.append(c)
-            names.append(f"image {i}")
-            continue
-        try:
-            key = file_digest(c)
-        except OSError as e:
-            skipped.append((str(c), f"cannot read file ({e.strerror or e})"))
-            continue
-        if key in seen:
-            skipped.append((str(c), f"byte copy of {seen[key]}"))
-            continue
-        seen[key] = str(c)
-        ok, decoded, bad = load_batch([str(c)])
-        images += decoded
-        names += ok
-        skipped += bad
+        name = f"image {i}"
+        decoded: list[np.ndarray] = [c] if isinstance(c, np.ndarray) else []
+        if not isinstance(c, np.ndarray):
+            name = str(c)
+            try:
+                key = file_digest(c)
+            except OSError as e:
+                skipped.append((name, f"cannot read file ({e.strerror or e})"))
+                continue
+            if key in seen:
+                skipped.append((name, f"byte copy of {seen[key]}"))
+                continue
+            seen[key] = name
+            _, decoded, bad = load_batch([name])
+            skipped += bad
+        for img in decoded:
+            if max(img.shape[:2]) >= OVERVIEW_MIN_SIDE:
+                skipped.append((name, f"whole-field overview ({img.shape[1]}x{img.shape[0]}), not a cell"))
+            else:
+                images.append(img)
+                names.append(name)
     return images, names, skipped
 
 
