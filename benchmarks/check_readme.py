@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from readme import END, README, START, results_markdown, throughput_markdown
+from readme import END, README, START, patients_markdown, results_markdown, throughput_markdown
 from suite import DATASETS, ROW_KINDS
 
 METRIC_TOL = 0.02
 TIME_FACTOR = 5.0
-TIME_COLUMNS = {"Train s", "Cells/s"}
+TIME_COLUMNS = {"Train s", "Cells/s", "Wall s"}
 
 
 def tables(markdown: str) -> dict[str, list[list[str]]]:
@@ -121,6 +121,8 @@ def check(readme: Path, results: Path) -> list[str]:
     throughput = pd.read_csv(files["throughput.csv"])
     info = {"input_size": "?", "images": "?", "cores": "?"}
     expected = tables(results_markdown(models) + "\n\n" + throughput_markdown(throughput, info))
+    if (results / "patients.csv").exists() and (results / "patients.csv").stat().st_size > 1:
+        expected |= tables(patients_markdown(pd.read_csv(results / "patients.csv")))
     got = tables(section)
     lb = results / "leaderboards.csv"
     tie = near_tie(pd.read_csv(lb)) if lb.exists() else None

@@ -88,6 +88,13 @@ def throughput_table(plan: Plan) -> tuple[pd.DataFrame, dict[str, Any]]:
     return pd.DataFrame(rows), t
 
 
+def patients_table(plan: Plan) -> pd.DataFrame:
+    from patients import frame
+
+    f = plan.step_dir("patients") / "patients.json"
+    return frame(json.loads(f.read_text())) if f.exists() else pd.DataFrame()
+
+
 def steps_table(plan: Plan, status: dict[str, str]) -> pd.DataFrame:
     rows = []
     for s in plan.steps:
@@ -106,9 +113,11 @@ def collect(plan: Plan, status: dict[str, str]) -> str:
     models = model_table(plan, lb)
     tp, tp_info = throughput_table(plan)
     steps = steps_table(plan, status)
+    patients = patients_table(plan)
     plan.results.mkdir(parents=True, exist_ok=True)
-    for frame, name in ((models, "models"), (lb, "leaderboards"), (tp, "throughput"), (steps, "steps")):
+    for frame, name in ((models, "models"), (lb, "leaderboards"), (tp, "throughput"), (steps, "steps"),
+                        (patients, "patients")):
         write_csv_atomic(plan.results / f"{name}.csv", frame)
-    section = readme_section(models, tp, tp_info, steps)
+    section = readme_section(models, tp, tp_info, steps, patients)
     write_text_atomic(plan.results / "summary.md", summary_markdown(section, steps, lb))
     return section

@@ -124,4 +124,7 @@ def make_plan(data: Path, results: Path, quick: bool) -> Plan:
            "--images", "16" if quick else "256"]
     plan.steps.append(Step("throughput", cmd, d, d / "throughput.json",
                            after=["train-aria_all-efficientnet_lite0"], collect=collect))
+    d = plan.step_dir("patients")  # patient-level APL vs AML on DeepAPL, every patient method
+    cmd = [sys.executable, str(HERE / "patients.py"), "--out", str(d / "patients.json")]
+    plan.steps.append(Step("patients", cmd + (["--quick"] if quick else []), d, d / "patients.json"))
     return plan

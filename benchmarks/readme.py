@@ -54,6 +54,35 @@ def throughput_markdown(tp: pd.DataFrame, info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+PATIENT_HEADER = ["Patient method", "Protocol", "Patients", "ROC AUC", "AUC sd", "CI low", "CI high",
+                  "Sensitivity", "Specificity", "Balanced acc.", "Cell AUC", "Wall s"]
+PATIENT_METRICS = ("roc_auc", "roc_auc_std", "ci_low", "ci_high", "sensitivity", "specificity",
+                   "balanced_accuracy", "cell_roc_auc")
+
+
+def patients_markdown(patients: pd.DataFrame) -> str:
+    """The patient-level table (benchmarks/patients.py): one row per method, best ROC AUC first."""
+    lines = ["| " + " | ".join(PATIENT_HEADER) + " |", "|---|---|---|" + "---:|" * (len(PATIENT_HEADER) - 3)]
+    for _, r in patients.sort_values("roc_auc", ascending=False).iterrows():
+        name = r["method"] + (" (baseline)" if r["baseline"] else " (default)" if r["default"] else "")
+        cells = [name, r["protocol"], r["patients"], *(fmt(r[k]) for k in PATIENT_METRICS),
+                 fmt_time(r["wall_s"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def patients_text(patients: pd.DataFrame) -> str:
+    if patients.empty:
+        return "Patient-level diagnosis: not measured yet (step `patients`)."
+    return ("DeepAPL discovery cohort (82 patients: 60 AML, 22 APL), one call per **patient** from all of "
+            "their cells (signed and unsigned, byte copies once), frozen EfficientNet-Lite0 embeddings; "
+            "`benchmarks/patients.py`. Patient ROC AUC: mean and sd over the repeats, 95% interval by "
+            "bootstrap over patients; sensitivity / specificity of APL at the threshold fixed on the "
+            "training folds; cell AUC: every cell scored alone, inheriting its patient's label; Wall s: the "
+            "method's whole nested CV. `leukoscope train COHORT --target diagnosis` trains the default; "
+            "`--model` picks another.\n\n" + patients_markdown(patients))
+
+
 PUBLISHED = """\
 ### Published figures on these data sets (context only: not reproduced here)
 
@@ -94,7 +123,7 @@ def times_text(steps: pd.DataFrame) -> str:
 
 
 def readme_section(models: pd.DataFrame, tp: pd.DataFrame, tp_info: dict[str, Any],
-                   steps: pd.DataFrame) -> str:
+                   steps: pd.DataFrame, patients: pd.DataFrame) -> str:
     loads = steps["load_before"].dropna()
     when = steps["started"].dropna()
     measured = (f"Measured {str(when.max())[:10]} on {hardware()}"
@@ -114,6 +143,8 @@ def readme_section(models: pd.DataFrame, tp: pd.DataFrame, tp_info: dict[str, An
         times_text(steps),
         "### Throughput",
         throughput_markdown(tp, tp_info),
+        "### Patient-level diagnosis (APL vs AML)",
+        patients_text(patients),
         PUBLISHED,
     ])
 

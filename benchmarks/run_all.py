@@ -13,10 +13,12 @@ its own). The steps (``plan.py``; data sets and protocols in ``suite.py``):
   (small, from scratch); then ``evaluate-<data>-<model>``: ``leukoscope evaluate --side test`` on
   the held-out test side. The C-NMC cells (65) use subject-grouped 5-fold CV instead (``--cv 5``,
   pooled out-of-fold figures), since a held-out side would hold about ten cells;
-- ``throughput``: ``benchmarks/throughput.py`` on the aria_all EfficientNet-Lite0 bundle.
+- ``throughput``: ``benchmarks/throughput.py`` on the aria_all EfficientNet-Lite0 bundle;
+- ``patients``: ``benchmarks/patients.py``, every patient-level method (APL vs AML per patient on
+  DeepAPL) under repeated patient-grouped CV.
 
 A step whose outputs exist is skipped (``--force`` reruns it); ``--only`` takes step names or globs.
-Writes benchmarks/results/{models,leaderboards,throughput,steps}.csv and summary.md (``collect.py``).
+Writes benchmarks/results/{models,leaderboards,throughput,steps,patients}.csv and summary.md (``collect.py``).
 Then, with ``--update-readme``, rewrites the README Results section from them (``readme.py``);
 otherwise it checks the README against them (benchmarks/check_readme.py) and exits non-zero on a
 mismatch. ``--quick`` is a smoke test: tiny subsets and settings, results in

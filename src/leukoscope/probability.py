@@ -17,3 +17,8 @@ from scipy.special import softmax
 def softmax_t(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Row-wise softmax of ``logits / temperature`` (float64; rows sum to 1)."""
     return softmax(np.asarray(logits, np.float64) / temperature, axis=1)
+
+
+def sigmoid(x: np.ndarray | float) -> np.ndarray:
+    """The logistic function: log-odds to a probability (float64)."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))

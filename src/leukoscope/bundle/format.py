@@ -48,6 +48,7 @@ FORMAT_VERSION = 1
 _FAMILY_CLASSES: dict[str, str] = {
     "classical": "leukoscope.bundle.classical:ClassicalBundle",
     "network": "leukoscope.bundle.network:NetworkBundle",
+    "patient": "leukoscope.bundle.patient:PatientBundle",
 }
 #: runtime -> ("module:Class", model file) for network bundles exported with ``leukoscope export``.
 _RUNTIMES: dict[str, tuple[str, str]] = {

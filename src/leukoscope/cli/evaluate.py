@@ -38,6 +38,10 @@ def evaluate_cmd(
     from leukoscope.evaluate.report import REPORT_FILE, evaluate
 
     b = load_bundle(bundle, runtime=runtime)
+    if b.family == "patient":
+        from leukoscope.cli.patients import evaluate_patients_cmd
+
+        return evaluate_patients_cmd(b, paths, layout, out)
     m = read(paths, layout)
     with progress() as bar:
         task = bar.add_task("evaluating", total=None)

@@ -27,6 +27,12 @@ def export_cmd(
 
     if not onnx:
         raise ConfigError("choose a format: --onnx")
+    from leukoscope.bundle import read_config
+
+    if read_config(bundle)["family"] == "patient":
+        from leukoscope.cli.patients import export_patients_cmd
+
+        return export_patients_cmd(bundle, int8)
     images = [str(p) for p in iter_inputs(calibration)] if calibration is not None else None
     info = export_onnx(bundle, int8=int8, calibration=images)
     files = ", ".join(info[k] for k in ("fp32", "int8") if k in info)

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from leukoscope.cli.app import app, console, err_console, guarded
 from leukoscope.cli.data import LayoutOpt, Paths, progress
+from leukoscope.errors import ConfigError
 
 
 class RichReporter:
@@ -88,10 +89,23 @@ def train_cmd(
     split_protocol: Annotated[str | None, typer.Option("--split-protocol", help="auto | official "
                                                        "(C-NMC: official folds vs prelim test).")] = None,
     layout: LayoutOpt = None,
+    target: Annotated[str | None, typer.Option("--target", help="Patient-level: a column of the cohort's "
+                                               "subject table; trains a patient method (--model, --cv folds, "
+                                               "--img-size, --seed apply) with repeated patient CV.")] = None,
+    positive: Annotated[str | None, typer.Option("--positive", help="With --target: the positive class "
+                                                 "(default: the rarer).")] = None,
+    repeats: Annotated[int | None, typer.Option("--repeats", help="With --target: CV repeats (5).")] = None,
 ) -> None:
     """Train a network (from scratch or fine-tuned) or fit a classical pipeline on a grouped split; rerun
-    to resume."""
+    to resume. With --target, a patient-level model instead: one call per patient from its cells."""
     from leukoscope.data.readers import read
+
+    if target is not None:
+        from leukoscope.cli.patients import train_patients_cmd
+
+        return train_patients_cmd(paths, layout, out, target, model, positive, repeats, cv, img_size, seed)
+    if positive is not None or repeats is not None:
+        raise ConfigError("--positive and --repeats go with --target (a patient-level model)")
     from leukoscope.train import TrainConfig, TrainingInterrupted, cross_validate, train
 
     cfg = TrainConfig.build(

@@ -19,6 +19,7 @@ import numpy as np
 
 from leukoscope.errors import ConfigError
 from leukoscope.features import FeatureExtractor, register_features
+from leukoscope.geometry import D4, dihedral
 from leukoscope.models.backbones import LITE0_MEAN, LITE0_STD, LITE0_WIDTH
 from leukoscope.models.preprocess import prepare, preprocessing_config
 
@@ -79,10 +80,12 @@ class DeepFeatures(FeatureExtractor):
     batch_size = 32
 
     def __init__(self, backbone: str = "efficientnet_lite0", input_size: int = 224,
-                 crop_to_cell: bool = False, engine: str = "onnx"):
+                 crop_to_cell: bool = False, engine: str = "onnx", views: int = 1):
         if engine not in ENGINES:
             raise ConfigError(f"deep features: engine must be one of {ENGINES}, got {engine!r}")
-        self.engine = engine
+        if not isinstance(views, int) or isinstance(views, bool) or not 1 <= views <= len(D4):
+            raise ConfigError(f"deep features: views must be 1..{len(D4)} (D4 order), got {views!r}")
+        self.engine, self.views = engine, views
         if backbone not in BACKBONES:
             raise ConfigError(f"deep features: unknown backbone {backbone!r}; "
                               f"choose from {sorted(BACKBONES)}")
@@ -92,13 +95,23 @@ class DeepFeatures(FeatureExtractor):
         self.pre = preprocessing_config(self.input_size, mean, std, crop_to_cell=self.crop_to_cell)
 
     def params(self) -> dict[str, Any]:
-        return {"backbone": self.backbone, "input_size": self.input_size, "crop_to_cell": self.crop_to_cell,
-                "engine": self.engine}
+        out = {"backbone": self.backbone, "input_size": self.input_size, "crop_to_cell": self.crop_to_cell,
+               "engine": self.engine}
+        return out if self.views == 1 else {**out, "views": self.views}  # 1: cache keys as before
 
     def names(self) -> list[str]:
         return [f"deep_{i:04d}" for i in range(self.width)]
 
     def compute(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Embeddings; with ``views`` > 1 their mean over the first views of the dihedral group
+        (``views=2``: the image and its left-right mirror), test-time augmentation in embedding space."""
+        if self.views == 1:
+            return self._compute(images)
+        per_view = [self._compute([np.ascontiguousarray(dihedral(im)[v]) for im in images])
+                    for v in range(self.views)]
+        return np.mean(per_view, axis=0).astype(np.float32)
+
+    def _compute(self, images: Sequence[np.ndarray]) -> np.ndarray:
         if not len(images):
             return np.zeros((0, self.width), np.float32)
         if self.engine == "onnx":

@@ -3,7 +3,8 @@
 A model is one ``@register_model`` entry next to its builder; ``list_models()`` is exactly what
 is registered, so the CLI, the leaderboard, tuning and the tests never keep their own lists.
 Families: ``classical`` builders return an unfitted scikit-learn estimator (scaling included);
-``network`` builders return a ``torch.nn.Module``. ``space`` is a function ``trial -> params``
+``network`` builders return a ``torch.nn.Module``; ``patient`` builders a
+``patients.methods.PatientMethod``. ``space`` is a function ``trial -> params``
 (Optuna's trial API) giving the model's hyperparameter search space.
 """
 
@@ -17,9 +18,10 @@ from typing import Any
 
 from leukoscope.errors import ConfigError
 
-FAMILIES = ("classical", "network")
+FAMILIES = ("classical", "network", "patient")
 #: Modules whose import registers models; imported on first use so the CLI starts fast.
-_PROVIDERS = ("leukoscope.models.classical", "leukoscope.models.networks")
+_PROVIDERS = ("leukoscope.models.classical", "leukoscope.models.networks",
+              "leukoscope.models.patient.methods")
 
 
 @dataclass(frozen=True)

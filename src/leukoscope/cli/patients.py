@@ -1,0 +1,109 @@
+"""Patient-level ``train --target``, and ``evaluate`` / ``export`` of a patient bundle: thin CLI layers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from leukoscope.cli.app import console
+from leukoscope.cli.data import progress
+from leukoscope.cli.use import say
+
+
+def _f(v: Any) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _ci(v: Sequence[float] | None) -> str:
+    return "-" if v is None else f"{v[0]:.3f}-{v[1]:.3f}"
+
+
+def _skipped(items: list[dict[str, str]], where: Path) -> None:
+    """Unreadable files one per line; byte copies of a cell the patient already has, counted."""
+    copies = [s for s in items if s["reason"].startswith("byte copy of ")]
+    if copies:
+        console.print(f"{len(copies)} byte copies of cells already used counted once (listed in {where})")
+    bad = [s for s in items if s not in copies]
+    if bad:
+        console.print(f"[yellow]{len(bad)} cell file(s) skipped:[/]")
+        for s in bad:
+            say(f"  {s['path']}: {s['reason']}")
+
+
+def train_patients_cmd(paths: Sequence[Path], layout: str | None, out: Path, target: str,
+                       model: str | None, positive: str | None, repeats: int | None, folds: int | None,
+                       img_size: int | None, seed: int | None) -> None:
+    """``leukoscope train COHORT --target COLUMN``: repeated patient-grouped CV, then the patient bundle."""
+    from leukoscope.data.readers import read
+    from leukoscope.patients.protocol import FOLDS, REPEATS
+    from leukoscope.patients.train import DEFAULT_METHOD, train_patients
+
+    m = read(paths, layout)
+    features = {"input_size": img_size} if img_size else None
+    with progress() as bar:
+        tasks: dict[str, Any] = {}
+
+        def tick(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = bar.add_task(what, total=total)
+            bar.update(tasks[what], completed=done, total=total)
+
+        r = train_patients(m, target, out, model or DEFAULT_METHOD, positive, repeats or REPEATS,
+                           folds or FOLDS, seed or 0, features, on_progress=tick)
+    table = Table(title=escape(f"{r['model']}: {r['target']} per patient ({r['protocol']}, "
+                               f"{r['repeats']}x{r['folds']}), positive = {r['positive']}"))
+    for col in ("patients", "ROC AUC", "sd", "95% CI", "sens.", "spec.", "bal. acc.", "cell AUC"):
+        table.add_column(col, justify="right")
+    table.add_row(f"{r['n_patients']} ({r['n_positive']} {escape(r['positive'])})", _f(r["roc_auc"]),
+                  _f(r["roc_auc_std"]), _ci(r["roc_auc_ci95"]), _f(r["sensitivity"]), _f(r["specificity"]),
+                  _f(r["balanced_accuracy"]), _f(r["cell_roc_auc"]))
+    console.print(table)
+    _skipped(r["skipped"], Path(out) / "cv.json")
+    console.print(f"sd: over the {r['repeats']} repeats; 95% CI: bootstrap over patients; sens. / spec. of "
+                  f"{escape(r['positive'])} at the training-fold threshold; no call below "
+                  f"{r['min_cells']} cells (AUC vs cells per patient)")
+    say(f"bundle: {r['bundle']}  (figures: {Path(out) / 'cv.json'}, "
+        f"per patient: {Path(out) / 'patients.csv'})")
+
+
+def evaluate_patients_cmd(bundle: Any, paths: Sequence[Path], layout: str | None, out: Path) -> None:
+    """``leukoscope evaluate PATIENT_BUNDLE COHORT``: patient- and cell-level figures."""
+    from leukoscope.data.readers import read
+    from leukoscope.patients.evaluate import METRICS_FILE, evaluate_patients
+
+    m = read(paths, layout)
+    with progress() as bar:
+        task = bar.add_task("embedding cells", total=None)
+        r = evaluate_patients(bundle, m, out,
+                              on_progress=lambda done, total: bar.update(task, completed=done, total=total))
+    p, c = r["patient"], r["cell"]
+    table = Table(title=escape(f"{r['model']} on {p['n_patients']} patients, {r['cells']} cells "
+                               f"(positive = {r['positive']})"))
+    table.add_column("figure")
+    table.add_column("patient level", justify="right")
+    table.add_column("cell level", justify="right")
+    table.add_row("ROC AUC", f"{_f(p['roc_auc'])} ({_ci(p['roc_auc_ci95'])})", _f(c["roc_auc"]))
+    table.add_row("balanced accuracy", _f(p["balanced_accuracy"]), _f(c["balanced_accuracy"]))
+    table.add_row("sensitivity / specificity", f"{_f(p['sensitivity'])} / {_f(p['specificity'])}", "-")
+    console.print(table)
+    for w in r["warnings"]:
+        console.print(f"[yellow]note:[/] {escape(w)}")
+    _skipped(r["skipped"], Path(out) / METRICS_FILE)
+    say(f"wrote {Path(out) / METRICS_FILE}, patients.csv and cells.csv")
+
+
+def export_patients_cmd(bundle: Path, int8: bool) -> None:
+    """``leukoscope export PATIENT_BUNDLE --onnx``: the cell embedding network as model.onnx."""
+    from leukoscope.bundle.patient import export_patient_onnx
+    from leukoscope.errors import ConfigError
+
+    if int8:
+        raise ConfigError("--int8 is for network bundles; a patient bundle exports its fp32 "
+                          "embedding network")
+    info = export_patient_onnx(bundle)
+    say(f"wrote {info['fp32']} in {bundle}: the cell embedding network; the patient aggregator "
+        "is in MODEL_CARD.md ('How a patient is scored')")

@@ -1,0 +1,1 @@
+"""Patient-level methods: estimators that turn a bag of cell embeddings into one patient score."""

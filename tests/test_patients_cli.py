@@ -1,0 +1,89 @@
+"""``leukoscope train COHORT --target``, ``evaluate`` and ``export`` of a patient bundle, through the CLI
+(Typer's CliRunner) on small real DeepAPL cohorts; bad input is one red line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from leukoscope.cli import app
+from patients_support import SIZE, cohort, later_cohort, run_dir  # noqa: F401
+
+runner = CliRunner()
+
+
+def run(*args: object) -> tuple[int, str]:
+    r = runner.invoke(app, [str(a) for a in args])
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return r.exit_code, r.output
+
+
+def test_train_target_writes_bundle_and_cv(cohort: Path, tmp_path: Path) -> None:  # noqa: F811
+    code, out = run("train", cohort, "--target", "diagnosis", "--out", tmp_path / "run", "--repeats", 1,
+                    "--cv", 3, "--img-size", SIZE, "--model", "composition")
+    assert code == 0, out
+    assert "1 cell file(s) skipped" in out and "BL_7821735.jpg: cannot decode image" in out
+    cv = json.loads((tmp_path / "run" / "cv.json").read_text())
+    assert cv["model"] == "composition" and cv["repeats"] == 1 and cv["folds"] == 3
+    assert cv["n_patients"] == 24 and 0 <= cv["roc_auc"] <= 1
+    config = json.loads((tmp_path / "run" / "bundle" / "config.json").read_text())
+    assert config["family"] == "patient" and config["target"] == "diagnosis" and config["positive"] == "APL"
+    card = (tmp_path / "run" / "bundle" / "MODEL_CARD.md").read_text()
+    assert "patient-level diagnosis" in card and "repeated patient-grouped CV" in card
+    assert "research only" in card and "cohort: cohort" in card
+
+
+def test_evaluate_on_another_cohort_writes_patient_key(run_dir: Path, later_cohort: Path,  # noqa: F811
+                                                       tmp_path: Path) -> None:
+    code, out = run("evaluate", run_dir / "bundle", later_cohort, "--out", tmp_path / "ev")
+    assert code == 0, out
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    p = m["patient"]
+    assert p["n_patients"] == 8 and p["n_positive"] == 4
+    assert 0 <= p["roc_auc"] <= 1 and p["roc_auc_ci95"][0] <= p["roc_auc"] <= p["roc_auc_ci95"][1]
+    assert {"sensitivity", "specificity", "balanced_accuracy"} <= set(p)
+    assert m["cell"]["n"] > 8 * 8 and m["warnings"] == []  # none of these patients was trained on
+    assert (tmp_path / "ev" / "patients.csv").is_file() and (tmp_path / "ev" / "cells.csv").is_file()
+
+
+def test_evaluate_on_training_patients_warns(run_dir: Path, cohort: Path, tmp_path: Path) -> None:  # noqa: F811
+    code, out = run("evaluate", run_dir / "bundle", cohort, "--out", tmp_path / "ev")
+    assert code == 0, out
+    assert "24 evaluated patient(s) share cells with the bundle's training data" in out
+
+
+def test_export_writes_the_embedding_network(run_dir: Path, cohort: Path, tmp_path: Path) -> None:  # noqa: F811
+    import shutil
+
+    from leukoscope.bundle import load_bundle
+    from leukoscope.data.images import load_rgb
+    from leukoscope.models.onnx import ort_session
+    from leukoscope.models.preprocess import prepare
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(run_dir / "bundle", copy)
+    code, out = run("export", copy, "--onnx")
+    assert code == 0, out
+    b = load_bundle(copy)
+    img = [load_rgb(next((cohort / "Data" / "All" / "Patient_00").rglob("*.jpg")))]
+    session = ort_session(copy / "model.onnx")
+    views = [prepare(v, b.extractor.pre) for v in (img, [np.ascontiguousarray(img[0][:, ::-1])])]
+    onnx_emb = np.mean([session.run(None, {"input": x})[0] for x in views], axis=0)  # config: views 2
+    assert json.loads((copy / "config.json").read_text())["onnx"]["views"] == 2
+    assert np.allclose(onnx_emb, b.embed(img), atol=1e-4)
+
+
+def test_bad_input_is_one_line(cohort: Path, tmp_path: Path) -> None:  # noqa: F811
+    for args, message in [
+        (["--target", "stage"], "no column 'stage'"),
+        (["--target", "diagnosis", "--positive", "CML"], "--positive 'CML' is not a value"),
+        (["--target", "diagnosis", "--cv", 13], "too few patients for 13-fold patient CV"),
+        (["--target", "diagnosis", "--model", "svc"], "'svc' is not a patient-level method"),
+        (["--positive", "APL"], "--positive and --repeats go with --target"),
+    ]:
+        code, out = run("train", cohort, "--out", tmp_path / "x", "--img-size", SIZE, *args)
+        assert code == 1 and message in out and "Traceback" not in out, (args, out)
