@@ -123,8 +123,7 @@ def scan_patient(folder: Path | str) -> PatientFolder:
         for name in sorted(files):
             f = Path(root) / name
             if not is_image_file(f):
-                if not name.startswith("."):
-                    skipped.append((str(f), "not an image"))
+                skipped.append((str(f), "not an image"))
                 continue
             try:
                 w, h = image_size(f)
