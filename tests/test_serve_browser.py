@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-import shutil
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,24 +11,8 @@ from typing import Any
 import pytest
 
 from leukoscope.serve.background import serving
-from serve_support import ARTIFACTS, network_bundle, sample_images  # noqa: F401 - fixture used by name
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists() or shutil.which(str(CHROMIUM)) is None:
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium); "
-                    "the browser test needs it and never downloads a browser")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+from patients_support import cohort, run_dir  # noqa: F401 - fixtures used by name
+from serve_support import ARTIFACTS, browser, network_bundle, sample_images  # noqa: F401 - fixtures by name
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +24,8 @@ def server(network_bundle: Path) -> Iterator[str]:  # noqa: F811
         yield running.url
 
 
-def test_page_classifies_a_dropped_image_and_shows_the_heat_map(browser: Any, server: str, data: Path,
-                                                               tmp_path: Path) -> None:
+def test_page_classifies_a_dropped_image_and_shows_the_heat_map(browser: Any, server: str,  # noqa: F811
+                                                               data: Path, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
     images = sample_images(data)
@@ -92,5 +76,60 @@ def test_page_classifies_a_dropped_image_and_shows_the_heat_map(browser: Any, se
     assert [r["file"] for r in rows] == [p.name for p in dropped] + ["notes.png"]
     assert rows[0]["predicted"] in ("all", "hem") and rows[3]["error"] and not rows[0]["error"]
     assert abs(float(rows[0]["p_all"]) + float(rows[0]["p_hem"]) - 1) < 1e-4
+    assert problems == []
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def patient_server(run_dir: Path) -> Iterator[str]:  # noqa: F811
+    with serving(run_dir / "bundle", timeout=300) as running:
+        yield running.url
+
+
+def test_patient_view_shows_the_summary_above_the_cells(browser: Any, patient_server: str,  # noqa: F811
+                                                        cohort: Path, tmp_path: Path) -> None:  # noqa: F811
+    from playwright.sync_api import expect
+
+    cells = sorted((cohort / "Data" / "All" / "Patient_32").rglob("*.jpg"))[:6]
+    page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("request", lambda r: None if r.url.startswith((patient_server, "data:", "blob:"))
+            else problems.append(f"request outside the server: {r.url}"))
+    page.goto(patient_server + "/")
+    page.wait_for_selector("#card dl")
+    assert page.inner_text("#drop-title") == "Drop the cells of one patient here"
+
+    page.set_input_files("#files", [str(cells[0])])  # one cell: below the bundle's min_cells of 2
+    summary = page.locator("#patient")
+    expect(summary.locator(".too-few")).to_contain_text("Too few cells to be sure: 1 cell(s)")
+    expect(summary.locator(".verdict-call")).to_have_text("No call")
+
+    page.set_input_files("#files", [str(c) for c in cells[1:]] + [str(cells[0])])  # the rest, one again
+    expect(page.locator(".result[data-label]")).to_have_count(6, timeout=60_000)
+    expect(summary.locator(".verdict-call")).to_have_text(re.compile(r"^Call: (AML|APL)$"))
+    text = summary.inner_text()
+    assert re.search(r"P\(APL\) (\d+\.\d%|[<>] \S+%) \(95% interval ", text), text
+    assert "6 cell(s) used, 1 skipped" in text and "100%" not in text and "100.0%" not in text
+    assert summary.locator(".too-few").count() == 0
+    rows = summary.locator("table.composition tr")
+    assert rows.count() >= 2  # header + at least one type
+    assert sum(int(rows.nth(i).locator("td").nth(1).inner_text()) for i in range(1, rows.count())) == 6
+    assert "byte copy of" in page.inner_text(".result.failed .error")
+    box, first = summary.bounding_box(), page.locator(".result").first.bounding_box()
+    assert box is not None and first is not None and box["y"] + box["height"] <= first["y"]  # above
+    assert page.locator(".result.driver .badge").count() >= 1
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "serve-patient.png"), full_page=True)
+    with page.expect_download() as dl:
+        page.click("#csv")
+    saved = tmp_path / "cells.csv"
+    dl.value.save_as(saved)
+    got = list(csv.DictReader(saved.open(newline="")))
+    assert len(got) == 7 and all(r["cell_type"] for r in got if not r["error"])
+    page.click("#clear")
+    expect(summary).to_be_hidden()
     assert problems == []
     page.close()

@@ -13,6 +13,7 @@ from leukoscope.cli import explain as _explain  # noqa: F401
 from leukoscope.cli import export as _export  # noqa: F401
 from leukoscope.cli import features as _features  # noqa: F401
 from leukoscope.cli import predict as _predict  # noqa: F401
+from leukoscope.cli import report as _report  # noqa: F401
 from leukoscope.cli import serve as _serve  # noqa: F401
 from leukoscope.cli import train as _train  # noqa: F401
 from leukoscope.cli import tune as _tune  # noqa: F401

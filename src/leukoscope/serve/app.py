@@ -4,6 +4,8 @@
 
 - ``GET /`` the page (plain HTML/CSS/JS from ``static/``, no CDN, works offline);
 - ``POST /api/predict`` multipart, one or many images in the field ``files``;
+- ``POST /api/patient`` the same, all the cells of one patient, for a patient bundle's call
+  (``serve/patient.py``);
 - ``GET /api/model`` the model card as JSON; ``GET /healthz``;
 - ``/docs`` and ``/openapi.json`` (FastAPI's Swagger page loads its JS from a CDN, so it only
   renders with internet access; ``/openapi.json`` itself is always served).
@@ -43,9 +45,11 @@ from leukoscope.bundle import Bundle, load_bundle
 from leukoscope.data.images import FORMATS, decode_rgb, image_size
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING
 from leukoscope.errors import ImageError, LeukoscopeError
+from leukoscope.patients.bundle import PatientBundle
 from leukoscope.reports.html import image_to_data_uri
 from leukoscope.serve.admission import Admission, ASGIApp, Message, Receive, Scope, Send
 from leukoscope.serve.limits import ServeSettings
+from leukoscope.serve.patient import PatientResponse, diagnose_uploads
 
 log = logging.getLogger("leukoscope.serve")
 
@@ -220,11 +224,16 @@ class Model:
             self.explanation, self.explainer = EXPLAINERS[bundle.family]
         self._limiter: anyio.CapacityLimiter | None = None
 
-    async def run(self, images: Sequence[np.ndarray], explain: bool
-                  ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    async def in_lane(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the model's lane: a worker thread, one model call at a time."""
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(1)
-        return await anyio.to_thread.run_sync(self._run, images, explain, limiter=self._limiter)
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    async def run(self, images: Sequence[np.ndarray], explain: bool
+                  ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        result: tuple[np.ndarray, list[dict[str, Any]]] = await self.in_lane(self._run, images, explain)
+        return result
 
     def _run(self, images: Sequence[np.ndarray], explain: bool) -> tuple[np.ndarray, list[dict[str, Any]]]:
         probs = self.bundle.predict_proba(images)
@@ -263,6 +272,13 @@ def _split_sizes(bundle: Bundle) -> dict[str, dict[str, int]]:
     parts = split.groupby(by) if by else [("all", split)]
     return {str(k): {"images": len(p), "groups": int(p["group"].nunique()) if "group" in p else len(p)}
             for k, p in parts}
+
+
+def _nothing_readable(results: Sequence[BaseModel]) -> JSONResponse:
+    """422 naming every file and why it could not be read."""
+    detail = "no uploaded file could be read as an image: " + "; ".join(
+        str(getattr(r, "error", "")) for r in results)
+    return JSONResponse({"detail": detail, "results": [r.model_dump() for r in results]}, status_code=422)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -345,10 +361,7 @@ def create_app(bundle_dir: Path | str, settings: ServeSettings | None = None) ->
             if thumbnail:
                 res.thumbnail = await anyio.to_thread.run_sync(image_to_data_uri, img, 128)
         if not images:
-            detail = "no uploaded file could be read as an image: " + "; ".join(
-                str(r.error) for r in results)
-            return JSONResponse({"detail": detail, "results": [r.model_dump() for r in results]},
-                                status_code=422)
+            return _nothing_readable(results)
         probs, explanations = await model.run(images, explain)
         classes = model.bundle.classes
         for res, p, why in zip(ok, probs, explanations, strict=True):
@@ -358,8 +371,31 @@ def create_app(bundle_dir: Path | str, settings: ServeSettings | None = None) ->
             res.features = why.get("features")
         return PredictResponse(model=model.name, classes=classes, results=results)
 
+    @web.post("/api/patient", response_model=PatientResponse, openapi_extra=_multipart_docs(),
+              responses={400: {"description": "the bundle makes no patient calls, or a bad request"},
+                         413: {"description": "too many files, bytes or pixels in one request"},
+                         422: {"description": "no uploaded file could be read as an image"},
+                         503: {"description": "busy (see Retry-After)"}})
+    async def api_patient(request: Request, subject: str | None = None, thumbnail: bool = False) -> Any:
+        """The call for one patient from all its cells in the multipart field `files` (patient bundles):
+        the call and its calibrated probability with a 95% interval, the threshold, cells used and
+        skipped, the predicted cell-type composition with exact binomial 95% intervals, a warning when
+        too few cells were sent; per cell its type, what it contributed and whether it drove the call."""
+        bundle = model.bundle
+        if not isinstance(bundle, PatientBundle):
+            raise HTTPException(400, f"this server's model ({model.name}, a {bundle.family} bundle) answers "
+                                "per cell; use /api/predict (a patient call needs a patient bundle)")
+        uploads = await read_uploads(request, settings)
+        await anyio.to_thread.run_sync(check_request_pixels, uploads, settings)
+        results, answer = await diagnose_uploads(
+            bundle, uploads, lambda name, data: decode_upload(name, data, settings), model.in_lane, subject,
+            thumbnail)
+        if answer is None:
+            return _nothing_readable(results)
+        return answer
+
     web.mount("/static", StaticFiles(directory=STATIC), name="static")
     # added last, so outermost: a refused body or a full queue costs no parsing, routing or model
-    web.add_middleware(Admission, settings=settings, heavy={"/api/predict"})
+    web.add_middleware(Admission, settings=settings, heavy={"/api/predict", "/api/patient"})
     web.add_middleware(SecurityHeaders)
     return web

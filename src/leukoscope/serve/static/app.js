@@ -1,7 +1,9 @@
 // leukoscope page: drop images, POST them to /api/predict in batches, show each call; no libraries.
+// With a patient model the dropped cells are one patient's: all go to /api/patient together, and the
+// patient summary (call, interval, composition) sits above the cell list.
 "use strict";
 
-const state = { card: null, rows: [], busy: 0 };
+const state = { card: null, rows: [], busy: 0, patient: false, patientFiles: [] };
 const $ = (sel) => document.querySelector(sel);
 
 function el(tag, attrs = {}, text) {
@@ -18,6 +20,8 @@ function setStatus(text, bad = false) {
 }
 
 const pct = (p) => (100 * p).toFixed(1) + "%";
+// A probability as text: no model knows a call to 100 % (or 0 %), so neither does the page.
+const shown = (p) => (p >= 0.999 ? "> 99.9%" : p <= 0.001 ? "< 0.1%" : pct(p));
 const fmt = (v) => (typeof v === "number" && !Number.isInteger(v) ? v.toFixed(3) : String(v));
 
 // ---- model card -------------------------------------------------------------------------------
@@ -68,6 +72,12 @@ function metricsTable(metrics) {
 
 function renderCard(card) {
   $("#model-name").textContent = `${card.model} (${card.family})`;
+  if (card.family === "patient") {
+    state.patient = true;
+    $("#drop-title").textContent = "Drop the cells of one patient here";
+    $("#drop-hint").textContent = "or click to choose them; in one drop or several, the call is made from all " +
+      "of them together (BMP, PNG, JPEG, TIFF). Clear starts the next patient.";
+  }
   const box = $("#card");
   box.replaceChildren();
   const protocol = el("span", { class: "protocol" }, card.protocol);
@@ -131,7 +141,7 @@ function showError(node, name, message) {
   const thumb = node.querySelector(".thumb");
   if (thumb.src.startsWith("blob:")) URL.revokeObjectURL(thumb.src);
   node.querySelector(".images").hidden = true;
-  node.querySelector(".label").textContent = "not classified";
+  node.querySelector(".label").textContent = state.patient ? "not used" : "not classified";
   const err = node.querySelector(".error");
   err.textContent = message;
   err.hidden = false;
@@ -140,7 +150,7 @@ function showError(node, name, message) {
 
 function showResult(node, res) {
   if (res.error) return showError(node, res.name, res.error);
-  node.querySelector(".label").textContent = res.label;
+  node.querySelector(".label").textContent = res.cell_type || res.label;
   node.dataset.label = res.label;
   if (res.thumbnail) { // decoded by the server: also shows formats the browser cannot (TIFF)
     const thumb = node.querySelector(".thumb");
@@ -151,11 +161,11 @@ function showResult(node, res) {
   const sorted = Object.entries(res.probabilities).sort((a, b) => b[1] - a[1]);
   sorted.forEach(([cls, p], i) => {
     const li = el("li", i === 0 ? { class: "top" } : {});
-    const bar = el("div", { class: "bar", role: "img", "aria-label": `${cls} ${pct(p)}` });
+    const bar = el("div", { class: "bar", role: "img", "aria-label": `${cls} ${shown(p)}` });
     const fill = el("span");
     fill.style.width = pct(p);
     bar.append(fill);
-    li.append(el("span", { class: "cls" }, cls), bar, el("span", { class: "p" }, pct(p)));
+    li.append(el("span", { class: "cls" }, cls), bar, el("span", { class: "p" }, shown(p)));
     bars.append(li);
   });
   if (res.heatmap) {
@@ -171,7 +181,125 @@ function showResult(node, res) {
     }
     node.querySelector(".why").hidden = false;
   }
-  state.rows.push({ name: res.name, label: res.label, probabilities: res.probabilities, error: "" });
+  if (res.cell_type) showCell(node, res);
+  state.rows.push({ name: res.name, label: res.label, probabilities: res.probabilities, error: "",
+    cell_type: res.cell_type, contribution: res.contribution });
+}
+
+// ---- patient view -----------------------------------------------------------------------------
+function showCell(node, res) {
+  // One cell of a patient: its predicted type is the headline; the bars are the cell alone.
+  const positive = state.patientSummary.positive;
+  const toward = res.contribution >= 0 ? positive : state.card.classes.find((c) => c !== positive);
+  const info = node.querySelector(".cell-info");
+  info.textContent = `predicted type (${shown(res.cell_type_probability)}) · moved the patient's score ` +
+    `${Math.abs(res.contribution).toFixed(3)} toward ${toward} · bars: this cell on its own`;
+  info.hidden = false;
+  if (res.driver) {
+    node.classList.add("driver");
+    node.querySelector(".name").append(el("span", { class: "badge" }, "drove the call"));
+  }
+}
+
+function shareRow(s) {
+  const tr = el("tr");
+  for (const v of [s.cell_type, String(s.count), pct(s.share), `${pct(s.low)} – ${pct(s.high)}`]) tr.append(el("td", {}, v));
+  return tr;
+}
+
+function renderPatient(p) {
+  state.patientSummary = p;
+  const box = $("#patient");
+  box.replaceChildren();
+  box.hidden = false;
+  const negative = state.card.classes.find((c) => c !== p.positive);
+  box.append(el("h2", {}, "Patient summary"));
+  const verdict = el("div", { class: "verdict " + (p.call === null ? "nocall" : p.call === p.positive ? "positive" : "negative") });
+  verdict.append(el("span", { class: "verdict-call" }, p.call === null ? "No call" : `Call: ${p.call}`));
+  const interval = p.cells_used > 1 ? `95% interval ${shown(p.interval[0])} – ${shown(p.interval[1])}` : "no interval from one cell";
+  verdict.append(el("span", { class: "verdict-p" }, `P(${p.positive}) ${shown(p.probability)} (${interval})`));
+  box.append(verdict);
+  box.append(el("p", { class: "muted" },
+    `Threshold ${shown(p.threshold)}: at or above it ${p.positive}, below ${negative}. ` +
+    `${p.cells_used} cell(s) used, ${p.skipped.length} skipped.`));
+  if (p.too_few) {
+    box.append(el("p", { class: "warning too-few" }, `Too few cells to be sure: ${p.cells_used} cell(s) could be used, ` +
+      `and this model makes no call below ${p.min_cells}. Add more cells of this patient.`));
+  } else if (p.uncertain) {
+    box.append(el("p", { class: "note" }, "The 95% interval spans the threshold: with other cells of this patient " +
+      "the call could have been the other one. More cells would settle it."));
+  }
+  box.append(el("h3", {}, "Cell-type composition (predicted)"));
+  const table = el("table", { class: "composition" });
+  const head = el("tr");
+  for (const h of ["cell type", "cells", "share", "95% interval"]) head.append(el("th", {}, h));
+  table.append(head);
+  const seen = p.composition.filter((s) => s.count > 0), none = p.composition.filter((s) => s.count === 0);
+  seen.forEach((s) => table.append(shareRow(s)));
+  box.append(table);
+  if (none.length) {
+    box.append(el("p", { class: "muted" }, `${none.length} other type(s) with no cell: each at most ` +
+      `${pct(none[0].high)} of this patient's cells (${none.map((s) => s.cell_type).join(", ")}).`));
+  }
+  box.append(el("p", { class: "muted" }, `Interval on the probability: ${p.interval_method}. ` +
+    `Shares: ${p.composition_method}.`));
+  if (p.skipped.length) {
+    const details = el("details");
+    details.append(el("summary", {}, `Skipped (${p.skipped.length})`));
+    const ul = el("ul");
+    p.skipped.forEach((s) => ul.append(el("li", {}, `${s.name}: ${s.reason}`)));
+    details.append(ul);
+    box.append(details);
+  }
+}
+
+function showPatientError(message) {
+  state.patientSummary = null;
+  const box = $("#patient");
+  box.replaceChildren(el("h2", {}, "Patient summary"), el("p", { class: "error" }, message));
+  box.hidden = false;
+}
+
+async function diagnosePatient(files) {
+  // A patient call is made from all of its cells together, so every cell dropped so far goes in one request.
+  state.patientFiles.push(...files);
+  const all = state.patientFiles;
+  clearCells();
+  const nodes = all.map(newResult);
+  const lim = state.card.limits;
+  const bytes = all.reduce((n, f) => n + f.size, 0);
+  let problem = "";
+  if (all.length > lim.max_files) problem = `${all.length} cells are more than this server takes in one request ` +
+    `(${lim.max_files}); a patient call needs all its cells together (serve --max-files)`;
+  else if (bytes > lim.max_body - 65536) problem = `${(bytes / 1048576).toFixed(1)} MB of cells is more than this ` +
+    `server takes in one request (serve --max-body)`;
+  if (problem) {
+    showPatientError(problem);
+    nodes.forEach((n, i) => showError(n, all[i].name, "not sent: too many cells for one request"));
+    updateButtons();
+    return;
+  }
+  state.busy += 1;
+  updateButtons();
+  setStatus(`Calling the patient from ${all.length} cell(s)…`);
+  const body = new FormData();
+  all.forEach((f) => body.append("files", f, f.name));
+  try {
+    const r = await fetch("/api/patient?thumbnail=true", { method: "POST", body });
+    const data = await r.json();
+    if (r.ok) renderPatient(data.patient); else showPatientError(data.detail || `HTTP ${r.status}`);
+    if (data.results) data.results.forEach((res, i) => showResult(nodes[i], res));
+    else nodes.forEach((n, i) => showError(n, all[i].name, `request failed: ${data.detail || r.status}`));
+  } catch (e) {
+    showPatientError(`request failed: ${e.message}`);
+    nodes.forEach((n, i) => showError(n, all[i].name, `request failed: ${e.message}`));
+  }
+  state.busy -= 1;
+  const used = state.rows.filter((r) => !r.error).length;
+  const unreadable = state.rows.filter((r) => r.error && !r.error.startsWith("byte copy of")).length;
+  setStatus(`${used} of ${all.length} cell(s) used` + (unreadable ? `, ${unreadable} could not be read` : ""),
+    unreadable > 0);
+  updateButtons();
 }
 
 async function classifyBatch(files, nodes) {
@@ -198,6 +326,7 @@ async function classifyBatch(files, nodes) {
 async function classify(fileList) {
   const files = [...fileList];
   if (!files.length) return;
+  if (state.patient) return diagnosePatient(files);
   const lim = state.card ? state.card.limits : { max_files: 8, max_bytes: Infinity, max_body: Infinity };
   const room = lim.max_body - 65536; // the body also carries multipart framing
   const batch = [], batchNodes = [], batches = [];
@@ -229,7 +358,7 @@ async function classify(fileList) {
 
 function updateButtons() {
   $("#csv").disabled = state.rows.length === 0 || state.busy > 0;
-  $("#clear").disabled = state.rows.length === 0 || state.busy > 0;
+  $("#clear").disabled = (state.rows.length === 0 && !state.patientFiles.length) || state.busy > 0;
 }
 
 // ---- CSV --------------------------------------------------------------------------------------
@@ -241,11 +370,13 @@ function csvCell(v) {
 
 function downloadCsv() {
   const classes = state.card ? state.card.classes : [];
-  const header = ["file", "predicted", ...classes.map((c) => `p_${c}`), "error"];
+  const extra = state.patient ? ["cell_type", "contribution"] : [];
+  const header = ["file", "predicted", ...classes.map((c) => `p_${c}`), ...extra, "error"];
   const lines = [header.map(csvCell).join(",")];
   for (const r of state.rows) {
-    const probs = classes.map((c) => (c in r.probabilities ? r.probabilities[c].toFixed(6) : ""));
-    lines.push([r.name, r.label, ...probs, r.error].map(csvCell).join(","));
+    const probs = classes.map((c) => (r.probabilities && c in r.probabilities ? r.probabilities[c].toFixed(6) : ""));
+    const more = state.patient ? [r.cell_type, r.contribution === undefined || r.contribution === null ? "" : r.contribution.toFixed(6)] : [];
+    lines.push([r.name, r.label, ...probs, ...more, r.error].map(csvCell).join(","));
   }
   const blob = new Blob([lines.join("\r\n") + "\r\n"], { type: "text/csv" });
   const a = el("a", { href: URL.createObjectURL(blob), download: "leukoscope-results.csv" });
@@ -255,12 +386,20 @@ function downloadCsv() {
   setTimeout(() => URL.revokeObjectURL(a.href), 1000);
 }
 
-function clearResults() {
+function clearCells() {
   for (const img of document.querySelectorAll("#results .thumb")) {
     if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
   }
   $("#results").replaceChildren();
   state.rows = [];
+}
+
+function clearResults() {
+  clearCells();
+  state.patientFiles = [];
+  state.patientSummary = null;
+  $("#patient").replaceChildren();
+  $("#patient").hidden = true;
   setStatus("");
   updateButtons();
 }

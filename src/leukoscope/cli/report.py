@@ -1,0 +1,57 @@
+"""``leukoscope report``: a patient bundle's call for each patient folder, as HTML, CSV and JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from leukoscope.cli.app import app, console, guarded
+from leukoscope.cli.data import progress
+from leukoscope.cli.use import BundleArg, say
+
+
+@app.command("report")
+@guarded
+def report_cmd(
+    bundle: BundleArg,
+    folders: Annotated[list[Path], typer.Argument(
+        metavar="PATIENT_DIR...", help="One folder of cells per patient (read recursively; its name is the "
+        "patient id). With --cohort: cohort folders as DeepAPL publishes them.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for report.html, patients.csv and "
+                                      "patients.json.")],
+    cohort: Annotated[bool, typer.Option("--cohort", help="Each folder is a cohort (master.csv beside All/): "
+                                         "report every patient in it.")] = False,
+    drivers: Annotated[int, typer.Option("--drivers", min=1, help="Cells shown per patient in the gallery "
+                                         "of the cells that drove the call.")] = 8,
+) -> None:
+    """Per patient: the call, its probability with a 95% interval, cells used and skipped, the cell-type
+    composition with exact binomial intervals and the cells that drove the call.
+
+    Whole-field overview images and files that are not images are skipped and counted; a folder without
+    cells is listed and left out. Exits 1 when no patient could be reported.
+    """
+    from leukoscope.bundle import load_bundle
+    from leukoscope.patients.report import REPORT_FILE, patient_bundle, percent, report_patients
+
+    b = patient_bundle(load_bundle(bundle))
+    with progress() as bar:
+        task = bar.add_task("calling patients", total=None)
+        r = report_patients(b, folders, out, cohort=cohort, drivers=drivers,
+                            on_progress=lambda done, total: bar.update(task, completed=done, total=total))
+    for p in r.patients:
+        c = p.call
+        interval = (f"95% {percent(c.interval[0])} - {percent(c.interval[1])}" if c.cells_used > 1
+                    else "no interval from one cell")
+        call = "[yellow]no call: too few cells[/]" if c.too_few else f"[bold]{escape(str(c.call))}[/]"
+        note = " [yellow](interval spans the threshold)[/]" if p.uncertain() else ""
+        console.print(f"{escape(p.subject)}: {call}  P({escape(c.positive)}) {percent(c.probability)} "
+                      f"({interval}), {c.cells_used} cell(s) used, {len(c.skipped)} skipped{note}",
+                      soft_wrap=True)
+    if r.not_reported:
+        console.print(f"[yellow]{len(r.not_reported)} folder(s) not reported:[/]")
+        for folder, why in r.not_reported:
+            say(f"  {folder}: {why}")
+    say(f"wrote {Path(out) / REPORT_FILE}, patients.csv and patients.json")

@@ -1,0 +1,299 @@
+"""Patient reports: what a ``patient`` bundle says about each patient, in a form a person can check.
+
+Per patient: the call and its calibrated probability with a 95% interval, the threshold, the cells used
+and those skipped (with why), a warning when too few cells were given for a call, the predicted cell-type
+composition with exact (Clopper-Pearson) 95% intervals, and the cells that drove the call as a gallery.
+``report_patients`` writes ``report.html`` (self-contained: every image a data URI), ``patients.csv``
+(one row per patient) and ``patients.json`` (``PatientCall.to_dict`` per patient, plus the composition).
+
+A patient is a folder of that patient's cells, read recursively; its name is the subject id. Whole-field
+overviews (a side of ``OVERVIEW_MIN_SIDE`` px or more) and files that are not images are skipped and
+counted, never called cells. A folder with no cell is a counted skip, not an error, unless no patient at
+all can be reported.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from leukoscope.bundle import Bundle
+from leukoscope.data.cohort import OVERVIEW_MIN_SIDE, deepapl_table, load_subjects
+from leukoscope.data.images import image_size, is_image_file
+from leukoscope.errors import BundleError, DataError, ImageError
+from leukoscope.io import write_csv_atomic, write_json_atomic
+from leukoscope.patients.bundle import PatientBundle
+from leukoscope.patients.call import PatientCall
+
+REPORT_FILE = "report.html"
+CSV_FILE = "patients.csv"
+JSON_FILE = "patients.json"
+CONFIDENCE = 0.95
+COMPOSITION_METHOD = "Clopper-Pearson exact binomial, 95%"
+#: Cells shown in a patient's gallery of the cells that drove the call.
+DRIVERS = 8
+Skipped = list[tuple[str, str]]
+
+
+def clopper_pearson(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Exact binomial interval on the share ``k / n``.
+
+    Exact because a patient gives tens of cells, not thousands: the normal (Wald) interval would say
+    0-0 % for 0 blasts in 12 cells, where up to 26 % is consistent with what was seen.
+    """
+    from scipy.stats import beta
+
+    if n < 1 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    tail = (1 - confidence) / 2
+    low = 0.0 if k == 0 else float(beta.ppf(tail, k, n - k + 1))
+    high = 1.0 if k == n else float(beta.ppf(1 - tail, k + 1, n - k))
+    return low, high
+
+
+@dataclass
+class TypeShare:
+    """One cell type among a patient's cells: count, share and its exact 95% interval."""
+
+    cell_type: str
+    count: int
+    share: float
+    low: float
+    high: float
+
+
+def composition(call: PatientCall, cell_types: Sequence[str]) -> list[TypeShare]:
+    """Every cell type the bundle knows, most frequent first, each with its share of the cells used.
+
+    Types with no cell stay in: 0 of 12 cells is still a bound (at most 26 %). Empty when no cell was used.
+    """
+    n = call.cells_used
+    if n == 0:
+        return []
+    counts = call.composition()
+    names = list(counts) + sorted(set(cell_types) - set(counts))
+    return [TypeShare(t, counts.get(t, 0), counts.get(t, 0) / n, *clopper_pearson(counts.get(t, 0), n))
+            for t in names]
+
+
+def percent(p: float | None) -> str:
+    """A probability as a percentage for people: never "100 %" or "0 %", which no model can know."""
+    if p is None or math.isnan(p):
+        return "-"
+    if p >= 0.999:
+        return "> 99.9 %"
+    if p <= 0.001:
+        return "< 0.1 %"
+    return f"{100 * p:.1f} %"
+
+
+@dataclass
+class PatientFolder:
+    """One patient's folder: its cell images and the files in it that are not cells."""
+
+    subject: str
+    folder: Path
+    cells: list[Path]
+    skipped: Skipped = field(default_factory=list)
+
+    def why_empty(self) -> str:
+        """Why a folder without cells gives no report, naming what it did hold."""
+        overviews = sum(r.startswith("overview") for _, r in self.skipped)
+        if not self.skipped:
+            return "no image in the folder"
+        return (f"no cell image ({overviews} whole-field overview(s), "
+                f"{len(self.skipped) - overviews} other skipped file(s))")
+
+
+def scan_patient(folder: Path | str) -> PatientFolder:
+    """The cell images under ``folder`` (recursively, sorted); overviews and non-images skipped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder (give one folder of cell images per patient)")
+    cells: list[Path] = []
+    skipped: Skipped = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            f = Path(root) / name
+            if not is_image_file(f):
+                skipped.append((str(f), "not an image"))
+                continue
+            try:
+                w, h = image_size(f)
+            except ImageError as e:
+                skipped.append((str(f), str(e).removeprefix(f"{f}: ")))
+                continue
+            if max(w, h) >= OVERVIEW_MIN_SIDE:
+                skipped.append((str(f), f"overview image {w}x{h} (a whole field, not one cell)"))
+                continue
+            cells.append(f)
+    return PatientFolder(folder.resolve().name, folder, cells, skipped)
+
+
+def cohort_folders(root: Path | str) -> tuple[list[Path], Skipped]:
+    """The patient folders of a cohort as DeepAPL publishes it (``master.csv`` beside ``All/``), in
+    table order; a patient of the table without a folder is returned as a skip."""
+    root = Path(root)
+    table = deepapl_table(root) if root.is_dir() else None
+    if table is None:
+        raise DataError(f"{root}: not a cohort folder (--cohort needs master.csv beside an All folder)")
+    ids = list(load_subjects(table).table.index)
+    cells = table.parent / "All"
+    missing = [(str(cells / i), f"patient {i} of {table} has no folder") for i in ids
+               if not (cells / i).is_dir()]
+    return [cells / i for i in ids if (cells / i).is_dir()], missing
+
+
+@dataclass
+class PatientReport:
+    """A reported patient: the bundle's call, the folder it came from and its composition."""
+
+    folder: str
+    call: PatientCall
+    composition: list[TypeShare]
+
+    @property
+    def subject(self) -> str:
+        return str(self.call.subject)
+
+    def uncertain(self) -> bool:
+        """Whether the 95% interval straddles the threshold: other cells could change the call."""
+        low, high = self.call.interval
+        return self.call.call is not None and low < self.call.threshold <= high
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.call.to_dict(), "folder": self.folder, "uncertain": self.uncertain(),
+                "composition_ci95": [asdict(s) for s in self.composition],
+                "composition_method": COMPOSITION_METHOD}
+
+
+@dataclass
+class ReportResult:
+    out: Path
+    patients: list[PatientReport]
+    #: (folder, reason) of each folder given that gave no report
+    not_reported: Skipped
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.out / REPORT_FILE, self.out / CSV_FILE, self.out / JSON_FILE]
+
+
+def patient_bundle(bundle: Bundle) -> PatientBundle:
+    """``bundle`` itself when it makes patient calls, else one line saying what to use instead."""
+    if not isinstance(bundle, PatientBundle):
+        raise BundleError(f"{bundle.path}: a {bundle.family} bundle answers per cell; a patient report "
+                          "needs a patient bundle (leukoscope train COHORT --target COLUMN)")
+    return bundle
+
+
+def report_patients(bundle: Bundle, folders: Sequence[Path | str], out: Path | str, *,
+                    cohort: bool = False, drivers: int = DRIVERS,
+                    on_progress: Callable[[int, int], None] | None = None) -> ReportResult:
+    """Call every patient folder (``cohort``: every patient of each cohort root) and write the report.
+
+    Raises ``DataError`` naming every folder when none gives a patient to report.
+    """
+    b = patient_bundle(bundle)
+    not_reported: Skipped = []
+    paths: list[Path] = []
+    for f in folders:
+        if cohort:
+            found, missing = cohort_folders(Path(f))
+            paths += found
+            not_reported += missing
+        else:
+            paths.append(Path(f))
+    scans: list[PatientFolder] = []
+    seen: set[Path] = set()
+    for path in paths:  # every folder checked (headers only) before any is called
+        if path.resolve() in seen:
+            not_reported.append((str(path), "the same folder given twice (reported once)"))
+            continue
+        seen.add(path.resolve())
+        scan = scan_patient(path)
+        if scan.cells:
+            scans.append(scan)
+        else:
+            not_reported.append((str(path), scan.why_empty()))
+    reports: list[PatientReport] = []
+    for i, scan in enumerate(scans):
+        call = b.diagnose([str(c) for c in scan.cells], subject=scan.subject)
+        call.skipped = scan.skipped + call.skipped
+        if call.cells_used:
+            reports.append(PatientReport(str(scan.folder), call, composition(call, b.cell_types)))
+        else:
+            not_reported.append((str(scan.folder),
+                                 f"none of its {len(scan.cells)} cell image(s) could be read"))
+        if on_progress:
+            on_progress(i + 1, len(scans))
+    if not reports:
+        reasons = "; ".join(f"{f}: {r}" for f, r in not_reported) or "no folder given"
+        raise DataError(f"no patient could be reported from {len(paths)} folder(s): {reasons}")
+    result = ReportResult(Path(out), reports, not_reported)
+    result.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(result.out / JSON_FILE, {
+        "bundle": str(b.path), "model": b.config.get("model"), "target": b.config.get("target"),
+        "positive": b.positive, "patients": [r.to_dict() for r in reports],
+        "not_reported": [{"folder": f, "reason": r} for f, r in not_reported]})
+    write_csv_atomic(result.out / CSV_FILE, patients_table(reports, b.positive, b.cell_types))
+    write_html(result, b, drivers)
+    return result
+
+
+def patients_table(reports: Sequence[PatientReport], positive: str,
+                   cell_types: Sequence[str]) -> pd.DataFrame:
+    """One row per patient: call, probability and interval, cells, then count and share of each type."""
+    rows = []
+    for r in reports:
+        c = r.call
+        row: dict[str, Any] = {
+            "subject": r.subject, "folder": r.folder, "call": c.call or "",
+            f"p_{positive}": round(c.probability, 6),
+            "p_ci95_low": round(c.interval[0], 6), "p_ci95_high": round(c.interval[1], 6),
+            "threshold": round(c.threshold, 6), "cells_used": c.cells_used, "cells_skipped": len(c.skipped),
+            "too_few": c.too_few, "min_cells": c.min_cells, "uncertain": r.uncertain()}
+        shares = {s.cell_type: s for s in r.composition}
+        for t in cell_types:
+            s = shares[t]
+            row |= {f"n_{t}": s.count, f"share_{t}": round(s.share, 6),
+                    f"share_{t}_ci95_low": round(s.low, 6), f"share_{t}_ci95_high": round(s.high, 6)}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _gallery(call: PatientCall, n: int) -> list[dict[str, Any]]:
+    """The ``n`` driver cells as thumbnails with what each contributed; a file gone since is left out."""
+    from leukoscope.data.images import load_rgb
+    from leukoscope.reports.html import image_to_data_uri
+
+    out = []
+    for c in call.drivers(n):
+        try:
+            uri = image_to_data_uri(load_rgb(c.path), max_side=128)
+        except (ImageError, OSError):
+            continue
+        out.append({"uri": uri, "name": Path(c.path).name, "cell": c})
+    return out
+
+
+def write_html(result: ReportResult, bundle: PatientBundle, drivers: int = DRIVERS) -> Path:
+    """The self-contained HTML report: an index across patients, then one section per patient."""
+    from leukoscope import __version__
+    from leukoscope.reports.html import write_report
+
+    negative = next(c for c in bundle.classes if c != bundle.positive)
+    return write_report(
+        result.out / REPORT_FILE, "patient_report.html",
+        title=f"Patient report: {bundle.config.get('target', 'diagnosis')}",
+        protocol=bundle.config.get("protocol"), patients=result.patients, not_reported=result.not_reported,
+        galleries=[_gallery(r.call, drivers) for r in result.patients], model=bundle.config.get("model"),
+        bundle=str(bundle.path), positive=bundle.positive, negative=negative, pct=percent,
+        composition_method=COMPOSITION_METHOD, version=__version__)

@@ -1,0 +1,140 @@
+"""``POST /api/patient``: many cells of one patient in, the patient bundle's call and each cell out.
+
+The same safety as ``/api/predict`` (body cap and place in line from ``Admission``, files counted while
+parsing, pixels summed from headers, one safe decoder); all the patient's cells come in one request,
+because a call is made from them together. A byte copy of a cell already sent is counted once, as
+``diagnose`` does for files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import numpy as np
+from pydantic import BaseModel
+
+from leukoscope.errors import LeukoscopeError
+from leukoscope.patients.bundle import PatientBundle
+from leukoscope.patients.call import PatientCall
+from leukoscope.patients.protocol import sigmoid
+from leukoscope.patients.report import COMPOSITION_METHOD, PatientReport, TypeShare, composition
+from leukoscope.reports.html import image_to_data_uri
+
+#: Cells marked as drivers of the call in the page's cell list: at most this many, and at most a third
+#: of the cells (with six cells, a badge on each would single none out).
+DRIVERS = 8
+
+
+class CellResult(BaseModel):
+    """One uploaded cell: as a bag of one cell (label, probabilities), its predicted type and what it
+    contributed to the patient's score; or why it was not used."""
+
+    name: str
+    label: str | None = None
+    probabilities: dict[str, float] | None = None
+    cell_type: str | None = None
+    cell_type_probability: float | None = None
+    contribution: float | None = None
+    driver: bool = False
+    thumbnail: str | None = None
+    error: str | None = None
+
+
+class Share(BaseModel):
+    cell_type: str
+    count: int
+    share: float
+    low: float
+    high: float
+
+
+class Skip(BaseModel):
+    name: str
+    reason: str
+
+
+class PatientSummary(BaseModel):
+    subject: str | None
+    positive: str
+    #: None when too few cells were given to make one
+    call: str | None
+    probability: float
+    interval: tuple[float, float]
+    interval_method: str
+    threshold: float
+    too_few: bool
+    min_cells: int
+    #: the 95% interval spans the threshold
+    uncertain: bool
+    cells_used: int
+    skipped: list[Skip]
+    composition: list[Share]
+    composition_method: str
+
+
+class PatientResponse(BaseModel):
+    model: str
+    classes: list[str]
+    patient: PatientSummary
+    results: list[CellResult]
+
+
+def _summary(call: PatientCall, shares: list[TypeShare], skipped: list[Skip]) -> PatientSummary:
+    report = PatientReport("", call, shares)
+    return PatientSummary(
+        subject=call.subject, positive=call.positive, call=call.call, probability=call.probability,
+        interval=call.interval, interval_method=call.interval_method, threshold=call.threshold,
+        too_few=call.too_few, min_cells=call.min_cells, uncertain=report.uncertain(),
+        cells_used=call.cells_used, skipped=skipped, composition=[Share(**vars(s)) for s in shares],
+        composition_method=COMPOSITION_METHOD)
+
+
+async def diagnose_uploads(bundle: PatientBundle, uploads: list[tuple[str, bytes]],
+                           decode: Callable[[str, bytes], np.ndarray],
+                           lane: Callable[..., Awaitable[Any]], subject: str | None = None,
+                           thumbnail: bool = False) -> tuple[list[CellResult], PatientResponse | None]:
+    """Each upload's result, and the call on every readable, distinct one (None when not one could be
+    read as an image).
+
+    ``decode(name, data)`` is the server's decoder under its limits; ``lane(fn, *args)`` runs the model
+    where the server runs every model call (one at a time, off the event loop).
+    """
+    results = [CellResult(name=name) for name, _ in uploads]
+    images: list[np.ndarray] = []
+    used: list[CellResult] = []
+    first: dict[str, str] = {}
+    for (name, data), res in zip(uploads, results, strict=True):
+        digest = hashlib.sha1(data).hexdigest()
+        if digest in first:
+            res.error = f"byte copy of {first[digest]} (counted once)"
+            continue
+        try:
+            img = await anyio.to_thread.run_sync(decode, name, data)
+        except LeukoscopeError as e:
+            res.error = str(e)
+            continue
+        first[digest] = name
+        images.append(img)
+        used.append(res)
+        if thumbnail:
+            res.thumbnail = await anyio.to_thread.run_sync(image_to_data_uri, img, 128)
+    if not images:
+        return results, None
+    call: PatientCall = await lane(bundle.diagnose, images, subject)
+    toward = -1.0 if call.call is not None and call.call != call.positive else 1.0
+    most = min(DRIVERS, math.ceil(call.cells_used / 3))
+    drivers = {id(c) for c in call.drivers(most) if toward * c.contribution > 0}  # pushed the call's way
+    for res, cell in zip(used, call.cells, strict=True):  # diagnose keeps arrays in the order given
+        p = float(sigmoid(cell.log_odds))
+        res.probabilities = {c: round(p if c == call.positive else 1 - p, 6) for c in call.classes}
+        res.label = call.positive if p >= 0.5 else next(c for c in call.classes if c != call.positive)
+        res.cell_type, res.cell_type_probability = cell.cell_type, round(cell.cell_type_probability, 6)
+        res.contribution, res.driver = round(cell.contribution, 6), id(cell) in drivers
+    skipped = [Skip(name=r.name, reason=r.error.removeprefix(f"{r.name}: ")) for r in results if r.error]
+    summary = _summary(call, composition(call, bundle.cell_types), skipped)
+    return results, PatientResponse(model=str(bundle.config.get("model", bundle.family)),
+                                    classes=bundle.classes, patient=summary, results=results)
