@@ -60,7 +60,8 @@ def report(run_dir: Path, data: Path, tmp_path_factory: pytest.TempPathFactory) 
     (tmp / "Patient_10").mkdir()
     folders = [all_ / p for p in PATIENTS] + [tmp / "Patient_05", tmp / "Patient_09", tmp / "Patient_10"]
     code, out = run("report", run_dir / "bundle", *folders, "--out", tmp / "out")
-    return {"code": code, "out": out, "dir": tmp / "out", "folders": folders,
+    min_cells = json.loads((run_dir / "bundle" / "config.json").read_text())["min_cells"]
+    return {"code": code, "out": out, "dir": tmp / "out", "folders": folders, "min_cells": min_cells,
             "json": json.loads((tmp / "out" / "patients.json").read_text()) if code == 0 else None}
 
 
@@ -144,8 +145,9 @@ def test_html_is_self_contained_and_says_what_matters(report: dict[str, Any]) ->
     srcs = re.findall(r'<img src="([^"]+)"', html)
     assert len(srcs) > 2 * 8 and all(s.startswith("data:image/png;base64,") for s in srcs)
     for text in [*PATIENTS, "Patient_05", "Cell-type composition", "Clopper-Pearson exact binomial, 95%",
-                 "Cells that drove the call", "Too few cells to be sure", "no call below 2",
-                 "overview image", "byte copy of", "Patient_09", "no cell image (1 whole-field overview(s)"]:
+                 "Cells that drove the call", "Too few cells to be sure",
+                 f"no call below {report['min_cells']}", "overview image", "byte copy of", "Patient_09",
+                 "no cell image (1 whole-field overview(s)"]:
         assert text in " ".join(html.split()), text
     assert not re.search(r"P\(APL\) = 100", html) and "= 0.0 %" not in html
 

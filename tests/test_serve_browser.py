@@ -87,10 +87,15 @@ def patient_server(run_dir: Path) -> Iterator[str]:  # noqa: F811
 
 
 def test_patient_view_shows_the_summary_above_the_cells(browser: Any, patient_server: str,  # noqa: F811
-                                                        cohort: Path, tmp_path: Path) -> None:  # noqa: F811
+                                                        cohort: Path, run_dir: Path,  # noqa: F811
+                                                        tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
-    cells = sorted((cohort / "Data" / "All" / "Patient_32").rglob("*.jpg"))[:6]
+    from leukoscope.bundle import load_bundle
+
+    n = max(6, load_bundle(run_dir / "bundle").min_cells)  # enough cells for a call
+    cells = sorted((cohort / "Data" / "All" / "Patient_32").rglob("*.jpg"))[:n]
+    assert len(cells) == n
     page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     problems: list[str] = []
     page.on("console", lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None)
@@ -101,21 +106,21 @@ def test_patient_view_shows_the_summary_above_the_cells(browser: Any, patient_se
     page.wait_for_selector("#card dl")
     assert page.inner_text("#drop-title") == "Drop the cells of one patient here"
 
-    page.set_input_files("#files", [str(cells[0])])  # one cell: below the bundle's min_cells of 2
+    page.set_input_files("#files", [str(cells[0])])  # one cell: below the bundle's min_cells
     summary = page.locator("#patient")
     expect(summary.locator(".too-few")).to_contain_text("Too few cells to be sure: 1 cell(s)")
     expect(summary.locator(".verdict-call")).to_have_text("No call")
 
     page.set_input_files("#files", [str(c) for c in cells[1:]] + [str(cells[0])])  # the rest, one again
-    expect(page.locator(".result[data-label]")).to_have_count(6, timeout=60_000)
+    expect(page.locator(".result[data-label]")).to_have_count(n, timeout=60_000)
     expect(summary.locator(".verdict-call")).to_have_text(re.compile(r"^Call: (AML|APL)$"))
     text = summary.inner_text()
     assert re.search(r"P\(APL\) (\d+\.\d%|[<>] \S+%) \(95% interval ", text), text
-    assert "6 cell(s) used, 1 skipped" in text and "100%" not in text and "100.0%" not in text
+    assert f"{n} cell(s) used, 1 skipped" in text and "100%" not in text and "100.0%" not in text
     assert summary.locator(".too-few").count() == 0
     rows = summary.locator("table.composition tr")
     assert rows.count() >= 2  # header + at least one type
-    assert sum(int(rows.nth(i).locator("td").nth(1).inner_text()) for i in range(1, rows.count())) == 6
+    assert sum(int(rows.nth(i).locator("td").nth(1).inner_text()) for i in range(1, rows.count())) == n
     assert "byte copy of" in page.inner_text(".result.failed .error")
     box, first = summary.bounding_box(), page.locator(".result").first.bounding_box()
     assert box is not None and first is not None and box["y"] + box["height"] <= first["y"]  # above
@@ -128,7 +133,7 @@ def test_patient_view_shows_the_summary_above_the_cells(browser: Any, patient_se
     saved = tmp_path / "cells.csv"
     dl.value.save_as(saved)
     got = list(csv.DictReader(saved.open(newline="")))
-    assert len(got) == 7 and all(r["cell_type"] for r in got if not r["error"])
+    assert len(got) == n + 1 and all(r["cell_type"] for r in got if not r["error"])
     page.click("#clear")
     expect(summary).to_be_hidden()
     assert problems == []

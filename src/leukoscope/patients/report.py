@@ -24,12 +24,12 @@ from typing import Any
 import pandas as pd
 
 from leukoscope.bundle import Bundle
+from leukoscope.bundle.patient import PatientBundle
+from leukoscope.bundle.patient_call import PatientCall
 from leukoscope.data.cohort import OVERVIEW_MIN_SIDE, deepapl_table, load_subjects
 from leukoscope.data.images import image_size, is_image_file
 from leukoscope.errors import BundleError, DataError, ImageError
 from leukoscope.io import write_csv_atomic, write_json_atomic
-from leukoscope.patients.bundle import PatientBundle
-from leukoscope.patients.call import PatientCall
 
 REPORT_FILE = "report.html"
 CSV_FILE = "patients.csv"

@@ -42,10 +42,10 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from leukoscope.bundle import Bundle, load_bundle
+from leukoscope.bundle.patient import PatientBundle
 from leukoscope.data.images import FORMATS, decode_rgb, image_size
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING
 from leukoscope.errors import ImageError, LeukoscopeError
-from leukoscope.patients.bundle import PatientBundle
 from leukoscope.reports.html import image_to_data_uri
 from leukoscope.serve.admission import Admission, ASGIApp, Message, Receive, Scope, Send
 from leukoscope.serve.limits import ServeSettings

@@ -17,9 +17,9 @@ import anyio
 import numpy as np
 from pydantic import BaseModel
 
+from leukoscope.bundle.patient import PatientBundle
+from leukoscope.bundle.patient_call import PatientCall
 from leukoscope.errors import LeukoscopeError
-from leukoscope.patients.bundle import PatientBundle
-from leukoscope.patients.call import PatientCall
 from leukoscope.patients.protocol import sigmoid
 from leukoscope.patients.report import COMPOSITION_METHOD, PatientReport, TypeShare, composition
 from leukoscope.reports.html import image_to_data_uri
