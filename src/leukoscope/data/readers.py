@@ -19,6 +19,7 @@ from leukoscope.data.images import is_image_file, iter_image_files, load_rgb
 from leukoscope.data.manifest import Manifest, make_manifest, validate
 from leukoscope.data.synthetic import SYNTHETIC_MARKER
 from leukoscope.errors import DataError, ImageError
+from leukoscope.registry import Registry
 
 _SUBJECT = re.compile(r"^UID_([A-Za-z]*\d+)_", re.IGNORECASE)
 _ALLIDB = re.compile(r"^Im(\d+)_([01])$", re.IGNORECASE)
@@ -35,14 +36,15 @@ class Layout:
     doc: str
 
 
-LAYOUTS: dict[str, Layout] = {}
+#: Every layout, in the order ``detect_layout`` tries them.
+LAYOUTS: Registry[Layout] = Registry("layout")
 
 
 def layout(name: str, detect: Callable[[Path], bool]) -> Callable:
-    """Register a reader for a layout; the reader's docstring is shown in ``--help``."""
+    """Register a reader for a layout (its docstring's first line says what the layout is)."""
 
     def wrap(fn: Callable[[Path], Manifest]) -> Callable[[Path], Manifest]:
-        LAYOUTS[name] = Layout(name, detect, fn, (fn.__doc__ or "").strip().splitlines()[0])
+        LAYOUTS.add(name, Layout(name, detect, fn, (fn.__doc__ or "").strip().splitlines()[0]), fn.__module__)
         return fn
 
     return wrap
