@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from leukoscope.cli.app import app, guarded
-from leukoscope.cli.use import BundleArg, say
+from leukoscope.cli.app import app, guarded, say
+from leukoscope.cli.options import BundleArg
 from leukoscope.errors import ConfigError
 
 
@@ -19,7 +19,8 @@ def export_cmd(
     int8: Annotated[bool, typer.Option("--int8", help="Also model.int8.onnx: static QDQ quantisation "
                                        "calibrated on the bundle's train/val images.")] = False,
     calibration: Annotated[list[str] | None, typer.Option(
-        "--calibration", help="Images for int8 calibration instead of the bundle's split.")] = None,
+        "--calibration", help="Images for int8 calibration (repeatable: files, folders, globs).",
+        show_default="the bundle's train/val images")] = None,
 ) -> None:
     """Export a network bundle to ONNX; predict, evaluate and serve then use ONNX Runtime."""
     from leukoscope.bundle.export import export_onnx
