@@ -1,9 +1,10 @@
-"""The Typer application, how its help reads, its console and the error boundary shared by every command.
+"""The Typer application, how its help reads, its console and the error boundary of every command.
 
 ``leukoscope --help`` lists the verbs in workflow order, grouped in panels (``PANELS``); every
 option shows its default, flags show no ``<bool>`` type, and option help may name a registry's
 choices as ``{layouts}``, ``{feature_kinds}``, ... (``cli.options.CHOICES``), filled in only when
 that command's help is shown, so no command pays for them and ``--help`` imports no model library.
+Every command runs behind ``guarded``: a ``LeukoscopeError`` is one red line and exit 1.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from leukoscope import __version__
 from leukoscope.errors import LeukoscopeError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: The top-level help panels, each with its verbs in the order a project uses them.
 PANELS: dict[str, tuple[str, ...]] = {
@@ -79,17 +82,22 @@ class Group(TyperGroup):
 
 
 class App(typer.Typer):
-    """``typer.Typer`` whose commands are ``Command`` and whose verbs are listed by ``panels``."""
+    """``typer.Typer`` whose verbs are listed by ``panels`` and whose commands are ``Command``, each
+    behind the error boundary (``guarded``)."""
 
     def __init__(self, *, panels: dict[str, tuple[str, ...]], **kwargs: Any):
         group = type("Group", (Group,), {"panels": panels})
         super().__init__(cls=group, no_args_is_help=True, context_settings={"show_default": True}, **kwargs)
 
     def command(self, name: str | None = None, **kwargs: Any) -> Callable[[F], F]:
-        return super().command(name, cls=kwargs.pop("cls", Command), **kwargs)
+        register = super().command(name, cls=kwargs.pop("cls", Command), **kwargs)
 
+        def wrap(fn: F) -> F:
+            register(guarded(fn))
+            return fn
 
-F = TypeVar("F", bound=Callable[..., Any])
+        return wrap
+
 
 app = App(
     name="leukoscope",
@@ -111,7 +119,7 @@ def _print_version(given: bool) -> None:
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
                                        help="Print the version and exit.")) -> None:
-    """Classify single blood-cell images (ALL vs normal, or cell types), honestly evaluated."""
+    """The options of ``leukoscope`` itself, before any verb."""
 
 
 console = Console(highlight=False)

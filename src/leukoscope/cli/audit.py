@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from leukoscope.cli.app import console, data_app, guarded, say
+from leukoscope.cli.app import console, data_app, say
 from leukoscope.cli.options import LayoutOpt, Paths
 from leukoscope.cli.progress import shown
 
@@ -18,7 +18,6 @@ THRESHOLD, EMBED_THRESHOLD = 0.85, 0.97
 
 
 @data_app.command("audit")
-@guarded
 def audit_cmd(
     paths: Paths,
     out: Annotated[Path, typer.Option("--out", help="Folder for audit.json and audit.html.")],

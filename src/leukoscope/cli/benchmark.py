@@ -9,13 +9,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from leukoscope.cli.app import app, console, guarded, print_skipped, say
+from leukoscope.cli.app import app, console, print_skipped, say
 from leukoscope.cli.options import KindOpt, LayoutOpt, Paths
 from leukoscope.cli.progress import shown
 
 
 @app.command("benchmark")
-@guarded
 def benchmark_cmd(
     paths: Paths,
     out: Annotated[Path, typer.Option("--out", help="Folder for leaderboard.csv / .md / .html.")],

@@ -10,14 +10,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from leukoscope.cli.app import console, data_app, guarded, print_json, say
+from leukoscope.cli.app import console, data_app, print_json, say
 from leukoscope.cli.options import DiagnosisOpt, LayoutOpt, Paths, SubjectIdOpt, SubjectsOpt
 from leukoscope.cli.progress import bar_display as progress  # noqa: F401 - cli/train.py, cli/evaluate.py
 from leukoscope.cli.progress import shown
 
 
 @data_app.command("describe")
-@guarded
 def describe_cmd(paths: Paths, layout: LayoutOpt = None, subjects: SubjectsOpt = None,
                  subject_id: SubjectIdOpt = None, diagnosis: DiagnosisOpt = "diagnosis",
                  as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not tables.")] = False
@@ -81,7 +80,6 @@ def _print_cohort(c: dict) -> None:
 
 
 @data_app.command("split")
-@guarded
 def split_cmd(
     paths: Paths,
     out: Annotated[Path, typer.Option("--out", help="Where to write the split CSV.")],
@@ -136,7 +134,6 @@ def split_cmd(
 
 
 @data_app.command("synth")
-@guarded
 def synth_cmd(
     out: Annotated[Path, typer.Argument(help="Folder to create (class sub-folders).")],
     subjects: Annotated[int, typer.Option(help="Number of synthetic subjects.")] = 12,

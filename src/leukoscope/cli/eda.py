@@ -7,13 +7,12 @@ from typing import Annotated
 
 import typer
 
-from leukoscope.cli.app import data_app, guarded, print_skipped, say
+from leukoscope.cli.app import data_app, print_skipped, say
 from leukoscope.cli.options import LayoutOpt, Paths
 from leukoscope.cli.progress import shown
 
 
 @data_app.command("eda")
-@guarded
 def eda_cmd(
     paths: Paths,
     out: Annotated[Path, typer.Option("--out", help="Folder for report.html and the PNG figures.")],

@@ -7,13 +7,12 @@ from typing import Annotated
 
 import typer
 
-from leukoscope.cli.app import app, console, guarded, say
+from leukoscope.cli.app import app, console, say
 from leukoscope.cli.options import BundleArg, ImagesArg
 from leukoscope.cli.progress import shown
 
 
 @app.command("explain")
-@guarded
 def explain_cmd(
     bundle: BundleArg,
     images: ImagesArg,

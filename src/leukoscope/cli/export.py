@@ -6,13 +6,12 @@ from typing import Annotated
 
 import typer
 
-from leukoscope.cli.app import app, guarded, say
+from leukoscope.cli.app import app, say
 from leukoscope.cli.options import BundleArg
 from leukoscope.errors import ConfigError
 
 
 @app.command("export")
-@guarded
 def export_cmd(
     bundle: BundleArg,
     onnx: Annotated[bool, typer.Option("--onnx", help="Write model.onnx (fp32, dynamic batch).")] = False,

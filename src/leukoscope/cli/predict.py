@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from leukoscope.cli.app import app, console, guarded, say
+from leukoscope.cli.app import app, console, say
 from leukoscope.cli.options import BatchOpt, BundleArg, ImagesArg, RuntimeOpt, TtaOpt
 from leukoscope.cli.progress import shown
 from leukoscope.errors import ConfigError, DataError
@@ -21,12 +21,10 @@ RAY = "Ray engine"
 
 
 @app.command("predict")
-@guarded
 def predict_cmd(
     bundle: BundleArg,
     inputs: ImagesArg,
-    out: Annotated[Path, typer.Option("--out", help="CSV to write: path, label, p_<class>... (ray: a folder "
-                                      "for predictions.parquet).")],
+    out: Annotated[Path, typer.Option("--out", help="CSV of path, label, p_<class>... (ray: a folder).")],
     tta: TtaOpt = False,
     batch_size: BatchOpt = 64,
     engine: Annotated[str, typer.Option("--engine", help="Where to run: {engines} (ray: Ray Data on this "

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from leukoscope.cli.app import app, console, err_console, guarded
+from leukoscope.cli.app import app, console, err_console
 from leukoscope.cli.options import BundleArg, RuntimeOpt
 from leukoscope.errors import ConfigError
 from leukoscope.serve.limits import LOOPBACK_HOSTS, ServeSettings
@@ -37,7 +37,6 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 @app.command("serve")
-@guarded
 def serve_cmd(
     bundle: BundleArg,
     host: Annotated[str, typer.Option(help="Address to bind; the default serves this machine only.")]

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from leukoscope.cli.app import app, console, guarded, print_skipped, say
+from leukoscope.cli.app import app, console, print_skipped, say
 from leukoscope.cli.options import LayoutOpt, Paths
 from leukoscope.cli.progress import shown
 
@@ -35,7 +35,6 @@ def parse_fixed(items: list[str]) -> dict[str, Any]:
 
 
 @app.command("tune")
-@guarded
 def tune_cmd(
     paths: Paths,
     model: Annotated[str, typer.Option("--model", help="The model to tune: {models}.")],

@@ -5,12 +5,11 @@ from __future__ import annotations
 import typer
 from rich.markup import escape
 
-from leukoscope.cli.app import app, console, guarded, printable
+from leukoscope.cli.app import app, console, printable
 from leukoscope.cli.options import BundleArg
 
 
 @app.command("verify")
-@guarded
 def verify_cmd(bundle: BundleArg) -> None:
     """Check a bundle before using or sharing it; one line per check, exit 1 when any fails.
 
