@@ -64,9 +64,6 @@ class Registry(Generic[T]):
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
-    def __len__(self) -> int:
-        return len(self.names())
-
     def __getitem__(self, name: str) -> T:
         """The entry, its module imported on first use; a ``ConfigError`` naming the choices."""
         if name not in self._entries and name in self._declared:
