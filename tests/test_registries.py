@@ -107,11 +107,12 @@ def test_explainers_and_engines_cover_their_choices() -> None:
 
 def test_listing_names_imports_no_heavy_library() -> None:
     code = ("import sys\n"
+            "from leukoscope.data import LAYOUTS\n"
             "from leukoscope.models.registry import list_models\n"
             "from leukoscope.features import list_feature_kinds\n"
             "from leukoscope.bundle.format import EXPORTS, FAMILIES\n"
             "from leukoscope.predict import ENGINES\n"
-            "assert len(list_models()) == 14 and list_feature_kinds()\n"
+            "assert len(list_models()) == 14 and list_feature_kinds() and len(LAYOUTS.names()) == 5\n"
             "assert FAMILIES.names() and EXPORTS.names() and ENGINES.names()\n"
             "print(sorted(m for m in ('torch', 'sklearn', 'onnxruntime', 'ray', 'scipy', 'skops') "
             "if m in sys.modules))\n")

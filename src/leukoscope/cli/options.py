@@ -18,7 +18,7 @@ import typer
 
 
 def _layouts() -> Iterable[str]:
-    from leukoscope.data.readers import LAYOUTS
+    from leukoscope.data import LAYOUTS
 
     return LAYOUTS.names()
 

@@ -1,7 +1,7 @@
 """Readers: one per on-disk layout, each returning a Manifest; ``read`` detects the layout.
 
-Layouts are registered with ``@layout(name)``, so supporting a new data set is one function
-and ``--layout`` accepts exactly the registered names.
+Layouts are registered with ``@layout(name)`` (and named in ``leukoscope.data.LAYOUTS``), so
+supporting a new data set is one function, and ``--layout`` accepts exactly the registered names.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from leukoscope.data import LAYOUTS
 from leukoscope.data.cohort import Cohort, SubjectTable, is_deepapl, scan_cohort
 from leukoscope.data.images import is_image_file, iter_image_files, load_rgb
 from leukoscope.data.manifest import Manifest, make_manifest, validate
 from leukoscope.data.synthetic import SYNTHETIC_MARKER
 from leukoscope.errors import DataError, ImageError
-from leukoscope.registry import Registry
 
 _SUBJECT = re.compile(r"^UID_([A-Za-z]*\d+)_", re.IGNORECASE)
 _ALLIDB = re.compile(r"^Im(\d+)_([01])$", re.IGNORECASE)
@@ -34,10 +34,6 @@ class Layout:
     detect: Callable[[Path], bool]
     read: Callable[[Path], Manifest]
     doc: str
-
-
-#: Every layout, in the order ``detect_layout`` tries them.
-LAYOUTS: Registry[Layout] = Registry("layout")
 
 
 def layout(name: str, detect: Callable[[Path], bool]) -> Callable:
