@@ -38,6 +38,7 @@ from leukoscope.data.images import iter_image_files
 from leukoscope.data.synthetic import make_synthetic
 from leukoscope.predict import local, ray_engine
 from leukoscope.predict.local import PredictSummary
+from leukoscope.progress import Counting
 from machine import quick_bundle, warm_page_cache
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +78,7 @@ def timed_ray(b: Bundle, folder: Path, out: Path, batch_size: int) -> tuple[Pred
     marks: list[tuple[float, int]] = []
     t = time.perf_counter()
     s = ray_engine.predict(b, [folder], out, batch_size,
-                           on_progress=lambda done, _: marks.append((time.perf_counter() - t, done)))
+                           progress=Counting(lambda done, _: marks.append((time.perf_counter() - t, done))))
     (t0, d0), (t1, d1) = next(m for m in marks if m[1] > 0), marks[-1]
     return s, t0, (d1 - d0) / (t1 - t0) if t1 > t0 else float("nan")
 

@@ -52,7 +52,7 @@ def test_eda_on_subject_grouped_real_data(data: Path, tmp_path: Path) -> None:
 
 def test_eda_cli_image_level(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "allidb eda"
-    r = CliRunner().invoke(app, ["eda", str(data / "allidb2"), "--out", str(out)])
+    r = CliRunner().invoke(app, ["data", "eda", str(data / "allidb2"), "--out", str(out)])
     assert r.exit_code == 0, r.output
     html = (out / "report.html").read_text(encoding="utf-8")
     _assert_self_contained(html)
@@ -77,7 +77,7 @@ def test_eda_skips_and_lists_unreadable(synthetic2: Path, tmp_path: Path) -> Non
     shutil.copytree(synthetic2, root)
     (root / "blast" / "UID_S1_90_1_blast.png").write_bytes(b"")
     (root / "normal" / "UID_S2_91_1_normal.png").write_text("not an image")
-    r = CliRunner().invoke(app, ["eda", str(root), "--out", str(tmp_path / "out")])
+    r = CliRunner().invoke(app, ["data", "eda", str(root), "--out", str(tmp_path / "out")])
     assert r.exit_code == 0, r.output
     flat = " ".join(r.stdout.split())
     assert "skipped 2 unreadable image(s):" in flat and "UID_S2_91_1_normal.png: not a readable image" in flat
@@ -95,5 +95,5 @@ def test_eda_with_nothing_readable_is_a_clear_error(tmp_path: Path) -> None:
         (tmp_path / "set" / cls / "x.png").write_text("no")
     with pytest.raises(DataError, match=r"none of the 2 images could be decoded \(e.g. .*x.png\)"):
         eda_report(read([tmp_path / "set"]), tmp_path / "out")
-    r = CliRunner().invoke(app, ["eda", str(tmp_path / "set"), "--out", str(tmp_path / "out")])
+    r = CliRunner().invoke(app, ["data", "eda", str(tmp_path / "set"), "--out", str(tmp_path / "out")])
     assert r.exit_code == 1 and r.stderr.strip().startswith("error: none of the 2 images")

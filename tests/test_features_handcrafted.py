@@ -13,6 +13,7 @@ from leukoscope.data.readers import read
 from leukoscope.errors import ConfigError
 from leukoscope.features import extract, from_spec, get_extractor, list_feature_kinds
 from leukoscope.features.handcrafted import NAMES, Handcrafted, cell_features
+from leukoscope.progress import Counting
 
 BACKGROUNDS = {"smear": (232, 214, 220), "black": (0, 0, 0)}
 CYTOPLASM, NUCLEUS = (190, 170, 215), (95, 45, 140)
@@ -133,7 +134,7 @@ def test_cache_hit_and_skipped(synthetic2: Path, tmp_path: Path, monkeypatch: py
     next((tmp_path / "c" / "features").glob("handcrafted-*/*.npy")).write_bytes(b"torn write")
     seen = []
     third, _ = extract(m, "handcrafted", cache=tmp_path / "c", n_jobs=1, size=64,
-                       on_progress=lambda done, total: seen.append((done, total)))
+                       progress=Counting(lambda done, total: seen.append((done, total))))
     pd.testing.assert_frame_equal(first, third)
     assert seen[-1] == (11, 11)
 

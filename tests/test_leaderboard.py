@@ -33,7 +33,7 @@ def broken_model() -> Iterator[str]:
     try:
         yield BROKEN
     finally:
-        registry._REGISTRY.pop(BROKEN, None)
+        registry.MODELS._entries.pop(BROKEN, None)
 
 
 def test_failing_model_does_not_stop_the_others(synthetic2: Path, broken_model: str, tmp_path: Path) -> None:
@@ -99,7 +99,7 @@ def test_cli_benchmark_and_features(synthetic2: Path, tmp_path: Path) -> None:
     assert res.exit_code == 1 and "no classical model matches 'nosuch'" in res.output
 
     parquet = tmp_path / "f.parquet"
-    res = runner.invoke(app, ["features", str(synthetic2), "--out", str(parquet)])
+    res = runner.invoke(app, ["data", "features", str(synthetic2), "--out", str(parquet)])
     assert res.exit_code == 0, res.output
     table = pd.read_parquet(parquet)
     assert len(table) == 48 and {"path", "label", "subject", "nucleus_area", "glcm_contrast_d1"} <= set(table)

@@ -25,6 +25,7 @@ from leukoscope.geometry import dihedral
 from leukoscope.predict import get_engine
 from leukoscope.predict.local import iter_inputs, partial_path, predict, prefetch, run_record_path
 from leukoscope.predict.tta import predict_proba
+from leukoscope.progress import Counting
 from use_support import classical_bundle, cnmc_train, network_bundle, onnx_bundle  # noqa: F401
 
 runner = CliRunner()
@@ -97,7 +98,7 @@ def test_resume_after_kill_without_duplicates_or_losses(network_bundle, images, 
             raise _Killed
 
     with pytest.raises(_Killed):
-        predict(bundle, [images], out, batch_size=3, on_progress=kill_after_two_batches)
+        predict(bundle, [images], out, batch_size=3, progress=Counting(kill_after_two_batches))
     partial = partial_path(out)
     assert not out.exists() and len(_rows(partial)) == 6
     with open(partial, "a") as f:  # the kill landed in the middle of writing a row
@@ -157,7 +158,7 @@ def test_prefetch_streams_a_bounded_number_of_items_ahead():
 
 
 def _kill_after(rows: int) -> Callable[[int, int], None]:
-    """An ``on_progress`` that stops a run once ``rows`` inputs are done, as a kill would."""
+    """A ``Counting`` callback that stops a run once ``rows`` inputs are done, as a kill would."""
     def hook(done: int, total: int) -> None:
         if done >= rows:
             raise _Killed
@@ -175,7 +176,7 @@ def test_resume_refuses_the_rows_of_another_run(change, message, network_bundle,
     out = tmp_path / "p.csv"
     first = load_bundle(onnx_bundle if change == "runtime" else network_bundle, runtime="torch")
     with pytest.raises(_Killed):
-        predict(first, [images], out, batch_size=3, on_progress=_kill_after(6))
+        predict(first, [images], out, batch_size=3, progress=Counting(_kill_after(6)))
     partial = partial_path(out)
     kept = partial.read_bytes()
     again = {"bundle": (load_bundle(classical_bundle), [images], False),
@@ -199,7 +200,7 @@ def test_a_partial_without_a_record_is_refused(network_bundle, images, tmp_path)
     bundle = load_bundle(network_bundle)
     out = tmp_path / "p.csv"
     with pytest.raises(_Killed):
-        predict(bundle, [images], out, batch_size=3, on_progress=_kill_after(3))
+        predict(bundle, [images], out, batch_size=3, progress=Counting(_kill_after(3)))
     record = run_record_path(out)
     assert record.is_file()
     record.unlink()
@@ -210,7 +211,7 @@ def test_a_partial_without_a_record_is_refused(network_bundle, images, tmp_path)
 def test_cli_restart_starts_over_and_the_help_says_so(network_bundle, images, tmp_path):  # noqa: F811
     out = tmp_path / "p.csv"
     with pytest.raises(_Killed):
-        predict(load_bundle(network_bundle), [images], out, batch_size=3, on_progress=_kill_after(3))
+        predict(load_bundle(network_bundle), [images], out, batch_size=3, progress=Counting(_kill_after(3)))
     base = ["predict", str(network_bundle), str(images), "--out", str(out), "--batch-size", "3"]
     res = runner.invoke(app, [*base, "--tta"])
     assert res.exit_code == 1 and res.output.count("error:") == 1 and "--tta on (was off)" in res.output
@@ -229,6 +230,7 @@ import sys, time
 from pathlib import Path
 from leukoscope.bundle import load_bundle
 from leukoscope.predict.local import predict
+from leukoscope.progress import Counting
 bundle, images, out, ready = sys.argv[1:]
 
 def hold(done, total):
@@ -236,7 +238,7 @@ def hold(done, total):
         Path(ready).touch()
         time.sleep(600)
 
-predict(load_bundle(bundle), [images], out, batch_size=3, on_progress=hold)
+predict(load_bundle(bundle), [images], out, batch_size=3, progress=Counting(hold))
 """
 
 
@@ -286,7 +288,7 @@ def test_file_names_that_are_not_utf8_are_written_losslessly(network_bundle, dat
         shutil.copy(src, os.path.join(os.fsencode(root), name))
     out = tmp_path / "p.csv"
     with pytest.raises(_Killed):  # the kill leaves a partial file holding a name that is not UTF-8
-        predict(bundle, [root], out, batch_size=2, on_progress=_kill_after(2))
+        predict(bundle, [root], out, batch_size=2, progress=Counting(_kill_after(2)))
     s = predict(bundle, [root], out, batch_size=2)
     assert s.resumed == 2 and s.predicted == 2 and not s.skipped
     with open(out, newline="", encoding="utf-8", errors="surrogateescape") as f:
@@ -307,7 +309,7 @@ def test_out_that_cannot_be_a_csv_is_refused_before_any_work(network_bundle, ima
     (tmp_path / "file").write_text("")
     for out, message in [(tmp_path, "--out is a folder"), (tmp_path / "file" / "p.csv", "cannot create")]:
         with pytest.raises(DataError, match=message) as e:
-            predict(bundle, [images], out, on_progress=lambda done, total: calls.append(done))
+            predict(bundle, [images], out, progress=Counting(lambda done, total: calls.append(done)))
         assert str(e.value).startswith(str(out))
     assert not calls  # nothing was predicted
     res = runner.invoke(app, ["predict", str(network_bundle), str(images), "--out", str(tmp_path)])

@@ -22,6 +22,7 @@ from leukoscope.data.images import load_rgb
 from leukoscope.data.manifest import Manifest, is_synthetic, protocol, warnings_for
 from leukoscope.errors import DataError, ImageError
 from leukoscope.geometry import foreground
+from leukoscope.progress import SILENT, Progress
 from leukoscope.reports.html import image_to_data_uri, save_figure, write_report
 
 #: Samples shown per class in the grid, and the thumbnail side kept for them.
@@ -76,12 +77,13 @@ def _cell_pixels(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rgb, rgb_to_hsv(rgb / 255.0)
 
 
-def _gather(m: Manifest, labels: list[str], on_image: Callable[[], None] | None,
-            on_skip: Callable[[str, str], None] | None) -> _Stats:
+def _gather(m: Manifest, labels: list[str], on_skip: Callable[[str, str], None] | None,
+            progress: Progress) -> _Stats:
     from PIL import Image
 
     st = _Stats()
     grid = _grid_rows(labels, GRID_PER_CLASS)
+    advance = progress.task("decoding", len(m))
     for i, p in enumerate(m["path"]):
         try:
             img = load_rgb(p)
@@ -101,8 +103,8 @@ def _gather(m: Manifest, labels: list[str], on_image: Callable[[], None] | None,
                 im = Image.fromarray(img)
                 im.thumbnail((THUMB, THUMB))
                 st.thumbs[i] = np.asarray(im)
-        if on_image:
-            on_image()
+        advance(1)
+    progress.done("decoding")
     return st
 
 
@@ -241,12 +243,12 @@ def _summary(m: Manifest, labels: list[str], names: list[str], t: pd.DataFrame) 
     return out
 
 
-def eda_report(m: Manifest, out: Path, on_image: Callable[[], None] | None = None,
-               on_skip: Callable[[str, str], None] | None = None) -> Path:
+def eda_report(m: Manifest, out: Path, on_skip: Callable[[str, str], None] | None = None, *,
+               progress: Progress = SILENT) -> Path:
     """Write ``out/report.html`` and its PNG figures for manifest ``m``; returns the report path.
 
-    ``on_image`` is called once per image (for a progress bar), ``on_skip(path, reason)`` once per
-    unreadable image (they are also listed in the report).
+    ``on_skip(path, reason)`` is called once per unreadable image (they are also listed in the
+    report); ``progress`` counts the images as they are decoded.
     """
     if len(m) == 0:
         raise DataError("the data set has no images to report on")
@@ -255,7 +257,7 @@ def eda_report(m: Manifest, out: Path, on_image: Callable[[], None] | None = Non
     labels = _labels(m)
     names = sorted(set(labels))
     colours = _colours(names)
-    st = _gather(m, labels, on_image, on_skip)
+    st = _gather(m, labels, on_skip, progress)
     t = st.table()
     if t.empty:
         raise DataError(f"none of the {len(m)} images could be decoded (e.g. {st.unreadable[0]['path']})")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from leukoscope.bundle import Bundle, load_bundle
 from leukoscope.data.images import load_rgb
 from leukoscope.errors import BundleError, ImageError
 from leukoscope.io import atomic_path, write_csv_atomic
+from leukoscope.progress import SILENT, Progress
+from leukoscope.registry import Registry
 
 TOP_FEATURES = 15
 HEAT_ALPHA = 0.45
@@ -165,53 +168,100 @@ def _save_png(img: np.ndarray, path: Path) -> None:
         Image.fromarray(img).save(tmp, format="PNG")
 
 
-def _explain_network(bundle: Bundle, image: np.ndarray, stem: Path) -> tuple[Path, str, float]:
-    heat, over = gradcam(bundle, image)
-    view = _network_view(image, _torch_bundle(bundle).config)
-    p = bundle.predict_proba([image])[0]
-    panel = np.hstack([view, over])
+@dataclass(frozen=True)
+class Explanation:
+    """Why one image got its call: a heat map over what the network saw, or the features that drove
+    a classical model (``feature_contributions``, strongest first)."""
+
+    view: np.ndarray | None = None
+    overlay: np.ndarray | None = None
+    features: pd.DataFrame | None = None
+
+
+#: (bundle, image, index of the class called, largest side worth explaining at) -> the explanation
+Explain = Callable[[Bundle, np.ndarray, int, int | None], Explanation]
+
+
+@dataclass(frozen=True)
+class Explainer:
+    """How a bundle family's calls are explained, and what the explanation is called (the web
+    page's model card says it)."""
+
+    title: str
+    explain: Explain
+
+
+#: Bundle family -> its explainer (``explain`` writes files from it, the web page shows it).
+EXPLAINERS: Registry[Explainer] = Registry("explanation")
+
+
+def explainer(family: str, title: str) -> Callable[[Explain], Explain]:
+    """Decorator registering ``fn`` as the explainer of bundle ``family``."""
+
+    def wrap(fn: Explain) -> Explain:
+        EXPLAINERS.add(family, Explainer(title, fn), fn.__module__)
+        return fn
+
+    return wrap
+
+
+@explainer("network", "Grad-CAM heat map")
+def _heat_map(bundle: Bundle, image: np.ndarray, call: int, max_side: int | None) -> Explanation:
+    """Grad-CAM of ``call``; an image larger than ``max_side`` is explained from a smaller copy (Grad-CAM
+    blends in float64 at the image's size: 1 GB, 10 s at 4000x4000)."""
+    if max_side is not None and max(image.shape[:2]) > max_side:
+        from PIL import Image
+
+        small = Image.fromarray(image)
+        small.thumbnail((max_side, max_side))
+        image = np.asarray(small)
+    _, over = gradcam(bundle, image, target=call)
+    return Explanation(view=_network_view(image, _torch_bundle(bundle).config), overlay=over)
+
+
+@explainer("classical", "feature contributions")
+def _contributions(bundle: Bundle, image: np.ndarray, call: int, max_side: int | None) -> Explanation:
+    """The features that pushed towards (or against) the call; every feature is measured at full size."""
+    return Explanation(features=feature_contributions(bundle, image))
+
+
+def _write(e: Explanation, stem: Path, title: str) -> Path:
+    """The explanation's PNG (and the contributions as CSV) next to ``stem``."""
+    if e.features is not None:
+        from leukoscope.reports.html import save_figure
+
+        write_csv_atomic(stem.with_name(stem.name + "_features.csv"), e.features)
+        out = stem.with_name(stem.name + "_features.png")
+        save_figure(contributions_figure(e.features, title), out)
+        return out
+    assert e.view is not None and e.overlay is not None
+    panel = np.hstack([e.view, e.overlay])
     if panel.shape[0] < 224:  # small crops: make the PNG legible
         scale = int(np.ceil(224 / panel.shape[0]))
         panel = np.kron(panel, np.ones((scale, scale, 1), np.uint8))
     out = stem.with_name(stem.name + "_gradcam.png")
     _save_png(panel, out)
-    return out, bundle.classes[int(p.argmax())], float(p.max())
-
-
-def _explain_classical(bundle: Bundle, image: np.ndarray, stem: Path) -> tuple[Path, str, float]:
-    from leukoscope.reports.html import save_figure
-
-    df = feature_contributions(bundle, image)
-    label, prob = df.attrs["predicted"], df.attrs["probability"]
-    csv_path = stem.with_name(stem.name + "_features.csv")
-    write_csv_atomic(csv_path, df)
-    out = stem.with_name(stem.name + "_features.png")
-    save_figure(contributions_figure(df, f"{stem.name}: called {label} (p = {prob:.3f})"), out)
-    return out, label, prob
-
-
-_EXPLAINERS: dict[str, Callable[[Bundle, np.ndarray, Path], tuple[Path, str, float]]] = {
-    "network": _explain_network,
-    "classical": _explain_classical,
-}
+    return out
 
 
 def explain(bundle: Bundle, paths: Iterable[str | Path], out_dir: Path | str,
-            on_skip: Callable[[str, str], None] | None = None) -> list[Path]:
+            on_skip: Callable[[str, str], None] | None = None, progress: Progress = SILENT) -> list[Path]:
     """Write one explanation PNG per readable image (plus CSVs for classical) and an index CSV.
 
     Unreadable images are skipped (reported through ``on_skip(path, reason)`` and the index).
     """
     from leukoscope.predict.local import iter_inputs
 
-    explainer = _EXPLAINERS.get(bundle.family)
-    if explainer is None:
+    how = EXPLAINERS.get(bundle.family)
+    if how is None:
         raise BundleError(f"{bundle.path}: no explanation for family {bundle.family!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written, rows = [], []
     used: set[str] = set()
-    for p in iter_inputs(paths):
+    images = list(iter_inputs(paths))
+    advance = progress.task("explaining", len(images))
+    for p in images:
         stem = _unique_stem(p, used)
         try:
             image = load_rgb(p)
@@ -221,11 +271,18 @@ def explain(bundle: Bundle, paths: Iterable[str | Path], out_dir: Path | str,
                          "skipped": reason})
             if on_skip:
                 on_skip(str(p), reason)
+            advance(1)
             continue
-        out, label, prob = explainer(bundle, image, out_dir / stem)
+        probs = bundle.predict_proba([image])[0]
+        call = int(probs.argmax())
+        label, prob = bundle.classes[call], float(probs[call])
+        out = _write(how.explain(bundle, image, call, None), out_dir / stem,
+                     f"{stem}: called {label} (p = {prob:.3f})")
         written.append(out)
         rows.append({"path": str(p), "explanation": out.name, "predicted": label,
                      "probability": f"{prob:.6f}", "skipped": ""})
+        advance(1)
+    progress.done("explaining")
     _write_index(out_dir / INDEX_FILE, rows)
     return written
 

@@ -28,6 +28,7 @@ from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, Manifest, classes, lab
 from leukoscope.data.splits import kfold, split_protocol
 from leukoscope.features.cache import feature_matrix
 from leukoscope.io import write_csv_atomic, write_json_atomic, write_text_atomic
+from leukoscope.progress import SILENT, Progress
 
 #: metric key -> column title, in display order. Each gets ``_mean`` and ``_std`` columns.
 METRICS = {
@@ -232,27 +233,28 @@ def benchmark(m: Manifest, *, features: str = "handcrafted", k: int = 5,
               models: Sequence[str] | None = None, timeout: float | None = 300.0,
               jobs: int | None = None, seed: int = 0, cache: Path | None = None,
               feature_params: dict[str, Any] | None = None,
-              params: dict[str, dict[str, Any]] | None = None,
-              on_progress: Callable[[int, int], None] | None = None,
-              on_model: Callable[[str, dict], None] | None = None
+              params: dict[str, dict[str, Any]] | None = None, progress: Progress = SILENT
               ) -> tuple[Leaderboard, Manifest, np.ndarray]:
-    """Run the leaderboard on manifest ``m``; returns it with the rows and matrix it used."""
+    """Run the leaderboard on manifest ``m``; returns it with the rows and matrix it used.
+
+    ``progress`` has two tasks: the features (images), then the models as each one finishes.
+    """
     import os
 
     from leukoscope.models.registry import list_models
 
     names = list(models) if models else list_models(family="classical")
     kept, X, spec, skipped = feature_matrix(m, features, cache=cache, feature_params=feature_params,
-                                            on_progress=on_progress)
+                                            progress=progress)
     split = kfold(kept, k=k, seed=seed)
     class_names = classes(split)
     y = np.asarray(label_indices(split, class_names))
     built, errors = build_estimators(names, seed, params)
-    for name, res in errors.items():
-        if on_model:
-            on_model(name, res)
+    advance = progress.task("models", len(names))
+    advance(len(errors))
     results = run_models(built, X, y, split["fold"].to_numpy(), class_names, timeout=timeout,
-                         jobs=jobs or os.cpu_count() or 1, on_done=on_model)
+                         jobs=jobs or os.cpu_count() or 1, on_done=lambda name, res: advance(1))
+    progress.done("models")
     proto = split_protocol(split)
     data = ", ".join(sorted(set(split["dataset"]))) if "dataset" in split else ""
     lb = Leaderboard(table=_table(results | errors, proto), protocol=proto, classes=class_names,

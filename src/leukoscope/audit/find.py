@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -13,6 +12,7 @@ from leukoscope.audit.search import cosine_pairs, nearest
 from leukoscope.audit.signatures import Signature, signatures, verify
 from leukoscope.data.manifest import Manifest
 from leukoscope.errors import ConfigError
+from leukoscope.progress import SILENT, Progress
 
 if TYPE_CHECKING:
     from leukoscope.data.splits import Split
@@ -62,7 +62,7 @@ def _embedding_pairs(embeddings: pd.DataFrame, labels: list[Any], rows: list[int
 def audit(m: Manifest, split: Split | None = None, *, threshold: float = THRESHOLD,
           neighbours: int = 3, embeddings: pd.DataFrame | None = None,
           embed_threshold: float = EMBED_THRESHOLD, n_jobs: int = -1,
-          on_image: Callable[[], None] | None = None) -> AuditResult:
+          progress: Progress = SILENT) -> AuditResult:
     """Find exact and near duplicates in ``m``; sides come from ``split`` or the source splits.
 
     ``threshold`` is the minimum detail correlation of a near pair; each image's ``neighbours``
@@ -77,12 +77,14 @@ def audit(m: Manifest, split: Split | None = None, *, threshold: float = THRESHO
     sigs: list[Signature] = []
     keep: list[int] = []
     skipped: list[tuple[str, str]] = []
-    for i, (p, sig) in enumerate(zip(m["path"], signatures(list(m["path"]), n_jobs, on_image), strict=True)):
+    advance = progress.task("hashing", len(m))
+    for i, (p, sig) in enumerate(zip(m["path"], signatures(list(m["path"]), n_jobs, advance), strict=True)):
         if isinstance(sig, str):
             skipped.append((p, sig))
         else:
             sigs.append(sig)
             keep.append(i)
+    progress.done("hashing")
     out = m.iloc[keep].reset_index(drop=True).copy()
     sides, sides_from = _sides(out, split)
     out["side"] = pd.Series(sides, dtype=object)

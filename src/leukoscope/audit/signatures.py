@@ -11,7 +11,7 @@ apart; matching detail can, and stays high under JPEG and light crops.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +23,7 @@ from scipy.ndimage import binary_dilation, gaussian_filter
 from leukoscope.data.images import load_rgb
 from leukoscope.errors import ImageError
 from leukoscope.geometry import dihedral, foreground
+from leukoscope.progress import Advance
 
 _LOW = 32  # side of the grayscale image the DCT signature is computed on
 _COEFFS = 8  # the signature keeps the top-left 8x8 DCT coefficients minus DC, as pHash does
@@ -159,8 +160,7 @@ def _chunk_signatures(paths: list[str]) -> list[Signature | str]:
     return [_signature_or_reason(p) for p in paths]
 
 
-def signatures(paths: list[str], n_jobs: int,
-               on_image: Callable[[], None] | None = None) -> Iterator[Signature | str]:
+def signatures(paths: list[str], n_jobs: int, advance: Advance) -> Iterator[Signature | str]:
     """Signature (or the reason it failed) of each path, in order; worker processes for many."""
     from joblib import Parallel, delayed, effective_n_jobs
 
@@ -168,8 +168,7 @@ def signatures(paths: list[str], n_jobs: int,
     if workers == 1 or len(paths) < _MIN_PARALLEL:
         for p in paths:
             yield _signature_or_reason(p)
-            if on_image:
-                on_image()
+            advance(1)
         return
     size = int(np.clip(len(paths) // (workers * 8), 4, 64))
     chunks = [paths[i:i + size] for i in range(0, len(paths), size)]
@@ -177,5 +176,4 @@ def signatures(paths: list[str], n_jobs: int,
     for part in Parallel(n_jobs=workers, return_as="generator")(tasks):
         for sig in part:
             yield sig
-            if on_image:
-                on_image()
+            advance(1)

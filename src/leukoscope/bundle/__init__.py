@@ -8,11 +8,13 @@ callers need are re-exported here; the families and runtimes are imported only w
 theirs is loaded (torch, skops and onnxruntime stay out of ``import leukoscope.bundle``).
 """
 
-from leukoscope.bundle.base import Bundle, ImageLike, bundle_family, family_class, load_bundle
+from leukoscope.bundle.base import Bundle, ImageLike, bundle_family, bundle_runtime, family_class, load_bundle
 from leukoscope.bundle.card import model_card
 from leukoscope.bundle.format import (
     CARD,
     CONFIG,
+    EXPORTS,
+    FAMILIES,
     FORMAT_VERSION,
     HISTORY,
     INPUT_SIZES,
@@ -38,8 +40,9 @@ from leukoscope.bundle.writing import (
 )
 
 __all__ = [
-    "CARD", "CONFIG", "FORMAT_VERSION", "HISTORY", "INPUT_SIZES", "METRICS", "ONNX", "ONNX_INT8", "RUNTIMES",
-    "SAFETENSORS", "SKOPS", "SPLIT", "TEMPERATURES", "Bundle", "Finding", "ImageLike", "bundle_family",
-    "check_config", "family_class", "finish_bundle", "honour_umask", "library_versions", "load_bundle",
-    "model_card", "one_line", "read_config", "verify", "write_json", "writing_bundle",
+    "CARD", "CONFIG", "EXPORTS", "FAMILIES", "FORMAT_VERSION", "HISTORY", "INPUT_SIZES", "METRICS", "ONNX",
+    "ONNX_INT8", "RUNTIMES", "SAFETENSORS", "SKOPS", "SPLIT", "TEMPERATURES", "Bundle", "Finding",
+    "ImageLike", "bundle_family", "bundle_runtime", "check_config", "family_class", "finish_bundle",
+    "honour_umask", "library_versions", "load_bundle", "model_card", "one_line", "read_config", "verify",
+    "write_json", "writing_bundle",
 ]

@@ -1,27 +1,27 @@
 """``Bundle``, the one interface of every trained model, and ``load_bundle``.
 
-Families register a ``Bundle`` subclass with ``@bundle_family(name)`` (and one line in
-``format._FAMILY_CLASSES``); the subclass only turns images into uncalibrated scores (``logits``).
+Families register a ``Bundle`` subclass with ``@bundle_family(name)`` (declared in
+``format.FAMILIES``); the subclass only turns images into uncalibrated scores (``logits``).
 Temperature scaling and the probability contract live here, so evaluate / predict / explain /
 serve never branch on the family.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import pandas as pd
 
 from leukoscope.bundle.format import (
-    _FAMILY_CLASSES,
-    _RUNTIMES,
+    EXPORT_FILES,
+    EXPORTS,
+    FAMILIES,
     HISTORY,
     METRICS,
     RUNTIMES,
@@ -109,25 +109,18 @@ def decode(images: Sequence[ImageLike]) -> Sequence[np.ndarray]:
 
 
 def bundle_family(name: str) -> Callable[[type[Bundle]], type[Bundle]]:
-    """Class decorator checking that a family class is the one ``load_bundle`` will import."""
-
-    def wrap(cls: type[Bundle]) -> type[Bundle]:
-        target = f"{cls.__module__}:{cls.__qualname__}"
-        if _FAMILY_CLASSES.get(name) != target:
-            raise ValueError(f"bundle family {name!r} must be declared in _FAMILY_CLASSES")
-        return cls
-
-    return wrap
+    """Class decorator registering the ``Bundle`` subclass that loads family ``name``."""
+    return FAMILIES.register(name)
 
 
-def _import(target: str) -> Any:
-    module, name = target.split(":")
-    return getattr(importlib.import_module(module), name)
+def bundle_runtime(name: str) -> Callable[[type[Bundle]], type[Bundle]]:
+    """Class decorator registering the ``Bundle`` subclass that runs export runtime ``name``."""
+    return EXPORTS.register(name)
 
 
 def family_class(family: str) -> type[Bundle]:
-    """The ``Bundle`` subclass of a family named in ``format._FAMILY_CLASSES`` (imported on first use)."""
-    return _import(_FAMILY_CLASSES[family])
+    """The ``Bundle`` subclass of a family declared in ``format.FAMILIES`` (imported on first use)."""
+    return cast(type[Bundle], FAMILIES[family])
 
 
 def load_bundle(path: Path | str, runtime: str = "auto") -> Bundle:
@@ -141,12 +134,11 @@ def load_bundle(path: Path | str, runtime: str = "auto") -> Bundle:
     if runtime not in RUNTIMES:
         raise BundleError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
     if runtime == "auto":
-        onnx_cls = _import(_RUNTIMES["onnx"][0])
+        onnx_cls: Any = EXPORTS["onnx"]
         runtime = "onnx" if config["family"] == "network" and onnx_cls.available(path, config) else "torch"
-    if runtime in _RUNTIMES:
+    if runtime in EXPORTS:
         if config["family"] != "network":
             raise BundleError(f"{path}: runtime {runtime!r} is for network bundles; this one is "
                               f"{config['family']}")
-        target, model_file = _RUNTIMES[runtime]
-        return _import(target).load(path, config, model_file)
+        return cast(Any, EXPORTS[runtime]).load(path, config, EXPORT_FILES[runtime])
     return family_class(config["family"]).load(path, config)

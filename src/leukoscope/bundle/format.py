@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from leukoscope.errors import BundleError
+from leukoscope.registry import Registry
 
 CONFIG = "config.json"
 METRICS = "metrics.json"
@@ -43,19 +44,18 @@ ONNX_INT8 = "model.int8.onnx"
 #: The version of this layout that new bundles carry as ``format_version``; 0 is a bundle without it.
 FORMAT_VERSION = 1
 
-#: family name -> "module:Class"; imported only when a bundle of that family is loaded. A family's
-#: class declares itself with ``@bundle_family(name)``; a new family is one line here.
-_FAMILY_CLASSES: dict[str, str] = {
-    "classical": "leukoscope.bundle.classical:ClassicalBundle",
-    "network": "leukoscope.bundle.network:NetworkBundle",
-    "patient": "leukoscope.bundle.patient:PatientBundle",
-}
-#: runtime -> ("module:Class", model file) for network bundles exported with ``leukoscope export``.
-_RUNTIMES: dict[str, tuple[str, str]] = {
-    "onnx": ("leukoscope.bundle.onnx:OnnxBundle", ONNX),
-    "onnx-int8": ("leukoscope.bundle.onnx:OnnxBundle", ONNX_INT8),
-}
-RUNTIMES = ("auto", "torch", *_RUNTIMES)
+#: Every family: the ``Bundle`` subclass that loads it, declared by module (imported only when a
+#: bundle of that family is loaded, so checking a config imports neither torch nor skops). The
+#: class registers itself with ``@bundle_family(name)``; a new family is one line here.
+FAMILIES: Registry[type] = Registry("bundle family", {"classical": "leukoscope.bundle.classical",
+                                                      "network": "leukoscope.bundle.network",
+                                                      "patient": "leukoscope.bundle.patient"})
+#: Runtimes of a network bundle exported with ``leukoscope export``, and the model file each runs:
+#: the class registers itself with ``@bundle_runtime(name)`` (imported only when asked for).
+EXPORTS: Registry[type] = Registry("runtime", {"onnx": "leukoscope.bundle.onnx",
+                                               "onnx-int8": "leukoscope.bundle.onnx"})
+EXPORT_FILES = {"onnx": ONNX, "onnx-int8": ONNX_INT8}
+RUNTIMES = ("auto", "torch", *EXPORTS.names())
 #: Input side in pixels a network bundle (or deep features) may ask for: 1024 px is already 12 MB of
 #: float32 per image; 20000 px would be 4.8 GB and get the process killed for memory.
 INPUT_SIZES = (16, 1024)
@@ -141,8 +141,8 @@ def check_config(config: Any, cfg: Path) -> dict[str, Any]:
             raise BundleError(f"{cfg}: missing key {key!r}")
     format_version(config, cfg)
     family, classes = config["family"], config["classes"]
-    need(isinstance(family, str) and family in _FAMILY_CLASSES, "family",
-         f"one of {', '.join(_FAMILY_CLASSES)}", family)
+    need(isinstance(family, str) and family in FAMILIES, "family",
+         f"one of {', '.join(FAMILIES.names())}", family)
     need(isinstance(classes, list) and len(classes) >= 2
          and all(isinstance(c, str) and c.strip() for c in classes) and len(set(classes)) == len(classes),
          "classes", "a list of two or more unique, non-empty names", classes)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from leukoscope.bundle.base import Bundle
+from leukoscope.bundle.base import Bundle, bundle_runtime
 from leukoscope.bundle.format import CONFIG, ONNX, ONNX_INT8, SAFETENSORS, one_line
 from leukoscope.data.images import file_digest
 from leukoscope.errors import BundleError
@@ -23,6 +23,8 @@ from leukoscope.models.onnx import INPUT, OUTPUT, ort_session
 from leukoscope.models.preprocess import prepare
 
 
+@bundle_runtime("onnx")
+@bundle_runtime("onnx-int8")
 class OnnxBundle(Bundle):
     """A network bundle run by ONNX Runtime (fp32 or int8) instead of PyTorch."""
 

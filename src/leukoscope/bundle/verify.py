@@ -20,9 +20,8 @@ from leukoscope.bundle.base import family_class, load_bundle
 from leukoscope.bundle.format import (
     CARD,
     CONFIG,
+    EXPORT_FILES,
     METRICS,
-    ONNX,
-    ONNX_INT8,
     check_config,
     format_version,
     one_line,
@@ -32,7 +31,6 @@ from leukoscope.errors import LeukoscopeError
 
 #: Synthetic cells of the smoke prediction: how many, and their side in pixels.
 SMOKE_IMAGES, SMOKE_SIZE = 2, 64
-_ONNX_RUNTIMES = {ONNX: "onnx", ONNX_INT8: "onnx-int8"}
 
 
 @dataclass(frozen=True)
@@ -54,7 +52,8 @@ def declared_files(config: dict[str, Any]) -> list[str]:
 
 def runtimes(config: dict[str, Any]) -> list[str]:
     """The ``load_bundle`` runtimes a valid ``config`` declares: its family's own, then its exports."""
-    exports = [_ONNX_RUNTIMES.get(f, "") for f in declared_files(config)]
+    by_file = {f: r for r, f in EXPORT_FILES.items()}
+    exports = [by_file.get(f, "") for f in declared_files(config)]
     return ["torch", *[r for r in exports if r]]
 
 

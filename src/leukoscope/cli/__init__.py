@@ -1,7 +1,8 @@
 """The ``leukoscope`` command: one module per verb, each a thin layer over the library.
 
-Every verb module registers its commands on ``app`` (from ``leukoscope.cli.app``) when imported;
-importing them here builds the whole command. Heavy libraries are imported inside commands.
+Every verb module registers its commands on ``app`` or ``data_app`` (from ``leukoscope.cli.app``)
+when imported; importing them here builds the whole command, and ``app.PANELS`` orders the verbs
+for ``--help``. Heavy libraries are imported inside commands.
 """
 
 from leukoscope.cli import audit as _audit  # noqa: F401

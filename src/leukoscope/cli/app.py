@@ -1,4 +1,11 @@
-"""The Typer application, its console and the error boundary shared by every command."""
+"""The Typer application, how its help reads, its console and the error boundary of every command.
+
+``leukoscope --help`` lists the verbs in workflow order, grouped in panels (``PANELS``); every
+option shows its default, flags show no ``<bool>`` type, and option help may name a registry's
+choices as ``{layouts}``, ``{feature_kinds}``, ... (``cli.options.CHOICES``), filled in only when
+that command's help is shown, so no command pays for them and ``--help`` imports no model library.
+Every command runs behind ``guarded``: a ``LeukoscopeError`` is one red line and exit 1.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +13,117 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
+from leukoscope import __version__
 from leukoscope.errors import LeukoscopeError
 
-app = typer.Typer(
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: The top-level help panels, each with its verbs in the order a project uses them.
+PANELS: dict[str, tuple[str, ...]] = {
+    "Data": ("data",),
+    "Classical": ("benchmark", "tune"),
+    "Networks": ("train", "export"),
+    "Use a model": ("evaluate", "predict", "report", "explain", "serve", "verify"),
+}
+#: ``leukoscope data``'s panels.
+DATA_PANELS: dict[str, tuple[str, ...]] = {
+    "Look": ("describe", "eda", "audit"),
+    "Prepare": ("split", "features", "synth"),
+}
+
+
+def _prepare_help(cmd: TyperCommand | TyperGroup, ctx: Any) -> None:
+    """Before a command's help is drawn: flags lose their ``<bool>`` type (Typer 0.29 gives every
+    flag one, ``--help`` included) and ``{choices}`` in option help are filled from the registries."""
+    from leukoscope.cli.options import fill_choices
+
+    for param in cmd.get_params(ctx):
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+        if isinstance(param, TyperOption | TyperArgument) and param.help and "{" in param.help:
+            param.help = fill_choices(param.help)
+
+
+class Command(TyperCommand):
+    """A leukoscope command (see the module docstring for how its help reads)."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:  # typer's vendored click types
+        _prepare_help(self, ctx)
+        super().format_help(ctx, formatter)
+
+
+class Group(TyperGroup):
+    """A group of verbs, listed by ``panels`` (panel title -> verbs, in order); others go last."""
+
+    panels: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        for panel, names in self.panels.items():
+            for name in names:
+                verb = self.commands.get(name)
+                if isinstance(verb, TyperCommand | TyperGroup):
+                    verb.rich_help_panel = panel
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        order = [name for names in self.panels.values() for name in names]
+        return sorted(super().list_commands(ctx), key=lambda n: order.index(n) if n in order else len(order))
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:  # typer's vendored click types
+        _prepare_help(self, ctx)
+        super().format_help(ctx, formatter)
+
+
+class App(typer.Typer):
+    """``typer.Typer`` whose verbs are listed by ``panels`` and whose commands are ``Command``, each
+    behind the error boundary (``guarded``)."""
+
+    def __init__(self, *, panels: dict[str, tuple[str, ...]], **kwargs: Any):
+        group = type("Group", (Group,), {"panels": panels})
+        super().__init__(cls=group, no_args_is_help=True, context_settings={"show_default": True}, **kwargs)
+
+    def command(self, name: str | None = None, **kwargs: Any) -> Callable[[F], F]:
+        register = super().command(name, cls=kwargs.pop("cls", Command), **kwargs)
+
+        def wrap(fn: F) -> F:
+            register(guarded(fn))
+            return fn
+
+        return wrap
+
+
+app = App(
     name="leukoscope",
     help="Classify single blood-cell images (ALL vs normal, or cell types), honestly evaluated.",
-    no_args_is_help=True,
+    panels=PANELS,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-data_app = typer.Typer(help="Inspect and split data sets.", no_args_is_help=True)
+data_app = App(help="Look at data sets, split them, extract their features.", panels=DATA_PANELS)
 app.add_typer(data_app, name="data")
+
+
+def _print_version(given: bool) -> None:
+    if given:
+        sys.stdout.write(f"leukoscope {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                       help="Print the version and exit.")) -> None:
+    """The options of ``leukoscope`` itself, before any verb."""
+
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def printable(text: str) -> str:
@@ -53,6 +149,19 @@ def guarded(fn: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def say(text: str) -> None:
+    """Print plain text (paths, reasons): markup escaped, long paths never broken across lines."""
+    console.print(escape(printable(text)), soft_wrap=True)
+
+
+def print_skipped(skipped: list[tuple[str, str]]) -> None:
+    """List the images of a data set a batch command could not use."""
+    if skipped:
+        console.print(f"[yellow]skipped {len(skipped)} unreadable image(s):[/]")
+        for path, reason in skipped:
+            say(f"  {path}: {reason}")
 
 
 def print_json(data: Any) -> None:

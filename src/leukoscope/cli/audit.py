@@ -9,20 +9,20 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from leukoscope.cli.app import console, data_app, guarded
-from leukoscope.cli.data import LayoutOpt, Paths, progress
+from leukoscope.cli.app import console, data_app, say
+from leukoscope.cli.options import LayoutOpt, Paths
+from leukoscope.cli.progress import shown
 
 #: The library's defaults (``leukoscope.audit``), repeated so ``--help`` stays instant.
 THRESHOLD, EMBED_THRESHOLD = 0.85, 0.97
 
 
 @data_app.command("audit")
-@guarded
 def audit_cmd(
     paths: Paths,
     out: Annotated[Path, typer.Option("--out", help="Folder for audit.json and audit.html.")],
-    split: Annotated[Path | None, typer.Option("--split", help="A split CSV (side or fold column); "
-                                               "default: the data set's own train / test.")] = None,
+    split: Annotated[Path | None, typer.Option("--split", help="A split CSV (side or fold column).",
+                                               show_default="the data set's own train / test")] = None,
     layout: LayoutOpt = None,
     threshold: Annotated[float, typer.Option(help="Minimum detail correlation (0-1) of a near "
                                              "duplicate.")] = THRESHOLD,
@@ -40,17 +40,14 @@ def audit_cmd(
 
     m = read(paths, layout)
     s = read_split(split) if split is not None else None
-    with progress() as bar:
+    with shown() as bars:
         vectors = None
         if embeddings:  # unreadable images are left out here and listed by the audit
             from leukoscope.features import extract
 
-            embed = bar.add_task("embedding", total=None)
-            vectors, _ = extract(m, "deep", on_progress=lambda done, total: bar.update(
-                embed, completed=done, total=total))
-        task = bar.add_task("hashing", total=len(m))
+            vectors, _ = extract(m, "deep", progress=bars)
         result = audit(m, s, threshold=threshold, embeddings=vectors, embed_threshold=embed_threshold,
-                       on_image=lambda: bar.advance(task))
+                       progress=bars)
     json_path, html_path = write_audit(result, out)
     info = result.summary()
     table = Table(title=f"audit of {info['images']} images")
@@ -69,7 +66,7 @@ def audit_cmd(
     console.print(table)
     for path, reason in result.skipped:
         console.print(f"[yellow]skipped[/] {escape(f'{path}: {reason}')}", soft_wrap=True)
-    console.print(escape(f"wrote {json_path} and {html_path}"), soft_wrap=True)
+    say(f"wrote {json_path} and {html_path}")
     if fail_on_leak and info["leaking_clusters"]:
         raise LeakageError(f"{info['leaking_clusters']} duplicate cluster(s) straddle the sides of "
                            f"{info['sides_from']}; see {html_path}")

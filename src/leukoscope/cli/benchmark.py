@@ -9,29 +9,30 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from leukoscope.cli.app import app, console, guarded
-from leukoscope.cli.data import LayoutOpt, Paths, progress
-from leukoscope.cli.features import KindOpt, print_skipped
+from leukoscope.cli.app import app, console, print_skipped, say
+from leukoscope.cli.options import KindOpt, LayoutOpt, Paths
+from leukoscope.cli.progress import shown
 
 
 @app.command("benchmark")
-@guarded
 def benchmark_cmd(
     paths: Paths,
     out: Annotated[Path, typer.Option("--out", help="Folder for leaderboard.csv / .md / .html.")],
     features: KindOpt = "handcrafted",
     cv: Annotated[int, typer.Option("--cv", help="Number of folds (capped by the groups).")] = 5,
     models: Annotated[str | None, typer.Option(
-        "--models", help="Comma-separated model names or globs (default: every classical model).")] = None,
+        "--models", help="Comma-separated names or globs of classical models: {classical_models}.",
+        show_default="all")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds allowed per model (its whole CV).")] = 300.0,
-    jobs: Annotated[int | None, typer.Option(help="Models run side by side (default: cores).")] = None,
+    jobs: Annotated[int | None, typer.Option(help="Models run side by side.", show_default="one per core")
+                    ] = None,
     save_best: Annotated[Path | None, typer.Option(
         "--save-best", help="Refit the winner on a grouped train side, calibrate on val, "
-        "write a bundle here.")] = None,
+        "write a bundle here.", show_default="no bundle")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (folds and models).")] = 0,
     config: Annotated[Path | None, typer.Option(
         "--config", help="A tuned configuration (leukoscope tune's best.yaml): that model, its parameters "
-        "and its feature kind.")] = None,
+        "and its feature kind.", show_default="none")] = None,
     layout: LayoutOpt = None,
 ) -> None:
     """Every classical model on cached features: grouped k-fold CV, sorted by balanced accuracy."""
@@ -60,19 +61,9 @@ def benchmark_cmd(
                                   f"{', '.join(list_models(family='classical'))}")
             names += [n for n in found if n not in names]
     m = read(paths, layout)
-    n_models = len(names or list_models(family="classical"))
-    finished: list[str] = []
-    with progress() as bar:
-        task = bar.add_task(f"{features} features", total=len(m))
-
-        def model_done(name: str, res: dict) -> None:
-            finished.append(name)
-            bar.update(task, description=f"models ({name} done)", completed=len(finished), total=n_models)
-
-        lb, split, X = benchmark(
-            m, features=features, k=cv, models=names, timeout=timeout, jobs=jobs, seed=seed, params=params,
-            on_progress=lambda done, total: bar.update(task, completed=done, total=total),
-            on_model=model_done)
+    with shown() as bars:
+        lb, split, X = benchmark(m, features=features, k=cv, models=names, timeout=timeout, jobs=jobs,
+                                 seed=seed, params=params, progress=bars)
     written = write_leaderboard(lb, out)
     table = Table(title=f"leaderboard: {lb.folds}-fold CV, {lb.protocol} ({lb.n_images} images, "
                         f"{lb.n_groups} groups; {lb.features['kind']} features)")
@@ -87,7 +78,7 @@ def benchmark_cmd(
     if lb.warning:
         console.print(f"[yellow]note:[/] {lb.warning}")
     print_skipped(lb.skipped)
-    console.print(escape(f"wrote {', '.join(str(p) for p in written.values())}"))
+    say(f"wrote {', '.join(str(p) for p in written.values())}")
     if save_best:
         bundle = save_best_bundle(lb, split, X, save_best)
-        console.print(escape(f"saved {lb.best} as a bundle in {bundle}"))
+        say(f"saved {lb.best} as a bundle in {bundle}")

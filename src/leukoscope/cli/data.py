@@ -1,4 +1,4 @@
-"""``leukoscope data describe | split``."""
+"""``leukoscope data describe | split | synth``."""
 
 from __future__ import annotations
 
@@ -8,39 +8,18 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from leukoscope.cli.app import console, data_app, guarded, print_json
-
-Paths = Annotated[list[Path], typer.Argument(help="Data set folders or CSV manifests.")]
-LayoutOpt = Annotated[
-    str | None, typer.Option("--layout", help="Force a layout: cnmc, cohort, class-folders, "
-                             "label-in-name, csv (default: detected).")]
-SubjectsOpt = Annotated[
-    Path | None, typer.Option("--subjects", help="Patient table (CSV), one row per patient: reads each "
-                              "input as a cohort whose patient folders are named by its ids (README).")]
-SubjectIdOpt = Annotated[
-    str | None, typer.Option("--subject-id", help="Column of --subjects holding the patient id "
-                             "(default: its first column).")]
-DiagnosisOpt = Annotated[
-    str, typer.Option("--diagnosis", help="Column of --subjects holding the patient-level label.")]
-
-
-def progress() -> Progress:
-    """The progress bar every long command shows (with ETA), on stderr."""
-    from leukoscope.cli.app import err_console
-
-    return Progress(TextColumn("{task.description}"), BarColumn(),
-                    TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
-                    console=err_console, transient=True)
+from leukoscope.cli.app import console, data_app, print_json, say
+from leukoscope.cli.options import DiagnosisOpt, LayoutOpt, Paths, SubjectIdOpt, SubjectsOpt
+from leukoscope.cli.progress import bar_display as progress  # noqa: F401 - cli/train.py, cli/evaluate.py
+from leukoscope.cli.progress import shown
 
 
 @data_app.command("describe")
-@guarded
 def describe_cmd(paths: Paths, layout: LayoutOpt = None, subjects: SubjectsOpt = None,
                  subject_id: SubjectIdOpt = None, diagnosis: DiagnosisOpt = "diagnosis",
-                 as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
+                 as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not tables.")] = False
                  ) -> None:
     """Images per class, subjects per class, per source split; sizes, modes, unreadable files.
 
@@ -56,9 +35,8 @@ def describe_cmd(paths: Paths, layout: LayoutOpt = None, subjects: SubjectsOpt =
         raise ConfigError("--subject-id and --diagnosis name columns of --subjects FILE; give it too")
     patients = load_subjects(subjects, subject_id, diagnosis) if subjects is not None else None
     m, cohorts = read_with_cohorts(paths, layout, patients)
-    with progress() as bar:
-        task = bar.add_task("decoding", total=len(m))
-        info = describe(m, on_image=lambda: bar.advance(task), cohorts=cohorts)
+    with shown() as bars:
+        info = describe(m, cohorts, progress=bars)
     if as_json:
         print_json(info)
         return
@@ -79,7 +57,7 @@ def describe_cmd(paths: Paths, layout: LayoutOpt = None, subjects: SubjectsOpt =
     if info["unreadable"]:
         console.print(f"[yellow]{len(info['unreadable'])} unreadable file(s):[/]")
         for u in info["unreadable"]:
-            console.print(escape(f"  {u['path']}: {u['reason']}"))
+            say(f"  {u['path']}: {u['reason']}")
 
 
 def _print_cohort(c: dict) -> None:
@@ -102,12 +80,12 @@ def _print_cohort(c: dict) -> None:
 
 
 @data_app.command("split")
-@guarded
 def split_cmd(
     paths: Paths,
     out: Annotated[Path, typer.Option("--out", help="Where to write the split CSV.")],
     layout: LayoutOpt = None,
-    k: Annotated[int | None, typer.Option("--k", help="k-fold instead of train/val/test.")] = None,
+    k: Annotated[int | None, typer.Option("--k", help="k-fold instead of train/val/test.",
+                                          show_default="train/val/test")] = None,
     val: Annotated[float, typer.Option(help="Validation fraction.")] = 0.15,
     test: Annotated[float, typer.Option(help="Test fraction.")] = 0.15,
     official: Annotated[bool, typer.Option("--official", help="C-NMC official protocol: "
@@ -131,9 +109,8 @@ def split_cmd(
     if dedupe:
         from leukoscope.audit import dedupe_groups
 
-        with progress() as bar:
-            task = bar.add_task("auditing", total=len(m))
-            m, merged = dedupe_groups(m, on_image=lambda: bar.advance(task))
+        with shown() as bars:
+            m, merged = dedupe_groups(m, progress=bars)
     if official:
         s = official_cnmc(m, val=val, seed=seed)
     elif k is not None:
@@ -157,7 +134,6 @@ def split_cmd(
 
 
 @data_app.command("synth")
-@guarded
 def synth_cmd(
     out: Annotated[Path, typer.Argument(help="Folder to create (class sub-folders).")],
     subjects: Annotated[int, typer.Option(help="Number of synthetic subjects.")] = 12,

@@ -1,4 +1,4 @@
-"""``leukoscope eda``: the exploratory data report."""
+"""``leukoscope data eda``: the exploratory data report."""
 
 from __future__ import annotations
 
@@ -6,14 +6,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from leukoscope.cli.app import app, console, guarded
-from leukoscope.cli.data import LayoutOpt, Paths, progress
+from leukoscope.cli.app import data_app, print_skipped, say
+from leukoscope.cli.options import LayoutOpt, Paths
+from leukoscope.cli.progress import shown
 
 
-@app.command("eda")
-@guarded
+@data_app.command("eda")
 def eda_cmd(
     paths: Paths,
     out: Annotated[Path, typer.Option("--out", help="Folder for report.html and the PNG figures.")],
@@ -25,12 +24,7 @@ def eda_cmd(
 
     m = read(paths, layout)
     skipped: list[tuple[str, str]] = []
-    with progress() as bar:
-        task = bar.add_task("decoding", total=len(m))
-        report = eda_report(m, out, on_image=lambda: bar.advance(task),
-                            on_skip=lambda p, why: skipped.append((p, why)))
-    if skipped:
-        console.print(f"[yellow]skipped {len(skipped)} unreadable image(s):[/]")
-        for p, why in skipped:
-            console.print(escape(f"  {p}: {why}"))
-    console.print(escape(f"wrote {report} (and its PNG figures in {out})"))
+    with shown() as bars:
+        report = eda_report(m, out, lambda p, why: skipped.append((p, why)), progress=bars)
+    print_skipped(skipped)
+    say(f"wrote {report} (and its PNG figures in {out})")

@@ -7,15 +7,15 @@ from typing import Annotated
 
 import typer
 
-from leukoscope.cli.app import app, console, guarded
-from leukoscope.cli.use import BundleArg, say
+from leukoscope.cli.app import app, console, say
+from leukoscope.cli.options import BundleArg, ImagesArg
+from leukoscope.cli.progress import shown
 
 
 @app.command("explain")
-@guarded
 def explain_cmd(
     bundle: BundleArg,
-    images: Annotated[list[str], typer.Argument(help="Image files, folders or quoted globs.")],
+    images: ImagesArg,
     out: Annotated[Path, typer.Option("--out", help="Folder for the PNGs (and CSVs) and explanations.csv.")],
 ) -> None:
     """Why each call was made: Grad-CAM heat maps, or the features that drove a classical model."""
@@ -23,7 +23,9 @@ def explain_cmd(
     from leukoscope.explain import INDEX_FILE, explain
 
     skipped: list[tuple[str, str]] = []
-    written = explain(load_bundle(bundle), images, out, on_skip=lambda p, r: skipped.append((p, r)))
+    with shown() as bars:
+        written = explain(load_bundle(bundle), images, out, lambda p, r: skipped.append((p, r)),
+                          progress=bars)
     say(f"wrote {len(written)} explanation(s) to {out} (index: {Path(out) / INDEX_FILE})")
     if skipped:
         console.print(f"[yellow]{len(skipped)} unreadable file(s) skipped:[/]")

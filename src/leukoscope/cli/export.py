@@ -6,20 +6,20 @@ from typing import Annotated
 
 import typer
 
-from leukoscope.cli.app import app, guarded
-from leukoscope.cli.use import BundleArg, say
+from leukoscope.cli.app import app, say
+from leukoscope.cli.options import BundleArg
 from leukoscope.errors import ConfigError
 
 
 @app.command("export")
-@guarded
 def export_cmd(
     bundle: BundleArg,
     onnx: Annotated[bool, typer.Option("--onnx", help="Write model.onnx (fp32, dynamic batch).")] = False,
     int8: Annotated[bool, typer.Option("--int8", help="Also model.int8.onnx: static QDQ quantisation "
                                        "calibrated on the bundle's train/val images.")] = False,
     calibration: Annotated[list[str] | None, typer.Option(
-        "--calibration", help="Images for int8 calibration instead of the bundle's split.")] = None,
+        "--calibration", help="Images for int8 calibration (repeatable: files, folders, globs).",
+        show_default="the bundle's train/val images")] = None,
 ) -> None:
     """Export a network bundle to ONNX; predict, evaluate and serve then use ONNX Runtime."""
     from leukoscope.bundle.export import export_onnx

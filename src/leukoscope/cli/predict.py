@@ -8,33 +8,36 @@ from typing import Annotated
 
 import typer
 
-from leukoscope.cli.app import app, console, guarded
-from leukoscope.cli.data import progress
-from leukoscope.cli.use import BatchOpt, BundleArg, RuntimeOpt, TtaOpt, say
+from leukoscope.cli.app import app, console, say
+from leukoscope.cli.options import BatchOpt, BundleArg, ImagesArg, RuntimeOpt, TtaOpt
+from leukoscope.cli.progress import shown
 from leukoscope.errors import ConfigError, DataError
 
 #: Options only some engines take: flag -> keyword of the engine's predict function.
 ENGINE_FLAGS = {"--address": "address", "--num-cpus": "num_cpus", "--csv": "write_csv",
                 "--restart": "restart"}
+#: The help panel of the ``--engine ray`` options.
+RAY = "Ray engine"
 
 
 @app.command("predict")
-@guarded
 def predict_cmd(
     bundle: BundleArg,
-    inputs: Annotated[list[str], typer.Argument(help="Image files, folders (recursive) or quoted globs.")],
-    out: Annotated[Path, typer.Option("--out", help="CSV to write: path, label, p_<class>... (ray: a folder "
-                                      "for predictions.parquet).")],
+    inputs: ImagesArg,
+    out: Annotated[Path, typer.Option("--out", help="CSV of path, label, p_<class>... (ray: a folder).")],
     tta: TtaOpt = False,
     batch_size: BatchOpt = 64,
-    engine: Annotated[str, typer.Option("--engine", help="Where to run: local, or ray (Ray Data on this "
+    engine: Annotated[str, typer.Option("--engine", help="Where to run: {engines} (ray: Ray Data on this "
                                         "machine or a cluster, pip install -e .\\[ray]).")] = "local",
     runtime: RuntimeOpt = "auto",
-    address: Annotated[str | None, typer.Option("--address", help="ray: a running cluster (auto, "
-                                                "head-host:6379); default: a new local one.")] = None,
-    num_cpus: Annotated[int | None, typer.Option("--num-cpus", min=1, help="ray: CPUs of the local "
-                                                 "instance (default: all).")] = None,
-    csv: Annotated[bool, typer.Option("--csv", help="ray: also write predictions.csv.")] = False,
+    address: Annotated[str | None, typer.Option(
+        "--address", help="A running Ray cluster (auto, head-host:6379).", show_default="a new local one",
+        rich_help_panel=RAY)] = None,
+    num_cpus: Annotated[int | None, typer.Option(
+        "--num-cpus", min=1, help="CPUs of the local Ray instance.", show_default="all",
+        rich_help_panel=RAY)] = None,
+    csv: Annotated[bool, typer.Option("--csv", help="Also write predictions.csv.", rich_help_panel=RAY)
+                   ] = False,
     restart: Annotated[bool, typer.Option("--restart", help="local: discard the rows of an interrupted "
                                           "run in <out>.partial and start over.")] = False,
 ) -> None:
@@ -52,10 +55,8 @@ def predict_cmd(
     if unknown := [flag for flag in given if ENGINE_FLAGS[flag] not in inspect.signature(run).parameters]:
         raise ConfigError(f"{', '.join(unknown)}: not an option of --engine {engine}")
     b = load_bundle(bundle, runtime=runtime)
-    with progress() as bar:
-        task = bar.add_task("predicting", total=None)
-        s = run(b, inputs, out, batch_size=batch_size, tta=tta,
-                on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+    with shown() as bars:
+        s = run(b, inputs, out, batch_size=batch_size, tta=tta, progress=bars,
                 **{ENGINE_FLAGS[flag]: v for flag, v in given.items()})
     resumed = f" ({s.resumed} kept from an interrupted run)" if s.resumed else ""
     if s.rows:

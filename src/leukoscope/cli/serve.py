@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from leukoscope.cli.app import app, console, err_console, guarded
+from leukoscope.cli.app import app, console, err_console
+from leukoscope.cli.options import BundleArg, RuntimeOpt
 from leukoscope.errors import ConfigError
 from leukoscope.serve.limits import LOOPBACK_HOSTS, ServeSettings
 
 _D = ServeSettings()
+#: The help panel of the request limits.
+LIMITS = "Limits"
 
 
 def _loopback(host: str) -> bool:
@@ -35,29 +37,30 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 @app.command("serve")
-@guarded
 def serve_cmd(
-    bundle: Annotated[Path, typer.Argument(help="A model bundle directory (from train or "
-                                           "benchmark --save-best).")],
+    bundle: BundleArg,
     host: Annotated[str, typer.Option(help="Address to bind; the default serves this machine only.")]
     = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port, 1 to 65535.")] = 8000,
-    max_files: Annotated[int, typer.Option("--max-files", help="Most files per request.")] = _D.max_files,
-    max_bytes: Annotated[int, typer.Option("--max-bytes", help="Largest file accepted, in bytes.")]
-    = _D.max_bytes,
+    max_files: Annotated[int, typer.Option("--max-files", help="Most files per request.",
+                                           rich_help_panel=LIMITS)] = _D.max_files,
+    max_bytes: Annotated[int, typer.Option("--max-bytes", help="Largest file accepted, in bytes.",
+                                           rich_help_panel=LIMITS)] = _D.max_bytes,
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="Largest image accepted, in pixels "
-                                            "(decompression-bomb guard).")] = _D.max_pixels,
+                                            "(decompression-bomb guard).", rich_help_panel=LIMITS)
+                          ] = _D.max_pixels,
     max_body: Annotated[int, typer.Option("--max-body", help="Largest request body, in bytes; counted "
-                                          "as it arrives, and the rest is never read.")] = _D.max_body,
+                                          "as it arrives, and the rest is never read.",
+                                          rich_help_panel=LIMITS)] = _D.max_body,
     max_request_pixels: Annotated[int, typer.Option(
         "--max-request-pixels", help="Most pixels of all images in one request together, read from "
-        "their headers before any is decoded.")] = _D.max_request_pixels,
-    max_active: Annotated[int, typer.Option("--max-active", help="Predict requests handled at once.")]
-    = _D.max_active,
+        "their headers before any is decoded.", rich_help_panel=LIMITS)] = _D.max_request_pixels,
+    max_active: Annotated[int, typer.Option("--max-active", help="Predict requests handled at once.",
+                                            rich_help_panel=LIMITS)] = _D.max_active,
     max_queue: Annotated[int, typer.Option("--max-queue", help="Predict requests that may wait for a "
-                                           "place; any more get 503 with Retry-After.")] = _D.max_queue,
-    runtime: Annotated[str, typer.Option(help="Network bundles: auto (ONNX when exported), torch, onnx, "
-                                         "onnx-int8.")] = _D.runtime,
+                                           "place; any more get 503 with Retry-After.",
+                                           rich_help_panel=LIMITS)] = _D.max_queue,
+    runtime: RuntimeOpt = _D.runtime,
     threads: Annotated[int, typer.Option(help="PyTorch threads per model call (0: one per core). One "
                                          "leaves the other cores to decoding and HTTP, and avoids "
                                          "thread oversubscription on a busy machine.")] = 1,

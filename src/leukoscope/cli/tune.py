@@ -10,9 +10,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from leukoscope.cli.app import app, console, guarded
-from leukoscope.cli.data import LayoutOpt, Paths, progress
-from leukoscope.cli.features import print_skipped
+from leukoscope.cli.app import app, console, print_skipped, say
+from leukoscope.cli.options import LayoutOpt, Paths
+from leukoscope.cli.progress import shown
 
 
 def parse_fixed(items: list[str]) -> dict[str, Any]:
@@ -35,62 +35,48 @@ def parse_fixed(items: list[str]) -> dict[str, Any]:
 
 
 @app.command("tune")
-@guarded
 def tune_cmd(
     paths: Paths,
-    model: Annotated[str, typer.Option(
-        "--model", help="A registered model name (an unknown one lists the choices).")],
+    model: Annotated[str, typer.Option("--model", help="The model to tune: {models}.")],
     out: Annotated[Path, typer.Option("--out", help="Folder: study.db, best.yaml, trials.csv, report.html.")],
     trials: Annotated[int, typer.Option("--trials", help="Finished trials wanted in the study (all "
                                         "workers together; finished ones from earlier runs count).")] = 40,
-    timeout: Annotated[float | None, typer.Option(help="Start no trial after this many seconds.")] = None,
-    storage: Annotated[str | None, typer.Option(
-        help="SQLAlchemy URL shared by several workers (default: sqlite:///OUT/study.db).")] = None,
-    study: Annotated[str | None, typer.Option("--study", help="Study name (default: the model).")] = None,
-    metric: Annotated[str, typer.Option(help="balanced_accuracy | weighted_f1 | macro_f1.")
+    timeout: Annotated[float | None, typer.Option(help="Start no trial after this many seconds.",
+                                                  show_default="no limit")] = None,
+    storage: Annotated[str | None, typer.Option(help="SQLAlchemy URL shared by several workers.",
+                                                show_default="sqlite:///OUT/study.db")] = None,
+    study: Annotated[str | None, typer.Option("--study", help="Study name.", show_default="the model")
+                     ] = None,
+    metric: Annotated[str, typer.Option(help="What the search maximises: {tune_metrics}.")
                       ] = "balanced_accuracy",
-    features: Annotated[str, typer.Option("--features", help="Classical models: handcrafted | deep | both.")
-                        ] = "handcrafted",
+    features: Annotated[str, typer.Option("--features", help="Classical models' feature kind: "
+                                          "{feature_kinds}.")] = "handcrafted",
     cv: Annotated[int, typer.Option("--cv", help="Grouped folds of the train side.")] = 5,
     repeats: Annotated[int | None, typer.Option(
-        "--repeats", help="Classical models: repeat the K-fold CV on new shufflings (default 3).")] = None,
+        "--repeats", help="Classical models: repeat the K-fold CV on new shufflings.",
+        show_default="3; networks: 1")] = None,
     test: Annotated[float, typer.Option("--test", help="Held-out test fraction (grouped).")] = 0.2,
-    pruner: Annotated[str, typer.Option(help="median | halving | none.")] = "median",
+    pruner: Annotated[str, typer.Option(help="How trials are stopped early: {pruners}.")] = "median",
     fix: Annotated[list[str] | None, typer.Option(
         "--fix", help="NAME=VALUE: pin a parameter of the space, or set another model / training "
-        "setting (repeatable), e.g. --fix img_size=64 --fix epochs=4.")] = None,
+        "setting (repeatable), e.g. --fix img_size=64 --fix epochs=4.", show_default="none")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Split, folds and sampler seed.")] = 0,
     layout: LayoutOpt = None,
 ) -> None:
     """Search hyperparameters on grouped CV of the train side; score the best once on the test side."""
     import optuna
 
-    from leukoscope.cli.train import RichReporter
     from leukoscope.data.readers import read
     from leukoscope.tune import REPORT_FILE, TuneSettings, tune
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the progress bar says it, once
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the progress bars say it, once
     settings = TuneSettings(model=model, metric=metric, features=features, cv=cv, test=test, seed=seed,
                             pruner=pruner, fixed=parse_fixed(fix or []), repeats=repeats)
     settings.check()
     m = read(paths, layout)
-    with progress() as bar:
-        feat = bar.add_task(f"{features} features (train side)", visible=False)
-        task = bar.add_task(f"{model}: trials", total=trials)
-
-        def on_features(done: int, total: int) -> None:
-            bar.update(feat, completed=done, total=total, visible=done < total)
-
-        def on_trial(ev: Any) -> None:
-            best = "-" if ev.best is None else f"{ev.best:.4f}"
-            value = f"{ev.value:.4f}" if ev.value is not None else ev.state
-            bar.update(task, completed=ev.finished,
-                       description=f"{model}: trial {ev.number} {escape(value)} (best {best})")
-            if ev.error:
-                bar.console.print(f"[yellow]trial {ev.number} failed:[/] {escape(ev.error)}")
-
+    with shown() as bars:
         result = tune(m, settings, out, n_trials=trials, timeout=timeout, storage=storage, study_name=study,
-                      on_features=on_features, on_trial=on_trial, reporter=RichReporter(bar))
+                      progress=bars)
     c = result.counts
     console.print(f"study {escape(result.study.study_name)}: {c['complete']} complete, {c['pruned']} pruned, "
                   f"{c['fail']} failed trials ({result.seconds:.0f} s in this run)")
@@ -109,11 +95,11 @@ def tune_cmd(
         console.print(f"kept the defaults: the search's best, trial {top['trial']} (CV {top['cv']:.4f}), "
                       f"beat them by {top['mean']:+.4f} per fold, within one standard error "
                       f"({top['se']:.4f}): noise")
-    shown = (f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best["params"].items())
-    console.print("best parameters: " + escape(", ".join(shown)))
+    best = (f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best["params"].items())
+    console.print("best parameters: " + escape(", ".join(best)))
     if result.warning:
         console.print(f"[yellow]note:[/] {result.warning}")
     print_skipped(result.skipped)
     nxt = "benchmark" if result.family == "classical" else "train"
-    console.print(escape(f"wrote {out / 'best.yaml'} (leukoscope {nxt} PATH --config {out / 'best.yaml'}), "
-                         f"{out / 'trials.csv'}, {out / REPORT_FILE}"))
+    say(f"wrote {out / 'best.yaml'} (leukoscope {nxt} PATH --config {out / 'best.yaml'}), "
+        f"{out / 'trials.csv'}, {out / REPORT_FILE}")

@@ -5,17 +5,16 @@ from __future__ import annotations
 import typer
 from rich.markup import escape
 
-from leukoscope.cli.app import app, console, guarded, printable
-from leukoscope.cli.use import BundleArg
+from leukoscope.cli.app import app, console, printable
+from leukoscope.cli.options import BundleArg
 
 
 @app.command("verify")
-@guarded
 def verify_cmd(bundle: BundleArg) -> None:
-    """Check a bundle: config.json and its format version, the files it declares, weights that fit
-    the config (every runtime it declares), and a smoke prediction whose rows sum to 1.
+    """Check a bundle before using or sharing it; one line per check, exit 1 when any fails.
 
-    One line per check; exit 1 when any fails.
+    The checks: config.json and its format version, the files it declares, weights that fit the
+    config (every runtime it declares), and a smoke prediction whose rows sum to 1.
     """
     from leukoscope.bundle.verify import verify
 

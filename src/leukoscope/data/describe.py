@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +13,19 @@ from leukoscope.data.cohort import Cohort
 from leukoscope.data.images import probe
 from leukoscope.data.manifest import Manifest, is_synthetic, labelled, protocol, warnings_for
 from leukoscope.errors import ImageError
+from leukoscope.progress import SILENT, Progress
 
 
 def _subjects(part: Manifest) -> list[str]:
     return sorted(part["subject"].dropna().unique(), key=lambda s: (len(s), s))
 
 
-def describe(m: Manifest, on_image: Callable[[], None] | None = None,
-             cohorts: Sequence[Cohort] = ()) -> dict[str, Any]:
+def describe(m: Manifest, cohorts: Sequence[Cohort] = (), *, progress: Progress = SILENT) -> dict[str, Any]:
     """A JSON-ready summary of a manifest; every image is decoded once to find bad files.
 
     ``cohorts`` (from ``read_with_cohorts``) adds a ``cohort`` entry: what the cells alone cannot say.
     """
+    advance = progress.task("decoding", len(m))
     sizes: Counter[str] = Counter()
     modes: Counter[str] = Counter()
     unreadable = []
@@ -35,8 +36,8 @@ def describe(m: Manifest, on_image: Callable[[], None] | None = None,
             modes[mode] += 1
         except ImageError as e:
             unreadable.append({"path": p, "reason": str(e).removeprefix(f"{p}: ")})
-        if on_image:
-            on_image()
+        advance(1)
+    progress.done("decoding")
     splits: dict[str, Any] = {}
     for split_name, part in m.groupby("source_split", sort=True):
         per_class = {}

@@ -1,7 +1,7 @@
 """Readers: one per on-disk layout, each returning a Manifest; ``read`` detects the layout.
 
-Layouts are registered with ``@layout(name)``, so supporting a new data set is one function
-and ``--layout`` accepts exactly the registered names.
+Layouts are registered with ``@layout(name)`` (and named in ``leukoscope.data.LAYOUTS``), so
+supporting a new data set is one function, and ``--layout`` accepts exactly the registered names.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from leukoscope.data import LAYOUTS
 from leukoscope.data.cohort import Cohort, SubjectTable, is_deepapl, scan_cohort
 from leukoscope.data.images import is_image_file, iter_image_files, load_rgb
 from leukoscope.data.manifest import Manifest, make_manifest, validate
@@ -35,14 +36,11 @@ class Layout:
     doc: str
 
 
-LAYOUTS: dict[str, Layout] = {}
-
-
 def layout(name: str, detect: Callable[[Path], bool]) -> Callable:
-    """Register a reader for a layout; the reader's docstring is shown in ``--help``."""
+    """Register a reader for a layout (its docstring's first line says what the layout is)."""
 
     def wrap(fn: Callable[[Path], Manifest]) -> Callable[[Path], Manifest]:
-        LAYOUTS[name] = Layout(name, detect, fn, (fn.__doc__ or "").strip().splitlines()[0])
+        LAYOUTS.add(name, Layout(name, detect, fn, (fn.__doc__ or "").strip().splitlines()[0]), fn.__module__)
         return fn
 
     return wrap

@@ -16,8 +16,8 @@ parameters (``get_extractor(kind, **params)``) and exposes:
 
 How the deep kind plugs in: ``leukoscope/features/deep.py`` defines a class decorated with
 ``@register_features("deep")``, ``parallel = False``, computing batched embeddings with torch
-(imported inside the module, which is only imported when the kind is first asked for; see
-``_PROVIDERS``). ``both`` is the concatenation of handcrafted and deep: each part is computed
+(imported inside the module, which is only imported when the kind is first asked for: the
+``KINDS`` registry declares it). ``both`` is the concatenation of handcrafted and deep: each part is computed
 and cached under its own key, then the columns are joined (``Concat.parts``).
 
 ``extract(m, kind, cache=None, **params)`` (``features/cache.py``) is the one entry point the
@@ -26,7 +26,6 @@ leaderboard, the CLI and the bundles use.
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -34,12 +33,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from leukoscope.errors import ConfigError
-
-#: kind -> module whose import registers it; imported on first use (torch stays unloaded).
-_PROVIDERS: dict[str, str] = {
-    "handcrafted": "leukoscope.features.handcrafted",
-    "deep": "leukoscope.features.deep",
-}
+from leukoscope.registry import Registry
 
 
 class FeatureExtractor(ABC):
@@ -71,47 +65,32 @@ class FeatureExtractor(ABC):
         return {"kind": self.kind, "params": self.params()}
 
 
-_KINDS: dict[str, type[FeatureExtractor]] = {}
+#: Every kind; those of other modules are declared (kind -> module) and imported on first use, so
+#: listing kinds imports neither scipy nor torch.
+KINDS: Registry[type[FeatureExtractor]] = Registry(
+    "feature kind", {"handcrafted": "leukoscope.features.handcrafted", "deep": "leukoscope.features.deep"})
 
 
 def register_features(kind: str) -> Callable[[type[FeatureExtractor]], type[FeatureExtractor]]:
     """Class decorator registering a feature extractor under ``kind``."""
 
     def wrap(cls: type[FeatureExtractor]) -> type[FeatureExtractor]:
-        if kind in _KINDS and _KINDS[kind] is not cls:
-            raise ValueError(f"feature kind {kind!r} is registered twice")
         cls.kind = kind
-        _KINDS[kind] = cls
-        return cls
+        return KINDS.register(kind)(cls)
 
     return wrap
 
 
-def _load(kind: str) -> None:
-    module = _PROVIDERS.get(kind)
-    if kind in _KINDS or module is None:
-        return
-    try:
-        importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name != module:
-            raise
-
-
 def list_feature_kinds() -> list[str]:
-    """Every kind that can be asked for, sorted (providers whose module exists are included)."""
-    for kind in _PROVIDERS:
-        _load(kind)
-    return sorted(_KINDS)
+    """Every kind that can be asked for, sorted; imports no extractor."""
+    return sorted(KINDS.names())
 
 
 def get_extractor(kind: str, **params: Any) -> FeatureExtractor:
     """An extractor of ``kind`` built from ``params``; ``ConfigError`` names the valid kinds."""
-    _load(kind)
-    if kind not in _KINDS:
-        raise ConfigError(f"unknown feature kind {kind!r}; choose from: {', '.join(list_feature_kinds())}")
+    cls = KINDS[kind]
     try:
-        return _KINDS[kind](**params)
+        return cls(**params)
     except TypeError as e:
         raise ConfigError(f"feature kind {kind!r}: bad parameters {sorted(params)} ({e})") from None
 
@@ -147,4 +126,4 @@ class Concat(FeatureExtractor):
 from leukoscope.features.cache import extract  # noqa: E402  (needs the registry above)
 
 __all__ = ["Concat", "FeatureExtractor", "extract", "from_spec", "get_extractor",
-           "list_feature_kinds", "register_features"]
+           "KINDS", "list_feature_kinds", "register_features"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ import numpy as np
 
 from leukoscope.data.images import file_digest, load_batch
 from leukoscope.io import atomic_path, write_text_atomic
+from leukoscope.progress import SILENT, Advance, Progress
 
 if TYPE_CHECKING:  # pandas stays out of the worker processes' imports
     import pandas as pd
@@ -29,7 +30,6 @@ if TYPE_CHECKING:  # pandas stays out of the worker processes' imports
 #: Below this many uncached images, worker start-up (a second or two) costs more than it saves.
 _MIN_PARALLEL = 64
 Skipped = list[tuple[str, str]]
-Progress = Callable[[int, int], None]
 
 
 def entry_dir(root: Path, extractor: FeatureExtractor) -> Path:
@@ -72,8 +72,8 @@ def _chunks(items: list[str], size: int) -> list[list[str]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def _run(extractor: FeatureExtractor, paths: list[str], n_jobs: int,
-         advance: Callable[[int], None]) -> list[tuple[str, Any]]:
+def _run(extractor: FeatureExtractor, paths: list[str], n_jobs: int, advance: Advance
+         ) -> list[tuple[str, Any]]:
     """Compute features for ``paths``: worker processes for parallel kinds, batches otherwise."""
     results: list[tuple[str, Any]] = []
     if extractor.parallel and n_jobs != 1 and len(paths) >= _MIN_PARALLEL:
@@ -105,11 +105,12 @@ def _digests(paths: Sequence[str]) -> tuple[dict[str, str], Skipped]:
 
 
 def extract_with(m: Manifest, extractor: FeatureExtractor, cache: Path | None = None, *,
-                 n_jobs: int = -1, on_progress: Progress | None = None) -> tuple[pd.DataFrame, Skipped]:
+                 n_jobs: int = -1, progress: Progress = SILENT) -> tuple[pd.DataFrame, Skipped]:
     """Features of every readable image in ``m`` (index = ``m``'s index of the rows kept).
 
     Returns the frame and the skipped images as ``(path, reason)``; rows whose image cannot be
-    decoded are left out of the frame, never silently filled.
+    decoded are left out of the frame, never silently filled. ``progress`` counts images (once per
+    part of a composite kind), cached ones first.
     """
     import pandas as pd
 
@@ -119,14 +120,8 @@ def extract_with(m: Manifest, extractor: FeatureExtractor, cache: Path | None = 
     paths = [str(p) for p in m["path"]]
     digests, skipped = _digests(paths)
     parts = extractor.parts()
-    total, done = len(paths) * len(parts), 0
-
-    def advance(n: int) -> None:
-        nonlocal done
-        done += n
-        if on_progress:
-            on_progress(done, total)
-
+    task = f"{extractor.kind} features"
+    advance = progress.task(task, len(paths) * len(parts))
     bad = {p for p, _ in skipped}
     found: list[dict[str, np.ndarray]] = []
     for part in parts:
@@ -151,6 +146,7 @@ def extract_with(m: Manifest, extractor: FeatureExtractor, cache: Path | None = 
             rows[digests[p]] = row
             _save_npy(folder / f"{digests[p]}.npy", row)
         found.append(rows)
+    progress.done(task)
     keep = [(i, p) for i, p in zip(m.index, paths, strict=True) if p not in bad]
     columns = [n for part in parts for n in part.names()]
     data = np.zeros((len(keep), len(columns)), np.float32)
@@ -164,18 +160,18 @@ def extract_with(m: Manifest, extractor: FeatureExtractor, cache: Path | None = 
 
 
 def extract(m: Manifest, kind: str, cache: Path | None = None, *, n_jobs: int = -1,
-            on_progress: Progress | None = None, **params: Any) -> tuple[pd.DataFrame, Skipped]:
+            progress: Progress = SILENT, **params: Any) -> tuple[pd.DataFrame, Skipped]:
     """Features of kind ``kind`` (``handcrafted``, ``deep``, ``both``, ...) for manifest ``m``.
 
     ``cache`` defaults to ``settings.cache_dir()``; ``params`` go to the extractor.
     """
     from leukoscope.features import get_extractor
 
-    return extract_with(m, get_extractor(kind, **params), cache, n_jobs=n_jobs, on_progress=on_progress)
+    return extract_with(m, get_extractor(kind, **params), cache, n_jobs=n_jobs, progress=progress)
 
 
 def feature_matrix(m: Manifest, features: str, *, cache: Path | None = None,
-                   feature_params: dict[str, Any] | None = None, on_progress: Progress | None = None
+                   feature_params: dict[str, Any] | None = None, progress: Progress = SILENT
                    ) -> tuple[Manifest, np.ndarray, dict[str, Any], Skipped]:
     """Labelled rows whose image could be featurised, their matrix, the feature spec, the skipped."""
     from leukoscope.data.manifest import labelled
@@ -183,6 +179,6 @@ def feature_matrix(m: Manifest, features: str, *, cache: Path | None = None,
 
     m = labelled(m)
     extractor = get_extractor(features, **(feature_params or {}))
-    frame, skipped = extract_with(m, extractor, cache, on_progress=on_progress)
+    frame, skipped = extract_with(m, extractor, cache, progress=progress)
     kept = m.loc[frame.index].reset_index(drop=True)
     return kept, frame.to_numpy(np.float32), extractor.spec(), skipped

@@ -1,7 +1,8 @@
 """Model registry: name -> builder, as in timm / torchgeo.
 
-A model is one ``@register_model`` entry next to its builder; ``list_models()`` is exactly what
-is registered, so the CLI, the leaderboard, tuning and the tests never keep their own lists.
+A model is one ``@register_model`` entry next to its builder, declared by name in ``_BUILT_IN``
+(``leukoscope.registry``); ``list_models()`` is exactly that set, so the CLI, the leaderboard,
+tuning and the tests never keep their own lists.
 Families: ``classical`` builders return an unfitted scikit-learn estimator (scaling included);
 ``network`` builders return a ``torch.nn.Module``; ``patient`` builders a
 ``patients.methods.PatientMethod``. ``space`` is a function ``trial -> params``
@@ -10,18 +11,24 @@ Families: ``classical`` builders return an unfitted scikit-learn estimator (scal
 
 from __future__ import annotations
 
-import fnmatch
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from leukoscope.errors import ConfigError
+from leukoscope.registry import Registry
 
 FAMILIES = ("classical", "network", "patient")
-#: Modules whose import registers models; imported on first use so the CLI starts fast.
-_PROVIDERS = ("leukoscope.models.classical", "leukoscope.models.networks",
-              "leukoscope.models.patient.methods")
+#: family -> the module whose import registers its built-in models.
+MODULES = {"classical": "leukoscope.models.classical", "network": "leukoscope.models.networks",
+           "patient": "leukoscope.models.patient.methods"}
+#: Every built-in model by family, declared so that listing them imports neither scikit-learn nor
+#: torch (``--help``); a model is registered where it is built, with ``@register_model``.
+_BUILT_IN = {
+    "classical": ("extra_trees", "gaussian_nb", "knn", "lda", "lightgbm", "logistic_regression", "pca-svm",
+                  "random_forest", "ridge", "ridge_cv", "svc", "xgboost"),
+    "network": ("efficientnet_lite0", "leukonet"),
+    "patient": ("attention-mil", "cell-logodds", "composition", "mean-embedding"),
+}
 
 
 @dataclass(frozen=True)
@@ -36,7 +43,8 @@ class ModelSpec:
         return self.builder(**params)
 
 
-_REGISTRY: dict[str, ModelSpec] = {}
+MODELS: Registry[ModelSpec] = Registry(
+    "model", {name: MODULES[family] for family, names in _BUILT_IN.items() for name in names})
 
 
 def register_model(name: str, *, family: str,
@@ -44,34 +52,28 @@ def register_model(name: str, *, family: str,
     """Decorator registering ``builder`` under ``name``."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}")
+    if MODELS.module(name) not in (None, MODULES[family]):
+        raise ValueError(f"model {name!r} is declared in another family than {family!r}")
 
     def wrap(builder: Callable[..., Any]) -> Callable[..., Any]:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is registered twice")
         doc = (builder.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = ModelSpec(name, family, builder, space, doc[0] if doc else "")
+        MODELS.add(name, ModelSpec(name, family, builder, space, doc[0] if doc else ""), builder.__module__)
         return builder
 
     return wrap
 
 
-def _load_providers() -> None:
-    for mod in _PROVIDERS:
-        importlib.import_module(mod)
+def _family(name: str) -> str:
+    module = MODELS.module(name)
+    return next(f for f, m in MODULES.items() if m == module) if module else MODELS[name].family
 
 
 def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
-    """Registered model names matching a glob pattern (and family), sorted."""
-    _load_providers()
-    return sorted(
-        n for n, s in _REGISTRY.items()
-        if fnmatch.fnmatch(n, pattern) and (family is None or s.family == family)
-    )
+    """Model names matching a glob pattern (and family), sorted; imports no model."""
+    return sorted(n for n in MODELS.names(pattern) if family is None or _family(n) == family)
 
 
 def get_model(name: str) -> ModelSpec:
-    """The spec registered under ``name``, or a ``ConfigError`` listing the choices."""
-    _load_providers()
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown model {name!r}; choose from: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+    """The spec registered under ``name`` (its module imported on first use), or a ``ConfigError``
+    listing the choices."""
+    return MODELS[name]

@@ -139,8 +139,10 @@ def embed(m: Manifest, features: dict[str, Any], cache: Path | None = None,
           on_progress: Callable[[int, int], None] | None = None) -> tuple[pd.DataFrame, Skipped]:
     """Frozen embeddings of the cells of ``m`` through the feature cache (unreadable cells skipped)."""
     from leukoscope.features import extract
+    from leukoscope.progress import SILENT, Counting
 
-    return extract(m, "deep", cache, on_progress=on_progress, **features)
+    progress = Counting(on_progress) if on_progress else SILENT  # type: ignore[arg-type]
+    return extract(m, "deep", cache, progress=progress, **features)
 
 
 def load_bags(m: Manifest, target: str, positive: str | None = None,

@@ -22,7 +22,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +34,9 @@ from leukoscope.bundle import CARD, HISTORY, METRICS, ONNX, ONNX_INT8, SPLIT, Bu
 from leukoscope.data.images import is_image_file, iter_image_files, load_batch
 from leukoscope.errors import DataError
 from leukoscope.io import write_json_atomic
+from leukoscope.predict import ENGINES
 from leukoscope.predict.tta import predict_proba
+from leukoscope.progress import SILENT, Progress
 
 T = TypeVar("T")
 _GLOB_CHARS = set("*?[")
@@ -298,22 +300,22 @@ def csv_row(path: str | Path, probs: np.ndarray, classes: Sequence[str]) -> list
     return [str(path), classes[int(probs.argmax())], *(f"{v:.6f}" for v in probs)]
 
 
+@ENGINES.register("local")
 def predict(bundle: Bundle, inputs: Iterable[str | Path], out_csv: Path | str, batch_size: int = 64,
-            tta: bool = False, on_progress: Callable[[int, int], None] | None = None,
-            restart: bool = False) -> PredictSummary:
+            tta: bool = False, progress: Progress = SILENT, restart: bool = False) -> PredictSummary:
     """Predict every image under ``inputs`` into ``out_csv`` (path, label, p_<class>...).
 
-    ``on_progress(done, total)`` is called after each batch (``total`` counts input files).
+    ``progress`` counts input files, those kept from an interrupted run first, then after each batch.
     ``restart`` discards the rows of an interrupted run instead of resuming (or refusing) them.
     """
     out = Path(out_csv)
     check_out(out)
     with output_lock(out):
-        return _predict(bundle, inputs, out, batch_size, tta, on_progress, restart)
+        return _predict(bundle, inputs, out, batch_size, tta, progress, restart)
 
 
 def _predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path, batch_size: int, tta: bool,
-             on_progress: Callable[[int, int], None] | None, restart: bool) -> PredictSummary:
+             progress: Progress, restart: bool) -> PredictSummary:
     """``predict`` once the output is checked and held."""
     items, total, inputs_digest = check_inputs(inputs, batch_size)
     classes = bundle.classes
@@ -333,8 +335,8 @@ def _predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path, batch_size
             writer.writerow(cols)
             f.flush()
             write_json_atomic(run_record_path(out), record)
-        if on_progress:
-            on_progress(len(done), total)
+        advance = progress.task("predicting", total)
+        advance(len(done))
         for paths, images, skipped in prefetch(load_batch(b) for b in chunks(todo, batch_size)):
             summary.skipped += skipped
             if images:
@@ -342,8 +344,8 @@ def _predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path, batch_size
                 writer.writerows(csv_row(p, row, classes) for p, row in zip(paths, probs, strict=True))
                 f.flush()
             summary.predicted += len(images)
-            if on_progress:
-                on_progress(summary.rows + len(summary.skipped), total)
+            advance(len(paths) + len(skipped))
+    progress.done("predicting")
     os.replace(partial, out)
     run_record_path(out).unlink(missing_ok=True)
     summary.seconds = time.perf_counter() - start

@@ -23,7 +23,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,10 @@ from leukoscope.bundle import Bundle, load_bundle
 from leukoscope.data.images import load_batch
 from leukoscope.errors import ConfigError, DataError
 from leukoscope.io import atomic_path
+from leukoscope.predict import ENGINES
 from leukoscope.predict.local import PredictSummary, check_inputs, csv_row, header, iter_inputs, runtime_name
 from leukoscope.predict.tta import predict_proba
+from leukoscope.progress import SILENT, Progress
 
 INSTALL_HINT = "the ray engine needs Ray: pip install -e .[ray]"
 PARQUET, CSV, SKIPPED = "predictions.parquet", "predictions.csv", "skipped.csv"
@@ -157,15 +159,16 @@ def _write_skipped(out: Path, skipped: list[tuple[str, str]]) -> None:
             csv.writer(f).writerows([("path", "reason"), *skipped])
 
 
+@ENGINES.register("ray")
 def predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path | str, batch_size: int = 64,
-            tta: bool = False, on_progress: Callable[[int, int], None] | None = None,
+            tta: bool = False, progress: Progress = SILENT,
             address: str | None = None, num_cpus: int | None = None, write_csv: bool = False
             ) -> PredictSummary:
     """Predict every image under ``inputs`` with Ray Data into the folder ``out``.
 
     ``address``: a running cluster (``auto``, ``head-host:6379``); without it a local Ray instance
     with ``num_cpus`` CPUs (default: all) is started and shut down. ``write_csv`` also writes
-    predictions.csv. ``on_progress(done, total)`` is called as results arrive.
+    predictions.csv. ``progress`` counts input files as their results arrive.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -190,18 +193,15 @@ def predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path | str, batch
         model = {"files": _bundle_files(bundle.path), "runtime": runtime_name(bundle), "tta": tta}
         scored = ds.map_batches(Predictor, batch_size=batch_size, batch_format="numpy", num_cpus=1,
                                 compute=ray.data.ActorPoolStrategy(size=actors), fn_constructor_kwargs=model)
-        if on_progress:
-            on_progress(0, total)
-        done = 0
+        advance = progress.task("predicting", total)
         for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
             bad = batch["error"] != ""
             summary.skipped += [(str(p), str(e)) for p, e in zip(batch["path"][bad], batch["error"][bad],
                                                                   strict=True)]
             parquet.write_table(pa.table({c: batch[c][~bad] for c in schema.names}, schema=schema))
             summary.predicted += int((~bad).sum())
-            done += len(bad)
-            if on_progress:
-                on_progress(done, total)
+            advance(len(bad))
+        progress.done("predicting")
     if write_csv:
         _parquet_to_csv(out / PARQUET, out / CSV, classes)
     _write_skipped(out, summary.skipped)

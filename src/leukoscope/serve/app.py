@@ -41,11 +41,13 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from leukoscope import __version__
 from leukoscope.bundle import Bundle, load_bundle
 from leukoscope.bundle.patient import PatientBundle
 from leukoscope.data.images import FORMATS, decode_rgb, image_size
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING
 from leukoscope.errors import ImageError, LeukoscopeError
+from leukoscope.explain import EXPLAINERS, Explainer, Explanation
 from leukoscope.reports.html import image_to_data_uri
 from leukoscope.serve.admission import Admission, ASGIApp, Message, Receive, Scope, Send
 from leukoscope.serve.limits import ServeSettings
@@ -105,32 +107,12 @@ class FileResult(BaseModel):
     error: str | None = None
 
 
-def _gradcam(bundle: Bundle, image: np.ndarray, call: int) -> dict[str, Any]:
-    """The overlay of the class called on the whole image, at most 256 px. A large image is explained
-    from a smaller copy: Grad-CAM blends in float64 at the image's size (1 GB, 10 s at 4000x4000)."""
-    from PIL import Image
-
-    from leukoscope.explain import gradcam
-
-    if max(image.shape[:2]) > EXPLAIN_SIDE:
-        small = Image.fromarray(image)
-        small.thumbnail((EXPLAIN_SIDE, EXPLAIN_SIDE))
-        image = np.asarray(small)
-    return {"heatmap": image_to_data_uri(gradcam(bundle, image, target=call)[1], max_side=256)}
-
-
-def _top_features(bundle: Bundle, image: np.ndarray, call: int) -> dict[str, Any]:
-    from leukoscope.explain import feature_contributions
-
-    top = feature_contributions(bundle, image).head(TOP_FEATURES)
-    return {"features": top[["feature", "value", "contribution"]].to_dict("records")}
-
-
-#: (bundle, image, index of the class called) -> the explanation's fields of a ``FileResult``
-Explainer = Callable[[Bundle, np.ndarray, int], dict[str, Any]]
-#: Bundle family -> what explains one call: a Grad-CAM overlay, or the features that drove it.
-EXPLAINERS: dict[str, tuple[str, Explainer]] = {
-    "network": ("Grad-CAM heat map", _gradcam), "classical": ("feature contributions", _top_features)}
+def explanation_fields(e: Explanation) -> dict[str, Any]:
+    """An explanation's fields of a ``FileResult``: the heat map (at most 256 px) or the top features."""
+    if e.features is not None:
+        top = e.features.head(TOP_FEATURES)
+        return {"features": top[["feature", "value", "contribution"]].to_dict("records")}
+    return {"heatmap": None if e.overlay is None else image_to_data_uri(e.overlay, max_side=256)}
 
 
 class PredictResponse(BaseModel):
@@ -218,10 +200,8 @@ class Model:
     def __init__(self, bundle: Bundle):
         self.bundle = bundle
         self.name = str(bundle.config.get("model", bundle.family))
-        self.explanation: str | None = None
-        self.explainer: Explainer | None = None
-        if bundle.family in EXPLAINERS:
-            self.explanation, self.explainer = EXPLAINERS[bundle.family]
+        self.explainer: Explainer | None = EXPLAINERS.get(bundle.family)
+        self.explanation = self.explainer.title if self.explainer else None
         self._limiter: anyio.CapacityLimiter | None = None
 
     async def in_lane(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -239,7 +219,8 @@ class Model:
         probs = self.bundle.predict_proba(images)
         if not (explain and self.explainer):
             return probs, [{} for _ in images]
-        return probs, [self.explainer(self.bundle, im, int(np.argmax(p)))
+        how = self.explainer.explain
+        return probs, [explanation_fields(how(self.bundle, im, int(np.argmax(p)), EXPLAIN_SIDE))
                        for im, p in zip(images, probs, strict=True)]
 
 
@@ -297,7 +278,7 @@ def create_app(bundle_dir: Path | str, settings: ServeSettings | None = None) ->
     """Load the bundle now (a bad bundle fails here, before any port is opened) and build the app."""
     settings = settings or ServeSettings()
     model = Model(load_bundle(bundle_dir, runtime=settings.runtime))
-    web = FastAPI(title="leukoscope", version="0.1.0",
+    web = FastAPI(title="leukoscope", version=__version__,
                   description=f"Single-cell image classifier `{model.name}`. {INTENDED_USE}")
     web.state.model = model
     web.state.settings = settings

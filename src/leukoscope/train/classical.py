@@ -23,6 +23,7 @@ from leukoscope.data.manifest import Manifest, classes, label_indices, labelled
 from leukoscope.data.splits import split_protocol
 from leukoscope.errors import ConfigError
 from leukoscope.features.cache import feature_matrix
+from leukoscope.progress import Counting
 from leukoscope.train import rundir
 from leukoscope.train.config import TrainConfig
 from leukoscope.train.data import bundle_split, describe, run_split, subset
@@ -74,14 +75,14 @@ def _features(m: Manifest, kind: str, rep: Reporter
     advance: Callable[[int], None] | None = None
     seen = 0
 
-    def on_progress(done: int, total: int) -> None:
+    def on_count(done: int, total: int | None) -> None:
         nonlocal advance, seen
         if advance is None:
-            advance = rep.task(what, total)
+            advance = rep.task(what, total or 0)
         advance(done - seen)
         seen = done
 
-    found = feature_matrix(m, kind, on_progress=on_progress)
+    found = feature_matrix(m, kind, progress=Counting(on_count))
     rep.done(what)
     return found
 

@@ -16,7 +16,7 @@ import json
 import math
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ from optuna.trial import Trial
 
 from leukoscope.data.manifest import Manifest, classes, label_indices
 from leukoscope.errors import ConfigError
+from leukoscope.progress import SILENT, Advance, Progress
 from leukoscope.tune.settings import TuneSettings
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ class ClassicalObjective(_Objective):
         return m
 
     def __init__(self, settings: TuneSettings, split: Split, out: Path, *, cache: Path | None = None,
-                 on_features: Callable[[int, int], None] | None = None, reporter: Any = None):
+                 progress: Progress = SILENT):
         from leukoscope.data.splits import kfold
         from leukoscope.features.cache import feature_matrix
         from leukoscope.models.registry import get_model
@@ -74,7 +75,7 @@ class ClassicalObjective(_Objective):
         self._split, self._cache = split, cache
         train = split[split["side"] == "train"].drop(columns="side")
         kept, self.X, self.features, self.skipped = feature_matrix(train, settings.features, cache=cache,
-                                                                   on_progress=on_features)
+                                                                   progress=progress)
         # each repeat shuffles the groups into folds anew (kfold keeps the row order)
         self.folds = [kfold(kept, settings.cv, settings.seed + r)["fold"].to_numpy()
                       for r in range(settings.classical_repeats)]
@@ -150,21 +151,23 @@ class ClassicalObjective(_Objective):
 
 
 class _EpochPruning:
-    """A training ``Reporter`` that reports each epoch of the first CV fold to the trial's pruner
-    and forwards progress bars to ``inner``."""
+    """Progress of a trial's training: each epoch of the first CV fold goes to the trial's pruner,
+    everything else (bars, notes) to ``inner``."""
 
-    def __init__(self, trial: Trial, inner: Any = None):
+    def __init__(self, trial: Trial, inner: Progress):
         self.trial, self.inner = trial, inner
         self.fold, self.last = 0, 0
 
-    def task(self, description: str, total: int) -> Callable[[int], None]:
-        return self.inner.task(description, total) if self.inner else (lambda n: None)
+    def task(self, description: str, total: int | None = None) -> Advance:
+        return self.inner.task(description, total)
 
     def done(self, description: str) -> None:
-        if self.inner:
-            self.inner.done(description)
+        self.inner.done(description)
 
-    def epoch(self, row: dict[str, Any]) -> None:
+    def note(self, text: str) -> None:
+        self.inner.note(text)
+
+    def epoch(self, row: Mapping[str, Any]) -> None:
         if row["epoch"] <= self.last:  # epochs restart: the next fold
             self.fold += 1
         self.last = row["epoch"]
@@ -191,14 +194,14 @@ class NetworkObjective(_Objective):
         return subset(labelled(m), float(settings.fixed.get("subset", 1.0)), settings.seed)
 
     def __init__(self, settings: TuneSettings, split: Split, out: Path, *, cache: Path | None = None,
-                 on_features: Callable[[int, int], None] | None = None, reporter: Any = None):
+                 progress: Progress = SILENT):
         from leukoscope.models.registry import get_model
 
         if settings.repeats not in (None, 1):
             raise ConfigError("--repeats is for classical models: a network trains once per fold")
         self.settings, self.spec = settings, get_model(settings.model)
         self.classes = classes(split)
-        self.out, self.reporter = Path(out), reporter
+        self.out, self.progress = Path(out), progress
         self.manifest = split.drop(columns="side")
         self.train = split[split["side"] == "train"].drop(columns="side").reset_index(drop=True)
         self.test_paths = set(split.loc[split["side"] == "test", "path"])
@@ -229,9 +232,9 @@ class NetworkObjective(_Objective):
         folder = self.out / "trials" / name
         if folder.exists():  # left by a killed worker under the same number: not resumable as such
             shutil.rmtree(folder)
-        reporter = _EpochPruning(trial, self.reporter) if trial is not None else self.reporter
+        progress = _EpochPruning(trial, self.progress) if trial is not None else self.progress
         try:
-            result = cross_validate(self.train, cfg, folder, reporter)
+            result = cross_validate(self.train, cfg, folder, progress)
         finally:
             for f in [*folder.rglob("*.pt"), *folder.rglob("*.safetensors")]:
                 f.unlink()  # weights of a trial are never reused; keep cv.json and histories only
@@ -252,7 +255,7 @@ class NetworkObjective(_Objective):
         folder.parent.mkdir(parents=True, exist_ok=True)
         with open(folder.parent / f".{folder.name}.lock", "w") as lock:  # workers sharing out/ train it once
             fcntl.flock(lock, fcntl.LOCK_EX)
-            bundle = train(self.manifest, cfg, folder, self.reporter)
+            bundle = train(self.manifest, cfg, folder, self.progress)
         split = bundle.split()
         if split is not None and set(split.loc[split["side"] == "test", "path"]) != self.test_paths:
             raise ConfigError("the retrained model's test side differs from the study's (unreadable images "

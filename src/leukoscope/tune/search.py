@@ -19,10 +19,10 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from leukoscope.data.manifest import Manifest, warnings_for
 from leukoscope.errors import ConfigError
+from leukoscope.progress import SILENT, Progress
 from leukoscope.tune.objectives import OBJECTIVES
 from leukoscope.tune.report import TuneResult, write_outputs
 from leukoscope.tune.selection import choose
@@ -32,11 +32,14 @@ from leukoscope.tune.study import TrialEvent, fingerprint, open_study, run_trial
 
 def tune(m: Manifest, settings: TuneSettings, out: Path, *, n_trials: int, timeout: float | None = None,
          storage: str | None = None, study_name: str | None = None, cache: Path | None = None,
-         heartbeat: tuple[int, int] = (10, 30),
-         on_features: Callable[[int, int], None] | None = None,
-         on_trial: Callable[[TrialEvent], None] | None = None, reporter: Any = None) -> TuneResult:
+         heartbeat: tuple[int, int] = (10, 30), progress: Progress = SILENT,
+         on_trial: Callable[[TrialEvent], None] | None = None) -> TuneResult:
     """Search ``settings.model``'s space on ``m``, then score the best and default configurations on
-    the held-out test side and write the outputs (see ``write_outputs``) into ``out``."""
+    the held-out test side and write the outputs (see ``write_outputs``) into ``out``.
+
+    ``progress`` hears of the features, the trials (notes: failures, each new best) and, for
+    networks, every training run's epochs; ``on_trial`` gets each of this worker's finished trials.
+    """
     from leukoscope.data.splits import check_no_leak, split_protocol
     from leukoscope.models.registry import get_model
 
@@ -52,14 +55,14 @@ def tune(m: Manifest, settings: TuneSettings, out: Path, *, n_trials: int, timeo
     check_no_leak(split)
     study = open_study(settings, storage_url(out, storage), study_name or settings.model,
                        fingerprint(split), heartbeat=heartbeat)
-    objective = kind(settings, split, out, cache=cache, on_features=on_features, reporter=reporter)
+    objective = kind(settings, split, out, cache=cache, progress=progress)
     default = objective.default_params()
     resolved = json.dumps(objective.config_file(default), sort_keys=True, default=str)
     key = f"defaults-{hashlib.sha1(resolved.encode()).hexdigest()[:8]}"  # again if the defaults change
     if key not in study.user_attrs:  # the baseline the search must beat, once per study
         value, folds = objective.score(default)
         study.set_user_attr(key, {"cv": value, "folds": folds})
-    run_trials(study, objective, n_trials, timeout=timeout, on_trial=on_trial)
+    run_trials(study, objective, n_trials, timeout=timeout, on_trial=on_trial, progress=progress)
     counts = trial_counts(study)
     if not counts["complete"]:
         raise ConfigError(f"study {study.study_name!r} has no completed trial yet; run more trials")

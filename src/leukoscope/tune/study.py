@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from leukoscope.errors import ConfigError, LeukoscopeError
+from leukoscope.progress import SILENT, Progress
 from leukoscope.tune.settings import PRUNERS, TuneSettings
 
 if TYPE_CHECKING:
@@ -152,14 +153,17 @@ def _best_value(study: optuna.Study) -> float | None:
 
 def run_trials(study: optuna.Study, objective: Callable[[Trial], float], n_trials: int, *,
                timeout: float | None = None, poll: float = 1.0,
-               on_trial: Callable[[TrialEvent], None] | None = None) -> None:
+               on_trial: Callable[[TrialEvent], None] | None = None, progress: Progress = SILENT) -> None:
     """Run trials until ``n_trials`` of the study are finished (by any worker) or ``timeout`` s pass.
 
     A worker waits for other workers' running trials rather than starting more than needed; a
     running trial whose worker died is failed once its heartbeat is stale, and then redone.
+    ``progress`` counts the study's finished trials and notes failures and each new best.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     failures: list[str] = []
+    task = f"{study.study_name}: trials"
+    advance, shown = progress.task(task, n_trials), 0  # the study's finished trials, all workers
 
     def guarded(trial: Trial) -> float:
         _first_heartbeat(study, trial)
@@ -176,15 +180,21 @@ def run_trials(study: optuna.Study, objective: Callable[[Trial], float], n_trial
             raise _TrialFailed(str(e)) from e
 
     def callback(study: optuna.Study, t: FrozenTrial) -> None:
+        nonlocal shown
         if t.user_attrs.get("surplus"):
             return
         error = t.user_attrs.get("error")
         failures[:] = [*failures, error] if error else []
+        counts = trial_counts(study)
+        finished, best = counts["complete"] + counts["pruned"], _best_value(study)
+        advance(finished - shown)
+        shown = finished
+        if error:
+            progress.note(f"trial {t.number} failed: {error}")
+        elif t.state == TrialState.COMPLETE and t.value == best:
+            progress.note(f"trial {t.number}: {t.value:.4f}, the best so far")
         if on_trial:
-            counts = trial_counts(study)
-            finished = counts["complete"] + counts["pruned"]
-            on_trial(TrialEvent(t.number, t.state.name.lower(), t.value, finished, n_trials,
-                                _best_value(study), error))
+            on_trial(TrialEvent(t.number, t.state.name.lower(), t.value, finished, n_trials, best, error))
 
     while True:
         with warnings.catch_warnings():
@@ -193,7 +203,10 @@ def run_trials(study: optuna.Study, objective: Callable[[Trial], float], n_trial
         _fail_silent_trials(study)
         counts = trial_counts(study)
         finished, active = counts["complete"] + counts["pruned"], counts["running"] + counts["waiting"]
+        advance(finished - shown)
+        shown = finished
         if finished >= n_trials or (deadline is not None and time.monotonic() >= deadline):
+            progress.done(task)
             return
         if finished + active >= n_trials:  # the rest are running elsewhere
             time.sleep(poll)

@@ -1,0 +1,120 @@
+"""Arguments and options more than one command takes, defined once, and the registry choices their
+help may name.
+
+Conventions of every command: each argument and option has help text; the default is shown
+(``App`` turns ``show_default`` on everywhere), and an option whose default is ``None`` says
+what that means with ``show_default="..."``; choices are never written out by hand but named as
+``{layouts}``, ``{feature_kinds}``, ... (``CHOICES``): they are filled from the registries when
+that command's help is drawn, so listing them costs no command anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def _layouts() -> Iterable[str]:
+    from leukoscope.data import LAYOUTS
+
+    return LAYOUTS.names()
+
+
+def _feature_kinds() -> Iterable[str]:
+    from leukoscope.features import list_feature_kinds
+
+    return list_feature_kinds()
+
+
+def _models(family: str | None) -> Callable[[], Iterable[str]]:
+    def names() -> Iterable[str]:
+        from leukoscope.models.registry import list_models
+
+        return list_models(family=family)
+
+    return names
+
+
+def _runtimes() -> Iterable[str]:
+    from leukoscope.bundle.format import RUNTIMES
+
+    return RUNTIMES
+
+
+def _engines() -> Iterable[str]:
+    from leukoscope.predict import ENGINES
+
+    return ENGINES.names()
+
+
+def _tune_metrics() -> Iterable[str]:
+    from leukoscope.tune.settings import METRICS
+
+    return METRICS
+
+
+def _pruners() -> Iterable[str]:
+    from leukoscope.tune.settings import PRUNERS
+
+    return PRUNERS
+
+
+def _stain_methods() -> Iterable[str]:
+    from leukoscope.models.stain import METHODS
+
+    return METHODS
+
+
+#: ``{name}`` in option help -> the registry's names (imported when a help that names it is drawn;
+#: none of these imports torch, scikit-learn or onnxruntime).
+CHOICES: dict[str, Callable[[], Iterable[str]]] = {
+    "layouts": _layouts,
+    "feature_kinds": _feature_kinds,
+    "models": _models(None),
+    "classical_models": _models("classical"),
+    "network_models": _models("network"),
+    "runtimes": _runtimes,
+    "engines": _engines,
+    "tune_metrics": _tune_metrics,
+    "pruners": _pruners,
+    "stain_methods": _stain_methods,
+}
+
+
+class _Choices(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return ", ".join(CHOICES[key]())
+
+
+def fill_choices(text: str) -> str:
+    """``text`` with each ``{name}`` of ``CHOICES`` replaced by the registry's names."""
+    return text.format_map(_Choices())
+
+
+Paths = Annotated[list[Path], typer.Argument(help="Data set folders or CSV manifests.", show_default=False)]
+LayoutOpt = Annotated[str | None, typer.Option("--layout", help="Force a layout: {layouts}.",
+                                               show_default="detected")]
+KindOpt = Annotated[str, typer.Option("--kind", "--features", help="Feature kind: {feature_kinds}.")]
+SubjectsOpt = Annotated[
+    Path | None, typer.Option("--subjects", show_default="none", help="Patient table (CSV), one row per "
+                              "patient: reads each input as a cohort whose patient folders are named by its "
+                              "ids (README).")]
+SubjectIdOpt = Annotated[
+    str | None, typer.Option("--subject-id", show_default="its first column",
+                             help="Column of --subjects holding the patient id.")]
+DiagnosisOpt = Annotated[
+    str, typer.Option("--diagnosis", help="Column of --subjects holding the patient-level label.")]
+
+BundleArg = Annotated[Path, typer.Argument(
+    help="A model bundle folder (from train or benchmark --save-best).", show_default=False)]
+ImagesArg = Annotated[list[str], typer.Argument(help="Image files, folders (recursive) or quoted globs.",
+                                                show_default=False)]
+TtaOpt = Annotated[bool, typer.Option("--tta", help="Test-time augmentation: mean over the 8 flips / "
+                                      "90-degree rotations (8x slower).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")]
+RuntimeOpt = Annotated[str, typer.Option(
+    "--runtime", help="Network runtime: {runtimes} (auto: ONNX Runtime fp32 when the bundle has a current "
+    "export, else PyTorch).")]
