@@ -225,7 +225,7 @@ def _heartbeat_storage(study: optuna.Study) -> optuna.storages.RDBStorage | None
 
 
 def _fail_silent_trials(study: optuna.Study) -> None:
-    """Fail RUNNING trials that never recorded a heartbeat and started over a grace period ago.
+    """Fail RUNNING trials that never recorded a heartbeat and started well over a grace period ago.
 
     Optuna's ``fail_stale_trials`` skips a trial with no heartbeat at all; one is left when a worker
     dies between creating a trial and its first heartbeat (``_first_heartbeat`` narrows that window but
@@ -239,9 +239,12 @@ def _fail_silent_trials(study: optuna.Study) -> None:
         return
     interval = storage.get_heartbeat_interval()
     assert interval is not None
-    grace = storage.grace_period or 2 * interval
+    # a live trial beats within moments of starting, but a loaded machine can stall it for a few
+    # seconds: wait well past the stale grace (and 10 heartbeats) before calling a silent trial dead
+    allowance = max(storage.grace_period or 2 * interval, 10 * interval)
+    now = datetime.now()
     old = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-           if t.datetime_start is not None and (datetime.now() - t.datetime_start).total_seconds() > grace]
+           if t.datetime_start is not None and (now - t.datetime_start).total_seconds() > allowance]
     if not old:
         return
     from optuna.storages._rdb import models
