@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from leukoscope.cli.app import app, console, guarded
-from leukoscope.cli.data import LayoutOpt, Paths, progress
+from leukoscope.cli.data import LayoutOpt, MinCellsOpt, Paths, RareOpt, print_rare, progress
 from leukoscope.cli.features import KindOpt, print_skipped
 
 
@@ -33,6 +33,8 @@ def benchmark_cmd(
         "--config", help="A tuned configuration (leukoscope tune's best.yaml): that model, its parameters "
         "and its feature kind.")] = None,
     layout: LayoutOpt = None,
+    min_cells: MinCellsOpt = None,
+    rare: RareOpt = None,
 ) -> None:
     """Every classical model on cached features: grouped k-fold CV, sorted by balanced accuracy."""
     from leukoscope.data.readers import read
@@ -71,6 +73,7 @@ def benchmark_cmd(
 
         lb, split, X = benchmark(
             m, features=features, k=cv, models=names, timeout=timeout, jobs=jobs, seed=seed, params=params,
+            min_cells=min_cells, rare=rare,
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
             on_model=model_done)
     written = write_leaderboard(lb, out)
@@ -84,6 +87,7 @@ def benchmark_cmd(
         status = "ok" if row["status"] == "ok" else f"[red]{row['status']}: {escape(row['error'])}[/]"
         table.add_row(escape(row["model"]), *(cell(row, k) for k in METRICS), status)
     console.print(table)
+    print_rare(lb.rare)
     if lb.warning:
         console.print(f"[yellow]note:[/] {lb.warning}")
     print_skipped(lb.skipped)

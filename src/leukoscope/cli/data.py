@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -12,6 +12,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from leukoscope.cli.app import console, data_app, guarded, print_json
+
+if TYPE_CHECKING:
+    from leukoscope.data.rare import RareReport
 
 Paths = Annotated[list[Path], typer.Argument(help="Data set folders or CSV manifests.")]
 LayoutOpt = Annotated[
@@ -25,6 +28,15 @@ SubjectIdOpt = Annotated[
                              "(default: its first column).")]
 DiagnosisOpt = Annotated[
     str, typer.Option("--diagnosis", help="Column of --subjects holding the patient-level label.")]
+#: ``leukoscope.data.rare.MIN_CELLS``, repeated so ``--help`` stays instant (a test keeps them equal).
+MIN_CELLS = 30
+MinCellsOpt = Annotated[int | None, typer.Option(
+    "--min-cells", help="Classes with fewer labelled cells are too rare to learn: merged or left out "
+    f"(--rare), and the outputs say which. Default {MIN_CELLS}: ~6 cells per test fold of 5; 0 keeps "
+    "every class.")]
+RareOpt = Annotated[str | None, typer.Option(
+    "--rare", help="What becomes of a rare class's cells: other (one merged class 'other', the default) "
+    "or drop.")]
 
 
 def progress() -> Progress:
@@ -34,6 +46,13 @@ def progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(),
                     TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
                     console=err_console, transient=True)
+
+
+def print_rare(report: RareReport | None) -> None:
+    """The line saying which classes were merged or left out as rare, and how many cells."""
+    line = report.line() if report is not None else None
+    if line:
+        console.print(escape(f"rare classes: {line}"), soft_wrap=True)
 
 
 @data_app.command("describe")
@@ -115,8 +134,11 @@ def split_cmd(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     dedupe: Annotated[bool, typer.Option("--dedupe", help="Audit for duplicate cells first and "
                                          "keep each duplicate cluster in one group.")] = False,
+    min_cells: MinCellsOpt = None,
+    rare: RareOpt = None,
 ) -> None:
     """Stratified split grouped by subject (image-level where there is none); never leaks."""
+    from leukoscope.data.rare import rare_classes
     from leukoscope.data.readers import read
     from leukoscope.data.splits import (
         describe_split,
@@ -126,7 +148,7 @@ def split_cmd(
         write_split,
     )
 
-    m = read(paths, layout)
+    m, rare_report = rare_classes(read(paths, layout), min_cells, rare)
     merged = None
     if dedupe:
         from leukoscope.audit import dedupe_groups
@@ -151,6 +173,7 @@ def split_cmd(
     console.print(table)
     if "warning" in info:
         console.print(f"[yellow]note:[/] {info['warning']}")
+    print_rare(rare_report)
     if merged is not None:
         console.print(f"--dedupe: {merged} duplicate cluster(s) merged their groups")
     console.print(escape(f"no group on two sides; wrote {out}"))
