@@ -214,6 +214,7 @@ def test_network_cv_on_cell_types_reports_balanced_accuracy_and_macro_f1(cohort:
         lo, hi = result[f"{key}_ci95"]
         assert 0 <= lo <= hi <= 1 and f"{key}_mean" in result
     assert "rare classes: 9 class(es) with fewer than 20 cells left out" in text
+    assert "pooled balanced accuracy" in text and "pooled macro F1" in text
     for f in (0, 1):
         split = pd.read_csv(out / f"fold-{f}" / "bundle" / "split.csv")
         _patients_on_one_side(split, "side")

@@ -127,6 +127,10 @@ def train_cmd(
         console.print(f"pooled weighted F1 {result['pooled']['f1_weighted']:.3f} "
                       f"(95% subject-bootstrap interval {lo:.2f}-{hi:.2f}); "
                       f"per-fold mean {result['f1_weighted_mean']:.3f} +- {result['f1_weighted_std']:.3f}")
+        for key, name in (("balanced_accuracy", "balanced accuracy"), ("f1_macro", "macro F1")):
+            lo, hi = result[f"{key}_ci95"]
+            console.print(f"pooled {name} {result['pooled'][key]:.3f} (interval {lo:.2f}-{hi:.2f}); "
+                          f"per-fold mean {result[f'{key}_mean']:.3f} +- {result[f'{key}_std']:.3f}")
         print_rare(RareReport.from_json(result["rare_classes"]) if "rare_classes" in result else None)
         console.print(f"results: {out / 'cv.json'}")
         return
