@@ -24,7 +24,8 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
-from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, Manifest, classes, label_indices
+from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, Manifest, classes, label_indices, labelled
+from leukoscope.data.rare import RareReport, rare_classes
 from leukoscope.data.splits import kfold, split_protocol
 from leukoscope.features.cache import feature_matrix
 from leukoscope.io import write_csv_atomic, write_json_atomic, write_text_atomic
@@ -40,6 +41,9 @@ METRICS = {
     "fit_s": "Fit s",
     "predict_s": "Predict s",
 }
+#: Metrics that also get a 95% subject-bootstrap interval of the pooled out-of-fold predictions
+#: (``_lo`` / ``_hi`` columns): the two that weigh every class alike.
+INTERVALS = ("balanced_accuracy", "f1_macro")
 #: Imported once by the forkserver, before any worker forks from it (plus the models' own modules).
 _PRELOAD = ["numpy", "sklearn.base", "leukoscope.models.classical", "leukoscope.evaluate.metrics"]
 
@@ -69,6 +73,8 @@ class Leaderboard:
     data: str = ""
     #: model -> builder parameters other than the defaults (e.g. from ``leukoscope tune``)
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the classes merged into ``other`` or left out as too rare, before the folds
+    rare: RareReport | None = None
 
     @property
     def warning(self) -> str | None:
@@ -85,12 +91,14 @@ class Leaderboard:
                 "classes": self.classes, "features": self.features, "folds": self.folds,
                 "images": self.n_images, "groups": self.n_groups, "seed": self.seed,
                 "best": self.best, "params": self.params,
+                "rare_classes": self.rare.to_json() if self.rare and self.rare.types else None,
                 "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
 
 
 def cross_validate_model(estimator: Any, X: np.ndarray, y: np.ndarray, folds: np.ndarray, classes: list[str],
                          on_fold: Callable[[int, dict], None] | None = None) -> dict:
-    """Fit and score ``estimator`` on every fold; returns per-fold figures.
+    """Fit and score ``estimator`` on every fold; returns per-fold figures and the out-of-fold
+    predicted class of every row (``pred``).
 
     ``on_fold(i, figures)`` runs after each fold (tuning reports it to its pruner, which may stop the CV).
     """
@@ -100,6 +108,7 @@ def cross_validate_model(estimator: Any, X: np.ndarray, y: np.ndarray, folds: np
     from leukoscope.evaluate.metrics import classification_metrics
 
     rows = []
+    pred = np.full(len(y), -1)
     for f in np.unique(folds):
         test = folds == f
         model = clone(estimator)
@@ -109,10 +118,11 @@ def cross_validate_model(estimator: Any, X: np.ndarray, y: np.ndarray, folds: np
         probs = class_probabilities(model, X[test], len(classes))
         t2 = time.perf_counter()
         m = classification_metrics(y[test], probs, classes)
+        pred[test] = probs.argmax(1)
         rows.append({k: m.get(k) for k in METRICS} | {"fit_s": t1 - t0, "predict_s": t2 - t1})
         if on_fold:
             on_fold(len(rows) - 1, rows[-1])
-    return {"folds": rows}
+    return {"folds": rows, "pred": pred}
 
 
 def _child(conn: Connection, estimator: Any, X: np.ndarray, y: np.ndarray, folds: np.ndarray,
@@ -188,7 +198,12 @@ def run_models(estimators: dict[str, Any], X: np.ndarray, y: np.ndarray, folds: 
     return results
 
 
-def _table(results: dict[str, dict], protocol: str) -> pd.DataFrame:
+def _table(results: dict[str, dict], protocol: str, y: np.ndarray, groups: np.ndarray, seed: int
+           ) -> pd.DataFrame:
+    """One row per model: mean and std over folds, the ``INTERVALS``' pooled out-of-fold figure with its
+    95% interval over resampled groups, its status; sorted by balanced accuracy, failures last."""
+    from leukoscope.evaluate.metrics import bootstrap_ci, label_figure
+
     rows = []
     for name, res in results.items():
         row: dict[str, Any] = {"model": name}
@@ -199,10 +214,15 @@ def _table(results: dict[str, dict], protocol: str) -> pd.DataFrame:
             for key in METRICS:
                 row[f"{key}_mean"] = per[key].mean()
                 row[f"{key}_std"] = per[key].std(ddof=0)
+            k = int(max(y.max(initial=0), res["pred"].max(initial=0))) + 1
+            for key in INTERVALS:
+                row[f"{key}_pooled"] = label_figure(y, res["pred"], k, key)
+                row[f"{key}_lo"], row[f"{key}_hi"] = bootstrap_ci(y, res["pred"], groups, seed, metric=key)
             row |= {"cpu_s": res.get("cpu_s"), "status": "ok", "error": ""}
         rows.append(row | {"protocol": protocol})
-    cols = ["model"] + [f"{k}_{s}" for k in METRICS for s in ("mean", "std")] + ["cpu_s", "status",
-                                                                                  "error", "protocol"]
+    cols = (["model"] + [f"{k}_{s}" for k in METRICS for s in ("mean", "std")]
+            + [f"{k}_{s}" for k in INTERVALS for s in ("pooled", "lo", "hi")]
+            + ["cpu_s", "status", "error", "protocol"])
     df = pd.DataFrame(rows).reindex(columns=cols)
     df["_ok"] = df["status"] == "ok"
     df = df.sort_values(["_ok", "balanced_accuracy_mean", "model"], ascending=[False, False, True])
@@ -233,9 +253,12 @@ def benchmark(m: Manifest, *, features: str = "handcrafted", k: int = 5,
               models: Sequence[str] | None = None, timeout: float | None = 300.0,
               jobs: int | None = None, seed: int = 0, cache: Path | None = None,
               feature_params: dict[str, Any] | None = None,
-              params: dict[str, dict[str, Any]] | None = None, progress: Progress = SILENT
+              params: dict[str, dict[str, Any]] | None = None,
+              min_cells: int | None = None, rare: str | None = None, progress: Progress = SILENT
               ) -> tuple[Leaderboard, Manifest, np.ndarray]:
-    """Run the leaderboard on manifest ``m``; returns it with the rows and matrix it used.
+    """Run the leaderboard on the labelled rows of ``m``, classes of fewer than ``min_cells`` cells
+    merged into ``other`` or dropped (``rare``; None: the defaults of ``data.rare.rare_classes``);
+    returns it with the rows and matrix it used.
 
     ``progress`` has two tasks: the features (images), then the models as each one finishes.
     """
@@ -244,7 +267,8 @@ def benchmark(m: Manifest, *, features: str = "handcrafted", k: int = 5,
     from leukoscope.models.registry import list_models
 
     names = list(models) if models else list_models(family="classical")
-    kept, X, spec, skipped = feature_matrix(m, features, cache=cache, feature_params=feature_params,
+    rows, report = rare_classes(labelled(m), min_cells, rare)
+    kept, X, spec, skipped = feature_matrix(rows, features, cache=cache, feature_params=feature_params,
                                             progress=progress)
     split = kfold(kept, k=k, seed=seed)
     class_names = classes(split)
@@ -257,20 +281,24 @@ def benchmark(m: Manifest, *, features: str = "handcrafted", k: int = 5,
     progress.done("models")
     proto = split_protocol(split)
     data = ", ".join(sorted(set(split["dataset"]))) if "dataset" in split else ""
-    lb = Leaderboard(table=_table(results | errors, proto), protocol=proto, classes=class_names,
+    table = _table(results | errors, proto, y, split["group"].to_numpy(), seed)
+    lb = Leaderboard(table=table, protocol=proto, classes=class_names,
                      features=spec, folds=int(split["fold"].nunique()), n_images=len(split),
                      n_groups=int(split["group"].nunique()), seed=seed, skipped=skipped, data=data,
-                     params=dict(params or {}))
+                     params=dict(params or {}), rare=report)
     return lb, split, X
 
 
 def cell(row: pd.Series, key: str) -> str:
-    """``mean ± std`` for a metric of one leaderboard row (``-`` when undefined)."""
+    """``mean ± std`` for a metric of one leaderboard row (``-`` when undefined), then the interval
+    ``[lo, hi]`` where the metric has one."""
     mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
     if mean is None or pd.isna(mean):
         return "-"
     digits = 2 if key.endswith("_s") else 3
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    text = f"{mean:.{digits}f} ± {std:.{digits}f}"
+    lo, hi = row.get(f"{key}_lo"), row.get(f"{key}_hi")
+    return text if lo is None or pd.isna(lo) else f"{text} [{lo:.2f}, {hi:.2f}]"
 
 
 def to_markdown(lb: Leaderboard) -> str:
@@ -280,7 +308,11 @@ def to_markdown(lb: Leaderboard) -> str:
              f"{lb.n_groups} groups, seed {lb.seed}",
              f"- features: {lb.features['kind']} "
              + ", ".join(f"{k}={v}" for k, v in lb.features["params"].items()),
-             f"- classes: {', '.join(lb.classes)}"]
+             f"- classes: {', '.join(lb.classes)}",
+             f"- mean ± std over folds; [95% interval] of the pooled out-of-fold figure over resampled "
+             f"groups ({', '.join(INTERVALS)})"]
+    if lb.rare and lb.rare.line():
+        lines.append(f"- rare classes: {lb.rare.line()}")
     if lb.data:
         lines.append(f"- data: {lb.data}")
     if lb.warning:
@@ -331,6 +363,7 @@ def write_leaderboard(lb: Leaderboard, out: Path) -> dict[str, Path]:
              "error": r["error"]} for _, r in lb.table.iterrows()]
     write_report(paths["html"], "leaderboard.html", title="Classical leaderboard",
                  protocol=lb.protocol, warning=lb.warning, version=__version__, run=lb.summary(),
+                 rare_line=lb.rare.line() if lb.rare else None,
                  headers=list(METRICS.values()), rows=rows, plot=figure_to_data_uri(_bar_plot(lb)))
     write_json_atomic(paths["json"], lb.summary())
     return paths

@@ -1,8 +1,10 @@
 """Duplicate pairs joined into clusters, and what a cluster means for the data.
 
-Pairs are joined by union-find. A cluster with two labels is a label conflict; one whose members
-sit on two sides of a split (or of the data set's own train / test) is leakage; one that spans
-two groups (subjects) would let a grouped split leak.
+Pairs are joined by union-find. A cluster with two labels is a label conflict (an unlabelled copy of a
+labelled cell is not: it has no label to disagree with); one whose members sit on two sides of a split
+(or of the data set's own train / test) is leakage; one that spans two groups (subjects) would let a
+grouped split leak. Apart from clusters, the result lists the files of one patient filed under two labels
+(``data.cohort.label_conflicts``: the same bytes in two cell-type folders).
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ class AuditResult:
     threshold: float
     skipped: list[tuple[str, str]] = field(default_factory=list)
     embeddings: bool = False
+    #: one row per file filed under two or more labels of one patient: subject, sha1, label, path
+    filed_twice: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=["subject", "sha1", "label", "path"]))
 
     def clusters(self) -> list[pd.DataFrame]:
         """The rows of each duplicate cluster (two or more images)."""
@@ -59,8 +64,15 @@ class AuditResult:
         return [part for _, part in m[m["cluster"] >= 0].groupby("cluster", sort=True)]
 
     def label_conflicts(self) -> list[int]:
-        """Clusters whose members carry two or more labels."""
-        return [int(c["cluster"].iloc[0]) for c in self.clusters() if c["label"].nunique() > 1]
+        """Clusters whose labelled members carry two or more labels."""
+        return [int(c["cluster"].iloc[0]) for c in self.clusters()
+                if c.loc[c["source_split"] != "unlabelled", "label"].nunique() > 1]
+
+    def patient_conflicts(self) -> list[dict[str, Any]]:
+        """Each file filed under two or more labels of one patient: subject, labels, paths."""
+        return [{"subject": str(subject), "sha1": str(sha1), "labels": list(map(str, part["label"])),
+                 "paths": list(map(str, part["path"]))}
+                for (subject, sha1), part in self.filed_twice.groupby(["subject", "sha1"], sort=True)]
 
     def leaking(self) -> list[int]:
         """Clusters whose members sit on two or more sides."""
@@ -94,6 +106,8 @@ class AuditResult:
             "clusters": len(clusters),
             "images_in_clusters": int(sum(len(c) for c in clusters)),
             "label_conflicts": len(self.label_conflicts()),
+            "filed_under_two_labels": int(self.filed_twice.groupby(["subject", "sha1"]).ngroups),
+            "patients_with_files_under_two_labels": int(self.filed_twice["subject"].nunique()),
             "cross_group_clusters": len(self.cross_group()),
             "leaking_clusters": len(self.leaking()),
             "sides_from": self.sides_from,
@@ -111,7 +125,8 @@ class AuditResult:
             ra, rb = m.iloc[r.a], m.iloc[r.b]
             out.append({
                 "kind": r.kind, "similarity": round(float(r.similarity), 4), "cluster": int(r.cluster),
-                "label_conflict": ra["label"] != rb["label"],
+                "label_conflict": ra["label"] != rb["label"] and "unlabelled" not in
+                (ra["source_split"], rb["source_split"]),
                 "cross_side": ra["side"] is not None and rb["side"] is not None
                 and ra["side"] != rb["side"],
                 "in_conflict_cluster": int(r.cluster) in conflicts,
@@ -129,6 +144,7 @@ class AuditResult:
                           "sides": sorted(map(str, c["side"].dropna().unique())),
                           "members": [_describe(r) for _, r in c.iterrows()]} for c in self.clusters()],
             "pairs": self.pair_records(),
+            "filed_under_two_labels": self.patient_conflicts(),
             "skipped": [{"path": p, "reason": why} for p, why in self.skipped],
         }
 

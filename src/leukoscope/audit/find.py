@@ -10,6 +10,7 @@ import pandas as pd
 from leukoscope.audit.clusters import AuditResult, UnionFind, assemble
 from leukoscope.audit.search import cosine_pairs, nearest
 from leukoscope.audit.signatures import Signature, signatures, verify
+from leukoscope.data.cohort import label_conflicts
 from leukoscope.data.manifest import Manifest
 from leukoscope.errors import ConfigError
 from leukoscope.progress import SILENT, Progress
@@ -63,7 +64,8 @@ def audit(m: Manifest, split: Split | None = None, *, threshold: float = THRESHO
           neighbours: int = 3, embeddings: pd.DataFrame | None = None,
           embed_threshold: float = EMBED_THRESHOLD, n_jobs: int = -1,
           progress: Progress = SILENT) -> AuditResult:
-    """Find exact and near duplicates in ``m``; sides come from ``split`` or the source splits.
+    """Find exact and near duplicates in ``m``, and files filed under two labels of one patient
+    (``data.cohort.label_conflicts``); sides come from ``split`` or the source splits.
 
     ``threshold`` is the minimum detail correlation of a near pair; each image's ``neighbours``
     most similar signatures are verified. Unreadable images are skipped and listed. Signatures
@@ -109,7 +111,9 @@ def audit(m: Manifest, split: Split | None = None, *, threshold: float = THRESHO
             labels = list(m.index[keep])
             pairs += [(a, b, "embedding", s)
                       for a, b, s in _embedding_pairs(embeddings, labels, reps, embed_threshold)]
-    return assemble(out, pairs, sides_from, threshold, skipped, embeddings is not None)
+    result = assemble(out, pairs, sides_from, threshold, skipped, embeddings is not None)
+    result.filed_twice = label_conflicts(m)
+    return result
 
 
 def dedupe_groups(m: Manifest, result: AuditResult | None = None,

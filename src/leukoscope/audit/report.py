@@ -39,5 +39,6 @@ def write_audit(result: AuditResult, out: Path, max_pairs: int = 300) -> tuple[P
     html_path = write_report(out / "audit.html", "audit.html", title="Data audit", protocol=None,
                              warning=None, summary=data["summary"], pairs=shown, thumbs=thumbs,
                              hidden=len(records) - len(shown), clusters=data["clusters"],
+                             filed_twice=data["filed_under_two_labels"],
                              skipped=data["skipped"], name=lambda p: Path(p).name, version=__version__)
     return json_path, html_path

@@ -8,6 +8,8 @@ from typing import Any
 
 import pandas as pd
 
+from leukoscope.data.rare import RareReport
+
 
 def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
@@ -28,6 +30,9 @@ def model_card(config: dict[str, Any], metrics: dict[str, Any],
             lines.append(f"- {key}: {json.dumps(config[key])}")
     lines += ["", "## Data and protocol", f"- data: {config.get('data', '-')}",
               f"- protocol: {config.get('protocol', '-')}"]
+    if config.get("rare_classes"):
+        line = RareReport.from_json(config["rare_classes"]).line()
+        lines.append(f"- rare classes: {line}")
     if config.get("protocol") == "image-level":
         lines.append("- warning: no subject ids; cells of one patient may be on both sides, so "
                      "the figures below may be optimistic")

@@ -152,10 +152,26 @@ def check_config(config: Any, cfg: Path) -> dict[str, Any]:
     for key, kind in _INFO_TYPES.items():
         if key in config:
             need(isinstance(config[key], kind), key, f"a JSON {kind.__name__}", config[key])
+    if "rare_classes" in config:
+        _check_rare(config["rare_classes"], need)
     check = _FAMILY_CHECKS.get(family)
     if check is not None:
         check(config, need)
     return config
+
+
+def _check_rare(rare: Any, need: Need) -> None:
+    """``rare_classes`` (``data.rare.RareReport.to_json``): evaluate merges or drops these classes too."""
+    from leukoscope.data.rare import HOW
+
+    need(isinstance(rare, dict), "rare_classes", "a JSON object", rare)
+    need(rare.get("done") in (None, *HOW), "rare_classes.done", f"null or one of {', '.join(HOW)}",
+         rare.get("done"))
+    types = rare.get("types")
+    need(isinstance(types, dict) and all(isinstance(n, int) for n in types.values()),
+         "rare_classes.types", "an object of class -> cell count", types)
+    n = rare.get("min_cells")
+    need(isinstance(n, int), "rare_classes.min_cells", "an integer", n)
 
 
 def _check_network(config: dict[str, Any], need: Need) -> None:

@@ -13,7 +13,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import typer
 from rich.console import Console
@@ -22,6 +22,9 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from leukoscope import __version__
 from leukoscope.errors import LeukoscopeError
+
+if TYPE_CHECKING:
+    from leukoscope.data.rare import RareReport
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -162,6 +165,13 @@ def print_skipped(skipped: list[tuple[str, str]]) -> None:
         console.print(f"[yellow]skipped {len(skipped)} unreadable image(s):[/]")
         for path, reason in skipped:
             say(f"  {path}: {reason}")
+
+
+def print_rare(report: RareReport | None) -> None:
+    """The line saying which classes were merged or left out as rare, and how many cells."""
+    line = report.line() if report is not None else None
+    if line:
+        console.print(escape(f"rare classes: {line}"), soft_wrap=True)
 
 
 def print_json(data: Any) -> None:

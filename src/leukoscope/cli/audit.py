@@ -58,12 +58,18 @@ def audit_cmd(
             table.add_row(f"{kind} duplicate pairs", str(n))
     table.add_row("duplicate clusters", f"{info['clusters']} ({info['images_in_clusters']} images)")
     table.add_row("clusters with a label conflict", str(info["label_conflicts"]))
+    patients = info["patients_with_files_under_two_labels"]
+    table.add_row("files filed under two labels of one patient",
+                  f"{info['filed_under_two_labels']} ({patients} patients)")
     table.add_row("clusters spanning two groups", str(info["cross_group_clusters"]))
     if info["sides_from"]:
         table.add_row(f"clusters across sides ({info['sides_from']})", str(info["leaking_clusters"]))
         for pair, n in info["side_pairs"].items():
             table.add_row(escape(f"  {pair}"), f"{n['pairs']} pair(s), {n['clusters']} cluster(s)")
     console.print(table)
+    for c in result.patient_conflicts():
+        console.print(escape(f"label conflict: {c['subject']} {Path(c['paths'][0]).name} filed under "
+                             f"{' and '.join(c['labels'])}"), soft_wrap=True)
     for path, reason in result.skipped:
         console.print(f"[yellow]skipped[/] {escape(f'{path}: {reason}')}", soft_wrap=True)
     say(f"wrote {json_path} and {html_path}")

@@ -9,8 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from leukoscope.cli.app import app, console, print_skipped, say
-from leukoscope.cli.options import KindOpt, LayoutOpt, Paths
+from leukoscope.cli.app import app, console, print_rare, print_skipped, say
+from leukoscope.cli.options import KindOpt, LayoutOpt, MinCellsOpt, Paths, RareOpt
 from leukoscope.cli.progress import shown
 
 
@@ -34,6 +34,8 @@ def benchmark_cmd(
         "--config", help="A tuned configuration (leukoscope tune's best.yaml): that model, its parameters "
         "and its feature kind.", show_default="none")] = None,
     layout: LayoutOpt = None,
+    min_cells: MinCellsOpt = None,
+    rare: RareOpt = None,
 ) -> None:
     """Every classical model on cached features: grouped k-fold CV, sorted by balanced accuracy."""
     from leukoscope.data.readers import read
@@ -63,7 +65,7 @@ def benchmark_cmd(
     m = read(paths, layout)
     with shown() as bars:
         lb, split, X = benchmark(m, features=features, k=cv, models=names, timeout=timeout, jobs=jobs,
-                                 seed=seed, params=params, progress=bars)
+                                 seed=seed, params=params, min_cells=min_cells, rare=rare, progress=bars)
     written = write_leaderboard(lb, out)
     table = Table(title=f"leaderboard: {lb.folds}-fold CV, {lb.protocol} ({lb.n_images} images, "
                         f"{lb.n_groups} groups; {lb.features['kind']} features)")
@@ -75,6 +77,7 @@ def benchmark_cmd(
         status = "ok" if row["status"] == "ok" else f"[red]{row['status']}: {escape(row['error'])}[/]"
         table.add_row(escape(row["model"]), *(cell(row, k) for k in METRICS), status)
     console.print(table)
+    print_rare(lb.rare)
     if lb.warning:
         console.print(f"[yellow]note:[/] {lb.warning}")
     print_skipped(lb.skipped)

@@ -10,8 +10,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from leukoscope.cli.app import console, data_app, print_json, say
-from leukoscope.cli.options import DiagnosisOpt, LayoutOpt, Paths, SubjectIdOpt, SubjectsOpt
+from leukoscope.cli.app import console, data_app, print_json, print_rare, say
+from leukoscope.cli.options import (
+    DiagnosisOpt,
+    LayoutOpt,
+    MinCellsOpt,
+    Paths,
+    RareOpt,
+    SubjectIdOpt,
+    SubjectsOpt,
+)
 from leukoscope.cli.progress import bar_display as progress  # noqa: F401 - cli/train.py, cli/evaluate.py
 from leukoscope.cli.progress import shown
 
@@ -93,8 +101,11 @@ def split_cmd(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     dedupe: Annotated[bool, typer.Option("--dedupe", help="Audit for duplicate cells first and "
                                          "keep each duplicate cluster in one group.")] = False,
+    min_cells: MinCellsOpt = None,
+    rare: RareOpt = None,
 ) -> None:
     """Stratified split grouped by subject (image-level where there is none); never leaks."""
+    from leukoscope.data.rare import rare_classes
     from leukoscope.data.readers import read
     from leukoscope.data.splits import (
         describe_split,
@@ -104,7 +115,7 @@ def split_cmd(
         write_split,
     )
 
-    m = read(paths, layout)
+    m, rare_report = rare_classes(read(paths, layout), min_cells, rare)
     merged = None
     if dedupe:
         from leukoscope.audit import dedupe_groups
@@ -128,6 +139,7 @@ def split_cmd(
     console.print(table)
     if "warning" in info:
         console.print(f"[yellow]note:[/] {info['warning']}")
+    print_rare(rare_report)
     if merged is not None:
         console.print(f"--dedupe: {merged} duplicate cluster(s) merged their groups")
     console.print(escape(f"no group on two sides; wrote {out}"))

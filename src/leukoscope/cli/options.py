@@ -107,6 +107,15 @@ SubjectIdOpt = Annotated[
                              help="Column of --subjects holding the patient id.")]
 DiagnosisOpt = Annotated[
     str, typer.Option("--diagnosis", help="Column of --subjects holding the patient-level label.")]
+#: ``leukoscope.data.rare.MIN_CELLS``, repeated so ``--help`` stays instant (a test keeps them equal).
+MIN_CELLS = 30
+MinCellsOpt = Annotated[int | None, typer.Option(
+    "--min-cells", show_default=str(MIN_CELLS), help="Classes with fewer labelled cells are too rare to "
+    "learn: merged or left out (--rare), and the outputs say which. 30 is ~6 cells per test fold of 5; 0 "
+    "keeps every class.")]
+RareOpt = Annotated[str | None, typer.Option(
+    "--rare", show_default="other", help="What becomes of a rare class's cells: other (one merged class "
+    "'other') or drop.")]
 
 BundleArg = Annotated[Path, typer.Argument(
     help="A model bundle folder (from train or benchmark --save-best).", show_default=False)]

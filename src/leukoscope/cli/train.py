@@ -10,8 +10,9 @@ import typer
 from rich.progress import Progress, TaskID
 from rich.table import Table
 
-from leukoscope.cli.app import app, console, err_console, guarded
-from leukoscope.cli.data import LayoutOpt, Paths, progress
+from leukoscope.cli.app import app, console, err_console, guarded, print_rare
+from leukoscope.cli.data import progress
+from leukoscope.cli.options import LayoutOpt, MinCellsOpt, Paths, RareOpt
 from leukoscope.errors import ConfigError
 
 
@@ -95,9 +96,12 @@ def train_cmd(
     positive: Annotated[str | None, typer.Option("--positive", help="With --target: the positive class "
                                                  "(default: the rarer).")] = None,
     repeats: Annotated[int | None, typer.Option("--repeats", help="With --target: CV repeats (5).")] = None,
+    min_cells: MinCellsOpt = None,
+    rare: RareOpt = None,
 ) -> None:
     """Train a network (from scratch or fine-tuned) or fit a classical pipeline on a grouped split; rerun
     to resume. With --target, a patient-level model instead: one call per patient from its cells."""
+    from leukoscope.data.rare import RareReport
     from leukoscope.data.readers import read
 
     if target is not None:
@@ -112,7 +116,8 @@ def train_cmd(
         config, model=model, epochs=epochs, lr=lr, batch_size=batch_size, img_size=img_size,
         grayscale=grayscale, subset=subset, augment=augment, aug_strength=aug_strength, stain=stain,
         crop_to_cell=crop_to_cell, tta=tta, patience=patience, finetune_depth=finetune_depth, seed=seed,
-        freeze_bn=freeze_bn, cv=cv, split_protocol=split_protocol, features=features)
+        freeze_bn=freeze_bn, cv=cv, split_protocol=split_protocol, features=features, min_cells=min_cells,
+        rare=rare)
     m = read(paths, layout)
     try:
         with progress() as bar:
@@ -137,9 +142,16 @@ def train_cmd(
         console.print(f"pooled weighted F1 {result['pooled']['f1_weighted']:.3f} "
                       f"(95% subject-bootstrap interval {lo:.2f}-{hi:.2f}); "
                       f"per-fold mean {result['f1_weighted_mean']:.3f} +- {result['f1_weighted_std']:.3f}")
+        for key, name in (("balanced_accuracy", "balanced accuracy"), ("f1_macro", "macro F1")):
+            lo, hi = result[f"{key}_ci95"]
+            console.print(f"pooled {name} {result['pooled'][key]:.3f} (interval {lo:.2f}-{hi:.2f}); "
+                          f"per-fold mean {result[f'{key}_mean']:.3f} +- {result[f'{key}_std']:.3f}")
+        print_rare(RareReport.from_json(result["rare_classes"]) if "rare_classes" in result else None)
         console.print(f"results: {out / 'cv.json'}")
         return
     console.print(_figures_table(bundle.metrics()))
+    recorded = bundle.config.get("rare_classes")
+    print_rare(RareReport.from_json(recorded) if recorded else None)
     if bundle.config.get("protocol") == "image-level":
         from leukoscope.data.manifest import IMAGE_LEVEL_WARNING
 

@@ -258,10 +258,11 @@ def label_conflicts(m: Manifest) -> pd.DataFrame:
     """Byte-identical files filed under two or more labels of one patient (label noise).
 
     One row per file in such a clash (subject, sha1, label, path), sorted; only files whose size
-    matches another labelled file of the same patient are hashed.
+    matches another labelled file of the same patient, one with two labels or more, are hashed.
     """
     cols = ["subject", "sha1", "label", "path"]
     lab = m.loc[(m["source_split"] != "unlabelled") & m["subject"].notna(), ["subject", "label", "path"]]
+    lab = lab[lab.groupby("subject")["label"].transform("nunique") > 1]
     lab = lab.assign(size=[os.path.getsize(p) for p in lab["path"]])
     lab = lab[lab.duplicated(["subject", "size"], keep=False)]
     lab = lab.assign(sha1=[file_digest(p) for p in lab["path"]])

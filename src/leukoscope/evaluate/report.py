@@ -18,6 +18,7 @@ import pandas as pd
 from leukoscope.bundle import Bundle
 from leukoscope.data.images import load_batch, load_rgb
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, Manifest, label_indices, labelled, protocol
+from leukoscope.data.rare import RareReport, apply_rare
 from leukoscope.errors import DataError, ImageError
 from leukoscope.evaluate import figures
 from leukoscope.evaluate.calibration import ece, reliability
@@ -131,7 +132,8 @@ def _write_predictions(path: Path, m: Manifest, y: np.ndarray, probs: np.ndarray
 def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: str | None = None,
              batch_size: int = 64, on_progress: Callable[[int, int], None] | None = None
              ) -> dict[str, Any]:
-    """Score ``bundle`` on the labelled rows of ``m`` (optionally one ``side`` of its split).
+    """Score ``bundle`` on the labelled rows of ``m`` (optionally one ``side`` of its split), the
+    classes it merged or dropped as rare merged or dropped here too.
 
     Writes ``metrics.json``, ``predictions.csv`` and ``report.html`` into ``out``; returns the
     metrics dict. Unreadable images are skipped and listed under ``skipped``.
@@ -140,7 +142,9 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
 
     out = Path(out)
     classes = bundle.classes
-    m = labelled(m)
+    recorded = bundle.config.get("rare_classes")
+    rare = RareReport.from_json(recorded) if recorded else None
+    m = apply_rare(labelled(m), rare)  # the classes the model was trained on: rare ones merged or dropped
     if side is not None:
         m = on_side(bundle, m, side)
     if m.empty:
@@ -161,6 +165,7 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
         "warnings": _warnings(m, overlap, side, classes, scores["cell"]["absent_classes"]),
         "overlap_with_training_split": overlap,
         "images": int(len(y_all)), "evaluated": int(len(y)),
+        **({"rare_classes": rare.to_json()} if rare is not None else {}),
         "skipped": [{"path": p, "reason": r} for p, r in skipped],
         **scores,
         "calibration": {"temperature": temperature, "ece_before": ece(before, y), "ece_after": ece(probs, y),

@@ -1,11 +1,12 @@
 """A classical run: a registered scikit-learn pipeline fitted on image features, as a bundle.
 
 ``train_classical(m, config, out)`` takes the rows a network run would (``train.data``: the same
-subset and the same grouped train / val / test split for the same seed), computes the features the
-bundle will declare (``config.features``, cached on disk), fits the pipeline on the train side,
-fits the calibration temperature on the val side and scores val and test with it, the way a
-network run does. The run directory is laid out as a network's (``train.rundir``): ``out/bundle``.
-``benchmark --save-best`` writes its bundle with the same ``fit_on_train`` and ``write_bundle``.
+rare classes merged or dropped, subset and grouped train / val / test split for the same seed),
+computes the features the bundle will declare (``config.features``, cached on disk), fits the
+pipeline on the train side, fits the calibration temperature on the val side and scores val and
+test with it, the way a network run does. The run directory is laid out as a network's
+(``train.rundir``): ``out/bundle``. ``benchmark --save-best`` writes its bundle with the same
+``fit_on_train`` and ``write_bundle``.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ import pandas as pd
 
 from leukoscope.bundle import Bundle, finish_bundle, load_bundle, write_json, writing_bundle
 from leukoscope.bundle.classical import WEIGHTS, log_probabilities, save_pipeline
-from leukoscope.data.manifest import Manifest, classes, label_indices, labelled
+from leukoscope.data.manifest import Manifest, classes, label_indices
 from leukoscope.data.splits import split_protocol
 from leukoscope.errors import ConfigError
 from leukoscope.features.cache import feature_matrix
 from leukoscope.progress import Counting
 from leukoscope.train import rundir
 from leukoscope.train.config import TrainConfig
-from leukoscope.train.data import bundle_split, describe, run_split, subset
+from leukoscope.train.data import bundle_split, describe, run_rows, run_split
 from leukoscope.train.heldout import calibrated
 from leukoscope.train.reporter import Reporter, SilentReporter
 
@@ -46,7 +47,8 @@ def train_classical(m: Manifest, config: TrainConfig, out: Path, reporter: Repor
         estimator = get_model(cfg.model).build(seed=cfg.seed)
     except Exception as e:  # noqa: BLE001 - a builder that cannot run here (a missing library) is one line
         raise ConfigError(f"--model {cfg.model}: cannot build ({type(e).__name__}: {e})") from None
-    rows, X, spec, skipped = _features(subset(labelled(m), cfg.subset, cfg.seed), str(cfg.features), rep)
+    taken, rare = run_rows(m, cfg)
+    rows, X, spec, skipped = _features(taken, str(cfg.features), rep)
     split = run_split(rows, cfg)
     class_names = classes(split)
     y = np.asarray(label_indices(split, class_names))
@@ -58,11 +60,13 @@ def train_classical(m: Manifest, config: TrainConfig, out: Path, reporter: Repor
     rep.done(fitting)
     metrics, temperature, _ = calibrated(logits, {s: y[sides == s] for s in logits}, class_names)
     metrics["protocol"] = split_protocol(split)
+    settings = {"model": cfg.model, "params": {}, "classes": class_names, "features": spec,
+                "temperature": temperature, "protocol": metrics["protocol"], "data": describe(rows),
+                "train": cfg.as_dict()}
+    if rare.types:
+        metrics["rare_classes"] = settings["rare_classes"] = rare.to_json()
     write_json(out / "metrics.json", metrics)
-    write_bundle(out / rundir.BUNDLE, pipeline, {
-        "model": cfg.model, "params": {}, "classes": class_names, "features": spec,
-        "temperature": temperature, "protocol": metrics["protocol"], "data": describe(rows),
-        "train": cfg.as_dict()}, metrics, bundle_split(split))
+    write_bundle(out / rundir.BUNDLE, pipeline, settings, metrics, bundle_split(split))
     rundir.mark_done(out)
     rundir.write_skipped(out, skipped)
     return load_bundle(out / rundir.BUNDLE)

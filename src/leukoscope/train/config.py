@@ -14,15 +14,16 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from leukoscope.data.rare import MIN_CELLS, check_rare
 from leukoscope.errors import ConfigError
 
 SPLIT_PROTOCOLS = ("auto", "official")
 #: Settings added after run directories were first written, with the value that reproduces those
 #: runs (a run from before ``min_steps`` trained exactly its epochs).
-ADDED = {"min_steps": 0}
+ADDED = {"min_steps": 0, "min_cells": 0, "rare": "other"}
 BALANCE = ("loss", "sampler", "none")
 #: The settings a classical run uses: which rows, how they are split, which features.
-CLASSICAL = ("model", "subset", "seed", "val", "test", "split_protocol", "features")
+CLASSICAL = ("model", "subset", "seed", "val", "test", "split_protocol", "features", "min_cells", "rare")
 
 
 @dataclass
@@ -64,6 +65,9 @@ class TrainConfig:
     min_steps: int | None = None
     #: classical models: the image features the pipeline is fitted on (default handcrafted)
     features: str | None = None
+    #: classes with fewer labelled cells are merged into ``other`` or dropped (``rare``): data/rare.py
+    min_cells: int = MIN_CELLS
+    rare: str = "other"
 
     @property
     def family(self) -> str:
@@ -139,6 +143,7 @@ class TrainConfig:
         # numpy seeds only take [0, 2**32): anything else would fail deep in the loop
         need(type(self.seed) is int and 0 <= self.seed < 2**32,
              f"--seed must be an integer in [0, 2**32 - 1], got {self.seed!r}")
+        check_rare(self.min_cells, self.rare)
         if self.family == "classical":
             self._check_classical()
             return

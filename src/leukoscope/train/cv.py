@@ -12,6 +12,7 @@ from leukoscope.bundle import write_json
 from leukoscope.data.manifest import Manifest
 from leukoscope.data.splits import Split, check_no_leak, kfold, split_protocol, train_val_test
 from leukoscope.errors import ConfigError
+from leukoscope.evaluate.metrics import bootstrap_ci
 from leukoscope.train import rundir
 from leukoscope.train.config import TrainConfig
 from leukoscope.train.data import decoded_rows, describe, prepare_split
@@ -19,13 +20,17 @@ from leukoscope.train.heldout import scores
 from leukoscope.train.network import fit_and_bundle
 from leukoscope.train.reporter import Reporter, SilentReporter
 
+#: The per-fold figures CV reports as mean, std and a subject-bootstrap interval: weighted F1 (the C-NMC
+#: challenge's), and balanced accuracy and macro F1, which weigh every class alike (cell types).
+FOLD_FIGURES = ("f1_weighted", "balanced_accuracy", "f1_macro")
+
 
 def cross_validate(m: Manifest, config: TrainConfig, out: Path, reporter: Reporter | None = None
                    ) -> dict[str, Any]:
     """Subject-grouped K-fold: each fold is the test side once (val carved from the rest).
 
-    Returns per-fold and pooled figures (weighted F1 is the C-NMC challenge metric) for the
-    fine-tuned network and, for pretrained models, frozen features + logistic regression.
+    Returns per-fold and pooled figures (``FOLD_FIGURES``) for the fine-tuned network and, for
+    pretrained models, frozen features + logistic regression, and the rare classes merged or dropped.
     Written to ``out/cv.json``; fold runs live in ``out/fold-<i>`` and resume like any run.
     """
     out = Path(out)
@@ -37,14 +42,15 @@ def cross_validate(m: Manifest, config: TrainConfig, out: Path, reporter: Report
     out.mkdir(parents=True, exist_ok=True)
     rundir.check_same(out, cfg)
     cfg.write(out)
-    m, images, pre0, class_names, _ = decoded_rows(m, cfg, rep)
+    rows = decoded_rows(m, cfg, rep)
+    m, images, pre0, class_names = rows.rows, rows.images, rows.pre, rows.classes
     folds = kfold(m, cfg.cv, cfg.seed)
     per_fold, pooled_y, pooled_p = [], [], []
     for f in sorted(folds["fold"].unique()):
         split = _fold_split(folds, f, cfg)
         data, pre = prepare_split(split, images, pre0, cfg, class_names)
         fold_cfg = TrainConfig(**{**cfg.as_dict(), "cv": 0})
-        bundle, probs = fit_and_bundle(data, pre, fold_cfg, out / f"fold-{f}", rep, describe(m))
+        bundle, probs = fit_and_bundle(data, pre, fold_cfg, out / f"fold-{f}", rep, describe(m), rows.rare)
         y_test = data.y[data.side("test")]
         pooled_y.append(y_test)
         pooled_p.append(probs["test"])
@@ -53,15 +59,18 @@ def cross_validate(m: Manifest, config: TrainConfig, out: Path, reporter: Report
     pooled = scores(y_all, p_all, class_names)
     table = pd.DataFrame(per_fold)
     result: dict[str, Any] = {
-        "protocol": split_protocol(folds), "k": int(folds["fold"].nunique()), "folds": per_fold,
-        "pooled": pooled,
-        "f1_weighted_mean": float(table["f1_weighted"].mean()),
-        "f1_weighted_std": float(table["f1_weighted"].std(ddof=1)) if len(table) > 1 else 0.0,
-        "f1_weighted_ci95": list(bootstrap_ci(y_all, p_all.argmax(1), pooled_groups(folds), cfg.seed)),
-    }
-    if "frozen_lr_f1_weighted" in table:
-        result["frozen_lr_f1_weighted_mean"] = float(table["frozen_lr_f1_weighted"].mean())
-        result["frozen_lr_f1_weighted_std"] = float(table["frozen_lr_f1_weighted"].std(ddof=1))
+        "protocol": split_protocol(folds), "k": int(folds["fold"].nunique()), "classes": class_names,
+        "folds": per_fold, "pooled": pooled}
+    for key in FOLD_FIGURES:
+        result |= {f"{key}_mean": float(table[key].mean()),
+                   f"{key}_std": float(table[key].std(ddof=1)) if len(table) > 1 else 0.0,
+                   f"{key}_ci95": list(bootstrap_ci(y_all, p_all.argmax(1), pooled_groups(folds), cfg.seed,
+                                                    metric=key))}
+    if rows.rare.types:
+        result["rare_classes"] = rows.rare.to_json()
+    for key in (f"frozen_lr_{k}" for k in FOLD_FIGURES if f"frozen_lr_{k}" in table):
+        result[f"{key}_mean"] = float(table[key].mean())
+        result[f"{key}_std"] = float(table[key].std(ddof=1))
     write_json(out / "cv.json", result)
     return result
 
@@ -81,10 +90,9 @@ def _fold_split(folds: Split, f: int, cfg: TrainConfig) -> Split:
 def _fold_row(f: int, split: Split, mets: dict[str, Any], n_test: int) -> dict[str, Any]:
     row = {"fold": f, "test_images": n_test,
            "test_groups": int(split.loc[split["side"] == "test", "group"].nunique()),
-           "f1_weighted": mets["test"]["f1_weighted"], "accuracy": mets["test"]["accuracy"],
-           "balanced_accuracy": mets["test"]["balanced_accuracy"]}
+           "accuracy": mets["test"]["accuracy"], **{k: mets["test"][k] for k in FOLD_FIGURES}}
     if "frozen_lr" in mets and "test" in mets["frozen_lr"]:
-        row["frozen_lr_f1_weighted"] = mets["frozen_lr"]["test"]["f1_weighted"]
+        row |= {f"frozen_lr_{k}": mets["frozen_lr"]["test"][k] for k in FOLD_FIGURES}
     return row
 
 
@@ -92,19 +100,3 @@ def pooled_groups(folds: Split) -> np.ndarray:
     """Group of each pooled out-of-fold prediction, in the order ``cross_validate`` pools them."""
     return np.concatenate([folds.loc[folds["fold"] == f, "group"].to_numpy()
                            for f in sorted(folds["fold"].unique())])
-
-
-def bootstrap_ci(y: np.ndarray, pred: np.ndarray, groups: np.ndarray, seed: int, n: int = 2000
-                 ) -> tuple[float, float]:
-    """95% bootstrap interval of the weighted F1, resampling whole groups (subjects) with replacement."""
-    from sklearn.metrics import f1_score
-
-    rng = np.random.default_rng(seed)
-    ids = np.unique(groups)
-    rows = {g: np.flatnonzero(groups == g) for g in ids}
-    vals = []
-    for _ in range(n):
-        i = np.concatenate([rows[g] for g in rng.choice(ids, size=len(ids))])
-        vals.append(f1_score(y[i], pred[i], average="weighted", zero_division=0))
-    lo, hi = np.percentile(vals, [2.5, 97.5])
-    return float(lo), float(hi)

@@ -1,8 +1,8 @@
 """The rows and pixels a training run uses: the subset, the grouped split, the decoded image cache.
 
-Both families take their rows the same way (``subset`` of the labelled rows, the images that decode,
-``run_split``), so a classical and a network model trained on the same data with the same seed hold
-out the same test side.
+Both families take their rows the same way (``run_rows``: the labelled rows, rare classes merged or
+dropped, the ``subset``; then the images that decode and ``run_split``), so a classical and a network
+model trained on the same data with the same seed hold out the same test side.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pandas as pd
 
 from leukoscope.data.images import load_rgb
 from leukoscope.data.manifest import Manifest, classes, label_indices, labelled
+from leukoscope.data.rare import RareReport, rare_classes
 from leukoscope.data.splits import Split, check_no_leak, official_cnmc, train_val_test
 from leukoscope.errors import ImageError
 from leukoscope.models import preprocess, stain
@@ -37,6 +38,13 @@ def subset(m: Manifest, fraction: float, seed: int) -> Manifest:
         n = max(2, math.ceil(fraction * len(groups)))
         keep.update(rng.choice(groups, size=min(n, len(groups)), replace=False))
     return m[m["group"].isin(keep)].reset_index(drop=True)
+
+
+def run_rows(m: Manifest, cfg: TrainConfig) -> tuple[Manifest, RareReport]:
+    """The rows a run learns and is scored on: labelled ones (an unlabelled cell is never scored), the
+    classes under ``cfg.min_cells`` merged or dropped (``cfg.rare``), then ``cfg.subset`` of the groups."""
+    rows, rare = rare_classes(labelled(m), cfg.min_cells, cfg.rare)
+    return subset(rows, cfg.subset, cfg.seed), rare
 
 
 def run_split(m: Manifest, cfg: TrainConfig) -> Split:
@@ -82,12 +90,24 @@ def decode(paths: Sequence[str], pre: dict[str, Any], reporter: Reporter
     return out, skipped
 
 
-def decoded_rows(m: Manifest, cfg: TrainConfig, reporter: Reporter
-                 ) -> tuple[Manifest, np.ndarray, dict[str, Any], list[str], list[tuple[str, str]]]:
-    """The run's rows whose image decodes, their pixels, the preprocessing, the classes, the skipped."""
+@dataclass
+class Decoded:
+    """A network run's rows whose image decodes (``images[i]`` is ``rows.iloc[i]``), and how they were had."""
+
+    rows: Manifest
+    images: np.ndarray
+    pre: dict[str, Any]
+    classes: list[str]
+    skipped: list[tuple[str, str]]
+    rare: RareReport
+
+
+def decoded_rows(m: Manifest, cfg: TrainConfig, reporter: Reporter) -> Decoded:
+    """The run's rows (``run_rows``) whose image decodes, their pixels, the preprocessing, the classes,
+    the skipped images and the rare classes' report."""
     from leukoscope.models.networks import network_class
 
-    m = subset(labelled(m), cfg.subset, cfg.seed)
+    m, rare = run_rows(m, cfg)
     cls = network_class(cfg.model)
     pre = preprocess.preprocessing_config(cfg.img_size or 224, cls.mean, cls.std, cfg.grayscale,
                                           cfg.crop_to_cell)
@@ -96,7 +116,7 @@ def decoded_rows(m: Manifest, cfg: TrainConfig, reporter: Reporter
         bad = {p for p, _ in skipped}
         keep = ~m["path"].isin(bad).to_numpy()
         m, images = m[keep].reset_index(drop=True), images[keep]
-    return m, images, pre, classes(m), skipped
+    return Decoded(m, images, pre, classes(m), skipped, rare)
 
 
 @dataclass

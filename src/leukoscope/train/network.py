@@ -13,6 +13,7 @@ import numpy as np
 from leukoscope.bundle import Bundle, finish_bundle, load_bundle, write_json, writing_bundle
 from leukoscope.bundle.network import save_weights
 from leukoscope.data.manifest import Manifest
+from leukoscope.data.rare import RareReport
 from leukoscope.data.splits import split_protocol
 from leukoscope.models.networks import Network
 from leukoscope.train import rundir
@@ -33,17 +34,19 @@ def train_network(m: Manifest, config: TrainConfig, out: Path, reporter: Reporte
     if done is not None:
         return done
     rep = reporter or SilentReporter()
-    m, images, pre, class_names, skipped = decoded_rows(m, cfg, rep)
-    data, pre = prepare_split(run_split(m, cfg), images, pre, cfg, class_names)
-    bundle, _ = fit_and_bundle(data, pre, cfg, out, rep, describe(m))
-    rundir.write_skipped(out, skipped)
+    rows = decoded_rows(m, cfg, rep)
+    data, pre = prepare_split(run_split(rows.rows, cfg), rows.images, rows.pre, cfg, rows.classes)
+    bundle, _ = fit_and_bundle(data, pre, cfg, out, rep, describe(rows.rows), rows.rare)
+    rundir.write_skipped(out, rows.skipped)
     return bundle
 
 
 def fit_and_bundle(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
-                   reporter: Reporter | None = None, data_desc: str = ""
+                   reporter: Reporter | None = None, data_desc: str = "", rare: RareReport | None = None
                    ) -> tuple[Bundle, dict[str, np.ndarray]]:
-    """``fit``, evaluate, write metrics.json and ``out/bundle``; the loaded bundle and test probs."""
+    """``fit``, evaluate, write metrics.json and ``out/bundle``; the loaded bundle and test probs.
+
+    ``rare`` (the classes merged or dropped before the split) is recorded in both."""
     t0, c0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     model, history, extra = fit(data, pre, cfg, out, reporter)
     metrics, temperature, probs = evaluate(model, data, pre, cfg.tta, reporter)
@@ -60,6 +63,8 @@ def fit_and_bundle(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: P
               "input_size": pre["input_size"], "preprocessing": pre, "temperature": temperature,
               "tta": cfg.tta, "protocol": metrics["protocol"], "data": data_desc,
               "train": cfg.as_dict()}
+    if rare is not None and rare.types:
+        metrics["rare_classes"] = config["rare_classes"] = rare.to_json()
     write_json(out / "metrics.json", metrics)
     with writing_bundle(out / rundir.BUNDLE) as folder:
         save_weights(model, folder)

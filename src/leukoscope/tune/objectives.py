@@ -185,13 +185,14 @@ class NetworkObjective(_Objective):
 
     @staticmethod
     def rows(m: Manifest, settings: TuneSettings) -> Manifest:
-        """The rows a study splits and searches on: ``--fix subset=F`` takes the groups
-        ``leukoscope train`` would take for the same subset and seed, so the retrained best
-        configuration holds out the same test side."""
-        from leukoscope.data.manifest import labelled
-        from leukoscope.train.data import subset
+        """The rows a study splits and searches on: the rows ``leukoscope train`` would take (rare
+        classes merged or dropped, ``--fix subset=F`` of the groups) for the same settings and seed,
+        so the retrained best configuration holds out the same test side."""
+        from leukoscope.train.config import TrainConfig
+        from leukoscope.train.data import run_rows
 
-        return subset(labelled(m), float(settings.fixed.get("subset", 1.0)), settings.seed)
+        cfg = TrainConfig.build(None, **{"model": settings.model, "seed": settings.seed, **settings.fixed})
+        return run_rows(m, cfg)[0]
 
     def __init__(self, settings: TuneSettings, split: Split, out: Path, *, cache: Path | None = None,
                  progress: Progress = SILENT):
