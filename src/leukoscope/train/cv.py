@@ -12,15 +12,15 @@ from leukoscope.bundle import write_json
 from leukoscope.data.manifest import Manifest
 from leukoscope.data.splits import Split, check_no_leak, kfold, split_protocol, train_val_test
 from leukoscope.errors import ConfigError
+from leukoscope.progress import SILENT, Progress
 from leukoscope.train import rundir
 from leukoscope.train.config import TrainConfig
 from leukoscope.train.data import decoded_rows, describe, prepare_split
 from leukoscope.train.heldout import scores
 from leukoscope.train.network import fit_and_bundle
-from leukoscope.train.reporter import Reporter, SilentReporter
 
 
-def cross_validate(m: Manifest, config: TrainConfig, out: Path, reporter: Reporter | None = None
+def cross_validate(m: Manifest, config: TrainConfig, out: Path, progress: Progress = SILENT
                    ) -> dict[str, Any]:
     """Subject-grouped K-fold: each fold is the test side once (val carved from the rest).
 
@@ -33,18 +33,17 @@ def cross_validate(m: Manifest, config: TrainConfig, out: Path, reporter: Report
     if cfg.family != "network":
         raise ConfigError(f"--model {cfg.model}: cross-validation here is for networks; "
                           "a classical model's is leukoscope benchmark --models")
-    rep = reporter or SilentReporter()
     out.mkdir(parents=True, exist_ok=True)
     rundir.check_same(out, cfg)
     cfg.write(out)
-    m, images, pre0, class_names, _ = decoded_rows(m, cfg, rep)
+    m, images, pre0, class_names, _ = decoded_rows(m, cfg, progress)
     folds = kfold(m, cfg.cv, cfg.seed)
     per_fold, pooled_y, pooled_p = [], [], []
     for f in sorted(folds["fold"].unique()):
         split = _fold_split(folds, f, cfg)
         data, pre = prepare_split(split, images, pre0, cfg, class_names)
         fold_cfg = TrainConfig(**{**cfg.as_dict(), "cv": 0})
-        bundle, probs = fit_and_bundle(data, pre, fold_cfg, out / f"fold-{f}", rep, describe(m))
+        bundle, probs = fit_and_bundle(data, pre, fold_cfg, out / f"fold-{f}", progress, describe(m))
         y_test = data.y[data.side("test")]
         pooled_y.append(y_test)
         pooled_p.append(probs["test"])

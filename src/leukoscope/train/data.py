@@ -22,8 +22,8 @@ from leukoscope.data.manifest import Manifest, classes, label_indices, labelled
 from leukoscope.data.splits import Split, check_no_leak, official_cnmc, train_val_test
 from leukoscope.errors import ImageError
 from leukoscope.models import preprocess, stain
+from leukoscope.progress import Progress
 from leukoscope.train.config import TrainConfig
-from leukoscope.train.reporter import Reporter
 
 
 def subset(m: Manifest, fraction: float, seed: int) -> Manifest:
@@ -60,14 +60,14 @@ def describe(m: Manifest) -> str:
     return ", ".join(sorted(set(m.get("dataset", pd.Series(["input"])).astype(str))))
 
 
-def decode(paths: Sequence[str], pre: dict[str, Any], reporter: Reporter
+def decode(paths: Sequence[str], pre: dict[str, Any], progress: Progress
            ) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """Each image decoded once, cropped and resized: N x S x S x 3 uint8 (skipped files listed)."""
     size = pre["input_size"]
     out = np.zeros((len(paths), size, size, 3), np.uint8)
     skipped: list[tuple[str, str]] = []
     geometry = {**pre, "stain": {"method": "none"}, "grayscale": False}
-    advance = reporter.task("decoding images", len(paths))
+    advance = progress.task("decoding images", len(paths))
 
     def one(i: int) -> None:
         try:
@@ -78,11 +78,11 @@ def decode(paths: Sequence[str], pre: dict[str, Any], reporter: Reporter
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         list(pool.map(one, range(len(paths))))
-    reporter.done("decoding images")
+    progress.done("decoding images")
     return out, skipped
 
 
-def decoded_rows(m: Manifest, cfg: TrainConfig, reporter: Reporter
+def decoded_rows(m: Manifest, cfg: TrainConfig, progress: Progress
                  ) -> tuple[Manifest, np.ndarray, dict[str, Any], list[str], list[tuple[str, str]]]:
     """The run's rows whose image decodes, their pixels, the preprocessing, the classes, the skipped."""
     from leukoscope.models.networks import network_class
@@ -91,7 +91,7 @@ def decoded_rows(m: Manifest, cfg: TrainConfig, reporter: Reporter
     cls = network_class(cfg.model)
     pre = preprocess.preprocessing_config(cfg.img_size or 224, cls.mean, cls.std, cfg.grayscale,
                                           cfg.crop_to_cell)
-    images, skipped = decode(list(m["path"]), pre, reporter)
+    images, skipped = decode(list(m["path"]), pre, progress)
     if skipped:
         bad = {p for p, _ in skipped}
         keep = ~m["path"].isin(bad).to_numpy()
