@@ -12,7 +12,6 @@ from rich.table import Table
 
 from leukoscope.cli.app import console, data_app, print_json, say
 from leukoscope.cli.options import DiagnosisOpt, LayoutOpt, Paths, SubjectIdOpt, SubjectsOpt
-from leukoscope.cli.progress import bar_display as progress  # noqa: F401 - cli/train.py, cli/evaluate.py
 from leukoscope.cli.progress import shown
 
 

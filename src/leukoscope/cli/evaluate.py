@@ -27,7 +27,8 @@ def evaluate_cmd(
                                       "report.html.")],
     layout: LayoutOpt = None,
     side: Annotated[str | None, typer.Option(
-        "--side", help="Only images on this side (test, val, train) of the bundle's own split.")] = None,
+        "--side", help="Only images on this side (test, val, train) of the bundle's own split.",
+        show_default="every image given")] = None,
     tta: TtaOpt = False,
     batch_size: BatchOpt = 64,
     runtime: RuntimeOpt = "auto",
