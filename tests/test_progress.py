@@ -143,3 +143,16 @@ def test_rich_progress_draws_bars_notes_and_epochs() -> None:
     assert "trial 3 failed: [bold]not markup[/]" in text
     assert ("epoch   1  loss 0.5000  acc 0.750  val loss 0.6000  val acc 0.700  val bal. acc 0.650  (4 s)"
             in text)
+
+
+def test_evaluate_and_classical_training_report_through_it(data: Path, tmp_path: Path,
+                                                           classical_bundle: Path) -> None:  # noqa: F811
+    """These took ``on_progress`` callbacks or a training-only ``Reporter`` before the one protocol."""
+    from leukoscope.evaluate.report import evaluate
+    from leukoscope.train import TrainConfig, train
+
+    rec = Recorder()
+    evaluate(load_bundle(classical_bundle), read([data / "cnmc_cells"]), tmp_path / "ev", progress=rec)
+    train(read([data / "cnmc_sample"]), TrainConfig.build(model="lda"), tmp_path / "run", rec)
+    assert rec.totals == rec.counts == {"scoring": 11, "handcrafted features": 54, "fitting lda": 1}
+    assert rec.finished == ["scoring", "handcrafted features", "fitting lda"]

@@ -16,8 +16,8 @@ from leukoscope.data.manifest import label_indices
 from leukoscope.data.readers import read
 from leukoscope.errors import ConfigError
 from leukoscope.models.networks import LeukoNet
+from leukoscope.progress import Silent
 from leukoscope.train import (
-    SilentReporter,
     TrainConfig,
     TrainingInterrupted,
     checkpoint,
@@ -46,7 +46,7 @@ def test_a_few_steps_lower_the_loss(synthetic2):
     assert losses[-1] < losses[0]
 
 
-class _StopAfterFirstEpoch(SilentReporter):
+class _StopAfterFirstEpoch(Silent):
     def epoch(self, row):
         raise KeyboardInterrupt
 

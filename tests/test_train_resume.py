@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 from leukoscope.cli import app
 from leukoscope.data.readers import read
 from leukoscope.errors import ConfigError
+from leukoscope.progress import Silent
 from leukoscope.train import (
-    SilentReporter,
     TrainConfig,
     TrainingInterrupted,
     checkpoint,
@@ -41,7 +41,7 @@ def cells(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-class _StopAfterFirstEpoch(SilentReporter):
+class _StopAfterFirstEpoch(Silent):
     """A kill right after epoch 1 was saved (the loop's Ctrl-C path)."""
 
     def epoch(self, row: dict) -> None:

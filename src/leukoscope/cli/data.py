@@ -20,7 +20,6 @@ from leukoscope.cli.options import (
     SubjectIdOpt,
     SubjectsOpt,
 )
-from leukoscope.cli.progress import bar_display as progress  # noqa: F401 - cli/train.py, cli/evaluate.py
 from leukoscope.cli.progress import shown
 
 

@@ -9,9 +9,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from leukoscope.cli.app import app, console, guarded
-from leukoscope.cli.data import LayoutOpt, Paths, progress
-from leukoscope.cli.use import BatchOpt, BundleArg, RuntimeOpt, TtaOpt, say
+from leukoscope.cli.app import app, console, guarded, say
+from leukoscope.cli.options import BatchOpt, BundleArg, LayoutOpt, Paths, RuntimeOpt, TtaOpt
+from leukoscope.cli.progress import shown
 
 
 def _f(v: float | None) -> str:
@@ -27,7 +27,8 @@ def evaluate_cmd(
                                       "report.html.")],
     layout: LayoutOpt = None,
     side: Annotated[str | None, typer.Option(
-        "--side", help="Only images on this side (test, val, train) of the bundle's own split.")] = None,
+        "--side", help="Only images on this side (test, val, train) of the bundle's own split.",
+        show_default="every image given")] = None,
     tta: TtaOpt = False,
     batch_size: BatchOpt = 64,
     runtime: RuntimeOpt = "auto",
@@ -43,10 +44,8 @@ def evaluate_cmd(
 
         return evaluate_patients_cmd(b, paths, layout, out)
     m = read(paths, layout)
-    with progress() as bar:
-        task = bar.add_task("evaluating", total=None)
-        r = evaluate(b, m, out, tta=tta, side=side, batch_size=batch_size,
-                     on_progress=lambda done, total: bar.update(task, completed=done, total=total))
+    with shown() as bars:
+        r = evaluate(b, m, out, tta=tta, side=side, batch_size=batch_size, progress=bars)
     table = Table(title=escape(f"{r['model']} on {r['evaluated']} images ({r['protocol']})"))
     levels = [lvl for lvl in ("cell", "subject") if lvl in r]
     table.add_column("figure")

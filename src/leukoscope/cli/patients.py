@@ -9,9 +9,8 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from leukoscope.cli.app import console
-from leukoscope.cli.data import progress
-from leukoscope.cli.use import say
+from leukoscope.cli.app import console, say
+from leukoscope.cli.progress import shown
 
 
 def _f(v: Any) -> str:
@@ -44,16 +43,9 @@ def train_patients_cmd(paths: Sequence[Path], layout: str | None, out: Path, tar
 
     m = read(paths, layout)
     features = {"input_size": img_size} if img_size else None
-    with progress() as bar:
-        tasks: dict[str, Any] = {}
-
-        def tick(what: str, done: int, total: int) -> None:
-            if what not in tasks:
-                tasks[what] = bar.add_task(what, total=total)
-            bar.update(tasks[what], completed=done, total=total)
-
+    with shown() as bars:
         r = train_patients(m, target, out, model or DEFAULT_METHOD, positive, repeats or REPEATS,
-                           folds or FOLDS, seed or 0, features, on_progress=tick)
+                           folds or FOLDS, seed or 0, features, progress=bars)
     table = Table(title=escape(f"{r['model']}: {r['target']} per patient ({r['protocol']}, "
                                f"{r['repeats']}x{r['folds']}), positive = {r['positive']}"))
     for col in ("patients", "ROC AUC", "sd", "95% CI", "sens.", "spec.", "bal. acc.", "cell AUC"):
@@ -76,10 +68,8 @@ def evaluate_patients_cmd(bundle: Any, paths: Sequence[Path], layout: str | None
     from leukoscope.patients.evaluate import METRICS_FILE, evaluate_patients
 
     m = read(paths, layout)
-    with progress() as bar:
-        task = bar.add_task("embedding cells", total=None)
-        r = evaluate_patients(bundle, m, out,
-                              on_progress=lambda done, total: bar.update(task, completed=done, total=total))
+    with shown() as bars:
+        r = evaluate_patients(bundle, m, out, progress=bars)
     p, c = r["patient"], r["cell"]
     table = Table(title=escape(f"{r['model']} on {p['n_patients']} patients, {r['cells']} cells "
                                f"(positive = {r['positive']})"))

@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from leukoscope.cli.app import app, console, guarded
-from leukoscope.cli.data import progress
-from leukoscope.cli.use import BundleArg, say
+from leukoscope.cli.app import app, console, guarded, say
+from leukoscope.cli.options import BundleArg
+from leukoscope.cli.progress import shown
 
 
 @app.command("report")
@@ -37,10 +37,8 @@ def report_cmd(
     from leukoscope.patients.report import REPORT_FILE, patient_bundle, percent, report_patients
 
     b = patient_bundle(load_bundle(bundle))
-    with progress() as bar:
-        task = bar.add_task("calling patients", total=None)
-        r = report_patients(b, folders, out, cohort=cohort, drivers=drivers,
-                            on_progress=lambda done, total: bar.update(task, completed=done, total=total))
+    with shown() as bars:
+        r = report_patients(b, folders, out, cohort=cohort, drivers=drivers, progress=bars)
     for p in r.patients:
         c = p.call
         interval = (f"95% {percent(c.interval[0])} - {percent(c.interval[1])}" if c.cells_used > 1

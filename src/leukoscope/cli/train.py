@@ -2,42 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from leukoscope.cli.app import app, console, err_console, guarded, print_rare
-from leukoscope.cli.data import progress
 from leukoscope.cli.options import LayoutOpt, MinCellsOpt, Paths, RareOpt
+from leukoscope.cli.progress import shown
 from leukoscope.errors import ConfigError
 
-
-class RichReporter:
-    """The training loop's ``Reporter`` as Rich progress bars (with ETA) and one line per epoch."""
-
-    def __init__(self, bar: Progress):
-        self.bar = bar
-        self.tasks: dict[str, TaskID] = {}
-
-    def task(self, description: str, total: int) -> Callable[[int], None]:
-        tid = self.bar.add_task(description, total=total)
-        self.tasks[description] = tid
-        return lambda n: self.bar.advance(tid, n)
-
-    def done(self, description: str) -> None:
-        tid = self.tasks.pop(description, None)
-        if tid is not None:
-            self.bar.remove_task(tid)
-
-    def epoch(self, row: dict[str, Any]) -> None:
-        self.bar.console.print(
-            f"epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  acc {row['train_accuracy']:.3f}  "
-            f"val loss {row['val_loss']:.4f}  val acc {row['val_accuracy']:.3f}  "
-            f"val bal. acc {row['val_balanced_accuracy']:.3f}  ({row['seconds']:.0f} s)")
+NETWORKS, CLASSICAL, PATIENTS = "Networks", "Classical", "Patients (--target)"
 
 
 def _figures_table(metrics: dict[str, Any]) -> Table:
@@ -58,44 +34,70 @@ def _figures_table(metrics: dict[str, Any]) -> Table:
 def train_cmd(
     paths: Paths,
     out: Annotated[Path, typer.Option("--out", help="Run directory (checkpoints, curves, bundle/).")],
-    model: Annotated[str | None, typer.Option("--model", help=(
-        "Any registered model: a network (efficientnet_lite0, the default; leukonet) or a classical "
-        "pipeline (svc, xgboost, ...: the models of leukoscope benchmark)."))] = None,
-    features: Annotated[str | None, typer.Option("--features", help=(
-        "Classical models: the image features they are fitted on, handcrafted (default), deep or "
-        "both."))] = None,
-    epochs: Annotated[int | None, typer.Option(
-        help="Maximum epochs, kept as given (default: the model's, stretched on small sets to its "
-        "min_steps, e.g. 150 steps for efficientnet_lite0).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW, cosine).")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
-    img_size: Annotated[int | None, typer.Option("--img-size", help="Input size in pixels.")] = None,
-    grayscale: Annotated[bool | None, typer.Option("--grayscale/--rgb")] = None,
-    subset: Annotated[float | None, typer.Option(help="Train on this fraction of the groups.")] = None,
-    augment: Annotated[bool | None, typer.Option("--augment/--no-augment")] = None,
-    aug_strength: Annotated[float | None, typer.Option("--aug-strength",
-                                                       help="0 = flips only ... 1.5")] = None,
-    stain: Annotated[str | None, typer.Option(help="none | reinhard | macenko.")] = None,
-    crop_to_cell: Annotated[bool | None, typer.Option("--crop-to-cell/--no-crop-to-cell",
-                                                      help="Crop black-background cells first.")] = None,
-    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Test-time flips + rotations.")] = None,
-    patience: Annotated[int | None, typer.Option(help="Early-stopping patience (epochs).")] = None,
-    finetune_depth: Annotated[int | None, typer.Option(
-        "--finetune-depth", help="Top stages fine-tuned (-1 all, 0 head only).")] = None,
-    freeze_bn: Annotated[bool | None, typer.Option("--freeze-bn/--no-freeze-bn",
-                                                   help="Keep BatchNorm statistics frozen.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="run.yaml with these settings.")] = None,
-    cv: Annotated[int | None, typer.Option("--cv", help="Subject-grouped K-fold CV, not one split.")] = None,
-    split_protocol: Annotated[str | None, typer.Option("--split-protocol", help="auto | official "
-                                                       "(C-NMC: official folds vs prelim test).")] = None,
+    model: Annotated[str | None, typer.Option("--model", show_default="efficientnet_lite0", help=(
+        "A network ({network_models}) or a classical pipeline ({classical_models}); with --target, a "
+        "patient method."))] = None,
+    subset: Annotated[float | None, typer.Option(help="Train on this fraction of the groups.",
+                                                 show_default="1.0")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.", show_default="0")] = None,
+    cv: Annotated[int | None, typer.Option("--cv", show_default="one split", help=(
+        "Subject-grouped K-fold CV instead of one split (with --target: the folds of the patient CV, "
+        "5)."))] = None,
+    split_protocol: Annotated[str | None, typer.Option("--split-protocol", show_default="auto", help=(
+        "auto | official (C-NMC: official folds vs prelim test)."))] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", show_default="none", help="run.yaml with these settings; options given here win "
+        "over it.")] = None,
     layout: LayoutOpt = None,
+    epochs: Annotated[int | None, typer.Option(
+        show_default="the model's", rich_help_panel=NETWORKS,
+        help="Maximum epochs, kept as given (the model's own is stretched on small sets to its min_steps, "
+        "e.g. 150 steps for efficientnet_lite0).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW, cosine).",
+                                             show_default="the model's", rich_help_panel=NETWORKS)] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per optimiser step.",
+                                                   show_default="the model's", rich_help_panel=NETWORKS)
+                          ] = None,
+    img_size: Annotated[int | None, typer.Option("--img-size", help="Input size in pixels (with --target: "
+                                                 "of the cell embedding).", show_default="the model's",
+                                                 rich_help_panel=NETWORKS)] = None,
+    grayscale: Annotated[bool | None, typer.Option("--grayscale/--rgb", help="Colour or grey input.",
+                                                   show_default="rgb", rich_help_panel=NETWORKS)] = None,
+    augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="Random flips, rotations, "
+                                                 "colour and blur while training.", show_default="augment",
+                                                 rich_help_panel=NETWORKS)] = None,
+    aug_strength: Annotated[float | None, typer.Option("--aug-strength", help="0 = flips only ... 1.5.",
+                                                       show_default="1.0", rich_help_panel=NETWORKS)] = None,
+    stain: Annotated[str | None, typer.Option(help="Stain normalisation: {stain_methods}.",
+                                              show_default="none", rich_help_panel=NETWORKS)] = None,
+    crop_to_cell: Annotated[bool | None, typer.Option("--crop-to-cell/--no-crop-to-cell",
+                                                      help="Crop black-background cells first.",
+                                                      show_default="no-crop-to-cell",
+                                                      rich_help_panel=NETWORKS)] = None,
+    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Test-time flips + rotations.",
+                                             show_default="no-tta", rich_help_panel=NETWORKS)] = None,
+    patience: Annotated[int | None, typer.Option(help="Early-stopping patience (epochs).",
+                                                 show_default="the model's", rich_help_panel=NETWORKS)
+                        ] = None,
+    finetune_depth: Annotated[int | None, typer.Option(
+        "--finetune-depth", help="Top stages fine-tuned (-1 all, 0 head only).", show_default="-1",
+        rich_help_panel=NETWORKS)] = None,
+    freeze_bn: Annotated[bool | None, typer.Option("--freeze-bn/--no-freeze-bn",
+                                                   help="Keep BatchNorm statistics frozen.",
+                                                   show_default="the model's", rich_help_panel=NETWORKS)
+                         ] = None,
+    features: Annotated[str | None, typer.Option("--features", help=(
+        "The image features the pipeline is fitted on: {feature_kinds}."), show_default="handcrafted",
+        rich_help_panel=CLASSICAL)] = None,
     target: Annotated[str | None, typer.Option("--target", help="Patient-level: a column of the cohort's "
                                                "subject table; trains a patient method (--model, --cv folds, "
-                                               "--img-size, --seed apply) with repeated patient CV.")] = None,
-    positive: Annotated[str | None, typer.Option("--positive", help="With --target: the positive class "
-                                                 "(default: the rarer).")] = None,
-    repeats: Annotated[int | None, typer.Option("--repeats", help="With --target: CV repeats (5).")] = None,
+                                               "--img-size, --seed apply) with repeated patient CV.",
+                                               show_default="a cell-level model", rich_help_panel=PATIENTS)
+                      ] = None,
+    positive: Annotated[str | None, typer.Option("--positive", help="With --target: the positive class.",
+                                                 show_default="the rarer", rich_help_panel=PATIENTS)] = None,
+    repeats: Annotated[int | None, typer.Option("--repeats", help="With --target: CV repeats.",
+                                                show_default="5", rich_help_panel=PATIENTS)] = None,
     min_cells: MinCellsOpt = None,
     rare: RareOpt = None,
 ) -> None:
@@ -120,12 +122,11 @@ def train_cmd(
         rare=rare)
     m = read(paths, layout)
     try:
-        with progress() as bar:
-            reporter = RichReporter(bar)
+        with shown() as bars:
             if cfg.cv:
-                result = cross_validate(m, cfg, out, reporter)
+                result = cross_validate(m, cfg, out, bars)
             else:
-                bundle = train(m, cfg, out, reporter)
+                bundle = train(m, cfg, out, bars)
     except TrainingInterrupted as e:
         err_console.print(f"[yellow]{e}[/]")
         raise typer.Exit(130) from None

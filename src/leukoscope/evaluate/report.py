@@ -8,7 +8,7 @@ cover the classes present). Calibration is shown before (T = 1) and after the bu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from leukoscope.evaluate.metrics import curves, evaluation_metrics
 from leukoscope.io import write_csv_atomic, write_json_atomic
 from leukoscope.predict.local import chunks, prefetch
 from leukoscope.predict.tta import proba_from_views, view_logits
+from leukoscope.progress import SILENT, Progress
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
@@ -34,22 +35,20 @@ GALLERY_SIZE = 12
 
 
 def score_paths(bundle: Bundle, paths: Sequence[str], batch_size: int = 64, tta: bool = False,
-                on_progress: Callable[[int, int], None] | None = None
-                ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+                progress: Progress = SILENT) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
     """Logits per view for every readable path: (indices of readable paths, logits, skipped)."""
     index = {p: i for i, p in enumerate(paths)}
     ok: list[int] = []
     parts: list[np.ndarray] = []
     skipped: list[tuple[str, str]] = []
-    done = 0
+    advance = progress.task("scoring", len(paths))
     for good, images, bad in prefetch(load_batch(b) for b in chunks(map(Path, paths), batch_size)):
         skipped += bad
         if images:
             parts.append(view_logits(bundle, images, tta))
             ok += [index[str(p)] for p in good]
-        done += len(good) + len(bad)
-        if on_progress:
-            on_progress(done, len(paths))
+        advance(len(good) + len(bad))
+    progress.done("scoring")
     k = len(bundle.classes)
     logits = np.concatenate(parts) if parts else np.zeros((0, 8 if tta else 1, k))
     return np.asarray(ok, int), logits, skipped
@@ -130,8 +129,7 @@ def _write_predictions(path: Path, m: Manifest, y: np.ndarray, probs: np.ndarray
 
 
 def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: str | None = None,
-             batch_size: int = 64, on_progress: Callable[[int, int], None] | None = None
-             ) -> dict[str, Any]:
+             batch_size: int = 64, progress: Progress = SILENT) -> dict[str, Any]:
     """Score ``bundle`` on the labelled rows of ``m`` (optionally one ``side`` of its split), the
     classes it merged or dropped as rare merged or dropped here too.
 
@@ -150,7 +148,7 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
     if m.empty:
         raise DataError("no labelled images to evaluate")
     y_all = np.asarray(label_indices(m, classes), int)
-    ok, logits, skipped = score_paths(bundle, list(m["path"]), batch_size, tta, on_progress)
+    ok, logits, skipped = score_paths(bundle, list(m["path"]), batch_size, tta, progress)
     if len(ok) == 0:
         raise DataError(f"none of the {len(m)} images could be read")
     m, y = m.iloc[ok].reset_index(drop=True), y_all[ok]

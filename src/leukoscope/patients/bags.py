@@ -9,7 +9,6 @@ counted. Embeddings come from ``leukoscope.features.extract`` and its on-disk ca
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from leukoscope.data.cohort import subject_labels
 from leukoscope.data.images import file_digest
 from leukoscope.data.manifest import UNLABELLED, Manifest
 from leukoscope.errors import DataError
+from leukoscope.progress import SILENT, Progress
 
 #: The frozen network that embeds each cell (``features.deep`` parameters), the researcher's recipe
 #: (scratch/deepapl/FINDINGS.md): 224 px, no colour normalisation, the mean embedding of the cell and its
@@ -136,19 +136,16 @@ def dedupe(m: Manifest) -> tuple[Manifest, Skipped]:
 
 
 def embed(m: Manifest, features: dict[str, Any], cache: Path | None = None,
-          on_progress: Callable[[int, int], None] | None = None) -> tuple[pd.DataFrame, Skipped]:
+          progress: Progress = SILENT) -> tuple[pd.DataFrame, Skipped]:
     """Frozen embeddings of the cells of ``m`` through the feature cache (unreadable cells skipped)."""
     from leukoscope.features import extract
-    from leukoscope.progress import SILENT, Counting
 
-    progress = Counting(on_progress) if on_progress else SILENT  # type: ignore[arg-type]
     return extract(m, "deep", cache, progress=progress, **features)
 
 
 def load_bags(m: Manifest, target: str, positive: str | None = None,
               features: dict[str, Any] | None = None, cache: Path | None = None,
-              on_progress: Callable[[int, int], None] | None = None,
-              classes: list[str] | None = None) -> Bags:
+              progress: Progress = SILENT, classes: list[str] | None = None) -> Bags:
     """Every patient of ``m`` with a ``target`` value, as a bag of its embedded cells.
 
     ``classes`` (with ``positive``): score against a trained model's classes instead of finding them.
@@ -158,7 +155,7 @@ def load_bags(m: Manifest, target: str, positive: str | None = None,
     features = {**DEFAULT_FEATURES, **(features or {})}
     cells = m[m["subject"].isin(labels.index)].reset_index(drop=True)
     cells, skipped = dedupe(cells)
-    emb, bad = embed(cells, features, cache, on_progress)
+    emb, bad = embed(cells, features, cache, progress)
     skipped += bad
     cells = cells.loc[emb.index]
     if cells.empty:

@@ -10,7 +10,6 @@ cell-level ones under ``cell`` (every cell scored alone, inheriting its patient'
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from leukoscope.io import write_csv_atomic, write_json_atomic
 from leukoscope.patients.bags import load_bags, type_codes
 from leukoscope.patients.protocol import auc, bootstrap_auc
 from leukoscope.probability import sigmoid
+from leukoscope.progress import SILENT, Progress
 
 METRICS_FILE = "metrics.json"
 
@@ -45,11 +45,11 @@ def patient_figures(y: np.ndarray, p: np.ndarray, call: np.ndarray) -> dict[str,
 
 
 def evaluate_patients(bundle: PatientBundle, m: Manifest, out: Path, cache: Path | None = None,
-                      on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                      progress: Progress = SILENT) -> dict[str, Any]:
     """Patient- and cell-level figures of ``bundle`` on the cohort ``m``; files written into ``out``."""
     cfg = bundle.config
     bags = load_bags(m, str(cfg["target"]), bundle.positive, cfg["features"].get("params", {}), cache,
-                     on_progress, classes=bundle.classes)
+                     progress, classes=bundle.classes)
     types = type_codes(bags.cells["cell_type"], bundle.cell_types)
     n = len(bags.y)
     decision = bundle.scorer.decisions(bags.X, types, bags.patient, n)

@@ -12,7 +12,6 @@ Brier score; and, beside them, cell-level AUC where cells inherit their patient'
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +24,7 @@ from leukoscope.models.patient.methods import Cells, PatientMethod
 from leukoscope.models.patient.scorers import Scorer
 from leukoscope.patients.bags import Bags
 from leukoscope.probability import sigmoid
+from leukoscope.progress import SILENT, Progress
 
 FOLDS, REPEATS, INNER = 5, 5, 4
 #: The inner CV is repeated (new shuffles) and its folds pooled to choose a setting (see ``choose``).
@@ -161,18 +161,20 @@ def _leak_check(bags: Bags, test: np.ndarray) -> None:
 
 
 def run_cv(method: PatientMethod, bags: Bags, folds: int = FOLDS, repeats: int = REPEATS, seed: int = 0,
-           on_progress: Callable[[int, int], None] | None = None) -> CVRun:
+           progress: Progress = SILENT) -> CVRun:
     """Repeated stratified K-fold over patients; every held-out patient scored once per repeat."""
     with one_thread():
-        return _run_cv(method, bags, folds, repeats, seed, on_progress)
+        return _run_cv(method, bags, folds, repeats, seed, progress)
 
 
 def _run_cv(method: PatientMethod, bags: Bags, folds: int, repeats: int, seed: int,
-            on_progress: Callable[[int, int], None] | None) -> CVRun:
+            progress: Progress) -> CVRun:
     from sklearn.model_selection import StratifiedKFold
 
     check_folds(bags, folds)
-    n, total = len(bags.y), repeats * folds
+    n = len(bags.y)
+    what = f"{method.name}: {repeats}x{folds} patient CV"
+    advance = progress.task(what, repeats * folds)
     run = CVRun(np.zeros((repeats, n)), np.zeros((repeats, n)), np.zeros((repeats, n), int),
                 np.full((repeats, len(bags.X)), np.nan), np.zeros((repeats, len(CELL_COUNTS), n)),
                 np.full((repeats, n), -1), [])
@@ -196,8 +198,8 @@ def _run_cv(method: PatientMethod, bags: Bags, folds: int, repeats: int, seed: i
                     pick = rng.choice(rows, min(k, len(rows)), replace=False)
                     s, w = fitted.scorer.bag(held.X[pick], held.types[pick])
                     run.by_cells[r, j, p] = float(np.nan_to_num(s) @ w)
-            if on_progress:
-                on_progress(r * folds + f + 1, total)
+            advance(1)
+    progress.done(what)
     return run
 
 

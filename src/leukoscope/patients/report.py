@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from leukoscope.data.cohort import OVERVIEW_MIN_SIDE, deepapl_table, load_subjec
 from leukoscope.data.images import image_size, is_image_file
 from leukoscope.errors import BundleError, DataError, ImageError
 from leukoscope.io import write_csv_atomic, write_json_atomic
+from leukoscope.progress import SILENT, Progress
 
 REPORT_FILE = "report.html"
 CSV_FILE = "patients.csv"
@@ -196,7 +197,7 @@ def patient_bundle(bundle: Bundle) -> PatientBundle:
 
 def report_patients(bundle: Bundle, folders: Sequence[Path | str], out: Path | str, *,
                     cohort: bool = False, drivers: int = DRIVERS,
-                    on_progress: Callable[[int, int], None] | None = None) -> ReportResult:
+                    progress: Progress = SILENT) -> ReportResult:
     """Call every patient folder (``cohort``: every patient of each cohort root) and write the report.
 
     Raises ``DataError`` naming every folder when none gives a patient to report.
@@ -224,7 +225,8 @@ def report_patients(bundle: Bundle, folders: Sequence[Path | str], out: Path | s
         else:
             not_reported.append((str(path), scan.why_empty()))
     reports: list[PatientReport] = []
-    for i, scan in enumerate(scans):
+    advance = progress.task("calling patients", len(scans))
+    for scan in scans:
         call = b.diagnose([str(c) for c in scan.cells], subject=scan.subject)
         call.skipped = scan.skipped + call.skipped
         if call.cells_used:
@@ -232,8 +234,8 @@ def report_patients(bundle: Bundle, folders: Sequence[Path | str], out: Path | s
         else:
             not_reported.append((str(scan.folder),
                                  f"none of its {len(scan.cells)} cell image(s) could be read"))
-        if on_progress:
-            on_progress(i + 1, len(scans))
+        advance(1)
+    progress.done("calling patients")
     if not reports:
         reasons = "; ".join(f"{f}: {r}" for f, r in not_reported) or "no folder given"
         raise DataError(f"no patient could be reported from {len(paths)} folder(s): {reasons}")

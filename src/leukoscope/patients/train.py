@@ -10,7 +10,6 @@ out-of-fold score.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from leukoscope.patients.protocol import (
     out_of_fold,
     run_cv,
 )
+from leukoscope.progress import SILENT, Progress
 
 #: The method ``train --target`` fits unless ``--model`` names another, chosen by benchmarks/patients.py:
 #: the best patient AUC and the steadiest (smallest sd over repeats, highest lower bound of the interval,
@@ -42,7 +42,6 @@ from leukoscope.patients.protocol import (
 DEFAULT_METHOD = "cell-logodds"
 PROTOCOL = "patient-level, repeated patient-grouped CV"
 TASK = "patient-level diagnosis"
-Progress = Callable[[str, int, int], None]
 
 
 def type_head(bags: Bags) -> TypeHead:
@@ -110,14 +109,13 @@ def fit_bundle(bags: Bags, model: str, seed: int = 0) -> tuple[Scorer, TypeHead,
 def train_patients(m: Manifest, target: str, out: Path, model: str = DEFAULT_METHOD,
                    positive: str | None = None, repeats: int = REPEATS, folds: int = FOLDS, seed: int = 0,
                    features: dict[str, Any] | None = None, cache: Path | None = None,
-                   on_progress: Progress | None = None) -> dict[str, Any]:
+                   progress: Progress = SILENT) -> dict[str, Any]:
     """Cross-validate ``model`` on the cohort ``m`` and write RUN ``out`` (cv.json, patients.csv, bundle/)."""
     if repeats < 1:
         raise DataError(f"--repeats must be at least 1, got {repeats}")
     method = get_method(model, seed=seed)
-    tick = (lambda what: lambda d, n: on_progress(what, d, n)) if on_progress else (lambda what: None)
-    bags = load_bags(m, target, positive, features, cache, tick("embedding cells"))
-    run = run_cv(method, bags, folds, repeats, seed, tick(f"{model}: {repeats}x{folds} patient CV"))
+    bags = load_bags(m, target, positive, features, cache, progress)
+    run = run_cv(method, bags, folds, repeats, seed, progress)
     figs = figures(bags, run)
     scorer, head, config = fit_bundle(bags, model, seed)
     config |= {"min_cells": int(figs["min_cells"]),

@@ -1,6 +1,6 @@
 """Training: ``train`` (every family) and ``cross_validate`` (networks), configured by ``TrainConfig``.
 
-Modules, from the bottom: ``config`` (settings), ``reporter`` (progress), ``data`` (rows, split,
+Modules, from the bottom: ``config`` (settings), ``data`` (rows, split,
 decoded pixels), ``heldout`` (calibrated figures), ``rundir`` (the run directory and its protection),
 ``checkpoint`` + ``resume`` (resumable state), ``augment`` / ``forward`` / ``warmstart``
 (network pieces), ``fit`` (the epoch loop), ``network`` and ``classical`` (a run of each family),
@@ -19,14 +19,12 @@ if TYPE_CHECKING:
     from leukoscope.train.cv import cross_validate
     from leukoscope.train.fit import TrainingInterrupted
     from leukoscope.train.network import train_network
-    from leukoscope.train.reporter import Reporter, SilentReporter
     from leukoscope.train.run import train
 
 _HOME = {"train": "run", "train_network": "network", "train_classical": "classical",
-         "cross_validate": "cv", "TrainingInterrupted": "fit", "TrainConfig": "config",
-         "Reporter": "reporter", "SilentReporter": "reporter"}
+         "cross_validate": "cv", "TrainingInterrupted": "fit", "TrainConfig": "config"}
 
-__all__ = ["Reporter", "SilentReporter", "TrainConfig", "TrainingInterrupted", "cross_validate", "train",
+__all__ = ["TrainConfig", "TrainingInterrupted", "cross_validate", "train",
            "train_classical", "train_network"]
 
 

@@ -11,7 +11,6 @@ test with it, the way a network run does. The run directory is laid out as a net
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +23,14 @@ from leukoscope.data.manifest import Manifest, classes, label_indices
 from leukoscope.data.splits import split_protocol
 from leukoscope.errors import ConfigError
 from leukoscope.features.cache import feature_matrix
-from leukoscope.progress import Counting
+from leukoscope.progress import SILENT, Progress
 from leukoscope.train import rundir
 from leukoscope.train.config import TrainConfig
 from leukoscope.train.data import bundle_split, describe, run_rows, run_split
 from leukoscope.train.heldout import calibrated
-from leukoscope.train.reporter import Reporter, SilentReporter
 
 
-def train_classical(m: Manifest, config: TrainConfig, out: Path, reporter: Reporter | None = None) -> Bundle:
+def train_classical(m: Manifest, config: TrainConfig, out: Path, progress: Progress = SILENT) -> Bundle:
     """Fit the classical model ``config.model`` on ``config.features`` of ``m``; the bundle in ``out/bundle``.
 
     A finished run directory is not refitted: rerunning returns its bundle.
@@ -42,22 +40,21 @@ def train_classical(m: Manifest, config: TrainConfig, out: Path, reporter: Repor
     out, cfg, done = rundir.begin(config, out, "classical")
     if done is not None:
         return done
-    rep = reporter or SilentReporter()
     try:
         estimator = get_model(cfg.model).build(seed=cfg.seed)
     except Exception as e:  # noqa: BLE001 - a builder that cannot run here (a missing library) is one line
         raise ConfigError(f"--model {cfg.model}: cannot build ({type(e).__name__}: {e})") from None
     taken, rare = run_rows(m, cfg)
-    rows, X, spec, skipped = _features(taken, str(cfg.features), rep)
+    rows, X, spec, skipped = feature_matrix(taken, str(cfg.features), progress=progress)
     split = run_split(rows, cfg)
     class_names = classes(split)
     y = np.asarray(label_indices(split, class_names))
     sides = split["side"].to_numpy()
     fitting = f"fitting {cfg.model}"
-    advance = rep.task(fitting, 1)
+    advance = progress.task(fitting, 1)
     pipeline, logits = fit_on_train(estimator, X, y, sides, len(class_names))
     advance(1)
-    rep.done(fitting)
+    progress.done(fitting)
     metrics, temperature, _ = calibrated(logits, {s: y[sides == s] for s in logits}, class_names)
     metrics["protocol"] = split_protocol(split)
     settings = {"model": cfg.model, "params": {}, "classes": class_names, "features": spec,
@@ -70,25 +67,6 @@ def train_classical(m: Manifest, config: TrainConfig, out: Path, reporter: Repor
     rundir.mark_done(out)
     rundir.write_skipped(out, skipped)
     return load_bundle(out / rundir.BUNDLE)
-
-
-def _features(m: Manifest, kind: str, rep: Reporter
-              ) -> tuple[Manifest, np.ndarray, dict[str, Any], list[tuple[str, str]]]:
-    """``feature_matrix`` with its progress shown as a reporter task."""
-    what = f"{kind} features"
-    advance: Callable[[int], None] | None = None
-    seen = 0
-
-    def on_count(done: int, total: int | None) -> None:
-        nonlocal advance, seen
-        if advance is None:
-            advance = rep.task(what, total or 0)
-        advance(done - seen)
-        seen = done
-
-    found = feature_matrix(m, kind, progress=Counting(on_count))
-    rep.done(what)
-    return found
 
 
 def fit_on_train(estimator: Any, X: np.ndarray, y: np.ndarray, sides: np.ndarray, n_classes: int

@@ -13,19 +13,19 @@ from leukoscope.data.manifest import Manifest
 from leukoscope.data.splits import Split, check_no_leak, kfold, split_protocol, train_val_test
 from leukoscope.errors import ConfigError
 from leukoscope.evaluate.metrics import bootstrap_ci
+from leukoscope.progress import SILENT, Progress
 from leukoscope.train import rundir
 from leukoscope.train.config import TrainConfig
 from leukoscope.train.data import decoded_rows, describe, prepare_split
 from leukoscope.train.heldout import scores
 from leukoscope.train.network import fit_and_bundle
-from leukoscope.train.reporter import Reporter, SilentReporter
 
 #: The per-fold figures CV reports as mean, std and a subject-bootstrap interval: weighted F1 (the C-NMC
 #: challenge's), and balanced accuracy and macro F1, which weigh every class alike (cell types).
 FOLD_FIGURES = ("f1_weighted", "balanced_accuracy", "f1_macro")
 
 
-def cross_validate(m: Manifest, config: TrainConfig, out: Path, reporter: Reporter | None = None
+def cross_validate(m: Manifest, config: TrainConfig, out: Path, progress: Progress = SILENT
                    ) -> dict[str, Any]:
     """Subject-grouped K-fold: each fold is the test side once (val carved from the rest).
 
@@ -38,11 +38,10 @@ def cross_validate(m: Manifest, config: TrainConfig, out: Path, reporter: Report
     if cfg.family != "network":
         raise ConfigError(f"--model {cfg.model}: cross-validation here is for networks; "
                           "a classical model's is leukoscope benchmark --models")
-    rep = reporter or SilentReporter()
     out.mkdir(parents=True, exist_ok=True)
     rundir.check_same(out, cfg)
     cfg.write(out)
-    rows = decoded_rows(m, cfg, rep)
+    rows = decoded_rows(m, cfg, progress)
     m, images, pre0, class_names = rows.rows, rows.images, rows.pre, rows.classes
     folds = kfold(m, cfg.cv, cfg.seed)
     per_fold, pooled_y, pooled_p = [], [], []
@@ -50,7 +49,8 @@ def cross_validate(m: Manifest, config: TrainConfig, out: Path, reporter: Report
         split = _fold_split(folds, f, cfg)
         data, pre = prepare_split(split, images, pre0, cfg, class_names)
         fold_cfg = TrainConfig(**{**cfg.as_dict(), "cv": 0})
-        bundle, probs = fit_and_bundle(data, pre, fold_cfg, out / f"fold-{f}", rep, describe(m), rows.rare)
+        bundle, probs = fit_and_bundle(data, pre, fold_cfg, out / f"fold-{f}", progress, describe(m),
+                                       rows.rare)
         y_test = data.y[data.side("test")]
         pooled_y.append(y_test)
         pooled_p.append(probs["test"])

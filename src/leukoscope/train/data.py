@@ -23,8 +23,8 @@ from leukoscope.data.rare import RareReport, rare_classes
 from leukoscope.data.splits import Split, check_no_leak, official_cnmc, train_val_test
 from leukoscope.errors import ImageError
 from leukoscope.models import preprocess, stain
+from leukoscope.progress import Progress
 from leukoscope.train.config import TrainConfig
-from leukoscope.train.reporter import Reporter
 
 
 def subset(m: Manifest, fraction: float, seed: int) -> Manifest:
@@ -68,14 +68,14 @@ def describe(m: Manifest) -> str:
     return ", ".join(sorted(set(m.get("dataset", pd.Series(["input"])).astype(str))))
 
 
-def decode(paths: Sequence[str], pre: dict[str, Any], reporter: Reporter
+def decode(paths: Sequence[str], pre: dict[str, Any], progress: Progress
            ) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """Each image decoded once, cropped and resized: N x S x S x 3 uint8 (skipped files listed)."""
     size = pre["input_size"]
     out = np.zeros((len(paths), size, size, 3), np.uint8)
     skipped: list[tuple[str, str]] = []
     geometry = {**pre, "stain": {"method": "none"}, "grayscale": False}
-    advance = reporter.task("decoding images", len(paths))
+    advance = progress.task("decoding images", len(paths))
 
     def one(i: int) -> None:
         try:
@@ -86,7 +86,7 @@ def decode(paths: Sequence[str], pre: dict[str, Any], reporter: Reporter
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         list(pool.map(one, range(len(paths))))
-    reporter.done("decoding images")
+    progress.done("decoding images")
     return out, skipped
 
 
@@ -102,7 +102,7 @@ class Decoded:
     rare: RareReport
 
 
-def decoded_rows(m: Manifest, cfg: TrainConfig, reporter: Reporter) -> Decoded:
+def decoded_rows(m: Manifest, cfg: TrainConfig, progress: Progress) -> Decoded:
     """The run's rows (``run_rows``) whose image decodes, their pixels, the preprocessing, the classes,
     the skipped images and the rare classes' report."""
     from leukoscope.models.networks import network_class
@@ -111,7 +111,7 @@ def decoded_rows(m: Manifest, cfg: TrainConfig, reporter: Reporter) -> Decoded:
     cls = network_class(cfg.model)
     pre = preprocess.preprocessing_config(cfg.img_size or 224, cls.mean, cls.std, cfg.grayscale,
                                           cfg.crop_to_cell)
-    images, skipped = decode(list(m["path"]), pre, reporter)
+    images, skipped = decode(list(m["path"]), pre, progress)
     if skipped:
         bad = {p for p, _ in skipped}
         keep = ~m["path"].isin(bad).to_numpy()

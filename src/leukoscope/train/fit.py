@@ -27,12 +27,13 @@ from leukoscope.errors import DataError
 from leukoscope.models.backbones import channels_last
 from leukoscope.models.networks import Network, network_class
 from leukoscope.probability import softmax_t
+from leukoscope.progress import SILENT
+from leukoscope.progress import Progress as Reporting
 from leukoscope.train import augment, checkpoint, resume
 from leukoscope.train.config import TrainConfig
 from leukoscope.train.data import Prepared
 from leukoscope.train.forward import predict_logits
 from leukoscope.train.heldout import scores
-from leukoscope.train.reporter import Reporter, SilentReporter
 from leukoscope.train.resume import Progress
 from leukoscope.train.warmstart import warm_start
 
@@ -80,10 +81,9 @@ class Trainer:
 
 
 def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
-        reporter: Reporter | None = None) -> tuple[Network, pd.DataFrame, dict[str, Any]]:
+        report: Reporting = SILENT) -> tuple[Network, pd.DataFrame, dict[str, Any]]:
     """Train on ``data`` (sides train / val / test), checkpointing into ``out``; the best model, its
     history and the run's extra figures. A checkpoint of the same run in ``out`` is resumed."""
-    rep = reporter or SilentReporter()
     out.mkdir(parents=True, exist_ok=True)
     seed_all(cfg.seed)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
@@ -100,12 +100,12 @@ def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
     loss_weights = weights if cfg.balance == "loss" else np.ones(k)
     progress = Progress()
     if state is None and cls.pretrained and cfg.head_warmup:
-        progress.extra["frozen_lr"] = warm_start(model, data, pre, cfg, loss_weights, rep)
+        progress.extra["frozen_lr"] = warm_start(model, data, pre, cfg, loss_weights, report)
     t = _trainer(model, cfg, cls.pretrained, plan, loss_weights)
     if state is not None:
         progress = resume.restore(state, out / checkpoint.NAME, t.model, t.opt, t.sched, t.gen, t.rng)
     sample_p = weights[data.y[tr]] / weights[data.y[tr]].sum() if cfg.balance == "sampler" else None
-    _epochs(t, data, pre, cfg, plan, progress, expected, sample_p, out, rep)
+    _epochs(t, data, pre, cfg, plan, progress, expected, sample_p, out, report)
     return _best(t.model, out, progress, plan)
 
 
@@ -151,29 +151,29 @@ def _schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
 
 def _epochs(t: Trainer, data: Prepared, pre: dict[str, Any], cfg: TrainConfig, plan: Plan,
             progress: Progress, expected: dict[str, Any], sample_p: np.ndarray | None, out: Path,
-            rep: Reporter) -> None:
+            report: Reporting) -> None:
     """From where ``progress`` stands to the planned last epoch or early stopping, saving after each."""
-    epochs_bar = rep.task("epochs", plan.epochs)
+    epochs_bar = report.task("epochs", plan.epochs)
     epochs_bar(progress.epoch)
     try:
         for epoch in range(progress.epoch, plan.epochs):
             if progress.stopped:
                 break
             t0 = time.perf_counter()
-            row = _train_epoch(t, data, pre, cfg, plan, sample_p, epoch, rep)
+            row = _train_epoch(t, data, pre, cfg, plan, sample_p, epoch, report)
             score = _validate(t.model, data, pre, row)
             row["seconds"] = time.perf_counter() - t0
             _record(progress, row, score, plan.patience, t.model, out)
             resume.save(out / checkpoint.NAME, expected, t.model, t.opt, t.sched, progress, t.gen, t.rng)
-            rep.epoch(row)
+            report.epoch(row)
             epochs_bar(1)
     except KeyboardInterrupt:
         raise TrainingInterrupted(out, len(progress.history)) from None
-    rep.done("epochs")
+    report.done("epochs")
 
 
 def _train_epoch(t: Trainer, data: Prepared, pre: dict[str, Any], cfg: TrainConfig, plan: Plan,
-                 sample_p: np.ndarray | None, epoch: int, rep: Reporter) -> dict[str, Any]:
+                 sample_p: np.ndarray | None, epoch: int, report: Reporting) -> dict[str, Any]:
     """One pass over the training side (augmented; shuffled, or drawn class-balanced): its figures."""
     tr = data.side("train")
     t.model.train()
@@ -187,7 +187,7 @@ def _train_epoch(t: Trainer, data: Prepared, pre: dict[str, Any], cfg: TrainConf
     strength = cfg.aug_strength if cfg.augment else 0.0
     total, correct, seen = 0.0, 0, 0
     what = f"epoch {epoch + 1}/{plan.epochs}"
-    advance = rep.task(what, plan.steps)
+    advance = report.task(what, plan.steps)
     for b in range(plan.steps):
         idx = np.sort(order[b * plan.batch_size:(b + 1) * plan.batch_size])
         if len(idx) < 2 and len(tr) >= 2:  # BatchNorm needs two samples
@@ -205,7 +205,7 @@ def _train_epoch(t: Trainer, data: Prepared, pre: dict[str, Any], cfg: TrainConf
         correct += int((logits.argmax(1) == target).sum())
         seen += len(idx)
         advance(1)
-    rep.done(what)
+    report.done(what)
     return {"epoch": epoch + 1, "train_loss": total / max(seen, 1), "train_accuracy": correct / max(seen, 1),
             "lr": t.opt.param_groups[0]["lr"]}
 

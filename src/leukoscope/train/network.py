@@ -16,16 +16,16 @@ from leukoscope.data.manifest import Manifest
 from leukoscope.data.rare import RareReport
 from leukoscope.data.splits import split_protocol
 from leukoscope.models.networks import Network
+from leukoscope.progress import SILENT, Progress
 from leukoscope.train import rundir
 from leukoscope.train.config import TrainConfig
 from leukoscope.train.data import Prepared, bundle_split, decoded_rows, describe, prepare_split, run_split
 from leukoscope.train.fit import fit
 from leukoscope.train.forward import predict_logits
 from leukoscope.train.heldout import calibrated
-from leukoscope.train.reporter import Reporter, SilentReporter
 
 
-def train_network(m: Manifest, config: TrainConfig, out: Path, reporter: Reporter | None = None) -> Bundle:
+def train_network(m: Manifest, config: TrainConfig, out: Path, progress: Progress = SILENT) -> Bundle:
     """Train the network ``config.model`` on ``m`` into the run directory ``out``.
 
     A finished run directory is not retrained: rerunning returns its bundle; an unfinished one resumes.
@@ -33,23 +33,22 @@ def train_network(m: Manifest, config: TrainConfig, out: Path, reporter: Reporte
     out, cfg, done = rundir.begin(config, out, "network")
     if done is not None:
         return done
-    rep = reporter or SilentReporter()
-    rows = decoded_rows(m, cfg, rep)
+    rows = decoded_rows(m, cfg, progress)
     data, pre = prepare_split(run_split(rows.rows, cfg), rows.images, rows.pre, cfg, rows.classes)
-    bundle, _ = fit_and_bundle(data, pre, cfg, out, rep, describe(rows.rows), rows.rare)
+    bundle, _ = fit_and_bundle(data, pre, cfg, out, progress, describe(rows.rows), rows.rare)
     rundir.write_skipped(out, rows.skipped)
     return bundle
 
 
 def fit_and_bundle(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
-                   reporter: Reporter | None = None, data_desc: str = "", rare: RareReport | None = None
+                   progress: Progress = SILENT, data_desc: str = "", rare: RareReport | None = None
                    ) -> tuple[Bundle, dict[str, np.ndarray]]:
     """``fit``, evaluate, write metrics.json and ``out/bundle``; the loaded bundle and test probs.
 
     ``rare`` (the classes merged or dropped before the split) is recorded in both."""
     t0, c0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()[0]
-    model, history, extra = fit(data, pre, cfg, out, reporter)
-    metrics, temperature, probs = evaluate(model, data, pre, cfg.tta, reporter)
+    model, history, extra = fit(data, pre, cfg, out, progress)
+    metrics, temperature, probs = evaluate(model, data, pre, cfg.tta, progress)
     metrics |= {"protocol": split_protocol(data.split), "tta": cfg.tta,
                 "best_epoch": extra["best_epoch"], "epochs_run": extra["epochs_run"],
                 "epochs_planned": extra["epochs_planned"],
@@ -74,15 +73,14 @@ def fit_and_bundle(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: P
 
 
 def evaluate(model: Network, data: Prepared, pre: dict[str, Any], tta: bool,
-             reporter: Reporter | None = None) -> tuple[dict[str, Any], float, dict[str, np.ndarray]]:
+             progress: Progress = SILENT) -> tuple[dict[str, Any], float, dict[str, np.ndarray]]:
     """Figures on val and test (temperature fitted on val only) and the calibrated probabilities."""
-    rep = reporter or SilentReporter()
     logits: dict[str, np.ndarray] = {}
     for side in ("val", "test"):
         idx = data.side(side)
         if len(idx):
             what = f"evaluating {side}" + (" (TTA x8)" if tta else "")
-            advance = rep.task(what, len(idx))
+            advance = progress.task(what, len(idx))
             logits[side] = predict_logits(model, data.images[idx], pre, tta, advance)
-            rep.done(what)
+            progress.done(what)
     return calibrated(logits, {side: data.y[data.side(side)] for side in logits}, data.classes)

@@ -6,17 +6,17 @@ from pathlib import Path
 
 from leukoscope.bundle import Bundle
 from leukoscope.data.manifest import Manifest
+from leukoscope.progress import SILENT, Progress
 from leukoscope.train.classical import train_classical
 from leukoscope.train.config import TrainConfig
 from leukoscope.train.network import train_network
-from leukoscope.train.reporter import Reporter
 
 
-def train(m: Manifest, config: TrainConfig, out: Path, reporter: Reporter | None = None) -> Bundle:
+def train(m: Manifest, config: TrainConfig, out: Path, progress: Progress = SILENT) -> Bundle:
     """Train ``config.model`` on ``m`` with a grouped train / val / test split; the bundle in ``out/bundle``.
 
     Networks: ``train_network``; classical pipelines (on ``config.features``): ``train_classical``.
     A finished run directory is not retrained: rerunning returns its bundle.
     """
     run = train_classical if config.family == "classical" else train_network
-    return run(m, config, out, reporter)
+    return run(m, config, out, progress)

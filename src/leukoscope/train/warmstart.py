@@ -10,24 +10,24 @@ import torch
 from torch import nn
 
 from leukoscope.models.networks import Network
+from leukoscope.progress import Progress
 from leukoscope.train.config import TrainConfig
 from leukoscope.train.data import Prepared
 from leukoscope.train.forward import embeddings
 from leukoscope.train.heldout import scores
-from leukoscope.train.reporter import Reporter
 
 
 def warm_start(model: Network, data: Prepared, pre: dict[str, Any], cfg: TrainConfig,
-               loss_weights: np.ndarray, reporter: Reporter) -> dict[str, Any]:
+               loss_weights: np.ndarray, progress: Progress) -> dict[str, Any]:
     """Embed every image once, score the frozen baseline, fit the head; the baseline's figures."""
     what = "frozen features: logistic regression, head warm-up"
-    advance = reporter.task(what, 1)
+    advance = progress.task(what, 1)
     tr = data.side("train")
     emb = embeddings(model, data.images, pre)
     figures = frozen_linear(emb, data, cfg.seed)
     warm_head(model, emb[tr], data.y[tr], loss_weights, cfg)
     advance(1)
-    reporter.done(what)
+    progress.done(what)
     return figures
 
 
