@@ -267,6 +267,11 @@ def _first_heartbeat(study: optuna.Study, trial: Trial) -> None:
     wait for it forever (seen: a resumed study hanging under load). Optuna's own optimise loop uses
     the same private handles (``study._storage``, ``trial._trial_id``).
     """
+    from sqlalchemy.exc import OperationalError
+
     storage = _heartbeat_storage(study)
     if storage is not None:
-        storage.record_heartbeat(trial._trial_id)
+        # a busy SQLite file ("database is locked") must not crash the worker: Optuna's heartbeat thread
+        # beats a moment later, and ``_fail_silent_trials`` covers a trial that never beats at all
+        with contextlib.suppress(OperationalError):
+            storage.record_heartbeat(trial._trial_id)
