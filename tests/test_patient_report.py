@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ from leukoscope.cli import app
 from leukoscope.data.cohort import OVERVIEW_MIN_SIDE
 from leukoscope.data.images import file_digest, image_size
 from leukoscope.patients.report import clopper_pearson, percent
-from patients_support import TRUNCATED, cohort, later_cohort, run_dir  # noqa: F401
+from patients_support import TRUNCATED, _link, cohort, later_cohort, run_dir  # noqa: F401
 from serve_support import ARTIFACTS, browser, network_bundle  # noqa: F401
 
 runner = CliRunner()
@@ -32,14 +30,6 @@ def run(*args: object) -> tuple[int, str]:
     if r.exception is not None and not isinstance(r.exception, SystemExit):
         raise r.exception
     return r.exit_code, r.output
-
-
-def _link(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def _overview(data: Path) -> Path:

@@ -47,6 +47,18 @@ DEFAULT_DIAGNOSIS = "diagnosis"
 #: Manifest columns a subjects-table column may not overwrite.
 _RESERVED = frozenset(COLUMNS) | {"dataset", "layout", "synthetic", "subjects_file"}
 
+def header_size(f: Path) -> tuple[int, int] | str:
+    """``(width, height)`` from ``f``'s header, or why it cannot be read (the reason, for a counted skip)."""
+    try:
+        return image_size(f)
+    except ImageError as e:
+        return str(e).removeprefix(f"{f}: ")
+
+
+def is_overview(width: int, height: int) -> bool:
+    """A whole field of view (many cells), not one cell: listed apart, never scored as a cell."""
+    return max(width, height) >= OVERVIEW_MIN_SIDE
+
 
 def snake_case(name: str) -> str:
     """``Age at Diagnosis`` -> ``age_at_diagnosis``: one spelling for columns from any spreadsheet."""
@@ -204,13 +216,13 @@ def scan_cohort(root: Path | str, subjects: SubjectTable | None = None) -> Cohor
                 unlisted[str(Path(*parts[:level]))] += 1
                 skipped.append((str(f), f"folder {subject!r} is not a patient of {subjects.path}"))
                 continue
-            try:
-                w, h = image_size(f)
-            except ImageError as e:
-                skipped.append((str(f), str(e).removeprefix(f"{f}: ")))
+            size = header_size(f)
+            if isinstance(size, str):
+                skipped.append((str(f), size))
                 continue
+            w, h = size
             path = str(f.resolve())
-            if max(w, h) >= OVERVIEW_MIN_SIDE:
+            if is_overview(w, h):
                 overviews.append(dict(path=path, subject=subject, width=w, height=h))
                 continue
             holder = parts[-1] if len(parts) > level else None

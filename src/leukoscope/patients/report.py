@@ -26,8 +26,8 @@ import pandas as pd
 from leukoscope.bundle import Bundle
 from leukoscope.bundle.patient import PatientBundle
 from leukoscope.bundle.patient_call import PatientCall
-from leukoscope.data.cohort import OVERVIEW_MIN_SIDE, deepapl_table, load_subjects
-from leukoscope.data.images import image_size, is_image_file
+from leukoscope.data.cohort import deepapl_table, header_size, is_overview, load_subjects
+from leukoscope.data.images import is_image_file
 from leukoscope.errors import BundleError, DataError, ImageError
 from leukoscope.io import write_csv_atomic, write_json_atomic
 from leukoscope.progress import SILENT, Progress
@@ -126,12 +126,12 @@ def scan_patient(folder: Path | str) -> PatientFolder:
             if not is_image_file(f):
                 skipped.append((str(f), "not an image"))
                 continue
-            try:
-                w, h = image_size(f)
-            except ImageError as e:
-                skipped.append((str(f), str(e).removeprefix(f"{f}: ")))
+            size = header_size(f)
+            if isinstance(size, str):
+                skipped.append((str(f), size))
                 continue
-            if max(w, h) >= OVERVIEW_MIN_SIDE:
+            w, h = size
+            if is_overview(w, h):
                 skipped.append((str(f), f"overview image {w}x{h} (a whole field, not one cell)"))
                 continue
             cells.append(f)
