@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from leukoscope.cli.app import app, console, guarded, say
+from leukoscope.cli.app import app, console, say
 from leukoscope.cli.options import BatchOpt, BundleArg, LayoutOpt, Paths, RuntimeOpt, TtaOpt
 from leukoscope.cli.progress import shown
 
@@ -19,7 +19,6 @@ def _f(v: float | None) -> str:
 
 
 @app.command("evaluate")
-@guarded
 def evaluate_cmd(
     bundle: BundleArg,
     paths: Paths,

@@ -8,13 +8,12 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from leukoscope.cli.app import app, console, guarded, say
+from leukoscope.cli.app import app, console, say
 from leukoscope.cli.options import BundleArg
 from leukoscope.cli.progress import shown
 
 
 @app.command("report")
-@guarded
 def report_cmd(
     bundle: BundleArg,
     folders: Annotated[list[Path], typer.Argument(

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from leukoscope.cli.app import app, console, err_console, guarded, print_rare
+from leukoscope.cli.app import app, console, err_console, print_rare
 from leukoscope.cli.options import LayoutOpt, MinCellsOpt, Paths, RareOpt
 from leukoscope.cli.progress import shown
 from leukoscope.errors import ConfigError
@@ -30,7 +30,6 @@ def _figures_table(metrics: dict[str, Any]) -> Table:
 
 
 @app.command("train")
-@guarded
 def train_cmd(
     paths: Paths,
     out: Annotated[Path, typer.Option("--out", help="Run directory (checkpoints, curves, bundle/).")],
