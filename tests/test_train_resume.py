@@ -179,3 +179,30 @@ def test_a_cv_folder_with_finished_folds_stays_protected(cells, tmp_path):
     assert not (tmp_path / checkpoint.NAME).exists()
     with pytest.raises(ConfigError, match="other settings"):
         cross_validate(m, TrainConfig.build(**{**settings, "lr": 0.5}), tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a GPU")
+def test_device_cuda_without_a_gpu_is_one_line_before_anything_is_written(cells, tmp_path):
+    out = tmp_path / "run"
+    for device, word in (("cuda", "sees no CUDA device"), ("tpu", "must be one of")):
+        res = CliRunner().invoke(app, ["train", str(cells), *ARGS, "--device", device, "--out", str(out)])
+        assert res.exit_code == 1
+        line = _one_error_line(res.output)
+        assert f"--device {device}" in line or "--device must" in line
+        assert word in line
+    assert not out.exists()
+
+
+def test_a_run_records_its_device_and_resumes_under_another_device_setting(cells, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        train(read([cells]), TrainConfig.build(**SETTINGS, device="cpu"), out, _StopAfterFirstEpoch())
+    assert "cuda" not in checkpoint.load(out / checkpoint.NAME)["rng"]  # no GPU state on a CPU run
+    res = CliRunner().invoke(app, ["train", str(cells), *ARGS, "--device", "auto", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert list(pd.read_csv(out / "history.csv")["epoch"]) == [1, 2, 3]
+    expected = "cpu" if not torch.cuda.is_available() else f"cuda ({torch.cuda.get_device_name()})"
+    config = json.loads((out / "bundle" / "config.json").read_text())
+    assert config["trained_on"] == expected and config["train"]["device"] == "auto"
+    assert json.loads((out / "metrics.json").read_text())["timing"]["device"] == expected
+    assert f'trained_on: "{expected}"' in (out / "bundle" / "MODEL_CARD.md").read_text()

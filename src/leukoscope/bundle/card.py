@@ -25,7 +25,7 @@ def model_card(config: dict[str, Any], metrics: dict[str, Any],
     lines += ["## Model", f"- family: {config['family']}", f"- model: {config.get('model', '-')}",
               f"- classes: {', '.join(config['classes'])}",
               f"- calibration temperature: {_fmt(float(config.get('temperature', 1.0)))}"]
-    for key in ("input_size", "features", "preprocessing"):
+    for key in ("input_size", "features", "preprocessing", "trained_on"):
         if key in config:
             lines.append(f"- {key}: {json.dumps(config[key])}")
     lines += ["", "## Data and protocol", f"- data: {config.get('data', '-')}",

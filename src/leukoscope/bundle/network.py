@@ -57,7 +57,8 @@ def check_weights(module: Network, tensors: dict[str, torch.Tensor], weights: Pa
 def save_weights(module: nn.Module, folder: Path) -> None:
     from safetensors.torch import save_file
 
-    tensors = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+    # CPU tensors whatever device trained it: a bundle loads anywhere
+    tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     save_file(tensors, str(Path(folder) / WEIGHTS))
 
 

@@ -85,6 +85,9 @@ def train_cmd(
                                                    help="Keep BatchNorm statistics frozen.",
                                                    show_default="the model's", rich_help_panel=NETWORKS)
                          ] = None,
+    device: Annotated[str | None, typer.Option("--device", help=(
+        "auto (cuda when torch sees a GPU, else cpu) | cpu | cuda."), show_default="auto",
+        rich_help_panel=NETWORKS)] = None,
     features: Annotated[str | None, typer.Option("--features", help=(
         "The image features the pipeline is fitted on: {feature_kinds}."), show_default="handcrafted",
         rich_help_panel=CLASSICAL)] = None,
@@ -118,7 +121,7 @@ def train_cmd(
         grayscale=grayscale, subset=subset, augment=augment, aug_strength=aug_strength, stain=stain,
         crop_to_cell=crop_to_cell, tta=tta, patience=patience, finetune_depth=finetune_depth, seed=seed,
         freeze_bn=freeze_bn, cv=cv, split_protocol=split_protocol, features=features, min_cells=min_cells,
-        rare=rare)
+        rare=rare, device=device)
     m = read(paths, layout)
     try:
         with shown() as bars:

@@ -12,16 +12,22 @@ import dataclasses
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from leukoscope.data.rare import MIN_CELLS, check_rare
 from leukoscope.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 SPLIT_PROTOCOLS = ("auto", "official")
 #: Settings added after run directories were first written, with the value that reproduces those
 #: runs (a run from before ``min_steps`` trained exactly its epochs).
 ADDED = {"min_steps": 0, "min_cells": 0, "rare": "other"}
 BALANCE = ("loss", "sampler", "none")
+DEVICES = ("auto", "cpu", "cuda")
+#: Settings of where a run executes, not of what it learns: a run started on one device resumes on another.
+RUNTIME = ("device",)
 #: The settings a classical run uses: which rows, how they are split, which features.
 CLASSICAL = ("model", "subset", "seed", "val", "test", "split_protocol", "features", "min_cells", "rare")
 
@@ -55,6 +61,8 @@ class TrainConfig:
     warmup_epochs: float = 0.5
     balance: str = "loss"
     threads: int = 0
+    #: where a network trains: auto (cuda when torch sees one, else cpu), cpu or cuda
+    device: str = "auto"
     #: keep every BatchNorm in eval mode while fine-tuning (running statistics frozen, affine trained)
     freeze_bn: bool | None = None
     #: learning rate of everything but the head, as a fraction of ``lr`` (None: the model's default)
@@ -160,6 +168,9 @@ class TrainConfig:
         need(self.balance in BALANCE, f"balance must be one of {', '.join(BALANCE)}, got {self.balance!r}")
         need(self.cv == 0 or self.cv >= 2, f"--cv must be 0 (off) or >= 2, got {self.cv}")
         need(self.min_steps is None or self.min_steps >= 0, f"min_steps must be >= 0, got {self.min_steps}")
+        need(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.device == "cuda":  # refused before any data is read, not epochs later
+            self.torch_device()
         from leukoscope.models.stain import check_method
 
         check_method(self.stain)
@@ -178,6 +189,17 @@ class TrainConfig:
             raise ConfigError(f"--features must be one of {', '.join(list_feature_kinds())}, "
                               f"got {self.features!r}")
 
+    def torch_device(self) -> torch.device:
+        """The device ``device`` names here; ``cuda`` on a machine without one is refused by name."""
+        import torch
+
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"--device cuda: torch {torch.__version__} sees no CUDA device on this "
+                              "machine; use --device auto or --device cpu")
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
     def schedule(self, steps_per_epoch: int) -> tuple[int, int]:
         """Epochs and early-stopping patience for this many steps per epoch (see ``min_steps``)."""
         epochs, patience = self.epochs or 1, self.patience or self.epochs or 1
@@ -191,7 +213,8 @@ class TrainConfig:
         """True when ``saved`` (an earlier ``as_dict``) describes this run; settings added to
         TrainConfig since then count as their defaults, so older run directories still resume."""
         defaults = {**TrainConfig().as_dict(), **ADDED}
-        return {**{k: defaults[k] for k in defaults if k not in saved}, **saved} == self.as_dict()
+        old = {**{k: defaults[k] for k in defaults if k not in saved}, **saved}
+        return _what_is_learnt(old) == _what_is_learnt(self.as_dict())
 
     def write(self, folder: Path) -> None:
         """``config.yaml`` (for ``--config``) and ``config.json`` in ``folder``, atomically."""
@@ -202,3 +225,7 @@ class TrainConfig:
         folder = Path(folder)
         write_json_atomic(folder / "config.json", self.as_dict())
         write_text_atomic(folder / "config.yaml", yaml.safe_dump(self.as_dict(), sort_keys=False))
+
+
+def _what_is_learnt(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k not in RUNTIME}

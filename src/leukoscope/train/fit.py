@@ -4,6 +4,9 @@
 ``train.resume``), ``best.safetensors`` (the weights of the best epoch so far, by validation
 balanced accuracy), and at the end ``history.csv`` and ``curves.png``. Ctrl-C leaves the last
 finished epoch on disk and raises ``TrainingInterrupted``. The test side is never looked at here.
+
+The model and each batch live on ``cfg.device`` (augmentation stays on the CPU with the run's own
+generator, so a batch is drawn the same wherever it trains); whatever is written to disk is CPU tensors.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from leukoscope.progress import Progress as Reporting
 from leukoscope.train import augment, checkpoint, resume
 from leukoscope.train.config import TrainConfig
 from leukoscope.train.data import Prepared
-from leukoscope.train.forward import predict_logits
+from leukoscope.train.forward import device_of, predict_logits
 from leukoscope.train.heldout import scores
 from leukoscope.train.resume import Progress
 from leukoscope.train.warmstart import warm_start
@@ -87,9 +90,10 @@ def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
     out.mkdir(parents=True, exist_ok=True)
     seed_all(cfg.seed)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    device = cfg.torch_device()
     cls = network_class(cfg.model)
     k = len(data.classes)
-    model = channels_last(cls(num_classes=k, pretrained=cls.pretrained))
+    model = channels_last(cls(num_classes=k, pretrained=cls.pretrained)).to(device)
     tr = data.side("train")
     if not len(tr):
         raise DataError("the training side is empty; use more data or a smaller --val / --test")
@@ -106,7 +110,13 @@ def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
         progress = resume.restore(state, out / checkpoint.NAME, t.model, t.opt, t.sched, t.gen, t.rng)
     sample_p = weights[data.y[tr]] / weights[data.y[tr]].sum() if cfg.balance == "sampler" else None
     _epochs(t, data, pre, cfg, plan, progress, expected, sample_p, out, report)
-    return _best(t.model, out, progress, plan)
+    model, history, extra = _best(t.model, out, progress, plan)
+    return model, history, extra | {"device": device_name(device)}
+
+
+def device_name(device: torch.device) -> str:
+    """What the training record says the run was trained on: ``cpu``, or ``cuda (<card>)``."""
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
 
 
 def seed_all(seed: int) -> None:
@@ -134,7 +144,7 @@ def _trainer(model: Network, cfg: TrainConfig, pretrained: bool, plan: Plan,
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, _schedule(plan.epochs * plan.steps, int(cfg.warmup_epochs * plan.steps)))
     loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(loss_weights, dtype=torch.float32),
-                                  label_smoothing=cfg.label_smoothing)
+                                  label_smoothing=cfg.label_smoothing).to(device_of(model))
     return Trainer(model, opt, sched, loss_fn, torch.Generator().manual_seed(cfg.seed),
                    np.random.default_rng(cfg.seed), model.frozen_modules())
 
@@ -176,6 +186,7 @@ def _train_epoch(t: Trainer, data: Prepared, pre: dict[str, Any], cfg: TrainConf
                  sample_p: np.ndarray | None, epoch: int, report: Reporting) -> dict[str, Any]:
     """One pass over the training side (augmented; shuffled, or drawn class-balanced): its figures."""
     tr = data.side("train")
+    device = device_of(t.model)
     t.model.train()
     for f in t.frozen:
         f.eval()
@@ -193,8 +204,8 @@ def _train_epoch(t: Trainer, data: Prepared, pre: dict[str, Any], cfg: TrainConf
         if len(idx) < 2 and len(tr) >= 2:  # BatchNorm needs two samples
             continue
         x = augment.augment(torch.from_numpy(data.images[idx]), strength, t.gen)
-        x = augment.normalize(x, pre["mean"], pre["std"])
-        target = torch.from_numpy(data.y[idx])
+        x = augment.normalize(x, pre["mean"], pre["std"]).to(device, non_blocking=True)
+        target = torch.from_numpy(data.y[idx]).to(device, non_blocking=True)
         logits = t.model(x)
         loss = t.loss_fn(logits, target)
         t.opt.zero_grad(set_to_none=True)

@@ -55,13 +55,14 @@ def fit_and_bundle(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: P
                 # this session only (a resumed run counts from the resume); the load average says
                 # whether other work shared the machine
                 "timing": {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
-                           "load_average": (load0 + os.getloadavg()[0]) / 2, "cores": os.cpu_count()}}
+                           "load_average": (load0 + os.getloadavg()[0]) / 2, "cores": os.cpu_count(),
+                           "device": extra["device"]}}
     if "frozen_lr" in extra:
         metrics["frozen_lr"] = extra["frozen_lr"]
     config = {"family": "network", "model": cfg.model, "classes": data.classes,
               "input_size": pre["input_size"], "preprocessing": pre, "temperature": temperature,
               "tta": cfg.tta, "protocol": metrics["protocol"], "data": data_desc,
-              "train": cfg.as_dict()}
+              "train": cfg.as_dict(), "trained_on": extra["device"]}
     if rare is not None and rare.types:
         metrics["rare_classes"] = config["rare_classes"] = rare.to_json()
     write_json(out / "metrics.json", metrics)

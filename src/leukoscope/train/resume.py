@@ -21,6 +21,7 @@ from leukoscope.data.splits import Split
 from leukoscope.errors import ConfigError
 from leukoscope.train import checkpoint
 from leukoscope.train.config import TrainConfig
+from leukoscope.train.forward import device_of
 
 #: What restoring a checkpoint that parses but does not fit this run raises (a foreign or edited file).
 BAD_STATE = (AttributeError, IndexError, KeyError, TypeError, ValueError, RuntimeError)
@@ -71,8 +72,8 @@ def save(path: Path, expected: dict[str, Any], model: nn.Module, opt: torch.opti
         "fingerprint": expected, "model": model.state_dict(), "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(), "history": progress.history, "epoch": progress.epoch,
         "best_score": progress.best_score, "best_epoch": progress.best_epoch,
-        "bad_epochs": progress.bad_epochs, "extra": progress.extra, "rng": _rng_states(gen, rng),
-        "stopped": progress.stopped})
+        "bad_epochs": progress.bad_epochs, "extra": progress.extra, "stopped": progress.stopped,
+        "rng": _rng_states(gen, rng, device_of(model))})
 
 
 def restore(state: dict[str, Any], path: Path, model: nn.Module, opt: torch.optim.Optimizer,
@@ -87,21 +88,30 @@ def restore(state: dict[str, Any], path: Path, model: nn.Module, opt: torch.opti
         progress = Progress(history=state["history"], epoch=state["epoch"], best_score=state["best_score"],
                             best_epoch=state["best_epoch"], bad_epochs=state["bad_epochs"],
                             extra=state["extra"])
-        _set_rng_states(state["rng"], gen, rng)
+        _set_rng_states(state["rng"], gen, rng, device_of(model))
         progress.stopped = bool(state["stopped"])
     except BAD_STATE as e:
         raise checkpoint.unreadable(path, e) from None
     return progress
 
 
-def _rng_states(gen: torch.Generator, rng: np.random.Generator) -> dict[str, Any]:
+def _rng_states(gen: torch.Generator, rng: np.random.Generator, device: torch.device) -> dict[str, Any]:
     """Every random state an epoch draws from: augmentation and batch order (the run's own
-    generators), dropout (torch's global one), and numpy's and Python's global ones for the rest."""
-    return {"augment": gen.get_state(), "order": rng.bit_generator.state, "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(legacy=False), "python": random.getstate()}
+    generators), dropout (torch's global one; on a GPU, that device's), and numpy's and Python's
+    global ones for the rest."""
+    states = {"augment": gen.get_state(), "order": rng.bit_generator.state, "torch": torch.get_rng_state(),
+              "numpy": np.random.get_state(legacy=False), "python": random.getstate()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
 
 
-def _set_rng_states(saved: dict[str, Any], gen: torch.Generator, rng: np.random.Generator) -> None:
+def _set_rng_states(saved: dict[str, Any], gen: torch.Generator, rng: np.random.Generator,
+                    device: torch.device) -> None:
+    """A CUDA state is restored only onto a CUDA run (a run moved between devices resumes, not bit
+    for bit); a CPU checkpoint resumed on a GPU keeps the GPU's seeded state."""
+    if device.type == "cuda" and "cuda" in saved:
+        torch.cuda.set_rng_state(saved["cuda"], device)
     gen.set_state(saved["augment"])
     rng.bit_generator.state = saved["order"]
     torch.set_rng_state(saved["torch"])

@@ -13,7 +13,7 @@ from leukoscope.models.networks import Network
 from leukoscope.progress import Progress
 from leukoscope.train.config import TrainConfig
 from leukoscope.train.data import Prepared
-from leukoscope.train.forward import embeddings
+from leukoscope.train.forward import device_of, embeddings
 from leukoscope.train.heldout import scores
 
 
@@ -53,11 +53,12 @@ def warm_head(model: Network, emb: np.ndarray, y: np.ndarray, weights: np.ndarra
               cfg: TrainConfig, steps: int = 300) -> None:
     """Train only the linear head on frozen embeddings (full batch, seconds), so fine-tuning
     starts from a sensible head instead of a random one that would scramble the body."""
-    x, t = torch.from_numpy(emb), torch.from_numpy(y)
     head = model.head
+    device = device_of(head)
+    x, t = torch.from_numpy(emb).to(device), torch.from_numpy(y).to(device)
     opt = torch.optim.AdamW(head.parameters(), lr=1e-2, weight_decay=cfg.weight_decay)
     loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32),
-                                  label_smoothing=cfg.label_smoothing)
+                                  label_smoothing=cfg.label_smoothing).to(device)
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
         loss_fn(head(x), t).backward()
