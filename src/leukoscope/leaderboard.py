@@ -42,8 +42,8 @@ METRICS = {
     "predict_s": "Predict s",
 }
 #: Metrics that also get a 95% subject-bootstrap interval of the pooled out-of-fold predictions
-#: (``_lo`` / ``_hi`` columns): the two that weigh every class alike.
-INTERVALS = ("balanced_accuracy", "f1_macro")
+#: (``_lo`` / ``_hi`` columns): every headline figure computed from the called classes.
+INTERVALS = ("accuracy", "balanced_accuracy", "f1_weighted", "f1_macro")
 #: Imported once by the forkserver, before any worker forks from it (plus the models' own modules).
 _PRELOAD = ["numpy", "sklearn.base", "leukoscope.models.classical", "leukoscope.evaluate.metrics"]
 
@@ -77,8 +77,17 @@ class Leaderboard:
     rare: RareReport | None = None
 
     @property
+    def too_small(self) -> str | None:
+        """The "too small to rank models" warning for this data (None when it is large enough)."""
+        from leukoscope.evaluate.intervals import too_small
+
+        return too_small(self.n_images, None if self.protocol == "image-level" else self.n_groups)
+
+    @property
     def warning(self) -> str | None:
-        return IMAGE_LEVEL_WARNING if self.protocol == "image-level" else None
+        image_level = IMAGE_LEVEL_WARNING if self.protocol == "image-level" else None
+        said = [w for w in (image_level, self.too_small) if w]
+        return "; ".join(said) or None
 
     @property
     def best(self) -> str | None:
@@ -90,7 +99,7 @@ class Leaderboard:
         return {"protocol": self.protocol, "warning": self.warning, "data": self.data,
                 "classes": self.classes, "features": self.features, "folds": self.folds,
                 "images": self.n_images, "groups": self.n_groups, "seed": self.seed,
-                "best": self.best, "params": self.params,
+                "best": self.best, "params": self.params, "too_small": self.too_small,
                 "rare_classes": self.rare.to_json() if self.rare and self.rare.types else None,
                 "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
 

@@ -22,12 +22,13 @@ from leukoscope.bundle.classical import WEIGHTS, log_probabilities, save_pipelin
 from leukoscope.data.manifest import Manifest, classes, label_indices
 from leukoscope.data.splits import split_protocol
 from leukoscope.errors import ConfigError
+from leukoscope.evaluate.operating import check_positive
 from leukoscope.features.cache import feature_matrix
 from leukoscope.progress import SILENT, Progress
 from leukoscope.train import rundir
 from leukoscope.train.config import TrainConfig
 from leukoscope.train.data import bundle_split, describe, run_rows, run_split
-from leukoscope.train.heldout import calibrated
+from leukoscope.train.heldout import calibrated, operating_point
 
 
 def train_classical(m: Manifest, config: TrainConfig, out: Path, progress: Progress = SILENT) -> Bundle:
@@ -50,16 +51,22 @@ def train_classical(m: Manifest, config: TrainConfig, out: Path, progress: Progr
     class_names = classes(split)
     y = np.asarray(label_indices(split, class_names))
     sides = split["side"].to_numpy()
+    if cfg.positive is not None:
+        check_positive(cfg.positive, class_names)
     fitting = f"fitting {cfg.model}"
     advance = progress.task(fitting, 1)
     pipeline, logits = fit_on_train(estimator, X, y, sides, len(class_names))
     advance(1)
     progress.done(fitting)
-    metrics, temperature, _ = calibrated(logits, {s: y[sides == s] for s in logits}, class_names)
+    held_y = {s: y[sides == s] for s in logits}
+    metrics, temperature, probs = calibrated(logits, held_y, class_names)
     metrics["protocol"] = split_protocol(split)
     settings = {"model": cfg.model, "params": {}, "classes": class_names, "features": spec,
                 "temperature": temperature, "protocol": metrics["protocol"], "data": describe(rows),
                 "train": cfg.as_dict()}
+    op = operating_point(cfg.positive, cfg.target_sensitivity, probs, held_y, class_names, metrics)
+    if op is not None:
+        settings["operating_point"] = op
     if rare.types:
         metrics["rare_classes"] = settings["rare_classes"] = rare.to_json()
     write_json(out / "metrics.json", metrics)

@@ -15,6 +15,7 @@ from leukoscope.bundle.network import save_weights
 from leukoscope.data.manifest import Manifest
 from leukoscope.data.rare import RareReport
 from leukoscope.data.splits import split_protocol
+from leukoscope.evaluate.operating import check_positive
 from leukoscope.models.networks import Network
 from leukoscope.progress import SILENT, Progress
 from leukoscope.train import rundir
@@ -22,7 +23,7 @@ from leukoscope.train.config import TrainConfig
 from leukoscope.train.data import Prepared, bundle_split, decoded_rows, describe, prepare_split, run_split
 from leukoscope.train.fit import fit
 from leukoscope.train.forward import predict_logits
-from leukoscope.train.heldout import calibrated
+from leukoscope.train.heldout import calibrated, operating_point
 
 
 def train_network(m: Manifest, config: TrainConfig, out: Path, progress: Progress = SILENT) -> Bundle:
@@ -46,6 +47,8 @@ def fit_and_bundle(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: P
     """``fit``, evaluate, write metrics.json and ``out/bundle``; the loaded bundle and test probs.
 
     ``rare`` (the classes merged or dropped before the split) is recorded in both."""
+    if cfg.positive is not None:
+        check_positive(cfg.positive, data.classes)
     t0, c0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     model, history, extra = fit(data, pre, cfg, out, progress)
     metrics, temperature, probs = evaluate(model, data, pre, cfg.tta, progress)
@@ -62,6 +65,10 @@ def fit_and_bundle(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: P
               "input_size": pre["input_size"], "preprocessing": pre, "temperature": temperature,
               "tta": cfg.tta, "protocol": metrics["protocol"], "data": data_desc,
               "train": cfg.as_dict()}
+    op = operating_point(cfg.positive, cfg.target_sensitivity, probs,
+                         {side: data.y[data.side(side)] for side in probs}, data.classes, metrics)
+    if op is not None:
+        config["operating_point"] = op
     if rare is not None and rare.types:
         metrics["rare_classes"] = config["rare_classes"] = rare.to_json()
     write_json(out / "metrics.json", metrics)
