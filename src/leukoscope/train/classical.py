@@ -22,7 +22,6 @@ from leukoscope.bundle.classical import WEIGHTS, log_probabilities, save_pipelin
 from leukoscope.data.manifest import Manifest, classes, label_indices
 from leukoscope.data.splits import split_protocol
 from leukoscope.errors import ConfigError
-from leukoscope.evaluate.operating import check_positive
 from leukoscope.features.cache import feature_matrix
 from leukoscope.progress import SILENT, Progress
 from leukoscope.train import rundir
@@ -51,8 +50,6 @@ def train_classical(m: Manifest, config: TrainConfig, out: Path, progress: Progr
     class_names = classes(split)
     y = np.asarray(label_indices(split, class_names))
     sides = split["side"].to_numpy()
-    if cfg.positive is not None:
-        check_positive(cfg.positive, class_names)
     fitting = f"fitting {cfg.model}"
     advance = progress.task(fitting, 1)
     pipeline, logits = fit_on_train(estimator, X, y, sides, len(class_names))

@@ -15,7 +15,6 @@ from leukoscope.bundle.network import save_weights
 from leukoscope.data.manifest import Manifest
 from leukoscope.data.rare import RareReport
 from leukoscope.data.splits import split_protocol
-from leukoscope.evaluate.operating import check_positive
 from leukoscope.models.networks import Network
 from leukoscope.progress import SILENT, Progress
 from leukoscope.train import rundir
@@ -47,8 +46,6 @@ def fit_and_bundle(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: P
     """``fit``, evaluate, write metrics.json and ``out/bundle``; the loaded bundle and test probs.
 
     ``rare`` (the classes merged or dropped before the split) is recorded in both."""
-    if cfg.positive is not None:
-        check_positive(cfg.positive, data.classes)
     t0, c0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     model, history, extra = fit(data, pre, cfg, out, progress)
     metrics, temperature, probs = evaluate(model, data, pre, cfg.tta, progress)
