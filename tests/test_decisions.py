@@ -195,3 +195,27 @@ def test_operating_point_settings_are_checked(cells: Path, tmp_path: Path) -> No
 def test_too_small_flags_cells_and_subjects() -> None:
     assert too_small(49, None) and too_small(500, 9) and too_small(50, 10) is None
     assert too_small(50, None) is None
+
+
+def test_rank_auc_equals_roc_auc_with_ties() -> None:
+    from leukoscope.evaluate.intervals import rank_auc
+    from leukoscope.evaluate.metrics import roc_auc
+
+    rng = np.random.default_rng(1)
+    for k in (2, 4):
+        y = rng.integers(0, k, 300)
+        probs = rng.dirichlet(np.ones(k), 300).round(1)  # rounded: many ties
+        assert rank_auc(y, probs) == pytest.approx(roc_auc(y, probs), abs=1e-12)
+
+
+def test_group_resamples_draw_whole_subjects() -> None:
+    from leukoscope.evaluate.metrics import group_resamples
+
+    groups = np.array(["a", "b", "a", "c", "b", "a"])
+    rows = {g: set(np.flatnonzero(groups == g)) for g in "abc"}
+    for draw in group_resamples(groups, seed=0, n=20):
+        drawn = groups[draw]
+        for g in set(drawn):  # each drawn subject comes with all its rows, as many times as drawn
+            times = list(drawn).count(g) // len(rows[g])
+            assert sorted(draw[drawn == g]) == sorted(list(rows[g]) * times)
+        assert sum(list(drawn).count(g) // len(rows[g]) for g in "abc") == 3

@@ -174,11 +174,17 @@ def label_figure(y: np.ndarray, pred: np.ndarray, k: int, metric: str) -> float:
 
 
 def group_resamples(groups: np.ndarray, seed: int, n: int) -> Iterator[np.ndarray]:
-    """``n`` row-index draws, each of as many whole groups (subjects) as there are, with replacement."""
+    """``n`` row-index draws, each of as many whole groups (subjects) as there are, with replacement
+    (vectorised: the rows of each drawn group are one slice of the rows sorted by group)."""
     rng = np.random.default_rng(seed)
-    ids, inverse = np.unique(np.asarray(groups), return_inverse=True)
-    rows = [np.flatnonzero(inverse == g) for g in range(len(ids))]
-    return (np.concatenate([rows[g] for g in rng.integers(0, len(ids), len(ids))]) for _ in range(n))
+    _, inverse, counts = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
+    order = np.argsort(inverse, kind="stable")
+    starts = np.cumsum(counts) - counts
+    for _ in range(n):
+        drawn = rng.integers(0, len(counts), len(counts))
+        lens = counts[drawn]
+        offsets = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+        yield order[np.repeat(starts[drawn], lens) + offsets]
 
 
 def percentile_interval(values: Sequence[float]) -> tuple[float, float]:
