@@ -74,6 +74,11 @@ def rank_auc(y: np.ndarray, probs: np.ndarray) -> float | None:
     return float(np.mean([auc(y == c, probs[:, c]) for c in present]))
 
 
+def rows_auc(y: np.ndarray, probs: np.ndarray, rows: np.ndarray) -> float | None:
+    """``rank_auc`` of the drawn ``rows`` (for ``bootstrap``)."""
+    return rank_auc(y[rows], probs[rows])
+
+
 def _label_figure(y: np.ndarray, pred: np.ndarray, k: int, key: str, rows: np.ndarray) -> float:
     return label_figure(y[rows], pred[rows], k, key)
 
@@ -93,7 +98,7 @@ def headline_intervals(y: np.ndarray, probs: np.ndarray, subjects: Sequence[Any]
     out: dict[str, Any] = {}
     for key in HEADLINE:
         if key == "roc_auc":
-            ci = bootstrap(lambda i: rank_auc(y[i], probs[i]), draws)
+            ci = bootstrap(partial(rows_auc, y, probs), draws)
         elif key == "accuracy" and not by_subject:
             ci = wilson(int((pred == y).sum()), len(y))
         else:
