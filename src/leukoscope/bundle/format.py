@@ -3,7 +3,7 @@
 Layout of a bundle directory::
 
     config.json      family, model, classes, preprocessing / features, temperature, protocol,
-                     format_version
+                     format_version; optional operating_point (positive class, threshold)
     <weights>        model.safetensors (networks) or pipeline.skops (classical) — never pickle
     metrics.json     validation and test figures (and calibration before / after)
     split.csv        the split the model was trained with
