@@ -73,7 +73,8 @@ def test_threshold_reaches_the_target_sensitivity_or_youden() -> None:
     p1 = np.concatenate([np.linspace(0.05, 0.5, 10), np.linspace(0.3, 0.95, 10)])
     probs = np.column_stack([1 - p1, p1])
     op = choose(y, probs, ["hem", "all"], "all", target_sensitivity=1.0)
-    assert op["val_sensitivity"] == 1.0 and op["threshold"] == pytest.approx(0.3)
+    # the lowest positive scores 0.3, the next lower cell 0.25: halfway between
+    assert op["val_sensitivity"] == 1.0 and op["threshold"] == pytest.approx(0.275)
     youden = choose(y, probs, ["hem", "all"], "all")
     assert youden["rule"] == "youden" and youden["threshold"] > op["threshold"]
     j = {r["rule"]: r["val_sensitivity"] + r["val_specificity"] for r in (op, youden)}

@@ -14,7 +14,7 @@ def print_operating_point(op: dict[str, Any] | None) -> None:
     if not op:
         return
     pos = op["positive"]
-    console.print(escape(f"operating point: {pos} when p({pos}) >= {op['threshold']:.3f} "
+    console.print(escape(f"operating point: {pos} when p({pos}) >= {op['threshold']:.4g} "
                          f"({op['rule']} on validation: sensitivity {op['val_sensitivity']:.3f}, "
                          f"specificity {op['val_specificity']:.3f}, {op['val_n']} cells)"), soft_wrap=True)
     if "test" in op:

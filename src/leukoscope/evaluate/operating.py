@@ -4,8 +4,9 @@ sensitivity and specificity it gives.
 A binary (or one-vs-rest) screen is judged at a fixed sensitivity, not at argmax: ``choose`` picks
 the threshold on the validation side's calibrated probability of the positive class, either the
 highest one reaching ``target_sensitivity`` or, without a target, the one maximising Youden's J
-(sensitivity + specificity - 1). Training stores the result as the bundle's ``operating_point``;
-``probability.decide`` applies it in predict, serve and evaluate alike.
+(sensitivity + specificity - 1), placed halfway between that score and the next lower one.
+Training stores the result as the bundle's ``operating_point``; ``probability.decide`` applies it in
+predict, serve and evaluate alike.
 """
 
 from __future__ import annotations
@@ -39,13 +40,16 @@ def choose(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], positive: s
     if pos.all() or not pos.any():
         raise DataError(f"--positive {positive}: the validation side needs cells of {positive} and of "
                         "other classes to choose a threshold")
-    fpr, tpr, thresholds = roc_curve(pos, np.asarray(probs, np.float64)[:, k])
-    thresholds = np.minimum(thresholds, 1.0)  # the first is +inf: call nothing positive
+    fpr, tpr, scores = roc_curve(pos, np.asarray(probs, np.float64)[:, k], drop_intermediate=False)
+    scores = np.minimum(scores, 1.0)  # every distinct score, falling; the first is +inf: nothing positive
     if target_sensitivity is None:
         i, rule = int(np.argmax(tpr - fpr)), "youden"
-    else:  # thresholds fall as tpr rises: the first reaching the target is the highest one
+    else:  # scores fall as tpr rises: the first reaching the target is the highest one
         i, rule = int(np.argmax(tpr >= target_sensitivity)), f"sensitivity>={target_sensitivity:g}"
-    op: dict[str, Any] = {"positive": positive, "threshold": float(thresholds[i]), "rule": rule}
+    # halfway to the next lower score: the same validation calls, with a margin on either side (at the
+    # score itself, a calibrated model's saturated 0.9999999 would become the threshold)
+    threshold = (scores[i] + (scores[i + 1] if i + 1 < len(scores) else 0.0)) / 2
+    op: dict[str, Any] = {"positive": positive, "threshold": float(threshold), "rule": rule}
     figures = sensitivity_specificity(y, decide(probs, classes, op), k)
     return op | {"val_sensitivity": figures["sensitivity"]["value"],
                  "val_specificity": figures["specificity"]["value"], "val_n": int(len(pos))}
@@ -96,6 +100,6 @@ def describe(r: dict[str, Any]) -> list[str]:
             continue
         ci = f.get("ci95_subjects") or f["ci95_wilson"]
         how = "subject bootstrap" if f.get("ci95_subjects") else "Wilson"
-        lines.append(f"{name} for {r['positive']} at p >= {r['threshold']:.3f}: {f['value']:.3f} "
+        lines.append(f"{name} for {r['positive']} at p >= {r['threshold']:.4g}: {f['value']:.3f} "
                      f"[{ci[0]:.2f}, {ci[1]:.2f}] ({how}, {f['n']} cells)")
     return lines
