@@ -90,6 +90,7 @@ def test_train_stores_the_operating_point_and_predict_label_flips_with_it(run: P
     assert op is not None and op["positive"] == "all" and op["rule"] == "sensitivity>=0.95"
     assert op["val_sensitivity"] >= 0.95 and 0 <= op["threshold"] <= 1
     assert "test" in bundle.metrics()["operating_point"]
+    assert "- operating point: all when p(all) >= " in (run / "bundle" / "MODEL_CARD.md").read_text()
 
     copy = tmp_path / "bundle"
     shutil.copytree(run / "bundle", copy)

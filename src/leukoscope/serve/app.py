@@ -220,8 +220,8 @@ class Model:
         if not (explain and self.explainer):
             return probs, [{} for _ in images]
         how = self.explainer.explain
-        return probs, [explanation_fields(how(self.bundle, im, int(np.argmax(p)), EXPLAIN_SIDE))
-                       for im, p in zip(images, probs, strict=True)]
+        return probs, [explanation_fields(how(self.bundle, im, int(c), EXPLAIN_SIDE))  # why the call shown
+                       for im, c in zip(images, self.bundle.decide(probs), strict=True)]
 
 
 def model_card(model: Model, settings: ServeSettings) -> dict[str, Any]:
