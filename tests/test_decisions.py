@@ -221,3 +221,21 @@ def test_group_resamples_draw_whole_subjects() -> None:
             times = list(drawn).count(g) // len(rows[g])
             assert sorted(draw[drawn == g]) == sorted(list(rows[g]) * times)
         assert sum(list(drawn).count(g) // len(rows[g]) for g in "abc") == 3
+
+
+@pytest.mark.slow
+def test_ray_engine_calls_at_the_bundle_threshold(run: Path, cells: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(run / "bundle", copy)
+    cfg = json.loads((copy / "config.json").read_text())
+    cfg["operating_point"]["threshold"] = 0.0  # every cell reaches it: always "all"
+    (copy / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "ray"
+    res = runner.invoke(app, ["predict", str(copy), str(cells), "--out", str(out), "--engine", "ray",
+                              "--num-cpus", "1", "--csv"])
+    assert res.exit_code == 0, res.output
+    parquet, written = pd.read_parquet(out / "predictions.parquet"), pd.read_csv(out / "predictions.csv")
+    assert set(parquet["label"]) == set(written["label"]) == {"all"} and len(written) == 60
+    assert (written["p_hem"] > 0.5).any()  # the probabilities still say otherwise for some
