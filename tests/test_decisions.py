@@ -239,3 +239,17 @@ def test_ray_engine_calls_at_the_bundle_threshold(run: Path, cells: Path, tmp_pa
     parquet, written = pd.read_parquet(out / "predictions.parquet"), pd.read_csv(out / "predictions.csv")
     assert set(parquet["label"]) == set(written["label"]) == {"all"} and len(written) == 60
     assert (written["p_hem"] > 0.5).any()  # the probabilities still say otherwise for some
+
+
+def test_a_network_run_gets_its_operating_point_too(data: Path, tmp_path: Path) -> None:
+    from leukoscope.data.readers import read
+    from leukoscope.train import TrainConfig, train
+
+    m = read([data / "cnmc_sample"])
+    bundle = train(m, TrainConfig.build(model="leukonet", epochs=1, img_size=32, batch_size=16, seed=0,
+                                        positive="hem", target_sensitivity=0.9), tmp_path / "run")
+    op = bundle.operating_point
+    assert op is not None and op["positive"] == "hem" and op["val_sensitivity"] >= 0.9
+    probs = np.array([[1 - op["threshold"], op["threshold"]]])  # exactly at the threshold: hem
+    assert bundle.classes == ["all", "hem"] and bundle.decide(probs).tolist() == [1]
+    assert bundle.decide(probs + [[1e-6, -1e-6]]).tolist() == [0]
