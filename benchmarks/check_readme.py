@@ -43,8 +43,9 @@ def tables(markdown: str) -> dict[str, list[list[str]]]:
 
 
 def _number(text: str) -> float | None:
+    """The figure of a cell (its 95% interval ``[lo, hi]``, if any, moves with it and is not compared)."""
     try:
-        return float(text)
+        return float(re.sub(r"\s*\[[^\]]*\]$", "", text))
     except ValueError:
         return None
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from leukoscope.evaluate.intervals import MIN_CELLS
 from leukoscope.io import write_csv_atomic, write_text_atomic
 from plan import Plan
 from readme import readme_section, summary_markdown
@@ -18,14 +19,20 @@ def _metrics(src: dict[str, Any]) -> dict[str, Any]:
     return {k: src.get(k) for k in METRIC_KEYS}
 
 
+def _intervals(ci: dict[str, Any]) -> dict[str, Any]:
+    """``{k}_lo`` / ``{k}_hi`` columns from a figure -> [lo, hi] mapping (missing ones left out)."""
+    return {f"{k}_{end}": ci[k][i] for k in METRIC_KEYS if ci.get(k) for i, end in enumerate(("lo", "hi"))}
+
+
 def leaderboards(plan: Plan) -> pd.DataFrame:
     frames = []
     for ds in DATASETS:
         for kind in FEATURES:
             f = plan.step_dir(f"leaderboard-{ds.key}-{kind}") / "out" / "leaderboard.csv"
             if f.exists():
-                folds = json.loads((f.parent / "run.json").read_text())["folds"]
-                frames.append(pd.read_csv(f).assign(dataset=ds.key, features=kind, folds=folds))
+                run = json.loads((f.parent / "run.json").read_text())
+                frames.append(pd.read_csv(f).assign(dataset=ds.key, features=kind, folds=run["folds"],
+                                                    too_small=bool(run.get("too_small"))))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -43,7 +50,9 @@ def classical_rows(ds: Dataset, lb: pd.DataFrame) -> list[dict[str, Any]]:
         r = sel.iloc[0]
         rows.append({"row": kind, "model": r["model"], "features": r["features"], "protocol": r["protocol"],
                      "evaluation": f"{r['folds']}-fold CV (mean)", "n": None,
-                     **{k: r[f"{k}_mean"] for k in METRIC_KEYS}, "train_s": r["fit_s_mean"]})
+                     **{k: r[f"{k}_mean"] for k in METRIC_KEYS}, "train_s": r["fit_s_mean"],
+                     "too_small": bool(r.get("too_small", False)),
+                     **{c: r[c] for k in METRIC_KEYS for c in (f"{k}_lo", f"{k}_hi") if pd.notna(r.get(c))}})
     return rows
 
 
@@ -57,12 +66,16 @@ def network_rows(ds: Dataset, plan: Plan) -> list[dict[str, Any]]:
             cv = json.loads((run / "cv.json").read_text())
             rows.append(row | {"protocol": cv["protocol"], "evaluation": f"{cv['k']}-fold CV (pooled)",
                                "n": cv["pooled"]["n"], **_metrics(cv["pooled"]),
+                               **_intervals({k: cv.get(f"{k}_ci95") for k in METRIC_KEYS}),
+                               "too_small": cv["pooled"]["n"] < MIN_CELLS,
                                "train_s": train["wall_s"] / cv["k"]})
         metrics = plan.step_dir(f"evaluate-{ds.key}-{model}") / "out" / "metrics.json"
         if not ds.cv and metrics.exists() and train:
             r = json.loads(metrics.read_text())
             rows.append(row | {"protocol": r["protocol"], "evaluation": "held-out test",
-                               "n": r["evaluated"], **_metrics(r["cell"]), "train_s": train["wall_s"]})
+                               "n": r["evaluated"], **_metrics(r["cell"]),
+                               **_intervals(r["cell"].get("ci95", {})),
+                               "too_small": bool(r.get("too_small")), "train_s": train["wall_s"]})
     return rows
 
 
@@ -73,7 +86,8 @@ def model_table(plan: Plan, lb: pd.DataFrame) -> pd.DataFrame:
         for kind in ROW_KINDS:
             missing = {"row": kind, "evaluation": "not measured yet"}
             rows.append({"dataset": ds.key, **found.get(kind, missing)})
-    cols = ["dataset", "row", "model", "features", "protocol", "evaluation", "n", *METRIC_KEYS, "train_s"]
+    cols = ["dataset", "row", "model", "features", "protocol", "evaluation", "n", *METRIC_KEYS, "train_s",
+            *(f"{k}_{end}" for k in METRIC_KEYS for end in ("lo", "hi")), "too_small"]
     return pd.DataFrame(rows).reindex(columns=cols)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from machine import hardware
@@ -32,12 +33,24 @@ RESULT_HEADER = ["Data set", "Row", "Model", "Features", "Evaluation", "Accuracy
                  "F1 macro", "F1 weighted", "ROC AUC", "Train s"]
 
 
+def with_interval(r: pd.Series, key: str) -> str:
+    """A figure and, where the results carry one, its 95% interval: ``0.983 [0.95, 0.99]``."""
+    lo, hi = r.get(f"{key}_lo"), r.get(f"{key}_hi")
+    return fmt(r[key]) + ("" if lo is None or pd.isna(lo) else f" [{lo:.2f}, {hi:.2f}]")
+
+
+#: Appended to the Evaluation cell of a row whose test side cannot rank models (evaluate.intervals).
+TOO_SMALL = ", too small to rank models"
+
+
 def results_markdown(models: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(RESULT_HEADER) + " |", "|" + "---|" * 5 + "---:|" * 6]
     for _, r in models.iterrows():
+        small = r.get("too_small")
         cells = [TITLES[r["dataset"]], ROW_KINDS[r["row"]], fmt(r["model"]), fmt(r["features"]),
-                 fmt(r["evaluation"]) + (f", n = {int(r['n'])}" if pd.notna(r["n"]) else ""),
-                 *(fmt(r[k]) for k in METRIC_KEYS), fmt_time(r["train_s"])]
+                 fmt(r["evaluation"]) + (f", n = {int(r['n'])}" if pd.notna(r["n"]) else "")
+                 + (TOO_SMALL if isinstance(small, bool | np.bool_) and small else ""),
+                 *(with_interval(r, k) for k in METRIC_KEYS), fmt_time(r["train_s"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -101,3 +101,23 @@ def test_missing_results_or_section_fail(tmp_path: Path) -> None:
     readme = _readme(readme, models.iloc[1:], tp)  # one row left out of the README
     problems = check_readme.check(readme, tmp_path / "results")
     assert problems == ["Data set: result row C-NMC cells / best classical is missing from the README"]
+
+
+def test_results_carry_their_intervals_and_the_too_small_flag(tmp_path: Path) -> None:
+    models, tp = _results(tmp_path / "results")
+    first = models.index[0]
+    models["accuracy_lo"], models["accuracy_hi"] = models["accuracy"] - 0.05, models["accuracy"] + 0.04
+    models["too_small"] = False
+    models.loc[first, "too_small"] = True
+    models.to_csv(tmp_path / "results" / "models.csv", index=False)
+    models = pd.read_csv(tmp_path / "results" / "models.csv")  # as check_readme reads it back
+    table = results_markdown(models)
+    row = table.splitlines()[2]
+    assert f"{models.loc[first, 'accuracy']:.3f} [{models.loc[first, 'accuracy_lo']:.2f}, " in row
+    assert "too small to rank models" in row and "too small" not in table.splitlines()[3]
+    readme = _readme(tmp_path / "README.md", models, tp)
+    assert check_readme.check(readme, tmp_path / "results") == []
+    fresh = models.copy()  # the figure is compared within tolerance, its interval moves with it
+    fresh.loc[first, ["accuracy", "accuracy_lo"]] += 0.01
+    fresh.to_csv(tmp_path / "results" / "models.csv", index=False)
+    assert check_readme.check(readme, tmp_path / "results") == []

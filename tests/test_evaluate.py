@@ -58,7 +58,9 @@ def test_side_test_and_training_overlap_warning(network_bundle, data, tmp_path):
     assert any("were used to build this model" in w for w in everything["warnings"])
     test = evaluate(bundle, m, tmp_path / "test", side="test")
     split = bundle.split()
-    assert test["evaluated"] == int((split["side"] == "test").sum()) and test["warnings"] == []
+    assert test["evaluated"] == int((split["side"] == "test").sum())
+    assert test["warnings"] == [test["too_small"]]  # the only warning: 8 test cells cannot rank models
+    assert "too small to rank models: 8 cells, 4 subjects" in test["too_small"]
     assert set(test["overlap_with_training_split"]) == {"test"}
     with pytest.raises(DataError, match="--side"):
         evaluate(bundle, m, tmp_path / "x", side="holdout")

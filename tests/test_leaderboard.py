@@ -45,7 +45,8 @@ def test_failing_model_does_not_stop_the_others(synthetic2: Path, broken_model: 
     bad = table.set_index("model").loc[broken_model]
     assert bad["status"] == "failed" and "InvalidParameterError" in bad["error"]
     assert (table.loc[table["status"] == "ok", "balanced_accuracy_mean"] > 0.8).all()
-    assert lb.protocol == "subject-grouped" and lb.warning is None
+    assert lb.protocol == "subject-grouped" and lb.warning == lb.too_small  # 48 cells: too few to rank
+    assert lb.too_small and "too small to rank models: 48 cells, 8 subjects" in lb.too_small
     assert lb.folds == 4 and lb.n_groups == 8 and len(X) == len(split) == 48
     assert lb.best in ("lda", "knn")
 
@@ -54,8 +55,13 @@ def test_failing_model_does_not_stop_the_others(synthetic2: Path, broken_model: 
     assert set(csv["protocol"]) == {"subject-grouped"}
     for key in ("accuracy", "balanced_accuracy", "roc_auc", "f1_weighted", "f1_macro", "fit_s", "predict_s"):
         assert {f"{key}_mean", f"{key}_std"} <= set(csv.columns)
+    for key in ("accuracy", "balanced_accuracy", "roc_auc", "f1_weighted", "f1_macro"):  # a 95% interval each
+        ok = csv[csv["status"] == "ok"]
+        assert (ok[f"{key}_lo"] <= ok[f"{key}_pooled"]).all()
+        assert (ok[f"{key}_pooled"] <= ok[f"{key}_hi"]).all()
     md = paths["md"].read_text()
     assert "subject-grouped" in md and broken_model in md and "Balanced Accuracy" in md
+    assert "too small to rank models" in md and "too small to rank models" in paths["html"].read_text()
     html = paths["html"].read_text()
     assert "data:image/png;base64," in html and "subject-grouped" in html and "InvalidParameterError" in html
 
@@ -93,6 +99,7 @@ def test_cli_benchmark_and_features(synthetic2: Path, tmp_path: Path) -> None:
                               "--cv", "3", "--save-best", str(tmp_path / "best")])
     assert res.exit_code == 0, res.output
     assert "subject-grouped" in res.output and "gaussian_nb" in res.output
+    assert "too small to rank models" in res.output
     assert (out / "leaderboard.html").is_file() and (tmp_path / "best" / "pipeline.skops").is_file()
 
     res = runner.invoke(app, ["benchmark", str(synthetic2), "--out", str(out), "--models", "nosuch"])

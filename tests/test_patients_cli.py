@@ -83,7 +83,8 @@ def test_bad_input_is_one_line(cohort: Path, tmp_path: Path) -> None:  # noqa: F
         (["--target", "diagnosis", "--positive", "CML"], "--positive 'CML' is not a value"),
         (["--target", "diagnosis", "--cv", 13], "too few patients for 13-fold patient CV"),
         (["--target", "diagnosis", "--model", "svc"], "'svc' is not a patient-level method"),
-        (["--positive", "APL"], "--positive and --repeats go with --target"),
+        (["--positive", "APL"], "--positive 'APL': not one of the classes"),  # a cell-level operating point
+        (["--repeats", "3"], "--repeats goes with --target"),
     ]:
         code, out = run("train", cohort, "--out", tmp_path / "x", "--img-size", SIZE, *args)
         assert code == 1 and message in out and "Traceback" not in out, (args, out)

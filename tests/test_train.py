@@ -97,6 +97,9 @@ def test_cross_validation(synthetic2, tmp_path):
     assert sum(f["test_images"] for f in result["folds"]) == len(m)
     lo, hi = result["f1_weighted_ci95"]
     assert 0 <= lo <= hi <= 1
+    for key in ("accuracy", "roc_auc"):  # every pooled headline figure has its interval
+        lo, hi = result[f"{key}_ci95"]
+        assert 0 <= lo <= result["pooled"][key] <= hi <= 1
     assert json.loads((tmp_path / "cv.json").read_text())["k"] == 2
 
 

@@ -17,6 +17,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, cast
@@ -42,8 +43,8 @@ METRICS = {
     "predict_s": "Predict s",
 }
 #: Metrics that also get a 95% subject-bootstrap interval of the pooled out-of-fold predictions
-#: (``_lo`` / ``_hi`` columns): the two that weigh every class alike.
-INTERVALS = ("balanced_accuracy", "f1_macro")
+#: (``_lo`` / ``_hi`` columns): every headline figure.
+INTERVALS = ("accuracy", "balanced_accuracy", "roc_auc", "f1_weighted", "f1_macro")
 #: Imported once by the forkserver, before any worker forks from it (plus the models' own modules).
 _PRELOAD = ["numpy", "sklearn.base", "leukoscope.models.classical", "leukoscope.evaluate.metrics"]
 
@@ -77,8 +78,17 @@ class Leaderboard:
     rare: RareReport | None = None
 
     @property
+    def too_small(self) -> str | None:
+        """The "too small to rank models" warning for this data (None when it is large enough)."""
+        from leukoscope.evaluate.intervals import too_small
+
+        return too_small(self.n_images, None if self.protocol == "image-level" else self.n_groups)
+
+    @property
     def warning(self) -> str | None:
-        return IMAGE_LEVEL_WARNING if self.protocol == "image-level" else None
+        image_level = IMAGE_LEVEL_WARNING if self.protocol == "image-level" else None
+        said = [w for w in (image_level, self.too_small) if w]
+        return "; ".join(said) or None
 
     @property
     def best(self) -> str | None:
@@ -90,7 +100,7 @@ class Leaderboard:
         return {"protocol": self.protocol, "warning": self.warning, "data": self.data,
                 "classes": self.classes, "features": self.features, "folds": self.folds,
                 "images": self.n_images, "groups": self.n_groups, "seed": self.seed,
-                "best": self.best, "params": self.params,
+                "best": self.best, "params": self.params, "too_small": self.too_small,
                 "rare_classes": self.rare.to_json() if self.rare and self.rare.types else None,
                 "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
 
@@ -109,6 +119,7 @@ def cross_validate_model(estimator: Any, X: np.ndarray, y: np.ndarray, folds: np
 
     rows = []
     pred = np.full(len(y), -1)
+    proba = np.full((len(y), len(classes)), np.nan)
     for f in np.unique(folds):
         test = folds == f
         model = clone(estimator)
@@ -118,11 +129,11 @@ def cross_validate_model(estimator: Any, X: np.ndarray, y: np.ndarray, folds: np
         probs = class_probabilities(model, X[test], len(classes))
         t2 = time.perf_counter()
         m = classification_metrics(y[test], probs, classes)
-        pred[test] = probs.argmax(1)
+        pred[test], proba[test] = probs.argmax(1), probs
         rows.append({k: m.get(k) for k in METRICS} | {"fit_s": t1 - t0, "predict_s": t2 - t1})
         if on_fold:
             on_fold(len(rows) - 1, rows[-1])
-    return {"folds": rows, "pred": pred}
+    return {"folds": rows, "pred": pred, "proba": proba}
 
 
 def _child(conn: Connection, estimator: Any, X: np.ndarray, y: np.ndarray, folds: np.ndarray,
@@ -202,6 +213,7 @@ def _table(results: dict[str, dict], protocol: str, y: np.ndarray, groups: np.nd
            ) -> pd.DataFrame:
     """One row per model: mean and std over folds, the ``INTERVALS``' pooled out-of-fold figure with its
     95% interval over resampled groups, its status; sorted by balanced accuracy, failures last."""
+    from leukoscope.evaluate.intervals import bootstrap, rank_auc, rows_auc
     from leukoscope.evaluate.metrics import bootstrap_ci, label_figure
 
     rows = []
@@ -216,6 +228,12 @@ def _table(results: dict[str, dict], protocol: str, y: np.ndarray, groups: np.nd
                 row[f"{key}_std"] = per[key].std(ddof=0)
             k = int(max(y.max(initial=0), res["pred"].max(initial=0))) + 1
             for key in INTERVALS:
+                if key == "roc_auc":  # from the pooled out-of-fold probabilities
+                    p = res["proba"]
+                    row[f"{key}_pooled"] = rank_auc(y, p)
+                    ci = bootstrap(partial(rows_auc, y, p), groups, seed)
+                    row[f"{key}_lo"], row[f"{key}_hi"] = ci or (None, None)
+                    continue
                 row[f"{key}_pooled"] = label_figure(y, res["pred"], k, key)
                 row[f"{key}_lo"], row[f"{key}_hi"] = bootstrap_ci(y, res["pred"], groups, seed, metric=key)
             row |= {"cpu_s": res.get("cpu_s"), "status": "ok", "error": ""}

@@ -1,4 +1,5 @@
-"""Scores to probabilities: the tempered softmax every bundle, engine and report shares.
+"""Scores to probabilities and probabilities to calls: the tempered softmax and the decision rule
+every bundle, engine and report shares.
 
 A bundle's family gives uncalibrated scores (logits); dividing them by the bundle's calibration
 temperature before the softmax is what makes its probabilities calibrated (fitting that temperature
@@ -9,6 +10,9 @@ This module is the bottom layer: it imports nothing of leukoscope.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.special import softmax
@@ -22,3 +26,20 @@ def softmax_t(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 def sigmoid(x: np.ndarray | float) -> np.ndarray:
     """The logistic function: log-odds to a probability (float64)."""
     return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
+
+
+def decide(probs: np.ndarray, classes: Sequence[str],
+           operating_point: Mapping[str, Any] | None = None) -> np.ndarray:
+    """The called class index per row: the most probable class, or, with an operating point (a bundle's
+    ``operating_point``: ``positive`` class and ``threshold``), the positive class whenever its
+    probability reaches the threshold and the most probable other class otherwise.
+
+    The one decision rule of predict, serve and evaluate, so a bundle tuned for a sensitivity calls a
+    cell the same way everywhere; the probabilities themselves are never changed.
+    """
+    probs = np.atleast_2d(np.asarray(probs, np.float64))
+    if not operating_point:
+        return probs.argmax(axis=1)
+    k = list(classes).index(operating_point["positive"])
+    others = np.where(np.arange(probs.shape[1]) == k, -np.inf, probs).argmax(axis=1)
+    return np.where(probs[:, k] >= float(operating_point["threshold"]), k, others)

@@ -79,6 +79,18 @@ class Bundle(ABC):
             return np.zeros((0, len(self.classes)))
         return softmax_t(self.logits(decode(images)), self.temperature)
 
+    @property
+    def operating_point(self) -> dict[str, Any] | None:
+        """The decision threshold chosen at training time for a positive class (None: argmax)."""
+        op = self.config.get("operating_point")
+        return dict(op) if op else None
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        """The called class index per row of ``probs`` (``probability.decide`` at this operating point)."""
+        from leukoscope.probability import decide
+
+        return decide(probs, self.classes, self.operating_point)
+
     def metrics(self) -> dict[str, Any]:
         p = self.path / METRICS
         return json.loads(p.read_text()) if p.exists() else {}

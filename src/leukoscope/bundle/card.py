@@ -25,6 +25,10 @@ def model_card(config: dict[str, Any], metrics: dict[str, Any],
     lines += ["## Model", f"- family: {config['family']}", f"- model: {config.get('model', '-')}",
               f"- classes: {', '.join(config['classes'])}",
               f"- calibration temperature: {_fmt(float(config.get('temperature', 1.0)))}"]
+    op = config.get("operating_point")
+    if op:
+        lines.append(f"- operating point: {op['positive']} when p({op['positive']}) >= {op['threshold']:.4g} "
+                     f"({op.get('rule', '-')} on the validation side), else the most probable other class")
     for key in ("input_size", "features", "preprocessing", "trained_on"):
         if key in config:
             lines.append(f"- {key}: {json.dumps(config[key])}")

@@ -3,7 +3,7 @@
 Layout of a bundle directory::
 
     config.json      family, model, classes, preprocessing / features, temperature, protocol,
-                     format_version
+                     format_version; optional operating_point (positive class, threshold)
     <weights>        model.safetensors (networks) or pipeline.skops (classical) — never pickle
     metrics.json     validation and test figures (and calibration before / after)
     split.csv        the split the model was trained with
@@ -154,6 +154,8 @@ def check_config(config: Any, cfg: Path) -> dict[str, Any]:
             need(isinstance(config[key], kind), key, f"a JSON {kind.__name__}", config[key])
     if "rare_classes" in config:
         _check_rare(config["rare_classes"], need)
+    if config.get("operating_point") is not None:
+        _check_operating_point(config["operating_point"], classes, need)
     check = _FAMILY_CHECKS.get(family)
     if check is not None:
         check(config, need)
@@ -172,6 +174,15 @@ def _check_rare(rare: Any, need: Need) -> None:
          "rare_classes.types", "an object of class -> cell count", types)
     n = rare.get("min_cells")
     need(isinstance(n, int), "rare_classes.min_cells", "an integer", n)
+
+
+def _check_operating_point(op: Any, classes: list[str], need: Need) -> None:
+    """``operating_point`` (``evaluate.operating.choose``): a positive class of the bundle, a threshold."""
+    need(isinstance(op, dict), "operating_point", "a JSON object", op)
+    need(op.get("positive") in classes, "operating_point.positive", f"one of {', '.join(classes)}",
+         op.get("positive"))
+    t = op.get("threshold")
+    need(_number(t) and 0 <= t <= 1, "operating_point.threshold", "a number in [0, 1]", t)
 
 
 def _check_network(config: dict[str, Any], need: Need) -> None:

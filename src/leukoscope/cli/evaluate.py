@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from leukoscope.cli.app import app, console, say
+from leukoscope.cli.decisions import print_decision
 from leukoscope.cli.options import BatchOpt, BundleArg, LayoutOpt, Paths, RuntimeOpt, TtaOpt
 from leukoscope.cli.progress import shown
 
@@ -35,6 +36,7 @@ def evaluate_cmd(
     """Accuracy, balanced accuracy, P/R/F1, ROC AUC, ECE before/after calibration, per subject; report."""
     from leukoscope.bundle import load_bundle
     from leukoscope.data.readers import read
+    from leukoscope.evaluate.intervals import fmt_ci
     from leukoscope.evaluate.report import REPORT_FILE, evaluate
 
     b = load_bundle(bundle, runtime=runtime)
@@ -51,8 +53,10 @@ def evaluate_cmd(
     for lvl in levels:
         table.add_column(f"{lvl} level", justify="right")
     for key in ("accuracy", "balanced_accuracy", "f1_weighted", "f1_macro", "roc_auc", "ece"):
-        table.add_row(key, *(_f(r[lvl][key]) for lvl in levels))
+        table.add_row(key, *(_f(r[lvl][key]) + fmt_ci(r[lvl].get("ci95", {}).get(key)) for lvl in levels))
     console.print(table)
+    if "operating_point" in r:
+        print_decision(r["operating_point"], "operating point")
     cal = r["calibration"]
     console.print(f"ECE before / after temperature (T = {cal['temperature']:.3f}): "
                   f"{_f(cal['ece_before'])} / {_f(cal['ece_after'])}")

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from leukoscope.cli.app import app, console, err_console, print_rare
+from leukoscope.cli.decisions import print_operating_point
 from leukoscope.cli.options import LayoutOpt, MinCellsOpt, Paths, RareOpt
 from leukoscope.cli.progress import shown
 from leukoscope.errors import ConfigError
@@ -96,8 +97,13 @@ def train_cmd(
                                                "--img-size, --seed apply) with repeated patient CV.",
                                                show_default="a cell-level model", rich_help_panel=PATIENTS)
                       ] = None,
-    positive: Annotated[str | None, typer.Option("--positive", help="With --target: the positive class.",
-                                                 show_default="the rarer", rich_help_panel=PATIENTS)] = None,
+    positive: Annotated[str | None, typer.Option("--positive", help=(
+        "The positive class: its decision threshold is chosen on the validation side and stored in the "
+        "bundle (predict, serve and evaluate use it). With --target: the positive patient class."),
+        show_default="argmax; with --target the rarer")] = None,
+    target_sensitivity: Annotated[float | None, typer.Option("--target-sensitivity", help=(
+        "With --positive: the highest threshold reaching this validation sensitivity."),
+        show_default="Youden's J")] = None,
     repeats: Annotated[int | None, typer.Option("--repeats", help="With --target: CV repeats.",
                                                 show_default="5", rich_help_panel=PATIENTS)] = None,
     min_cells: MinCellsOpt = None,
@@ -109,11 +115,13 @@ def train_cmd(
     from leukoscope.data.readers import read
 
     if target is not None:
+        if target_sensitivity is not None:
+            raise ConfigError("--target-sensitivity goes with a cell-level model, not --target")
         from leukoscope.cli.patients import train_patients_cmd
 
         return train_patients_cmd(paths, layout, out, target, model, positive, repeats, cv, img_size, seed)
-    if positive is not None or repeats is not None:
-        raise ConfigError("--positive and --repeats go with --target (a patient-level model)")
+    if repeats is not None:
+        raise ConfigError("--repeats goes with --target (a patient-level model)")
     from leukoscope.train import TrainConfig, TrainingInterrupted, cross_validate, train
 
     cfg = TrainConfig.build(
@@ -121,7 +129,7 @@ def train_cmd(
         grayscale=grayscale, subset=subset, augment=augment, aug_strength=aug_strength, stain=stain,
         crop_to_cell=crop_to_cell, tta=tta, patience=patience, finetune_depth=finetune_depth, seed=seed,
         freeze_bn=freeze_bn, cv=cv, split_protocol=split_protocol, features=features, min_cells=min_cells,
-        rare=rare, device=device)
+        rare=rare, device=device, positive=positive, target_sensitivity=target_sensitivity)
     m = read(paths, layout)
     try:
         with shown() as bars:
@@ -153,6 +161,7 @@ def train_cmd(
         console.print(f"results: {out / 'cv.json'}")
         return
     console.print(_figures_table(bundle.metrics()))
+    print_operating_point(bundle.metrics().get("operating_point"))
     recorded = bundle.config.get("rare_classes")
     print_rare(RareReport.from_json(recorded) if recorded else None)
     if bundle.config.get("protocol") == "image-level":

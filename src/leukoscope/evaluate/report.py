@@ -22,7 +22,9 @@ from leukoscope.data.rare import RareReport, apply_rare
 from leukoscope.errors import DataError, ImageError
 from leukoscope.evaluate import figures
 from leukoscope.evaluate.calibration import ece, reliability
+from leukoscope.evaluate.intervals import with_intervals
 from leukoscope.evaluate.metrics import curves, evaluation_metrics
+from leukoscope.evaluate.operating import evaluate_operating_point
 from leukoscope.io import write_csv_atomic, write_json_atomic
 from leukoscope.predict.local import chunks, prefetch
 from leukoscope.predict.tta import proba_from_views, view_logits
@@ -119,9 +121,9 @@ def _gallery(paths: Sequence[str], y: np.ndarray, probs: np.ndarray, classes: Se
 
 
 def _write_predictions(path: Path, m: Manifest, y: np.ndarray, probs: np.ndarray,
-                       classes: Sequence[str]) -> None:
+                       classes: Sequence[str], called: np.ndarray) -> None:
     df = pd.DataFrame({"path": m["path"], "subject": m["subject"], "label": [classes[i] for i in y],
-                       "predicted": [classes[i] for i in probs.argmax(axis=1)]})
+                       "predicted": [classes[i] for i in called]})
     df["correct"] = df["label"] == df["predicted"]
     for i, c in enumerate(classes):
         df[f"p_{c}"] = probs[:, i].round(6)
@@ -155,24 +157,29 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
     temperature = bundle.temperature
     before, probs = proba_from_views(logits, 1.0), proba_from_views(logits, temperature)
     overlap = training_overlap(bundle, list(m["path"]))
-    scores = evaluation_metrics(y, probs, classes, list(m["subject"]))
+    scores = with_intervals(evaluation_metrics(y, probs, classes, list(m["subject"])), y, probs,
+                            list(m["subject"]))
+    op = bundle.operating_point
     result: dict[str, Any] = {
         "bundle": str(bundle.path), "model": bundle.config.get("model", bundle.family),
         "family": bundle.family, "classes": classes, "tta": tta, "side": side,
         "protocol": protocol(m), "trained_with": bundle.config.get("protocol"),
-        "warnings": _warnings(m, overlap, side, classes, scores["cell"]["absent_classes"]),
+        "warnings": _warnings(m, overlap, side, classes, scores["cell"]["absent_classes"])
+        + ([scores["too_small"]] if scores["too_small"] else []),
         "overlap_with_training_split": overlap,
         "images": int(len(y_all)), "evaluated": int(len(y)),
         **({"rare_classes": rare.to_json()} if rare is not None else {}),
         "skipped": [{"path": p, "reason": r} for p, r in skipped],
         **scores,
+        **({"operating_point": evaluate_operating_point(op, y, probs, classes, list(m["subject"]))}
+           if op else {}),
         "calibration": {"temperature": temperature, "ece_before": ece(before, y), "ece_after": ece(probs, y),
                         "reliability_before": reliability(before, y),
                         "reliability_after": reliability(probs, y)},
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / METRICS_FILE, result)
-    _write_predictions(out / PREDICTIONS_FILE, m, y, probs, classes)
+    _write_predictions(out / PREDICTIONS_FILE, m, y, probs, classes, bundle.decide(probs))
     cal = result["calibration"]
     history = bundle.history()
     figs = {

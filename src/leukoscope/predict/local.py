@@ -36,6 +36,7 @@ from leukoscope.errors import DataError
 from leukoscope.io import write_json_atomic
 from leukoscope.predict import ENGINES
 from leukoscope.predict.tta import predict_proba
+from leukoscope.probability import decide
 from leukoscope.progress import SILENT, Progress
 
 T = TypeVar("T")
@@ -295,9 +296,11 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return said
 
 
-def csv_row(path: str | Path, probs: np.ndarray, classes: Sequence[str]) -> list[str]:
-    """One output row (every engine): the path, the most probable class, probabilities to 6 decimals."""
-    return [str(path), classes[int(probs.argmax())], *(f"{v:.6f}" for v in probs)]
+def csv_row(path: str | Path, probs: np.ndarray, classes: Sequence[str],
+            operating_point: dict[str, Any] | None = None) -> list[str]:
+    """One output row (every engine): the path, the called class (``probability.decide``: the most
+    probable, or the bundle's operating point), probabilities to 6 decimals."""
+    return [str(path), classes[int(decide(probs, classes, operating_point)[0])], *(f"{v:.6f}" for v in probs)]
 
 
 @ENGINES.register("local")
@@ -341,7 +344,8 @@ def _predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path, batch_size
             summary.skipped += skipped
             if images:
                 probs = predict_proba(bundle, images, tta)
-                writer.writerows(csv_row(p, row, classes) for p, row in zip(paths, probs, strict=True))
+                writer.writerows(csv_row(p, row, classes, bundle.operating_point)
+                                for p, row in zip(paths, probs, strict=True))
                 f.flush()
             summary.predicted += len(images)
             advance(len(paths) + len(skipped))

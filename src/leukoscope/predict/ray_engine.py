@@ -116,7 +116,7 @@ class Predictor:
         label = np.full(len(paths), None, dtype=object)
         if images:
             probs[readable] = predict_proba(self.bundle, images, self.tta)
-            label[readable] = self.classes[probs[readable].argmax(axis=1)]
+            label[readable] = self.classes[self.bundle.decide(probs[readable])]
         error = np.full(len(paths), "", dtype=object)  # "" = read fine (Arrow keeps strings, not NaN)
         error[~readable] = [reason for _, reason in skipped]
         return {"path": np.asarray([str(p) for p in paths], dtype=object), "label": label,
@@ -138,7 +138,8 @@ def _schema(classes: list[str]) -> Any:
                       *[(c, pa.float64()) for c in header(classes)[2:]]])
 
 
-def _parquet_to_csv(parquet: Path, target: Path, classes: list[str]) -> None:
+def _parquet_to_csv(parquet: Path, target: Path, classes: list[str],
+                    operating_point: dict[str, Any] | None = None) -> None:
     """The CSV the local engine would write (same rows, 6 decimals), streamed from the Parquet file."""
     import pyarrow.parquet as pq
 
@@ -148,7 +149,8 @@ def _parquet_to_csv(parquet: Path, target: Path, classes: list[str]) -> None:
         for batch in pq.ParquetFile(parquet).iter_batches():
             cols = batch.to_pydict()
             probs = np.column_stack([cols[c] for c in header(classes)[2:]])
-            writer.writerows(csv_row(p, row, classes) for p, row in zip(cols["path"], probs, strict=True))
+            writer.writerows(csv_row(p, row, classes, operating_point)
+                             for p, row in zip(cols["path"], probs, strict=True))
 
 
 def _write_skipped(out: Path, skipped: list[tuple[str, str]]) -> None:
@@ -203,7 +205,7 @@ def predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path | str, batch
             advance(len(bad))
         progress.done("predicting")
     if write_csv:
-        _parquet_to_csv(out / PARQUET, out / CSV, classes)
+        _parquet_to_csv(out / PARQUET, out / CSV, classes, bundle.operating_point)
     _write_skipped(out, summary.skipped)
     summary.seconds = time.perf_counter() - start
     return summary

@@ -220,8 +220,8 @@ class Model:
         if not (explain and self.explainer):
             return probs, [{} for _ in images]
         how = self.explainer.explain
-        return probs, [explanation_fields(how(self.bundle, im, int(np.argmax(p)), EXPLAIN_SIDE))
-                       for im, p in zip(images, probs, strict=True)]
+        return probs, [explanation_fields(how(self.bundle, im, int(c), EXPLAIN_SIDE))  # why the call shown
+                       for im, c in zip(images, self.bundle.decide(probs), strict=True)]
 
 
 def model_card(model: Model, settings: ServeSettings) -> dict[str, Any]:
@@ -345,8 +345,9 @@ def create_app(bundle_dir: Path | str, settings: ServeSettings | None = None) ->
             return _nothing_readable(results)
         probs, explanations = await model.run(images, explain)
         classes = model.bundle.classes
-        for res, p, why in zip(ok, probs, explanations, strict=True):
-            res.label = classes[int(np.argmax(p))]
+        called = model.bundle.decide(np.asarray(probs))
+        for res, p, c, why in zip(ok, probs, called, explanations, strict=True):
+            res.label = classes[int(c)]
             res.probabilities = {c: round(float(v), 6) for c, v in zip(classes, p, strict=True)}
             res.heatmap = why.get("heatmap")
             res.features = why.get("features")

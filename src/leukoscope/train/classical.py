@@ -27,7 +27,7 @@ from leukoscope.progress import SILENT, Progress
 from leukoscope.train import rundir
 from leukoscope.train.config import TrainConfig
 from leukoscope.train.data import bundle_split, describe, run_rows, run_split
-from leukoscope.train.heldout import calibrated
+from leukoscope.train.heldout import calibrated, operating_point
 
 
 def train_classical(m: Manifest, config: TrainConfig, out: Path, progress: Progress = SILENT) -> Bundle:
@@ -55,11 +55,15 @@ def train_classical(m: Manifest, config: TrainConfig, out: Path, progress: Progr
     pipeline, logits = fit_on_train(estimator, X, y, sides, len(class_names))
     advance(1)
     progress.done(fitting)
-    metrics, temperature, _ = calibrated(logits, {s: y[sides == s] for s in logits}, class_names)
+    held_y = {s: y[sides == s] for s in logits}
+    metrics, temperature, probs = calibrated(logits, held_y, class_names)
     metrics["protocol"] = split_protocol(split)
     settings = {"model": cfg.model, "params": {}, "classes": class_names, "features": spec,
                 "temperature": temperature, "protocol": metrics["protocol"], "data": describe(rows),
                 "train": cfg.as_dict()}
+    op = operating_point(cfg.positive, cfg.target_sensitivity, probs, held_y, class_names, metrics)
+    if op is not None:
+        settings["operating_point"] = op
     if rare.types:
         metrics["rare_classes"] = settings["rare_classes"] = rare.to_json()
     write_json(out / "metrics.json", metrics)

@@ -23,13 +23,14 @@ if TYPE_CHECKING:
 SPLIT_PROTOCOLS = ("auto", "official")
 #: Settings added after run directories were first written, with the value that reproduces those
 #: runs (a run from before ``min_steps`` trained exactly its epochs).
-ADDED = {"min_steps": 0, "min_cells": 0, "rare": "other"}
+ADDED = {"min_steps": 0, "min_cells": 0, "rare": "other", "positive": None, "target_sensitivity": None}
 BALANCE = ("loss", "sampler", "none")
 DEVICES = ("auto", "cpu", "cuda")
 #: Settings of where a run executes, not of what it learns: a run started on one device resumes on another.
 RUNTIME = ("device",)
 #: The settings a classical run uses: which rows, how they are split, which features.
-CLASSICAL = ("model", "subset", "seed", "val", "test", "split_protocol", "features", "min_cells", "rare")
+CLASSICAL = ("model", "subset", "seed", "val", "test", "split_protocol", "features", "min_cells", "rare",
+             "positive", "target_sensitivity")
 
 
 @dataclass
@@ -76,6 +77,10 @@ class TrainConfig:
     #: classes with fewer labelled cells are merged into ``other`` or dropped (``rare``): data/rare.py
     min_cells: int = MIN_CELLS
     rare: str = "other"
+    #: the class whose decision threshold is chosen on validation (``evaluate.operating``; None: argmax)
+    positive: str | None = None
+    #: the threshold is the highest reaching this validation sensitivity (None: Youden's J)
+    target_sensitivity: float | None = None
 
     @property
     def family(self) -> str:
@@ -152,6 +157,12 @@ class TrainConfig:
         need(type(self.seed) is int and 0 <= self.seed < 2**32,
              f"--seed must be an integer in [0, 2**32 - 1], got {self.seed!r}")
         check_rare(self.min_cells, self.rare)
+        if self.target_sensitivity is not None:
+            need(self.positive is not None, "--target-sensitivity needs --positive CLASS")
+            need(0 < self.target_sensitivity <= 1,
+                 f"--target-sensitivity must be in (0, 1], got {self.target_sensitivity}")
+        need(self.positive is None or not self.cv, "--positive chooses a threshold on one split's "
+             "validation side, not with --cv")
         if self.family == "classical":
             self._check_classical()
             return

@@ -12,6 +12,7 @@ from leukoscope.bundle import write_json
 from leukoscope.data.manifest import Manifest
 from leukoscope.data.splits import Split, check_no_leak, kfold, split_protocol, train_val_test
 from leukoscope.errors import ConfigError
+from leukoscope.evaluate.intervals import headline_intervals
 from leukoscope.evaluate.metrics import bootstrap_ci
 from leukoscope.progress import SILENT, Progress
 from leukoscope.train import rundir
@@ -66,6 +67,9 @@ def cross_validate(m: Manifest, config: TrainConfig, out: Path, progress: Progre
                    f"{key}_std": float(table[key].std(ddof=1)) if len(table) > 1 else 0.0,
                    f"{key}_ci95": list(bootstrap_ci(y_all, p_all.argmax(1), pooled_groups(folds), cfg.seed,
                                                     metric=key))}
+    # the pooled figures' other intervals (accuracy, ROC AUC): by subject, or Wilson / by image
+    more = headline_intervals(y_all, p_all, list(pooled_groups(folds, "subject")), cfg.seed)
+    result |= {f"{key}_ci95": more["ci95"][key] for key in ("accuracy", "roc_auc")}
     if rows.rare.types:
         result["rare_classes"] = rows.rare.to_json()
     for key in (f"frozen_lr_{k}" for k in FOLD_FIGURES if f"frozen_lr_{k}" in table):
@@ -96,7 +100,8 @@ def _fold_row(f: int, split: Split, mets: dict[str, Any], n_test: int) -> dict[s
     return row
 
 
-def pooled_groups(folds: Split) -> np.ndarray:
-    """Group of each pooled out-of-fold prediction, in the order ``cross_validate`` pools them."""
-    return np.concatenate([folds.loc[folds["fold"] == f, "group"].to_numpy()
+def pooled_groups(folds: Split, column: str = "group") -> np.ndarray:
+    """Group (or another ``column``) of each pooled out-of-fold prediction, in the order
+    ``cross_validate`` pools them."""
+    return np.concatenate([folds.loc[folds["fold"] == f, column].to_numpy()
                            for f in sorted(folds["fold"].unique())])

@@ -22,6 +22,7 @@ from leukoscope.data.manifest import Manifest, classes, label_indices, labelled
 from leukoscope.data.rare import RareReport, rare_classes
 from leukoscope.data.splits import Split, check_no_leak, official_cnmc, train_val_test
 from leukoscope.errors import ImageError
+from leukoscope.evaluate.operating import check_positive
 from leukoscope.models import preprocess, stain
 from leukoscope.progress import Progress
 from leukoscope.train.config import TrainConfig
@@ -42,8 +43,11 @@ def subset(m: Manifest, fraction: float, seed: int) -> Manifest:
 
 def run_rows(m: Manifest, cfg: TrainConfig) -> tuple[Manifest, RareReport]:
     """The rows a run learns and is scored on: labelled ones (an unlabelled cell is never scored), the
-    classes under ``cfg.min_cells`` merged or dropped (``cfg.rare``), then ``cfg.subset`` of the groups."""
+    classes under ``cfg.min_cells`` merged or dropped (``cfg.rare``), then ``cfg.subset`` of the groups.
+    A ``cfg.positive`` that is not one of their classes is refused here, before any decoding."""
     rows, rare = rare_classes(labelled(m), cfg.min_cells, cfg.rare)
+    if cfg.positive is not None:
+        check_positive(cfg.positive, classes(rows))
     return subset(rows, cfg.subset, cfg.seed), rare
 
 

@@ -7,8 +7,10 @@ from typing import Any
 
 import numpy as np
 
+from leukoscope.errors import DataError
 from leukoscope.evaluate.calibration import fit_temperature
 from leukoscope.evaluate.metrics import classification_metrics
+from leukoscope.evaluate.operating import choose, evaluate_operating_point
 from leukoscope.probability import softmax_t
 
 #: The headline figures a run reports per side.
@@ -39,3 +41,21 @@ def calibrated(logits: dict[str, np.ndarray], y: dict[str, np.ndarray], class_na
         metrics[name]["ece_after"] = metrics[name].pop("ece")
         probs[side] = after
     return metrics, temperature, probs
+
+
+def operating_point(positive: str | None, target_sensitivity: float | None, probs: dict[str, np.ndarray],
+                    y: dict[str, np.ndarray], class_names: list[str], metrics: dict[str, Any]
+                    ) -> dict[str, Any] | None:
+    """The bundle's ``operating_point`` for ``positive`` (None without one), chosen on the validation
+    side's calibrated ``probs``; ``metrics`` gets it, with the test side's sensitivity and specificity
+    at that threshold."""
+    if positive is None:
+        return None
+    if "val" not in probs:
+        raise DataError(f"--positive {positive}: no validation side to choose the threshold on")
+    op = choose(y["val"], probs["val"], class_names, positive, target_sensitivity)
+    metrics["operating_point"] = dict(op)
+    if "test" in probs:
+        metrics["operating_point"]["test"] = evaluate_operating_point(op, y["test"], probs["test"],
+                                                                      class_names)
+    return op

@@ -22,7 +22,7 @@ from leukoscope.train.config import TrainConfig
 from leukoscope.train.data import Prepared, bundle_split, decoded_rows, describe, prepare_split, run_split
 from leukoscope.train.fit import fit
 from leukoscope.train.forward import predict_logits
-from leukoscope.train.heldout import calibrated
+from leukoscope.train.heldout import calibrated, operating_point
 
 
 def train_network(m: Manifest, config: TrainConfig, out: Path, progress: Progress = SILENT) -> Bundle:
@@ -63,6 +63,10 @@ def fit_and_bundle(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: P
               "input_size": pre["input_size"], "preprocessing": pre, "temperature": temperature,
               "tta": cfg.tta, "protocol": metrics["protocol"], "data": data_desc,
               "train": cfg.as_dict(), "trained_on": extra["device"]}
+    op = operating_point(cfg.positive, cfg.target_sensitivity, probs,
+                         {side: data.y[data.side(side)] for side in probs}, data.classes, metrics)
+    if op is not None:
+        config["operating_point"] = op
     if rare is not None and rare.types:
         metrics["rare_classes"] = config["rare_classes"] = rare.to_json()
     write_json(out / "metrics.json", metrics)
