@@ -78,6 +78,11 @@ def benchmark_cmd(
         table.add_row(escape(row["model"]), *(cell(row, k) for k in METRICS), status)
     console.print(table)
     print_rare(lb.rare)
+    if lb.shortcut:
+        from leukoscope.evaluate.shortcut import leaderboard_line
+
+        flag = "[yellow]warning:[/] " if lb.shortcut["warning"] else ""
+        console.print(flag + escape(leaderboard_line(lb.shortcut)))
     if lb.warning:
         console.print(f"[yellow]note:[/] {lb.warning}")
     print_skipped(lb.skipped)

@@ -23,6 +23,7 @@ from leukoscope.errors import DataError, ImageError
 from leukoscope.evaluate import figures
 from leukoscope.evaluate.calibration import ece, reliability
 from leukoscope.evaluate.metrics import curves, evaluation_metrics
+from leukoscope.evaluate.shortcut import for_evaluation
 from leukoscope.io import write_csv_atomic, write_json_atomic
 from leukoscope.predict.local import chunks, prefetch
 from leukoscope.predict.tta import proba_from_views, view_logits
@@ -170,6 +171,9 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
                         "reliability_before": reliability(before, y),
                         "reliability_after": reliability(probs, y)},
     }
+    result["shortcut"] = for_evaluation(bundle, m, y, scores["cell"]["balanced_accuracy"])
+    if result["shortcut"]["warning"]:
+        result["warnings"].append(result["shortcut"]["warning"])
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / METRICS_FILE, result)
     _write_predictions(out / PREDICTIONS_FILE, m, y, probs, classes)
