@@ -290,7 +290,7 @@ def benchmark(m: Manifest, *, features: str = "handcrafted", k: int = 5,
     progress.done("models")
     proto = split_protocol(split)
     data = ", ".join(sorted(set(split["dataset"]))) if "dataset" in split else ""
-    table = _table(results | errors, proto, y, split["group"].to_numpy(), seed)
+    table = shortcut.baseline_last(_table(results | errors, proto, y, split["group"].to_numpy(), seed))
     lb = Leaderboard(table=table, protocol=proto, classes=class_names,
                      features=spec, folds=int(split["fold"].nunique()), n_images=len(split),
                      n_groups=int(split["group"].nunique()), seed=seed, skipped=skipped, data=data,
