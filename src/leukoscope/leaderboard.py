@@ -89,7 +89,7 @@ class Leaderboard:
     @property
     def shortcut(self) -> dict[str, Any] | None:
         """The colour shortcut row against the best model, with its warning (``evaluate.shortcut``)."""
-        return shortcut.leaderboard_check(self.table)
+        return shortcut.leaderboard_check(self.table, len(self.classes))
 
     def summary(self) -> dict[str, Any]:
         """The run's settings, as written next to its outputs."""
