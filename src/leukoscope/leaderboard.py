@@ -280,13 +280,14 @@ def benchmark(m: Manifest, *, features: str = "handcrafted", k: int = 5,
     class_names = classes(split)
     y = np.asarray(label_indices(split, class_names))
     built, errors = build_estimators(names, seed, params)
+    colour = shortcut.colour_matrix(split, cache, progress)
     advance = progress.task("models", len(names))
     advance(len(errors))
     results = run_models(built, X, y, split["fold"].to_numpy(), class_names, timeout=timeout,
                          jobs=jobs or os.cpu_count() or 1, on_done=lambda name, res: advance(1))
     # the colour shortcut baseline, scored on the same folds (never "best", see evaluate.shortcut)
-    results |= run_models({shortcut.LABEL: shortcut.estimator(seed)}, shortcut.colour_matrix(split, cache), y,
-                          split["fold"].to_numpy(), class_names, timeout=timeout)
+    results |= run_models({shortcut.LABEL: shortcut.estimator(seed)}, colour, y, split["fold"].to_numpy(),
+                          class_names, timeout=timeout)
     progress.done("models")
     proto = split_protocol(split)
     data = ", ".join(sorted(set(split["dataset"]))) if "dataset" in split else ""

@@ -24,6 +24,7 @@ import pandas as pd
 
 from leukoscope.data.manifest import Manifest, label_indices, labelled
 from leukoscope.errors import LeukoscopeError
+from leukoscope.progress import SILENT, Progress
 
 #: The row's name in every table; never a registered model, never "best", never saved.
 LABEL = "colour shortcut (LR on colour statistics)"
@@ -62,13 +63,13 @@ def estimator(seed: int = 0) -> Any:
     return get_model(MODEL).build(seed=seed)
 
 
-def colour_matrix(m: Manifest, cache: Path | None = None) -> np.ndarray:
+def colour_matrix(m: Manifest, cache: Path | None = None, progress: Progress = SILENT) -> np.ndarray:
     """Colour features of every row of ``m`` in order; NaN rows where an image cannot be read
     (the pipeline imputes them, and a row the model could read still gets a shortcut call)."""
     from leukoscope.features import get_extractor
     from leukoscope.features.cache import extract_with
 
-    frame, _ = extract_with(m.reset_index(drop=True), get_extractor(FEATURES), cache)
+    frame, _ = extract_with(m.reset_index(drop=True), get_extractor(FEATURES), cache, progress=progress)
     return frame.reindex(range(len(m))).to_numpy(np.float32)
 
 
