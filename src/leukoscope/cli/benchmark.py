@@ -81,8 +81,8 @@ def benchmark_cmd(
     if lb.shortcut:
         from leukoscope.evaluate.shortcut import leaderboard_line
 
-        flag = "[yellow]warning:[/] " if lb.shortcut["warning"] else ""
-        console.print(flag + escape(leaderboard_line(lb.shortcut)))
+        style = "yellow" if lb.shortcut["warning"] else None
+        console.print(escape(leaderboard_line(lb.shortcut)), style=style)
     if lb.warning:
         console.print(f"[yellow]note:[/] {lb.warning}")
     print_skipped(lb.skipped)
