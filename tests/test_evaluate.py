@@ -14,7 +14,6 @@ from leukoscope.bundle import load_bundle
 from leukoscope.data.readers import read
 from leukoscope.errors import DataError
 from leukoscope.evaluate.report import evaluate
-from leukoscope.evaluate.shortcut import WARNING
 from use_support import cnmc_train, network_bundle  # noqa: F401
 
 
@@ -59,9 +58,7 @@ def test_side_test_and_training_overlap_warning(network_bundle, data, tmp_path):
     assert any("were used to build this model" in w for w in everything["warnings"])
     test = evaluate(bundle, m, tmp_path / "test", side="test")
     split = bundle.split()
-    assert test["evaluated"] == int((split["side"] == "test").sum())
-    # the only warning left: colour alone does better than this two-epoch network (evaluate.shortcut)
-    assert [w for w in test["warnings"] if WARNING not in w] == []
+    assert test["evaluated"] == int((split["side"] == "test").sum()) and test["warnings"] == []
     assert set(test["overlap_with_training_split"]) == {"test"}
     with pytest.raises(DataError, match="--side"):
         evaluate(bundle, m, tmp_path / "x", side="holdout")
