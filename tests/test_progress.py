@@ -81,7 +81,7 @@ CALLS: dict[str, tuple[Callable[[Path, Path, Progress], None], dict[str, int]]] 
     "eda_report": (_eda, {"decoding": 11}),
     "extract": (_extract, {"handcrafted features": 11}),
     "audit": (_audit, {"hashing": 11}),
-    "benchmark": (_benchmark, {"handcrafted features": 54, "models": 2}),
+    "benchmark": (_benchmark, {"handcrafted features": 54, "colour features": 54, "models": 2}),
 }
 
 

@@ -50,6 +50,7 @@ FEATURE_PARAMS = {
     "handcrafted": {"size": 64},
     "deep": {"input_size": 64},
     "both": {"handcrafted": {"size": 64}, "deep": {"input_size": 64}},
+    "colour": {"size": 64},
 }
 
 

@@ -21,6 +21,7 @@ from leukoscope import __version__
 from leukoscope.data.images import load_rgb
 from leukoscope.data.manifest import Manifest, is_synthetic, protocol, warnings_for
 from leukoscope.errors import DataError, ImageError
+from leukoscope.evaluate.shortcut import for_eda
 from leukoscope.geometry import foreground
 from leukoscope.progress import SILENT, Progress
 from leukoscope.reports.html import image_to_data_uri, save_figure, write_report
@@ -298,5 +299,6 @@ def eda_report(m: Manifest, out: Path, on_skip: Callable[[str, str], None] | Non
         figures=embedded,
         samples=samples,
         unreadable=st.unreadable,
+        shortcut=for_eda(m[~m["path"].isin([u["path"] for u in st.unreadable])]),
         background_v=BACKGROUND_V,
     )

@@ -28,6 +28,7 @@ import pandas as pd
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, Manifest, classes, label_indices, labelled
 from leukoscope.data.rare import RareReport, rare_classes
 from leukoscope.data.splits import kfold, split_protocol
+from leukoscope.evaluate import shortcut
 from leukoscope.features.cache import feature_matrix
 from leukoscope.io import write_csv_atomic, write_json_atomic, write_text_atomic
 from leukoscope.progress import SILENT, Progress
@@ -92,8 +93,13 @@ class Leaderboard:
 
     @property
     def best(self) -> str | None:
-        ok = self.table[self.table["status"] == "ok"]
+        ok = self.table[(self.table["status"] == "ok") & (self.table["model"] != shortcut.LABEL)]
         return None if ok.empty else str(ok.iloc[0]["model"])
+
+    @property
+    def shortcut(self) -> dict[str, Any] | None:
+        """The colour shortcut row against the best model, with its warning (``evaluate.shortcut``)."""
+        return shortcut.leaderboard_check(self.table, len(self.classes))
 
     def summary(self) -> dict[str, Any]:
         """The run's settings, as written next to its outputs."""
@@ -101,6 +107,7 @@ class Leaderboard:
                 "classes": self.classes, "features": self.features, "folds": self.folds,
                 "images": self.n_images, "groups": self.n_groups, "seed": self.seed,
                 "best": self.best, "params": self.params, "too_small": self.too_small,
+                "shortcut": self.shortcut,
                 "rare_classes": self.rare.to_json() if self.rare and self.rare.types else None,
                 "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
 
@@ -292,14 +299,18 @@ def benchmark(m: Manifest, *, features: str = "handcrafted", k: int = 5,
     class_names = classes(split)
     y = np.asarray(label_indices(split, class_names))
     built, errors = build_estimators(names, seed, params)
+    colour = shortcut.colour_matrix(split, cache, progress)
     advance = progress.task("models", len(names))
     advance(len(errors))
     results = run_models(built, X, y, split["fold"].to_numpy(), class_names, timeout=timeout,
                          jobs=jobs or os.cpu_count() or 1, on_done=lambda name, res: advance(1))
+    # the colour shortcut baseline, scored on the same folds (never "best", see evaluate.shortcut)
+    results |= run_models({shortcut.LABEL: shortcut.estimator(seed)}, colour, y, split["fold"].to_numpy(),
+                          class_names, timeout=timeout)
     progress.done("models")
     proto = split_protocol(split)
     data = ", ".join(sorted(set(split["dataset"]))) if "dataset" in split else ""
-    table = _table(results | errors, proto, y, split["group"].to_numpy(), seed)
+    table = shortcut.baseline_last(_table(results | errors, proto, y, split["group"].to_numpy(), seed))
     lb = Leaderboard(table=table, protocol=proto, classes=class_names,
                      features=spec, folds=int(split["fold"].nunique()), n_images=len(split),
                      n_groups=int(split["group"].nunique()), seed=seed, skipped=skipped, data=data,
@@ -335,6 +346,8 @@ def to_markdown(lb: Leaderboard) -> str:
         lines.append(f"- data: {lb.data}")
     if lb.warning:
         lines.append(f"- warning: {lb.warning}")
+    if lb.shortcut:
+        lines.append(f"- {shortcut.leaderboard_line(lb.shortcut)}")
     if lb.skipped:
         lines.append(f"- skipped {len(lb.skipped)} unreadable image(s)")
     lines += ["", "| Model | " + " | ".join(METRICS.values()) + " | Status |",
@@ -355,7 +368,8 @@ def _bar_plot(lb: Leaderboard) -> Any:
     ok = lb.table[lb.table["status"] == "ok"].iloc[::-1]
     fig, ax = plt.subplots(figsize=(7, 0.35 * max(len(ok), 3) + 1))
     mean, std = ok["balanced_accuracy_mean"], ok["balanced_accuracy_std"]
-    ax.barh(ok["model"], mean, xerr=std, color="#5b6bbf", capsize=3)
+    ax.barh(ok["model"], mean, xerr=std, capsize=3,
+            color=["#bf8f5b" if n == shortcut.LABEL else "#5b6bbf" for n in ok["model"]])
     for y, (v, e) in enumerate(zip(mean, std, strict=True)):
         ax.text(v + e + 0.003, y, f"{v:.3f}", fontsize=8, va="center")
     low = float(np.floor(20 * max(0.0, float((mean - std).min()) - 0.02)) / 20) if len(ok) else 0.0
@@ -382,6 +396,7 @@ def write_leaderboard(lb: Leaderboard, out: Path) -> dict[str, Path]:
     write_report(paths["html"], "leaderboard.html", title="Classical leaderboard",
                  protocol=lb.protocol, warning=lb.warning, version=__version__, run=lb.summary(),
                  rare_line=lb.rare.line() if lb.rare else None,
+                 shortcut_line=shortcut.leaderboard_line(lb.shortcut) if lb.shortcut else None,
                  headers=list(METRICS.values()), rows=rows, plot=figure_to_data_uri(_bar_plot(lb)))
     write_json_atomic(paths["json"], lb.summary())
     return paths

@@ -78,6 +78,11 @@ def benchmark_cmd(
         table.add_row(escape(row["model"]), *(cell(row, k) for k in METRICS), status)
     console.print(table)
     print_rare(lb.rare)
+    if lb.shortcut:
+        from leukoscope.evaluate.shortcut import leaderboard_line
+
+        style = "yellow" if lb.shortcut["warning"] else None
+        console.print(escape(leaderboard_line(lb.shortcut)), style=style)
     if lb.warning:
         console.print(f"[yellow]note:[/] {lb.warning}")
     print_skipped(lb.skipped)

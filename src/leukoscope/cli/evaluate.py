@@ -60,7 +60,10 @@ def evaluate_cmd(
     cal = r["calibration"]
     console.print(f"ECE before / after temperature (T = {cal['temperature']:.3f}): "
                   f"{_f(cal['ece_before'])} / {_f(cal['ece_after'])}")
-    for w in r["warnings"]:
+    cut = r["shortcut"]  # the colour shortcut beside the model (its warning, if any, a note below)
+    if cut["figure"]:
+        console.print(escape(f"{cut['label']}: balanced accuracy {cut['text']} ({cut['how']})"))
+    for w in r["warnings"] + ([cut["warning"]] if cut["warning"] else []):
         console.print(f"[yellow]note:[/] {escape(w)}")
     if r["skipped"]:
         console.print(f"[yellow]{len(r['skipped'])} unreadable image(s) skipped:[/]")

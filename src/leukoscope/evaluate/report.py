@@ -25,6 +25,7 @@ from leukoscope.evaluate.calibration import ece, reliability
 from leukoscope.evaluate.intervals import with_intervals
 from leukoscope.evaluate.metrics import curves, evaluation_metrics
 from leukoscope.evaluate.operating import evaluate_operating_point
+from leukoscope.evaluate.shortcut import for_evaluation
 from leukoscope.io import write_csv_atomic, write_json_atomic
 from leukoscope.predict.local import chunks, prefetch
 from leukoscope.predict.tta import proba_from_views, view_logits
@@ -177,6 +178,9 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
                         "reliability_before": reliability(before, y),
                         "reliability_after": reliability(probs, y)},
     }
+    # the colour shortcut beside the model; its warning is about the data set, not about what makes these
+    # figures optimistic (``warnings``), so the report shows it in its own section, under the headline figures
+    result["shortcut"] = for_evaluation(bundle, m, y, scores["cell"]["balanced_accuracy"])
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / METRICS_FILE, result)
     _write_predictions(out / PREDICTIONS_FILE, m, y, probs, classes, bundle.decide(probs))

@@ -68,7 +68,8 @@ class FeatureExtractor(ABC):
 #: Every kind; those of other modules are declared (kind -> module) and imported on first use, so
 #: listing kinds imports neither scipy nor torch.
 KINDS: Registry[type[FeatureExtractor]] = Registry(
-    "feature kind", {"handcrafted": "leukoscope.features.handcrafted", "deep": "leukoscope.features.deep"})
+    "feature kind", {"handcrafted": "leukoscope.features.handcrafted", "deep": "leukoscope.features.deep",
+                     "colour": "leukoscope.features.colour"})
 
 
 def register_features(kind: str) -> Callable[[type[FeatureExtractor]], type[FeatureExtractor]]:
