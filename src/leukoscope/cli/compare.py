@@ -50,8 +50,8 @@ def compare_cmd(
     table = Table(title=escape(title(r)), caption=escape(protocol_text(r)))
     for i, h in enumerate(table_header(r)):
         table.add_column(escape(h), justify="left" if i in (0, 5) else "right")
-    for row in table_rows(r):
-        table.add_row(*map(escape, row))
+    for row in table_rows(r):  # each interval under its figure: the table fits 100 columns
+        table.add_row(*(escape(c).replace(" [", "\n[") for c in row))
     console.print(table)
     mc = r["mcnemar"]
     console.print(f"McNemar exact: only A right {mc['a_only']}, only B right {mc['b_only']} "

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from leukoscope import __version__
 from leukoscope.bundle import Bundle
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, Manifest, label_indices, labelled, protocol
 from leukoscope.data.rare import RareReport, apply_rare
@@ -99,6 +100,12 @@ def compare(a: Bundle, b: Bundle, m: Manifest, out: Path, side: str | None = Non
                      "(McNemar and DeLong, which treat cells as independent, are listed for reference)")
     stats = compare_predictions(y, probs_a, probs_b, classes, list(m["group"]),
                                 by_subject=prot != "image-level", n_boot=n_boot, seed=seed)
+    accuracy = next(row for row in stats["table"] if row["figure"] == "accuracy")
+    for key, bundle, other in (("a", a, b), ("b", b, a)):
+        if accuracy[key] == 1.0:  # the percentile bootstrap of a perfect score is [1, 1]
+            notes.append(f"{_label(bundle, other)} got all {len(y)} images right, so its "
+                         f"bootstrap interval is [1, 1]; its error rate on new cells is only bounded, "
+                         f"below {3 / len(y):.3f} with 95% confidence (rule of three)")
     result: dict[str, Any] = {
         "a": {"bundle": str(a.path), "name": _label(a, b), "family": a.family},
         "b": {"bundle": str(b.path), "name": _label(b, a), "family": b.family},
@@ -114,6 +121,7 @@ def compare(a: Bundle, b: Bundle, m: Manifest, out: Path, side: str | None = Non
     from leukoscope.reports.html import write_report
 
     write_report(out / HTML_FILE, "comparison.html", title=title(result), protocol=protocol_text(result),
+                 version=__version__,
                  warning=" ".join(f"{n}." for n in notes), r=result, header=table_header(result),
                  rows=table_rows(result))
     return result
@@ -131,7 +139,7 @@ def _write_cells(path: Path, m: Manifest, y: np.ndarray, probs_a: np.ndarray, pr
 
 
 def title(r: dict[str, Any]) -> str:
-    return f"{r['b']['name']} vs {r['a']['name']} on the same {r['compared']} images"
+    return f"{r['a']['name']} (A) vs {r['b']['name']} (B) on the same {r['compared']} images"
 
 
 def protocol_text(r: dict[str, Any]) -> str:
