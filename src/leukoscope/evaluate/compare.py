@@ -155,6 +155,7 @@ def table_header(r: dict[str, Any]) -> list[str]:
 def _num(v: float | None, interval: list[float] | None, signed: bool = False) -> str:
     if v is None:
         return "-"
+    v = round(v, 3) + 0.0  # no "-0.000"
     text = f"{v:+.3f}" if signed else f"{v:.3f}"
     return text if interval is None else f"{text} [{interval[0]:.3f}, {interval[1]:.3f}]"
 
