@@ -59,7 +59,7 @@ def test_verbs_listed_by_panel_in_workflow_order() -> None:
         ("Data", ["data"]),
         ("Classical", ["benchmark", "tune"]),
         ("Networks", ["train", "export"]),
-        ("Use a model", ["evaluate", "predict", "report", "explain", "serve", "verify"]),
+        ("Use a model", ["evaluate", "compare", "predict", "report", "explain", "serve", "verify"]),
     ]
     data = runner.invoke(app, ["data", "--help"])
     assert _panels(data.output) == [("Look", ["describe", "eda", "audit"]),

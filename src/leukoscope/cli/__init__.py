@@ -7,6 +7,7 @@ for ``--help``. Heavy libraries are imported inside commands.
 
 from leukoscope.cli import audit as _audit  # noqa: F401
 from leukoscope.cli import benchmark as _benchmark  # noqa: F401
+from leukoscope.cli import compare as _compare  # noqa: F401
 from leukoscope.cli import data as _data  # noqa: F401
 from leukoscope.cli import eda as _eda  # noqa: F401
 from leukoscope.cli import evaluate as _evaluate  # noqa: F401

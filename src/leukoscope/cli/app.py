@@ -33,7 +33,7 @@ PANELS: dict[str, tuple[str, ...]] = {
     "Data": ("data",),
     "Classical": ("benchmark", "tune"),
     "Networks": ("train", "export"),
-    "Use a model": ("evaluate", "predict", "report", "explain", "serve", "verify"),
+    "Use a model": ("evaluate", "compare", "predict", "report", "explain", "serve", "verify"),
 }
 #: ``leukoscope data``'s panels.
 DATA_PANELS: dict[str, tuple[str, ...]] = {

@@ -64,7 +64,7 @@ def on_side(bundle: Bundle, m: Manifest, side: str) -> Manifest:
         raise DataError(f"{bundle.path}: bundle has no train/val/test split.csv, so --side cannot be used")
     sides = sorted(split["side"].dropna().unique())
     if side not in sides:
-        raise DataError(f"--side {side!r}: the bundle's split has sides {', '.join(sides)}")
+        raise DataError(f"--side {side!r}: {bundle.path}/split.csv has sides {', '.join(sides)}")
     keep = set(split.loc[split["side"] == side, "path"])
     sub = m[m["path"].isin(keep)].reset_index(drop=True)
     if sub.empty:
