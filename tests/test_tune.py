@@ -338,7 +338,7 @@ def test_two_machines_share_a_postgresql_study(tmp_path: Path, data: Path, postg
         study, killed, victim = None, None, None
         deadline = time.monotonic() + 240  # a hang guard: both start, extract features and score the defaults
         while killed is None and time.monotonic() < deadline and all(w.poll() is None for w in workers):
-            time.sleep(0.05)
+            time.sleep(0.5 if study is None else 0.05)
             if study is None:
                 study = _made_study(storage_url(tmp_path, url), "shared")
                 continue
