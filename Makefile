@@ -6,9 +6,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXTRAS := web,ray,tune,stain,dev
 export RAY_USAGE_STATS_ENABLED := 0
-# Debian packages the tests need, as package:binary:tests, each checked by its binary. `make test`
-# installs the missing ones with apt-get when it may (root, or sudo without a password).
-SYSTEM_PACKAGES := chromium:/usr/bin/chromium:tests/test_serve_browser.py
+# Debian packages the tests need, as package:binary:tests, each checked by its binary (a glob: any
+# PostgreSQL major version will do). `make test` installs the missing ones with apt-get when it may
+# (root, or sudo without a password).
+SYSTEM_PACKAGES := chromium:/usr/bin/chromium:tests/test_serve_browser.py \
+                   postgresql:/usr/lib/postgresql/*/bin/initdb:tests/test_tune.py::test_two_machines_share_a_postgresql_study
 
 .PHONY: venv system demo test test-slow lint typecheck benchmark clean
 
@@ -24,7 +26,8 @@ system:
 	@missing=""; tests=""; \
 	for entry in $(SYSTEM_PACKAGES); do \
 	  pkg=$${entry%%:*}; rest=$${entry#*:}; \
-	  test -x "$${rest%%:*}" || { missing="$$missing $$pkg"; tests="$$tests $${rest#*:}"; }; \
+	  found=""; for bin in $${rest%%:*}; do test -x "$$bin" && found=1; done; \
+	  [ -n "$$found" ] || { missing="$$missing $$pkg"; tests="$$tests $${rest#*:}"; }; \
 	done; \
 	[ -n "$$missing" ] || exit 0; \
 	if [ "$$(id -u)" = 0 ]; then sudo=""; \

@@ -23,12 +23,14 @@ def make(*args: str, path: str | None = None) -> subprocess.CompletedProcess[str
 def test_make_test_runs_the_system_step_first() -> None:
     plan = make("-n", "test").stdout
     assert "apt-get install" in plan and "/usr/bin/chromium" in plan
+    assert "postgresql:/usr/lib/postgresql/*/bin/initdb" in plan  # any major version
     assert plan.index("/usr/bin/chromium") < plan.index("ruff check") < plan.index("pytest")
 
 
-def test_system_is_a_no_op_when_the_packages_are_there() -> None:
+@pytest.mark.parametrize("binary", ["/bin/sh", "/b*n/s[h]"])  # a glob, as for PostgreSQL's versioned bin
+def test_system_is_a_no_op_when_the_packages_are_there(binary: str) -> None:
     # /bin/sh stands in for a package's binary that is present
-    r = make("system", "SYSTEM_PACKAGES=dash:/bin/sh:tests/test_x.py")
+    r = make("system", f"SYSTEM_PACKAGES=dash:{binary}:tests/test_x.py")
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
 
 

@@ -1,8 +1,9 @@
-"""leukoscope tune: resumable studies, parallel workers on one SQLite study, a test side the search
-never reads, and outputs that ``train --config`` / ``benchmark --config`` accept."""
+"""leukoscope tune: resumable studies, parallel workers on one SQLite study and on a PostgreSQL server,
+a test side the search never reads, and outputs that ``train --config`` / ``benchmark --config`` accept."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -19,6 +21,7 @@ from typer.testing import CliRunner
 from leukoscope.cli import app
 from leukoscope.data.readers import read
 from leukoscope.tune import TuneSettings, holdout, improvement, load_config, storage_url, tune
+from postgres_support import Postgres, postgres  # noqa: F401 - the fixture is used by name
 
 #: A worker process running the study loop ``tune`` uses (``open_study`` + ``run_trials``) on an
 #: objective that logs "pid trial-number" each time it runs and sleeps, so a trial can be killed
@@ -222,6 +225,8 @@ def test_improvement_is_paired_with_the_corrected_standard_error() -> None:
     (["--fix", "no_such_param=3"], "bad parameters"),
     (["--model", "nope"], "unknown model"),
     (["--storage", "nosuchdb://x"], "--storage"),
+    (["--heartbeat", "0"], "--heartbeat"),
+    (["--storage", "postgresql://nobody@/nodb?host=/nonexistent"], "--storage postgresql+psycopg://"),
 ])
 def test_cli_tune_bad_settings_are_one_line_errors(tmp_path: Path, synthetic2: Path, args: list[str],
                                                   message: str) -> None:
@@ -283,3 +288,87 @@ def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_redone(tmp_path
     assert len(_complete(study)) == 2, "the worker waited for the orphan instead of redoing it"
     assert study.get_trials()[orphan.number].state == optuna.trial.TrialState.FAIL
     assert time.monotonic() - started < 30
+
+
+def _tune_process(data: Path, out: Path, storage: str, n: int) -> subprocess.Popen:
+    """``leukoscope tune`` as each machine of a shared study runs it (its own --out, the same --storage):
+    logistic regression on the 52 real C-NMC training cells, trials of about half a second."""
+    cli = shutil.which("leukoscope", path=str(Path(sys.executable).parent)) or "leukoscope"
+    args = ["tune", str(data / "cnmc_sample"), "--model", "logistic_regression", "--trials", str(n),
+            "--out", str(out), "--storage", storage, "--study", "shared", "--cv", "3", "--repeats", "1",
+            "--pruner", "none", "--heartbeat", "1"]
+    return subprocess.Popen([cli, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _made_study(url: str, name: str) -> optuna.Study | None:
+    """The study once a worker has made it, else None; looks without making the tables itself (as
+    ``load_study`` would), so the workers' own race to make them is what the test runs."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as c:
+            c.execute(sa.text("SELECT 1 FROM studies WHERE study_name = :n"), {"n": name}).one()
+    except (sa.exc.ProgrammingError, sa.exc.NoResultFound):
+        return None
+    finally:
+        engine.dispose()
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def _running_trial_of(study: optuna.Study, worker: subprocess.Popen) -> int | None:
+    """The trial ``worker`` is in the middle of, caught by freezing it (SIGSTOP) so it cannot finish
+    the trial between the look and the kill; None (and the worker resumed) when it is between trials."""
+    os.kill(worker.pid, signal.SIGSTOP)
+    mine = [t.number for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+            if t.user_attrs.get("worker", "").endswith(f":{worker.pid}")]
+    if not mine:
+        os.kill(worker.pid, signal.SIGCONT)
+    return mine[0] if mine else None
+
+
+def test_two_machines_share_a_postgresql_study(tmp_path: Path, data: Path, postgres: Postgres) -> None:  # noqa: F811
+    """Two ``leukoscope tune`` processes on one study in a real PostgreSQL server, through the URL a user
+    types: they split the trials, and when one is killed mid-trial, the other fails that trial once its
+    heartbeat stops (stale after 3 s) and runs a replacement, so the study still finishes ``n`` trials."""
+    postgres.createdb("tuning")
+    url, n = postgres.url("tuning"), 12
+    workers = [_tune_process(data, tmp_path / f"machine-{i}", url, n) for i in (1, 2)]
+    try:
+        study, killed, victim = None, None, None
+        deadline = time.monotonic() + 240  # a hang guard: both start, extract features and score the defaults
+        while killed is None and time.monotonic() < deadline and all(w.poll() is None for w in workers):
+            time.sleep(0.5 if study is None else 0.05)
+            if study is None:
+                study = _made_study(storage_url(tmp_path, url), "shared")
+                continue
+            done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+            if not all(any(t.user_attrs["worker"].endswith(f":{w.pid}") for t in done) for w in workers):
+                continue  # kill only once both have finished trials of the study
+            for w in workers:
+                killed = _running_trial_of(study, w)
+                if killed is not None:
+                    w.send_signal(signal.SIGKILL)
+                    w.wait()
+                    victim = w
+                    break
+        outputs = {w.pid: w.communicate(timeout=240)[0] for w in workers if w is not victim}
+        assert victim is not None and killed is not None, f"no worker caught mid-trial: {outputs}"
+        (survivor,) = (w for w in workers if w is not victim)
+        assert survivor.returncode == 0, outputs
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+    trials = [t for t in study.get_trials() if not t.user_attrs.get("surplus")]
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    by = {w.pid: [t.number for t in done if t.user_attrs["worker"].endswith(f":{w.pid}")] for w in workers}
+    assert len(done) == n and all(by.values()), by  # both workers ran trials of the one study
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert [t.number for t in failed] == [killed] and "error" not in failed[0].user_attrs  # by heartbeat
+    assert max(by[survivor.pid]) > killed  # redone by the survivor after the kill
+    csv = pd.read_csv(tmp_path / f"machine-{workers.index(survivor) + 1}" / "trials.csv")
+    row = csv.loc[csv["number"] == killed].iloc[0]
+    assert row["state"] == "fail" and row["worker"].endswith(f":{victim.pid}")
+    assert sorted(csv.loc[csv["state"] == "complete", "number"]) == sorted(t.number for t in done)

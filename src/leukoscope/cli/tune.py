@@ -45,6 +45,10 @@ def tune_cmd(
                                                   show_default="no limit")] = None,
     storage: Annotated[str | None, typer.Option(help="SQLAlchemy URL shared by several workers.",
                                                 show_default="sqlite:///OUT/study.db")] = None,
+    heartbeat: Annotated[int, typer.Option(
+        "--heartbeat", help="Seconds between a running trial's heartbeats; a trial silent for three "
+        "times as long (its worker killed, its machine gone) is failed and redone by another worker.")
+                         ] = 10,
     study: Annotated[str | None, typer.Option("--study", help="Study name.", show_default="the model")
                      ] = None,
     metric: Annotated[str, typer.Option(help="What the search maximises: {tune_metrics}.")
@@ -76,7 +80,7 @@ def tune_cmd(
     m = read(paths, layout)
     with shown() as bars:
         result = tune(m, settings, out, n_trials=trials, timeout=timeout, storage=storage, study_name=study,
-                      progress=bars)
+                      heartbeat=(heartbeat, 3 * heartbeat), progress=bars)
     c = result.counts
     console.print(f"study {escape(result.study.study_name)}: {c['complete']} complete, {c['pruned']} pruned, "
                   f"{c['fail']} failed trials ({result.seconds:.0f} s in this run)")

@@ -62,7 +62,8 @@ def load_config(path: Path) -> dict[str, Any]:
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial (surplus ones left out): number, state, value, params, timings, errors."""
+    """One row per trial (surplus ones left out): number, state, value, params, timings, errors and
+    the worker (host:pid) that ran it."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get("surplus"):
@@ -75,7 +76,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
                      "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
                      if t.datetime_complete and t.datetime_start else None,
                      "fold_scores": " ".join(f"{s:.4f}" for s in t.user_attrs.get("fold_scores", [])),
-                     "error": t.user_attrs.get("error", "")})
+                     "error": t.user_attrs.get("error", ""), "worker": t.user_attrs.get("worker", "")})
     return pd.DataFrame(rows)
 
 

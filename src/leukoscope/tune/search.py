@@ -39,6 +39,8 @@ def tune(m: Manifest, settings: TuneSettings, out: Path, *, n_trials: int, timeo
 
     ``progress`` hears of the features, the trials (notes: failures, each new best) and, for
     networks, every training run's epochs; ``on_trial`` gets each of this worker's finished trials.
+    ``heartbeat``: seconds between a running trial's heartbeats, and the silence after which another
+    worker fails it as dead and redoes it.
     """
     from leukoscope.data.splits import check_no_leak, split_protocol
     from leukoscope.models.registry import get_model
@@ -47,6 +49,8 @@ def tune(m: Manifest, settings: TuneSettings, out: Path, *, n_trials: int, timeo
     settings.check()
     if n_trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {n_trials}")
+    if heartbeat[0] < 1:
+        raise ConfigError(f"--heartbeat must be at least 1 second, got {heartbeat[0]}")
     family = get_model(settings.model).family
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -2,9 +2,10 @@
 
 Studies live in an RDB storage (SQLite in the output folder unless ``storage`` is given) with
 heartbeats: a killed run resumes where it stopped, and several processes (or machines, with a
-server database) can work on one study. Finished trials (complete or pruned) count towards
-``n_trials``; the storage numbers trials atomically, and a trial that finds ``n_trials`` others
-already claimed before it is dropped unrun, so parallel workers finish exactly ``n_trials``.
+PostgreSQL server) can work on one study; each trial records the worker (host:pid) that ran it.
+Finished trials (complete or pruned) count towards ``n_trials``; the storage numbers trials
+atomically, and a trial that finds ``n_trials`` others already claimed before it is dropped unrun,
+so parallel workers finish exactly ``n_trials``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -36,9 +39,37 @@ CLAIMED = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
 MAX_FAILURES = 3
 
 
+#: What a user types for a PostgreSQL study, and the driver the ``tune`` extra installs (psycopg 3);
+#: SQLAlchemy before 2.1 would read a bare ``postgresql://`` as psycopg2, which is not installed.
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+POSTGRES_DRIVER = "postgresql+psycopg://"
+
+
 def storage_url(out: Path, storage: str | None = None) -> str:
-    """``storage`` as given, else an SQLite file in ``out``."""
-    return storage or f"sqlite:///{(Path(out) / 'study.db').resolve()}"
+    """``storage`` (a PostgreSQL URL pointed at the installed driver), else an SQLite file in ``out``."""
+    if storage is None:
+        return f"sqlite:///{(Path(out) / 'study.db').resolve()}"
+    for scheme in POSTGRES_SCHEMES:
+        if storage.startswith(scheme):
+            return POSTGRES_DRIVER + storage[len(scheme):]
+    return storage
+
+
+def shown_url(url: str) -> str:
+    """``url`` fit for a message: any password masked."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def _reason(e: Exception) -> str:
+    """A database error in one line: the driver's own message, without SQLAlchemy's wrapping."""
+    cause = getattr(e, "orig", None) or e
+    return f"{type(cause).__name__}: {' '.join(str(cause).split())}"
 
 
 def fingerprint(split: Split) -> str:
@@ -98,12 +129,12 @@ def open_study(settings: TuneSettings, url: str, name: str, data: str, *,
                 storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, grace_period=heartbeat[1],
                                                      heartbeat_interval=heartbeat[0])
                 break
-            except (IntegrityError, OperationalError):  # workers starting together race to create tables
-                if attempt == 4:
-                    raise
+            except (IntegrityError, OperationalError) as e:  # workers starting together race to make tables
+                if attempt == 4:  # no race: a server down, a database or role that does not exist
+                    raise ConfigError(f"--storage {shown_url(url)}: cannot open ({_reason(e)})") from None
                 time.sleep(0.2 * (attempt + 1))
-            except Exception as e:  # bad URL, missing driver, unreachable server
-                raise ConfigError(f"--storage {url}: cannot open ({type(e).__name__}: {e})") from None
+            except Exception as e:  # bad URL, missing driver
+                raise ConfigError(f"--storage {shown_url(url)}: cannot open ({_reason(e)})") from None
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
                                 pruner=PRUNERS[settings.pruner](), load_if_exists=True)
     mine = {"settings": json.loads(json.dumps(asdict(settings))), "data": data}
@@ -114,7 +145,7 @@ def open_study(settings: TuneSettings, url: str, name: str, data: str, *,
     elif theirs != mine:
         diff = [k for k in mine["settings"] if mine["settings"][k] != theirs["settings"].get(k)]
         what = f"settings {', '.join(diff)}" if diff else "data"
-        raise ConfigError(f"study {name!r} in {url} was made with other {what}; "
+        raise ConfigError(f"study {name!r} in {shown_url(url)} was made with other {what}; "
                           "use another --study or --out, or the same settings")
     return study
 
@@ -161,6 +192,7 @@ def run_trials(study: optuna.Study, objective: Callable[[Trial], float], n_trial
     ``progress`` counts the study's finished trials and notes failures and each new best.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
+    worker = f"{socket.gethostname()}:{os.getpid()}"
     failures: list[str] = []
     task = f"{study.study_name}: trials"
     advance, shown = progress.task(task, n_trials), 0  # the study's finished trials, all workers
@@ -171,6 +203,7 @@ def run_trials(study: optuna.Study, objective: Callable[[Trial], float], n_trial
         if sum(t.number < trial.number for t in claimed) >= n_trials:
             trial.set_user_attr("surplus", True)
             raise _Surplus
+        trial.set_user_attr("worker", worker)  # which machine and process ran it (trials.csv)
         try:
             return objective(trial)
         except (optuna.TrialPruned, LeukoscopeError):
