@@ -100,6 +100,25 @@ def test_killed_study_resumes_without_repeating_finished_trials(tmp_path: Path) 
     assert states[killed.pop()] == optuna.trial.TrialState.FAIL  # stale heartbeat: failed and replaced
 
 
+def test_a_stalled_worker_whose_trial_was_failed_as_stale_goes_on(tmp_path: Path) -> None:
+    """A live worker stalled past the heartbeat grace has its trial failed by another worker; when it
+    wakes, Optuna refuses its result ("Cannot tell a FAIL trial"), which used to end it in a traceback."""
+    from leukoscope.tune import open_study, run_trials
+
+    study = open_study(TuneSettings(model="toy"), storage_url(tmp_path), "toy", "data", heartbeat=(1, 2))
+    stalled: list[int] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        if not stalled:  # what another worker's stale check does while this one is stalled
+            stalled.append(trial.number)
+            study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+        return trial.suggest_float("x", 0.0, 1.0)
+
+    run_trials(study, objective, 3, timeout=60, poll=0.2)
+    assert len(_complete(study)) == 3  # the failed trial was redone
+    assert study.get_trials()[stalled[0]].state == optuna.trial.TrialState.FAIL
+
+
 def test_two_workers_share_one_sqlite_study(tmp_path: Path) -> None:
     out, log, go = tmp_path / "run", tmp_path / "evaluated.log", tmp_path / "go"
     workers = [_worker(tmp_path, out, log, delay=0.1, n=12, go=str(go)) for _ in range(2)]

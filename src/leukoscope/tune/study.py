@@ -244,9 +244,28 @@ def run_trials(study: optuna.Study, objective: Callable[[Trial], float], n_trial
         if finished + active >= n_trials:  # the rest are running elsewhere
             time.sleep(poll)
             continue
-        study.optimize(guarded, n_trials=1, catch=(_Surplus, _TrialFailed), callbacks=[callback])
+        try:
+            study.optimize(guarded, n_trials=1, catch=(_Surplus, _TrialFailed), callbacks=[callback])
+        except ValueError:
+            # Optuna refuses to record a result for a trial another worker already failed as stale
+            # (this worker stalled past the heartbeat grace): drop the result and go on
+            stale = _stale_trial_of(study, worker)
+            if stale is None:
+                raise
+            progress.note(f"trial {stale} was failed as stale by another worker while this one ran it; "
+                          "its result is dropped and the trial redone")
         if len(failures) >= MAX_FAILURES:
             raise ConfigError(f"{len(failures)} trials in a row failed; last error: {failures[-1]}")
+
+
+def _stale_trial_of(study: optuna.Study, worker: str) -> int | None:
+    """The number of this worker's newest trial when it ended FAIL with no error of its own (failed as
+    stale by another worker), else None."""
+    mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == worker]
+    last = max(mine, key=lambda t: t.number, default=None)
+    if last is not None and last.state == TrialState.FAIL and "error" not in last.user_attrs:
+        return last.number
+    return None
 
 
 def _heartbeat_storage(study: optuna.Study) -> optuna.storages.RDBStorage | None:
