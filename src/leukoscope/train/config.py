@@ -20,10 +20,11 @@ from leukoscope.errors import ConfigError
 SPLIT_PROTOCOLS = ("auto", "official")
 #: Settings added after run directories were first written, with the value that reproduces those
 #: runs (a run from before ``min_steps`` trained exactly its epochs).
-ADDED = {"min_steps": 0, "min_cells": 0, "rare": "other"}
+ADDED = {"min_steps": 0, "min_cells": 0, "rare": "other", "split": None, "dedupe": False}
 BALANCE = ("loss", "sampler", "none")
 #: The settings a classical run uses: which rows, how they are split, which features.
-CLASSICAL = ("model", "subset", "seed", "val", "test", "split_protocol", "features", "min_cells", "rare")
+CLASSICAL = ("model", "subset", "seed", "val", "test", "split_protocol", "features", "min_cells", "rare",
+             "split", "dedupe")
 
 
 @dataclass
@@ -45,6 +46,10 @@ class TrainConfig:
     val: float = 0.15
     test: float = 0.15
     split_protocol: str = "auto"
+    #: a split file (``data split --out``): its sides are used as they are (val, test, subset unused)
+    split: str | None = None
+    #: merge the audit's duplicate clusters into the groups before splitting (``audit.groups``)
+    dedupe: bool = True
     cv: int = 0
     #: pretrained models: fit the head on frozen embeddings (logistic regression) before fine-tuning
     head_warmup: bool = True
@@ -144,6 +149,8 @@ class TrainConfig:
         need(type(self.seed) is int and 0 <= self.seed < 2**32,
              f"--seed must be an integer in [0, 2**32 - 1], got {self.seed!r}")
         check_rare(self.min_cells, self.rare)
+        need(self.split is None or (self.split_protocol == "auto" and self.cv == 0 and self.subset == 1),
+             "--split FILE gives the sides: leave out --split-protocol, --cv and --subset")
         if self.family == "classical":
             self._check_classical()
             return
