@@ -18,7 +18,7 @@ NETWORKS, CLASSICAL, PATIENTS = "Networks", "Classical", "Patients (--target)"
 
 def _figures_table(metrics: dict[str, Any]) -> Table:
     keys = ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "roc_auc", "ece_before", "ece_after")
-    table = Table(title=f"held-out figures by side (images) ({metrics.get('protocol', '-')})")
+    table = Table(title=f"held-out figures ({metrics.get('protocol', '-')}), by side (images)")
     table.add_column("")
     for k in keys:
         table.add_column(k.replace("_", " "))
