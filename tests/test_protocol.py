@@ -173,3 +173,13 @@ def test_train_benchmark_and_tune_hold_out_one_test_side(data: Path, tmp_path: P
     assert set(rows.loc[rows["side"] == "test", "path"]) == test_side
     tuned = holdout(m, 0.15, 2)
     assert set(tuned.loc[tuned["side"] == "test", "path"]) == test_side
+
+
+def test_a_csv_manifest_keeps_group_and_side(data: Path, tmp_path: Path) -> None:
+    m = read([data / "allidb2"])
+    split = protocol_split(m, val=0.15, test=0.15, seed=0, cache=tmp_path)
+    write_split(split, tmp_path / "s.csv")
+    back = read([tmp_path / "s.csv"])
+    assert back["group"].tolist() == split["group"].tolist()
+    assert back["side"].tolist() == split["side"].tolist()
+    assert back["group"].nunique() < len(back)  # the duplicate clusters' merged groups survive

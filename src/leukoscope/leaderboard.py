@@ -293,7 +293,7 @@ def benchmark(m: Manifest, *, features: str = "handcrafted", k: int = 5,
                            cache=cache, progress=progress)
     kept, X, spec, skipped = feature_matrix(sides, features, cache=cache, feature_params=feature_params,
                                             progress=progress)
-    if "fold" in kept:  # a k-fold split file: its folds, every row
+    if split_file is not None and "fold" in kept:  # a k-fold split file: its folds, every row
         split, dev, cv_on = kept, np.ones(len(kept), bool), f"folds of {split_file}"
     else:
         dev = (kept["side"] != "test").to_numpy()
