@@ -126,6 +126,11 @@ def test_no_dedupe_is_said(allidb_subset: Path, tmp_path: Path) -> None:
     assert "without the audit's duplicate" in " ".join(res.output.split())
     card = (tmp_path / "run" / "bundle" / "MODEL_CARD.md").read_text()
     assert "not grouped (--no-dedupe)" in card and "`test` the test side" in card
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "run" / "bundle"), str(allidb_subset), "--side",
+                              "test", "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    warnings = json.loads((tmp_path / "ev" / "metrics.json").read_text())["warnings"]
+    assert any(NO_DEDUPE_WARNING in w for w in warnings)
 
 
 def test_a_split_file_that_does_not_fit_is_refused_in_one_line(data: Path, tmp_path: Path) -> None:

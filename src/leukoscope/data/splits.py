@@ -231,7 +231,7 @@ def read_split(path: Path) -> Split:
     return df
 
 
-def _resolve(split_paths: pd.Series, images: pd.Series) -> list[str | None]:
+def resolve_paths(split_paths: pd.Series, images: pd.Series) -> list[str | None]:
     """The image of ``images`` each split path names: an absolute path itself, a relative one the
     image whose path ends with it (the images' data root joined with it); None when not found."""
     absolute = set(images)
@@ -256,7 +256,7 @@ def apply_split(m: Manifest, split: Split) -> Split:
     not given) or whose labels disagree with ``m``'s. Rows of ``m`` the split leaves out are not used.
     """
     where = split.attrs.get("source", "--split")
-    resolved = _resolve(split["path"].astype(str), m["path"].astype(str))
+    resolved = resolve_paths(split["path"].astype(str), m["path"].astype(str))
     missing = [p for p, r in zip(split["path"], resolved, strict=True) if r is None]
     if missing:
         raise DataError(f"{where}: {len(missing)} of its {len(split)} image(s) are missing or not among "

@@ -19,7 +19,7 @@ from leukoscope.bundle import Bundle
 from leukoscope.data.images import load_batch, load_rgb
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, Manifest, label_indices, labelled, protocol
 from leukoscope.data.rare import RareReport, apply_rare
-from leukoscope.data.splits import Split, apply_split
+from leukoscope.data.splits import NO_DEDUPE_WARNING, Split, apply_split, resolve_paths
 from leukoscope.errors import DataError, ImageError
 from leukoscope.evaluate import figures
 from leukoscope.evaluate.calibration import ece, reliability
@@ -69,7 +69,7 @@ def on_side(bundle: Bundle, m: Manifest, side: str, split: Split | None = None) 
     sides = sorted(split["side"].dropna().unique())
     if side not in sides:
         raise DataError(f"--side {side!r}: {where} has sides {', '.join(sides)}")
-    keep = set(split.loc[split["side"] == side, "path"])
+    keep = set(resolve_paths(split.loc[split["side"] == side, "path"].astype(str), m["path"].astype(str)))
     sub = m[m["path"].isin(keep)].reset_index(drop=True)
     if sub.empty:
         raise DataError(f"none of the given images is on the {side!r} side of {where}")
@@ -172,7 +172,8 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
         "side_of": None if side is None else split.attrs.get("source", "--split") if split is not None
         else "the bundle's split",
         "protocol": protocol(m), "trained_with": bundle.config.get("protocol"),
-        "warnings": _warnings(m, overlap, side, classes, scores["cell"]["absent_classes"]),
+        "warnings": _warnings(m, overlap, side, classes, scores["cell"]["absent_classes"])
+        + ([f"the model's own {NO_DEDUPE_WARNING}"] if bundle.config.get("dedupe") is False else []),
         "overlap_with_training_split": overlap,
         "images": int(len(y_all)), "evaluated": int(len(y)),
         **({"rare_classes": rare.to_json()} if rare is not None else {}),
