@@ -35,7 +35,8 @@ def test_round_trip_gives_identical_predictions(saved: tuple[Path, object], synt
     assert config["features"] == {"kind": "handcrafted", "params": {"size": 64}}
     assert config["protocol"] == "subject-grouped" and 0.05 <= config["temperature"] <= 20
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {"cross_validation", "val", "calibration"} <= set(metrics)
+    assert {"cross_validation", "validation", "test"} <= set(metrics)
+    assert metrics["test"]["n"] == metrics["sides"]["test"] and metrics["dedupe"]
 
     paths = read([synthetic2])["path"].iloc[::6].tolist()
     images = [load_rgb(p) for p in paths]
@@ -47,7 +48,7 @@ def test_round_trip_gives_identical_predictions(saved: tuple[Path, object], synt
     labels = [bundle.classes.index(p.split(os.sep)[-2]) for p in paths]
     assert (probs.argmax(axis=1) == labels).mean() >= 0.75
     split = bundle.split()
-    assert split is not None and set(split["side"]) == {"train", "val"}
+    assert split is not None and set(split["side"]) == {"train", "val", "test"}  # evaluate --side test works
 
 
 def test_refuses_types_outside_the_allow_list(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from leukoscope.cli import app
+from leukoscope.data.manifest import SYNTHETIC_WARNING
 from leukoscope.data.readers import read
 from leukoscope.leaderboard import benchmark, run_models, to_markdown, write_leaderboard
 from leukoscope.models import registry
@@ -45,9 +46,12 @@ def test_failing_model_does_not_stop_the_others(synthetic2: Path, broken_model: 
     bad = table.set_index("model").loc[broken_model]
     assert bad["status"] == "failed" and "InvalidParameterError" in bad["error"]
     assert (table.loc[table["status"] == "ok", "balanced_accuracy_mean"] > 0.8).all()
-    assert lb.protocol == "subject-grouped" and lb.warning == lb.too_small  # 48 cells: too few to rank
-    assert lb.too_small and "too small to rank models: 48 cells, 8 subjects" in lb.too_small
-    assert lb.folds == 4 and lb.n_groups == 8 and len(X) == len(split) == 48
+    # the CV runs on the train and val sides (6 of the 8 subjects); the test side (2) is held out
+    assert lb.folds == 3 and lb.n_groups == 6 and lb.n_images == 36 and lb.held_out == 12
+    assert len(X) == len(split) == 48 and (split.loc[split["side"] == "test", "fold"] == -1).all()
+    # deduped, so no dedupe note; 36 cells of 6 subjects are too few to rank models
+    assert lb.protocol == "subject-grouped" and lb.too_small and "too small to rank models" in lb.too_small
+    assert lb.warning == f"{SYNTHETIC_WARNING}; {lb.too_small}"
     assert lb.best in ("lda", "knn")
 
     paths = write_leaderboard(lb, tmp_path / "out")

@@ -81,7 +81,9 @@ CALLS: dict[str, tuple[Callable[[Path, Path, Progress], None], dict[str, int]]] 
     "eda_report": (_eda, {"decoding": 11}),
     "extract": (_extract, {"handcrafted features": 11}),
     "audit": (_audit, {"hashing": 11}),
-    "benchmark": (_benchmark, {"handcrafted features": 54, "colour features": 54, "models": 2}),
+    # the audit's hashing: duplicate clusters are grouped before the split (cached in ``tmp`` after)
+    "benchmark": (_benchmark, {"hashing": 54, "handcrafted features": 54, "colour features": 54,
+                               "models": 2}),
 }
 
 

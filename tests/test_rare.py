@@ -185,7 +185,8 @@ def test_benchmark_drops_rare_types_and_reports_intervals(cohort: Path, tmp_path
     assert code == 0, err
     assert "rare classes: 9 class(es) with fewer than 20 cells left out" in text
     run_info = json.loads((tmp_path / "lb" / "run.json").read_text())
-    assert run_info["rare_classes"]["types"] == RARE_20 and run_info["images"] == 416 - 67
+    assert run_info["rare_classes"]["types"] == RARE_20
+    assert run_info["images"] + run_info["held_out_test"] == 416 - 67  # CV on train+val; test held out
     assert len(run_info["classes"]) == 7 and OTHER not in run_info["classes"]
     table = pd.read_csv(tmp_path / "lb" / "leaderboard.csv")
     for key in ("balanced_accuracy", "f1_macro"):

@@ -10,10 +10,12 @@ import pytest
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING
 from leukoscope.data.readers import read
 from leukoscope.data.splits import (
+    NO_DEDUPE_WARNING,
     OFFICIAL_CNMC,
     check_no_leak,
     describe_split,
     kfold,
+    mark_dedupe,
     official_cnmc,
     read_split,
     require_classes,
@@ -87,15 +89,16 @@ def test_image_level_split_is_stratified_and_warns(data: Path) -> None:
     assert (abs(per["all"] - per["hem"]) <= 0.05 * per.sum(axis=1) + 2).all()
     info = describe_split(s)
     assert info["protocol"] == split_protocol(s) == "image-level"
-    assert info["warning"] == IMAGE_LEVEL_WARNING
+    assert info["warning"] == f"{IMAGE_LEVEL_WARNING}; {NO_DEDUPE_WARNING}"  # not grouped by the audit
     assert sum(p["images"] for p in info["parts"].values()) == 260
     assert info["parts"]["test"]["groups"] == info["parts"]["test"]["images"]  # one image, one group
 
 
 def test_subject_grouped_describe_has_no_warning(cnmc: pd.DataFrame) -> None:
-    info = describe_split(kfold(cnmc, k=3, seed=0))
+    info = describe_split(kfold(mark_dedupe(cnmc, True), k=3, seed=0))
     assert info["protocol"] == "subject-grouped" and info["by"] == "fold"
-    assert "warning" not in info
+    assert "warning" not in info and info["dedupe"]
+    assert describe_split(kfold(cnmc, k=3, seed=0))["warning"] == NO_DEDUPE_WARNING
     assert sum(p["groups"] for p in info["parts"].values()) == cnmc["group"].nunique()
 
 
@@ -148,7 +151,7 @@ def test_read_split_rejects_leaks_and_bad_files(cnmc: pd.DataFrame, tmp_path: Pa
     with pytest.raises(LeakageError, match="subject:H10"):
         read_split(tmp_path / "leak.csv")
     cnmc.to_csv(tmp_path / "plain.csv", index=False)
-    with pytest.raises(DataError, match="plain.csv: a split needs a 'side' or 'fold' column"):
+    with pytest.raises(DataError, match="plain.csv: a split needs columns path, label, group and side"):
         read_split(tmp_path / "plain.csv")
     with pytest.raises(DataError, match="absent.csv: split file not found"):
         read_split(tmp_path / "absent.csv")

@@ -169,14 +169,15 @@ def _poison(root: Path, test_paths: list[str]) -> None:
 
 
 def test_objective_never_reads_the_test_side(tmp_path: Path, synthetic2: Path) -> None:
-    settings = TuneSettings(model="logistic_regression", cv=3, test=0.25, pruner="none")
+    # the poison copies cells across sides on purpose: grouping copies (dedupe) would move the split
+    settings = TuneSettings(model="logistic_regression", cv=3, test=0.25, pruner="none", dedupe=False)
     results = {}
     for name in ("clean", "poisoned"):
         root = tmp_path / name / "cells"
         shutil.copytree(synthetic2, root)
         m = read([root])
         if name == "poisoned":
-            split = holdout(m, settings.test, settings.seed)
+            split = holdout(m, settings.test, settings.seed, dedupe=False)
             _poison(root, list(split.loc[split["side"] == "test", "path"]))
         results[name] = tune(read([root]), settings, tmp_path / name / "out", n_trials=4)
     clean, poisoned = results["clean"], results["poisoned"]

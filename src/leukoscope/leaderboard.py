@@ -1,5 +1,9 @@
 """The classical leaderboard: every registered model, grouped k-fold CV on one feature matrix.
 
+The rows are split by the one protocol every command shares (``train.data.protocol_split``: the same
+train / val / test sides ``leukoscope train`` and ``tune`` use for the same data and seed, duplicates
+grouped by default, or the sides of ``--split FILE``). The CV runs on the train and val sides only; the
+test side is kept for ``save_best``, which fits on train, calibrates on val and scores test once.
 Features are extracted once per run (cached on disk), folds come from ``data.splits.kfold`` (by
 subject, image-level where there are none, and every output says which), and each model's whole
 CV runs in its own worker process so a per-model time limit can stop it and a crash cannot take
@@ -27,7 +31,7 @@ import pandas as pd
 
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, Manifest, classes, label_indices, labelled
 from leukoscope.data.rare import RareReport, rare_classes
-from leukoscope.data.splits import kfold, split_protocol
+from leukoscope.data.splits import kfold, split_protocol, split_warnings
 from leukoscope.evaluate import shortcut
 from leukoscope.features.cache import feature_matrix
 from leukoscope.io import write_csv_atomic, write_json_atomic, write_text_atomic
@@ -77,6 +81,11 @@ class Leaderboard:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: the classes merged into ``other`` or left out as too rare, before the folds
     rare: RareReport | None = None
+    #: the sides the CV ran on (``train+val``, or ``folds of FILE``) and the test images held out
+    cv_on: str = "train+val"
+    held_out: int = 0
+    #: the split's caveats (``data.splits.split_warnings``): no subject ids, no dedupe, synthetic
+    split_warning: str | None = None
 
     @property
     def too_small(self) -> str | None:
@@ -87,9 +96,15 @@ class Leaderboard:
 
     @property
     def warning(self) -> str | None:
-        image_level = IMAGE_LEVEL_WARNING if self.protocol == "image-level" else None
-        said = [w for w in (image_level, self.too_small) if w]
-        return "; ".join(said) or None
+        caveats = [self.split_warning or (IMAGE_LEVEL_WARNING if self.protocol == "image-level" else None),
+                   self.too_small]
+        return "; ".join(w for w in caveats if w) or None
+
+    @property
+    def where(self) -> str:
+        """Which side the leaderboard's figures come from, as every output says it."""
+        held = f"; test side ({self.held_out} images) held out" if self.held_out else ""
+        return f"{self.folds}-fold CV on the {self.cv_on} side(s), {self.n_images} images{held}"
 
     @property
     def best(self) -> str | None:
@@ -106,6 +121,7 @@ class Leaderboard:
         return {"protocol": self.protocol, "warning": self.warning, "data": self.data,
                 "classes": self.classes, "features": self.features, "folds": self.folds,
                 "images": self.n_images, "groups": self.n_groups, "seed": self.seed,
+                "cv_on": self.cv_on, "held_out_test": self.held_out, "figures_from": self.where,
                 "best": self.best, "params": self.params, "too_small": self.too_small,
                 "shortcut": self.shortcut,
                 "rare_classes": self.rare.to_json() if self.rare and self.rare.types else None,
@@ -279,42 +295,57 @@ def benchmark(m: Manifest, *, features: str = "handcrafted", k: int = 5,
               jobs: int | None = None, seed: int = 0, cache: Path | None = None,
               feature_params: dict[str, Any] | None = None,
               params: dict[str, dict[str, Any]] | None = None,
-              min_cells: int | None = None, rare: str | None = None, progress: Progress = SILENT
+              min_cells: int | None = None, rare: str | None = None, split_file: Path | None = None,
+              dedupe: bool = True, val: float = 0.15, test: float = 0.15, progress: Progress = SILENT
               ) -> tuple[Leaderboard, Manifest, np.ndarray]:
     """Run the leaderboard on the labelled rows of ``m``, classes of fewer than ``min_cells`` cells
     merged into ``other`` or dropped (``rare``; None: the defaults of ``data.rare.rare_classes``);
-    returns it with the rows and matrix it used.
+    returns it with the rows (their ``side``, and the CV ``fold`` of the train and val rows) and the
+    matrix it used.
 
+    The rows are split as ``leukoscope train`` splits them (``val``, ``test``, ``seed``, ``dedupe``) or
+    as ``split_file`` says; the CV runs on the train and val sides (or on the file's folds).
     ``progress`` has two tasks: the features (images), then the models as each one finishes.
     """
     import os
 
     from leukoscope.models.registry import list_models
+    from leukoscope.train.data import protocol_split
 
     names = list(models) if models else list_models(family="classical")
     rows, report = rare_classes(labelled(m), min_cells, rare)
-    kept, X, spec, skipped = feature_matrix(rows, features, cache=cache, feature_params=feature_params,
+    sides = protocol_split(rows, val=val, test=test, seed=seed, dedupe=dedupe, split_file=split_file,
+                           cache=cache, progress=progress)
+    kept, X, spec, skipped = feature_matrix(sides, features, cache=cache, feature_params=feature_params,
                                             progress=progress)
-    split = kfold(kept, k=k, seed=seed)
+    if split_file is not None and "fold" in kept:  # a k-fold split file: its folds, every row
+        split, dev, cv_on = kept, np.ones(len(kept), bool), f"folds of {split_file}"
+    else:
+        dev = (kept["side"] != "test").to_numpy()
+        folds = np.full(len(kept), -1)
+        folds[dev] = kfold(kept[dev], k=k, seed=seed)["fold"].to_numpy()
+        split, cv_on = kept.assign(fold=folds), "train+val"
+    part = split[dev]
     class_names = classes(split)
-    y = np.asarray(label_indices(split, class_names))
+    y = np.asarray(label_indices(part, class_names))
     built, errors = build_estimators(names, seed, params)
     colour = shortcut.colour_matrix(split, cache, progress)
     advance = progress.task("models", len(names))
     advance(len(errors))
-    results = run_models(built, X, y, split["fold"].to_numpy(), class_names, timeout=timeout,
+    results = run_models(built, X[dev], y, part["fold"].to_numpy(), class_names, timeout=timeout,
                          jobs=jobs or os.cpu_count() or 1, on_done=lambda name, res: advance(1))
     # the colour shortcut baseline, scored on the same folds (never "best", see evaluate.shortcut)
-    results |= run_models({shortcut.LABEL: shortcut.estimator(seed)}, colour, y, split["fold"].to_numpy(),
+    results |= run_models({shortcut.LABEL: shortcut.estimator(seed)}, colour[dev], y, part["fold"].to_numpy(),
                           class_names, timeout=timeout)
     progress.done("models")
-    proto = split_protocol(split)
+    proto = split_protocol(part)
     data = ", ".join(sorted(set(split["dataset"]))) if "dataset" in split else ""
-    table = shortcut.baseline_last(_table(results | errors, proto, y, split["group"].to_numpy(), seed))
+    table = shortcut.baseline_last(_table(results | errors, proto, y, part["group"].to_numpy(), seed))
     lb = Leaderboard(table=table, protocol=proto, classes=class_names,
-                     features=spec, folds=int(split["fold"].nunique()), n_images=len(split),
-                     n_groups=int(split["group"].nunique()), seed=seed, skipped=skipped, data=data,
-                     params=dict(params or {}), rare=report)
+                     features=spec, folds=int(part["fold"].nunique()), n_images=len(part),
+                     n_groups=int(part["group"].nunique()), seed=seed, skipped=skipped, data=data,
+                     params=dict(params or {}), rare=report, cv_on=cv_on, held_out=int((~dev).sum()),
+                     split_warning=split_warnings(split))
     return lb, split, X
 
 
@@ -333,8 +364,7 @@ def cell(row: pd.Series, key: str) -> str:
 def to_markdown(lb: Leaderboard) -> str:
     """The leaderboard as a Markdown table, with its protocol and settings above it."""
     lines = [f"# Leaderboard ({lb.protocol})", "",
-             f"- protocol: **{lb.protocol}**, {lb.folds}-fold CV, {lb.n_images} images, "
-             f"{lb.n_groups} groups, seed {lb.seed}",
+             f"- protocol: **{lb.protocol}**, {lb.where}, {lb.n_groups} groups, seed {lb.seed}",
              f"- features: {lb.features['kind']} "
              + ", ".join(f"{k}={v}" for k, v in lb.features["params"].items()),
              f"- classes: {', '.join(lb.classes)}",
@@ -374,7 +404,7 @@ def _bar_plot(lb: Leaderboard) -> Any:
         ax.text(v + e + 0.003, y, f"{v:.3f}", fontsize=8, va="center")
     low = float(np.floor(20 * max(0.0, float((mean - std).min()) - 0.02)) / 20) if len(ok) else 0.0
     ax.set_xlim(low, 1)  # zoomed: the differences that matter are a few points wide
-    ax.set_xlabel(f"balanced accuracy ({lb.folds}-fold CV, {lb.protocol})")
+    ax.set_xlabel(f"balanced accuracy ({lb.folds}-fold CV on {lb.cv_on}, {lb.protocol})")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
@@ -402,47 +432,42 @@ def write_leaderboard(lb: Leaderboard, out: Path) -> dict[str, Path]:
     return paths
 
 
-def save_best(lb: Leaderboard, split: Manifest, X: np.ndarray, out: Path, *, model: str | None = None,
-              val: float = 0.2) -> Path:
+def save_best(lb: Leaderboard, split: Manifest, X: np.ndarray, out: Path, *, model: str | None = None
+              ) -> Path:
     """Refit the winner (or ``model``) and write it as a classical bundle at ``out``.
 
-    It is fitted on the train side of a grouped, stratified train/val split of the same rows, so
-    the calibration temperature is fitted, and the figures in metrics.json measured, on the val
-    side it never saw; metrics.json also carries the leaderboard's CV figures for the model.
+    It is fitted on the train side of the leaderboard's split (``benchmark``'s rows and their
+    ``side``), the calibration temperature fitted on its val side, and the figures in metrics.json
+    measured on val and, once, on the test side the leaderboard's CV never saw; metrics.json also
+    carries the CV figures (on the train and val sides) under ``cross_validation``. The bundle's
+    split.csv holds all three sides, so ``evaluate --side test`` scores the same test side.
     """
-    from leukoscope.data.splits import train_val_test
     from leukoscope.errors import ConfigError
-    from leukoscope.evaluate.calibration import ece, fit_temperature
-    from leukoscope.evaluate.metrics import classification_metrics
-    from leukoscope.probability import softmax_t
     from leukoscope.train.classical import fit_on_train, write_bundle
+    from leukoscope.train.data import bundle_split, split_record
+    from leukoscope.train.heldout import calibrated
 
     name = model or lb.best
     if name is None:
         raise ConfigError("--save-best: no model finished the leaderboard, nothing to save")
+    if "side" not in split:
+        raise ConfigError("--save-best needs a split with train / val / test sides, not only folds")
     row = lb.table[lb.table["model"] == name].iloc[0]
     built, errors = build_estimators([name], lb.seed, lb.params)
     if errors:
         raise ConfigError(f"--save-best: {errors[name]['error']}")
-    side = train_val_test(split, val=val, test=0.0, seed=lb.seed)
+    side = split.drop(columns="fold", errors="ignore")
     y = np.asarray(label_indices(side, lb.classes))
     sides = side["side"].to_numpy()
-    valid = sides == "val"
     pipeline, held_out = fit_on_train(built[name], X, y, sides, len(lb.classes))
-    logits = held_out["val"]
-    temperature = fit_temperature(logits, y[valid])
-    val_metrics = classification_metrics(y[valid], softmax_t(logits, temperature), lb.classes)
-    metrics = {
+    metrics, temperature, _ = calibrated(held_out, {s: y[sides == s] for s in held_out}, lb.classes)
+    metrics |= split_record(side) | {
         "cross_validation": {k: row[f"{k}_mean"] for k in METRICS if pd.notna(row[f"{k}_mean"])},
-        "val": {k: v for k, v in val_metrics.items() if not isinstance(v, dict | list)},
-        "calibration": {"temperature": temperature,
-                        "ece_before": ece(softmax_t(logits), y[valid]),
-                        "ece_after": ece(softmax_t(logits, temperature), y[valid])},
-    }
+        "cross_validation_on": lb.where}
     config = {"model": name, "params": lb.params.get(name, {}),
               "classes": lb.classes, "features": lb.features,
-              "temperature": temperature, "protocol": lb.protocol, "data": lb.data,
-              "training": {"rows": int((sides == "train").sum()), "val_rows": int(valid.sum()), "val": val,
-                           "seed": lb.seed, "cv_folds": lb.folds}}
-    keep = [c for c in ("path", "label", "subject", "group", "source_split", "side") if c in side]
-    return write_bundle(out, pipeline, config, metrics, side[keep])
+              "temperature": temperature, "protocol": metrics["protocol"], "dedupe": metrics["dedupe"],
+              "data": lb.data,
+              "training": {"rows": int((sides == "train").sum()), "val_rows": int((sides == "val").sum()),
+                           "test_rows": int((sides == "test").sum()), "seed": lb.seed, "cv_folds": lb.folds}}
+    return write_bundle(out, pipeline, config, metrics, bundle_split(side))

@@ -40,10 +40,16 @@ def model_card(config: dict[str, Any], metrics: dict[str, Any],
     if config.get("protocol") == "image-level":
         lines.append("- warning: no subject ids; cells of one patient may be on both sides, so "
                      "the figures below may be optimistic")
+    if "dedupe" in config:
+        kept = "each cluster the audit found kept on one side"
+        lines.append("- duplicate cells: " + (kept if config["dedupe"]
+                                              else "not grouped (--no-dedupe): copies may sit on two sides"))
     if split is not None and "side" in split:
         for side, part in split.groupby("side"):
             lines.append(f"- {side}: {len(part)} images, {part['group'].nunique()} groups")
-    lines += ["", "## Metrics"]
+    lines += ["", "## Metrics", "- sides: `validation` is the val side, `test` the test side (scored once)"
+              + (f"; `cross_validation`: {metrics['cross_validation_on']}" if "cross_validation_on" in metrics
+                 else "")]
     for part, figures in metrics.items():
         if isinstance(figures, dict):
             flat = ", ".join(f"{k} {_fmt(v)}" for k, v in figures.items()

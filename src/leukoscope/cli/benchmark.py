@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from leukoscope.cli.app import app, console, print_rare, print_skipped, say
-from leukoscope.cli.options import KindOpt, LayoutOpt, MinCellsOpt, Paths, RareOpt
+from leukoscope.cli.options import DedupeOpt, KindOpt, LayoutOpt, MinCellsOpt, Paths, RareOpt, SplitFileOpt
 from leukoscope.cli.progress import shown
 
 
@@ -27,8 +27,8 @@ def benchmark_cmd(
     jobs: Annotated[int | None, typer.Option(help="Models run side by side.", show_default="one per core")
                     ] = None,
     save_best: Annotated[Path | None, typer.Option(
-        "--save-best", help="Refit the winner on a grouped train side, calibrate on val, "
-        "write a bundle here.", show_default="no bundle")] = None,
+        "--save-best", help="Refit the winner on the train side, calibrate on val, score the held-out "
+        "test side once, write a bundle here.", show_default="no bundle")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (folds and models).")] = 0,
     config: Annotated[Path | None, typer.Option(
         "--config", help="A tuned configuration (leukoscope tune's best.yaml): that model, its parameters "
@@ -36,8 +36,11 @@ def benchmark_cmd(
     layout: LayoutOpt = None,
     min_cells: MinCellsOpt = None,
     rare: RareOpt = None,
+    split: SplitFileOpt = None,
+    dedupe: DedupeOpt = None,
 ) -> None:
-    """Every classical model on cached features: grouped k-fold CV, sorted by balanced accuracy."""
+    """Every classical model on cached features: grouped k-fold CV of the train and val sides (the test
+    side, the one train and tune hold out, is kept for --save-best), sorted by balanced accuracy."""
     from leukoscope.data.readers import read
     from leukoscope.errors import ConfigError
     from leukoscope.leaderboard import METRICS, benchmark, cell, write_leaderboard
@@ -65,10 +68,11 @@ def benchmark_cmd(
     m = read(paths, layout)
     with shown() as bars:
         lb, split, X = benchmark(m, features=features, k=cv, models=names, timeout=timeout, jobs=jobs,
-                                 seed=seed, params=params, min_cells=min_cells, rare=rare, progress=bars)
+                                 seed=seed, params=params, min_cells=min_cells, rare=rare, split_file=split,
+                                 dedupe=dedupe is not False, progress=bars)
     written = write_leaderboard(lb, out)
-    table = Table(title=f"leaderboard: {lb.folds}-fold CV, {lb.protocol} ({lb.n_images} images, "
-                        f"{lb.n_groups} groups; {lb.features['kind']} features)")
+    table = Table(title=escape(f"leaderboard: {lb.where}, {lb.protocol} ({lb.n_groups} groups; "
+                               f"{lb.features['kind']} features)"))
     table.add_column("Model")
     for title in METRICS.values():
         table.add_column(title, justify="right")
@@ -89,4 +93,11 @@ def benchmark_cmd(
     say(f"wrote {', '.join(str(p) for p in written.values())}")
     if save_best:
         bundle = save_best_bundle(lb, split, X, save_best)
-        say(f"saved {lb.best} as a bundle in {bundle}")
+        from leukoscope.bundle import load_bundle
+
+        figs = load_bundle(bundle).metrics()
+        sides = figs.get("sides", {})
+        shown_sides = "; ".join(f"{side} side ({sides.get(side, '?')} images) balanced accuracy "
+                                f"{figs[key]['balanced_accuracy']:.3f}"
+                                for key, side in (("validation", "val"), ("test", "test")) if key in figs)
+        say(f"saved {lb.best} as a bundle in {bundle}: {shown_sides}")

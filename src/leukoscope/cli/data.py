@@ -98,17 +98,20 @@ def split_cmd(
     official: Annotated[bool, typer.Option("--official", help="C-NMC official protocol: "
                                            "training folds vs the labelled prelim test.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    dedupe: Annotated[bool, typer.Option("--dedupe", help="Audit for duplicate cells first and "
-                                         "keep each duplicate cluster in one group.")] = False,
+    dedupe: Annotated[bool, typer.Option("--dedupe/--no-dedupe", help="Audit for duplicate cells first "
+                                         "(cached) and keep each duplicate cluster in one group; "
+                                         "--no-dedupe marks the split as made without it.")] = True,
     min_cells: MinCellsOpt = None,
     rare: RareOpt = None,
 ) -> None:
     """Stratified split grouped by subject (image-level where there is none); never leaks."""
+    from leukoscope.audit.groups import dedupe as dedupe_groups
     from leukoscope.data.rare import rare_classes
     from leukoscope.data.readers import read
     from leukoscope.data.splits import (
         describe_split,
         kfold,
+        mark_dedupe,
         official_cnmc,
         train_val_test,
         write_split,
@@ -117,10 +120,10 @@ def split_cmd(
     m, rare_report = rare_classes(read(paths, layout), min_cells, rare)
     merged = None
     if dedupe:
-        from leukoscope.audit import dedupe_groups
-
         with shown() as bars:
             m, merged = dedupe_groups(m, progress=bars)
+    else:
+        m = mark_dedupe(m, False)
     if official:
         s = official_cnmc(m, val=val, seed=seed)
     elif k is not None:
@@ -140,7 +143,7 @@ def split_cmd(
         console.print(f"[yellow]note:[/] {info['warning']}")
     print_rare(rare_report)
     if merged is not None:
-        console.print(f"--dedupe: {merged} duplicate cluster(s) merged their groups")
+        console.print(f"dedupe: {merged} duplicate cluster(s) merged their groups")
     console.print(escape(f"no group on two sides; wrote {out}"))
 
 

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from leukoscope.cli.app import app, console, say
 from leukoscope.cli.decisions import print_decision
-from leukoscope.cli.options import BatchOpt, BundleArg, LayoutOpt, Paths, RuntimeOpt, TtaOpt
+from leukoscope.cli.options import BatchOpt, BundleArg, LayoutOpt, Paths, RuntimeOpt, SplitFileOpt, TtaOpt
 from leukoscope.cli.progress import shown
 
 
@@ -27,8 +27,9 @@ def evaluate_cmd(
                                       "report.html.")],
     layout: LayoutOpt = None,
     side: Annotated[str | None, typer.Option(
-        "--side", help="Only images on this side (test, val, train) of the bundle's own split.",
-        show_default="every image given")] = None,
+        "--side", help="Only images on this side (test, val, train) of the bundle's own split (of --split "
+        "FILE when given).", show_default="every image given; test with --split")] = None,
+    split: SplitFileOpt = None,
     tta: TtaOpt = False,
     batch_size: BatchOpt = 64,
     runtime: RuntimeOpt = "auto",
@@ -44,10 +45,14 @@ def evaluate_cmd(
         from leukoscope.cli.patients import evaluate_patients_cmd
 
         return evaluate_patients_cmd(b, paths, layout, out)
+    from leukoscope.data.splits import read_split
+
     m = read(paths, layout)
+    given = read_split(split) if split is not None else None
     with shown() as bars:
-        r = evaluate(b, m, out, tta=tta, side=side, batch_size=batch_size, progress=bars)
-    table = Table(title=escape(f"{r['model']} on {r['evaluated']} images ({r['protocol']})"))
+        r = evaluate(b, m, out, tta=tta, side=side, batch_size=batch_size, progress=bars, split=given)
+    where = f"the {r['side']} side of {r['side_of']}" if r["side"] else "the images given"
+    table = Table(title=escape(f"{r['model']} on {r['evaluated']} images: {where} ({r['protocol']})"))
     levels = [lvl for lvl in ("cell", "subject") if lvl in r]
     table.add_column("figure")
     for lvl in levels:

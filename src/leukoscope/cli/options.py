@@ -127,3 +127,9 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per b
 RuntimeOpt = Annotated[str, typer.Option(
     "--runtime", help="Network runtime: {runtimes} (auto: ONNX Runtime fp32 when the bundle has a current "
     "export, else PyTorch).")]
+SplitFileOpt = Annotated[Path | None, typer.Option(
+    "--split", show_default="a new grouped split", help="A split CSV (leukoscope data split --out): use "
+    "exactly its sides; its files must be among the images given, with the same labels.")]
+DedupeOpt = Annotated[bool | None, typer.Option(
+    "--dedupe/--no-dedupe", show_default="dedupe", help="Keep each cluster of duplicate cells the audit "
+    "finds (cached) in one group, so it never straddles two sides; --no-dedupe says so in every output.")]

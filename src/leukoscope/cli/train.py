@@ -10,7 +10,7 @@ from rich.table import Table
 
 from leukoscope.cli.app import app, console, err_console, print_rare
 from leukoscope.cli.decisions import print_operating_point
-from leukoscope.cli.options import LayoutOpt, MinCellsOpt, Paths, RareOpt
+from leukoscope.cli.options import DedupeOpt, LayoutOpt, MinCellsOpt, Paths, RareOpt, SplitFileOpt
 from leukoscope.cli.progress import shown
 from leukoscope.errors import ConfigError
 
@@ -19,11 +19,13 @@ NETWORKS, CLASSICAL, PATIENTS = "Networks", "Classical", "Patients (--target)"
 
 def _figures_table(metrics: dict[str, Any]) -> Table:
     keys = ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "roc_auc", "ece_before", "ece_after")
-    table = Table(title=f"held-out figures ({metrics.get('protocol', '-')})")
+    table = Table(title=f"held-out figures ({metrics.get('protocol', '-')}), by side (images)")
     table.add_column("")
     for k in keys:
         table.add_column(k.replace("_", " "))
-    rows: list[tuple[str, Any]] = [(n, metrics[n]) for n in ("validation", "test") if n in metrics]
+    sides = metrics.get("sides", {})
+    rows: list[tuple[str, Any]] = [(f"{side} ({sides.get(side, '?')})", metrics[n])
+                                   for n, side in (("validation", "val"), ("test", "test")) if n in metrics]
     rows += [(f"frozen + LR {side}", figs) for side, figs in metrics.get("frozen_lr", {}).items()]
     for name, figs in rows:
         table.add_row(name, *(f"{figs[k]:.4f}" if isinstance(figs.get(k), float) else "-" for k in keys))
@@ -108,6 +110,8 @@ def train_cmd(
                                                 show_default="5", rich_help_panel=PATIENTS)] = None,
     min_cells: MinCellsOpt = None,
     rare: RareOpt = None,
+    split: SplitFileOpt = None,
+    dedupe: DedupeOpt = None,
 ) -> None:
     """Train a network (from scratch or fine-tuned) or fit a classical pipeline on a grouped split; rerun
     to resume. With --target, a patient-level model instead: one call per patient from its cells."""
@@ -129,7 +133,8 @@ def train_cmd(
         grayscale=grayscale, subset=subset, augment=augment, aug_strength=aug_strength, stain=stain,
         crop_to_cell=crop_to_cell, tta=tta, patience=patience, finetune_depth=finetune_depth, seed=seed,
         freeze_bn=freeze_bn, cv=cv, split_protocol=split_protocol, features=features, min_cells=min_cells,
-        rare=rare, device=device, positive=positive, target_sensitivity=target_sensitivity)
+        rare=rare, device=device, positive=positive, target_sensitivity=target_sensitivity,
+        split=None if split is None else str(split.resolve()), dedupe=dedupe)
     m = read(paths, layout)
     try:
         with shown() as bars:
@@ -164,9 +169,8 @@ def train_cmd(
     print_operating_point(bundle.metrics().get("operating_point"))
     recorded = bundle.config.get("rare_classes")
     print_rare(RareReport.from_json(recorded) if recorded else None)
-    if bundle.config.get("protocol") == "image-level":
-        from leukoscope.data.manifest import IMAGE_LEVEL_WARNING
-
-        console.print(f"[yellow]note:[/] {IMAGE_LEVEL_WARNING}")
+    warning = bundle.metrics().get("split_warning")
+    if warning:
+        console.print(f"[yellow]note:[/] {warning}")
     curves = out / "curves.png"
     console.print(f"bundle: {bundle.path}" + (f"  (curves: {curves})" if curves.is_file() else ""))

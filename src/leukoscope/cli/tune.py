@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from leukoscope.cli.app import app, console, print_skipped, say
-from leukoscope.cli.options import LayoutOpt, Paths
+from leukoscope.cli.options import DedupeOpt, LayoutOpt, Paths, SplitFileOpt
 from leukoscope.cli.progress import shown
 
 
@@ -59,13 +59,17 @@ def tune_cmd(
     repeats: Annotated[int | None, typer.Option(
         "--repeats", help="Classical models: repeat the K-fold CV on new shufflings.",
         show_default="3; networks: 1")] = None,
-    test: Annotated[float, typer.Option("--test", help="Held-out test fraction (grouped).")] = 0.2,
+    test: Annotated[float, typer.Option("--test", help="Held-out test fraction (grouped; the test side "
+                                        "train and benchmark hold out for the same fraction and seed).")
+                    ] = 0.15,
     pruner: Annotated[str, typer.Option(help="How trials are stopped early: {pruners}.")] = "median",
     fix: Annotated[list[str] | None, typer.Option(
         "--fix", help="NAME=VALUE: pin a parameter of the space, or set another model / training "
         "setting (repeatable), e.g. --fix img_size=64 --fix epochs=4.", show_default="none")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Split, folds and sampler seed.")] = 0,
     layout: LayoutOpt = None,
+    split: SplitFileOpt = None,
+    dedupe: DedupeOpt = None,
 ) -> None:
     """Search hyperparameters on grouped CV of the train side; score the best once on the test side."""
     import optuna
@@ -75,7 +79,8 @@ def tune_cmd(
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the progress bars say it, once
     settings = TuneSettings(model=model, metric=metric, features=features, cv=cv, test=test, seed=seed,
-                            pruner=pruner, fixed=parse_fixed(fix or []), repeats=repeats)
+                            pruner=pruner, fixed=parse_fixed(fix or []), repeats=repeats,
+                            dedupe=dedupe is not False, split=None if split is None else str(split.resolve()))
     settings.check()
     m = read(paths, layout)
     with shown() as bars:
@@ -85,7 +90,8 @@ def tune_cmd(
     console.print(f"study {escape(result.study.study_name)}: {c['complete']} complete, {c['pruned']} pruned, "
                   f"{c['fail']} failed trials ({result.seconds:.0f} s in this run)")
     table = Table(title=f"held-out test side ({result.split['test']} images, {result.protocol}), scored once")
-    for col in ("configuration", f"CV {metric}", "balanced acc.", "weighted F1", "macro F1", "accuracy"):
+    for col in ("configuration", f"CV {metric} (train side)", "balanced acc.", "weighted F1", "macro F1",
+                "accuracy"):
         table.add_column(col, justify="right")
     trial = result.best["trial"]
     for name, row in ((f"best ({'the defaults' if trial is None else f'trial {trial}'})", result.best),

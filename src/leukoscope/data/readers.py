@@ -219,7 +219,9 @@ def read_class_folders(path: Path) -> Manifest:
 
 @layout("csv", lambda p: p.is_file() and p.suffix.lower() == ".csv")
 def read_csv_manifest(path: Path) -> Manifest:
-    """A CSV with columns path,label[,subject]; relative paths are taken from the CSV's folder."""
+    """A CSV with columns path,label[,subject]; relative paths are taken from the CSV's folder. A
+    ``group`` column (a split file's: subjects merged over duplicate clusters) and a ``side`` column
+    are kept, so a split file read as data keeps its groups."""
     table = _read_csv_table(path)
     if not {"path", "label"} <= set(table.columns):
         raise DataError(f"{path}: a manifest CSV needs columns path,label[,subject]")
@@ -235,7 +237,10 @@ def read_csv_manifest(path: Path) -> Manifest:
             missing.append(r["path"])
             continue
         subject = (r.get("subject") or "").strip() or None
-        rows.append(dict(path=str(f.resolve()), label=r["label"].strip(), subject=subject))
+        kept = {k: v.strip() for k in ("group", "side") if (v := (r.get(k) or "")).strip()}
+        if "group" not in kept and "group" in table:
+            kept["group"] = f"subject:{subject}" if subject is not None else f"image:{f.resolve()}"
+        rows.append(dict(path=str(f.resolve()), label=r["label"].strip(), subject=subject, **kept))
     if missing:
         raise DataError(f"{path}: {len(missing)} row(s) name missing files ({_preview(missing)})")
     if not rows:

@@ -3,6 +3,12 @@
 A Split is the manifest plus a ``side`` column (train / val / test) or a ``fold`` column
 (0..k-1). Rows of one ``group`` (a subject, or a duplicate cluster after ``--dedupe``) always share
 a side and a fold; ``check_no_leak`` enforces it and every function here calls it.
+
+By default every command groups the audit's duplicate clusters with the subjects before splitting
+(``audit.groups``), and marks the rows ``dedupe`` True; a split made without that (``--no-dedupe``,
+or a split file from before) says so in every summary (``split_warnings``). A split file round-trips
+path, label, subject, group and side (or fold); ``apply_split`` lays it over the images a command
+read, refusing one whose files are not among them or whose labels disagree.
 """
 
 from __future__ import annotations
@@ -29,6 +35,12 @@ from leukoscope.io import write_csv_atomic
 Split: TypeAlias = pd.DataFrame
 SIDES = ("train", "val", "test")
 OFFICIAL_CNMC = "official C-NMC split"
+#: Column saying the groups were merged over the audit's duplicate clusters before the split.
+DEDUPE = "dedupe"
+NO_DEDUPE_WARNING = (
+    "split made without the audit's duplicate clusters (--no-dedupe, or a split file without a "
+    "'dedupe' column): near-copies of one cell may sit on two sides, so figures may be optimistic"
+)
 
 
 def require_classes(m: Manifest, minimum: int = 2) -> None:
@@ -157,11 +169,32 @@ def describe_split(split: Split) -> dict:
             "groups": int(part["group"].nunique()),
             "per_class": {str(c): int(n) for c, n in part["label"].value_counts().sort_index().items()},
         }
-    info: dict = {"protocol": split_protocol(split), "by": col, "parts": per}
-    warning = warnings_for(split)
+    info: dict = {"protocol": split_protocol(split), "by": col, "parts": per, "dedupe": deduped(split)}
+    warning = split_warnings(split)
     if warning:
         info["warning"] = warning
     return info
+
+
+def deduped(split: Split) -> bool:
+    """True when the split's groups were merged over the audit's duplicate clusters."""
+    return DEDUPE in split and bool(split[DEDUPE].fillna(False).astype(bool).all())
+
+
+def split_warnings(split: Split) -> str | None:
+    """The caveats every figure on ``split`` must carry: the manifest's, and a missing dedupe."""
+    notes = [w for w in (warnings_for(split), None if deduped(split) else NO_DEDUPE_WARNING) if w]
+    return "; ".join(notes) or None
+
+
+def mark_dedupe(m: Manifest, done: bool) -> Manifest:
+    """``m`` with the ``dedupe`` column saying whether its groups were merged over duplicates."""
+    return m.assign(**{DEDUPE: done})
+
+
+def side_sizes(split: Split) -> dict[str, int]:
+    """Images per side (``train``, ``val``, ``test``) for the outputs that name their side."""
+    return {str(k): int(v) for k, v in split["side"].value_counts().sort_index().items()}
 
 
 def write_split(split: Split, path: Path) -> None:
@@ -172,14 +205,74 @@ def write_split(split: Split, path: Path) -> None:
 
 
 def read_split(path: Path) -> Split:
-    """Read a split CSV written by ``write_split`` and re-check it for leakage."""
+    """Read a split CSV written by ``write_split`` and re-check it for leakage.
+
+    Paths stay as written (relative ones are resolved by ``apply_split`` against the images read)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: split file not found")
-    df = pd.read_csv(path, dtype={"subject": object, "group": str})
-    df["subject"] = df["subject"].where(df["subject"].notna(), None)
-    if "side" not in df and "fold" not in df:
-        raise DataError(f"{path}: a split needs a 'side' or 'fold' column")
+    try:
+        df = pd.read_csv(path, dtype={"path": str, "label": str, "subject": object, "group": str})
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a readable split CSV ({e})") from None
+    need = {"path", "label", "group"} - set(df.columns)
+    if need or ("side" not in df and "fold" not in df):
+        raise DataError(f"{path}: a split needs columns path, label, group and side or fold")
+    if "subject" not in df:
+        df["subject"] = None
+    df["subject"] = df["subject"].astype(object).where(df["subject"].notna(), None)
+    if "source_split" not in df:
+        df["source_split"] = "train"
+    if "side" in df and not set(df["side"].dropna()) <= set(SIDES):
+        raise DataError(f"{path}: side must be one of {', '.join(SIDES)}")
     df = validate(df)
     check_no_leak(df)
+    df.attrs["source"] = str(path)
     return df
+
+
+def resolve_paths(split_paths: pd.Series, images: pd.Series) -> list[str | None]:
+    """The image of ``images`` each split path names: an absolute path itself, a relative one the
+    image whose path ends with it (the images' data root joined with it); None when not found."""
+    absolute = set(images)
+    by_name: dict[str, list[str]] = {}
+    for p in images:
+        by_name.setdefault(Path(p).name, []).append(p)
+    out: list[str | None] = []
+    for p in split_paths:
+        if Path(p).is_absolute():
+            out.append(p if p in absolute else None)
+            continue
+        tail = Path(p).as_posix().lstrip("./")
+        hits = [q for q in by_name.get(Path(p).name, []) if Path(q).as_posix().endswith("/" + tail)]
+        out.append(hits[0] if len(hits) == 1 else None)
+    return out
+
+
+def apply_split(m: Manifest, split: Split) -> Split:
+    """The rows of ``m`` that ``split`` names, with its side (or fold) and group, in ``m``'s order.
+
+    Refuses, in one line naming the file, a split whose images are not among ``m``'s (missing or
+    not given) or whose labels disagree with ``m``'s. Rows of ``m`` the split leaves out are not used.
+    """
+    where = split.attrs.get("source", "--split")
+    resolved = resolve_paths(split["path"].astype(str), m["path"].astype(str))
+    missing = [p for p, r in zip(split["path"], resolved, strict=True) if r is None]
+    if missing:
+        raise DataError(f"{where}: {len(missing)} of its {len(split)} image(s) are missing or not among "
+                        f"the images given (e.g. {missing[0]})")
+    col = "side" if "side" in split else "fold"
+    extra = [c for c in (col, DEDUPE) if c in split]
+    theirs = split[["label", "group", *extra]].assign(path=resolved).set_index("path")
+    ours = m[m["path"].isin(theirs.index)]
+    wrong = ours["label"].to_numpy() != theirs.loc[ours["path"], "label"].to_numpy()
+    if wrong.any():
+        p, here = ours["path"].to_numpy()[wrong][0], ours["label"].to_numpy()[wrong][0]
+        raise DataError(f"{where}: {int(wrong.sum())} label(s) disagree with the images given (e.g. {p}: "
+                        f"{theirs.loc[p, 'label']} in the split, {here} here)")
+    out = ours.drop(columns=[c for c in ("side", "fold", DEDUPE) if c in ours]).assign(
+        group=theirs.loc[ours["path"], "group"].to_numpy(),
+        **{c: theirs.loc[ours["path"], c].to_numpy() for c in extra})
+    out = validate(out)
+    check_no_leak(out)
+    return out

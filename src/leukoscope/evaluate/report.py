@@ -19,6 +19,7 @@ from leukoscope.bundle import Bundle
 from leukoscope.data.images import load_batch, load_rgb
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, Manifest, label_indices, labelled, protocol
 from leukoscope.data.rare import RareReport, apply_rare
+from leukoscope.data.splits import NO_DEDUPE_WARNING, Split, apply_split, resolve_paths
 from leukoscope.errors import DataError, ImageError
 from leukoscope.evaluate import figures
 from leukoscope.evaluate.calibration import ece, reliability
@@ -57,18 +58,24 @@ def score_paths(bundle: Bundle, paths: Sequence[str], batch_size: int = 64, tta:
     return np.asarray(ok, int), logits, skipped
 
 
-def on_side(bundle: Bundle, m: Manifest, side: str) -> Manifest:
-    """Rows of ``m`` that sit on ``side`` of the split the bundle was trained with."""
-    split = bundle.split()
-    if split is None or "side" not in split:
-        raise DataError(f"{bundle.path}: bundle has no train/val/test split.csv, so --side cannot be used")
+def on_side(bundle: Bundle, m: Manifest, side: str, split: Split | None = None) -> Manifest:
+    """Rows of ``m`` that sit on ``side`` of ``split`` (a split file, laid over ``m`` by
+    ``data.splits.apply_split``), else of the split the bundle was trained with."""
+    if split is not None:
+        split, where = apply_split(m, split), split.attrs.get("source", "--split")
+    else:
+        split, where = bundle.split(), f"{bundle.path}/split.csv"
+        if split is None or "side" not in split:
+            raise DataError(f"{bundle.path}: bundle has no train/val/test split.csv; --side needs one")
+    if "side" not in split:
+        raise DataError(f"{where}: a k-fold split has no sides; --side needs train / val / test")
     sides = sorted(split["side"].dropna().unique())
     if side not in sides:
-        raise DataError(f"--side {side!r}: {bundle.path}/split.csv has sides {', '.join(sides)}")
-    keep = set(split.loc[split["side"] == side, "path"])
+        raise DataError(f"--side {side!r}: {where} has sides {', '.join(sides)}")
+    keep = set(resolve_paths(split.loc[split["side"] == side, "path"].astype(str), m["path"].astype(str)))
     sub = m[m["path"].isin(keep)].reset_index(drop=True)
     if sub.empty:
-        raise DataError(f"none of the given images is on the {side!r} side of {bundle.path}/split.csv")
+        raise DataError(f"none of the given images is on the {side!r} side of {where}")
     return sub
 
 
@@ -132,9 +139,10 @@ def _write_predictions(path: Path, m: Manifest, y: np.ndarray, probs: np.ndarray
 
 
 def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: str | None = None,
-             batch_size: int = 64, progress: Progress = SILENT) -> dict[str, Any]:
-    """Score ``bundle`` on the labelled rows of ``m`` (optionally one ``side`` of its split), the
-    classes it merged or dropped as rare merged or dropped here too.
+             batch_size: int = 64, progress: Progress = SILENT, split: Split | None = None) -> dict[str, Any]:
+    """Score ``bundle`` on the labelled rows of ``m`` (optionally one ``side`` of its split, or of
+    ``split``, a split file: its test side unless ``side`` says another), the classes it merged or
+    dropped as rare merged or dropped here too.
 
     Writes ``metrics.json``, ``predictions.csv`` and ``report.html`` into ``out``; returns the
     metrics dict. Unreadable images are skipped and listed under ``skipped``.
@@ -146,8 +154,10 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
     recorded = bundle.config.get("rare_classes")
     rare = RareReport.from_json(recorded) if recorded else None
     m = apply_rare(labelled(m), rare)  # the classes the model was trained on: rare ones merged or dropped
+    if split is not None and side is None:
+        side = "test"
     if side is not None:
-        m = on_side(bundle, m, side)
+        m = on_side(bundle, m, side, split)
     if m.empty:
         raise DataError("no labelled images to evaluate")
     y_all = np.asarray(label_indices(m, classes), int)
@@ -164,9 +174,12 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
     result: dict[str, Any] = {
         "bundle": str(bundle.path), "model": bundle.config.get("model", bundle.family),
         "family": bundle.family, "classes": classes, "tta": tta, "side": side,
+        "side_of": None if side is None else split.attrs.get("source", "--split") if split is not None
+        else "the bundle's split",
         "protocol": protocol(m), "trained_with": bundle.config.get("protocol"),
         "warnings": _warnings(m, overlap, side, classes, scores["cell"]["absent_classes"])
-        + ([scores["too_small"]] if scores["too_small"] else []),
+        + ([scores["too_small"]] if scores["too_small"] else [])
+        + ([f"the model's own {NO_DEDUPE_WARNING}"] if bundle.config.get("dedupe") is False else []),
         "overlap_with_training_split": overlap,
         "images": int(len(y_all)), "evaluated": int(len(y)),
         **({"rare_classes": rare.to_json()} if rare is not None else {}),
@@ -202,6 +215,6 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
 
 
 def _protocol_text(r: dict[str, Any]) -> str:
-    where = f"{r['side']} side of the bundle's split" if r["side"] else "given images"
+    where = f"{r['side']} side of {r.get('side_of') or 'the bundle split'}" if r["side"] else "given images"
     trained = f"; model trained on a {r['trained_with']} split" if r["trained_with"] else ""
     return f"{r['protocol']} ({where}){trained}"

@@ -20,13 +20,12 @@ import pandas as pd
 from leukoscope.bundle import Bundle, finish_bundle, load_bundle, write_json, writing_bundle
 from leukoscope.bundle.classical import WEIGHTS, log_probabilities, save_pipeline
 from leukoscope.data.manifest import Manifest, classes, label_indices
-from leukoscope.data.splits import split_protocol
 from leukoscope.errors import ConfigError
 from leukoscope.features.cache import feature_matrix
 from leukoscope.progress import SILENT, Progress
 from leukoscope.train import rundir
 from leukoscope.train.config import TrainConfig
-from leukoscope.train.data import bundle_split, describe, run_rows, run_split
+from leukoscope.train.data import bundle_split, describe, run_rows, run_split, split_record
 from leukoscope.train.heldout import calibrated, operating_point
 
 
@@ -46,7 +45,8 @@ def train_classical(m: Manifest, config: TrainConfig, out: Path, progress: Progr
         raise ConfigError(f"--model {cfg.model}: cannot build ({type(e).__name__}: {e})") from None
     taken, rare = run_rows(m, cfg)
     rows, X, spec, skipped = feature_matrix(taken, str(cfg.features), progress=progress)
-    split = run_split(rows, cfg)
+    split = run_split(taken, cfg, rows, progress)
+    X = X[rows["path"].isin(split["path"]).to_numpy()]  # rows a split file leaves out are not used
     class_names = classes(split)
     y = np.asarray(label_indices(split, class_names))
     sides = split["side"].to_numpy()
@@ -57,10 +57,10 @@ def train_classical(m: Manifest, config: TrainConfig, out: Path, progress: Progr
     progress.done(fitting)
     held_y = {s: y[sides == s] for s in logits}
     metrics, temperature, probs = calibrated(logits, held_y, class_names)
-    metrics["protocol"] = split_protocol(split)
+    metrics |= split_record(split)
     settings = {"model": cfg.model, "params": {}, "classes": class_names, "features": spec,
-                "temperature": temperature, "protocol": metrics["protocol"], "data": describe(rows),
-                "train": cfg.as_dict()}
+                "temperature": temperature, "protocol": metrics["protocol"], "dedupe": metrics["dedupe"],
+                "data": describe(rows), "train": cfg.as_dict()}
     op = operating_point(cfg.positive, cfg.target_sensitivity, probs, held_y, class_names, metrics)
     if op is not None:
         settings["operating_point"] = op

@@ -23,14 +23,15 @@ if TYPE_CHECKING:
 SPLIT_PROTOCOLS = ("auto", "official")
 #: Settings added after run directories were first written, with the value that reproduces those
 #: runs (a run from before ``min_steps`` trained exactly its epochs).
-ADDED = {"min_steps": 0, "min_cells": 0, "rare": "other", "positive": None, "target_sensitivity": None}
+ADDED = {"min_steps": 0, "min_cells": 0, "rare": "other", "positive": None, "target_sensitivity": None,
+         "split": None, "dedupe": False}
 BALANCE = ("loss", "sampler", "none")
 DEVICES = ("auto", "cpu", "cuda")
 #: Settings of where a run executes, not of what it learns: a run started on one device resumes on another.
 RUNTIME = ("device",)
 #: The settings a classical run uses: which rows, how they are split, which features.
 CLASSICAL = ("model", "subset", "seed", "val", "test", "split_protocol", "features", "min_cells", "rare",
-             "positive", "target_sensitivity")
+             "positive", "target_sensitivity", "split", "dedupe")
 
 
 @dataclass
@@ -52,6 +53,10 @@ class TrainConfig:
     val: float = 0.15
     test: float = 0.15
     split_protocol: str = "auto"
+    #: a split file (``data split --out``): its sides are used as they are (val, test, subset unused)
+    split: str | None = None
+    #: merge the audit's duplicate clusters into the groups before splitting (``audit.groups``)
+    dedupe: bool = True
     cv: int = 0
     #: pretrained models: fit the head on frozen embeddings (logistic regression) before fine-tuning
     head_warmup: bool = True
@@ -163,6 +168,8 @@ class TrainConfig:
                  f"--target-sensitivity must be in (0, 1], got {self.target_sensitivity}")
         need(self.positive is None or not self.cv, "--positive chooses a threshold on one split's "
              "validation side, not with --cv")
+        need(self.split is None or (self.split_protocol == "auto" and self.cv == 0 and self.subset == 1),
+             "--split FILE gives the sides: leave out --split-protocol, --cv and --subset")
         if self.family == "classical":
             self._check_classical()
             return

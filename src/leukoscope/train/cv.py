@@ -44,7 +44,9 @@ def cross_validate(m: Manifest, config: TrainConfig, out: Path, progress: Progre
     cfg.write(out)
     rows = decoded_rows(m, cfg, progress)
     m, images, pre0, class_names = rows.rows, rows.images, rows.pre, rows.classes
-    folds = kfold(m, cfg.cv, cfg.seed)
+    from leukoscope.audit.groups import grouped
+
+    folds = kfold(grouped(m, cfg.dedupe, progress=progress), cfg.cv, cfg.seed)
     per_fold, pooled_y, pooled_p = [], [], []
     for f in sorted(folds["fold"].unique()):
         split = _fold_split(folds, f, cfg)

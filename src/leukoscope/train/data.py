@@ -2,7 +2,10 @@
 
 Both families take their rows the same way (``run_rows``: the labelled rows, rare classes merged or
 dropped, the ``subset``; then the images that decode and ``run_split``), so a classical and a network
-model trained on the same data with the same seed hold out the same test side.
+model trained on the same data with the same seed hold out the same test side: the split is made on
+those rows before any image is decoded or featurised (an unreadable image leaves its side, it moves no
+other row). By default the groups are merged over the audit's duplicate clusters first (``audit.groups``);
+``--split FILE`` (``cfg.split``) gives the sides instead.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,11 +24,22 @@ import pandas as pd
 from leukoscope.data.images import load_rgb
 from leukoscope.data.manifest import Manifest, classes, label_indices, labelled
 from leukoscope.data.rare import RareReport, rare_classes
-from leukoscope.data.splits import Split, check_no_leak, official_cnmc, train_val_test
-from leukoscope.errors import ImageError
+from leukoscope.data.splits import (
+    Split,
+    apply_split,
+    check_no_leak,
+    deduped,
+    official_cnmc,
+    read_split,
+    side_sizes,
+    split_protocol,
+    split_warnings,
+    train_val_test,
+)
+from leukoscope.errors import ConfigError, ImageError
 from leukoscope.evaluate.operating import check_positive
 from leukoscope.models import preprocess, stain
-from leukoscope.progress import Progress
+from leukoscope.progress import SILENT, Progress
 from leukoscope.train.config import TrainConfig
 
 
@@ -51,15 +66,45 @@ def run_rows(m: Manifest, cfg: TrainConfig) -> tuple[Manifest, RareReport]:
     return subset(rows, cfg.subset, cfg.seed), rare
 
 
-def run_split(m: Manifest, cfg: TrainConfig) -> Split:
-    """``m`` (in its own row order) with the run's grouped train / val / test ``side``; checked for leaks."""
-    if cfg.split_protocol == "official":
-        split = official_cnmc(m, val=cfg.val, seed=cfg.seed)
-    else:
-        split = train_val_test(m, val=cfg.val, test=cfg.test, seed=cfg.seed)
-    split = m.assign(side=split.set_index("path").loc[m["path"], "side"].to_numpy())
-    check_no_leak(split)
-    return split
+def protocol_split(m: Manifest, *, val: float, test: float, seed: int, dedupe: bool = True,
+                   official: bool = False, split_file: str | Path | None = None, cache: Path | None = None,
+                   progress: Progress = SILENT) -> Split:
+    """The one split protocol of every command: ``m``'s rows with a grouped train / val / test
+    ``side``, the groups merged over duplicate clusters unless ``dedupe`` is off; or the sides (or
+    folds) of ``split_file``. The test side depends only on the rows, ``test`` and ``seed``.
+    """
+    from leukoscope.audit.groups import grouped
+
+    if split_file is not None:
+        return apply_split(m, read_split(Path(split_file)))
+    m = grouped(m, dedupe, cache=cache, progress=progress)
+    if official:
+        return official_cnmc(m, val=val, seed=seed)
+    return train_val_test(m, val=val, test=test, seed=seed)
+
+
+def run_split(m: Manifest, cfg: TrainConfig, kept: Manifest | None = None, progress: Progress = SILENT
+              ) -> Split:
+    """The run's split (``protocol_split``) of the rows ``m``, restricted to the ``kept`` ones (those
+    that decode, in their order); checked for leaks."""
+    kept = m if kept is None else kept
+    split = protocol_split(m, val=cfg.val, test=cfg.test, seed=cfg.seed, dedupe=cfg.dedupe,
+                           official=cfg.split_protocol == "official", split_file=cfg.split, progress=progress)
+    if cfg.split is not None and "side" not in split:
+        raise ConfigError(f"{cfg.split}: a k-fold split has no train / val / test sides; train needs one")
+    split = split.set_index("path").reindex(kept["path"])
+    take = split["side"].notna().to_numpy()
+    out = kept[take].assign(**{c: split.loc[kept["path"][take], c].to_numpy()
+                               for c in ("side", "group", "dedupe") if c in split}).reset_index(drop=True)
+    check_no_leak(out)
+    return out
+
+
+def split_record(split: Split) -> dict[str, Any]:
+    """What every output of a run says of its split: protocol, images per side, dedupe, caveats."""
+    record = {"protocol": split_protocol(split), "sides": side_sizes(split), "dedupe": deduped(split)}
+    warning = split_warnings(split)
+    return record | ({"split_warning": warning} if warning else {})
 
 
 def bundle_split(split: Split) -> Split:
@@ -104,6 +149,8 @@ class Decoded:
     classes: list[str]
     skipped: list[tuple[str, str]]
     rare: RareReport
+    #: the run's rows before decoding: what the split is made on
+    taken: Manifest
 
 
 def decoded_rows(m: Manifest, cfg: TrainConfig, progress: Progress) -> Decoded:
@@ -111,7 +158,8 @@ def decoded_rows(m: Manifest, cfg: TrainConfig, progress: Progress) -> Decoded:
     the skipped images and the rare classes' report."""
     from leukoscope.models.networks import network_class
 
-    m, rare = run_rows(m, cfg)
+    taken, rare = run_rows(m, cfg)
+    m = taken
     cls = network_class(cfg.model)
     pre = preprocess.preprocessing_config(cfg.img_size or 224, cls.mean, cls.std, cfg.grayscale,
                                           cfg.crop_to_cell)
@@ -120,7 +168,7 @@ def decoded_rows(m: Manifest, cfg: TrainConfig, progress: Progress) -> Decoded:
         bad = {p for p, _ in skipped}
         keep = ~m["path"].isin(bad).to_numpy()
         m, images = m[keep].reset_index(drop=True), images[keep]
-    return Decoded(m, images, pre, classes(m), skipped, rare)
+    return Decoded(m, images, pre, classes(m), skipped, rare, taken)
 
 
 @dataclass

@@ -12,14 +12,21 @@ import numpy as np
 
 from leukoscope.bundle import Bundle, finish_bundle, load_bundle, write_json, writing_bundle
 from leukoscope.bundle.network import save_weights
-from leukoscope.data.manifest import Manifest
+from leukoscope.data.manifest import Manifest, classes
 from leukoscope.data.rare import RareReport
-from leukoscope.data.splits import split_protocol
 from leukoscope.models.networks import Network
 from leukoscope.progress import SILENT, Progress
 from leukoscope.train import rundir
 from leukoscope.train.config import TrainConfig
-from leukoscope.train.data import Prepared, bundle_split, decoded_rows, describe, prepare_split, run_split
+from leukoscope.train.data import (
+    Prepared,
+    bundle_split,
+    decoded_rows,
+    describe,
+    prepare_split,
+    run_split,
+    split_record,
+)
 from leukoscope.train.fit import fit
 from leukoscope.train.forward import predict_logits
 from leukoscope.train.heldout import calibrated, operating_point
@@ -34,7 +41,9 @@ def train_network(m: Manifest, config: TrainConfig, out: Path, progress: Progres
     if done is not None:
         return done
     rows = decoded_rows(m, cfg, progress)
-    data, pre = prepare_split(run_split(rows.rows, cfg), rows.images, rows.pre, cfg, rows.classes)
+    split = run_split(rows.taken, cfg, rows.rows, progress)
+    images = rows.images[rows.rows["path"].isin(split["path"]).to_numpy()]  # a split file may leave rows out
+    data, pre = prepare_split(split, images, rows.pre, cfg, classes(split))
     bundle, _ = fit_and_bundle(data, pre, cfg, out, progress, describe(rows.rows), rows.rare)
     rundir.write_skipped(out, rows.skipped)
     return bundle
@@ -49,7 +58,7 @@ def fit_and_bundle(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: P
     t0, c0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     model, history, extra = fit(data, pre, cfg, out, progress)
     metrics, temperature, probs = evaluate(model, data, pre, cfg.tta, progress)
-    metrics |= {"protocol": split_protocol(data.split), "tta": cfg.tta,
+    metrics |= split_record(data.split) | {"tta": cfg.tta,
                 "best_epoch": extra["best_epoch"], "epochs_run": extra["epochs_run"],
                 "epochs_planned": extra["epochs_planned"],
                 # this session only (a resumed run counts from the resume); the load average says
@@ -61,7 +70,7 @@ def fit_and_bundle(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: P
         metrics["frozen_lr"] = extra["frozen_lr"]
     config = {"family": "network", "model": cfg.model, "classes": data.classes,
               "input_size": pre["input_size"], "preprocessing": pre, "temperature": temperature,
-              "tta": cfg.tta, "protocol": metrics["protocol"], "data": data_desc,
+              "tta": cfg.tta, "protocol": metrics["protocol"], "dedupe": metrics["dedupe"], "data": data_desc,
               "train": cfg.as_dict(), "trained_on": extra["device"]}
     op = operating_point(cfg.positive, cfg.target_sensitivity, probs,
                          {side: data.y[data.side(side)] for side in probs}, data.classes, metrics)

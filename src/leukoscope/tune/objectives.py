@@ -24,7 +24,7 @@ import numpy as np
 import optuna
 from optuna.trial import Trial
 
-from leukoscope.data.manifest import Manifest, classes, label_indices
+from leukoscope.data.manifest import Manifest, classes, label_indices, labelled
 from leukoscope.errors import ConfigError
 from leukoscope.progress import SILENT, Advance, Progress
 from leukoscope.tune.settings import TuneSettings
@@ -61,8 +61,11 @@ class ClassicalObjective(_Objective):
 
     @staticmethod
     def rows(m: Manifest, settings: TuneSettings) -> Manifest:
-        """The rows a study splits and searches on."""
-        return m
+        """The rows a study splits and searches on: those ``leukoscope train`` and ``benchmark`` take
+        by default (labelled, rare classes merged), so all three hold out the same test side."""
+        from leukoscope.data.rare import rare_classes
+
+        return rare_classes(labelled(m), None, None)[0]
 
     def __init__(self, settings: TuneSettings, split: Split, out: Path, *, cache: Path | None = None,
                  progress: Progress = SILENT):

@@ -180,7 +180,9 @@ def protocol_text(result: TuneResult) -> str:
     cv = f"{s.cv}-fold grouped CV" + (f" repeated {s.classical_repeats}x" if classical else "")
     return (f"Objective: {s.metric} of {cv} ({objective}) on the train side only "
             f"({n['train']} images, {n['train_groups']} groups) of a grouped, stratified train/test split "
-            f"(test {s.test:.0%}: {n['test']} images, {n['test_groups']} groups, seed {s.seed}). "
+            f"({'the test side of ' + s.split if s.split else f'test {s.test:.0%}'}: {n['test']} images, "
+            f"{n['test_groups']} groups, seed {s.seed}; duplicate clusters "
+            f"{'kept on one side' if s.dedupe else 'not grouped (--no-dedupe)'}). "
             f"The test side was read once, after the search, to score the best configuration and the "
             f"model's defaults, both {fitted}. Sampler: TPE; pruner: {s.pruner} on per-"
             f"{'fold' if classical else 'epoch'} values. The best trial replaces the defaults only when "

@@ -2,10 +2,11 @@
 
 The protocol, and why each piece is there:
 
-- ``holdout`` makes one grouped, stratified train / test split (``data.splits.train_val_test``
-  with no val side: the same test side ``leukoscope train`` holds out for the same ``test`` and
-  seed). The objective (``objectives``) only ever sees train-side rows (their features or pixels);
-  the test side is read once, after the search, to score the kept configuration and the model's
+- ``holdout`` makes one grouped, stratified train / test split (``train.data.protocol_split``
+  with no val side, duplicates grouped by default: the same test side ``leukoscope train`` and
+  ``benchmark`` hold out for the same ``test`` and seed), or takes the test side of ``--split FILE``.
+  The objective (``objectives``) only ever sees train-side rows (their features or pixels); the
+  test side is read once, after the search, to score the kept configuration and the model's
   defaults alike.
 - The model's defaults are scored by the same CV once per study; the search's best trial replaces
   them only when it beats them by more than noise (``selection``).
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from leukoscope.data.manifest import Manifest, warnings_for
+from leukoscope.data.manifest import Manifest
 from leukoscope.errors import ConfigError
 from leukoscope.progress import SILENT, Progress
 from leukoscope.tune.objectives import OBJECTIVES
@@ -42,7 +43,7 @@ def tune(m: Manifest, settings: TuneSettings, out: Path, *, n_trials: int, timeo
     ``heartbeat``: seconds between a running trial's heartbeats, and the silence after which another
     worker fails it as dead and redoes it.
     """
-    from leukoscope.data.splits import check_no_leak, split_protocol
+    from leukoscope.data.splits import check_no_leak, split_protocol, split_warnings
     from leukoscope.models.registry import get_model
 
     t0 = time.perf_counter()
@@ -55,7 +56,8 @@ def tune(m: Manifest, settings: TuneSettings, out: Path, *, n_trials: int, timeo
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     kind = OBJECTIVES[family]
-    split = holdout(kind.rows(m, settings), settings.test, settings.seed)
+    split = holdout(kind.rows(m, settings), settings.test, settings.seed, dedupe=settings.dedupe,
+                    split=settings.split, cache=cache, progress=progress)
     check_no_leak(split)
     study = open_study(settings, storage_url(out, storage), study_name or settings.model,
                        fingerprint(split), heartbeat=heartbeat)
@@ -81,7 +83,7 @@ def tune(m: Manifest, settings: TuneSettings, out: Path, *, n_trials: int, timeo
     best_test = default_test if number is None else objective.holdout_scores(params, f"trial-{number:04d}")
     result = TuneResult(
         study=study, settings=settings, family=family, protocol=split_protocol(split),
-        warning=warnings_for(split), split=sides,
+        warning=split_warnings(split), split=sides,
         best={"trial": number, "cv": cv_value, "params": params,
               "search_best": search_best, "test": best_test},
         default={"params": default, "cv": default_cv, "test": default_test},

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
 
 from leukoscope.data.manifest import Manifest
 from leukoscope.errors import ConfigError
+from leukoscope.progress import SILENT, Progress
 
 if TYPE_CHECKING:  # splits import scikit-learn; a worker running only the study loop needs none of it
     from leukoscope.data.splits import Split
@@ -34,7 +36,8 @@ class TuneSettings:
     metric: str = "balanced_accuracy"
     features: str = "handcrafted"
     cv: int = 5
-    test: float = 0.2
+    #: the test fraction ``leukoscope train`` holds out by default: the same test side for the same seed
+    test: float = 0.15
     seed: int = 0
     pruner: str = "median"
     fixed: dict[str, Any] = field(default_factory=dict)
@@ -42,6 +45,10 @@ class TuneSettings:
     #: ranked by one noisy CV pick a lucky configuration (the winner's curse); repeats cut the
     #: noise at a small cost. Networks train once per fold (1).
     repeats: int | None = None
+    #: group the audit's duplicate clusters before splitting (``audit.groups``)
+    dedupe: bool = True
+    #: a split file (``data split --out``): its test side is held out, train and val are searched on
+    split: str | None = None
 
     def check(self) -> None:
         if self.metric not in METRICS:
@@ -64,8 +71,16 @@ class TuneSettings:
         return METRICS[self.metric]
 
 
-def holdout(m: Manifest, test: float, seed: int) -> Split:
-    """The grouped train / test split of a study (``side`` is train or test)."""
-    from leukoscope.data.splits import train_val_test
+def holdout(m: Manifest, test: float, seed: int, *, dedupe: bool = True, split: str | None = None,
+            cache: Path | None = None, progress: Progress = SILENT) -> Split:
+    """The grouped train / test split of a study (``side`` is train or test): the protocol every
+    command shares (``train.data.protocol_split``), so its test side is the one ``leukoscope train``
+    holds out for the same rows, ``test`` and seed; with a ``split`` file, that file's test side
+    (its val side joins train: the search's CV needs no other)."""
+    from leukoscope.train.data import protocol_split
 
-    return train_val_test(m, val=0.0, test=test, seed=seed)
+    out = protocol_split(m, val=0.0, test=test, seed=seed, dedupe=dedupe, split_file=split, cache=cache,
+                         progress=progress)
+    if "side" not in out or not (out["side"] == "test").any():
+        raise ConfigError(f"{split}: tune needs a split with a test side")
+    return out.assign(side=out["side"].replace({"val": "train"}))
