@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 from scipy.fft import dctn
 from scipy.ndimage import binary_dilation, gaussian_filter
+from scipy.signal import correlate
 
 from leukoscope.data.images import load_rgb
 from leukoscope.errors import ImageError
@@ -132,10 +132,10 @@ def _ncc_max(a: np.ndarray, t: np.ndarray, norms: np.ndarray | None = None) -> f
     tn = float(np.sqrt((t * t).sum()))
     if tn < 1e-6:
         return 0.0
-    num = sliding_window_view(a, t.shape).reshape(-1, t.size) @ t.ravel()
+    num = correlate(a, t, mode="valid", method="fft")  # zoomed templates slide over hundreds of places
     if norms is None:
         norms = _window_norms(a, t.shape)
-    return float((num / (norms.ravel() * tn)).max())
+    return float((num / (norms * tn)).max())
 
 
 def _template(a: np.ndarray, side: int) -> np.ndarray:
@@ -145,19 +145,25 @@ def _template(a: np.ndarray, side: int) -> np.ndarray:
 
 
 def verify(a: Signature, b: Signature, transform: int) -> float:
-    """Detail correlation of ``b`` (under view ``transform % 8`` of ``D4``) with ``a``, over shifts
-    and scales.
+    """Detail correlation of ``b`` (under view ``transform`` of the DCT signature: ``D4`` view
+    ``transform % 8`` of zoom ``ZOOMS[transform // 8]``) with ``a``, over shifts and scales.
 
-    Scales: the same pixel size (a crop left as is) and every relative zoom of ``_VERIFY_ZOOMS``
-    (the same frame, or a crop resized back, or another magnification). The central part of either
+    Scales: the same pixel size (a crop left as is) and the relative zooms of ``_VERIFY_ZOOMS``
+    near the one the zoomed view proposes (that zoom of ``b`` looked like ``a``, so ``a`` shows
+    ``b`` magnified; with no zoom proposed, either may be). The central part of the magnified
     image, shrunk by the zoom, is slid over the other, so either may be the crop of the other.
     """
-    d4 = transform % 8
+    d4, hint = transform % 8, 1 / (1 - 2 * ZOOMS[transform // 8])
+    zooms = {z for z in _VERIFY_ZOOMS if abs(np.log(z / hint)) <= 0.07}
     db = np.ascontiguousarray(dihedral(b.detail)[d4])
     nb = dihedral(b.norms)[d4]  # square windows: the norms transform with the image
     best = 0.0
-    for x, y, sx, sy, norms in ((a.detail, db, a.side, b.side, a.norms), (db, a.detail, b.side, a.side, nb)):
-        for side in {int(round(_DETAIL / z)) for z in _VERIFY_ZOOMS} | {int(round(_DETAIL * sy / sx))}:
+    for x, y, sx, sy, norms, magnified in ((a.detail, db, a.side, b.side, a.norms, hint == 1),
+                                           (db, a.detail, b.side, a.side, nb, True)):
+        sides = {int(round(_DETAIL * sy / sx))}
+        if magnified:
+            sides |= {int(round(_DETAIL / z)) for z in zooms}
+        for side in sides:
             t = _template(y, side)
             if 4 <= t.shape[0] <= _DETAIL:
                 best = max(best, _ncc_max(x, t, norms if side == _DETAIL else None))
