@@ -127,4 +127,7 @@ def make_plan(data: Path, results: Path, quick: bool) -> Plan:
     d = plan.step_dir("patients")  # patient-level APL vs AML on DeepAPL, every patient method
     cmd = [sys.executable, str(HERE / "patients.py"), "--out", str(d / "patients.json")]
     plan.steps.append(Step("patients", cmd + (["--quick"] if quick else []), d, d / "patients.json"))
+    d = plan.step_dir("neardup")  # audit recall on planted copies of real cells, false pairs
+    cmd = [sys.executable, str(HERE / "neardup.py"), "--out", str(d / "neardup.json")]
+    plan.steps.append(Step("neardup", cmd + (["--cells", "20"] if quick else []), d, d / "neardup.json"))
     return plan
