@@ -146,7 +146,7 @@ def test_classical_and_network_runs_hold_out_the_same_test_side(cells: Path, tmp
     (["--model", "svc", "--epochs", "3"], "--model svc is a classical model; these settings are for networks "
                                           "only: --epochs"),
     (["--model", "knn", "--cv", "3"], "networks only: --cv"),
-    (["--model", "svc", "--features", "colour"], "--features must be one of both, deep, handcrafted"),
+    (["--model", "svc", "--features", "shape"], "--features must be one of both, colour, deep, handcrafted"),
     (["--model", "leukonet", "--features", "deep"], "--features is for classical models"),
     (["--model", "nosuch"], "--model: unknown model 'nosuch'; choose from:"),
 ])
