@@ -383,6 +383,7 @@ def save_best(lb: Leaderboard, split: Manifest, X: np.ndarray, out: Path, *, mod
     from leukoscope.evaluate.metrics import classification_metrics
     from leukoscope.probability import softmax_t
     from leukoscope.train.classical import fit_on_train, write_bundle
+    from leukoscope.train.unfamiliar import classical_scorer, unfamiliar_config
 
     name = model or lb.best
     if name is None:
@@ -411,5 +412,6 @@ def save_best(lb: Leaderboard, split: Manifest, X: np.ndarray, out: Path, *, mod
               "temperature": temperature, "protocol": lb.protocol, "data": lb.data,
               "training": {"rows": int((sides == "train").sum()), "val_rows": int(valid.sum()), "val": val,
                            "seed": lb.seed, "cv_folds": lb.folds}}
+    scorer = classical_scorer(X, y, sides, logits, temperature, lb.seed)
     keep = [c for c in ("path", "label", "subject", "group", "source_split", "side") if c in side]
-    return write_bundle(out, pipeline, config, metrics, side[keep])
+    return write_bundle(out, pipeline, config | unfamiliar_config(scorer), metrics, side[keep], scorer)

@@ -40,6 +40,8 @@ SAFETENSORS = "model.safetensors"
 SKOPS = "pipeline.skops"
 ONNX = "model.onnx"
 ONNX_INT8 = "model.int8.onnx"
+#: The unfamiliarity scorer's tensors (``models.unfamiliar``), when config.json has ``unfamiliar``.
+UNFAMILIAR = "unfamiliar.safetensors"
 
 #: The version of this layout that new bundles carry as ``format_version``; 0 is a bundle without it.
 FORMAT_VERSION = 1
@@ -154,6 +156,8 @@ def check_config(config: Any, cfg: Path) -> dict[str, Any]:
             need(isinstance(config[key], kind), key, f"a JSON {kind.__name__}", config[key])
     if "rare_classes" in config:
         _check_rare(config["rare_classes"], need)
+    if "unfamiliar" in config:
+        _check_unfamiliar(config["unfamiliar"], need)
     check = _FAMILY_CHECKS.get(family)
     if check is not None:
         check(config, need)
@@ -172,6 +176,23 @@ def _check_rare(rare: Any, need: Need) -> None:
          "rare_classes.types", "an object of class -> cell count", types)
     n = rare.get("min_cells")
     need(isinstance(n, int), "rare_classes.min_cells", "an integer", n)
+
+
+def _check_unfamiliar(u: Any, need: Need) -> None:
+    """``unfamiliar`` (``models.unfamiliar.Scorer.config``): optional; a bundle without it has no score."""
+    from leukoscope.models.unfamiliar import METHODS
+
+    need(isinstance(u, dict), "unfamiliar", "a JSON object", u)
+    need(u.get("method") in METHODS, "unfamiliar.method", f"one of {', '.join(METHODS)}", u.get("method"))
+    need(_number(u.get("threshold")), "unfamiliar.threshold", "a finite number", u.get("threshold"))
+    k = u.get("k", 1)
+    need(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 1000, "unfamiliar.k",
+         "an integer in 1..1000", k)
+    t = u.get("temperature", 1.0)
+    need(_number(t) and TEMPERATURES[0] <= t <= TEMPERATURES[1], "unfamiliar.temperature",
+         f"a number in [{TEMPERATURES[0]}, {TEMPERATURES[1]}]", t)
+    need(isinstance(u.get("standardise", False), bool), "unfamiliar.standardise", "true or false",
+         u.get("standardise"))
 
 
 def _check_network(config: dict[str, Any], need: Need) -> None:

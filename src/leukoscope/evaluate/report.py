@@ -22,10 +22,12 @@ from leukoscope.data.rare import RareReport, apply_rare
 from leukoscope.errors import DataError, ImageError
 from leukoscope.evaluate import figures
 from leukoscope.evaluate.calibration import ece, reliability
+from leukoscope.evaluate.coverage import coverage_figure, coverage_section
 from leukoscope.evaluate.metrics import curves, evaluation_metrics
 from leukoscope.io import write_csv_atomic, write_json_atomic
 from leukoscope.predict.local import chunks, prefetch
-from leukoscope.predict.tta import proba_from_views, view_logits
+from leukoscope.predict.tta import proba_from_views
+from leukoscope.predict.unfamiliar import scored_views
 from leukoscope.progress import SILENT, Progress
 
 METRICS_FILE = "metrics.json"
@@ -35,8 +37,10 @@ GALLERY_SIZE = 12
 
 
 def score_paths(bundle: Bundle, paths: Sequence[str], batch_size: int = 64, tta: bool = False,
-                progress: Progress = SILENT) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
-    """Logits per view for every readable path: (indices of readable paths, logits, skipped)."""
+                progress: Progress = SILENT, unfamiliarity: list[np.ndarray] | None = None
+                ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """Logits per view for every readable path: (indices of readable paths, logits, skipped); the
+    bundle's unfamiliarity scores are appended to ``unfamiliarity`` when given."""
     index = {p: i for i, p in enumerate(paths)}
     ok: list[int] = []
     parts: list[np.ndarray] = []
@@ -45,7 +49,10 @@ def score_paths(bundle: Bundle, paths: Sequence[str], batch_size: int = 64, tta:
     for good, images, bad in prefetch(load_batch(b) for b in chunks(map(Path, paths), batch_size)):
         skipped += bad
         if images:
-            parts.append(view_logits(bundle, images, tta))
+            views, scores = scored_views(bundle, images, tta)
+            parts.append(views)
+            if unfamiliarity is not None and scores is not None:
+                unfamiliarity.append(scores)
             ok += [index[str(p)] for p in good]
         advance(len(good) + len(bad))
     progress.done("scoring")
@@ -119,12 +126,14 @@ def _gallery(paths: Sequence[str], y: np.ndarray, probs: np.ndarray, classes: Se
 
 
 def _write_predictions(path: Path, m: Manifest, y: np.ndarray, probs: np.ndarray,
-                       classes: Sequence[str]) -> None:
+                       classes: Sequence[str], unf: np.ndarray | None, bundle: Bundle) -> None:
     df = pd.DataFrame({"path": m["path"], "subject": m["subject"], "label": [classes[i] for i in y],
                        "predicted": [classes[i] for i in probs.argmax(axis=1)]})
     df["correct"] = df["label"] == df["predicted"]
     for i, c in enumerate(classes):
         df[f"p_{c}"] = probs[:, i].round(6)
+    if bundle.scorer is not None and unf is not None:
+        df["unfamiliarity"], df["unfamiliar"] = unf.round(6), bundle.scorer.flag(unf)
     write_csv_atomic(path, df)
 
 
@@ -148,7 +157,8 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
     if m.empty:
         raise DataError("no labelled images to evaluate")
     y_all = np.asarray(label_indices(m, classes), int)
-    ok, logits, skipped = score_paths(bundle, list(m["path"]), batch_size, tta, progress)
+    unfamiliarity: list[np.ndarray] = []
+    ok, logits, skipped = score_paths(bundle, list(m["path"]), batch_size, tta, progress, unfamiliarity)
     if len(ok) == 0:
         raise DataError(f"none of the {len(m)} images could be read")
     m, y = m.iloc[ok].reset_index(drop=True), y_all[ok]
@@ -156,6 +166,7 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
     before, probs = proba_from_views(logits, 1.0), proba_from_views(logits, temperature)
     overlap = training_overlap(bundle, list(m["path"]))
     scores = evaluation_metrics(y, probs, classes, list(m["subject"]))
+    unf = np.concatenate(unfamiliarity) if unfamiliarity else None
     result: dict[str, Any] = {
         "bundle": str(bundle.path), "model": bundle.config.get("model", bundle.family),
         "family": bundle.family, "classes": classes, "tta": tta, "side": side,
@@ -169,10 +180,11 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
         "calibration": {"temperature": temperature, "ece_before": ece(before, y), "ece_after": ece(probs, y),
                         "reliability_before": reliability(before, y),
                         "reliability_after": reliability(probs, y)},
+        "unfamiliar": coverage_section(y, probs, unf, bundle.scorer),
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / METRICS_FILE, result)
-    _write_predictions(out / PREDICTIONS_FILE, m, y, probs, classes)
+    _write_predictions(out / PREDICTIONS_FILE, m, y, probs, classes, unf, bundle)
     cal = result["calibration"]
     history = bundle.history()
     figs = {
@@ -181,6 +193,7 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
         "reliability": figures.reliability_figure(cal["reliability_before"], cal["reliability_after"],
                                                   cal["ece_before"], cal["ece_after"], temperature),
         "history": figures.history_figure(history) if history is not None else None,
+        "coverage": coverage_figure(result["unfamiliar"]),
     }
     write_report(out / REPORT_FILE, "evaluate.html",
                  title=f"Evaluation: {result['model']} on {len(y)} images",

@@ -34,8 +34,7 @@ from leukoscope.bundle import CARD, HISTORY, METRICS, ONNX, ONNX_INT8, SPLIT, Bu
 from leukoscope.data.images import is_image_file, iter_image_files, load_batch
 from leukoscope.errors import DataError
 from leukoscope.io import write_json_atomic
-from leukoscope.predict import ENGINES
-from leukoscope.predict.tta import predict_proba
+from leukoscope.predict import ENGINES, unfamiliar
 from leukoscope.progress import SILENT, Progress
 
 T = TypeVar("T")
@@ -295,9 +294,15 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return said
 
 
-def csv_row(path: str | Path, probs: np.ndarray, classes: Sequence[str]) -> list[str]:
-    """One output row (every engine): the path, the most probable class, probabilities to 6 decimals."""
-    return [str(path), classes[int(probs.argmax())], *(f"{v:.6f}" for v in probs)]
+def csv_row(path: str | Path, probs: np.ndarray, classes: Sequence[str],
+            unfamiliarity: tuple[float, bool] | None = None) -> list[str]:
+    """One output row (every engine): the path, the most probable class, probabilities to 6 decimals;
+    with ``unfamiliarity`` (score, flagged) its two cells too, and ``unfamiliar`` as the call if flagged."""
+    if unfamiliarity is None:
+        return [str(path), classes[int(probs.argmax())], *(f"{v:.6f}" for v in probs)]
+    score, flagged = unfamiliarity
+    return [str(path), unfamiliar.label(classes, probs, flagged), *(f"{v:.6f}" for v in probs),
+            f"{score:.6f}", str(flagged).lower()]
 
 
 @ENGINES.register("local")
@@ -319,7 +324,7 @@ def _predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path, batch_size
     """``predict`` once the output is checked and held."""
     items, total, inputs_digest = check_inputs(inputs, batch_size)
     classes = bundle.classes
-    cols = header(classes)
+    cols = header(classes) + unfamiliar.columns(bundle)
     partial = partial_path(out)
     record = {"bundle": str(bundle.path), "bundle_digest": bundle_digest(bundle.path),
               "runtime": runtime_name(bundle), "tta": tta, "inputs": total, "inputs_digest": inputs_digest}
@@ -340,8 +345,10 @@ def _predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path, batch_size
         for paths, images, skipped in prefetch(load_batch(b) for b in chunks(todo, batch_size)):
             summary.skipped += skipped
             if images:
-                probs = predict_proba(bundle, images, tta)
-                writer.writerows(csv_row(p, row, classes) for p, row in zip(paths, probs, strict=True))
+                probs, scores = unfamiliar.assess(bundle, images, tta)
+                marks = unfamiliar.marks(bundle, scores, len(probs))
+                writer.writerows(csv_row(p, row, classes, u)
+                                 for p, row, u in zip(paths, probs, marks, strict=True))
                 f.flush()
             summary.predicted += len(images)
             advance(len(paths) + len(skipped))

@@ -23,6 +23,7 @@ from leukoscope.train.data import Prepared, bundle_split, decoded_rows, describe
 from leukoscope.train.fit import fit
 from leukoscope.train.forward import predict_logits
 from leukoscope.train.heldout import calibrated
+from leukoscope.train.unfamiliar import network_scorer, save_scorer, unfamiliar_config
 
 
 def train_network(m: Manifest, config: TrainConfig, out: Path, progress: Progress = SILENT) -> Bundle:
@@ -62,11 +63,14 @@ def fit_and_bundle(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: P
               "input_size": pre["input_size"], "preprocessing": pre, "temperature": temperature,
               "tta": cfg.tta, "protocol": metrics["protocol"], "data": data_desc,
               "train": cfg.as_dict()}
+    scorer = network_scorer(model, data, pre, cfg.tta, temperature, cfg.seed)
+    config |= unfamiliar_config(scorer)
     if rare is not None and rare.types:
         metrics["rare_classes"] = config["rare_classes"] = rare.to_json()
     write_json(out / "metrics.json", metrics)
     with writing_bundle(out / rundir.BUNDLE) as folder:
         save_weights(model, folder)
+        save_scorer(folder, scorer)
         finish_bundle(folder, config, metrics, bundle_split(data.split), history)
     rundir.mark_done(out)
     return load_bundle(out / rundir.BUNDLE), probs
