@@ -127,4 +127,8 @@ def make_plan(data: Path, results: Path, quick: bool) -> Plan:
     d = plan.step_dir("patients")  # patient-level APL vs AML on DeepAPL, every patient method
     cmd = [sys.executable, str(HERE / "patients.py"), "--out", str(d / "patients.json")]
     plan.steps.append(Step("patients", cmd + (["--quick"] if quick else []), d, d / "patients.json"))
+    d = plan.step_dir("unfamiliar")  # unfamiliarity scores on foreign cells (benchmarks/unfamiliar.py)
+    cmd = [sys.executable, str(HERE / "unfamiliar.py"), "--out", str(d / "unfamiliar.json"),
+           "--runs", str(d / "runs"), "--data", str(data)]
+    plan.steps.append(Step("unfamiliar", cmd + (["--quick"] if quick else []), d, d / "unfamiliar.json"))
     return plan

@@ -63,7 +63,7 @@ def test_bundle_stores_the_score_and_old_bundles_load_without_it(network_bundle,
     (old / "unfamiliar.safetensors").unlink()
     (old / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "unfamiliar"}))
     bundle = load_bundle(old)
-    assert bundle.scorer is None
+    assert bundle.unfamiliar is None
     out = tmp_path / "p.csv"
     res = runner.invoke(app, ["predict", str(old), str(data / "cnmc_cells"), "--out", str(out)])
     assert res.exit_code == 0, res.output
@@ -81,7 +81,7 @@ def test_classical_and_onnx_bundles_carry_the_score(classical_bundle, network_bu
                                                     data):
     images = [str(p) for p in sample_paths(data, 6)]
     classical = load_bundle(classical_bundle)
-    assert classical.scorer is not None and classical.scorer.standardise  # feature rows, standardised
+    assert classical.unfamiliar is not None and classical.unfamiliar.standardise  # feature rows, standardised
     probs, scores = classical.assess(images)
     assert scores is not None and np.isfinite(scores).all() and probs.shape == (len(images), 2)
 
@@ -101,8 +101,8 @@ def test_risk_coverage_by_hand():
 
 def test_evaluate_reports_risk_coverage_and_flags(allidb2_bundle, data, tmp_path):  # noqa: F811
     own = _test_side(allidb2_bundle)
-    res = runner.invoke(app, ["evaluate", str(allidb2_bundle), str(data / "allidb2"), "--side", "test", "--out",
-                              str(tmp_path / "ev")])
+    res = runner.invoke(app, ["evaluate", str(allidb2_bundle), str(data / "allidb2"), "--side", "test",
+                              "--out", str(tmp_path / "ev")])
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())["unfamiliar"]
     assert m["method"] == "knn" and 0 <= m["flagged"] <= m["n"] == len(own)

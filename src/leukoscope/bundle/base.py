@@ -46,10 +46,10 @@ class Bundle(ABC):
         self.path = Path(path)
         self.config = config
         #: The unfamiliarity score (``models.unfamiliar``); None for a bundle written without one.
-        self.scorer: Scorer | None = None
+        self.unfamiliar: Scorer | None = None
         if "unfamiliar" in config:
             try:
-                self.scorer = load_scorer(self.path / UNFAMILIAR, config["unfamiliar"])
+                self.unfamiliar = load_scorer(self.path / UNFAMILIAR, config["unfamiliar"])
             except ValueError as e:
                 raise BundleError(str(e)) from None
 
@@ -69,19 +69,19 @@ class Bundle(ABC):
 
     def scored_logits(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """``logits`` and each image's unfamiliarity, in one pass (None without a scorer: older bundles)."""
-        if self.scorer is None:
+        if self.unfamiliar is None:
             return self.logits(images), None
         logits, emb = self.embed_logits(images)
-        if emb is None and self.scorer.needs_embeddings:
+        if emb is None and self.unfamiliar.needs_embeddings:
             raise BundleError(f"{self.path}: this runtime gives no embeddings for the unfamiliarity score; "
                               f"re-export (`leukoscope export {self.path} --onnx`) or use --runtime torch")
-        return logits, self.scorer.score(emb, logits)
+        return logits, self.unfamiliar.score(emb, logits)
 
     def assess(self, images: Sequence[ImageLike]) -> tuple[np.ndarray, np.ndarray | None]:
         """Calibrated probabilities and unfamiliarity per image (None without a scorer: older bundles)."""
         from leukoscope.probability import softmax_t
 
-        if self.scorer is None or len(images) == 0:
+        if self.unfamiliar is None or len(images) == 0:
             return self.predict_proba(images), None
         logits, scores = self.scored_logits(decode(images))
         return softmax_t(logits, self.temperature), scores

@@ -132,8 +132,8 @@ def _write_predictions(path: Path, m: Manifest, y: np.ndarray, probs: np.ndarray
     df["correct"] = df["label"] == df["predicted"]
     for i, c in enumerate(classes):
         df[f"p_{c}"] = probs[:, i].round(6)
-    if bundle.scorer is not None and unf is not None:
-        df["unfamiliarity"], df["unfamiliar"] = unf.round(6), bundle.scorer.flag(unf)
+    if bundle.unfamiliar is not None and unf is not None:
+        df["unfamiliarity"], df["unfamiliar"] = unf.round(6), bundle.unfamiliar.flag(unf)
     write_csv_atomic(path, df)
 
 
@@ -180,7 +180,7 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
         "calibration": {"temperature": temperature, "ece_before": ece(before, y), "ece_after": ece(probs, y),
                         "reliability_before": reliability(before, y),
                         "reliability_after": reliability(probs, y)},
-        "unfamiliar": coverage_section(y, probs, unf, bundle.scorer),
+        "unfamiliar": coverage_section(y, probs, unf, bundle.unfamiliar),
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / METRICS_FILE, result)

@@ -120,8 +120,8 @@ class Predictor:
             if scores is not None:
                 score[readable] = scores
         extra = {}
-        if self.bundle.scorer is not None:  # the columns unfamiliarity, unfamiliar; label says so
-            flagged = readable & self.bundle.scorer.flag(np.nan_to_num(score, nan=-np.inf))
+        if self.bundle.unfamiliar is not None:  # the columns unfamiliarity, unfamiliar; label says so
+            flagged = readable & self.bundle.unfamiliar.flag(np.nan_to_num(score, nan=-np.inf))
             label[flagged] = unfamiliar.UNFAMILIAR
             extra = {"unfamiliarity": score, "unfamiliar": flagged}
         error = np.full(len(paths), "", dtype=object)  # "" = read fine (Arrow keeps strings, not NaN)
@@ -191,7 +191,7 @@ def predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path | str, batch
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: --out of the ray engine is a folder, and this is a file")
     out.mkdir(parents=True, exist_ok=True)
-    scored = bundle.scorer is not None
+    scored = bundle.unfamiliar is not None
     classes, schema = bundle.classes, _schema(bundle.classes, scored)
     summary = PredictSummary(out=out / PARQUET)
     start = time.perf_counter()

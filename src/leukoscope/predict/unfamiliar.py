@@ -22,7 +22,7 @@ UNFAMILIAR = "unfamiliar"
 
 def columns(bundle: Bundle) -> list[str]:
     """The extra CSV columns of ``bundle``'s predictions (none without a scorer)."""
-    return COLUMNS if bundle.scorer is not None else []
+    return COLUMNS if bundle.unfamiliar is not None else []
 
 
 def assess(bundle: Bundle, images: Sequence[np.ndarray], tta: bool = False
@@ -38,7 +38,7 @@ def assess(bundle: Bundle, images: Sequence[np.ndarray], tta: bool = False
 def scored_views(bundle: Bundle, images: Sequence[np.ndarray], tta: bool = False
                  ) -> tuple[np.ndarray, np.ndarray | None]:
     """``tta.view_logits`` and the unfamiliarity of each image as given (None without a scorer)."""
-    if bundle.scorer is None:
+    if bundle.unfamiliar is None:
         return view_logits(bundle, images, tta), None
     logits, scores = bundle.scored_logits(images)
     return (view_logits(bundle, images, tta) if tta else logits[:, None, :]), scores
@@ -51,6 +51,6 @@ def label(classes: Sequence[str], probs: np.ndarray, flagged: bool) -> str:
 
 def marks(bundle: Bundle, scores: np.ndarray | None, n: int) -> list[tuple[float, bool] | None]:
     """(score, flagged) per row, or None per row without a scorer."""
-    if bundle.scorer is None or scores is None:
+    if bundle.unfamiliar is None or scores is None:
         return [None] * n
-    return [(float(s), bool(f)) for s, f in zip(scores, bundle.scorer.flag(scores), strict=True)]
+    return [(float(s), bool(f)) for s, f in zip(scores, bundle.unfamiliar.flag(scores), strict=True)]

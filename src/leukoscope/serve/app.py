@@ -233,9 +233,10 @@ class Model:
 
 def unfamiliar_fields(bundle: Bundle, mark: tuple[float, bool] | None) -> dict[str, Any]:
     """A result's unfamiliarity, flag and threshold (nothing when the bundle has no score)."""
-    if mark is None or bundle.scorer is None:
+    if mark is None or bundle.unfamiliar is None:
         return {}
-    return {"unfamiliarity": round(mark[0], 6), "unfamiliar": mark[1], "threshold": bundle.scorer.threshold}
+    return {"unfamiliarity": round(mark[0], 6), "unfamiliar": mark[1],
+            "threshold": bundle.unfamiliar.threshold}
 
 
 def model_card(model: Model, settings: ServeSettings) -> dict[str, Any]:
