@@ -104,6 +104,7 @@ def test_evaluate_reports_risk_coverage_and_flags(allidb2_bundle, data, tmp_path
     res = runner.invoke(app, ["evaluate", str(allidb2_bundle), str(data / "allidb2"), "--side", "test",
                               "--out", str(tmp_path / "ev")])
     assert res.exit_code == 0, res.output
+    assert "cells unfamiliar; risk-coverage by unfamiliarity: AURC 0." in res.output
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())["unfamiliar"]
     assert m["method"] == "knn" and 0 <= m["flagged"] <= m["n"] == len(own)
     for key in ("by_unfamiliarity", "by_confidence"):

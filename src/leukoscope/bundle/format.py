@@ -10,6 +10,9 @@ Layout of a bundle directory::
     history.csv      per-epoch training history (networks)
     MODEL_CARD.md    data, protocol, metrics, intended use, library versions
     model.onnx       once exported (``leukoscope export``; model.int8.onnx with --int8)
+    unfamiliar.safetensors
+                     the unfamiliarity score's tensors (``models.unfamiliar``; settings under config key
+                     ``unfamiliar``). Optional: a bundle without it loads and has no score.
 
 ``FORMAT_VERSION`` is written into every new config.json. Version 0 is a bundle from before
 versions were recorded (no ``format_version`` key): the same layout, read the same way. A version

@@ -35,6 +35,7 @@ def evaluate_cmd(
     """Accuracy, balanced accuracy, P/R/F1, ROC AUC, ECE before/after calibration, per subject; report."""
     from leukoscope.bundle import load_bundle
     from leukoscope.data.readers import read
+    from leukoscope.evaluate.coverage import coverage_line
     from leukoscope.evaluate.report import REPORT_FILE, evaluate
 
     b = load_bundle(bundle, runtime=runtime)
@@ -56,6 +57,7 @@ def evaluate_cmd(
     cal = r["calibration"]
     console.print(f"ECE before / after temperature (T = {cal['temperature']:.3f}): "
                   f"{_f(cal['ece_before'])} / {_f(cal['ece_after'])}")
+    say(coverage_line(r["unfamiliar"]))
     for w in r["warnings"]:
         console.print(f"[yellow]note:[/] {escape(w)}")
     if r["skipped"]:

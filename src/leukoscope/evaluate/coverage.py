@@ -52,6 +52,17 @@ def coverage_section(y: np.ndarray, probs: np.ndarray, scores: np.ndarray | None
     return out
 
 
+def coverage_line(section: dict[str, Any]) -> str:
+    """One line for the terminal: cells flagged, AURC and accuracy at 90 % coverage."""
+    c = section.get("by_unfamiliarity") or section["by_confidence"]
+    if c["aurc"] is None:
+        return "risk-coverage: no cells"
+    by = "unfamiliarity" if "by_unfamiliarity" in section else "confidence (no unfamiliarity score)"
+    flagged = f"{section['flagged']} of {section['n']} cells unfamiliar; " if "flagged" in section else ""
+    return (f"{flagged}risk-coverage by {by}: AURC {c['aurc']:.4f}, accuracy at 90% coverage "
+            f"{c['accuracy_at_90']:.4f}")
+
+
 def coverage_figure(section: dict[str, Any]) -> Any:
     """Risk against coverage, one line per ordering (drawn from metrics.json alone)."""
     from leukoscope.evaluate.figures import _plt
