@@ -130,4 +130,8 @@ def make_plan(data: Path, results: Path, quick: bool) -> Plan:
     d = plan.step_dir("neardup")  # audit recall on planted copies of real cells, false pairs
     cmd = [sys.executable, str(HERE / "neardup.py"), "--out", str(d / "neardup.json")]
     plan.steps.append(Step("neardup", cmd + (["--cells", "20"] if quick else []), d, d / "neardup.json"))
+    d = plan.step_dir("unfamiliar")  # unfamiliarity scores on foreign cells (benchmarks/unfamiliar.py)
+    cmd = [sys.executable, str(HERE / "unfamiliar.py"), "--out", str(d / "unfamiliar.json"),
+           "--runs", str(d / "runs"), "--data", str(data)]
+    plan.steps.append(Step("unfamiliar", cmd + (["--quick"] if quick else []), d, d / "unfamiliar.json"))
     return plan

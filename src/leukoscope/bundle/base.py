@@ -26,9 +26,11 @@ from leukoscope.bundle.format import (
     METRICS,
     RUNTIMES,
     SPLIT,
+    UNFAMILIAR,
     read_config,
 )
 from leukoscope.errors import BundleError, ImageError
+from leukoscope.models.unfamiliar import Scorer, load_scorer
 
 #: What ``predict_proba`` takes for one image: an HxWx3 uint8 RGB array, or the path of an image file.
 ImageLike = np.ndarray | str | os.PathLike[str]
@@ -43,6 +45,13 @@ class Bundle(ABC):
     def __init__(self, path: Path, config: dict[str, Any]):
         self.path = Path(path)
         self.config = config
+        #: The unfamiliarity score (``models.unfamiliar``); None for a bundle written without one.
+        self.unfamiliar: Scorer | None = None
+        if "unfamiliar" in config:
+            try:
+                self.unfamiliar = load_scorer(self.path / UNFAMILIAR, config["unfamiliar"])
+            except ValueError as e:
+                raise BundleError(str(e)) from None
 
     @classmethod
     @abstractmethod
@@ -52,6 +61,30 @@ class Bundle(ABC):
     @abstractmethod
     def logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Uncalibrated scores, one row per HxWx3 uint8 RGB image, one column per class."""
+
+    def embed_logits(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """``logits`` and, in one pass, the embedding the unfamiliarity score reads (None: the family has
+        none; networks: penultimate features, classical: the feature rows)."""
+        return self.logits(images), None
+
+    def scored_logits(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """``logits`` and each image's unfamiliarity, in one pass (None without a scorer: older bundles)."""
+        if self.unfamiliar is None:
+            return self.logits(images), None
+        logits, emb = self.embed_logits(images)
+        if emb is None and self.unfamiliar.needs_embeddings:
+            raise BundleError(f"{self.path}: this runtime gives no embeddings for the unfamiliarity score; "
+                              f"re-export (`leukoscope export {self.path} --onnx`) or use --runtime torch")
+        return logits, self.unfamiliar.score(emb, logits)
+
+    def assess(self, images: Sequence[ImageLike]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated probabilities and unfamiliarity per image (None without a scorer: older bundles)."""
+        from leukoscope.probability import softmax_t
+
+        if self.unfamiliar is None or len(images) == 0:
+            return self.predict_proba(images), None
+        logits, scores = self.scored_logits(decode(images))
+        return softmax_t(logits, self.temperature), scores
 
     @property
     def classes(self) -> list[str]:

@@ -137,7 +137,8 @@ def export_onnx(bundle_dir: Path | str, int8: bool = False,
         paths = list(calibration) if calibration is not None else calibration_paths(bundle_dir)
         _check_calibration(paths)
     network: Any = load_bundle(bundle_dir, runtime="torch")  # a NetworkBundle: the family says so
-    export_module(network.module, int(config["preprocessing"]["input_size"]), bundle_dir / ONNX)
+    export_module(network.module, int(config["preprocessing"]["input_size"]), bundle_dir / ONNX,
+                  embedding=True)
     info: dict[str, Any] = {"opset": OPSET, "fp32": ONNX,
                             "weights_digest": file_digest(bundle_dir / SAFETENSORS)}
     if int8:

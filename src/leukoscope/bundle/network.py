@@ -20,7 +20,7 @@ from leukoscope.bundle.base import Bundle, bundle_family
 from leukoscope.bundle.format import CONFIG, SAFETENSORS, one_line
 from leukoscope.errors import BundleError, ConfigError
 from leukoscope.models import backbones
-from leukoscope.models.networks import Network, forward_logits, network_class
+from leukoscope.models.networks import Network, embed_features, forward_logits, network_class
 from leukoscope.models.preprocess import prepare
 from leukoscope.models.registry import list_models
 
@@ -126,3 +126,17 @@ class NetworkBundle(Bundle):
                 x = torch.from_numpy(prepare(images[i:i + self.batch_size], self.config))
                 out.append(forward_logits(self.module, x, tta).float().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+    def embed_logits(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Penultimate features and logits in one pass (the head is linear, so averaging the D4 views'
+        features when ``config["tta"]`` gives exactly the averaged logits of ``logits``)."""
+        tta = bool(self.config.get("tta", False))
+        embs = []
+        with torch.inference_mode():
+            for i in range(0, len(images), self.batch_size):
+                x = torch.from_numpy(prepare(images[i:i + self.batch_size], self.config))
+                embs.append(embed_features(self.module, x, tta).float())
+        emb = torch.cat(embs) if embs else torch.zeros((0, self.module.head.in_features))
+        with torch.inference_mode():
+            logits = self.module.head(emb).float().numpy()
+        return logits, emb.numpy()

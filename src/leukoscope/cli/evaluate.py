@@ -37,6 +37,7 @@ def evaluate_cmd(
     """Accuracy, balanced accuracy, P/R/F1, ROC AUC, ECE before/after calibration, per subject; report."""
     from leukoscope.bundle import load_bundle
     from leukoscope.data.readers import read
+    from leukoscope.evaluate.coverage import coverage_line
     from leukoscope.evaluate.intervals import fmt_ci
     from leukoscope.evaluate.report import REPORT_FILE, evaluate
 
@@ -65,6 +66,7 @@ def evaluate_cmd(
     cal = r["calibration"]
     console.print(f"ECE before / after temperature (T = {cal['temperature']:.3f}): "
                   f"{_f(cal['ece_before'])} / {_f(cal['ece_after'])}")
+    say(coverage_line(r["unfamiliar"]))
     cut = r["shortcut"]  # the colour shortcut beside the model (its warning, if any, a note below)
     if cut["figure"]:
         console.print(escape(f"{cut['label']}: balanced accuracy {cut['text']} ({cut['how']})"))

@@ -16,6 +16,8 @@ from leukoscope.settings import threads
 
 OPSET = 17
 INPUT, OUTPUT = "input", "logits"
+#: Second output of a network bundle's export: the penultimate features (the unfamiliarity score's input).
+EMBEDDING = "embedding"
 
 
 def ort_session(path: Path) -> Any:
@@ -29,14 +31,30 @@ def ort_session(path: Path) -> Any:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def export_module(module: Any, size: int, target: Path, output: str = OUTPUT) -> None:
+def export_module(module: Any, size: int, target: Path, output: str = OUTPUT,
+                  embedding: bool = False) -> None:
     """Write ``module`` (input ``INPUT``: float NCHW at ``size`` px, any batch) to ``target`` as one
-    ONNX file, atomically: the traced exporter, so nothing lands beside it."""
+    ONNX file, atomically: the traced exporter, so nothing lands beside it. ``embedding``: a network
+    also gives its penultimate features as output ``EMBEDDING``."""
     import torch
 
     module = module.eval().to(memory_format=torch.contiguous_format)
+    outputs = [output]
+    if embedding:
+        net = module
+
+        class LogitsAndEmbedding(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = net
+
+            def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                e = self.net.embed(x)
+                return self.net.head(e), e
+
+        module, outputs = LogitsAndEmbedding().eval(), [output, EMBEDDING]
     with atomic_path(target) as tmp, torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes on constant folding, not user-facing
         torch.onnx.export(module, (torch.zeros(2, 3, size, size),), str(tmp), dynamo=False,
-                          opset_version=OPSET, input_names=[INPUT], output_names=[output],
-                          dynamic_axes={INPUT: {0: "batch"}, output: {0: "batch"}})
+                          opset_version=OPSET, input_names=[INPUT], output_names=outputs,
+                          dynamic_axes={INPUT: {0: "batch"}, **{o: {0: "batch"} for o in outputs}})

@@ -34,9 +34,7 @@ from leukoscope.bundle import CARD, HISTORY, METRICS, ONNX, ONNX_INT8, SPLIT, Bu
 from leukoscope.data.images import is_image_file, iter_image_files, load_batch
 from leukoscope.errors import DataError
 from leukoscope.io import write_json_atomic
-from leukoscope.predict import ENGINES
-from leukoscope.predict.tta import predict_proba
-from leukoscope.probability import decide
+from leukoscope.predict import ENGINES, unfamiliar
 from leukoscope.progress import SILENT, Progress
 
 T = TypeVar("T")
@@ -297,10 +295,17 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def csv_row(path: str | Path, probs: np.ndarray, classes: Sequence[str],
-            operating_point: dict[str, Any] | None = None) -> list[str]:
-    """One output row (every engine): the path, the called class (``probability.decide``: the most
-    probable, or the bundle's operating point), probabilities to 6 decimals."""
-    return [str(path), classes[int(decide(probs, classes, operating_point)[0])], *(f"{v:.6f}" for v in probs)]
+            operating_point: dict[str, Any] | None = None,
+            unfamiliarity: tuple[float, bool] | None = None) -> list[str]:
+    """One output row (every engine): the path, the call (``unfamiliar.label``: the bundle's operating
+    point or the most probable class), probabilities to 6 decimals; with ``unfamiliarity`` (score,
+    flagged) its two cells too, and ``unfamiliar`` as the call if flagged."""
+    flagged = unfamiliarity is not None and unfamiliarity[1]
+    call = unfamiliar.label(classes, probs, flagged, operating_point)
+    row = [str(path), call, *(f"{v:.6f}" for v in probs)]
+    if unfamiliarity is None:
+        return row
+    return [*row, f"{unfamiliarity[0]:.6f}", str(flagged).lower()]
 
 
 @ENGINES.register("local")
@@ -322,7 +327,7 @@ def _predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path, batch_size
     """``predict`` once the output is checked and held."""
     items, total, inputs_digest = check_inputs(inputs, batch_size)
     classes = bundle.classes
-    cols = header(classes)
+    cols = header(classes) + unfamiliar.columns(bundle)
     partial = partial_path(out)
     record = {"bundle": str(bundle.path), "bundle_digest": bundle_digest(bundle.path),
               "runtime": runtime_name(bundle), "tta": tta, "inputs": total, "inputs_digest": inputs_digest}
@@ -343,9 +348,10 @@ def _predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path, batch_size
         for paths, images, skipped in prefetch(load_batch(b) for b in chunks(todo, batch_size)):
             summary.skipped += skipped
             if images:
-                probs = predict_proba(bundle, images, tta)
-                writer.writerows(csv_row(p, row, classes, bundle.operating_point)
-                                for p, row in zip(paths, probs, strict=True))
+                probs, scores = unfamiliar.assess(bundle, images, tta)
+                marks = unfamiliar.marks(bundle, scores, len(probs))
+                writer.writerows(csv_row(p, row, classes, bundle.operating_point, u)
+                                 for p, row, u in zip(paths, probs, marks, strict=True))
                 f.flush()
             summary.predicted += len(images)
             advance(len(paths) + len(skipped))
