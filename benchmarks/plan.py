@@ -127,4 +127,7 @@ def make_plan(data: Path, results: Path, quick: bool) -> Plan:
     d = plan.step_dir("patients")  # patient-level APL vs AML on DeepAPL, every patient method
     cmd = [sys.executable, str(HERE / "patients.py"), "--out", str(d / "patients.json")]
     plan.steps.append(Step("patients", cmd + (["--quick"] if quick else []), d, d / "patients.json"))
+    d = plan.step_dir("crosslab")  # PBC <-> DeepAPL: in-lab and cross-lab macro-F1, before / after robustness
+    cmd = [sys.executable, str(HERE / "crosslab.py"), "--out", str(d / "crosslab.csv")]
+    plan.steps.append(Step("crosslab", cmd + (["--quick"] if quick else []), d, d / "crosslab.csv"))
     return plan

@@ -10,7 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from leukoscope.cli.app import app, console, print_rare, print_skipped, say
-from leukoscope.cli.options import KindOpt, LayoutOpt, MinCellsOpt, Paths, RareOpt
+from leukoscope.cli.classmap import mapped
+from leukoscope.cli.options import ClassMapOpt, KindOpt, LayoutOpt, MinCellsOpt, Paths, RareOpt
 from leukoscope.cli.progress import shown
 
 
@@ -36,6 +37,7 @@ def benchmark_cmd(
     layout: LayoutOpt = None,
     min_cells: MinCellsOpt = None,
     rare: RareOpt = None,
+    class_map: ClassMapOpt = None,
 ) -> None:
     """Every classical model on cached features: grouped k-fold CV, sorted by balanced accuracy."""
     from leukoscope.data.readers import read
@@ -62,7 +64,7 @@ def benchmark_cmd(
                 raise ConfigError(f"--models: no classical model matches {pattern!r}; choose from: "
                                   f"{', '.join(list_models(family='classical'))}")
             names += [n for n in found if n not in names]
-    m = read(paths, layout)
+    m, _ = mapped(read(paths, layout), class_map)
     with shown() as bars:
         lb, split, X = benchmark(m, features=features, k=cv, models=names, timeout=timeout, jobs=jobs,
                                  seed=seed, params=params, min_cells=min_cells, rare=rare, progress=bars)

@@ -10,7 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from leukoscope.cli.app import app, console, say
-from leukoscope.cli.options import BatchOpt, BundleArg, LayoutOpt, Paths, RuntimeOpt, TtaOpt
+from leukoscope.cli.classmap import mapped
+from leukoscope.cli.options import BatchOpt, BundleArg, ClassMapOpt, LayoutOpt, Paths, RuntimeOpt, TtaOpt
 from leukoscope.cli.progress import shown
 
 
@@ -31,6 +32,7 @@ def evaluate_cmd(
     tta: TtaOpt = False,
     batch_size: BatchOpt = 64,
     runtime: RuntimeOpt = "auto",
+    class_map: ClassMapOpt = None,
 ) -> None:
     """Accuracy, balanced accuracy, P/R/F1, ROC AUC, ECE before/after calibration, per subject; report."""
     from leukoscope.bundle import load_bundle
@@ -42,7 +44,9 @@ def evaluate_cmd(
         from leukoscope.cli.patients import evaluate_patients_cmd
 
         return evaluate_patients_cmd(b, paths, layout, out)
-    m = read(paths, layout)
+    m, cmap = mapped(read(paths, layout), class_map)
+    if cmap is not None:
+        cmap.check_classes(m, b.classes, f"the classes of {bundle}")
     with shown() as bars:
         r = evaluate(b, m, out, tta=tta, side=side, batch_size=batch_size, progress=bars)
     table = Table(title=escape(f"{r['model']} on {r['evaluated']} images ({r['protocol']})"))
@@ -53,6 +57,10 @@ def evaluate_cmd(
     for key in ("accuracy", "balanced_accuracy", "f1_weighted", "f1_macro", "roc_auc", "ece"):
         table.add_row(key, *(_f(r[lvl][key]) for lvl in levels))
     console.print(table)
+    if cmap is not None:
+        from leukoscope.cli.crosslab import print_side_by_side
+
+        print_side_by_side(b.metrics(), r, out)
     cal = r["calibration"]
     console.print(f"ECE before / after temperature (T = {cal['temperature']:.3f}): "
                   f"{_f(cal['ece_before'])} / {_f(cal['ece_after'])}")
