@@ -112,7 +112,8 @@ def crosslab_text(cl: pd.DataFrame) -> str:
     if cl.empty:
         return "Cross-lab: not measured yet (`benchmarks/crosslab.py`)."
     n = {d: int(cl.loc[cl["direction"] == d, "n_cross"].iloc[0]) for d in set(cl["direction"])}
-    evals = "; ".join(f"{fam}: {ev}" for fam, ev in sorted(set(zip(cl["family"], cl["in_lab_eval"], strict=True))))
+    pairs = sorted(set(zip(cl["family"], cl["in_lab_eval"], strict=True)))
+    evals = "; ".join(f"{fam}: {ev}" for fam, ev in pairs)
     cores = " and ".join(f"{c} cores" for c in sorted({int(c) for c in cl["cores"].dropna()}))
     return ("PBC (Barcelona) and DeepAPL (Johns Hopkins), both CellaVision, in PBC's eight types through the "
             "shipped class map (`--class-map pbc-deepapl`; DeepAPL's blasts, smudge cells, plasma cells, "
@@ -121,8 +122,8 @@ def crosslab_text(cl: pd.DataFrame) -> str:
             f"model fitted on the whole training lab, scored on every mapped cell of the other (DeepAPL "
             f"{n.get('PBC -> DeepAPL', '?')} cells, PBC {n.get('DeepAPL -> PBC', '?')}). Networks at "
             f"{DEEP_SIZE} px, {DEEP_EPOCHS} epochs; stain normalisation fitted on the training lab's cells; "
-            "`before`: a default recipe, `after`: a robustness candidate; Wall s: both directions, on a machine "
-            f"of that many cores ({cores}); `benchmarks/crosslab.py`.\n\n" + crosslab_markdown(cl))
+            "`before`: a default recipe, `after`: a robustness candidate; Wall s: both directions, on a "
+            f"machine of that many cores ({cores}); `benchmarks/crosslab.py`.\n\n" + crosslab_markdown(cl))
 
 
 PUBLISHED = """\

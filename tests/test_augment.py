@@ -49,8 +49,10 @@ def _cells(data, n=4):
     from leukoscope.data.images import load_rgb
 
     files = sorted((data / "pbc" / "neutrophil").glob("*.jpg"))[:n // 2]
-    files += sorted((data / "deepapl" / "Data" / "All").glob("*/**/Signed slides/Segmented neutrophils/*.jpg"))[:n // 2]
-    return torch.from_numpy(np.stack([np.asarray(Image.fromarray(load_rgb(f)).resize((64, 64))) for f in files]))
+    deep = data / "deepapl" / "Data" / "All"
+    files += sorted(deep.glob("*/**/Signed slides/Segmented neutrophils/*.jpg"))[:n // 2]
+    small = [np.asarray(Image.fromarray(load_rgb(f)).resize((64, 64))) for f in files]
+    return torch.from_numpy(np.stack(small))
 
 
 def test_stain_jitter_is_exact_at_zero_and_moves_stains_by_about_sigma(data):

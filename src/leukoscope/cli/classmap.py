@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.markup import escape
 
 from leukoscope.cli.app import console
-from leukoscope.data.classmap import ClassMap, load_class_map
-from leukoscope.data.manifest import Manifest
+
+if TYPE_CHECKING:  # pandas only once a command runs: ``--help`` stays instant
+    from leukoscope.data.classmap import ClassMap
+    from leukoscope.data.manifest import Manifest
 
 
 def mapped(m: Manifest, spec: str | None) -> tuple[Manifest, ClassMap | None]:
     """``m`` with the map of ``spec`` applied (unchanged without one) and the map; prints the drop counts."""
+    from leukoscope.data.classmap import load_class_map
+
     if spec is None:
         return m, None
     cmap = load_class_map(spec)
