@@ -134,4 +134,7 @@ def make_plan(data: Path, results: Path, quick: bool) -> Plan:
     cmd = [sys.executable, str(HERE / "unfamiliar.py"), "--out", str(d / "unfamiliar.json"),
            "--runs", str(d / "runs"), "--data", str(data)]
     plan.steps.append(Step("unfamiliar", cmd + (["--quick"] if quick else []), d, d / "unfamiliar.json"))
+    d = plan.step_dir("crosslab")  # PBC <-> DeepAPL: in-lab and cross-lab macro-F1, before / after robustness
+    cmd = [sys.executable, str(HERE / "crosslab.py"), "--out", str(d / "crosslab.csv")]
+    plan.steps.append(Step("crosslab", cmd + (["--quick"] if quick else []), d, d / "crosslab.csv"))
     return plan

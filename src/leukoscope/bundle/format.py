@@ -77,7 +77,8 @@ _INFO_TYPES: dict[str, type] = {"model": str, "protocol": str, "data": str, "cre
                                 "model_params": dict, "onnx": dict}
 #: Stain-normalisation parameters by method (``models.stain.fit`` writes them): key -> array shape.
 _STAIN_PARAMS: dict[str, dict[str, tuple[int, ...]]] = {
-    "none": {}, "reinhard": {"mean": (3,), "std": (3,)}, "macenko": {"HERef": (3, 2), "maxCRef": (2,)}}
+    "none": {}, "reinhard": {"mean": (3,), "std": (3,)}, "macenko": {"HERef": (3, 2), "maxCRef": (2,)},
+    "greyworld": {"background": (3,)}}
 
 Need = Callable[[bool, str, str, Any], None]
 
