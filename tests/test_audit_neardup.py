@@ -84,3 +84,16 @@ def test_uneven_crop_resized_back_is_verified(data: Path, cell: str) -> None:
         found = {frozenset((i, j)): (i, j, view) for i, j, _, view in nearest(x, 1, 0.4)}
         i, j, view = found[frozenset((0, 1))]
         assert verify(sigs[j], sigs[i], view) >= THRESHOLD, (top, side)
+
+
+def test_dct_of_each_view_is_derived_from_one_dct(data: Path) -> None:
+    """The eight dihedral views' DCT signatures, derived from one DCT, equal the DCTs of the views."""
+    from scipy.fft import dctn
+
+    from leukoscope.audit.signatures import _dct_views
+    from leukoscope.geometry import dihedral
+
+    g = load_rgb(sorted((data / "pbc" / "monocyte").glob("*.jpg"))[0])
+    a = g[:32, :32, 1].astype(np.float64)
+    for derived, v in zip(_dct_views(dctn(a, norm="ortho")), dihedral(a), strict=True):
+        assert np.allclose(derived, dctn(v, norm="ortho")[:8, :8])

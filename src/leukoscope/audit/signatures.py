@@ -108,14 +108,30 @@ def _detail(square: np.ndarray) -> np.ndarray:
     return detail
 
 
+def _dct_views(c: np.ndarray) -> list[np.ndarray]:
+    """The top-left ``_COEFFS`` square of the DCT of each ``D4`` view of an image, from its DCT ``c``:
+    mirroring an axis flips the sign of its odd coefficients and a transpose transposes them, so one
+    DCT serves the eight views (``view`` turns by mirroring the second axis, then transposing)."""
+    c = c[:_COEFFS, :_COEFFS]
+    odd = np.where(np.arange(_COEFFS) % 2, -1, 1).astype(c.dtype)
+    out = []
+    for k, mirrored in D4:
+        v = c
+        for _ in range(k):
+            v = (v * odd).T
+        out.append(v * odd if mirrored else v)
+    return out
+
+
 def signature(img: np.ndarray) -> Signature:
     """The audit's signature of one HxWx3 uint8 RGB image."""
     digest = hashlib.sha1(f"{img.shape}".encode() + np.ascontiguousarray(img).tobytes()).hexdigest()
     square, box = _centred(_gray(img))
     on_black = box.shape != img.shape[:2]
     # a cell on black is stretched box to square: a crop resized back, unevenly, stretches the box
-    dct = np.stack([dctn(t, norm="ortho")[:_COEFFS, :_COEFFS].ravel()[1:]
-                    for z in ZOOMS for t in dihedral(_resize(_zoom(box if on_black else square, z), _LOW))])
+    fitted = box if on_black else square
+    dct = np.stack([c.ravel()[1:] for z in ZOOMS
+                    for c in _dct_views(dctn(_resize(_zoom(fitted, z), _LOW), norm="ortho"))])
     dct /= np.linalg.norm(dct, axis=1, keepdims=True) + 1e-9
     return Signature(digest, dct.astype(np.float32), _detail(square), square.shape[0],
                      box.shape if on_black else None)
@@ -131,8 +147,10 @@ class _Sliding:
     def __init__(self, a: np.ndarray) -> None:
         self.shape = a.shape
         self.spectrum = rfft2(a)
-        a = a.astype(np.float64)
-        self.sums = [np.pad(x, ((1, 0), (1, 0))).cumsum(0).cumsum(1) for x in (a, a * a)]
+        self.sums = np.zeros((2, a.shape[0] + 1, a.shape[1] + 1))  # of a and a squared
+        self.sums[0, 1:, 1:] = a
+        self.sums[1, 1:, 1:] = np.square(self.sums[0, 1:, 1:])
+        np.cumsum(np.cumsum(self.sums, 1, out=self.sums), 2, out=self.sums)
 
     def best(self, t: np.ndarray) -> float:
         """Best normalised cross-correlation of template ``t`` over every placement inside ``a``."""
@@ -143,7 +161,8 @@ class _Sliding:
         h, w = t.shape
         num = irfft2(self.spectrum * np.conj(rfft2(t, self.shape)), self.shape)
         num = num[:self.shape[0] - h + 1, :self.shape[1] - w + 1]
-        s1, s2 = (c[h:, w:] - c[:-h, w:] - c[h:, :-w] + c[:-h, :-w] for c in self.sums)  # window sums
+        c = self.sums
+        s1, s2 = c[:, h:, w:] - c[:, :-h, w:] - c[:, h:, :-w] + c[:, :-h, :-w]  # window sums
         norms = np.sqrt(np.maximum(s2 - s1 * s1 / (h * w), 1e-12))
         return float((num / (norms * tn)).max())
 
