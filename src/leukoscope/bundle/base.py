@@ -80,6 +80,12 @@ class Bundle(ABC):
         return softmax_t(self.logits(decode(images)), self.temperature)
 
     @property
+    def display_names(self) -> dict[str, str]:
+        """Class code -> what a person reads, stored at training time (``data.classes``); a bundle from
+        before has none, and its codes are shown as they are."""
+        return dict(self.config.get("display_names") or {})
+
+    @property
     def operating_point(self) -> dict[str, Any] | None:
         """The decision threshold chosen at training time for a positive class (None: argmax)."""
         op = self.config.get("operating_point")

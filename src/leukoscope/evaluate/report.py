@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from leukoscope.bundle import Bundle
+from leukoscope.data.classes import show_class
 from leukoscope.data.images import load_batch, load_rgb
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, Manifest, label_indices, labelled, protocol
 from leukoscope.data.rare import RareReport, apply_rare
@@ -136,10 +137,10 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
     """Score ``bundle`` on the labelled rows of ``m`` (optionally one ``side`` of its split), the
     classes it merged or dropped as rare merged or dropped here too.
 
-    Writes ``metrics.json``, ``predictions.csv`` and ``report.html`` into ``out``; returns the
-    metrics dict. Unreadable images are skipped and listed under ``skipped``.
+    Writes ``metrics.json``, ``predictions.csv``, ``report.html`` and its figures (PNG + SVG) into ``out``;
+    returns the metrics dict. Unreadable images are skipped and listed under ``skipped``.
     """
-    from leukoscope.reports.html import figure_to_data_uri, write_report
+    from leukoscope.reports.html import save_figure, write_report
 
     out = Path(out)
     classes = bundle.classes
@@ -163,7 +164,8 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
     op = bundle.operating_point
     result: dict[str, Any] = {
         "bundle": str(bundle.path), "model": bundle.config.get("model", bundle.family),
-        "family": bundle.family, "classes": classes, "tta": tta, "side": side,
+        "family": bundle.family, "classes": classes, "display_names": bundle.display_names, "tta": tta,
+        "side": side,
         "protocol": protocol(m), "trained_with": bundle.config.get("protocol"),
         "warnings": _warnings(m, overlap, side, classes, scores["cell"]["absent_classes"])
         + ([scores["too_small"]] if scores["too_small"] else []),
@@ -186,17 +188,20 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
     _write_predictions(out / PREDICTIONS_FILE, m, y, probs, classes, bundle.decide(probs))
     cal = result["calibration"]
     history = bundle.history()
-    figs = {
-        "confusion": figures.confusion_figure(result["cell"]["confusion_matrix"], classes),
-        "curves": figures.curves_figure(curves(y, probs, classes)),
+    roc_pr = curves(y, probs, classes)
+    figs = {  # each also saved beside report.html as <name>.png and <name>.svg
+        "confusion": figures.confusion_figure(result["cell"]["confusion_matrix"],
+                                              [show_class(c, bundle.display_names) for c in classes]),
+        "roc": figures.roc_figure(roc_pr),
+        "pr": figures.pr_figure(roc_pr),
         "reliability": figures.reliability_figure(cal["reliability_before"], cal["reliability_after"],
                                                   cal["ece_before"], cal["ece_after"], temperature),
-        "history": figures.history_figure(history) if history is not None else None,
+        "training_curves": figures.history_figure(history) if history is not None else None,
     }
     write_report(out / REPORT_FILE, "evaluate.html",
                  title=f"Evaluation: {result['model']} on {len(y)} images",
                  protocol=_protocol_text(result), warning=" ".join(result["warnings"]), r=result,
-                 figs={k: figure_to_data_uri(f) for k, f in figs.items() if f is not None},
+                 figs={k: save_figure(f, out / f"{k}.png") for k, f in figs.items() if f is not None},
                  gallery=_gallery(list(m["path"]), y, probs, classes))
     return result
 

@@ -35,7 +35,15 @@ from leukoscope.data.images import load_batch
 from leukoscope.errors import ConfigError, DataError
 from leukoscope.io import atomic_path
 from leukoscope.predict import ENGINES
-from leukoscope.predict.local import PredictSummary, check_inputs, csv_row, header, iter_inputs, runtime_name
+from leukoscope.predict.local import (
+    PredictSummary,
+    check_inputs,
+    csv_row,
+    header,
+    iter_inputs,
+    prob_columns,
+    runtime_name,
+)
 from leukoscope.predict.tta import predict_proba
 from leukoscope.progress import SILENT, Progress
 
@@ -135,7 +143,7 @@ def _schema(classes: list[str]) -> Any:
     import pyarrow as pa
 
     return pa.schema([("path", pa.string()), ("label", pa.string()),
-                      *[(c, pa.float64()) for c in header(classes)[2:]]])
+                      *[(c, pa.float64()) for c in prob_columns(classes)]])
 
 
 def _parquet_to_csv(parquet: Path, target: Path, classes: list[str],
@@ -148,7 +156,7 @@ def _parquet_to_csv(parquet: Path, target: Path, classes: list[str],
         writer.writerow(header(classes))
         for batch in pq.ParquetFile(parquet).iter_batches():
             cols = batch.to_pydict()
-            probs = np.column_stack([cols[c] for c in header(classes)[2:]])
+            probs = np.column_stack([cols[c] for c in prob_columns(classes)])
             writer.writerows(csv_row(p, row, classes, operating_point)
                              for p, row in zip(cols["path"], probs, strict=True))
 
