@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
@@ -105,9 +105,13 @@ class Bundle(ABC):
         p = self.path / HISTORY
         return pd.read_csv(p) if p.exists() else None
 
-    def split(self) -> pd.DataFrame | None:
+    def split(self, present: Iterable[str] | None = None) -> pd.DataFrame | None:
+        """The split the model was trained with, absolute paths (``data.paths.resolved``: a moved data folder
+        is found among the ``present`` image paths)."""
+        from leukoscope.data.paths import resolved
+
         p = self.path / SPLIT
-        return pd.read_csv(p, dtype={"subject": object}) if p.exists() else None
+        return resolved(pd.read_csv(p, dtype={"subject": object}), present) if p.exists() else None
 
 
 def decode(images: Sequence[ImageLike]) -> Sequence[np.ndarray]:

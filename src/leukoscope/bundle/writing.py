@@ -24,6 +24,7 @@ import pandas as pd
 from leukoscope.bundle.card import model_card
 from leukoscope.bundle.format import CARD, CONFIG, FORMAT_VERSION, HISTORY, METRICS, SPLIT
 from leukoscope.data.classes import display_names
+from leukoscope.data.paths import stored
 from leukoscope.io import write_json_atomic as write_json
 
 _VERSIONED = ("leukoscope", "numpy", "scikit-learn", "torch", "onnxruntime", "xgboost-cpu",
@@ -95,7 +96,7 @@ def finish_bundle(folder: Path, config: dict[str, Any], metrics: dict[str, Any],
     write_json(folder / CONFIG, config)
     write_json(folder / METRICS, metrics)
     if split is not None:
-        split.to_csv(folder / SPLIT, index=False)
+        stored(split).to_csv(folder / SPLIT, index=False)  # paths relative to the data root
     if history is not None:
         history.to_csv(folder / HISTORY, index=False)
     (folder / CARD).write_text(model_card(config, metrics, split))

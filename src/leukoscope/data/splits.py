@@ -8,6 +8,7 @@ a side and a fold; ``check_no_leak`` enforces it and every function here calls i
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeAlias
 
@@ -23,6 +24,7 @@ from leukoscope.data.manifest import (
     validate,
     warnings_for,
 )
+from leukoscope.data.paths import resolved, stored
 from leukoscope.errors import ConfigError, DataError, LeakageError
 from leukoscope.io import write_csv_atomic
 
@@ -168,15 +170,16 @@ def write_split(split: Split, path: Path) -> None:
     """Write a split CSV atomically (path, label, subject, group, side/fold, ...)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_csv_atomic(path, split)
+    write_csv_atomic(path, stored(split))  # paths relative to the data root
 
 
-def read_split(path: Path) -> Split:
-    """Read a split CSV written by ``write_split`` and re-check it for leakage."""
+def read_split(path: Path, present: Iterable[str] | None = None) -> Split:
+    """Read a split CSV written by ``write_split`` (paths ``data.paths.resolved``, a moved data folder found
+    among ``present``) and re-check it for leakage."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: split file not found")
-    df = pd.read_csv(path, dtype={"subject": object, "group": str})
+    df = resolved(pd.read_csv(path, dtype={"subject": object, "group": str}), present)
     df["subject"] = df["subject"].where(df["subject"].notna(), None)
     if "side" not in df and "fold" not in df:
         raise DataError(f"{path}: a split needs a 'side' or 'fold' column")

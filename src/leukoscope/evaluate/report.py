@@ -60,7 +60,7 @@ def score_paths(bundle: Bundle, paths: Sequence[str], batch_size: int = 64, tta:
 
 def on_side(bundle: Bundle, m: Manifest, side: str) -> Manifest:
     """Rows of ``m`` that sit on ``side`` of the split the bundle was trained with."""
-    split = bundle.split()
+    split = bundle.split(present=m["path"])
     if split is None or "side" not in split:
         raise DataError(f"{bundle.path}: bundle has no train/val/test split.csv, so --side cannot be used")
     sides = sorted(split["side"].dropna().unique())
@@ -75,7 +75,7 @@ def on_side(bundle: Bundle, m: Manifest, side: str) -> Manifest:
 
 def training_overlap(bundle: Bundle, paths: Sequence[str]) -> dict[str, int]:
     """How many evaluated images sit on each side of the bundle's own split (train/val = optimistic)."""
-    split = bundle.split()
+    split = bundle.split(present=paths)
     col = "side" if split is not None and "side" in split else "fold" if split is not None else None
     if split is None or col is None:
         return {}

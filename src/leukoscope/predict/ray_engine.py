@@ -32,6 +32,7 @@ import numpy as np
 
 from leukoscope.bundle import Bundle, load_bundle
 from leukoscope.data.images import load_batch
+from leukoscope.data.readers import subject_from_name
 from leukoscope.errors import ConfigError, DataError
 from leukoscope.io import atomic_path
 from leukoscope.predict import ENGINES
@@ -121,14 +122,16 @@ class Predictor:
         decoded = set(ok)
         readable = np.array([p in decoded for p in paths], dtype=bool)
         probs = np.full((len(paths), len(self.classes)), np.nan)
-        label = np.full(len(paths), None, dtype=object)
+        label = np.full(len(paths), None, dtype=object)  # the called class
         if images:
             probs[readable] = predict_proba(self.bundle, images, self.tta)
             label[readable] = self.classes[self.bundle.decide(probs[readable])]
         error = np.full(len(paths), "", dtype=object)  # "" = read fine (Arrow keeps strings, not NaN)
         error[~readable] = [reason for _, reason in skipped]
-        return {"path": np.asarray([str(p) for p in paths], dtype=object), "label": label,
-                **{f"p_{c}": probs[:, k] for k, c in enumerate(self.classes)}, "error": error}
+        subject = np.asarray([subject_from_name(p.name) for p in paths], dtype=object)
+        return {"path": np.asarray([str(p) for p in paths], dtype=object), "subject": subject,
+                "predicted": label, **{f"p_{c}": probs[:, k] for k, c in enumerate(self.classes)},
+                "error": error}
 
 
 def _configure_data(ray: Any) -> None:
@@ -142,7 +145,7 @@ def _configure_data(ray: Any) -> None:
 def _schema(classes: list[str]) -> Any:
     import pyarrow as pa
 
-    return pa.schema([("path", pa.string()), ("label", pa.string()),
+    return pa.schema([("path", pa.string()), ("subject", pa.string()), ("predicted", pa.string()),
                       *[(c, pa.float64()) for c in prob_columns(classes)]])
 
 
