@@ -157,7 +157,7 @@ def test_train_explains_frozen_lr_rows_and_shows_names(data, tmp_path):
     assert "frozen + LR" in text  # the rows (Rich wraps their names in a narrow terminal)
     assert "frozen + LR: logistic regression on the pretrained network's frozen embeddings" in text
     assert "classes: all (ALL blast), hem (normal)" in text
-    assert "stretched" not in text  # --epochs given: kept as given
+    assert "stretched:" not in text  # --epochs given: kept as given
 
 
 def test_stretched_epochs_are_said_and_min_steps_0_turns_it_off(data, tmp_path):
@@ -175,7 +175,7 @@ def test_stretched_epochs_are_said_and_min_steps_0_turns_it_off(data, tmp_path):
     assert metrics["epochs_planned"] == epochs
     res = runner.invoke(app, [*args, "--out", str(tmp_path / "b"), "--min-steps", "0"])
     assert res.exit_code == 0, res.output
-    assert "stretched" not in res.output
+    assert "stretched:" not in res.output
     assert json.loads((tmp_path / "b" / "bundle" / "metrics.json").read_text())["epochs_planned"] == 1
 
 
@@ -203,8 +203,9 @@ def test_bundle_split_is_relative_and_follows_a_moved_data_folder(data, tmp_path
     a, b = _moved(data, tmp_path)
     bundle = train(read([a]), TrainConfig.build(model="gaussian_nb", seed=0), tmp_path / "run")
     stored = pd.read_csv(bundle.path / "split.csv")
-    assert not stored["path"].str.startswith("/").any() and set(stored["data_root"]) == {str(a.resolve())}
-    assert (bundle.split()["path"] == [str(a.resolve() / p) for p in stored["path"]]).all()
+    root = a.resolve() / "C-NMC_Leukemia"  # the deepest folder holding every image
+    assert not stored["path"].str.startswith("/").any() and set(stored["data_root"]) == {str(root)}
+    assert (bundle.split()["path"] == [str(root / p) for p in stored["path"]]).all()
     shutil.move(a, b)
     moved = load_bundle(bundle.path)
     r = evaluate(moved, read([b]), tmp_path / "ev", side="test")
@@ -221,7 +222,8 @@ def test_data_split_file_is_relative_and_follows_a_moved_data_folder(data, tmp_p
     res = runner.invoke(app, ["data", "split", str(a), "--out", str(out)])
     assert res.exit_code == 0, res.output
     stored = pd.read_csv(out)
-    assert not stored["path"].str.startswith("/").any() and set(stored["data_root"]) == {str(a.resolve())}
+    root = a.resolve() / "C-NMC_Leukemia"
+    assert not stored["path"].str.startswith("/").any() and set(stored["data_root"]) == {str(root)}
     assert all(Path(p).is_file() for p in read_split(out)["path"])
     shutil.move(a, b)
     again = read_split(out, present=read([b])["path"])
@@ -238,12 +240,11 @@ def test_audit_json_is_relative_to_its_data_root(data, tmp_path):
     res = runner.invoke(app, ["data", "audit", str(a), "--out", str(tmp_path / "audit")])
     assert res.exit_code == 0, res.output
     saved = json.loads((tmp_path / "audit" / "audit.json").read_text())
-    assert saved["data_root"] == str(a.resolve()) and saved["pairs"]
+    assert saved["data_root"] == str(a.resolve() / "C-NMC_Leukemia") and saved["pairs"]
     pair = saved["pairs"][0]
     assert {pair["a"]["path"], pair["b"]["path"]} == {
-        "C-NMC_Leukemia/training_data/fold_0/all/copy_of_hem.bmp",
-        f"C-NMC_Leukemia/training_data/fold_0/hem/{hem.name}"}
+        "training_data/fold_0/all/copy_of_hem.bmp", f"training_data/fold_0/hem/{hem.name}"}
     shutil.move(a, b)
-    again = resolved_json(saved, str(b))
+    again = resolved_json(saved, str(b / "C-NMC_Leukemia"))
     assert "data_root" not in again
     assert Path(again["pairs"][0]["a"]["path"]).is_file() and Path(again["pairs"][0]["b"]["path"]).is_file()
