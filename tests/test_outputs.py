@@ -31,7 +31,11 @@ def _flat(text: str) -> str:
 
 def test_evaluate_writes_each_figure_as_png_and_svg_with_names_and_version(network_bundle, data,  # noqa: F811
                                                                            tmp_path):
-    r = evaluate(load_bundle(network_bundle), read([data / "cnmc_cells"]), tmp_path / "ev")
+    res = runner.invoke(app, ["evaluate", str(network_bundle), str(data / "cnmc_cells"), "--out",
+                              str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    assert "classes: all (ALL blast), hem (normal)" in _flat(res.output)
+    r = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     for name in FIGURES:
         png, svg = tmp_path / "ev" / f"{name}.png", tmp_path / "ev" / f"{name}.svg"
         assert png.read_bytes().startswith(b"\x89PNG"), name
