@@ -21,6 +21,7 @@ from leukoscope.bundle.format import UNFAMILIAR
 from leukoscope.bundle.patient import PatientBundle
 from leukoscope.cli import app
 from patients_support import _link, bags, cohort, later_cohort, run_dir  # noqa: F401
+from serve_support import ARTIFACTS, browser  # noqa: F401 - fixture used by name
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 runner = CliRunner()
@@ -201,3 +202,34 @@ def test_api_patient_counts_foreign_cells(run_dir: Path, folders: dict[str, Path
         assert res["unfamiliar"] == cell.unfamiliar == (res["unfamiliarity"] > res["threshold"])
         assert res["unfamiliarity"] == pytest.approx(cell.unfamiliarity, abs=1e-5)
         assert (res["label"] == "unfamiliar") == cell.unfamiliar
+
+
+def test_page_shows_the_unfamiliar_count(browser: Any, run_dir: Path, folders: dict[str, Path]) -> None:  # noqa: F811
+    from playwright.sync_api import expect
+
+    from leukoscope.serve.background import serving
+
+    sent = sorted(folders["own"].rglob("*.jpg"))[:6] + sorted(folders["ALLIDB2"].glob("*.tif"))
+    b = load_bundle(run_dir / "bundle")
+    assert isinstance(b, PatientBundle)
+    expected = b.diagnose([str(p) for p in sent])
+    assert expected.cells_unfamiliar >= 1  # at 64 px: 1 of the 10 ALL-IDB2 cells
+    with serving(run_dir / "bundle", timeout=300) as running:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        problems: list[str] = []
+        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        page.goto(running.url + "/")
+        page.wait_for_selector("#card dl")
+        page.set_input_files("#files", [str(p) for p in sent])
+        expect(page.locator(".result[data-label]")).to_have_count(len(sent), timeout=120_000)
+        note = page.locator("#patient .warning.unfamiliar")
+        expect(note).to_have_text(f"{expected.unfamiliar_note()}.")
+        assert f"{expected.cells_unfamiliar} unfamiliar (left out)" in page.inner_text("#patient")
+        flagged = page.locator(".result.unfamiliar")
+        assert flagged.count() == expected.cells_unfamiliar
+        expect(flagged.first.locator(".label")).to_have_text("unfamiliar")
+        assert "left out of the patient's call" in flagged.first.inner_text()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "serve-patient-unfamiliar.png"), full_page=True)
+        page.close()
+    assert problems == []
