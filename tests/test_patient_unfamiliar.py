@@ -68,6 +68,11 @@ def test_patient_bundle_stores_the_score(run_dir: Path, bags) -> None:  # noqa: 
     assert ref.shape[1] == bags.X.shape[1]
     assert 0.6 * len(bags.X) < len(ref) < len(bags.X)  # the held-out patients' cells are not in it
     assert "unfamiliar cells: kNN unfamiliarity" in (folder / "MODEL_CARD.md").read_text()
+    from leukoscope.bundle.verify import verify
+
+    assert all(f.ok for f in verify(folder)), verify(folder)
+    probs, scores = b.assess([bags.cells["path"].iloc[0]])  # per cell too (predict, evaluate)
+    assert probs.shape == (1, 2) and scores is not None and scores.shape == (1,)
     assert cell_unfamiliarity(bags.subset(np.r_[0:1, 12:24])) is None  # one AML patient: none to hold out
 
 
