@@ -206,9 +206,9 @@ def _fidelity(fp32_csv: Path, int8_csv: Path) -> dict[str, float]:
 
     fp32, int8 = pd.read_csv(fp32_csv), pd.read_csv(int8_csv)
     truth = fp32["path"].map(lambda p: Path(p).parent.name).to_numpy()
-    return {"agreement": float((fp32["label"].to_numpy() == int8["label"].to_numpy()).mean()),
-            "accuracy_fp32": float((fp32["label"].to_numpy() == truth).mean()),
-            "accuracy_int8": float((int8["label"].to_numpy() == truth).mean())}
+    return {"agreement": float((fp32["predicted"].to_numpy() == int8["predicted"].to_numpy()).mean()),
+            "accuracy_fp32": float((fp32["predicted"].to_numpy() == truth).mean()),
+            "accuracy_int8": float((int8["predicted"].to_numpy() == truth).mean())}
 
 
 if __name__ == "__main__":
