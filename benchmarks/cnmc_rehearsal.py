@@ -45,6 +45,7 @@ ROOT = HERE.parent
 STEPS = ("build", "describe", "audit", "train", "evaluate")
 LABELS_CSV = "C-NMC_Leukemia/validation_data/C-NMC_test_prelim_phase_data_labels.csv"
 KNOWN_PRELIM = {"1002.bmp": "UID_H49_5_2_hem.bmp", "1005.bmp": "UID_57_6_4_all.bmp"}
+DEFAULT_EPOCHS = 6  # efficientnet_lite0's train_defaults
 PRELIM_SUBJECTS = (18, 10)  # ALL, normal (invented split of the real 28)
 #: file size -> (side, info-header size): the prelim-test BMPs carry a 124-byte BITMAPV5HEADER
 BMP_SIZES = {608_454: (450, 40), 608_538: (450, 124), 1_080_054: (600, 40)}
@@ -288,6 +289,13 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {step} | {s['rc']} | {s['wall_s']:.0f} | {s['peak_rss_mb']:.0f} | {n or '-'} | "
                      f"{rate} | "
                      f"{s['load_before']:.1f}-{s['load_after']:.1f} |")
+    t = r.get("train", {})
+    if "figures" in t:  # the other epochs cost what the measured ones did
+        f = t["figures"]
+        full = t["wall_s"] + (DEFAULT_EPOCHS - f["epochs_run"]) * f["epoch_s"]
+        lines.append(f"\ntrain: {f['epochs_run']} epoch(s) of {f['sides'].get('train')} cells, "
+                     f"{f['epoch_s']:.0f} s each; the default {DEFAULT_EPOCHS} epochs project to "
+                     f"{full / 60:.0f} min at this load.")
     p = r.get("audit", {}).get("planted")
     if p:
         lines.append(f"\nPlanted exact-duplicate groups found by the audit: "
