@@ -204,7 +204,8 @@ function showCell(node, res) {
   const positive = state.patientSummary.positive;
   const toward = res.contribution >= 0 ? positive : state.card.classes.find((c) => c !== positive);
   const info = node.querySelector(".cell-info");
-  info.textContent = `predicted type (${shown(res.cell_type_probability)}) · moved the patient's score ` +
+  info.textContent = res.unfamiliar ? `predicted type ${res.cell_type} (not to be trusted) · left out of the patient's call`
+    : `predicted type (${shown(res.cell_type_probability)}) · moved the patient's score ` +
     `${Math.abs(res.contribution).toFixed(3)} toward ${toward} · bars: this cell on its own`;
   info.hidden = false;
   if (res.driver) {
@@ -229,11 +230,17 @@ function renderPatient(p) {
   const verdict = el("div", { class: "verdict " + (p.call === null ? "nocall" : p.call === p.positive ? "positive" : "negative") });
   verdict.append(el("span", { class: "verdict-call" }, p.call === null ? "No call" : `Call: ${p.call}`));
   const interval = p.cells_used > 1 ? `95% interval ${shown(p.interval[0])} – ${shown(p.interval[1])}` : "no interval from one cell";
-  verdict.append(el("span", { class: "verdict-p" }, `P(${p.positive}) ${shown(p.probability)} (${interval})`));
+  verdict.append(el("span", { class: "verdict-p" }, p.probability === null ? "no probability: no cell left to call from"
+    : `P(${p.positive}) ${shown(p.probability)} (${interval})`));
   box.append(verdict);
   box.append(el("p", { class: "muted" },
     `Threshold ${shown(p.threshold)}: at or above it ${p.positive}, below ${negative}. ` +
-    `${p.cells_used} cell(s) used, ${p.skipped.length} skipped.`));
+    `${p.cells_used} cell(s) used, ${p.skipped.length} skipped` +
+    (p.cells_unfamiliar === null ? "." : `, ${p.cells_unfamiliar} unfamiliar (left out).`)));
+  if (p.unfamiliar_note) {
+    // Cells unlike the training cohort's are left out of the call; the server says how many, in words.
+    box.append(el("p", { class: "warning unfamiliar" }, `${p.unfamiliar_note}.`));
+  }
   if (p.too_few) {
     box.append(el("p", { class: "warning too-few" }, `Too few cells to be sure: ${p.cells_used} cell(s) could be used, ` +
       `and this model makes no call below ${p.min_cells}. Add more cells of this patient.`));
