@@ -16,6 +16,7 @@ from leukoscope.bundle import load_bundle
 from leukoscope.cli import app
 from leukoscope.errors import BundleError
 from leukoscope.evaluate.coverage import risk_coverage
+from leukoscope.models.unfamiliar import DEFAULT_METHOD
 from unfamiliar_support import allidb2_bundle  # noqa: F401 - fixture used by name
 from use_support import classical_bundle, network_bundle, onnx_bundle, sample_paths  # noqa: F401
 
@@ -55,7 +56,8 @@ def test_allidb2_model_calls_cnmc_cells_unfamiliar(allidb2_bundle, data, tmp_pat
 def test_bundle_stores_the_score_and_old_bundles_load_without_it(network_bundle, data, tmp_path):  # noqa: F811
     config = json.loads((network_bundle / "config.json").read_text())
     u = config["unfamiliar"]
-    assert u["method"] == "knn" and u["target_false_flag_rate"] == 0.05 and np.isfinite(u["threshold"])
+    assert u["method"] == DEFAULT_METHOD and u["target_false_flag_rate"] == 0.05
+    assert np.isfinite(u["threshold"])
     assert (network_bundle / "unfamiliar.safetensors").is_file()
 
     old = tmp_path / "old"
@@ -106,7 +108,7 @@ def test_evaluate_reports_risk_coverage_and_flags(allidb2_bundle, data, tmp_path
     assert res.exit_code == 0, res.output
     assert "cells unfamiliar; risk-coverage by unfamiliarity: AURC 0." in res.output
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())["unfamiliar"]
-    assert m["method"] == "knn" and 0 <= m["flagged"] <= m["n"] == len(own)
+    assert m["method"] == DEFAULT_METHOD and 0 <= m["flagged"] <= m["n"] == len(own)
     for key in ("by_unfamiliarity", "by_confidence"):
         assert 0 <= m[key]["aurc"] <= 1 and 0 <= m[key]["accuracy_at_90"] <= 1
     html = (tmp_path / "ev" / "report.html").read_text()

@@ -12,14 +12,22 @@ validation side: the ``1 - target`` quantile of the in-distribution validation s
 - ``knn``: 1 - the cosine similarity of the L2-normalised embedding to its k-th nearest training
   embedding (a float16 reference matrix, at most ``MAX_REFERENCE`` rows, subsampled per class).
 
-``DEFAULT_METHOD`` is ``knn`` with k = ``DEFAULT_K``. benchmarks/unfamiliar.py fits every method on the
-same embeddings of one model per data set; measured so far only in its ``--quick`` setting (leukonet,
-32 px, 2 epochs; load ~17 on 2 cores), foreign cells vs the model's own held-out test cells, ROC AUC:
-ALL-IDB2 model vs C-NMC cells knn (k=1, 5, 10) 1.00, mahalanobis 1.00, msp 0.00, energy 0.00 (the
-foreign cells are called *more* confidently); PBC model vs DeepAPL blasts knn k=5 0.90 (k=1 0.85,
-k=10 0.89), mahalanobis 0.87, msp 0.51, energy 0.11. kNN k=5 was best or tied on both, needs no
-class-wise Gaussian (cell types are multi-modal) and no matrix inverse. Rerun the script at full
-settings (EfficientNet-Lite0) before trusting the choice further.
+``DEFAULT_METHOD`` is ``mahalanobis``, chosen by benchmarks/unfamiliar.py at full settings (the
+default recipe, EfficientNet-Lite0 at 128 px, every method fitted on the same embeddings; 2 cores, load
+~5-10), ROC AUC of foreign cells against familiar ones:
+
+====================================================  ===========  =========  =====  ======
+pair                                                  mahalanobis  knn (k=5)  msp    energy
+====================================================  ===========  =========  =====  ======
+PBC model: DeepAPL blasts vs DeepAPL's known types    0.727        0.662      0.394  0.349
+ALL-IDB2 model: C-NMC cells vs its own test side      0.999        0.995      0.455  0.247
+aria_all model: PBC cells vs its own test side        0.999        1.000      0.829  0.695
+====================================================  ===========  =========  =====  ======
+
+Mahalanobis is best on the hard pair (a new type from a new lab, against known types from the same new lab)
+and ties elsewhere; it stores two small tensors instead of a reference matrix. The confidence scores fail
+where it matters: foreign cells are called *more* confidently (AUC < 0.5). Patient bundles keep ``knn`` (their
+labels are diagnoses, not cell types, so class means say little; ``patients.train``).
 
 Networks give their penultimate (pooled) features; classical bundles their feature rows, which the
 scorer standardises with the training mean / std before normalising (``standardise``). Tensors are
@@ -35,7 +43,7 @@ from typing import Any
 import numpy as np
 
 METHODS = ("knn", "mahalanobis", "msp", "energy")
-DEFAULT_METHOD = "knn"
+DEFAULT_METHOD = "mahalanobis"
 DEFAULT_K = 5
 #: Target share of familiar validation cells flagged (the threshold is their 95th percentile).
 DEFAULT_TARGET = 0.05

@@ -132,7 +132,8 @@ def cell_unfamiliarity(bags: Bags, seed: int = 0) -> Unfamiliarity | None:
     val = bags.rows(np.concatenate(held))
     ref = np.setdiff1d(np.arange(len(bags.X)), val)
     y = bags.y[bags.patient]
-    return fit_unfamiliar(bags.X[ref], y[ref], bags.X[val], np.zeros((len(val), 2)), 1.0, seed=seed)
+    return fit_unfamiliar(bags.X[ref], y[ref], bags.X[val], np.zeros((len(val), 2)), 1.0, method="knn",
+                          seed=seed)
 
 
 def train_patients(m: Manifest, target: str, out: Path, model: str = DEFAULT_METHOD,
