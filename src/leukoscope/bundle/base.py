@@ -13,10 +13,9 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
-import pandas as pd
 
 from leukoscope.bundle.format import (
     EXPORT_FILES,
@@ -29,6 +28,9 @@ from leukoscope.bundle.format import (
     read_config,
 )
 from leukoscope.errors import BundleError, ImageError
+
+if TYPE_CHECKING:  # pandas costs a second of start-up; only history and split need it
+    import pandas as pd
 
 #: What ``predict_proba`` takes for one image: an HxWx3 uint8 RGB array, or the path of an image file.
 ImageLike = np.ndarray | str | os.PathLike[str]
@@ -53,6 +55,16 @@ class Bundle(ABC):
     def logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Uncalibrated scores, one row per HxWx3 uint8 RGB image, one column per class."""
 
+    def prepare(self, images: Sequence[np.ndarray]) -> Any:
+        """The per-image work before the model (networks: resize and normalise), split off so that a
+        pipeline runs it for the next batch on its decode thread while the model scores this one;
+        ``prepared_logits`` takes what it returns. Other families return the images as they are."""
+        return images
+
+    def prepared_logits(self, prepared: Any) -> np.ndarray:
+        """``logits`` of a batch from ``prepare``."""
+        return self.logits(prepared)
+
     @property
     def classes(self) -> list[str]:
         return list(self.config["classes"])
@@ -71,7 +83,7 @@ class Bundle(ABC):
         ``images``: HxWx3 uint8 RGB arrays, image file paths, or a mix; one path alone is one image.
         An unreadable file raises ``ImageError`` naming it.
         """
-        from leukoscope.probability import softmax_t  # scipy: not at ``import leukoscope.bundle``
+        from leukoscope.probability import softmax_t
 
         if isinstance(images, str | os.PathLike):
             images = [images]
@@ -96,10 +108,14 @@ class Bundle(ABC):
         return json.loads(p.read_text()) if p.exists() else {}
 
     def history(self) -> pd.DataFrame | None:
+        import pandas as pd
+
         p = self.path / HISTORY
         return pd.read_csv(p) if p.exists() else None
 
     def split(self) -> pd.DataFrame | None:
+        import pandas as pd
+
         p = self.path / SPLIT
         return pd.read_csv(p, dtype={"subject": object}) if p.exists() else None
 

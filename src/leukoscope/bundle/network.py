@@ -119,10 +119,18 @@ class NetworkBundle(Bundle):
         return cls(path, config, module)
 
     def logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        out = [self.prepared_logits(self.prepare(images[i:i + self.batch_size]))
+               for i in range(0, len(images), self.batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+    def prepare(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        return prepare(images, self.config)
+
+    def prepared_logits(self, prepared: np.ndarray) -> np.ndarray:
         out = []
         tta = bool(self.config.get("tta", False))
         with torch.inference_mode():
-            for i in range(0, len(images), self.batch_size):
-                x = torch.from_numpy(prepare(images[i:i + self.batch_size], self.config))
+            for i in range(0, len(prepared), self.batch_size):
+                x = torch.from_numpy(prepared[i:i + self.batch_size])
                 out.append(forward_logits(self.module, x, tta).float().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)

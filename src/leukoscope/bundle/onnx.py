@@ -72,6 +72,13 @@ class OnnxBundle(Bundle):
                for i in range(0, len(images), self.batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
 
+    def prepare(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        return prepare(images, self.config)
+
+    def prepared_logits(self, prepared: np.ndarray) -> np.ndarray:
+        out = [self._run(prepared[i:i + self.batch_size]) for i in range(0, len(prepared), self.batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
 
 def check_session(session: Any, onnx_path: Path, config: dict[str, Any]) -> None:
     """Refuse an ONNX model that does not fit the config: its input is float NCHW at the config's

@@ -35,11 +35,12 @@ from leukoscope.data.images import is_image_file, iter_image_files, load_batch
 from leukoscope.errors import DataError
 from leukoscope.io import write_json_atomic
 from leukoscope.predict import ENGINES
-from leukoscope.predict.tta import predict_proba
+from leukoscope.predict.tta import proba_from_views, view_logits
 from leukoscope.probability import decide
 from leukoscope.progress import SILENT, Progress
 
 T = TypeVar("T")
+P = TypeVar("P", str, Path)
 _GLOB_CHARS = set("*?[")
 _END = object()
 #: Paths and names in the CSV are the file system's bytes, even where they are not valid UTF-8.
@@ -163,6 +164,38 @@ def prefetch(it: Iterator[T], depth: int = 2) -> Iterator[T]:
     finally:
         stop.set()
         worker.join(timeout=5)
+
+
+def draft_size(config: dict[str, Any]) -> int | None:
+    """The side a network bundle resizes every image to, which decoding may go down to (a large JPEG
+    at reduced size); None where the whole image is needed first (crop to the cell, other families)."""
+    pre = config.get("preprocessing")
+    return None if not pre or pre.get("crop_to_cell") else int(pre["input_size"])
+
+
+def scored_batches(bundle: Bundle, paths: Iterable[P], batch_size: int, tta: bool = False
+                   ) -> Iterator[tuple[list[P], np.ndarray, list[tuple[str, str]]]]:
+    """The one pipeline of every engine: per batch of ``paths``, (readable paths, logits per view
+    (images x views x classes), ``(path, reason)`` of unreadable ones).
+
+    A worker thread decodes and ``bundle.prepare``s (resizes, normalises) the next batch while the
+    model scores this one: Pillow, numpy and ONNX Runtime release the GIL, so both cores work. With
+    ``tta`` the worker only decodes (the views are made from the decoded images).
+    """
+    draft = draft_size(bundle.config)
+
+    def load(chunk: list[P]) -> tuple[list[P], Any, list[tuple[str, str]]]:
+        ok, images, skipped = load_batch(chunk, draft=draft)
+        return ok, images if tta or not images else bundle.prepare(images), skipped
+
+    for ok, batch, skipped in prefetch(load(chunk) for chunk in chunks(paths, batch_size)):
+        if not ok:
+            logits = np.zeros((0, 8 if tta else 1, len(bundle.classes)))
+        elif tta:
+            logits = view_logits(bundle, batch, tta=True)
+        else:
+            logits = np.asarray(bundle.prepared_logits(batch))[:, None, :]
+        yield ok, logits, skipped
 
 
 def _resume(out: Path, cols: list[str], record: dict[str, Any]) -> set[str]:
@@ -340,14 +373,14 @@ def _predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path, batch_size
             write_json_atomic(run_record_path(out), record)
         advance = progress.task("predicting", total)
         advance(len(done))
-        for paths, images, skipped in prefetch(load_batch(b) for b in chunks(todo, batch_size)):
+        for paths, logits, skipped in scored_batches(bundle, todo, batch_size, tta):
             summary.skipped += skipped
-            if images:
-                probs = predict_proba(bundle, images, tta)
+            if paths:
+                probs = proba_from_views(logits, bundle.temperature)
                 writer.writerows(csv_row(p, row, classes, bundle.operating_point)
                                 for p, row in zip(paths, probs, strict=True))
                 f.flush()
-            summary.predicted += len(images)
+            summary.predicted += len(paths)
             advance(len(paths) + len(skipped))
     progress.done("predicting")
     os.replace(partial, out)
