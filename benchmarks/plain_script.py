@@ -32,4 +32,5 @@ with open(out, "w", newline="") as f:
         logits = session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(x)})[0]
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs = e / e.sum(axis=1, keepdims=True)
-        writer.writerows([p, classes[int(r.argmax())], *(f"{v:.6f}" for v in r)] for p, r in zip(batch, probs))
+        for p, row in zip(batch, probs, strict=True):
+            writer.writerow([p, classes[row.argmax()], *(f"{v:.6f}" for v in row)])

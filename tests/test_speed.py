@@ -18,7 +18,7 @@ from leukoscope.predict.local import scored_batches
 from leukoscope.probability import softmax_t
 from use_support import network_bundle, onnx_bundle, sample_paths  # noqa: F401
 
-HEAVY = ("torch", "pandas", "matplotlib", "sklearn", "scipy")
+HEAVY = ("torch", "pandas", "matplotlib", "sklearn", "scipy", "pydantic")
 
 #: ``leukoscope predict`` in a fresh interpreter, then the heavy libraries it imported.
 PROBE = """
@@ -34,7 +34,8 @@ print(json.dumps(sorted(m for m in {heavy} if m in sys.modules)))
 
 def test_onnx_predict_imports_no_heavy_library(onnx_bundle, data, tmp_path):  # noqa: F811
     """The CLI on an exported bundle needs ONNX Runtime, Pillow and numpy only: torch, pandas,
-    scipy, matplotlib or scikit-learn would add seconds of start-up to every run."""
+    scipy, matplotlib or scikit-learn would add seconds of start-up to every run, and pydantic
+    (typer's own coercion of the options) a third of a second."""
     images = [str(p) for p in sample_paths(data, n_allidb=4)[:6]]
     out = tmp_path / "p.csv"
     args = ["predict", str(onnx_bundle), *images, "--out", str(out), "--runtime", "onnx"]
