@@ -19,7 +19,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from readme import END, README, START, patients_markdown, results_markdown, throughput_markdown
+from readme import (
+    END,
+    README,
+    START,
+    crosslab_markdown,
+    patients_markdown,
+    results_markdown,
+    throughput_markdown,
+)
 from suite import DATASETS, ROW_KINDS
 
 METRIC_TOL = 0.02
@@ -124,6 +132,8 @@ def check(readme: Path, results: Path) -> list[str]:
     expected = tables(results_markdown(models) + "\n\n" + throughput_markdown(throughput, info))
     if (results / "patients.csv").exists() and (results / "patients.csv").stat().st_size > 1:
         expected |= tables(patients_markdown(pd.read_csv(results / "patients.csv")))
+    if (results / "crosslab.csv").exists() and (results / "crosslab.csv").stat().st_size > 1:
+        expected |= tables(crosslab_markdown(pd.read_csv(results / "crosslab.csv")))
     got = tables(section)
     lb = results / "leaderboards.csv"
     tie = near_tie(pd.read_csv(lb)) if lb.exists() else None

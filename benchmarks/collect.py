@@ -109,6 +109,11 @@ def patients_table(plan: Plan) -> pd.DataFrame:
     return frame(json.loads(f.read_text())) if f.exists() else pd.DataFrame()
 
 
+def crosslab_table(plan: Plan) -> pd.DataFrame:
+    f = plan.step_dir("crosslab") / "crosslab.csv"
+    return pd.read_csv(f) if f.exists() else pd.DataFrame()
+
+
 def steps_table(plan: Plan, status: dict[str, str]) -> pd.DataFrame:
     rows = []
     for s in plan.steps:
@@ -128,10 +133,11 @@ def collect(plan: Plan, status: dict[str, str]) -> str:
     tp, tp_info = throughput_table(plan)
     steps = steps_table(plan, status)
     patients = patients_table(plan)
+    crosslab = crosslab_table(plan)
     plan.results.mkdir(parents=True, exist_ok=True)
     for frame, name in ((models, "models"), (lb, "leaderboards"), (tp, "throughput"), (steps, "steps"),
-                        (patients, "patients")):
+                        (patients, "patients"), (crosslab, "crosslab")):
         write_csv_atomic(plan.results / f"{name}.csv", frame)
-    section = readme_section(models, tp, tp_info, steps, patients)
+    section = readme_section(models, tp, tp_info, steps, patients, crosslab)
     write_text_atomic(plan.results / "summary.md", summary_markdown(section, steps, lb))
     return section

@@ -121,10 +121,22 @@ def make_plan(data: Path, results: Path, quick: bool) -> Plan:
             shutil.move(str(written), d / "throughput.json")
 
     cmd = [sys.executable, str(HERE / "throughput.py"), "--bundle", str(bundle),
-           "--images", "16" if quick else "256"]
+           "--images", "16" if quick else "800"]
     plan.steps.append(Step("throughput", cmd, d, d / "throughput.json",
                            after=["train-aria_all-efficientnet_lite0"], collect=collect))
     d = plan.step_dir("patients")  # patient-level APL vs AML on DeepAPL, every patient method
     cmd = [sys.executable, str(HERE / "patients.py"), "--out", str(d / "patients.json")]
     plan.steps.append(Step("patients", cmd + (["--quick"] if quick else []), d, d / "patients.json"))
+    d = plan.step_dir("neardup")  # audit recall on planted copies of real cells, false pairs
+    cmd = [sys.executable, str(HERE / "neardup.py"), "--out", str(d / "neardup.json")]
+    plan.steps.append(Step("neardup", cmd + (["--cells", "20"] if quick else []), d, d / "neardup.json"))
+    d = plan.step_dir("unfamiliar")  # unfamiliarity scores on foreign cells (benchmarks/unfamiliar.py)
+    cmd = [sys.executable, str(HERE / "unfamiliar.py"), "--out", str(d / "unfamiliar.json"),
+           "--runs", str(d / "runs"), "--data", str(data)]
+    plan.steps.append(Step("unfamiliar", cmd + (["--quick"] if quick else []), d, d / "unfamiliar.json"))
+    d = plan.step_dir("crosslab")  # PBC <-> DeepAPL: in-lab and cross-lab macro-F1, before / after robustness
+    # the defaults before / after and the baseline; other recipes: crosslab.py --recipes
+    cmd = [sys.executable, str(HERE / "crosslab.py"), "--out", str(d / "crosslab.csv"),
+           "--recipes", "hc,hc-grey,lr,ft,ft-jitter"]
+    plan.steps.append(Step("crosslab", cmd + (["--quick"] if quick else []), d, d / "crosslab.csv"))
     return plan

@@ -12,6 +12,9 @@ import pandas as pd
 from machine import hardware
 from suite import CV, DATASETS, FEATURES, METRIC_KEYS, ROW_KINDS
 
+#: benchmarks/crosslab.py's network settings (imported there from here: the README text cannot drift).
+DEEP_SIZE, DEEP_EPOCHS = 128, 8
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -135,6 +138,46 @@ def patients_text(patients: pd.DataFrame) -> str:
             "`--model` picks another.\n\n" + patients_markdown(patients))
 
 
+CROSSLAB_HEADER = ["Cross-lab recipe", "Stage", "PBC in-lab", "PBC → DeepAPL", "DeepAPL in-lab",
+                   "DeepAPL → PBC", "Wall s", "Cores"]
+#: (direction, figure) of each column: in-lab on the source's own held-out cells, cross-lab on the other lab.
+CROSSLAB_CELLS = (("PBC -> DeepAPL", "in_lab"), ("PBC -> DeepAPL", "cross_lab"),
+                  ("DeepAPL -> PBC", "in_lab"), ("DeepAPL -> PBC", "cross_lab"))
+
+
+def crosslab_markdown(cl: pd.DataFrame) -> str:
+    """Macro-F1 of each recipe in its own lab and in the other, both ways (benchmarks/crosslab.py), one row
+    per recipe in the script's order."""
+    lines = ["| " + " | ".join(CROSSLAB_HEADER) + " |", "|---|---|" + "---:|" * (len(CROSSLAB_HEADER) - 2)]
+    for _, part in cl.groupby("key", sort=False):
+        by = part.set_index("direction")
+        first = part.iloc[0]
+        note = first["note"] if isinstance(first["note"], str) and first["note"] else ""
+        figures = [fmt(by[col].get(d)) if d in by.index else "—" for d, col in CROSSLAB_CELLS]
+        cells = [first["recipe"] + (f" ({note})" if note else ""), first["stage"], *figures,
+                 fmt_time(part["wall_s"].sum()), fmt(int(first["cores"]))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def crosslab_text(cl: pd.DataFrame) -> str:
+    if cl.empty:
+        return "Cross-lab: not measured yet (`benchmarks/crosslab.py`)."
+    n = {d: int(cl.loc[cl["direction"] == d, "n_cross"].iloc[0]) for d in set(cl["direction"])}
+    pairs = sorted(set(zip(cl["family"], cl["in_lab_eval"], strict=True)))
+    evals = "; ".join(f"{fam}: {ev}" for fam, ev in pairs)
+    cores = " and ".join(f"{c} cores" for c in sorted({int(c) for c in cl["cores"].dropna()}))
+    return ("PBC (Barcelona) and DeepAPL (Johns Hopkins), both CellaVision, in PBC's eight types through the "
+            "shipped class map (`--class-map pbc-deepapl`; DeepAPL's blasts, smudge cells, plasma cells, "
+            "prolymphocytes and promonocytes left out). Macro-F1; **in-lab**: the training lab's own "
+            f"held-out cells ({evals}; PBC image-level, DeepAPL grouped by patient); **cross-lab**: the "
+            f"model fitted on the whole training lab, scored on every mapped cell of the other (DeepAPL "
+            f"{n.get('PBC -> DeepAPL', '?')} cells, PBC {n.get('DeepAPL -> PBC', '?')}). Networks at "
+            f"{DEEP_SIZE} px, {DEEP_EPOCHS} epochs; stain normalisation fitted on the training lab's cells; "
+            "`before`: a default recipe, `after`: a robustness candidate; Wall s: both directions, on a "
+            f"machine of that many cores ({cores}); `benchmarks/crosslab.py`.\n\n" + crosslab_markdown(cl))
+
+
 PUBLISHED = """\
 ### Published figures on these data sets (context only: not reproduced here)
 
@@ -175,7 +218,7 @@ def times_text(steps: pd.DataFrame) -> str:
 
 
 def readme_section(models: pd.DataFrame, tp: pd.DataFrame, tp_info: dict[str, Any],
-                   steps: pd.DataFrame, patients: pd.DataFrame) -> str:
+                   steps: pd.DataFrame, patients: pd.DataFrame, crosslab: pd.DataFrame | None = None) -> str:
     loads = steps["load_before"].dropna()
     when = steps["started"].dropna()
     measured = (f"Measured {str(when.max())[:10]} on {hardware()}"
@@ -197,6 +240,8 @@ def readme_section(models: pd.DataFrame, tp: pd.DataFrame, tp_info: dict[str, An
         throughput_markdown(tp, tp_info),
         "### Patient-level diagnosis (APL vs AML)",
         patients_text(patients),
+        "### Cross-lab: trained in one lab, scored in another",
+        crosslab_text(crosslab if crosslab is not None else pd.DataFrame()),
         PUBLISHED,
     ])
 

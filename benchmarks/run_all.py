@@ -15,7 +15,11 @@ its own). The steps (``plan.py``; data sets and protocols in ``suite.py``):
   pooled out-of-fold figures), since a held-out side would hold about ten cells;
 - ``throughput``: ``benchmarks/throughput.py`` on the aria_all EfficientNet-Lite0 bundle;
 - ``patients``: ``benchmarks/patients.py``, every patient-level method (APL vs AML per patient on
-  DeepAPL) under repeated patient-grouped CV.
+  DeepAPL) under repeated patient-grouped CV;
+- ``neardup``: ``benchmarks/neardup.py``, the audit's near-duplicate recall per kind of copy on 200
+  distinct real cells, and its false pairs among them.
+- ``unfamiliar``: ``benchmarks/unfamiliar.py``, every unfamiliarity score on foreign cells (DeepAPL
+  blasts for a PBC model, C-NMC for ALL-IDB2, PBC for aria_all).
 
 A step whose outputs exist is skipped (``--force`` reruns it); ``--only`` takes step names or globs.
 Writes benchmarks/results/{models,leaderboards,throughput,steps,patients}.csv and summary.md (``collect.py``).

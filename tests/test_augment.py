@@ -40,3 +40,35 @@ def test_reproducible_with_a_seeded_generator():
     b = augment(x, 1.0, torch.Generator().manual_seed(3))
     c = augment(x, 1.0, torch.Generator().manual_seed(4))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def _cells(data, n=4):
+    """Real PBC and DeepAPL neutrophils at 64 px (the two labs' stains), as one uint8 NHWC batch."""
+    from PIL import Image
+
+    from leukoscope.data.images import load_rgb
+
+    files = sorted((data / "pbc" / "neutrophil").glob("*.jpg"))[:n // 2]
+    deep = data / "deepapl" / "Data" / "All"
+    files += sorted(deep.glob("*/**/Signed slides/Segmented neutrophils/*.jpg"))[:n // 2]
+    small = [np.asarray(Image.fromarray(load_rgb(f)).resize((64, 64))) for f in files]
+    return torch.from_numpy(np.stack(small))
+
+
+def test_stain_jitter_is_exact_at_zero_and_moves_stains_by_about_sigma(data):
+    from leukoscope.train.augment import hed, to_float
+
+    x = to_float(_cells(data))
+    assert torch.allclose(hed(x, 0.0, torch.Generator().manual_seed(0)), x, atol=1e-4)  # rgb -> HED -> rgb
+    out = hed(x, 0.2, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+    shift = (out - x).abs().mean(dim=(1, 2, 3))
+    assert bool((shift > 0.005).all()) and bool((shift < 0.15).all())  # a new stain, not a new picture
+
+
+def test_augment_adds_stain_jitter_only_when_asked(data):
+    x = _cells(data)
+    plain = augment(x, 1.0, torch.Generator().manual_seed(5))
+    again = augment(x, 1.0, torch.Generator().manual_seed(5), 0.0)
+    jittered = augment(x, 1.0, torch.Generator().manual_seed(5), 0.2)
+    assert torch.equal(plain, again) and not torch.allclose(plain, jittered, atol=1e-3)

@@ -121,3 +121,28 @@ def test_results_carry_their_intervals_and_the_too_small_flag(tmp_path: Path) ->
     fresh.loc[first, ["accuracy", "accuracy_lo"]] += 0.01
     fresh.to_csv(tmp_path / "results" / "models.csv", index=False)
     assert check_readme.check(readme, tmp_path / "results") == []
+
+
+def test_crosslab_table_is_checked_figure_by_figure(tmp_path: Path) -> None:
+    from readme import crosslab_markdown, crosslab_text
+
+    models, tp = _results(tmp_path / "results")
+    rows = [{"key": k, "recipe": name, "family": "classical", "stage": stage, "note": note, "direction": d,
+             "in_lab": 0.9 if d.startswith("PBC") else 0.6, "in_lab_eval": "5-fold CV (pooled)", "n_in": 1200,
+             "cross_lab": 0.5, "n_cross": 1802 if d.startswith("PBC") else 1200, "wall_s": 9.0, "load": 1.0,
+             "cores": 16}
+            for k, name, stage, note in (("hc", "handcrafted + LR", "before", "classical default"),
+                                         ("hc-grey", "handcrafted + LR, grey-world", "after", None))
+            for d in ("DeepAPL -> PBC", "PBC -> DeepAPL")]
+    cl = pd.DataFrame(rows)
+    table = crosslab_markdown(cl)
+    row = "| handcrafted + LR (classical default) | before | 0.900 | 0.500 | 0.600 | 0.500 | 18 | 16 |"
+    assert row in table
+    assert "DeepAPL 1802 cells, PBC 1200" in crosslab_text(cl)
+    readme = _readme(tmp_path / "README.md", models, tp)
+    readme.write_text(readme.read_text().replace(END, "\n" + table + "\n" + END))
+    cl.to_csv(tmp_path / "results" / "crosslab.csv", index=False)
+    assert check_readme.check(readme, tmp_path / "results") == []
+    cl.loc[cl["key"] == "hc-grey", "cross_lab"] = 0.6  # a changed cross-lab figure is a mismatch
+    cl.to_csv(tmp_path / "results" / "crosslab.csv", index=False)
+    assert any("Cross-lab recipe" in p for p in check_readme.check(readme, tmp_path / "results"))

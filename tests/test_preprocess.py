@@ -66,7 +66,7 @@ def test_preprocess_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.parametrize("method", ["reinhard", "macenko"])
+@pytest.mark.parametrize("method", ["reinhard", "macenko", "greyworld"])
 def test_stain_normalisation_moves_towards_target(data, method):
     m = read([data / "allidb2"])
     imgs = [preprocess.to_uint8([load_rgb(p)], {"input_size": 64})[0] for p in m["path"][:6]]

@@ -50,7 +50,8 @@ def test_ray_engine_matches_local(exported, cells, tmp_path):
     local = pd.read_csv(local_csv)
     parquet = pd.read_parquet(ray_dir / "predictions.parquet")
     assert len(local) == len(parquet) == 300
-    assert list(parquet.columns) == list(local.columns) == ["path", "label", "p_all", "p_hem"]
+    assert list(parquet.columns) == list(local.columns) == ["path", "label", "p_all", "p_hem",
+                                                            "unfamiliarity", "unfamiliar"]
     # same rows in the same order, same labels, same probabilities (the local CSV keeps 6 decimals)
     assert parquet["path"].tolist() == local["path"].tolist()
     assert parquet["label"].tolist() == local["label"].tolist()

@@ -51,7 +51,7 @@ def assert_serves_next(client: Any, images: dict[str, Path]) -> None:
     """After any error the very next good request is answered normally."""
     r = client.post("/api/predict?explain=false", **upload(("next.png", images["png"].read_bytes())))
     assert r.status_code == 200, r.text
-    assert r.json()["results"][0]["label"] in r.json()["classes"]
+    assert r.json()["results"][0]["label"] in [*r.json()["classes"], "unfamiliar"]
 
 
 def test_healthz(client: Any, network_bundle: Path) -> None:  # noqa: F811
@@ -92,7 +92,10 @@ def test_predict_many_formats_matches_library(client: Any, network_bundle: Path,
         assert res["error"] is None
         got = np.array([res["probabilities"][c] for c in body["classes"]])
         np.testing.assert_allclose(got, want, atol=1e-5)
-        assert res["label"] == body["classes"][int(np.argmax(want))]
+        # a cell unlike the training data (the bundle's unfamiliarity above its threshold) gets no class
+        assert isinstance(res["unfamiliarity"], float) and res["threshold"] is not None
+        assert res["unfamiliar"] == (res["unfamiliarity"] > res["threshold"])
+        assert res["label"] == ("unfamiliar" if res["unfamiliar"] else body["classes"][int(np.argmax(want))])
         assert res["features"] is None  # network calls are explained by heat maps
         if explain:
             assert res["heatmap"].startswith("data:image/png;base64,")
@@ -127,7 +130,7 @@ def test_mixed_good_and_bad_files_answer_per_file(client: Any, images: dict[str,
                     **upload(("good.jpg", images["jpeg"].read_bytes()), ("notes.png", b"not an image")))
     assert r.status_code == 200
     good, bad = r.json()["results"]
-    assert good["label"] in ("all", "hem") and good["error"] is None
+    assert good["label"] in ("all", "hem", "unfamiliar") and good["error"] is None
     assert bad["label"] is None and bad["error"] == "notes.png: not a readable image"
 
 
@@ -246,18 +249,18 @@ def test_loopback_server_refuses_foreign_host_headers(network_bundle: Path) -> N
 
 
 def test_inference_runs_off_the_event_loop(network_bundle: Path, images: dict[str, Path]) -> None:  # noqa: F811
-    """While the model is busy (held inside predict_proba), /healthz still answers."""
+    """While the model is busy (held inside its call, ``assess``), /healthz still answers."""
     web = create_app(network_bundle, LIMITS)
     bundle = web.state.model.bundle
     release, entered = threading.Event(), threading.Event()
-    predict = bundle.predict_proba
+    predict = bundle.assess
 
     def held_predict(batch: Any) -> Any:
         entered.set()
         assert release.wait(timeout=20), "the model call was never released: /healthz was blocked"
         return predict(batch)
 
-    bundle.predict_proba = held_predict
+    bundle.assess = held_predict
 
     async def scenario() -> tuple[int, int]:
         transport = httpx.ASGITransport(app=web)

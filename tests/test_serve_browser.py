@@ -13,6 +13,7 @@ import pytest
 from leukoscope.serve.background import serving
 from patients_support import cohort, run_dir  # noqa: F401 - fixtures used by name
 from serve_support import ARTIFACTS, browser, network_bundle, sample_images  # noqa: F401 - fixtures by name
+from unfamiliar_support import allidb2_bundle  # noqa: F401 - fixture used by name
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,8 @@ def test_page_classifies_a_dropped_image_and_shows_the_heat_map(browser: Any, se
     page.set_input_files("#files", [str(p) for p in dropped])
     done = page.locator(".result[data-label]")
     expect(done).to_have_count(3, timeout=60_000)  # locators, not eval: the page's CSP forbids eval
-    assert set(done.locator(".label").all_inner_texts()) <= {"all", "hem"}
+    # a JPEG of aria_all and a TIFF of ALL-IDB2 sent to a C-NMC model may be called "unfamiliar"
+    assert set(done.locator(".label").all_inner_texts()) <= {"all", "hem", "unfamiliar"}
     heat = done.locator(".heatmap")
     expect(heat.first).to_be_visible()
     for i in range(3):
@@ -136,5 +138,38 @@ def test_patient_view_shows_the_summary_above_the_cells(browser: Any, patient_se
     assert len(got) == n + 1 and all(r["cell_type"] for r in got if not r["error"])
     page.click("#clear")
     expect(summary).to_be_hidden()
+    assert problems == []
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def allidb2_server(allidb2_bundle: Path) -> Iterator[str]:  # noqa: F811
+    with serving(allidb2_bundle, timeout=300) as running:
+        yield running.url
+
+
+def test_page_calls_a_foreign_cell_unfamiliar_not_a_class_at_100(browser: Any, allidb2_server: str,  # noqa: F811
+                                                                  data: Path) -> None:
+    from playwright.sync_api import expect
+
+    cnmc = sorted((data / "cnmc_cells" / "hem").glob("*.png"))[0]  # a C-NMC cell, sent to an ALL-IDB2 model
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.goto(allidb2_server + "/")
+    page.wait_for_selector("#card dl")
+    page.set_input_files("#files", [str(cnmc)])
+    result = page.locator(".result[data-label]")
+    expect(result).to_have_count(1, timeout=60_000)
+    expect(result.locator(".label")).to_have_text("unfamiliar")
+    assert result.get_attribute("data-label") == "unfamiliar"
+    info = result.locator(".unfamiliar-info")
+    expect(info).to_be_visible()
+    assert re.search(r"unfamiliarity \d\.\d+ > threshold \d\.\d+", info.inner_text())
+    assert result.locator(".bars li.top").count() == 0  # no class drawn as the winner
+    assert result.locator(".bars li").count() == 2
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "serve-unfamiliar.png"), full_page=True)
     assert problems == []
     page.close()

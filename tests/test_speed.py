@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from leukoscope.bundle import load_bundle
@@ -52,7 +53,7 @@ def test_pipeline_gives_the_bundles_own_numbers(onnx_bundle, data):  # noqa: F81
     paths = sample_paths(data, n_allidb=10)[:21]
     bad = Path(__file__)  # not an image
     got_paths, parts, skipped = [], [], []
-    for ok, logits, bad_ones in scored_batches(bundle, [*paths[:5], bad, *paths[5:]], batch_size=4):
+    for ok, logits, _, bad_ones in scored_batches(bundle, [*paths[:5], bad, *paths[5:]], batch_size=4):
         got_paths += ok
         parts.append(logits)
         skipped += bad_ones
@@ -80,3 +81,27 @@ def test_large_jpeg_decodes_at_reduced_size(tmp_path, data):
     b = np.asarray(Image.fromarray(load_rgb(big, draft=128)).resize((128, 128), Image.Resampling.BILINEAR),
                    float)
     assert np.abs(a - b).mean() < 3
+
+
+def test_int8_weights_follow_the_cpu(onnx_bundle, tmp_path, monkeypatch):  # noqa: F811
+    """int8 export uses 8-bit weights where the CPU has VNNI (int32 sums) and 7-bit ones otherwise;
+    an 8-bit export is refused, in one line, on a CPU without VNNI (its int16 sums would overflow)."""
+    import shutil
+
+    import leukoscope.bundle.onnx as bundle_onnx
+    from leukoscope.errors import BundleError
+    from leukoscope.models.onnx import has_vnni
+
+    info = json.loads((onnx_bundle / "config.json").read_text())["onnx"]
+    assert info["int8_vnni"] is has_vnni()
+    assert f"{8 if has_vnni() else 7}-bit int8 weights" in info["int8_scheme"]
+    copy = tmp_path / "b"
+    shutil.copytree(onnx_bundle, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["onnx"]["int8_vnni"] = True
+    (copy / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(bundle_onnx, "has_vnni", lambda: False)  # a CPU without VNNI
+    with pytest.raises(BundleError, match="VNNI") as e:
+        load_bundle(copy, runtime="onnx-int8")
+    assert "\n" not in str(e.value)
+    assert load_bundle(copy, runtime="onnx") is not None  # fp32 still runs

@@ -105,7 +105,8 @@ def test_a_classical_run_is_evaluated_predicted_served_and_replayed(cells: Path,
     assert res.exit_code == 0, res.output
     with open(tmp_path / "p.csv", newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["path", "label", *(f"p_{c}" for c in bundle.classes)] and len(rows) == 41
+    assert rows[0] == ["path", "label", *(f"p_{c}" for c in bundle.classes), "unfamiliarity", "unfamiliar"]
+    assert len(rows) == 41 and bundle.unfamiliar is not None and bundle.unfamiliar.standardise
 
     one = sorted(cells.iterdir())[0]
     with TestClient(create_app(bundle_dir)) as client:
@@ -146,7 +147,7 @@ def test_classical_and_network_runs_hold_out_the_same_test_side(cells: Path, tmp
     (["--model", "svc", "--epochs", "3"], "--model svc is a classical model; these settings are for networks "
                                           "only: --epochs"),
     (["--model", "knn", "--cv", "3"], "networks only: --cv"),
-    (["--model", "svc", "--features", "colour"], "--features must be one of both, deep, handcrafted"),
+    (["--model", "svc", "--features", "shape"], "--features must be one of both, colour, deep, handcrafted"),
     (["--model", "leukonet", "--features", "deep"], "--features is for classical models"),
     (["--model", "nosuch"], "--model: unknown model 'nosuch'; choose from:"),
 ])

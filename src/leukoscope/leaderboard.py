@@ -446,6 +446,7 @@ def save_best(lb: Leaderboard, split: Manifest, X: np.ndarray, out: Path, *, mod
     from leukoscope.train.classical import fit_on_train, write_bundle
     from leukoscope.train.data import bundle_split, split_record
     from leukoscope.train.heldout import calibrated
+    from leukoscope.train.unfamiliar import classical_scorer, unfamiliar_config
 
     name = model or lb.best
     if name is None:
@@ -470,4 +471,6 @@ def save_best(lb: Leaderboard, split: Manifest, X: np.ndarray, out: Path, *, mod
               "data": lb.data,
               "training": {"rows": int((sides == "train").sum()), "val_rows": int((sides == "val").sum()),
                            "test_rows": int((sides == "test").sum()), "seed": lb.seed, "cv_folds": lb.folds}}
-    return write_bundle(out, pipeline, config, metrics, bundle_split(side))
+    scorer = classical_scorer(X, y, sides, held_out["val"], temperature, lb.seed)
+    return write_bundle(out, pipeline, config | unfamiliar_config(scorer), metrics, bundle_split(side),
+                        scorer)

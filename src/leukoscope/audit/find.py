@@ -103,10 +103,10 @@ def audit(m: Manifest, split: Split | None = None, *, threshold: float = THRESHO
         x = np.stack([sigs[i].dct for i in reps])
         x = x - x.mean(axis=(0, 1))  # cosine around the set's mean: what sets cells apart
         x /= np.linalg.norm(x, axis=2, keepdims=True) + 1e-9
-        for a, b, _, view in nearest(x, neighbours, _CANDIDATE_MIN):
+        for a, b, _, view in nearest(x, neighbours, _CANDIDATE_MIN):  # a under view is most like b
             score = verify(sigs[reps[b]], sigs[reps[a]], view)
             if score >= threshold:
-                pairs.append((reps[a], reps[b], "near", score))
+                pairs.append((min(reps[a], reps[b]), max(reps[a], reps[b]), "near", score))
         if embeddings is not None:
             labels = list(m.index[keep])
             pairs += [(a, b, "embedding", s)

@@ -1,6 +1,6 @@
 """Nearest neighbours by cosine: an exact blocked search, under several views of each row.
 
-The audit compares DCT signatures under the eight views of ``geometry.D4`` and, when given,
+The audit compares DCT signatures under the eight views of ``geometry.D4`` at three zooms and, when given,
 deep embeddings; both search each row's few nearest neighbours rather than every pair.
 """
 
@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
-
-from leukoscope.geometry import inverse
 
 _BLOCK_CELLS = 1 << 22  # similarities held at once by the blocked neighbour search (16 MB)
 _SEARCH_DIM, _PROJECT_FROM = 128, 2000  # embeddings of 2,000+ images are searched in 128-d PCA
@@ -25,13 +23,14 @@ def nearest(x: np.ndarray, k: int, min_sim: float) -> list[tuple[int, int, float
     """Top-``k`` neighbours of each row by cosine, exact blocked search.
 
     ``x`` is (n, d) or (n, t, d) for ``t`` transformed views of each row: row ``i`` under view
-    ``v`` is compared with view 0 of every other row. Returns unordered ``(i, j, sim, view)``
-    pairs (``i < j``, highest similarity kept) with ``sim >= min_sim``.
+    ``v`` is compared with view 0 of every other row. Returns ``(i, j, sim, view)`` with
+    ``sim >= min_sim``: row ``i`` under ``view`` is most like row ``j``, one per unordered pair
+    (the direction of higher similarity). Views need not be invertible (a zoom is not).
     """
     views = x if x.ndim == 3 else x[:, None, :]
     ref = views[:, 0, :]
     n = len(ref)
-    found: dict[tuple[int, int], tuple[float, int]] = {}
+    found: dict[tuple[int, int], tuple[float, int, bool]] = {}
     k = min(k, n - 1)
     if k < 1:
         return []
@@ -50,11 +49,9 @@ def nearest(x: np.ndarray, k: int, min_sim: float) -> list[tuple[int, int, float
                 if s < min_sim:
                     continue
                 key = (min(i, int(j)), max(i, int(j)))
-                # the view maps the first of the pair onto the second; invert it if reversed
-                view = int(best_view[r, j]) if i < j else inverse(int(best_view[r, j]))
                 if key not in found or found[key][0] < s:
-                    found[key] = (s, view)
-    return [(i, j, s, v) for (i, j), (s, v) in sorted(found.items())]
+                    found[key] = (s, int(best_view[r, j]), i == key[0])
+    return [(i, j, s, v) if forward else (j, i, s, v) for (i, j), (s, v, forward) in sorted(found.items())]
 
 
 def cosine_pairs(x: np.ndarray, min_cos: float, k: int = 5) -> list[tuple[int, int, float]]:
@@ -64,7 +61,7 @@ def cosine_pairs(x: np.ndarray, min_cos: float, k: int = 5) -> list[tuple[int, i
     the full width for deep embeddings), then every candidate is re-scored on the full vectors.
     """
     if x.shape[1] <= _SEARCH_DIM or len(x) < _PROJECT_FROM:
-        return [(i, j, s) for i, j, s, _ in nearest(x, k, min_cos)]
+        return [(min(i, j), max(i, j), s) for i, j, s, _ in nearest(x, k, min_cos)]
     from sklearn.decomposition import PCA
 
     z = PCA(_SEARCH_DIM, svd_solver="randomized", random_state=0).fit_transform(x).astype(np.float32)
@@ -73,5 +70,5 @@ def cosine_pairs(x: np.ndarray, min_cos: float, k: int = 5) -> list[tuple[int, i
     for i, j, _, _ in nearest(z, k, min_cos - 0.05):
         s = float(x[i] @ x[j])
         if s >= min_cos:
-            out.append((i, j, s))
+            out.append((min(i, j), max(i, j), s))
     return out

@@ -3,9 +3,11 @@
 An exact copy shares the SHA-1 of its decoded pixels (so one cell as BMP and PNG counts). A near
 copy is first proposed by a low-frequency DCT signature (the coefficients a pHash thresholds, on a
 grayscale image centred on the cell when it sits on a black background) under all eight views of
-``geometry.D4``, then verified by the best normalised cross-correlation of band-passed detail
-over small shifts and crops (template matching). Low frequencies alone cannot tell two round blobs
-apart; matching detail can, and stays high under JPEG and light crops.
+``geometry.D4`` and three zooms (centred crops of 0, 5 and 10 % per side, ``ZOOMS``), then
+verified by the best normalised cross-correlation of band-passed detail over small shifts, crops
+and relative zooms up to 1.25 (template matching). Low frequencies alone cannot tell two round
+blobs apart; matching detail can, and stays high under JPEG, light crops, and crops resized back to
+the original size (which zoom the cell by up to 1.25 at 10 % per side).
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 from scipy.fft import dctn
 from scipy.ndimage import binary_dilation, gaussian_filter
+from scipy.signal import correlate
 
 from leukoscope.data.images import load_rgb
 from leukoscope.errors import ImageError
@@ -31,6 +33,11 @@ _DETAIL = 64  # side of the band-passed image candidates are verified on
 _TEMPLATE = 0.8  # verification slides the central 80 % of one image over the other
 _OUTLINE = 0.3  # weight of the outline band of a cell on black (interior detail weighs 1)
 _MIN_PARALLEL = 400  # below this many images, starting worker processes costs more than it saves
+#: Share of the side cropped from each edge for each zoomed view of the DCT signature.
+ZOOMS = (0.0, 0.05, 0.10)
+#: Relative zooms tried in verification (either image may be the zoomed one): 1 to 1.25, which is
+#: 10 % cropped per side and resized back, in steps of under 3 % so that fine detail stays aligned.
+_VERIFY_ZOOMS = tuple(1.25 ** (k / 8) for k in range(9))
 
 
 @dataclass(frozen=True)
@@ -38,7 +45,7 @@ class Signature:
     """What the audit keeps of one image: pixel digest, DCT signatures, band-passed detail."""
 
     digest: str
-    dct: np.ndarray  # (8, 63): the signature of each of the 8 dihedral views, unit norm
+    dct: np.ndarray  # (24, 63): each zoom of ``ZOOMS`` under each of the 8 dihedral views, unit norm
     detail: np.ndarray  # (_DETAIL, _DETAIL) float32, band-passed grayscale, untransformed
     side: int  # side in pixels of the centred square the signature was taken from
     norms: np.ndarray  # centred norm of every window of ``detail`` the size of a same-scale template
@@ -69,6 +76,12 @@ def _centred(g: np.ndarray) -> np.ndarray:
     return g[top + pad:top + pad + side, left + pad:left + pad + side]
 
 
+def _zoom(square: np.ndarray, crop: float) -> np.ndarray:
+    """The centre of ``square`` without ``crop`` of its side on each edge."""
+    q = int(round(square.shape[0] * crop))
+    return square[q:square.shape[0] - q, q:square.shape[1] - q] if q else square
+
+
 def _resize(a: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(a.astype(np.float32)).resize((side, side), Image.Resampling.BOX),
                       dtype=np.float32)
@@ -92,8 +105,8 @@ def signature(img: np.ndarray) -> Signature:
     """The audit's signature of one HxWx3 uint8 RGB image."""
     digest = hashlib.sha1(f"{img.shape}".encode() + np.ascontiguousarray(img).tobytes()).hexdigest()
     square = _centred(_gray(img))
-    low = _resize(square, _LOW)
-    dct = np.stack([dctn(t, norm="ortho")[:_COEFFS, :_COEFFS].ravel()[1:] for t in dihedral(low)])
+    dct = np.stack([dctn(t, norm="ortho")[:_COEFFS, :_COEFFS].ravel()[1:]
+                    for z in ZOOMS for t in dihedral(_resize(_zoom(square, z), _LOW))])
     dct /= np.linalg.norm(dct, axis=1, keepdims=True) + 1e-9
     detail = _detail(square)
     return Signature(digest, dct.astype(np.float32), detail, square.shape[0],
@@ -119,10 +132,10 @@ def _ncc_max(a: np.ndarray, t: np.ndarray, norms: np.ndarray | None = None) -> f
     tn = float(np.sqrt((t * t).sum()))
     if tn < 1e-6:
         return 0.0
-    num = sliding_window_view(a, t.shape).reshape(-1, t.size) @ t.ravel()
+    num = correlate(a, t, mode="valid", method="fft")  # zoomed templates slide over hundreds of places
     if norms is None:
         norms = _window_norms(a, t.shape)
-    return float((num / (norms.ravel() * tn)).max())
+    return float((num / (norms * tn)).max())
 
 
 def _template(a: np.ndarray, side: int) -> np.ndarray:
@@ -132,17 +145,25 @@ def _template(a: np.ndarray, side: int) -> np.ndarray:
 
 
 def verify(a: Signature, b: Signature, transform: int) -> float:
-    """Detail correlation of ``b`` (under view ``transform`` of ``D4``) with ``a``, over shifts and
-    two scales.
+    """Detail correlation of ``b`` (under view ``transform`` of the DCT signature: ``D4`` view
+    ``transform % 8`` of zoom ``ZOOMS[transform // 8]``) with ``a``, over shifts and scales.
 
-    Scales: the same frame (a crop resized back) and the same pixel size (a crop left as is). The
-    central part of either image is slid over the other, so either may be the crop of the other.
+    Scales: the same pixel size (a crop left as is) and the relative zooms of ``_VERIFY_ZOOMS``
+    near the one the zoomed view proposes (that zoom of ``b`` looked like ``a``, so ``a`` shows
+    ``b`` magnified; with no zoom proposed, either may be). The central part of the magnified
+    image, shrunk by the zoom, is slid over the other, so either may be the crop of the other.
     """
-    db = np.ascontiguousarray(dihedral(b.detail)[transform])
-    nb = dihedral(b.norms)[transform]  # square windows: the norms transform with the image
+    d4, hint = transform % 8, 1 / (1 - 2 * ZOOMS[transform // 8])
+    zooms = {z for z in _VERIFY_ZOOMS if abs(np.log(z / hint)) <= 0.07}
+    db = np.ascontiguousarray(dihedral(b.detail)[d4])
+    nb = dihedral(b.norms)[d4]  # square windows: the norms transform with the image
     best = 0.0
-    for x, y, sx, sy, norms in ((a.detail, db, a.side, b.side, a.norms), (db, a.detail, b.side, a.side, nb)):
-        for side in {_DETAIL, int(round(_DETAIL * sy / sx))}:
+    for x, y, sx, sy, norms, magnified in ((a.detail, db, a.side, b.side, a.norms, hint == 1),
+                                           (db, a.detail, b.side, a.side, nb, True)):
+        sides = {int(round(_DETAIL * sy / sx))}
+        if magnified:
+            sides |= {int(round(_DETAIL / z)) for z in zooms}
+        for side in sides:
             t = _template(y, side)
             if 4 <= t.shape[0] <= _DETAIL:
                 best = max(best, _ncc_max(x, t, norms if side == _DETAIL else None))

@@ -25,9 +25,11 @@ from leukoscope.bundle.format import (
     METRICS,
     RUNTIMES,
     SPLIT,
+    UNFAMILIAR,
     read_config,
 )
 from leukoscope.errors import BundleError, ImageError
+from leukoscope.models.unfamiliar import Scorer, load_scorer
 
 if TYPE_CHECKING:  # pandas costs a second of start-up; only history and split need it
     import pandas as pd
@@ -45,6 +47,13 @@ class Bundle(ABC):
     def __init__(self, path: Path, config: dict[str, Any]):
         self.path = Path(path)
         self.config = config
+        #: The unfamiliarity score (``models.unfamiliar``); None for a bundle written without one.
+        self.unfamiliar: Scorer | None = None
+        if "unfamiliar" in config:
+            try:
+                self.unfamiliar = load_scorer(self.path / UNFAMILIAR, config["unfamiliar"])
+            except ValueError as e:
+                raise BundleError(str(e)) from None
 
     @classmethod
     @abstractmethod
@@ -58,12 +67,41 @@ class Bundle(ABC):
     def prepare(self, images: Sequence[np.ndarray]) -> Any:
         """The per-image work before the model (networks: resize and normalise), split off so that a
         pipeline runs it for the next batch on its decode thread while the model scores this one;
-        ``prepared_logits`` takes what it returns. Other families return the images as they are."""
+        ``prepared_scored_logits`` takes what it returns. Other families return the images as they are."""
         return images
 
-    def prepared_logits(self, prepared: Any) -> np.ndarray:
-        """``logits`` of a batch from ``prepare``."""
-        return self.logits(prepared)
+    def prepared_embed_logits(self, prepared: Any, embed: bool = True
+                              ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``embed_logits`` of a batch from ``prepare`` (with ``embed`` false: ``logits``, no embedding)."""
+        return self.embed_logits(prepared) if embed else (self.logits(prepared), None)
+
+    def embed_logits(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """``logits`` and, in one pass, the embedding the unfamiliarity score reads (None: the family has
+        none; networks: penultimate features, classical: the feature rows)."""
+        return self.logits(images), None
+
+    def scored_logits(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """``logits`` and each image's unfamiliarity, in one pass (None without a scorer: older bundles)."""
+        return self.prepared_scored_logits(self.prepare(images))
+
+    def prepared_scored_logits(self, prepared: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """``scored_logits`` of a batch from ``prepare``."""
+        if self.unfamiliar is None:
+            return self.prepared_embed_logits(prepared, embed=False)[0], None
+        logits, emb = self.prepared_embed_logits(prepared)
+        if emb is None and self.unfamiliar.needs_embeddings:
+            raise BundleError(f"{self.path}: this runtime gives no embeddings for the unfamiliarity score; "
+                              f"re-export (`leukoscope export {self.path} --onnx`) or use --runtime torch")
+        return logits, self.unfamiliar.score(emb, logits)
+
+    def assess(self, images: Sequence[ImageLike]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated probabilities and unfamiliarity per image (None without a scorer: older bundles)."""
+        from leukoscope.probability import softmax_t
+
+        if self.unfamiliar is None or len(images) == 0:
+            return self.predict_proba(images), None
+        logits, scores = self.scored_logits(decode(images))
+        return softmax_t(logits, self.temperature), scores
 
     @property
     def classes(self) -> list[str]:

@@ -136,3 +136,8 @@ class ClassicalBundle(Bundle):
 
     def logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
         return log_probabilities(self.pipeline, self.features(images), len(self.classes))
+
+    def embed_logits(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The feature rows (the unfamiliarity score standardises them) and the logits."""
+        X = self.features(images)
+        return log_probabilities(self.pipeline, X, len(self.classes)), X

@@ -10,6 +10,9 @@ Layout of a bundle directory::
     history.csv      per-epoch training history (networks)
     MODEL_CARD.md    data, protocol, metrics, intended use, library versions
     model.onnx       once exported (``leukoscope export``; model.int8.onnx with --int8)
+    unfamiliar.safetensors
+                     the unfamiliarity score's tensors (``models.unfamiliar``; settings under config key
+                     ``unfamiliar``). Optional: a bundle without it loads and has no score.
 
 ``FORMAT_VERSION`` is written into every new config.json. Version 0 is a bundle from before
 versions were recorded (no ``format_version`` key): the same layout, read the same way. A version
@@ -40,6 +43,8 @@ SAFETENSORS = "model.safetensors"
 SKOPS = "pipeline.skops"
 ONNX = "model.onnx"
 ONNX_INT8 = "model.int8.onnx"
+#: The unfamiliarity scorer's tensors (``models.unfamiliar``), when config.json has ``unfamiliar``.
+UNFAMILIAR = "unfamiliar.safetensors"
 
 #: The version of this layout that new bundles carry as ``format_version``; 0 is a bundle without it.
 FORMAT_VERSION = 1
@@ -72,7 +77,8 @@ _INFO_TYPES: dict[str, type] = {"model": str, "protocol": str, "data": str, "cre
                                 "model_params": dict, "onnx": dict}
 #: Stain-normalisation parameters by method (``models.stain.fit`` writes them): key -> array shape.
 _STAIN_PARAMS: dict[str, dict[str, tuple[int, ...]]] = {
-    "none": {}, "reinhard": {"mean": (3,), "std": (3,)}, "macenko": {"HERef": (3, 2), "maxCRef": (2,)}}
+    "none": {}, "reinhard": {"mean": (3,), "std": (3,)}, "macenko": {"HERef": (3, 2), "maxCRef": (2,)},
+    "greyworld": {"background": (3,)}}
 
 Need = Callable[[bool, str, str, Any], None]
 
@@ -156,6 +162,8 @@ def check_config(config: Any, cfg: Path) -> dict[str, Any]:
         _check_rare(config["rare_classes"], need)
     if config.get("operating_point") is not None:
         _check_operating_point(config["operating_point"], classes, need)
+    if "unfamiliar" in config:
+        _check_unfamiliar(config["unfamiliar"], need)
     check = _FAMILY_CHECKS.get(family)
     if check is not None:
         check(config, need)
@@ -183,6 +191,21 @@ def _check_operating_point(op: Any, classes: list[str], need: Need) -> None:
          op.get("positive"))
     t = op.get("threshold")
     need(_number(t) and 0 <= t <= 1, "operating_point.threshold", "a number in [0, 1]", t)
+def _check_unfamiliar(u: Any, need: Need) -> None:
+    """``unfamiliar`` (``models.unfamiliar.Scorer.config``): optional; a bundle without it has no score."""
+    from leukoscope.models.unfamiliar import METHODS
+
+    need(isinstance(u, dict), "unfamiliar", "a JSON object", u)
+    need(u.get("method") in METHODS, "unfamiliar.method", f"one of {', '.join(METHODS)}", u.get("method"))
+    need(_number(u.get("threshold")), "unfamiliar.threshold", "a finite number", u.get("threshold"))
+    k = u.get("k", 1)
+    need(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 1000, "unfamiliar.k",
+         "an integer in 1..1000", k)
+    t = u.get("temperature", 1.0)
+    need(_number(t) and TEMPERATURES[0] <= t <= TEMPERATURES[1], "unfamiliar.temperature",
+         f"a number in [{TEMPERATURES[0]}, {TEMPERATURES[1]}]", t)
+    need(isinstance(u.get("standardise", False), bool), "unfamiliar.standardise", "true or false",
+         u.get("standardise"))
 
 
 def _check_network(config: dict[str, Any], need: Need) -> None:

@@ -19,7 +19,7 @@ from leukoscope.bundle.format import CONFIG, ONNX, ONNX_INT8, SAFETENSORS, one_l
 from leukoscope.data.images import file_digest
 from leukoscope.errors import BundleError
 from leukoscope.geometry import D4, dihedral
-from leukoscope.models.onnx import INPUT, OUTPUT, ort_session
+from leukoscope.models.onnx import EMBEDDING, INPUT, OUTPUT, has_vnni, ort_session
 from leukoscope.models.preprocess import prepare
 
 
@@ -44,6 +44,10 @@ class OnnxBundle(Bundle):
             why = "exported from other weights" if onnx_path.is_file() else "not found"
             raise BundleError(f"{onnx_path}: {why}; run `leukoscope export {path} --onnx"
                               f"{' --int8' if model_file == ONNX_INT8 else ''}`")
+        if model_file == ONNX_INT8 and config.get("onnx", {}).get("int8_vnni") and not has_vnni():
+            raise BundleError(f"{onnx_path}: exported on a CPU with VNNI (8-bit weights), which this CPU "
+                              f"lacks: its int16 sums would overflow; re-export here (`leukoscope export "
+                              f"{path} --onnx --int8`) or use --runtime onnx")
         try:
             session = ort_session(onnx_path)
         except Exception as e:  # ORT raises its own types for corrupt or truncated files
@@ -59,25 +63,43 @@ class OnnxBundle(Bundle):
         return (digest is not None and (Path(path) / model_file).is_file() and weights.is_file()
                 and digest == file_digest(weights))
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def _run(self, x: np.ndarray, names: Sequence[str] = (OUTPUT,)) -> list[np.ndarray]:
         if not self.config.get("tta", False):
-            return np.asarray(self.session.run([OUTPUT], {INPUT: x})[0])
+            return [np.asarray(a) for a in self.session.run(list(names), {INPUT: x})]
         # trained with TTA: logits averaged over the D4 views, as NetworkBundle does in torch
         batch = np.ascontiguousarray(np.concatenate(dihedral(x, (2, 3))))
-        scores = np.asarray(self.session.run([OUTPUT], {INPUT: batch})[0])
-        return scores.reshape(len(D4), len(x), -1).mean(axis=0)
+        return [np.asarray(a).reshape(len(D4), len(x), -1).mean(axis=0)
+                for a in self.session.run(list(names), {INPUT: batch})]
+
+    def _batches(self, images: Sequence[np.ndarray], names: Sequence[str]) -> list[np.ndarray]:
+        out = [self._run(prepare(images[i:i + self.batch_size], self.config), names)
+               for i in range(0, len(images), self.batch_size)]
+        if not out:
+            return [np.zeros((0, len(self.classes)), np.float32) for _ in names]
+        return [np.concatenate(parts) for parts in zip(*out, strict=True)]
 
     def logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        out = [self._run(prepare(images[i:i + self.batch_size], self.config))
-               for i in range(0, len(images), self.batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+        return self._batches(images, (OUTPUT,))[0]
+
+    def embed_logits(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits and the export's ``embedding`` output (None from an export made before it existed)."""
+        if EMBEDDING not in {o.name for o in self.session.get_outputs()}:
+            return self.logits(images), None
+        logits, emb = self._batches(images, (OUTPUT, EMBEDDING))
+        return logits, emb
 
     def prepare(self, images: Sequence[np.ndarray]) -> np.ndarray:
         return prepare(images, self.config)
 
-    def prepared_logits(self, prepared: np.ndarray) -> np.ndarray:
-        out = [self._run(prepared[i:i + self.batch_size]) for i in range(0, len(prepared), self.batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+    def prepared_embed_logits(self, prepared: np.ndarray, embed: bool = True
+                              ) -> tuple[np.ndarray, np.ndarray | None]:
+        embedding = embed and EMBEDDING in {o.name for o in self.session.get_outputs()}
+        names, size = (OUTPUT, EMBEDDING) if embedding else (OUTPUT,), self.batch_size
+        out = [self._run(prepared[i:i + size], names) for i in range(0, len(prepared), size)]
+        if not out:
+            return np.zeros((0, len(self.classes)), np.float32), None
+        parts = [np.concatenate(p) for p in zip(*out, strict=True)]
+        return parts[0], parts[1] if len(parts) > 1 else None
 
 
 def check_session(session: Any, onnx_path: Path, config: dict[str, Any]) -> None:

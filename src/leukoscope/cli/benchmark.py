@@ -10,7 +10,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from leukoscope.cli.app import app, console, print_rare, print_skipped, say
-from leukoscope.cli.options import DedupeOpt, KindOpt, LayoutOpt, MinCellsOpt, Paths, RareOpt, SplitFileOpt
+from leukoscope.cli.classmap import mapped
+from leukoscope.cli.options import (
+    ClassMapOpt,
+    DedupeOpt,
+    KindOpt,
+    LayoutOpt,
+    MinCellsOpt,
+    Paths,
+    RareOpt,
+    SplitFileOpt,
+)
 from leukoscope.cli.progress import shown
 
 
@@ -38,6 +48,7 @@ def benchmark_cmd(
     rare: RareOpt = None,
     split: SplitFileOpt = None,
     dedupe: DedupeOpt = None,
+    class_map: ClassMapOpt = None,
 ) -> None:
     """Every classical model on cached features: grouped k-fold CV of the train and val sides (the test
     side, the one train and tune hold out, is kept for --save-best), sorted by balanced accuracy."""
@@ -65,7 +76,7 @@ def benchmark_cmd(
                 raise ConfigError(f"--models: no classical model matches {pattern!r}; choose from: "
                                   f"{', '.join(list_models(family='classical'))}")
             names += [n for n in found if n not in names]
-    m = read(paths, layout)
+    m, _ = mapped(read(paths, layout), class_map)
     with shown() as bars:
         lb, split, X = benchmark(m, features=features, k=cv, models=names, timeout=timeout, jobs=jobs,
                                  seed=seed, params=params, min_cells=min_cells, rare=rare, split_file=split,

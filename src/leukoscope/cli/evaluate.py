@@ -10,8 +10,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from leukoscope.cli.app import app, console, say
+from leukoscope.cli.classmap import mapped
 from leukoscope.cli.decisions import print_decision
-from leukoscope.cli.options import BatchOpt, BundleArg, LayoutOpt, Paths, RuntimeOpt, SplitFileOpt, TtaOpt
+from leukoscope.cli.options import (
+    BatchOpt,
+    BundleArg,
+    ClassMapOpt,
+    LayoutOpt,
+    Paths,
+    RuntimeOpt,
+    SplitFileOpt,
+    TtaOpt,
+)
 from leukoscope.cli.progress import shown
 
 
@@ -33,10 +43,12 @@ def evaluate_cmd(
     tta: TtaOpt = False,
     batch_size: BatchOpt = 64,
     runtime: RuntimeOpt = "auto",
+    class_map: ClassMapOpt = None,
 ) -> None:
     """Accuracy, balanced accuracy, P/R/F1, ROC AUC, ECE before/after calibration, per subject; report."""
     from leukoscope.bundle import load_bundle
     from leukoscope.data.readers import read
+    from leukoscope.evaluate.coverage import coverage_line
     from leukoscope.evaluate.intervals import fmt_ci
     from leukoscope.evaluate.report import REPORT_FILE, evaluate
 
@@ -47,7 +59,9 @@ def evaluate_cmd(
         return evaluate_patients_cmd(b, paths, layout, out)
     from leukoscope.data.splits import read_split
 
-    m = read(paths, layout)
+    m, cmap = mapped(read(paths, layout), class_map)
+    if cmap is not None:
+        cmap.check_classes(m, b.classes, f"the classes of {bundle}")
     given = read_split(split) if split is not None else None
     with shown() as bars:
         r = evaluate(b, m, out, tta=tta, side=side, batch_size=batch_size, progress=bars, split=given)
@@ -62,9 +76,14 @@ def evaluate_cmd(
     console.print(table)
     if "operating_point" in r:
         print_decision(r["operating_point"], "operating point")
+    if cmap is not None:
+        from leukoscope.cli.crosslab import print_side_by_side
+
+        print_side_by_side(b.metrics(), r, out)
     cal = r["calibration"]
     console.print(f"ECE before / after temperature (T = {cal['temperature']:.3f}): "
                   f"{_f(cal['ece_before'])} / {_f(cal['ece_after'])}")
+    say(coverage_line(r["unfamiliar"]))
     cut = r["shortcut"]  # the colour shortcut beside the model (its warning, if any, a note below)
     if cut["figure"]:
         console.print(escape(f"{cut['label']}: balanced accuracy {cut['text']} ({cut['how']})"))

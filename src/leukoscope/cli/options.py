@@ -68,6 +68,12 @@ def _stain_methods() -> Iterable[str]:
     return METHODS
 
 
+def _class_maps() -> Iterable[str]:
+    from leukoscope.data.classmap import shipped_maps
+
+    return shipped_maps()
+
+
 #: ``{name}`` in option help -> the registry's names (imported when a help that names it is drawn;
 #: none of these imports torch, scikit-learn or onnxruntime).
 CHOICES: dict[str, Callable[[], Iterable[str]]] = {
@@ -81,6 +87,7 @@ CHOICES: dict[str, Callable[[], Iterable[str]]] = {
     "tune_metrics": _tune_metrics,
     "pruners": _pruners,
     "stain_methods": _stain_methods,
+    "class_maps": _class_maps,
 }
 
 
@@ -116,6 +123,11 @@ MinCellsOpt = Annotated[int | None, typer.Option(
 RareOpt = Annotated[str | None, typer.Option(
     "--rare", show_default="other", help="What becomes of a rare class's cells: other (one merged class "
     "'other') or drop.")]
+
+ClassMapOpt = Annotated[str | None, typer.Option(
+    "--class-map", show_default="labels as read", help="Map the data's labels onto common ones first "
+    "(cross-lab work): a YAML / CSV file (source label -> common label) or a shipped map ({class_maps}); "
+    "cells of types the map drops are left out and counted.")]
 
 BundleArg = Annotated[Path, typer.Argument(
     help="A model bundle folder (from train or benchmark --save-best).", show_default=False)]

@@ -9,8 +9,17 @@ import typer
 from rich.table import Table
 
 from leukoscope.cli.app import app, console, err_console, print_rare
+from leukoscope.cli.classmap import mapped
 from leukoscope.cli.decisions import print_operating_point
-from leukoscope.cli.options import DedupeOpt, LayoutOpt, MinCellsOpt, Paths, RareOpt, SplitFileOpt
+from leukoscope.cli.options import (
+    ClassMapOpt,
+    DedupeOpt,
+    LayoutOpt,
+    MinCellsOpt,
+    Paths,
+    RareOpt,
+    SplitFileOpt,
+)
 from leukoscope.cli.progress import shown
 from leukoscope.errors import ConfigError
 
@@ -72,6 +81,9 @@ def train_cmd(
                                                        show_default="1.0", rich_help_panel=NETWORKS)] = None,
     stain: Annotated[str | None, typer.Option(help="Stain normalisation: {stain_methods}.",
                                               show_default="none", rich_help_panel=NETWORKS)] = None,
+    stain_jitter: Annotated[float | None, typer.Option(
+        "--stain-jitter", help="HED stain jitter while training (0 off; 0.2 ~ another lab's stain).",
+        show_default="0.0", rich_help_panel=NETWORKS)] = None,
     crop_to_cell: Annotated[bool | None, typer.Option("--crop-to-cell/--no-crop-to-cell",
                                                       help="Crop black-background cells first.",
                                                       show_default="no-crop-to-cell",
@@ -112,6 +124,7 @@ def train_cmd(
     rare: RareOpt = None,
     split: SplitFileOpt = None,
     dedupe: DedupeOpt = None,
+    class_map: ClassMapOpt = None,
 ) -> None:
     """Train a network (from scratch or fine-tuned) or fit a classical pipeline on a grouped split; rerun
     to resume. With --target, a patient-level model instead: one call per patient from its cells."""
@@ -131,11 +144,12 @@ def train_cmd(
     cfg = TrainConfig.build(
         config, model=model, epochs=epochs, lr=lr, batch_size=batch_size, img_size=img_size,
         grayscale=grayscale, subset=subset, augment=augment, aug_strength=aug_strength, stain=stain,
+        stain_jitter=stain_jitter,
         crop_to_cell=crop_to_cell, tta=tta, patience=patience, finetune_depth=finetune_depth, seed=seed,
         freeze_bn=freeze_bn, cv=cv, split_protocol=split_protocol, features=features, min_cells=min_cells,
         rare=rare, device=device, positive=positive, target_sensitivity=target_sensitivity,
         split=None if split is None else str(split.resolve()), dedupe=dedupe)
-    m = read(paths, layout)
+    m, _ = mapped(read(paths, layout), class_map)
     try:
         with shown() as bars:
             if cfg.cv:

@@ -23,6 +23,7 @@ from leukoscope.data.splits import NO_DEDUPE_WARNING, Split, apply_split, resolv
 from leukoscope.errors import DataError, ImageError
 from leukoscope.evaluate import figures
 from leukoscope.evaluate.calibration import ece, reliability
+from leukoscope.evaluate.coverage import coverage_figure, coverage_section
 from leukoscope.evaluate.intervals import with_intervals
 from leukoscope.evaluate.metrics import curves, evaluation_metrics
 from leukoscope.evaluate.operating import evaluate_operating_point
@@ -39,17 +40,21 @@ GALLERY_SIZE = 12
 
 
 def score_paths(bundle: Bundle, paths: Sequence[str], batch_size: int = 64, tta: bool = False,
-                progress: Progress = SILENT) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
-    """Logits per view for every readable path: (indices of readable paths, logits, skipped)."""
+                progress: Progress = SILENT, unfamiliarity: list[np.ndarray] | None = None
+                ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """Logits per view for every readable path: (indices of readable paths, logits, skipped); the
+    bundle's unfamiliarity scores are appended to ``unfamiliarity`` when given."""
     index = {p: i for i, p in enumerate(paths)}
     ok: list[int] = []
     parts: list[np.ndarray] = []
     skipped: list[tuple[str, str]] = []
     advance = progress.task("scoring", len(paths))
-    for good, views, bad in scored_batches(bundle, map(Path, paths), batch_size, tta):
+    for good, views, scores, bad in scored_batches(bundle, map(Path, paths), batch_size, tta):
         skipped += bad
         if good:
             parts.append(views)
+            if unfamiliarity is not None and scores is not None:
+                unfamiliarity.append(scores)
             ok += [index[str(p)] for p in good]
         advance(len(good) + len(bad))
     progress.done("scoring")
@@ -129,12 +134,15 @@ def _gallery(paths: Sequence[str], y: np.ndarray, probs: np.ndarray, classes: Se
 
 
 def _write_predictions(path: Path, m: Manifest, y: np.ndarray, probs: np.ndarray,
-                       classes: Sequence[str], called: np.ndarray) -> None:
+                       classes: Sequence[str], called: np.ndarray, unf: np.ndarray | None,
+                       bundle: Bundle) -> None:
     df = pd.DataFrame({"path": m["path"], "subject": m["subject"], "label": [classes[i] for i in y],
                        "predicted": [classes[i] for i in called]})
     df["correct"] = df["label"] == df["predicted"]
     for i, c in enumerate(classes):
         df[f"p_{c}"] = probs[:, i].round(6)
+    if bundle.unfamiliar is not None and unf is not None:
+        df["unfamiliarity"], df["unfamiliar"] = unf.round(6), bundle.unfamiliar.flag(unf)
     write_csv_atomic(path, df)
 
 
@@ -161,7 +169,8 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
     if m.empty:
         raise DataError("no labelled images to evaluate")
     y_all = np.asarray(label_indices(m, classes), int)
-    ok, logits, skipped = score_paths(bundle, list(m["path"]), batch_size, tta, progress)
+    unfamiliarity: list[np.ndarray] = []
+    ok, logits, skipped = score_paths(bundle, list(m["path"]), batch_size, tta, progress, unfamiliarity)
     if len(ok) == 0:
         raise DataError(f"none of the {len(m)} images could be read")
     m, y = m.iloc[ok].reset_index(drop=True), y_all[ok]
@@ -171,6 +180,7 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
     scores = with_intervals(evaluation_metrics(y, probs, classes, list(m["subject"])), y, probs,
                             list(m["subject"]))
     op = bundle.operating_point
+    unf = np.concatenate(unfamiliarity) if unfamiliarity else None
     result: dict[str, Any] = {
         "bundle": str(bundle.path), "model": bundle.config.get("model", bundle.family),
         "family": bundle.family, "classes": classes, "tta": tta, "side": side,
@@ -190,13 +200,14 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
         "calibration": {"temperature": temperature, "ece_before": ece(before, y), "ece_after": ece(probs, y),
                         "reliability_before": reliability(before, y),
                         "reliability_after": reliability(probs, y)},
+        "unfamiliar": coverage_section(y, probs, unf, bundle.unfamiliar),
     }
     # the colour shortcut beside the model; its warning is about the data set, not about what makes these
     # figures optimistic (``warnings``), so the report shows it in its own section, under the headline figures
     result["shortcut"] = for_evaluation(bundle, m, y, scores["cell"]["balanced_accuracy"])
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / METRICS_FILE, result)
-    _write_predictions(out / PREDICTIONS_FILE, m, y, probs, classes, bundle.decide(probs))
+    _write_predictions(out / PREDICTIONS_FILE, m, y, probs, classes, bundle.decide(probs), unf, bundle)
     cal = result["calibration"]
     history = bundle.history()
     figs = {
@@ -205,6 +216,7 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
         "reliability": figures.reliability_figure(cal["reliability_before"], cal["reliability_after"],
                                                   cal["ece_before"], cal["ece_after"], temperature),
         "history": figures.history_figure(history) if history is not None else None,
+        "coverage": coverage_figure(result["unfamiliar"]),
     }
     write_report(out / REPORT_FILE, "evaluate.html",
                  title=f"Evaluation: {result['model']} on {len(y)} images",

@@ -161,3 +161,12 @@ def forward_logits(module: nn.Module, x: torch.Tensor, tta: bool = False) -> tor
         return module(x)
     views = dihedral(x, (2, 3))
     return torch.stack([module(v.contiguous(memory_format=torch.channels_last)) for v in views]).mean(0)
+
+
+def embed_features(module: Network, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """Eval-mode penultimate features (``module.embed``), averaged over the D4 views when ``tta``."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    if not tta:
+        return module.embed(x)
+    views = dihedral(x, (2, 3))
+    return torch.stack([module.embed(v.contiguous(memory_format=torch.channels_last)) for v in views]).mean(0)

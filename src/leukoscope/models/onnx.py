@@ -16,6 +16,21 @@ from leukoscope.settings import threads
 
 OPSET = 17
 INPUT, OUTPUT = "input", "logits"
+#: Second output of a network bundle's export: the penultimate features (the unfamiliarity score's input).
+EMBEDDING = "embedding"
+
+
+def has_vnni() -> bool:
+    """Whether this CPU multiplies uint8 x int8 with VNNI (AVX512-VNNI or AVX-VNNI) into int32.
+
+    Without it, x86 ONNX Runtime sums pairs of products into saturating int16 first, which full-range
+    int8 weights overflow; int8 exports for such a CPU use 7-bit weights (``bundle.export``).
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: assume the worst, 7-bit weights are correct everywhere
+        return False
+    return " avx512_vnni" in flags or " avx_vnni" in flags
 
 
 def ort_session(path: Path) -> Any:
@@ -35,14 +50,30 @@ def ort_session(path: Path) -> Any:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def export_module(module: Any, size: int, target: Path, output: str = OUTPUT) -> None:
+def export_module(module: Any, size: int, target: Path, output: str = OUTPUT,
+                  embedding: bool = False) -> None:
     """Write ``module`` (input ``INPUT``: float NCHW at ``size`` px, any batch) to ``target`` as one
-    ONNX file, atomically: the traced exporter, so nothing lands beside it."""
+    ONNX file, atomically: the traced exporter, so nothing lands beside it. ``embedding``: a network
+    also gives its penultimate features as output ``EMBEDDING``."""
     import torch
 
     module = module.eval().to(memory_format=torch.contiguous_format)
+    outputs = [output]
+    if embedding:
+        net = module
+
+        class LogitsAndEmbedding(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = net
+
+            def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                e = self.net.embed(x)
+                return self.net.head(e), e
+
+        module, outputs = LogitsAndEmbedding().eval(), [output, EMBEDDING]
     with atomic_path(target) as tmp, torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes on constant folding, not user-facing
         torch.onnx.export(module, (torch.zeros(2, 3, size, size),), str(tmp), dynamo=False,
-                          opset_version=OPSET, input_names=[INPUT], output_names=[output],
-                          dynamic_axes={INPUT: {0: "batch"}, output: {0: "batch"}})
+                          opset_version=OPSET, input_names=[INPUT], output_names=outputs,
+                          dynamic_axes={INPUT: {0: "batch"}, **{o: {0: "batch"} for o in outputs}})

@@ -1,9 +1,11 @@
-"""Stain normalisation as preprocessing: Reinhard (numpy, LAB statistics) or Macenko (torchstain).
+"""Stain normalisation as preprocessing: Reinhard (numpy, LAB statistics), Macenko (torchstain) or grey-world.
 
 ``fit(images, method)`` learns a target from training images only and returns a JSON-able dict
 stored in the bundle's preprocessing config; ``apply(img, params)`` maps one image to that target
 at training and at inference (numpy only, so ONNX Runtime serving never loads torch).
-Black background (C-NMC crops) is excluded from the statistics and left black.
+Black background (C-NMC crops) is excluded from the statistics and left black. Grey-world is the cheapest:
+each image's channels are scaled so its bright (background) pixels take the training images' background
+colour, which undoes another lab's white balance and lamp without touching the cell's own contrast.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import numpy as np
 from leukoscope.errors import ConfigError
 from leukoscope.geometry import foreground
 
-METHODS = ("none", "reinhard", "macenko")
+METHODS = ("none", "reinhard", "macenko", "greyworld")
+#: The share of an image's (foreground) pixels, the brightest, that estimate its background colour.
+BRIGHT_SHARE = 0.25
 
 
 def _foreground(img: np.ndarray) -> np.ndarray:
@@ -83,10 +87,29 @@ def _apply_macenko(img: np.ndarray, params: dict[str, Any]) -> np.ndarray:
     return out
 
 
+def _background(img: np.ndarray) -> np.ndarray:
+    """Mean RGB of the brightest ``BRIGHT_SHARE`` of the image's pixels (plasma and red-cell-free glass)."""
+    px = img[_foreground(img)].astype(np.float64)
+    bright = px.sum(axis=1)
+    return px[bright >= np.quantile(bright, 1 - BRIGHT_SHARE)].mean(axis=0) + 1e-6
+
+
+def _fit_greyworld(images: Sequence[np.ndarray]) -> dict[str, Any]:
+    return {"background": np.mean([_background(im) for im in images], axis=0).tolist()}
+
+
+def _apply_greyworld(img: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+    gain = np.asarray(params["background"]) / _background(img)
+    out = np.clip(np.round(img * gain), 0, 255).astype(np.uint8)
+    fg = _foreground(img)
+    out[~fg] = img[~fg]
+    return out
+
+
 _FIT: dict[str, Callable[[Sequence[np.ndarray]], dict[str, Any]]] = {
-    "reinhard": _fit_reinhard, "macenko": _fit_macenko}
+    "reinhard": _fit_reinhard, "macenko": _fit_macenko, "greyworld": _fit_greyworld}
 _APPLY: dict[str, Callable[[np.ndarray, dict[str, Any]], np.ndarray]] = {
-    "reinhard": _apply_reinhard, "macenko": _apply_macenko}
+    "reinhard": _apply_reinhard, "macenko": _apply_macenko, "greyworld": _apply_greyworld}
 
 
 def check_method(method: str) -> str:

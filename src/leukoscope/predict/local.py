@@ -34,9 +34,8 @@ from leukoscope.bundle import CARD, HISTORY, METRICS, ONNX, ONNX_INT8, SPLIT, Bu
 from leukoscope.data.images import is_image_file, iter_image_files, load_batch
 from leukoscope.errors import DataError
 from leukoscope.io import write_json_atomic
-from leukoscope.predict import ENGINES
-from leukoscope.predict.tta import proba_from_views, view_logits
-from leukoscope.probability import decide
+from leukoscope.predict import ENGINES, unfamiliar
+from leukoscope.predict.tta import proba_from_views
 from leukoscope.progress import SILENT, Progress
 
 T = TypeVar("T")
@@ -174,9 +173,10 @@ def draft_size(config: dict[str, Any]) -> int | None:
 
 
 def scored_batches(bundle: Bundle, paths: Iterable[P], batch_size: int, tta: bool = False
-                   ) -> Iterator[tuple[list[P], np.ndarray, list[tuple[str, str]]]]:
+                   ) -> Iterator[tuple[list[P], np.ndarray, np.ndarray | None, list[tuple[str, str]]]]:
     """The one pipeline of every engine: per batch of ``paths``, (readable paths, logits per view
-    (images x views x classes), ``(path, reason)`` of unreadable ones).
+    (images x views x classes), their unfamiliarity (None without a scorer), ``(path, reason)`` of
+    unreadable ones).
 
     A worker thread decodes and ``bundle.prepare``s (resizes, normalises) the next batch while the
     model scores this one: Pillow, numpy and ONNX Runtime release the GIL, so both cores work. With
@@ -189,13 +189,15 @@ def scored_batches(bundle: Bundle, paths: Iterable[P], batch_size: int, tta: boo
         return ok, images if tta or not images else bundle.prepare(images), skipped
 
     for ok, batch, skipped in prefetch(load(chunk) for chunk in chunks(paths, batch_size)):
+        scores: np.ndarray | None = None
         if not ok:
-            logits = np.zeros((0, 8 if tta else 1, len(bundle.classes)))
+            views = np.zeros((0, 8 if tta else 1, len(bundle.classes)))
         elif tta:
-            logits = view_logits(bundle, batch, tta=True)
+            views, scores = unfamiliar.scored_views(bundle, batch, tta=True)
         else:
-            logits = np.asarray(bundle.prepared_logits(batch))[:, None, :]
-        yield ok, logits, skipped
+            logits, scores = bundle.prepared_scored_logits(batch)
+            views = np.asarray(logits)[:, None, :]
+        yield ok, views, scores, skipped
 
 
 def _resume(out: Path, cols: list[str], record: dict[str, Any]) -> set[str]:
@@ -330,10 +332,17 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def csv_row(path: str | Path, probs: np.ndarray, classes: Sequence[str],
-            operating_point: dict[str, Any] | None = None) -> list[str]:
-    """One output row (every engine): the path, the called class (``probability.decide``: the most
-    probable, or the bundle's operating point), probabilities to 6 decimals."""
-    return [str(path), classes[int(decide(probs, classes, operating_point)[0])], *(f"{v:.6f}" for v in probs)]
+            operating_point: dict[str, Any] | None = None,
+            unfamiliarity: tuple[float, bool] | None = None) -> list[str]:
+    """One output row (every engine): the path, the call (``unfamiliar.label``: the bundle's operating
+    point or the most probable class), probabilities to 6 decimals; with ``unfamiliarity`` (score,
+    flagged) its two cells too, and ``unfamiliar`` as the call if flagged."""
+    flagged = unfamiliarity is not None and unfamiliarity[1]
+    call = unfamiliar.label(classes, probs, flagged, operating_point)
+    row = [str(path), call, *(f"{v:.6f}" for v in probs)]
+    if unfamiliarity is None:
+        return row
+    return [*row, f"{unfamiliarity[0]:.6f}", str(flagged).lower()]
 
 
 @ENGINES.register("local")
@@ -355,7 +364,7 @@ def _predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path, batch_size
     """``predict`` once the output is checked and held."""
     items, total, inputs_digest = check_inputs(inputs, batch_size)
     classes = bundle.classes
-    cols = header(classes)
+    cols = header(classes) + unfamiliar.columns(bundle)
     partial = partial_path(out)
     record = {"bundle": str(bundle.path), "bundle_digest": bundle_digest(bundle.path),
               "runtime": runtime_name(bundle), "tta": tta, "inputs": total, "inputs_digest": inputs_digest}
@@ -373,12 +382,13 @@ def _predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path, batch_size
             write_json_atomic(run_record_path(out), record)
         advance = progress.task("predicting", total)
         advance(len(done))
-        for paths, logits, skipped in scored_batches(bundle, todo, batch_size, tta):
+        for paths, views, scores, skipped in scored_batches(bundle, todo, batch_size, tta):
             summary.skipped += skipped
             if paths:
-                probs = proba_from_views(logits, bundle.temperature)
-                writer.writerows(csv_row(p, row, classes, bundle.operating_point)
-                                for p, row in zip(paths, probs, strict=True))
+                probs = proba_from_views(views, bundle.temperature)
+                marks = unfamiliar.marks(bundle, scores, len(probs))
+                writer.writerows(csv_row(p, row, classes, bundle.operating_point, u)
+                                 for p, row, u in zip(paths, probs, marks, strict=True))
                 f.flush()
             summary.predicted += len(paths)
             advance(len(paths) + len(skipped))

@@ -33,7 +33,7 @@ import numpy as np
 from leukoscope.bundle import Bundle, load_bundle
 from leukoscope.errors import ConfigError, DataError
 from leukoscope.io import atomic_path
-from leukoscope.predict import ENGINES
+from leukoscope.predict import ENGINES, unfamiliar
 from leukoscope.predict.local import (
     PredictSummary,
     check_inputs,
@@ -116,20 +116,28 @@ class Predictor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [Path(p) for p in batch["path"]]
-        none: tuple[list[Path], np.ndarray, list[tuple[str, str]]] = (
-            [], np.zeros((0, 1, len(self.classes))), [])
-        ok, logits, skipped = next(scored_batches(self.bundle, paths, len(paths) or 1, self.tta), none)
+        none: tuple[list[Path], np.ndarray, np.ndarray | None, list[tuple[str, str]]] = (
+            [], np.zeros((0, 1, len(self.classes))), None, [])
+        ok, views, scores, skipped = next(scored_batches(self.bundle, paths, len(paths) or 1, self.tta), none)
         decoded = set(ok)
         readable = np.array([p in decoded for p in paths], dtype=bool)
         probs = np.full((len(paths), len(self.classes)), np.nan)
         label = np.full(len(paths), None, dtype=object)
+        score = np.full(len(paths), np.nan)
         if ok:
-            probs[readable] = proba_from_views(logits, self.bundle.temperature)
+            probs[readable] = proba_from_views(views, self.bundle.temperature)
             label[readable] = self.classes[self.bundle.decide(probs[readable])]
+            if scores is not None:
+                score[readable] = scores
+        extra = {}
+        if self.bundle.unfamiliar is not None:  # the columns unfamiliarity, unfamiliar; label says so
+            flagged = readable & self.bundle.unfamiliar.flag(np.nan_to_num(score, nan=-np.inf))
+            label[flagged] = unfamiliar.UNFAMILIAR
+            extra = {"unfamiliarity": score, "unfamiliar": flagged}
         error = np.full(len(paths), "", dtype=object)  # "" = read fine (Arrow keeps strings, not NaN)
         error[~readable] = [reason for _, reason in skipped]
         return {"path": np.asarray([str(p) for p in paths], dtype=object), "label": label,
-                **{f"p_{c}": probs[:, k] for k, c in enumerate(self.classes)}, "error": error}
+                **{f"p_{c}": probs[:, k] for k, c in enumerate(self.classes)}, **extra, "error": error}
 
 
 def _configure_data(ray: Any) -> None:
@@ -140,26 +148,29 @@ def _configure_data(ray: Any) -> None:
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # e.g. "progress bars disabled"
 
 
-def _schema(classes: list[str]) -> Any:
+def _schema(classes: list[str], scored: bool = False) -> Any:
     import pyarrow as pa
 
+    more = [("unfamiliarity", pa.float64()), ("unfamiliar", pa.bool_())] if scored else []
     return pa.schema([("path", pa.string()), ("label", pa.string()),
-                      *[(c, pa.float64()) for c in header(classes)[2:]]])
+                      *[(c, pa.float64()) for c in header(classes)[2:]], *more])
 
 
 def _parquet_to_csv(parquet: Path, target: Path, classes: list[str],
-                    operating_point: dict[str, Any] | None = None) -> None:
+                    operating_point: dict[str, Any] | None = None, scored: bool = False) -> None:
     """The CSV the local engine would write (same rows, 6 decimals), streamed from the Parquet file."""
     import pyarrow.parquet as pq
 
     with atomic_path(target) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(header(classes))
+        writer.writerow(header(classes) + (unfamiliar.COLUMNS if scored else []))
         for batch in pq.ParquetFile(parquet).iter_batches():
             cols = batch.to_pydict()
             probs = np.column_stack([cols[c] for c in header(classes)[2:]])
-            writer.writerows(csv_row(p, row, classes, operating_point)
-                             for p, row in zip(cols["path"], probs, strict=True))
+            marks = (list(zip(cols["unfamiliarity"], cols["unfamiliar"], strict=True)) if scored
+                     else [None] * len(probs))
+            writer.writerows(csv_row(p, row, classes, operating_point, u)
+                             for p, row, u in zip(cols["path"], probs, marks, strict=True))
 
 
 def _write_skipped(out: Path, skipped: list[tuple[str, str]]) -> None:
@@ -191,7 +202,8 @@ def predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path | str, batch
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: --out of the ray engine is a folder, and this is a file")
     out.mkdir(parents=True, exist_ok=True)
-    classes, schema = bundle.classes, _schema(bundle.classes)
+    scored = bundle.unfamiliar is not None
+    classes, schema = bundle.classes, _schema(bundle.classes, scored)
     summary = PredictSummary(out=out / PARQUET)
     start = time.perf_counter()
     with ray_session(address, num_cpus) as ray, atomic_path(out / PARQUET) as tmp, \
@@ -214,7 +226,7 @@ def predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path | str, batch
             advance(len(bad))
         progress.done("predicting")
     if write_csv:
-        _parquet_to_csv(out / PARQUET, out / CSV, classes, bundle.operating_point)
+        _parquet_to_csv(out / PARQUET, out / CSV, classes, bundle.operating_point, scored)
     _write_skipped(out, summary.skipped)
     summary.seconds = time.perf_counter() - start
     return summary

@@ -48,6 +48,7 @@ from leukoscope.data.images import FORMATS, decode_rgb, image_size
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING
 from leukoscope.errors import ImageError, LeukoscopeError
 from leukoscope.explain import EXPLAINERS, Explainer, Explanation
+from leukoscope.predict import unfamiliar
 from leukoscope.reports.html import image_to_data_uri
 from leukoscope.serve.admission import Admission, ASGIApp, Message, Receive, Scope, Send
 from leukoscope.serve.limits import ServeSettings
@@ -101,6 +102,11 @@ class FileResult(BaseModel):
     name: str
     label: str | None = None
     probabilities: dict[str, float] | None = None
+    #: Higher = less like the training data; ``unfamiliar``: above the bundle's threshold, and then
+    #: ``label`` is "unfamiliar" (None, None: the bundle has no score).
+    unfamiliarity: float | None = None
+    unfamiliar: bool | None = None
+    threshold: float | None = None
     heatmap: str | None = None
     features: list[FeatureContribution] | None = None
     thumbnail: str | None = None
@@ -216,12 +222,21 @@ class Model:
         return result
 
     def _run(self, images: Sequence[np.ndarray], explain: bool) -> tuple[np.ndarray, list[dict[str, Any]]]:
-        probs = self.bundle.predict_proba(images)
+        probs, scores = self.bundle.assess(images)
+        marks = [unfamiliar_fields(self.bundle, u) for u in unfamiliar.marks(self.bundle, scores, len(probs))]
         if not (explain and self.explainer):
-            return probs, [{} for _ in images]
+            return probs, marks
         how = self.explainer.explain
-        return probs, [explanation_fields(how(self.bundle, im, int(c), EXPLAIN_SIDE))  # why the call shown
-                       for im, c in zip(images, self.bundle.decide(probs), strict=True)]
+        return probs, [mark | explanation_fields(how(self.bundle, im, int(c), EXPLAIN_SIDE))  # why the call
+                       for im, c, mark in zip(images, self.bundle.decide(probs), marks, strict=True)]
+
+
+def unfamiliar_fields(bundle: Bundle, mark: tuple[float, bool] | None) -> dict[str, Any]:
+    """A result's unfamiliarity, flag and threshold (nothing when the bundle has no score)."""
+    if mark is None or bundle.unfamiliar is None:
+        return {}
+    return {"unfamiliarity": round(mark[0], 6), "unfamiliar": mark[1],
+            "threshold": bundle.unfamiliar.threshold}
 
 
 def model_card(model: Model, settings: ServeSettings) -> dict[str, Any]:
@@ -345,10 +360,12 @@ def create_app(bundle_dir: Path | str, settings: ServeSettings | None = None) ->
             return _nothing_readable(results)
         probs, explanations = await model.run(images, explain)
         classes = model.bundle.classes
-        called = model.bundle.decide(np.asarray(probs))
-        for res, p, c, why in zip(ok, probs, called, explanations, strict=True):
-            res.label = classes[int(c)]
+        op = model.bundle.operating_point
+        for res, p, why in zip(ok, probs, explanations, strict=True):
+            res.label = unfamiliar.label(classes, p, bool(why.get("unfamiliar")), op)
             res.probabilities = {c: round(float(v), 6) for c, v in zip(classes, p, strict=True)}
+            res.unfamiliarity, res.unfamiliar = why.get("unfamiliarity"), why.get("unfamiliar")
+            res.threshold = why.get("threshold")
             res.heatmap = why.get("heatmap")
             res.features = why.get("features")
         return PredictResponse(model=model.name, classes=classes, results=results)

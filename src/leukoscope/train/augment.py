@@ -3,6 +3,8 @@
 Cells have no up or down, so every batch gets random flips and 90-degree rotations; ``strength``
 scales the rest: a small free rotation, zoom / shift (one affine resample), and brightness,
 contrast, saturation and per-channel gain jitter (a cheap stand-in for stain variation).
+``stain_jitter`` adds the stain itself: each image's haematoxylin, eosin and DAB concentrations are
+scaled and shifted by up to that fraction (Tellez et al. 2018's HED jitter), the variation between labs.
 Labels are untouched: the batch order is kept, each image is transformed on its own.
 """
 
@@ -82,11 +84,36 @@ def colour(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.Tensor
     return (((x - mean) * con + mean) * bri * gain).clamp_(0, 1)
 
 
-def augment(batch: torch.Tensor, strength: float, g: torch.Generator) -> torch.Tensor:
+#: Optical density is log(rgb) / log(_EPS): 0 for white, 1 for the darkest representable pixel.
+_EPS = 1e-6
+#: Stained pixels sit at optical densities of about 0.01 (pale background) to 0.1 (nucleus) on that
+#: scale, so the additive part of the jitter is this fraction of ``sigma`` (else it floods the background).
+HED_SHIFT = 0.05
+
+
+def hed(x: torch.Tensor, sigma: float, g: torch.Generator) -> torch.Tensor:
+    """Stain jitter: per image, each HED stain concentration ``c -> c * a + b`` with ``a`` in
+    [1 - sigma, 1 + sigma] and ``b`` in [-sigma, sigma] * HED_SHIFT (skimage's rgb2hed / hed2rgb in torch)."""
+    from skimage.color.colorconv import hed_from_rgb, rgb_from_hed
+
+    n = x.shape[0]
+    to_hed = torch.as_tensor(hed_from_rgb, dtype=x.dtype)
+    to_rgb = torch.as_tensor(rgb_from_hed, dtype=x.dtype)
+    log_eps = math.log(_EPS)
+    stains = torch.einsum("nchw,cd->ndhw", torch.log(x.clamp_min(_EPS)) / log_eps, to_hed)
+    a = 1 + _u(3 * n, g).view(n, 3, 1, 1) * sigma
+    b = _u(3 * n, g).view(n, 3, 1, 1) * sigma * HED_SHIFT
+    od = torch.einsum("ndhw,dc->nchw", stains * a + b, to_rgb)
+    return torch.exp(od * log_eps).clamp_(0, 1)
+
+
+def augment(batch: torch.Tensor, strength: float, g: torch.Generator, stain_jitter: float = 0.0
+            ) -> torch.Tensor:
     """uint8 NHWC batch -> augmented float [0, 1] NCHW batch (identity at ``strength <= 0``)."""
     x = to_float(batch)
     if strength <= 0:
         return x
     x = dihedral(x, g)
     x = affine(x, strength, g)
-    return colour(x, strength, g)
+    x = colour(x, strength, g)
+    return hed(x, stain_jitter, g) if stain_jitter > 0 else x

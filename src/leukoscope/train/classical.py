@@ -22,11 +22,13 @@ from leukoscope.bundle.classical import WEIGHTS, log_probabilities, save_pipelin
 from leukoscope.data.manifest import Manifest, classes, label_indices
 from leukoscope.errors import ConfigError
 from leukoscope.features.cache import feature_matrix
+from leukoscope.models.unfamiliar import Scorer
 from leukoscope.progress import SILENT, Progress
 from leukoscope.train import rundir
 from leukoscope.train.config import TrainConfig
 from leukoscope.train.data import bundle_split, describe, run_rows, run_split, split_record
 from leukoscope.train.heldout import calibrated, operating_point
+from leukoscope.train.unfamiliar import classical_scorer, save_scorer, unfamiliar_config
 
 
 def train_classical(m: Manifest, config: TrainConfig, out: Path, progress: Progress = SILENT) -> Bundle:
@@ -64,10 +66,12 @@ def train_classical(m: Manifest, config: TrainConfig, out: Path, progress: Progr
     op = operating_point(cfg.positive, cfg.target_sensitivity, probs, held_y, class_names, metrics)
     if op is not None:
         settings["operating_point"] = op
+    scorer = classical_scorer(X, y, sides, logits.get("val"), temperature, cfg.seed)
+    settings |= unfamiliar_config(scorer)
     if rare.types:
         metrics["rare_classes"] = settings["rare_classes"] = rare.to_json()
     write_json(out / "metrics.json", metrics)
-    write_bundle(out / rundir.BUNDLE, pipeline, settings, metrics, bundle_split(split))
+    write_bundle(out / rundir.BUNDLE, pipeline, settings, metrics, bundle_split(split), scorer)
     rundir.mark_done(out)
     rundir.write_skipped(out, skipped)
     return load_bundle(out / rundir.BUNDLE)
@@ -85,10 +89,11 @@ def fit_on_train(estimator: Any, X: np.ndarray, y: np.ndarray, sides: np.ndarray
 
 
 def write_bundle(out: Path, pipeline: Any, config: dict[str, Any], metrics: dict[str, Any],
-                 split: pd.DataFrame) -> Path:
-    """A classical bundle at ``out``, atomically: the pipeline (skops, allow-listed types only) and
-    the family-independent files (``config`` gets ``family: classical``)."""
+                 split: pd.DataFrame, scorer: Scorer | None = None) -> Path:
+    """A classical bundle at ``out``, atomically: the pipeline (skops, allow-listed types only), the
+    unfamiliarity scorer if any and the family-independent files (``config`` gets ``family: classical``)."""
     with writing_bundle(out) as folder:
         save_pipeline(pipeline, folder / WEIGHTS)
+        save_scorer(folder, scorer)
         finish_bundle(folder, {"family": "classical", **config}, metrics, split=split)
     return Path(out)

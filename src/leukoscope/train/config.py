@@ -47,6 +47,8 @@ class TrainConfig:
     augment: bool = True
     aug_strength: float = 1.0
     stain: str = "none"
+    #: HED stain jitter while training (augment.hed): 0 off; ~0.2 mimics another lab's stain
+    stain_jitter: float = 0.0
     crop_to_cell: bool = False
     tta: bool = False
     seed: int = 0
@@ -183,6 +185,7 @@ class TrainConfig:
         need(self.patience is not None and self.patience >= 1,
              f"--patience must be >= 1, got {self.patience}")
         need(self.aug_strength >= 0, f"--aug-strength must be >= 0, got {self.aug_strength}")
+        need(0 <= self.stain_jitter <= 1, f"--stain-jitter must be in [0, 1], got {self.stain_jitter}")
         need(self.balance in BALANCE, f"balance must be one of {', '.join(BALANCE)}, got {self.balance!r}")
         need(self.cv == 0 or self.cv >= 2, f"--cv must be 0 (off) or >= 2, got {self.cv}")
         need(self.min_steps is None or self.min_steps >= 0, f"min_steps must be >= 0, got {self.min_steps}")

@@ -203,7 +203,7 @@ def _train_epoch(t: Trainer, data: Prepared, pre: dict[str, Any], cfg: TrainConf
         idx = np.sort(order[b * plan.batch_size:(b + 1) * plan.batch_size])
         if len(idx) < 2 and len(tr) >= 2:  # BatchNorm needs two samples
             continue
-        x = augment.augment(torch.from_numpy(data.images[idx]), strength, t.gen)
+        x = augment.augment(torch.from_numpy(data.images[idx]), strength, t.gen, cfg.stain_jitter)
         x = augment.normalize(x, pre["mean"], pre["std"]).to(device, non_blocking=True)
         target = torch.from_numpy(data.y[idx]).to(device, non_blocking=True)
         logits = t.model(x)

@@ -30,6 +30,7 @@ from leukoscope.train.data import (
 from leukoscope.train.fit import fit
 from leukoscope.train.forward import predict_logits
 from leukoscope.train.heldout import calibrated, operating_point
+from leukoscope.train.unfamiliar import network_scorer, save_scorer, unfamiliar_config
 
 
 def train_network(m: Manifest, config: TrainConfig, out: Path, progress: Progress = SILENT) -> Bundle:
@@ -76,11 +77,14 @@ def fit_and_bundle(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: P
                          {side: data.y[data.side(side)] for side in probs}, data.classes, metrics)
     if op is not None:
         config["operating_point"] = op
+    scorer = network_scorer(model, data, pre, cfg.tta, temperature, cfg.seed)
+    config |= unfamiliar_config(scorer)
     if rare is not None and rare.types:
         metrics["rare_classes"] = config["rare_classes"] = rare.to_json()
     write_json(out / "metrics.json", metrics)
     with writing_bundle(out / rundir.BUNDLE) as folder:
         save_weights(model, folder)
+        save_scorer(folder, scorer)
         finish_bundle(folder, config, metrics, bundle_split(data.split), history)
     rundir.mark_done(out)
     return load_bundle(out / rundir.BUNDLE), probs

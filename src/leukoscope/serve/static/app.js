@@ -158,9 +158,10 @@ function showResult(node, res) {
     thumb.src = res.thumbnail;
   }
   const bars = node.querySelector(".bars");
+  if (res.unfamiliar) showUnfamiliar(node, res);
   const sorted = Object.entries(res.probabilities).sort((a, b) => b[1] - a[1]);
   sorted.forEach(([cls, p], i) => {
-    const li = el("li", i === 0 ? { class: "top" } : {});
+    const li = el("li", i === 0 && !res.unfamiliar ? { class: "top" } : {});
     const bar = el("div", { class: "bar", role: "img", "aria-label": `${cls} ${shown(p)}` });
     const fill = el("span");
     fill.style.width = pct(p);
@@ -183,7 +184,18 @@ function showResult(node, res) {
   }
   if (res.cell_type) showCell(node, res);
   state.rows.push({ name: res.name, label: res.label, probabilities: res.probabilities, error: "",
-    cell_type: res.cell_type, contribution: res.contribution });
+    cell_type: res.cell_type, contribution: res.contribution, unfamiliarity: res.unfamiliarity,
+    unfamiliar: res.unfamiliar });
+}
+
+// A cell unlike the model's training data: no call, and no bar drawn as the winner.
+function showUnfamiliar(node, res) {
+  node.classList.add("unfamiliar");
+  node.querySelector(".label").textContent = "unfamiliar";
+  const info = node.querySelector(".unfamiliar-info");
+  info.textContent = `Unlike the cells this model was trained on (unfamiliarity ${fmt(res.unfamiliarity)} > ` +
+    `threshold ${fmt(res.threshold)}): no call is made; the probabilities below are not to be trusted.`;
+  info.hidden = false;
 }
 
 // ---- patient view -----------------------------------------------------------------------------
@@ -371,12 +383,13 @@ function csvCell(v) {
 function downloadCsv() {
   const classes = state.card ? state.card.classes : [];
   const extra = state.patient ? ["cell_type", "contribution"] : [];
-  const header = ["file", "predicted", ...classes.map((c) => `p_${c}`), ...extra, "error"];
+  const header = ["file", "predicted", ...classes.map((c) => `p_${c}`), ...extra, "unfamiliarity", "unfamiliar", "error"];
   const lines = [header.map(csvCell).join(",")];
   for (const r of state.rows) {
     const probs = classes.map((c) => (r.probabilities && c in r.probabilities ? r.probabilities[c].toFixed(6) : ""));
     const more = state.patient ? [r.cell_type, r.contribution === undefined || r.contribution === null ? "" : r.contribution.toFixed(6)] : [];
-    lines.push([r.name, r.label, ...probs, ...more, r.error].map(csvCell).join(","));
+    const unf = [r.unfamiliarity == null ? "" : r.unfamiliarity.toFixed(6), r.unfamiliar == null ? "" : String(r.unfamiliar)];
+    lines.push([r.name, r.label, ...probs, ...more, ...unf, r.error].map(csvCell).join(","));
   }
   const blob = new Blob([lines.join("\r\n") + "\r\n"], { type: "text/csv" });
   const a = el("a", { href: URL.createObjectURL(blob), download: "leukoscope-results.csv" });

@@ -1,0 +1,297 @@
+"""Cross-lab figures: train on PBC, score on DeepAPL's mapped cells, and the other way round.
+
+    python benchmarks/crosslab.py [--family classical|deep] [--recipes a,b] [--quick] [--out FILE]
+
+Both data sets go through the shipped class map ``pbc-deepapl`` (DeepAPL's 18 types onto PBC's 8; blasts,
+smudge cells, ... left out and counted). For each recipe and each direction (source -> target):
+
+- **in-lab** macro-F1: on the source lab's own held-out cells. Classical recipes: pooled out-of-fold
+  predictions of 5-fold CV (PBC: image-level, it has no subject ids; DeepAPL: grouped by patient).
+  Networks: the held-out test side of ``leukoscope train``'s split (15 %, grouped the same way);
+- **cross-lab** macro-F1: the model fitted on the whole source (networks: the trained bundle) scored on
+  every mapped cell of the other lab.
+
+Recipes (``RECIPES``): the classical default (``train --model logistic_regression``: handcrafted features)
+and the issue's baseline (frozen EfficientNet-Lite0 embeddings + logistic regression), each with and without
+stain normalisation (``models/stain.py``: grey-world, Reinhard) fitted on the source's training cells; the
+deep default (``train --model efficientnet_lite0``, fine-tuned) with the train options of each candidate
+(``--stain``, ``--stain-jitter``). Features of normalised images are cached in the results folder.
+Writes benchmarks/results/crosslab.csv (rows of both families are kept: a run replaces its own rows) and
+prints a Markdown table with the machine load. ``--quick``: 12 cells a class, 64 px, 1 epoch (a smoke test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from readme import DEEP_EPOCHS, DEEP_SIZE
+
+HERE = Path(__file__).resolve().parent
+MAP = "pbc-deepapl"
+SETS = {"PBC": "pbc", "DeepAPL": "deepapl"}
+FOLDS = 5
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way to train: a classical pipeline on features of (stain-normalised) images, or a network."""
+
+    key: str
+    name: str
+    family: str  # classical | deep
+    stage: str  # before (the default as it was) | after (a robustness candidate)
+    features: str = "handcrafted"
+    stain: str = "none"
+    train: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+
+RECIPES = [
+    Recipe("hc", "handcrafted + LR", "classical", "before", "handcrafted", note="classical default"),
+    Recipe("hc-grey", "handcrafted + LR, grey-world", "classical", "after", "handcrafted", "greyworld"),
+    Recipe("hc-reinhard", "handcrafted + LR, Reinhard", "classical", "after", "handcrafted", "reinhard"),
+    Recipe("lr", "frozen EfficientNet-Lite0 + LR", "classical", "before", "deep", note="issue baseline"),
+    Recipe(
+        "lr-grey", "frozen EfficientNet-Lite0 + LR, grey-world", "classical", "after", "deep", "greyworld"
+    ),
+    Recipe(
+        "lr-reinhard", "frozen EfficientNet-Lite0 + LR, Reinhard", "classical", "after", "deep", "reinhard"
+    ),
+    Recipe("ft", "fine-tuned EfficientNet-Lite0", "deep", "before", note="deep default"),
+    Recipe(
+        "ft-jitter",
+        "fine-tuned EfficientNet-Lite0, stain jitter 0.2",
+        "deep",
+        "after",
+        train={"stain_jitter": 0.2},
+    ),
+    Recipe(
+        "ft-grey", "fine-tuned EfficientNet-Lite0, grey-world", "deep", "after", train={"stain": "greyworld"}
+    ),
+    Recipe(
+        "ft-grey-jitter",
+        "fine-tuned EfficientNet-Lite0, grey-world + jitter 0.2",
+        "deep",
+        "after",
+        train={"stain": "greyworld", "stain_jitter": 0.2},
+    ),
+]
+#: Network settings for every deep recipe: small but honest (the cells are ~360 px; 128 px keeps the shape).
+DEEP = {"img_size": DEEP_SIZE, "epochs": DEEP_EPOCHS, "seed": SEED}
+
+
+def load(data: Path, quick: bool) -> dict[str, tuple[pd.DataFrame, dict[str, int]]]:
+    """Each lab's labelled cells in the map's vocabulary, and the count of cells the map leaves out."""
+    from leukoscope.data.classmap import load_class_map
+    from leukoscope.data.manifest import labelled
+    from leukoscope.data.readers import read
+
+    cmap = load_class_map(MAP)
+    out = {}
+    for name, folder in SETS.items():
+        m, dropped = cmap.apply(labelled(read([data / folder])))
+        if quick:
+            rows = [i for i in m.groupby("label").indices.values() for i in i[:: max(1, len(i) // 12)][:12]]
+            m = m.iloc[sorted(rows)].reset_index(drop=True)
+        out[name] = (m, dropped)
+    return out
+
+
+def folds(m: pd.DataFrame, k: int = FOLDS) -> np.ndarray:
+    """Stratified folds grouped by ``group`` (the patient in DeepAPL, the image in PBC)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    fold = np.zeros(len(m), int)
+    cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=SEED)
+    for i, (_, test) in enumerate(cv.split(np.zeros(len(m)), m["label"], m["group"])):
+        fold[test] = i
+    return fold
+
+
+def macro_f1(y: Sequence[str], pred: Sequence[str], classes: Sequence[str]) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y, pred, labels=list(classes), average="macro", zero_division=0))
+
+
+def _chunk(paths: list[str], stain_target: dict[str, Any], kind: str | None) -> Any:
+    """Worker: decode and stain-normalise a chunk of images; their features too when ``kind`` is given."""
+    from leukoscope.data.images import load_rgb
+    from leukoscope.features import get_extractor
+    from leukoscope.models import stain
+
+    images = [stain.apply(load_rgb(p), stain_target) for p in paths]
+    return get_extractor(kind).compute(images) if kind else images
+
+
+def features(m: pd.DataFrame, kind: str, stain_target: dict[str, Any], cache: Path) -> np.ndarray:
+    """Features of ``m``'s images after stain normalisation to ``stain_target`` (cached on disk); decoding,
+    normalising and per-image (parallel) extractors run over every core."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from leukoscope.features import get_extractor
+
+    # keyed on the last path parts, so a cache made on another machine (another data root) is reused
+    cells = [Path(p).parts[-3:] for p in m["path"]]
+    key = hashlib.sha1(repr((kind, sorted(stain_target.items()), cells)).encode()).hexdigest()[:16]
+    f = cache / f"{kind}-{stain_target['method']}-{key}.npy"
+    if f.exists():
+        return np.load(f)
+    ext = get_extractor(kind)
+    paths = list(m["path"])
+    chunks = [paths[i : i + 32] for i in range(0, len(paths), 32)]
+    with ProcessPoolExecutor(os.cpu_count()) as pool:
+        done = list(
+            pool.map(
+                _chunk, chunks, [stain_target] * len(chunks), [kind if ext.parallel else None] * len(chunks)
+            )
+        )
+    X = np.concatenate(done if ext.parallel else [ext.compute(images) for images in done]).astype(np.float32)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.save(f, X)
+    return X
+
+
+def classical(
+    r: Recipe, src: pd.DataFrame, tgt: pd.DataFrame, classes: list[str], cache: Path
+) -> dict[str, Any]:
+    """In-lab CV and cross-lab figures of a features + logistic-regression recipe."""
+    from sklearn.base import clone
+
+    from leukoscope.data.images import load_rgb
+    from leukoscope.leaderboard import build_estimators
+    from leukoscope.models import stain
+
+    # the stain target is learned from source cells only, as `train --stain` does (first 64 training cells)
+    target = stain.fit([load_rgb(p) for p in src["path"][:64:1]], r.stain)
+    Xs, Xt = features(src, r.features, target, cache), features(tgt, r.features, target, cache)
+    est = build_estimators(["logistic_regression"], SEED)[0]["logistic_regression"]
+    y = src["label"].to_numpy()
+    fold = folds(src)
+    oof = np.empty(len(src), object)
+    for k in range(FOLDS):
+        oof[fold == k] = clone(est).fit(Xs[fold != k], y[fold != k]).predict(Xs[fold == k])
+    pred = clone(est).fit(Xs, y).predict(Xt)
+    return {
+        "in_lab": macro_f1(y, oof, classes),
+        "in_lab_eval": f"{FOLDS}-fold CV (pooled)",
+        "n_in": len(src),
+        "cross_lab": macro_f1(tgt["label"], pred, classes),
+    }
+
+
+def deep(r: Recipe, src: pd.DataFrame, tgt: pd.DataFrame, classes: list[str], quick: bool) -> dict[str, Any]:
+    """Fine-tune with ``leukoscope.train`` on the source: its test side in-lab, all target cells cross-lab."""
+    from leukoscope.progress import SILENT
+    from leukoscope.train import TrainConfig, train
+
+    settings = {**DEEP, **({"img_size": 64, "epochs": 1, "min_cells": 0} if quick else {}), **r.train}
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = train(src, TrainConfig(model="efficientnet_lite0", **settings), Path(tmp) / "run", SILENT)
+        test = bundle.metrics()["test"]
+        probs = np.concatenate(
+            [bundle.predict_proba(list(tgt["path"][i : i + 64])) for i in range(0, len(tgt), 64)]
+        )
+    pred = np.asarray(bundle.classes)[probs.argmax(1)]
+    return {
+        "in_lab": float(test["f1_macro"]),
+        "in_lab_eval": "held-out test",
+        "n_in": int(test.get("n", 0)) or None,
+        "cross_lab": macro_f1(tgt["label"], pred, classes),
+    }
+
+
+def save(rows: list[dict[str, Any]], out: Path) -> pd.DataFrame:
+    """Write ``rows`` to ``out``, keeping the rows of recipes this run did not redo (after each recipe,
+    so a run cut short keeps what it measured)."""
+    table = pd.DataFrame(rows)
+    if out.exists():
+        old = pd.read_csv(out)
+        table = pd.concat([old[~old["key"].isin(table["key"])], table], ignore_index=True)
+    table["order"] = table["key"].map({r.key: i for i, r in enumerate(RECIPES)})
+    table = table.sort_values(["order", "direction"], kind="stable").drop(columns="order")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
+    return table
+
+
+def run(recipes: Sequence[Recipe], data: Path, quick: bool, out: Path) -> pd.DataFrame:
+    labs = load(data, quick)
+    classes = sorted(set(labs["PBC"][0]["label"]))
+    rows = []
+    for r in recipes:
+        for source, target in (("PBC", "DeepAPL"), ("DeepAPL", "PBC")):
+            src, tgt = labs[source][0], labs[target][0]
+            t0 = time.perf_counter()
+            res = (
+                classical(r, src, tgt, classes, out.parent / "crosslab-cache")
+                if r.family == "classical"
+                else deep(r, src, tgt, classes, quick)
+            )
+            wall = time.perf_counter() - t0
+            rows.append(
+                {
+                    "key": r.key,
+                    "recipe": r.name,
+                    "family": r.family,
+                    "stage": r.stage,
+                    "note": r.note,
+                    "direction": f"{source} -> {target}",
+                    **res,
+                    "n_cross": len(tgt),
+                    "wall_s": round(wall, 1),
+                    "load": round(os.getloadavg()[0], 1),
+                    "cores": os.cpu_count(),
+                }
+            )
+            print(
+                f"{r.name:55s} {source:>7s} -> {target:7s} in-lab {res['in_lab']:.3f}  "
+                f"cross-lab {res['cross_lab']:.3f}  ({wall:.0f} s, load {rows[-1]['load']})",
+                flush=True,
+            )
+        save(rows, out)
+    return save(rows, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from leukoscope.settings import data_root
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--family", choices=["classical", "deep"], default=None, help="Only these recipes.")
+    ap.add_argument(
+        "--recipes",
+        default=None,
+        help="Comma-separated recipe keys (default: all): " + ", ".join(r.key for r in RECIPES),
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="Smoke test: 12 cells a class, tiny network settings."
+    )
+    ap.add_argument("--data", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None, help="CSV (default benchmarks/results/crosslab.csv).")
+    args = ap.parse_args(argv)
+    out = args.out or HERE / "results" / ("quick" if args.quick else "") / "crosslab.csv"
+    by_key = {r.key: r for r in RECIPES}
+    wanted = args.recipes.split(",") if args.recipes else list(by_key)
+    unknown = sorted(set(wanted) - set(by_key))
+    if unknown:
+        raise SystemExit(f"--recipes: unknown {unknown}; choose from {', '.join(by_key)}")
+    chosen = [by_key[k] for k in wanted if args.family in (None, by_key[k].family)]
+    run(chosen, (args.data or data_root()).resolve(), args.quick, out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,168 @@
+"""Class maps: one data set's labels onto a common vocabulary, so a model from one lab is scored in another.
+
+Two labs name the same cells differently (PBC's ``neutrophil`` is DeepAPL's ``Segmented neutrophils`` and
+``Band neutrophils``), and one may hold types the other lacks (DeepAPL's blasts). A class map says once which
+source labels make each common label and which are left out. Two file forms:
+
+- YAML: ``classes: {common: [source, ...]}`` and an optional ``drop: [source, ...]``;
+- CSV: columns ``source,target``; a blank target drops that source label.
+
+A label equal to a common name maps to itself (so one map serves both data sets). Labels are compared
+case-insensitively. Applying a map refuses labels it does not mention (a typo would otherwise drop cells
+silently), removes the ``drop`` ones and counts them. Maps shipped with leukoscope (``data/maps/*.yaml``) are
+found by name: ``--class-map pbc-deepapl``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from leukoscope.data.manifest import UNLABELLED, Manifest, validate
+from leukoscope.errors import ConfigError, DataError
+
+#: The folder of shipped maps (package data) and their suffix.
+MAPS = "leukoscope.data.maps"
+SUFFIX = ".yaml"
+
+
+def shipped_maps() -> list[str]:
+    """Names of the class maps that ship with leukoscope."""
+    return sorted(
+        p.name.removesuffix(SUFFIX) for p in resources.files(MAPS).iterdir() if p.name.endswith(SUFFIX)
+    )
+
+
+@dataclass(frozen=True)
+class ClassMap:
+    """Source label (case-folded) -> common label, the common labels, and the labels left out."""
+
+    source: str
+    classes: tuple[str, ...]
+    targets: dict[str, str]
+    drop: frozenset[str] = field(default_factory=frozenset)
+
+    def check_classes(self, m: Manifest, known: list[str], what: str) -> None:
+        """Raise when a mapped label of ``m`` is not among ``known`` (a model's classes)."""
+        unknown = sorted(set(m.loc[m["source_split"] != "unlabelled", "label"]) - set(known))
+        if unknown:
+            raise ConfigError(f"{self.source}: target label(s) {unknown} are not among {what} {known}")
+
+    def apply(self, m: Manifest) -> tuple[Manifest, dict[str, int]]:
+        """``m`` with labels mapped (the old one kept as ``source_label``) and dropped rows removed;
+        the count of dropped rows per source label. Unlabelled rows pass through unchanged."""
+        labelled = m["source_split"] != "unlabelled"
+        folded = m["label"].astype(str).str.casefold()
+        unmapped = sorted(set(m.loc[labelled & ~folded.isin(set(self.targets) | self.drop), "label"]))
+        if unmapped:
+            raise DataError(
+                f"{self.source}: label(s) of the data not in the map: {unmapped}; list each "
+                f"under a class or under drop"
+            )
+        dropped = labelled & folded.isin(self.drop)
+        counts = dict(sorted(Counter(m.loc[dropped, "label"]).items()))
+        out = m.loc[~dropped].copy()
+        keep = labelled[~dropped]
+        out["source_label"] = out["label"]
+        out.loc[keep, "label"] = folded[~dropped][keep].map(self.targets)
+        out.loc[~keep, "label"] = UNLABELLED
+        return validate(out), counts
+
+
+def _fail(source: str, why: str) -> ConfigError:
+    return ConfigError(f"{source}: {why}")
+
+
+def _build(source: str, pairs: list[tuple[str, str | None]]) -> ClassMap:
+    """A map from (source label, common label or None to drop) pairs; duplicates are errors."""
+    classes = sorted({t for _, t in pairs if t is not None})
+    if not classes:
+        raise _fail(source, "no common class (nothing to map to)")
+    seen: dict[str, str | None] = {}
+    for label, target in pairs:
+        key = label.strip().casefold()
+        if not key:
+            raise _fail(source, f"a blank source label (for {target!r})")
+        if key in seen:
+            where = "drop" if seen[key] is None else repr(seen[key])
+            raise _fail(source, f"label {label!r} is listed twice (already under {where})")
+        seen[key] = target
+    for c in classes:  # a common name maps to itself unless the file says otherwise
+        seen.setdefault(c.casefold(), c)
+    clash = [c for c in classes if seen[c.casefold()] != c]
+    if clash:
+        raise _fail(source, f"common label(s) {clash} are mapped elsewhere or dropped")
+    return ClassMap(
+        source,
+        tuple(classes),
+        {k: v for k, v in seen.items() if v is not None},
+        frozenset(k for k, v in seen.items() if v is None),
+    )
+
+
+def _yaml_pairs(path: Path, text: str) -> list[tuple[str, str | None]]:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+        keys = [loader.construct_object(k) for k, _ in node.value]
+        twice = sorted({str(k) for k in keys if keys.count(k) > 1})
+        if twice:
+            raise _fail(str(path), f"key(s) {twice} appear twice")
+        return loader.construct_mapping(node)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    try:
+        doc = yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise _fail(str(path), f"not readable YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("classes"), dict):
+        raise _fail(str(path), "expected a 'classes:' mapping (common label: [source labels])")
+    extra = sorted(set(doc) - {"classes", "drop"})
+    if extra:
+        raise _fail(str(path), f"unknown key(s) {extra} (expected classes, drop)")
+    pairs: list[tuple[str, str | None]] = []
+    for target, sources in doc["classes"].items():
+        sources = [] if sources is None else sources
+        if not isinstance(sources, list) or not all(isinstance(s, str | int) for s in sources):
+            raise _fail(str(path), f"class {target!r}: expected a list of source labels")
+        pairs += [(str(s), str(target)) for s in sources]
+    drop = doc.get("drop") or []
+    if not isinstance(drop, list):
+        raise _fail(str(path), "'drop:' must be a list of source labels")
+    return pairs + [(str(s), None) for s in drop]
+
+
+def _csv_pairs(path: Path) -> list[tuple[str, str | None]]:
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        raise _fail(str(path), f"not a readable CSV ({e})") from None
+    table.columns = [str(c).strip().lower() for c in table.columns]
+    if not {"source", "target"} <= set(table.columns):
+        raise _fail(str(path), f"expected columns source,target, found {list(table.columns)}")
+    return [(s, t.strip() or None) for s, t in zip(table["source"], table["target"], strict=True)]
+
+
+def load_class_map(spec: str | Path) -> ClassMap:
+    """A class map from a file (``.yaml``/``.yml``/``.csv``) or a shipped name (``pbc-deepapl``)."""
+    path = Path(spec)
+    if not path.is_file():
+        if str(spec) in shipped_maps():
+            text = resources.files(MAPS).joinpath(f"{spec}{SUFFIX}").read_text()
+            return _build(str(spec), _yaml_pairs(Path(str(spec)), text))
+        raise ConfigError(
+            f"--class-map {spec}: no such file, nor a shipped map ({', '.join(shipped_maps())})"
+        )
+    if path.suffix.lower() == ".csv":
+        return _build(str(path), _csv_pairs(path))
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return _build(str(path), _yaml_pairs(path, path.read_text(encoding="utf-8")))
+    raise _fail(str(path), "a class map is a .yaml, .yml or .csv file")

@@ -1,0 +1,1 @@
+"""Class maps shipped with leukoscope (package data): ``--class-map NAME`` finds ``NAME.yaml`` here."""

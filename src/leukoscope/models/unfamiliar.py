@@ -1,0 +1,194 @@
+"""Unfamiliarity: how unlike a model's training data a cell is (higher = less familiar), and the
+threshold above which a call is withheld as "unfamiliar".
+
+A ``Scorer`` is fitted on the train side (embeddings, labels) and its threshold is set on the
+validation side: the ``1 - target`` quantile of the in-distribution validation scores, so about
+``target`` of familiar cells are flagged by mistake (the target is recorded). Methods:
+
+- ``msp``: 1 - the calibrated top probability; ``energy``: -T logsumexp(logits / T). Need no file,
+  but confident mistakes on a foreign cell stay confident (DeepAPL blasts vs a PBC model: AUC 0.50).
+- ``mahalanobis``: smallest class-conditional Mahalanobis distance (class means, one shared
+  covariance with shrinkage) of the normalised embedding.
+- ``knn``: 1 - the cosine similarity of the L2-normalised embedding to its k-th nearest training
+  embedding (a float16 reference matrix, at most ``MAX_REFERENCE`` rows, subsampled per class).
+
+``DEFAULT_METHOD`` is ``knn`` with k = ``DEFAULT_K``. benchmarks/unfamiliar.py fits every method on the
+same embeddings of one model per data set; measured so far only in its ``--quick`` setting (leukonet,
+32 px, 2 epochs; load ~17 on 2 cores), foreign cells vs the model's own held-out test cells, ROC AUC:
+ALL-IDB2 model vs C-NMC cells knn (k=1, 5, 10) 1.00, mahalanobis 1.00, msp 0.00, energy 0.00 (the
+foreign cells are called *more* confidently); PBC model vs DeepAPL blasts knn k=5 0.90 (k=1 0.85,
+k=10 0.89), mahalanobis 0.87, msp 0.51, energy 0.11. kNN k=5 was best or tied on both, needs no
+class-wise Gaussian (cell types are multi-modal) and no matrix inverse. Rerun the script at full
+settings (EfficientNet-Lite0) before trusting the choice further.
+
+Networks give their penultimate (pooled) features; classical bundles their feature rows, which the
+scorer standardises with the training mean / std before normalising (``standardise``). Tensors are
+stored with safetensors (never pickle); the settings go in the bundle's config under ``unfamiliar``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METHODS = ("knn", "mahalanobis", "msp", "energy")
+DEFAULT_METHOD = "knn"
+DEFAULT_K = 5
+#: Target share of familiar validation cells flagged (the threshold is their 95th percentile).
+DEFAULT_TARGET = 0.05
+#: Reference rows kept for ``knn`` (a float16 matrix: 5000 x 1280 is 12.8 MB).
+MAX_REFERENCE = 5000
+#: Ridge added to the shared covariance (relative to its mean variance) so it can be inverted.
+SHRINKAGE = 0.1
+#: Tensors each method stores (``standardise`` adds ``mean`` and ``std``).
+TENSORS = {"knn": ("reference",), "mahalanobis": ("means", "precision"), "msp": (), "energy": ()}
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass
+class Scorer:
+    """A fitted unfamiliarity score and its threshold (see the module docstring)."""
+
+    method: str
+    threshold: float = float("inf")
+    k: int = DEFAULT_K
+    temperature: float = 1.0
+    target: float = DEFAULT_TARGET
+    standardise: bool = False
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def _embed(self, emb: np.ndarray) -> np.ndarray:
+        x = np.asarray(emb, np.float32)
+        if self.standardise:
+            x = (x - self.tensors["mean"]) / self.tensors["std"]
+        return _normalise(x)
+
+    def score(self, embeddings: np.ndarray | None, logits: np.ndarray) -> np.ndarray:
+        """Unfamiliarity per row (higher = less like the training data)."""
+        z = np.asarray(logits, np.float64) / self.temperature
+        if self.method in ("msp", "energy"):  # scipy only here: the default kNN score runs without it
+            from scipy.special import logsumexp, softmax
+
+            if self.method == "msp":
+                return np.asarray(1.0 - softmax(z, axis=1).max(axis=1))
+            return np.asarray(-self.temperature * logsumexp(z, axis=1))
+        if embeddings is None:
+            raise ValueError(f"method {self.method!r} needs embeddings")
+        x = self._embed(embeddings)
+        if self.method == "mahalanobis":
+            d = (x[:, None, :] - self.tensors["means"][None, :, :]).reshape(-1, x.shape[1])
+            m = ((d @ self.tensors["precision"]) * d).sum(axis=1).reshape(len(x), -1)
+            return np.asarray(m.min(axis=1), np.float64)
+        ref = self.tensors["reference"].astype(np.float32)
+        sims = np.concatenate([x[i:i + 256] @ ref.T for i in range(0, len(x), 256)]) if len(x) else \
+            np.zeros((0, len(ref)), np.float32)
+        k = min(self.k, ref.shape[0])
+        kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
+        return np.asarray(1.0 - kth, np.float64)
+
+    @property
+    def needs_embeddings(self) -> bool:
+        return self.method not in ("msp", "energy")
+
+    def flag(self, scores: np.ndarray) -> np.ndarray:
+        return np.asarray(scores) > self.threshold
+
+    def config(self) -> dict[str, Any]:
+        """The settings for config.json's ``unfamiliar`` key."""
+        return {"method": self.method, "threshold": float(self.threshold), "k": self.k,
+                "temperature": self.temperature, "target_false_flag_rate": self.target,
+                "standardise": self.standardise}
+
+    def save(self, path: Path) -> None:
+        from safetensors.numpy import save_file
+
+        save_file({k: np.ascontiguousarray(v) for k, v in self.tensors.items()}, str(path))
+
+
+def fit_scorer(train_emb: np.ndarray, train_y: np.ndarray, method: str = DEFAULT_METHOD, *,
+               k: int = DEFAULT_K, temperature: float = 1.0, standardise: bool = False,
+               seed: int = 0) -> Scorer:
+    """A scorer fitted on the train side's embeddings and labels (threshold not yet set)."""
+    if method not in METHODS:
+        raise ValueError(f"unfamiliarity method {method!r} is not one of {', '.join(METHODS)}")
+    s = Scorer(method, k=k, temperature=float(temperature), standardise=standardise)
+    if method in ("msp", "energy"):
+        return s
+    x = np.asarray(train_emb, np.float32)
+    if standardise:
+        s.tensors["mean"] = x.mean(axis=0)
+        s.tensors["std"] = np.maximum(x.std(axis=0), 1e-6).astype(np.float32)
+    x = s._embed(x)
+    y = np.asarray(train_y)
+    if method == "knn":
+        keep = _subsample(y, MAX_REFERENCE, seed)
+        s.tensors["reference"] = x[keep].astype(np.float16)
+        return s
+    labels = np.unique(y)
+    means = np.stack([x[y == c].mean(axis=0) for c in labels]).astype(np.float32)
+    centred = x - means[np.searchsorted(labels, y)]
+    cov = centred.T @ centred / max(len(x) - 1, 1)
+    cov += SHRINKAGE * float(np.trace(cov)) / cov.shape[0] * np.eye(cov.shape[0], dtype=cov.dtype)
+    s.tensors["means"] = means
+    s.tensors["precision"] = np.linalg.inv(cov).astype(np.float32)
+    return s
+
+
+def _subsample(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Indices of at most ``n`` rows, each class keeping its share (all rows when there are fewer)."""
+    if len(y) <= n:
+        return np.arange(len(y))
+    rng = np.random.default_rng(seed)
+    parts = [rng.permutation(np.flatnonzero(y == c))[:max(1, round(n * np.mean(y == c)))]
+             for c in np.unique(y)]
+    return np.sort(np.concatenate(parts))
+
+
+def set_threshold(scorer: Scorer, val_scores: np.ndarray, target: float = DEFAULT_TARGET) -> Scorer:
+    """The threshold: the ``1 - target`` quantile of familiar validation cells' scores."""
+    scorer.target = target
+    scorer.threshold = float(np.quantile(np.asarray(val_scores, np.float64), 1.0 - target))
+    return scorer
+
+
+def fit_unfamiliar(train_emb: np.ndarray, train_y: np.ndarray, val_emb: np.ndarray,
+                   val_logits: np.ndarray, temperature: float, *, method: str = DEFAULT_METHOD,
+                   standardise: bool = False, target: float = DEFAULT_TARGET, seed: int = 0) -> Scorer:
+    """Fit on the train side, threshold on the validation side (what training calls)."""
+    s = fit_scorer(train_emb, train_y, method, temperature=temperature, standardise=standardise, seed=seed)
+    return set_threshold(s, s.score(val_emb, val_logits), target)
+
+
+def load_scorer(path: Path, settings: dict[str, Any]) -> Scorer:
+    """The scorer a bundle stored: ``settings`` from its config (checked), tensors from ``path``.
+
+    Raises ``ValueError`` naming what is missing or misshapen (the bundle turns it into a ``BundleError``).
+    """
+    s = Scorer(settings["method"], threshold=float(settings["threshold"]),
+               k=int(settings.get("k", DEFAULT_K)),
+               temperature=float(settings.get("temperature", 1.0)),
+               target=float(settings.get("target_false_flag_rate", DEFAULT_TARGET)),
+               standardise=bool(settings.get("standardise", False)))
+    need = TENSORS[s.method] + (("mean", "std") if s.standardise else ())
+    if not need:
+        return s
+    from safetensors.numpy import load_file
+
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: missing (config.json's 'unfamiliar' needs it)")
+    tensors = load_file(str(path))
+    missing = [n for n in need if n not in tensors]
+    if missing:
+        raise ValueError(f"{path}: missing tensor(s) {', '.join(missing)}")
+    dims = {tensors[n].shape[-1] for n in need}
+    if len(dims) != 1 or any(not np.isfinite(tensors[n]).all() for n in need):
+        raise ValueError(f"{path}: tensors of unequal width or with NaN / infinite values")
+    s.tensors = {n: tensors[n] for n in need}
+    return s

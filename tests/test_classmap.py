@@ -1,0 +1,239 @@
+"""Class maps (``--class-map``): the shipped PBC <-> DeepAPL map on the real data sets, the map file checks
+(one line naming the file), and train / benchmark / evaluate across the two labs through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from leukoscope.cli import app
+from leukoscope.data.classmap import load_class_map, shipped_maps
+from leukoscope.data.manifest import labelled
+from leukoscope.data.readers import read
+from leukoscope.errors import ConfigError, DataError
+
+runner = CliRunner()
+MAPPED = {
+    "lymphocyte": 609,
+    "neutrophil": 479,
+    "monocyte": 254,
+    "ig": 193,
+    "erythroblast": 119,
+    "eosinophil": 70,
+    "platelet": 41,
+    "basophil": 37,
+}
+LEFT_OUT = {
+    "Blast, no lineage spec": 387,
+    "Plasma cells": 12,
+    "Prolymphocyte": 1,
+    "Promonocyte": 25,
+    "Smudge cells": 397,
+}
+
+
+def test_shipped_map_puts_deepapl_in_pbc_vocabulary(data: Path) -> None:
+    assert shipped_maps() == ["pbc-deepapl"]
+    cmap = load_class_map("pbc-deepapl")
+    m = read([data / "deepapl"])
+    out, dropped = cmap.apply(m)
+    assert dropped == LEFT_OUT
+    lab = labelled(out)
+    assert lab["label"].value_counts().to_dict() == MAPPED
+    assert set(lab.loc[lab["label"] == "ig", "source_label"]) == {
+        "Promyelocyte",
+        "Myelocyte",
+        "Metamyelocyte",
+    }
+    # unlabelled cells pass through; subjects stay, so DeepAPL splits are still grouped by patient
+    assert (out["source_split"] == "unlabelled").sum() == (m["source_split"] == "unlabelled").sum()
+    assert lab["subject"].notna().all() and lab["subject"].nunique() == 82
+    pbc, none = cmap.apply(read([data / "pbc"]))
+    assert none == {} and sorted(set(pbc["label"])) == sorted(MAPPED)
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    f = tmp_path / name
+    f.write_text(text)
+    return f
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "why"),
+    [
+        ("dup.yaml", "classes:\n  a: [X]\n  b: [x]\n", "label 'x' is listed twice (already under 'a')"),
+        ("dupkey.yaml", "classes:\n  a: [X]\n  a: [Y]\n", "key(s) ['a'] appear twice"),
+        ("both.yaml", "classes:\n  a: [X]\ndrop: [X]\n", "label 'X' is listed twice (already under 'a')"),
+        ("self.yaml", "classes:\n  a: [b]\n  b: [Y]\n", "common label(s) ['b'] are mapped elsewhere"),
+        ("extra.yaml", "classes:\n  a: [X]\ntargets: [a]\n", "unknown key(s) ['targets']"),
+        ("shape.yaml", "- a\n- b\n", "expected a 'classes:' mapping"),
+        ("bad.yaml", "classes: [a\n", "not readable YAML"),
+        ("cols.csv", "from,to\nX,a\n", "expected columns source,target"),
+        ("dup.csv", "source,target\nX,a\nX,b\n", "label 'X' is listed twice"),
+        ("map.txt", "X,a\n", "a class map is a .yaml, .yml or .csv file"),
+    ],
+)
+def test_bad_map_files_are_one_line_naming_the_file(tmp_path: Path, name: str, text: str, why: str) -> None:
+    f = _write(tmp_path, name, text)
+    with pytest.raises(ConfigError) as e:
+        load_class_map(f)
+    assert str(e.value).startswith(f"{f}: ") and why in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unknown_map_name_lists_the_shipped_ones() -> None:
+    with pytest.raises(
+        ConfigError, match=r"--class-map nope: no such file, nor a shipped map \(pbc-deepapl\)"
+    ):
+        load_class_map("nope")
+
+
+def test_csv_map_drops_blank_targets_and_refuses_labels_it_does_not_name(data: Path, tmp_path: Path) -> None:
+    m = read([data / "deepapl"])
+    f = _write(
+        tmp_path,
+        "map.csv",
+        'source,target\nLymphocyte,lymphocyte\n"Lymphocyte, variant",lymphocyte\nSmudge cells,\n',
+    )
+    with pytest.raises(DataError) as e:
+        load_class_map(f).apply(m)
+    assert str(e.value).startswith(f"{f}: label(s) of the data not in the map: ['Band neutrophils', ")
+    part = m[m["label"].isin(["Lymphocyte", "Lymphocyte, variant", "Smudge cells"])]
+    out, dropped = load_class_map(f).apply(part)
+    assert dropped == {"Smudge cells": 397} and out["label"].value_counts().to_dict() == {"lymphocyte": 609}
+
+
+def _link(files: list[Path], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in files:
+        try:
+            os.link(p, folder / p.name)
+        except OSError:
+            shutil.copy2(p, folder / p.name)
+
+
+@pytest.fixture(scope="module")
+def two_labs(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Real cells in two labs' vocabularies: DeepAPL folders (two neutrophil kinds, smudge cells), PBC's."""
+    root = tmp_path_factory.mktemp("labs")
+    deep = sorted((data / "deepapl" / "Data" / "All").glob("*/**/Signed slides/*/*.jpg"))
+    for kind, n in (
+        ("Segmented neutrophils", 10),
+        ("Band neutrophils", 10),
+        ("Lymphocyte", 12),
+        ("Lymphocyte, variant", 8),
+        ("Smudge cells", 5),
+    ):
+        _link([p for p in deep if p.parent.name == kind][:n], root / "deepapl" / kind)
+    for kind in ("lymphocyte", "neutrophil"):
+        _link(sorted((data / "pbc" / kind).glob("*.jpg"))[:10], root / "pbc" / kind)
+    return root / "deepapl", root / "pbc"
+
+
+def test_train_on_one_lab_and_evaluate_on_the_other(two_labs: tuple[Path, Path], tmp_path: Path) -> None:
+    deep, pbc = two_labs
+    run = tmp_path / "run"
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            str(deep),
+            "--model",
+            "logistic_regression",
+            "--class-map",
+            "pbc-deepapl",
+            "--min-cells",
+            "0",
+            "--out",
+            str(run),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "class map pbc-deepapl: left out 5 cell(s) of types it drops (Smudge cells 5)" in res.output
+    cfg = json.loads((run / "bundle" / "config.json").read_text())
+    assert cfg["classes"] == ["lymphocyte", "neutrophil"]
+    out = tmp_path / "eval"
+    res = runner.invoke(
+        app, ["evaluate", str(run / "bundle"), str(pbc), "--class-map", "pbc-deepapl", "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    assert "in-lab (its test side) vs cross-lab" in res.output
+    side = json.loads((out / "crosslab.json").read_text())
+    assert side["evaluated"] == 20 and 0 <= side["these_data"]["f1_macro"] <= 1
+    assert (
+        side["in_lab"]["f1_macro"]
+        == json.loads((run / "bundle" / "metrics.json").read_text())["test"]["f1_macro"]
+    )
+    # without the map, the other lab's names are refused at the first label the model does not know
+    res = runner.invoke(app, ["evaluate", str(run / "bundle"), str(deep), "--out", str(tmp_path / "raw")])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+
+
+def test_evaluate_refuses_a_mapped_label_the_model_lacks(
+    two_labs: tuple[Path, Path], tmp_path: Path, data: Path
+) -> None:
+    deep, _ = two_labs
+    run = tmp_path / "run"
+    assert (
+        runner.invoke(
+            app,
+            [
+                "train",
+                str(deep),
+                "--model",
+                "lda",
+                "--class-map",
+                "pbc-deepapl",
+                "--min-cells",
+                "0",
+                "--out",
+                str(run),
+            ],
+        ).exit_code
+        == 0
+    )
+    other = tmp_path / "pbc3"
+    _link(sorted((data / "pbc" / "monocyte").glob("*.jpg"))[:3], other / "monocyte")
+    res = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(run / "bundle"),
+            str(other),
+            "--class-map",
+            "pbc-deepapl",
+            "--out",
+            str(tmp_path / "e"),
+        ],
+    )
+    assert res.exit_code != 0
+    assert "pbc-deepapl: target label(s) ['monocyte'] are not among the classes of" in res.output
+
+
+def test_benchmark_scores_a_mapped_lab(two_labs: tuple[Path, Path], tmp_path: Path) -> None:
+    deep, _ = two_labs
+    res = runner.invoke(
+        app,
+        [
+            "benchmark",
+            str(deep),
+            "--class-map",
+            "pbc-deepapl",
+            "--models",
+            "lda",
+            "--cv",
+            "2",
+            "--min-cells",
+            "0",
+            "--jobs",
+            "1",
+            "--out",
+            str(tmp_path / "lb"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "left out 5 cell(s)" in res.output and "(40 images" in res.output

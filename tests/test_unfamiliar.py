@@ -1,0 +1,115 @@
+"""Unfamiliarity: every bundle family carries a score fitted at train time, predict / evaluate use it,
+and bundles written without one still load (on real data: ALL-IDB2 models and C-NMC cells)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from leukoscope.bundle import load_bundle
+from leukoscope.cli import app
+from leukoscope.errors import BundleError
+from leukoscope.evaluate.coverage import risk_coverage
+from unfamiliar_support import allidb2_bundle  # noqa: F401 - fixture used by name
+from use_support import classical_bundle, network_bundle, onnx_bundle, sample_paths  # noqa: F401
+
+runner = CliRunner()
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _test_side(bundle_dir: Path) -> list[str]:
+    split = load_bundle(bundle_dir).split()
+    assert split is not None
+    return list(split.loc[split["side"] == "test", "path"])
+
+
+def test_allidb2_model_calls_cnmc_cells_unfamiliar(allidb2_bundle, data, tmp_path):  # noqa: F811
+    cnmc = sorted((data / "cnmc_sample").rglob("*.bmp")) + sorted((data / "cnmc_cells").rglob("*.png"))
+    own = _test_side(allidb2_bundle)
+    out = tmp_path / "p.csv"
+    res = runner.invoke(app, ["predict", str(allidb2_bundle), *map(str, cnmc), *own, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = _rows(out)
+    assert list(rows[0])[-2:] == ["unfamiliarity", "unfamiliar"]
+    by_path = {r["path"]: r for r in rows}
+    foreign = [by_path[str(p)] for p in cnmc]
+    familiar = [by_path[p] for p in own]
+    share = np.mean([r["unfamiliar"] == "true" for r in foreign])
+    assert share >= 0.9, share  # C-NMC cells (black background, another lab) are not ALL-IDB2 cells
+    assert np.mean([r["unfamiliar"] == "true" for r in familiar]) <= 0.3
+    assert all(r["label"] == "unfamiliar" for r in foreign if r["unfamiliar"] == "true")
+    familiar_median = np.median([float(r["unfamiliarity"]) for r in familiar])
+    assert min(float(r["unfamiliarity"]) for r in foreign) > familiar_median
+
+
+def test_bundle_stores_the_score_and_old_bundles_load_without_it(network_bundle, data, tmp_path):  # noqa: F811
+    config = json.loads((network_bundle / "config.json").read_text())
+    u = config["unfamiliar"]
+    assert u["method"] == "knn" and u["target_false_flag_rate"] == 0.05 and np.isfinite(u["threshold"])
+    assert (network_bundle / "unfamiliar.safetensors").is_file()
+
+    old = tmp_path / "old"
+    shutil.copytree(network_bundle, old)
+    (old / "unfamiliar.safetensors").unlink()
+    (old / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "unfamiliar"}))
+    bundle = load_bundle(old)
+    assert bundle.unfamiliar is None
+    out = tmp_path / "p.csv"
+    res = runner.invoke(app, ["predict", str(old), str(data / "cnmc_cells"), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert list(_rows(out)[0]) == ["path", "label", "p_all", "p_hem"]  # no score: the columns are omitted
+
+    (old / "config.json").write_text(json.dumps(config))  # the key without its file
+    with pytest.raises(BundleError, match="unfamiliar.safetensors: missing"):
+        load_bundle(old)
+    (old / "config.json").write_text(json.dumps({**config, "unfamiliar": {**u, "method": "oracle"}}))
+    with pytest.raises(BundleError, match="unfamiliar.method must be one of knn"):
+        load_bundle(old)
+
+
+def test_classical_and_onnx_bundles_carry_the_score(classical_bundle, network_bundle, onnx_bundle,  # noqa: F811
+                                                    data):
+    images = [str(p) for p in sample_paths(data, 6)]
+    classical = load_bundle(classical_bundle)
+    assert classical.unfamiliar is not None and classical.unfamiliar.standardise  # feature rows, standardised
+    probs, scores = classical.assess(images)
+    assert scores is not None and np.isfinite(scores).all() and probs.shape == (len(images), 2)
+
+    torch_scores = load_bundle(network_bundle, runtime="torch").assess(images)[1]
+    onnx = load_bundle(onnx_bundle, runtime="onnx")
+    assert type(onnx).__name__ == "OnnxBundle"
+    np.testing.assert_allclose(onnx.assess(images)[1], torch_scores, atol=1e-3)
+
+
+def test_risk_coverage_by_hand():
+    # accepted in order of uncertainty: right, right, wrong, right -> risks 0, 0, 1/3, 1/4
+    r = risk_coverage(np.array([True, True, False, True]), np.array([0.1, 0.2, 0.3, 0.4]))
+    assert r["aurc"] == pytest.approx((0 + 0 + 1 / 3 + 1 / 4) / 4)
+    assert r["accuracy_at_90"] == pytest.approx(0.75)  # 90 % of 4 cells rounds up to all 4
+    assert r["coverage"] == [0.25, 0.5, 0.75, 1.0]
+
+
+def test_evaluate_reports_risk_coverage_and_flags(allidb2_bundle, data, tmp_path):  # noqa: F811
+    own = _test_side(allidb2_bundle)
+    res = runner.invoke(app, ["evaluate", str(allidb2_bundle), str(data / "allidb2"), "--side", "test",
+                              "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    assert "cells unfamiliar; risk-coverage by unfamiliarity: AURC 0." in res.output
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())["unfamiliar"]
+    assert m["method"] == "knn" and 0 <= m["flagged"] <= m["n"] == len(own)
+    for key in ("by_unfamiliarity", "by_confidence"):
+        assert 0 <= m[key]["aurc"] <= 1 and 0 <= m[key]["accuracy_at_90"] <= 1
+    html = (tmp_path / "ev" / "report.html").read_text()
+    assert "Unfamiliar cells and risk-coverage" in html and 'alt="risk-coverage curve"' in html
+    rows = _rows(tmp_path / "ev" / "predictions.csv")
+    assert {"unfamiliarity", "unfamiliar"} <= set(rows[0])
