@@ -11,8 +11,7 @@ are fully convolutional: a copy of the bundle is set to that size and exported, 
   Runtime with 2 threads in batches of 32, CSV out) and the ``leukoscope predict`` command with
   ONNX Runtime fp32 and int8;
 - **steady state**: in one process after a warm-up (start-up not counted): ``leukoscope.predict``
-  with ONNX fp32 and int8, and at the trained size a PyTorch loop at batch 1 as notebooks write it
-  and ``leukoscope.predict`` with PyTorch.
+  with ONNX fp32 and int8, and at the trained size a PyTorch loop at batch 1 as notebooks write it.
 
 Every figure is end to end from files in the page cache (decode, resize, model, CSV except the
 notebook loop), on the same images; methods interleaved, each its best of ``--repeat`` rounds, so a
@@ -212,7 +211,6 @@ def main(argv: list[str] | None = None) -> int:
             steady = [("onnx", FP32), ("onnx-int8", INT8)]
             if not args.no_torch and size == trained:  # PyTorch is slow: at the trained size only
                 runs[("PyTorch loop, batch 1 (notebook)", STEADY, size, len(paths))] = notebook_loop(b, paths)
-                steady.insert(0, ("torch", "leukoscope predict, PyTorch"))
             (work / f"{size}").mkdir()
             for runtime, name in steady:
                 runs[(name, STEADY, size, len(paths))] = steady_predict(b, runtime, paths, work / f"{size}")
