@@ -81,6 +81,10 @@ def throughput_markdown(tp: pd.DataFrame, info: dict[str, Any]) -> str:
             "start-up included, as a user runs it; the plain script is `benchmarks/plain_script.py`, the "
             "20 lines a user would write (PIL, numpy, ONNX Runtime with 2 threads in batches of 32). "
             "**Steady state**: in one process after a warm-up.")
+    loads = info.get("load_average_1min")
+    if isinstance(loads, list) and loads:
+        head += (f" The machine was shared: 1-minute load average {', '.join(map(str, loads))} at the start "
+                 "of the rounds.")
     lines = [head, "", "| " + " | ".join(THROUGHPUT_HEADER) + " |", "|---|---|" + "---:|" * 4]
     for _, r in tp.iterrows():
         cells = [r["method"], r["measure"], str(int(r["input_size"])),

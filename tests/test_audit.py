@@ -16,7 +16,7 @@ from leukoscope.audit import EMBED_THRESHOLD, THRESHOLD, AuditResult, audit, ded
 from leukoscope.cli import app
 from leukoscope.data.images import load_rgb
 from leukoscope.data.readers import read, read_csv_manifest, subject_from_name
-from leukoscope.data.splits import train_val_test, write_split
+from leukoscope.data.splits import read_split, train_val_test, write_split
 from leukoscope.features import extract
 
 runner = CliRunner()
@@ -194,7 +194,7 @@ def test_cli_split_dedupe(planted: dict, tmp_path: Path) -> None:
     r = runner.invoke(app, ["data", "split", str(csv), "--k", "2", "--dedupe", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "1 duplicate cluster(s) merged" in r.output
-    s = pd.read_csv(out)
+    s = read_split(out)
     src, dst, _ = planted["copies"][0]
     fold = dict(zip(s["path"], s["fold"], strict=True))
     assert fold[str(Path(src).resolve())] == fold[dst]

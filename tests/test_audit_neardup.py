@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from leukoscope.audit import THRESHOLD  # noqa: E402
@@ -52,3 +54,46 @@ def test_zoomed_view_proposes_and_verifies_a_cropped_resized_copy(data: Path) ->
     i, j, view = found[frozenset((0, 1))]
     assert view >= 8  # a zoomed view
     assert verify(sigs[j], sigs[i], view) >= THRESHOLD > 0.6 > verify(sigs[j], sigs[i], view % 8)
+
+
+def _uneven_crop_resized(img: np.ndarray, top: float, side: float) -> np.ndarray:
+    """Cut ``top`` of the height from the top and bottom edges and ``side`` of the width from the
+    left and right, then resize back: the cell stretched more along one axis than the other."""
+    h, w = img.shape[:2]
+    t, s = int(round(top * h)), int(round(side * w))
+    return np.asarray(Image.fromarray(np.ascontiguousarray(img[t:h - t, s:w - s])).resize(
+        (w, h), Image.Resampling.BICUBIC))
+
+
+@pytest.mark.parametrize("cell", ["cnmc_sample/C-NMC_Leukemia/training_data/fold_0/hem/UID_H11_1_1_hem.bmp",
+                                  "pbc/lymphocyte/LY_772663.jpg"])
+def test_uneven_crop_resized_back_is_verified(data: Path, cell: str) -> None:
+    """Crops of 2 % from two opposite edges and 10 % from the other two, resized back, stretch the
+    cell by 1.2 along one axis relative to the other (a C-NMC cell on black, whose box is refitted,
+    and a PBC cell on its slide): the verification refines the aspect ratio and passes the audit's
+    threshold under the view the nearest-neighbour search proposes (isotropic zooms alone scored
+    both under it; the C-NMC cell's stretched box also misled the search to a rotated view)."""
+    img = load_rgb(data / cell)
+    others = sorted((data / cell).parent.glob(f"*{Path(cell).suffix}"))[:6]
+    for top, side in ((0.02, 0.10), (0.10, 0.02)):
+        sigs = [signature(img), signature(_uneven_crop_resized(img, top, side))]
+        sigs += [signature(load_rgb(p)) for p in others if p.name != Path(cell).name][:5]
+        x = np.stack([s.dct for s in sigs])
+        x = x - x.mean(axis=(0, 1))
+        x /= np.linalg.norm(x, axis=2, keepdims=True)
+        found = {frozenset((i, j)): (i, j, view) for i, j, _, view in nearest(x, 1, 0.4)}
+        i, j, view = found[frozenset((0, 1))]
+        assert verify(sigs[j], sigs[i], view) >= THRESHOLD, (top, side)
+
+
+def test_dct_of_each_view_is_derived_from_one_dct(data: Path) -> None:
+    """The eight dihedral views' DCT signatures, derived from one DCT, equal the DCTs of the views."""
+    from scipy.fft import dctn
+
+    from leukoscope.audit.signatures import _dct_views
+    from leukoscope.geometry import dihedral
+
+    g = load_rgb(sorted((data / "pbc" / "monocyte").glob("*.jpg"))[0])
+    a = g[:32, :32, 1].astype(np.float64)
+    for derived, v in zip(_dct_views(dctn(a, norm="ortho")), dihedral(a), strict=True):
+        assert np.allclose(derived, dctn(v, norm="ortho")[:8, :8])

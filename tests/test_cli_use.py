@@ -29,7 +29,8 @@ def test_predict_evaluate_explain(bundle, data, tmp_path):
     assert "wrote 11 rows" in res.output and "1 unreadable file(s) skipped" in res.output
     assert "broken.png: not a readable image" in res.output
     with open(tmp_path / "p.csv", newline="") as f:
-        assert next(csv.reader(f)) == ["path", "label", "p_all", "p_hem", "unfamiliarity", "unfamiliar"]
+        assert next(csv.reader(f)) == ["path", "subject", "predicted", "p_all", "p_hem", "unfamiliarity",
+                                       "unfamiliar"]
 
     res = runner.invoke(app, ["evaluate", str(bundle), str(cells), "--out", str(tmp_path / "ev")])
     assert res.exit_code == 0, res.output

@@ -13,6 +13,7 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
+from leukoscope.bundle import load_bundle
 from leukoscope.cli import app
 from leukoscope.evaluate.metrics import roc_auc
 from leukoscope.evaluate.paired import delong, macro_auc, mcnemar_exact, paired_bootstrap
@@ -133,7 +134,7 @@ def test_compare_cli_scores_both_models_on_the_same_test_cells(allidb2_pair, dat
     assert res.exit_code == 0, res.output
     assert "McNemar exact" in res.output and "DeLong" in res.output and "image-level" in res.output
     r = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
-    split = pd.read_csv(svc / "split.csv")
+    split = load_bundle(svc).split()
     test_side = set(split.loc[split["side"] == "test", "path"])
     cells = pd.read_csv(tmp_path / "cmp" / "comparison.csv")
     assert set(cells["path"]) == test_side and r["compared"] == len(test_side) == len(cells)
@@ -188,7 +189,6 @@ def test_compare_refuses_other_classes_and_unknown_sides_in_one_line(allidb2_pai
 
 def test_compare_resamples_subjects_where_the_data_has_them(network_bundle, data, tmp_path) -> None:  # noqa: F811
     """C-NMC: a classical model and the network, same seed, same subject-grouped test side."""
-    from leukoscope.bundle import load_bundle
     from leukoscope.data.readers import read
     from leukoscope.evaluate.compare import compare
 

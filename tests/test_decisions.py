@@ -113,7 +113,7 @@ def test_train_stores_the_operating_point_and_predict_label_flips_with_it(run: P
         with open(out, newline="") as f:
             rows = list(csv.DictReader(f))
         assert float(rows[0]["p_all"]) == pytest.approx(p_all, abs=1e-6)  # probabilities untouched
-        return rows[0]["label"]
+        return rows[0]["predicted"]
 
     assert label_at(p_all / 2) == "all"
     assert label_at(min(0.5, 2 * p_all)) == "hem"
@@ -240,7 +240,7 @@ def test_ray_engine_calls_at_the_bundle_threshold(run: Path, cells: Path, tmp_pa
                               "--num-cpus", "1", "--csv"])
     assert res.exit_code == 0, res.output
     parquet, written = pd.read_parquet(out / "predictions.parquet"), pd.read_csv(out / "predictions.csv")
-    assert set(parquet["label"]) == set(written["label"]) == {"all"} and len(written) == 60
+    assert set(parquet["predicted"]) == set(written["predicted"]) == {"all"} and len(written) == 60
     assert (written["p_hem"] > 0.5).any()  # the probabilities still say otherwise for some
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from leukoscope.geometry import BACKGROUND_LEVEL, D4, dihedral, foreground, inverse
+from leukoscope.geometry import BACKGROUND_LEVEL, D4, dihedral, foreground
 
 
 def test_the_eight_views_are_distinct_and_in_one_order() -> None:
@@ -20,12 +20,6 @@ def test_torch_and_numpy_views_agree() -> None:
     x = np.random.default_rng(0).random((2, 3, 5, 5)).astype(np.float32)
     for v, t in zip(dihedral(x, (2, 3)), dihedral(torch.from_numpy(x), (2, 3)), strict=True):
         assert np.array_equal(np.ascontiguousarray(v), t.numpy())
-
-
-def test_inverse_undoes_each_view() -> None:
-    a = np.arange(16).reshape(4, 4)
-    for i, v in enumerate(dihedral(a)):
-        assert np.array_equal(dihedral(v)[inverse(i)], a), i
 
 
 def test_foreground_by_brightest_channel_or_value() -> None:

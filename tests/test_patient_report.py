@@ -97,7 +97,8 @@ def test_json_holds_each_call_with_its_composition(report: dict[str, Any], data:
     for p in j["patients"]:
         lo, hi = p["interval"]
         assert lo <= p["probability"] <= hi and 0 <= p["threshold"] <= 1
-        assert p["cells_used"] == len(p["cells"]) == sum(s["count"] for s in p["composition_ci95"])
+        assert p["cells_used"] + p["cells_unfamiliar"] == len(p["cells"])  # unfamiliar cells: not used
+        assert p["cells_used"] == sum(s["count"] for s in p["composition_ci95"])
         assert sum(p["composition"].values()) == p["cells_used"]
         for s in p["composition_ci95"]:
             assert s["low"] <= s["share"] <= s["high"]
@@ -107,10 +108,10 @@ def test_json_holds_each_call_with_its_composition(report: dict[str, Any], data:
     folder = data / "deepapl" / "Data" / "All" / "Patient_00"
     images = [f for f in folder.rglob("*.jpg")]
     cells = [f for f in images if max(image_size(f)) < OVERVIEW_MIN_SIDE]
-    assert first["cells_used"] == len({file_digest(f) for f in cells})  # byte copies once, no overview
+    assert len(first["cells"]) == len({file_digest(f) for f in cells})  # byte copies once, no overview
     reasons = [s["reason"] for s in first["skipped"]]
     assert sum(r.startswith("overview image") for r in reasons) == len(images) - len(cells) == 1
-    assert sum(r.startswith("byte copy of") for r in reasons) == len(cells) - first["cells_used"]
+    assert sum(r.startswith("byte copy of") for r in reasons) == len(cells) - len(first["cells"])
     few = j["patients"][2]
     assert few["too_few"] and few["call"] is None and few["cells_used"] == 1 < few["min_cells"]
 
@@ -161,7 +162,7 @@ def test_cohort_option_reports_every_patient(run_dir: Path, later_cohort: Path, 
     code, out = run("report", run_dir / "bundle", later_cohort, "--cohort", "--out", tmp_path)
     assert code == 0, out
     j = json.loads((tmp_path / "patients.json").read_text())
-    assert len(j["patients"]) == 8 and all(p["cells_used"] >= 8 for p in j["patients"])
+    assert len(j["patients"]) == 8 and all(len(p["cells"]) >= 8 for p in j["patients"])
 
 
 def test_bad_input_is_one_line(run_dir: Path, network_bundle: Path, data: Path,  # noqa: F811

@@ -95,17 +95,19 @@ def test_bundle_round_trip_and_diagnose(run_dir: Path, cohort: Path, bags) -> No
     b = load_bundle(run_dir / "bundle")
     assert isinstance(b, PatientBundle) and b.family == "patient"
     scorer, head, config = fit_bundle(bags, "mean-embedding")
-    fresh = PatientBundle(run_dir / "bundle", {**config, "min_cells": b.min_cells}, scorer, head)
+    fresh = PatientBundle(run_dir / "bundle", {**config, "min_cells": b.min_cells,
+                                               "unfamiliar": b.config["unfamiliar"]}, scorer, head)
     paths = _cells_of(cohort, "Patient_24")
     call, again = b.diagnose(paths, "Patient_24"), fresh.diagnose(paths, "Patient_24")
     assert call.probability == pytest.approx(again.probability, abs=1e-9)
     assert [c.path for c in call.cells] == [c.path for c in again.cells]
     assert np.allclose([c.contribution for c in call.cells], [c.contribution for c in again.cells])
-    assert call.subject == "Patient_24" and call.positive == "APL" and call.call in ("AML", "APL")
+    assert call.subject == "Patient_24" and call.positive == "APL"
+    assert (call.call in ("AML", "APL")) != call.too_few  # too few once unfamiliar cells are left out
     assert call.interval[0] <= call.probability <= call.interval[1]
     assert [reason for _, reason in call.skipped] == [
         "cannot decode image (image file is truncated (15 bytes not processed))"]
-    assert call.cells_used == len(paths) - 1
+    assert len(call.cells) == len(paths) - 1 and call.cells_used + call.cells_unfamiliar == len(call.cells)
     logodds = np.log(call.probability / (1 - call.probability))
     assert sum(c.contribution for c in call.cells) == pytest.approx(logodds, abs=1e-6)
     assert all(c.cell_type in b.cell_types for c in call.cells)

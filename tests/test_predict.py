@@ -56,15 +56,15 @@ def test_columns_rows_and_inputs(network_bundle, images, tmp_path):  # noqa: F81
     # a folder, a glob over the same files and one explicit file: each image once
     s = predict(bundle, [images, str(images / "bmp" / "*.bmp"), one], out, batch_size=5)
     rows = _rows(out)
-    assert list(rows[0]) == ["path", "label", "p_all", "p_hem", "unfamiliarity", "unfamiliar"]
+    assert list(rows[0]) == ["path", "subject", "predicted", "p_all", "p_hem", "unfamiliarity", "unfamiliar"]
     assert len(rows) == s.rows == s.predicted == 12 and not s.skipped
     assert len({r["path"] for r in rows}) == 12
     assert not partial_path(out).exists()
     probs = np.array([[float(r["p_all"]), float(r["p_hem"])] for r in rows])
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     flagged = [r["unfamiliar"] == "true" for r in rows]
-    assert [r["label"] for r in rows] == ["unfamiliar" if f else bundle.classes[i]
-                                          for i, f in zip(probs.argmax(axis=1), flagged, strict=True)]
+    assert [r["predicted"] for r in rows] == ["unfamiliar" if f else bundle.classes[i]
+                                              for i, f in zip(probs.argmax(axis=1), flagged, strict=True)]
     direct = bundle.predict_proba([load_rgb(r["path"]) for r in rows])
     np.testing.assert_allclose(probs, direct, atol=1e-6)
 

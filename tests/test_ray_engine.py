@@ -50,11 +50,11 @@ def test_ray_engine_matches_local(exported, cells, tmp_path):
     local = pd.read_csv(local_csv)
     parquet = pd.read_parquet(ray_dir / "predictions.parquet")
     assert len(local) == len(parquet) == 300
-    assert list(parquet.columns) == list(local.columns) == ["path", "label", "p_all", "p_hem",
+    assert list(parquet.columns) == list(local.columns) == ["path", "subject", "predicted", "p_all", "p_hem",
                                                             "unfamiliarity", "unfamiliar"]
     # same rows in the same order, same labels, same probabilities (the local CSV keeps 6 decimals)
     assert parquet["path"].tolist() == local["path"].tolist()
-    assert parquet["label"].tolist() == local["label"].tolist()
+    assert parquet["predicted"].tolist() == local["predicted"].tolist()
     np.testing.assert_allclose(parquet[["p_all", "p_hem"]], local[["p_all", "p_hem"]], rtol=0, atol=1e-6)
     np.testing.assert_allclose(parquet[["p_all", "p_hem"]].sum(axis=1), 1.0, atol=1e-6)
     # the CSV on request is byte for byte what the local engine writes

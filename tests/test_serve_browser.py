@@ -45,14 +45,14 @@ def test_page_classifies_a_dropped_image_and_shows_the_heat_map(browser: Any, se
     page.goto(server + "/")
     page.wait_for_selector("#card dl")  # the model card arrived from /api/model
     card = page.inner_text("#card")
-    assert "all, hem" in card and "Research use only" in card
+    assert "all (ALL blast), hem (normal)" in card and "Research use only" in card  # display names
 
     dropped = [images["bmp"], images["jpeg"], images["tiff"]]
     page.set_input_files("#files", [str(p) for p in dropped])
     done = page.locator(".result[data-label]")
     expect(done).to_have_count(3, timeout=60_000)  # locators, not eval: the page's CSP forbids eval
     # a JPEG of aria_all and a TIFF of ALL-IDB2 sent to a C-NMC model may be called "unfamiliar"
-    assert set(done.locator(".label").all_inner_texts()) <= {"all", "hem", "unfamiliar"}
+    assert set(done.locator(".label").all_inner_texts()) <= {"all (ALL blast)", "hem (normal)", "unfamiliar"}
     heat = done.locator(".heatmap")
     expect(heat.first).to_be_visible()
     for i in range(3):
@@ -76,6 +76,7 @@ def test_page_classifies_a_dropped_image_and_shows_the_heat_map(browser: Any, se
     dl.value.save_as(saved)
     rows = list(csv.DictReader(saved.open(newline="")))
     assert [r["file"] for r in rows] == [p.name for p in dropped] + ["notes.png"]
+    assert list(rows[0])[:3] == ["file", "subject", "predicted"]  # predict's CSV columns (file for path)
     assert rows[0]["predicted"] in ("all", "hem") and rows[3]["error"] and not rows[0]["error"]
     assert abs(float(rows[0]["p_all"]) + float(rows[0]["p_hem"]) - 1) < 1e-4
     assert problems == []

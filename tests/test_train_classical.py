@@ -105,7 +105,8 @@ def test_a_classical_run_is_evaluated_predicted_served_and_replayed(cells: Path,
     assert res.exit_code == 0, res.output
     with open(tmp_path / "p.csv", newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["path", "label", *(f"p_{c}" for c in bundle.classes), "unfamiliarity", "unfamiliar"]
+    assert rows[0] == ["path", "subject", "predicted", *(f"p_{c}" for c in bundle.classes), "unfamiliarity",
+                       "unfamiliar"]
     assert len(rows) == 41 and bundle.unfamiliar is not None and bundle.unfamiliar.standardise
 
     one = sorted(cells.iterdir())[0]

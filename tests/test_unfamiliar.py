@@ -47,7 +47,7 @@ def test_allidb2_model_calls_cnmc_cells_unfamiliar(allidb2_bundle, data, tmp_pat
     share = np.mean([r["unfamiliar"] == "true" for r in foreign])
     assert share >= 0.9, share  # C-NMC cells (black background, another lab) are not ALL-IDB2 cells
     assert np.mean([r["unfamiliar"] == "true" for r in familiar]) <= 0.3
-    assert all(r["label"] == "unfamiliar" for r in foreign if r["unfamiliar"] == "true")
+    assert all(r["predicted"] == "unfamiliar" for r in foreign if r["unfamiliar"] == "true")
     familiar_median = np.median([float(r["unfamiliarity"]) for r in familiar])
     assert min(float(r["unfamiliarity"]) for r in foreign) > familiar_median
 

@@ -45,13 +45,6 @@ def dihedral(a: A, axes: tuple[int, int] = (0, 1)) -> list[A]:
     return [view(a, i, axes) for i in range(len(D4))]
 
 
-def inverse(view: int) -> int:
-    """Index in ``D4`` of the inverse of view ``view``: mirrors undo themselves, and a quarter
-    turn one way is undone by three."""
-    k, mirrored = D4[view]
-    return D4.index((k, True) if mirrored else ((4 - k) % 4, False))
-
-
 def foreground(img: np.ndarray, level: float = BACKGROUND_LEVEL, channel_axis: int | None = -1
                ) -> np.ndarray:
     """Mask of the pixels brighter than ``level`` (the cell, on a black surround): by their

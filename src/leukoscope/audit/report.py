@@ -6,6 +6,7 @@ from pathlib import Path
 
 from leukoscope.audit.clusters import KINDS, AuditResult
 from leukoscope.data.images import load_rgb
+from leukoscope.data.paths import stored_json
 from leukoscope.errors import ImageError
 from leukoscope.io import write_json_atomic
 
@@ -31,7 +32,8 @@ def write_audit(result: AuditResult, out: Path, max_pairs: int = 300) -> tuple[P
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = result.to_json()
-    json_path = write_json_atomic(out / "audit.json", data)
+    # paths relative to the data root (data.paths), so the file still serves once the data folder moves
+    json_path = write_json_atomic(out / "audit.json", stored_json(data, result.manifest["path"]))
     records = sorted(data["pairs"], key=lambda r: (not r["label_conflict"], not r["cross_side"],
                                                    KINDS.index(r["kind"]), -r["similarity"]))
     shown = records[:max_pairs]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -130,6 +130,12 @@ class Bundle(ABC):
         return softmax_t(self.logits(decode(images)), self.temperature)
 
     @property
+    def display_names(self) -> dict[str, str]:
+        """Class code -> what a person reads, stored at training time (``data.classes``); a bundle from
+        before has none, and its codes are shown as they are."""
+        return dict(self.config.get("display_names") or {})
+
+    @property
     def operating_point(self) -> dict[str, Any] | None:
         """The decision threshold chosen at training time for a positive class (None: argmax)."""
         op = self.config.get("operating_point")
@@ -151,11 +157,15 @@ class Bundle(ABC):
         p = self.path / HISTORY
         return pd.read_csv(p) if p.exists() else None
 
-    def split(self) -> pd.DataFrame | None:
+    def split(self, present: Iterable[str] | None = None) -> pd.DataFrame | None:
+        """The split the model was trained with, absolute paths (``data.paths.resolved``: a moved data folder
+        is found among the ``present`` image paths)."""
         import pandas as pd
 
+        from leukoscope.data.paths import resolved
+
         p = self.path / SPLIT
-        return pd.read_csv(p, dtype={"subject": object}) if p.exists() else None
+        return resolved(pd.read_csv(p, dtype={"subject": object}), present) if p.exists() else None
 
 
 def decode(images: Sequence[ImageLike]) -> Sequence[np.ndarray]:

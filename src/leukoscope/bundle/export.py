@@ -38,7 +38,9 @@ def calibration_paths(bundle_dir: Path, n: int = CALIBRATION_IMAGES, seed: int =
         raise BundleError(f"{bundle_dir}: no {SPLIT} to draw int8 calibration images from")
     import pandas as pd
 
-    split = pd.read_csv(split_csv)
+    from leukoscope.data.paths import resolved
+
+    split = resolved(pd.read_csv(split_csv))
     if "side" in split:
         split = split[split["side"].isin(["train", "val"])]
     split = split[split["path"].map(os.path.isfile)]

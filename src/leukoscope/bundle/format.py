@@ -3,7 +3,8 @@
 Layout of a bundle directory::
 
     config.json      family, model, classes, preprocessing / features, temperature, protocol,
-                     format_version; optional operating_point (positive class, threshold)
+                     format_version; optional operating_point (positive class, threshold), display_names
+                     (class -> what a person reads)
     <weights>        model.safetensors (networks) or pipeline.skops (classical) — never pickle
     metrics.json     validation and test figures (and calibration before / after)
     split.csv        the split the model was trained with
@@ -160,6 +161,9 @@ def check_config(config: Any, cfg: Path) -> dict[str, Any]:
             need(isinstance(config[key], kind), key, f"a JSON {kind.__name__}", config[key])
     if "rare_classes" in config:
         _check_rare(config["rare_classes"], need)
+    names = config.get("display_names", {})
+    need(isinstance(names, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in names.items()),
+         "display_names", "an object of class -> display name", names)
     if config.get("operating_point") is not None:
         _check_operating_point(config["operating_point"], classes, need)
     if "unfamiliar" in config:

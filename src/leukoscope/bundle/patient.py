@@ -3,7 +3,10 @@
 Weights are one safetensors file of float tensors (``aggregator.*``: the patient scorer; ``celltype.*``:
 the cell-type head), everything else is JSON in config.json: the frozen embedding network's settings
 (``features``), the scorer's kind, the decision threshold and Platt calibration fixed by the inner CV,
-the fewest cells a call needs (``min_cells``), the cell-type names. Nothing on disk runs code.
+the fewest cells a call needs (``min_cells``), the cell-type names. Nothing on disk runs code. Optional,
+as for cell bundles: ``unfamiliar.safetensors`` + config key ``unfamiliar``, the unfamiliarity score on the
+frozen cell embeddings (``patients.train.cell_unfamiliarity``); ``diagnose`` leaves the cells it flags out
+of the call (why: ``patient_call``). A bundle written without it loads and flags no cell.
 
 ``predict_proba(images)`` keeps the one bundle contract: each image is a cell, scored as a bag of one
 cell, so predict / evaluate / serve work unchanged. ``diagnose(cells, subject)`` is the patient call.
@@ -112,11 +115,15 @@ class PatientBundle(Bundle):
 
     def logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Each image as a one-cell bag: 0 for the negative class, calibrated log-odds for the positive."""
+        return self.embed_logits(images)[0]
+
+    def embed_logits(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """``logits`` and the frozen cell embeddings (what the unfamiliarity score reads), in one pass."""
         X = self.embed(images)
         z = np.nan_to_num(self.log_odds(self.scorer.cell_scores(X, np.full(len(X), -1))))
         out = np.zeros((len(X), 2))
         out[:, self.positive_index] = z
-        return out
+        return out, X
 
     def diagnose(self, cells: Sequence[Cell], subject: str | None = None, seed: int = 0) -> PatientCall:
         """The call for one patient from its cell images (paths are read; byte copies count once)."""
@@ -130,6 +137,34 @@ class PatientBundle(Bundle):
             return PatientCall(probability=float("nan"), interval=(float("nan"), float("nan")), call=None,
                                too_few=True, **base)  # type: ignore[arg-type]
         X = self.embed(images)
+        flagged, scores = self.flag_cells(X)
+        keep = np.flatnonzero(~flagged)
+        z_all = self.log_odds(np.nan_to_num(self.scorer.cell_scores(X, np.full(len(X), -1))))
+        w_all = np.zeros(len(X))
+        p, interval = float("nan"), (float("nan"), float("nan"))
+        if len(keep):
+            z_keep, w_all[keep], p, interval = self._bag_call(X[keep], seed)
+            z_all[keep] = z_keep
+        tp = self.head.proba(X)
+        evidence = [CellEvidence(n, float(zi), float(wi), float(zi * wi), self.cell_types[int(t.argmax())],
+                                 float(t.max()), None if sc is None else float(sc), bool(f))
+                    for n, zi, wi, t, sc, f in zip(names, z_all, w_all, tp, scores, flagged, strict=True)]
+        too_few = len(keep) < max(self.min_cells, 1)
+        call = None if too_few else (self.positive if p >= threshold else negative)
+        return PatientCall(probability=p, interval=interval, call=call, too_few=too_few, cells=evidence,
+                           unfamiliar_checked=self.unfamiliar is not None, **base)  # type: ignore[arg-type]
+
+    def flag_cells(self, X: np.ndarray) -> tuple[np.ndarray, list[float | None]]:
+        """Which cells (embeddings ``X``) the unfamiliarity score flags, and each one's score (none
+        flagged, scores None, for a bundle written before patient bundles had a score)."""
+        if self.unfamiliar is None:
+            return np.zeros(len(X), bool), [None] * len(X)
+        scores = self.unfamiliar.score(X, np.zeros((len(X), 2)))
+        return self.unfamiliar.flag(scores), [float(v) for v in scores]
+
+    def _bag_call(self, X: np.ndarray, seed: int
+                  ) -> tuple[np.ndarray, np.ndarray, float, tuple[float, float]]:
+        """Cell log-odds and weights of one bag, the patient's probability and its bootstrap interval."""
         unknown = np.full(len(X), -1)
         s, w = self.scorer.bag(X, unknown)
         z = self.log_odds(np.nan_to_num(s))
@@ -141,13 +176,7 @@ class PatientBundle(Bundle):
             bs, bw = self.scorer.bag(X[i], unknown[i])
             boot.append(float(sigmoid(self.log_odds(np.nan_to_num(bs)) @ bw)))
         interval = (float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))) if boot else (p, p)
-        tp = self.head.proba(X)
-        evidence = [CellEvidence(n, float(zi), float(wi), float(zi * wi), self.cell_types[int(t.argmax())],
-                                 float(t.max())) for n, zi, wi, t in zip(names, z, w, tp, strict=True)]
-        too_few = len(X) < self.min_cells
-        call = None if too_few else (self.positive if p >= threshold else negative)
-        return PatientCall(probability=p, interval=interval, call=call, too_few=too_few, cells=evidence,
-                           **base)  # type: ignore[arg-type]
+        return z, w, p, interval
 
 
 def _read_cells(cells: Sequence[Cell]) -> tuple[list[np.ndarray], list[str], list[tuple[str, str]]]:

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from leukoscope.bundle.card import model_card
 from leukoscope.bundle.format import CARD, CONFIG, FORMAT_VERSION, HISTORY, METRICS, SPLIT
+from leukoscope.data.classes import display_names
+from leukoscope.data.paths import stored
 from leukoscope.io import write_json_atomic as write_json
 
 if TYPE_CHECKING:  # not imported by ``import leukoscope.bundle`` (a second of every predict's start)
@@ -87,13 +89,15 @@ def honour_umask(path: Path) -> None:
 
 def finish_bundle(folder: Path, config: dict[str, Any], metrics: dict[str, Any],
                   split: pd.DataFrame | None = None, history: pd.DataFrame | None = None) -> None:
-    """Write the family-independent files: config, metrics, split, history and the model card."""
-    config = {**config, "format_version": FORMAT_VERSION,
+    """Write the family-independent files: config, metrics, split, history and the model card. The
+    classes' display names (``data.classes``) go into the config where any are known."""
+    names = display_names(config.get("classes", []))
+    config = {**({"display_names": names} if names else {}), **config, "format_version": FORMAT_VERSION,
               "created": datetime.now(UTC).isoformat(timespec="seconds"), "versions": library_versions()}
     write_json(folder / CONFIG, config)
     write_json(folder / METRICS, metrics)
     if split is not None:
-        split.to_csv(folder / SPLIT, index=False)
+        stored(split).to_csv(folder / SPLIT, index=False)  # paths relative to the data root
     if history is not None:
         history.to_csv(folder / HISTORY, index=False)
     (folder / CARD).write_text(model_card(config, metrics, split))

@@ -39,7 +39,7 @@ def audit_cmd(
     from leukoscope.errors import LeakageError
 
     m = read(paths, layout)
-    s = read_split(split) if split is not None else None
+    s = read_split(split, present=m["path"]) if split is not None else None
     with shown() as bars:
         vectors = None
         if embeddings:  # unreadable images are left out here and listed by the audit

@@ -47,6 +47,7 @@ def evaluate_cmd(
 ) -> None:
     """Accuracy, balanced accuracy, P/R/F1, ROC AUC, ECE before/after calibration, per subject; report."""
     from leukoscope.bundle import load_bundle
+    from leukoscope.data.classes import show_class
     from leukoscope.data.readers import read
     from leukoscope.evaluate.coverage import coverage_line
     from leukoscope.evaluate.intervals import fmt_ci
@@ -74,6 +75,7 @@ def evaluate_cmd(
     for key in ("accuracy", "balanced_accuracy", "f1_weighted", "f1_macro", "roc_auc", "ece"):
         table.add_row(key, *(_f(r[lvl][key]) + fmt_ci(r[lvl].get("ci95", {}).get(key)) for lvl in levels))
     console.print(table)
+    console.print(escape("classes: " + ", ".join(show_class(c, r["display_names"]) for c in r["classes"])))
     if "operating_point" in r:
         print_decision(r["operating_point"], "operating point")
     if cmap is not None:

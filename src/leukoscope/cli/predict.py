@@ -24,7 +24,8 @@ RAY = "Ray engine"
 def predict_cmd(
     bundle: BundleArg,
     inputs: ImagesArg,
-    out: Annotated[Path, typer.Option("--out", help="CSV of path, label, p_<class>... (ray: a folder).")],
+    out: Annotated[Path, typer.Option("--out", help=(
+        "CSV of path, subject, predicted, p_<class>... (ray: a folder)."))],
     tta: TtaOpt = False,
     batch_size: BatchOpt = 64,
     engine: Annotated[str, typer.Option("--engine", help="Where to run: {engines} (ray: Ray Data on this "

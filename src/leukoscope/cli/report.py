@@ -27,7 +27,8 @@ def report_cmd(
                                          "of the cells that drove the call.")] = 8,
 ) -> None:
     """Per patient: the call, its probability with a 95% interval, cells used and skipped, the cell-type
-    composition with exact binomial intervals and the cells that drove the call.
+    composition with exact binomial intervals and the cells that drove the call. Cells unlike the training
+    cohort's (the bundle's unfamiliarity score) are counted and left out of the call.
 
     Whole-field overview images and files that are not images are skipped and counted; a folder without
     cells is listed and left out. Exits 1 when no patient could be reported.
@@ -47,6 +48,8 @@ def report_cmd(
         console.print(f"{escape(p.subject)}: {call}  P({escape(c.positive)}) {percent(c.probability)} "
                       f"({interval}), {c.cells_used} cell(s) used, {len(c.skipped)} skipped{note}",
                       soft_wrap=True)
+        if c.unfamiliar_note():
+            console.print(f"  [yellow]{escape(str(c.unfamiliar_note()))}[/]", soft_wrap=True)
     if r.not_reported:
         console.print(f"[yellow]{len(r.not_reported)} folder(s) not reported:[/]")
         for folder, why in r.not_reported:

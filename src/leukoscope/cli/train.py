@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from leukoscope.cli.app import app, console, err_console, print_rare
@@ -24,6 +25,9 @@ from leukoscope.cli.progress import shown
 from leukoscope.errors import ConfigError
 
 NETWORKS, CLASSICAL, PATIENTS = "Networks", "Classical", "Patients (--target)"
+#: What the "frozen + LR" rows are, printed where they appear.
+FROZEN_LR = ("frozen + LR: logistic regression on the pretrained network's frozen embeddings, fitted before "
+             "fine-tuning (it starts the head); the baseline that fine-tuning has to beat")
 
 
 def _figures_table(metrics: dict[str, Any]) -> Table:
@@ -38,6 +42,8 @@ def _figures_table(metrics: dict[str, Any]) -> Table:
     rows += [(f"frozen + LR {side}", figs) for side, figs in metrics.get("frozen_lr", {}).items()]
     for name, figs in rows:
         table.add_row(name, *(f"{figs[k]:.4f}" if isinstance(figs.get(k), float) else "-" for k in keys))
+    if metrics.get("frozen_lr"):
+        table.caption = FROZEN_LR
     return table
 
 
@@ -63,7 +69,11 @@ def train_cmd(
     epochs: Annotated[int | None, typer.Option(
         show_default="the model's", rich_help_panel=NETWORKS,
         help="Maximum epochs, kept as given (the model's own is stretched on small sets to its min_steps, "
-        "e.g. 150 steps for efficientnet_lite0).")] = None,
+        "e.g. 150 steps for efficientnet_lite0; see --min-steps).")] = None,
+    min_steps: Annotated[int | None, typer.Option("--min-steps", help=(
+        "Pad the model's epochs until the run takes at least this many optimiser steps (a small set or "
+        "--subset gets more epochs; a line says so); 0 turns it off."), show_default="the model's",
+        rich_help_panel=NETWORKS)] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW, cosine).",
                                              show_default="the model's", rich_help_panel=NETWORKS)] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per optimiser step.",
@@ -128,6 +138,7 @@ def train_cmd(
 ) -> None:
     """Train a network (from scratch or fine-tuned) or fit a classical pipeline on a grouped split; rerun
     to resume. With --target, a patient-level model instead: one call per patient from its cells."""
+    from leukoscope.data.classes import show_class
     from leukoscope.data.rare import RareReport
     from leukoscope.data.readers import read
 
@@ -148,7 +159,7 @@ def train_cmd(
         crop_to_cell=crop_to_cell, tta=tta, patience=patience, finetune_depth=finetune_depth, seed=seed,
         freeze_bn=freeze_bn, cv=cv, split_protocol=split_protocol, features=features, min_cells=min_cells,
         rare=rare, device=device, positive=positive, target_sensitivity=target_sensitivity,
-        split=None if split is None else str(split.resolve()), dedupe=dedupe)
+        split=None if split is None else str(split.resolve()), dedupe=dedupe, min_steps=min_steps)
     m, _ = mapped(read(paths, layout), class_map)
     try:
         with shown() as bars:
@@ -167,6 +178,8 @@ def train_cmd(
             fz = f.get("frozen_lr_f1_weighted")
             table.add_row(str(f["fold"]), str(f["test_images"]), str(f["test_groups"]),
                           f"{f['f1_weighted']:.3f}", "-" if fz is None else f"{fz:.3f}")
+        if any(f.get("frozen_lr_f1_weighted") is not None for f in result["folds"]):
+            table.caption = FROZEN_LR
         console.print(table)
         lo, hi = result["f1_weighted_ci95"]
         console.print(f"pooled weighted F1 {result['pooled']['f1_weighted']:.3f} "
@@ -180,6 +193,8 @@ def train_cmd(
         console.print(f"results: {out / 'cv.json'}")
         return
     console.print(_figures_table(bundle.metrics()))
+    names = bundle.display_names
+    console.print(escape("classes: " + ", ".join(show_class(c, names) for c in bundle.classes)))
     print_operating_point(bundle.metrics().get("operating_point"))
     recorded = bundle.config.get("rare_classes")
     print_rare(RareReport.from_json(recorded) if recorded else None)

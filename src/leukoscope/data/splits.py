@@ -14,6 +14,7 @@ read, refusing one whose files are not among them or whose labels disagree.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeAlias
 
@@ -29,6 +30,7 @@ from leukoscope.data.manifest import (
     validate,
     warnings_for,
 )
+from leukoscope.data.paths import resolved, stored
 from leukoscope.errors import ConfigError, DataError, LeakageError
 from leukoscope.io import write_csv_atomic
 
@@ -201,13 +203,15 @@ def write_split(split: Split, path: Path) -> None:
     """Write a split CSV atomically (path, label, subject, group, side/fold, ...)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_csv_atomic(path, split)
+    write_csv_atomic(path, stored(split))  # paths relative to the data root
 
 
-def read_split(path: Path) -> Split:
+def read_split(path: Path, present: Iterable[str] | None = None) -> Split:
     """Read a split CSV written by ``write_split`` and re-check it for leakage.
 
-    Paths stay as written (relative ones are resolved by ``apply_split`` against the images read)."""
+    Paths stored relative to a recorded data root are joined to it again (``data.paths.resolved``; a
+    moved data folder is found among ``present``); other relative paths are matched by ``apply_split``
+    against the images read."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: split file not found")
@@ -218,6 +222,7 @@ def read_split(path: Path) -> Split:
     need = {"path", "label", "group"} - set(df.columns)
     if need or ("side" not in df and "fold" not in df):
         raise DataError(f"{path}: a split needs columns path, label, group and side or fold")
+    df = resolved(df, present)
     if "subject" not in df:
         df["subject"] = None
     df["subject"] = df["subject"].astype(object).where(df["subject"].notna(), None)

@@ -42,22 +42,34 @@ def confusion_figure(cm: Sequence[Sequence[int]], classes: Sequence[str]) -> Any
     return fig
 
 
-def curves_figure(curves: dict[str, dict[str, Any]]) -> Any:
-    """One-vs-rest ROC and precision-recall curves, one line per class."""
+def roc_figure(curves: dict[str, dict[str, Any]]) -> Any:
+    """One-vs-rest ROC curves, one line per class."""
     plt = _plt()
-    fig, (roc, pr) = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig, ax = plt.subplots(figsize=(5.2, 4.2))
     for c, cv in curves.items():
-        roc.plot(cv["fpr"], cv["tpr"], label=f"{c} (AUC {cv['auc']:.3f})")
-        pr.plot(cv["recall"], cv["precision"], drawstyle="steps-post",
-                label=f"{c} (AP {cv['average_precision']:.3f})")
-    roc.plot([0, 1], [0, 1], "k:", lw=1)
-    roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (one vs rest)")
-    pr.set(xlabel="recall", ylabel="precision", title="Precision-recall (one vs rest)", ylim=(0, 1.02))
-    for ax in (roc, pr):
-        if curves:  # none when the data hold one class: no legend (and no matplotlib warning)
-            ax.legend(fontsize=8, loc="lower right" if ax is roc else "lower left")
-        ax.grid(alpha=0.3)
+        ax.plot(cv["fpr"], cv["tpr"], label=f"{c} (AUC {cv['auc']:.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (one vs rest)")
+    _finish(ax, bool(curves), "lower right")
     return fig
+
+
+def pr_figure(curves: dict[str, dict[str, Any]]) -> Any:
+    """One-vs-rest precision-recall curves, one line per class."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    for c, cv in curves.items():
+        ax.plot(cv["recall"], cv["precision"], drawstyle="steps-post",
+                label=f"{c} (AP {cv['average_precision']:.3f})")
+    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall (one vs rest)", ylim=(0, 1.02))
+    _finish(ax, bool(curves), "lower left")
+    return fig
+
+
+def _finish(ax: Any, legend: bool, loc: str) -> None:
+    if legend:  # no lines when the data hold one class: no legend (and no matplotlib warning)
+        ax.legend(fontsize=8, loc=loc)
+    ax.grid(alpha=0.3)
 
 
 def reliability_figure(before: list[dict], after: list[dict], ece_before: float | None,
@@ -81,6 +93,29 @@ def reliability_figure(before: list[dict], after: list[dict], ece_before: float 
     return fig
 
 
+def plot_series(ax: Any, x: Sequence[float], series: dict[str, Sequence[float]]) -> None:
+    """One line per series against epochs, with integer epoch ticks. Series with the same values (validation
+    accuracy and balanced accuracy on a balanced set, say) are drawn once under a joint label, so no line
+    hides under another."""
+    from matplotlib.ticker import MaxNLocator
+
+    drawn: list[tuple[list[str], np.ndarray]] = []
+    for name, values in series.items():
+        v = np.asarray(values, float)
+        same = next((d for d in drawn if d[1].shape == v.shape and np.allclose(d[1], v, equal_nan=True)),
+                    None)
+        if same is None:
+            drawn.append(([name], v))
+        else:
+            same[0].append(name)
+    for i, (names, v) in enumerate(drawn):
+        ax.plot(x, v, marker="os^dv"[i % 5], linestyle=("-", "--", "-.", ":")[i % 4], label=" = ".join(names))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if drawn:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
 def history_figure(history: pd.DataFrame) -> Any | None:
     """Training curves: losses on the left, every other per-epoch figure on the right."""
     num = history.select_dtypes("number")
@@ -94,10 +129,6 @@ def history_figure(history: pd.DataFrame) -> Any | None:
     others = [c for c in cols if c not in losses and c not in ("lr", "seconds", "time")]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, group, title in ((axes[0], losses, "loss"), (axes[1], others, "per-epoch figures")):
-        for c in group:
-            ax.plot(x, num[c], marker=".", label=c)
+        plot_series(ax, list(x), {c: num[c] for c in group})
         ax.set(xlabel="epoch", title=title)
-        if group:
-            ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
     return fig

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from leukoscope.bundle import Bundle
+from leukoscope.data.classes import show_class
 from leukoscope.data.images import load_rgb
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, Manifest, label_indices, labelled, protocol
 from leukoscope.data.rare import RareReport, apply_rare
@@ -65,11 +66,12 @@ def score_paths(bundle: Bundle, paths: Sequence[str], batch_size: int = 64, tta:
 
 def on_side(bundle: Bundle, m: Manifest, side: str, split: Split | None = None) -> Manifest:
     """Rows of ``m`` that sit on ``side`` of ``split`` (a split file, laid over ``m`` by
-    ``data.splits.apply_split``), else of the split the bundle was trained with."""
+    ``data.splits.apply_split``), else of the split the bundle was trained with (its paths found among
+    ``m``'s when the data folder moved)."""
     if split is not None:
         split, where = apply_split(m, split), split.attrs.get("source", "--split")
     else:
-        split, where = bundle.split(), f"{bundle.path}/split.csv"
+        split, where = bundle.split(present=m["path"]), f"{bundle.path}/split.csv"
         if split is None or "side" not in split:
             raise DataError(f"{bundle.path}: bundle has no train/val/test split.csv; --side needs one")
     if "side" not in split:
@@ -86,7 +88,7 @@ def on_side(bundle: Bundle, m: Manifest, side: str, split: Split | None = None) 
 
 def training_overlap(bundle: Bundle, paths: Sequence[str]) -> dict[str, int]:
     """How many evaluated images sit on each side of the bundle's own split (train/val = optimistic)."""
-    split = bundle.split()
+    split = bundle.split(present=paths)
     col = "side" if split is not None and "side" in split else "fold" if split is not None else None
     if split is None or col is None:
         return {}
@@ -152,10 +154,10 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
     ``split``, a split file: its test side unless ``side`` says another), the classes it merged or
     dropped as rare merged or dropped here too.
 
-    Writes ``metrics.json``, ``predictions.csv`` and ``report.html`` into ``out``; returns the
-    metrics dict. Unreadable images are skipped and listed under ``skipped``.
+    Writes ``metrics.json``, ``predictions.csv``, ``report.html`` and its figures (PNG + SVG) into ``out``;
+    returns the metrics dict. Unreadable images are skipped and listed under ``skipped``.
     """
-    from leukoscope.reports.html import figure_to_data_uri, write_report
+    from leukoscope.reports.html import save_figure, write_report
 
     out = Path(out)
     classes = bundle.classes
@@ -183,7 +185,8 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
     unf = np.concatenate(unfamiliarity) if unfamiliarity else None
     result: dict[str, Any] = {
         "bundle": str(bundle.path), "model": bundle.config.get("model", bundle.family),
-        "family": bundle.family, "classes": classes, "tta": tta, "side": side,
+        "family": bundle.family, "classes": classes, "display_names": bundle.display_names, "tta": tta,
+        "side": side,
         "side_of": None if side is None else split.attrs.get("source", "--split") if split is not None
         else "the bundle's split",
         "protocol": protocol(m), "trained_with": bundle.config.get("protocol"),
@@ -210,18 +213,21 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
     _write_predictions(out / PREDICTIONS_FILE, m, y, probs, classes, bundle.decide(probs), unf, bundle)
     cal = result["calibration"]
     history = bundle.history()
-    figs = {
-        "confusion": figures.confusion_figure(result["cell"]["confusion_matrix"], classes),
-        "curves": figures.curves_figure(curves(y, probs, classes)),
+    roc_pr = curves(y, probs, classes)
+    figs = {  # each also saved beside report.html as <name>.png and <name>.svg
+        "confusion": figures.confusion_figure(result["cell"]["confusion_matrix"],
+                                              [show_class(c, bundle.display_names) for c in classes]),
+        "roc": figures.roc_figure(roc_pr),
+        "pr": figures.pr_figure(roc_pr),
         "reliability": figures.reliability_figure(cal["reliability_before"], cal["reliability_after"],
                                                   cal["ece_before"], cal["ece_after"], temperature),
-        "history": figures.history_figure(history) if history is not None else None,
+        "training_curves": figures.history_figure(history) if history is not None else None,
         "coverage": coverage_figure(result["unfamiliar"]),
     }
     write_report(out / REPORT_FILE, "evaluate.html",
                  title=f"Evaluation: {result['model']} on {len(y)} images",
                  protocol=_protocol_text(result), warning=" ".join(result["warnings"]), r=result,
-                 figs={k: figure_to_data_uri(f) for k, f in figs.items() if f is not None},
+                 figs={k: save_figure(f, out / f"{k}.png") for k, f in figs.items() if f is not None},
                  gallery=_gallery(list(m["path"]), y, probs, classes))
     return result
 

@@ -2,7 +2,9 @@
 
 Per patient: the call and its calibrated probability with a 95% interval, the threshold, the cells used
 and those skipped (with why), a warning when too few cells were given for a call, the predicted cell-type
-composition with exact (Clopper-Pearson) 95% intervals, and the cells that drove the call as a gallery.
+composition with exact (Clopper-Pearson) 95% intervals, the cells that drove the call as a gallery, and
+the cells unlike the training cohort's (the bundle's unfamiliarity score; left out of the call, counted and
+said in words: ``PatientCall.unfamiliar_note``).
 ``report_patients`` writes ``report.html`` (self-contained: every image a data URI), ``patients.csv``
 (one row per patient) and ``patients.json`` (``PatientCall.to_dict`` per patient, plus the composition).
 
@@ -229,7 +231,7 @@ def report_patients(bundle: Bundle, folders: Sequence[Path | str], out: Path | s
     for scan in scans:
         call = b.diagnose([str(c) for c in scan.cells], subject=scan.subject)
         call.skipped = scan.skipped + call.skipped
-        if call.cells_used:
+        if call.cells:  # a patient whose every cell is unfamiliar is reported too, without a call
             reports.append(PatientReport(str(scan.folder), call, composition(call, b.cell_types)))
         else:
             not_reported.append((str(scan.folder),
@@ -261,12 +263,16 @@ def patients_table(reports: Sequence[PatientReport], positive: str,
             f"p_{positive}": round(c.probability, 6),
             "p_ci95_low": round(c.interval[0], 6), "p_ci95_high": round(c.interval[1], 6),
             "threshold": round(c.threshold, 6), "cells_used": c.cells_used, "cells_skipped": len(c.skipped),
-            "too_few": c.too_few, "min_cells": c.min_cells, "uncertain": r.uncertain()}
+            "too_few": c.too_few, "min_cells": c.min_cells, "uncertain": r.uncertain(),
+            "cells_unfamiliar": c.cells_unfamiliar if c.unfamiliar_checked else None,
+            "unfamiliar_share": round(c.unfamiliar_share, 6) if c.unfamiliar_checked else None,
+            "unfamiliar_note": c.unfamiliar_note() or ""}
         shares = {s.cell_type: s for s in r.composition}
-        for t in cell_types:
-            s = shares[t]
-            row |= {f"n_{t}": s.count, f"share_{t}": round(s.share, 6),
-                    f"share_{t}_ci95_low": round(s.low, 6), f"share_{t}_ci95_high": round(s.high, 6)}
+        for t in cell_types:  # no share at all when no cell was used (every cell unfamiliar)
+            s = shares.get(t)
+            row |= {f"n_{t}": s.count if s else 0, f"share_{t}": round(s.share, 6) if s else None,
+                    f"share_{t}_ci95_low": round(s.low, 6) if s else None,
+                    f"share_{t}_ci95_high": round(s.high, 6) if s else None}
         rows.append(row)
     return pd.DataFrame(rows)
 

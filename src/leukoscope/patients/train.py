@@ -17,12 +17,15 @@ import numpy as np
 import pandas as pd
 
 from leukoscope.bundle import CARD, finish_bundle, writing_bundle
+from leukoscope.bundle.format import UNFAMILIAR
 from leukoscope.bundle.patient import WEIGHTS, save_weights
 from leukoscope.data.manifest import Manifest
 from leukoscope.errors import DataError
 from leukoscope.io import write_csv_atomic, write_json_atomic
 from leukoscope.models.patient.methods import get_method
 from leukoscope.models.patient.scorers import CompositionScorer, Scorer, TypeHead, fit_type_head
+from leukoscope.models.unfamiliar import Scorer as Unfamiliarity
+from leukoscope.models.unfamiliar import fit_unfamiliar
 from leukoscope.patients.bags import Bags, load_bags
 from leukoscope.patients.protocol import (
     FOLDS,
@@ -42,6 +45,8 @@ from leukoscope.progress import SILENT, Progress
 DEFAULT_METHOD = "cell-logodds"
 PROTOCOL = "patient-level, repeated patient-grouped CV"
 TASK = "patient-level diagnosis"
+#: Share of each class's patients whose cells set the unfamiliarity threshold (the rest are the reference).
+UNFAMILIAR_HELD_OUT = 0.2
 
 
 def type_head(bags: Bags) -> TypeHead:
@@ -87,7 +92,9 @@ def card_section(config: dict[str, Any]) -> str:
         f"- probability of {config['positive']}: sigmoid({a:.4f} * decision + {b:.4f}) (Platt, inner CV)",
         f"- call {config['positive']} when decision >= {config['threshold']:.4f} (Youden, inner CV); "
         f"no call below {config['min_cells']} cells",
-    ]) + "\n"
+    ] + ([f"- unfamiliar cells: kNN unfamiliarity ({UNFAMILIAR}, k = {config['unfamiliar']['k']}) above "
+          f"{config['unfamiliar']['threshold']:.4f} (95th percentile on held-out patients' cells) are left "
+          "out of the call and counted in the report"] if "unfamiliar" in config else [])) + "\n"
 
 
 def fit_bundle(bags: Bags, model: str, seed: int = 0) -> tuple[Scorer, TypeHead, dict[str, Any]]:
@@ -106,6 +113,28 @@ def fit_bundle(bags: Bags, model: str, seed: int = 0) -> tuple[Scorer, TypeHead,
     return final.scorer, head, config
 
 
+def cell_unfamiliarity(bags: Bags, seed: int = 0) -> Unfamiliarity | None:
+    """The unfamiliarity score of the bundle's cells (``models.unfamiliar``, kNN on the frozen embeddings).
+
+    Patient-grouped, as a new patient's cells are scored: the reference is the cells of most patients,
+    the threshold the 95th percentile of the scores of the cells of ``UNFAMILIAR_HELD_OUT`` of each class's
+    patients it does not hold (a cell's nearest neighbours are mostly its own patient's, so a threshold
+    on cells of reference patients would flag almost every new patient's cells). None when a class has
+    fewer than two patients: no patient would be left to set the threshold.
+    """
+    rng = np.random.default_rng(seed)
+    held: list[np.ndarray] = []
+    for c in (0, 1):
+        ids = np.flatnonzero(bags.y == c)
+        if len(ids) < 2:
+            return None
+        held.append(rng.permutation(ids)[:max(1, round(UNFAMILIAR_HELD_OUT * len(ids)))])
+    val = bags.rows(np.concatenate(held))
+    ref = np.setdiff1d(np.arange(len(bags.X)), val)
+    y = bags.y[bags.patient]
+    return fit_unfamiliar(bags.X[ref], y[ref], bags.X[val], np.zeros((len(val), 2)), 1.0, seed=seed)
+
+
 def train_patients(m: Manifest, target: str, out: Path, model: str = DEFAULT_METHOD,
                    positive: str | None = None, repeats: int = REPEATS, folds: int = FOLDS, seed: int = 0,
                    features: dict[str, Any] | None = None, cache: Path | None = None,
@@ -118,6 +147,9 @@ def train_patients(m: Manifest, target: str, out: Path, model: str = DEFAULT_MET
     run = run_cv(method, bags, folds, repeats, seed, progress)
     figs = figures(bags, run)
     scorer, head, config = fit_bundle(bags, model, seed)
+    unfamiliar = cell_unfamiliarity(bags, seed)
+    if unfamiliar is not None:
+        config["unfamiliar"] = unfamiliar.config()
     config |= {"min_cells": int(figs["min_cells"]),
                "params": {"repeats": repeats, "folds": folds, "seed": seed},
                "data": ", ".join(sorted(set(m["dataset"].astype(str)))) if "dataset" in m else "-"}
@@ -125,6 +157,8 @@ def train_patients(m: Manifest, target: str, out: Path, model: str = DEFAULT_MET
     out.mkdir(parents=True, exist_ok=True)
     with writing_bundle(out / "bundle") as folder:
         save_weights(folder, scorer, head)
+        if unfamiliar is not None:
+            unfamiliar.save(folder / UNFAMILIAR)
         finish_bundle(folder, config, {"protocol": PROTOCOL, "patient": figs}, _split(bags))
         with open(folder / CARD, "a") as card:
             card.write(card_section(config))

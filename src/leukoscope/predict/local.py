@@ -32,6 +32,7 @@ import numpy as np
 
 from leukoscope.bundle import CARD, HISTORY, METRICS, ONNX, ONNX_INT8, SPLIT, Bundle
 from leukoscope.data.images import is_image_file, iter_image_files, load_batch
+from leukoscope.data.names import subject_from_name
 from leukoscope.errors import DataError
 from leukoscope.io import write_json_atomic
 from leukoscope.predict import ENGINES, unfamiliar
@@ -82,8 +83,14 @@ def run_record_path(out: Path) -> Path:
     return Path(out).with_name(Path(out).name + ".partial.json")
 
 
+def prob_columns(classes: Sequence[str]) -> list[str]:
+    return [f"p_{c}" for c in classes]
+
+
 def header(classes: Sequence[str]) -> list[str]:
-    return ["path", "label", *[f"p_{c}" for c in classes]]
+    """The CSV's columns, named as on the web page's CSV (``predicted``); ``subject`` is always there, empty
+    where the file name gives none (C-NMC ``UID_<subject>_`` names give one)."""
+    return ["path", "subject", "predicted", *prob_columns(classes)]
 
 
 def _expand(item: str) -> Iterator[Path]:
@@ -212,8 +219,8 @@ def _resume(out: Path, cols: list[str], record: dict[str, Any]) -> set[str]:
     if not lines:
         return set()
     if next(csv.reader([lines[0]])) != cols:
-        raise DataError(f"{partial}: left by a run with other classes or columns; rerun with --restart to "
-                        "discard it")
+        raise DataError(f"{partial}: left by a run with other classes or columns (or an older leukoscope's); "
+                        "rerun with --restart to discard it")
     if len(lines) == 1:  # a header and no rows: nothing to keep
         return set()
     try:
@@ -334,12 +341,12 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 def csv_row(path: str | Path, probs: np.ndarray, classes: Sequence[str],
             operating_point: dict[str, Any] | None = None,
             unfamiliarity: tuple[float, bool] | None = None) -> list[str]:
-    """One output row (every engine): the path, the call (``unfamiliar.label``: the bundle's operating
-    point or the most probable class), probabilities to 6 decimals; with ``unfamiliarity`` (score,
-    flagged) its two cells too, and ``unfamiliar`` as the call if flagged."""
+    """One output row (every engine): the path, its subject (or empty), the call (``unfamiliar.label``:
+    the bundle's operating point or the most probable class), probabilities to 6 decimals; with
+    ``unfamiliarity`` (score, flagged) its two cells too, and ``unfamiliar`` as the call if flagged."""
     flagged = unfamiliarity is not None and unfamiliarity[1]
     call = unfamiliar.label(classes, probs, flagged, operating_point)
-    row = [str(path), call, *(f"{v:.6f}" for v in probs)]
+    row = [str(path), subject_from_name(Path(path).name) or "", call, *(f"{v:.6f}" for v in probs)]
     if unfamiliarity is None:
         return row
     return [*row, f"{unfamiliarity[0]:.6f}", str(flagged).lower()]
@@ -348,7 +355,7 @@ def csv_row(path: str | Path, probs: np.ndarray, classes: Sequence[str],
 @ENGINES.register("local")
 def predict(bundle: Bundle, inputs: Iterable[str | Path], out_csv: Path | str, batch_size: int = 64,
             tta: bool = False, progress: Progress = SILENT, restart: bool = False) -> PredictSummary:
-    """Predict every image under ``inputs`` into ``out_csv`` (path, label, p_<class>...).
+    """Predict every image under ``inputs`` into ``out_csv`` (path, subject, predicted, p_<class>...).
 
     ``progress`` counts input files, those kept from an interrupted run first, then after each batch.
     ``restart`` discards the rows of an interrupted run instead of resuming (or refusing) them.

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from leukoscope.bundle import Bundle, load_bundle
+from leukoscope.data.names import subject_from_name
 from leukoscope.errors import ConfigError, DataError
 from leukoscope.io import atomic_path
 from leukoscope.predict import ENGINES, unfamiliar
@@ -40,6 +41,7 @@ from leukoscope.predict.local import (
     csv_row,
     header,
     iter_inputs,
+    prob_columns,
     runtime_name,
     scored_batches,
 )
@@ -122,7 +124,7 @@ class Predictor:
         decoded = set(ok)
         readable = np.array([p in decoded for p in paths], dtype=bool)
         probs = np.full((len(paths), len(self.classes)), np.nan)
-        label = np.full(len(paths), None, dtype=object)
+        label = np.full(len(paths), None, dtype=object)  # the called class
         score = np.full(len(paths), np.nan)
         if ok:
             probs[readable] = proba_from_views(views, self.bundle.temperature)
@@ -136,8 +138,10 @@ class Predictor:
             extra = {"unfamiliarity": score, "unfamiliar": flagged}
         error = np.full(len(paths), "", dtype=object)  # "" = read fine (Arrow keeps strings, not NaN)
         error[~readable] = [reason for _, reason in skipped]
-        return {"path": np.asarray([str(p) for p in paths], dtype=object), "label": label,
-                **{f"p_{c}": probs[:, k] for k, c in enumerate(self.classes)}, **extra, "error": error}
+        subject = np.asarray([subject_from_name(p.name) for p in paths], dtype=object)
+        return {"path": np.asarray([str(p) for p in paths], dtype=object), "subject": subject,
+                "predicted": label, **{f"p_{c}": probs[:, k] for k, c in enumerate(self.classes)}, **extra,
+                "error": error}
 
 
 def _configure_data(ray: Any) -> None:
@@ -152,8 +156,8 @@ def _schema(classes: list[str], scored: bool = False) -> Any:
     import pyarrow as pa
 
     more = [("unfamiliarity", pa.float64()), ("unfamiliar", pa.bool_())] if scored else []
-    return pa.schema([("path", pa.string()), ("label", pa.string()),
-                      *[(c, pa.float64()) for c in header(classes)[2:]], *more])
+    return pa.schema([("path", pa.string()), ("subject", pa.string()), ("predicted", pa.string()),
+                      *[(c, pa.float64()) for c in prob_columns(classes)], *more])
 
 
 def _parquet_to_csv(parquet: Path, target: Path, classes: list[str],
@@ -166,7 +170,7 @@ def _parquet_to_csv(parquet: Path, target: Path, classes: list[str],
         writer.writerow(header(classes) + (unfamiliar.COLUMNS if scored else []))
         for batch in pq.ParquetFile(parquet).iter_batches():
             cols = batch.to_pydict()
-            probs = np.column_stack([cols[c] for c in header(classes)[2:]])
+            probs = np.column_stack([cols[c] for c in prob_columns(classes)])
             marks = (list(zip(cols["unfamiliarity"], cols["unfamiliar"], strict=True)) if scored
                      else [None] * len(probs))
             writer.writerows(csv_row(p, row, classes, operating_point, u)

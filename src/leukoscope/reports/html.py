@@ -29,7 +29,11 @@ def figure_to_data_uri(fig: Any, dpi: int = 110) -> str:
 
 
 def save_figure(fig: Any, path: Path, dpi: int = 110) -> str:
-    """Save a figure as PNG at ``path`` (atomically) and return it as a data URI for embedding."""
+    """Save a figure as PNG at ``path`` and as SVG beside it (same name, ``.svg``: to scale and edit in a
+    paper), atomically; return the PNG as a data URI for embedding."""
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    write_text_atomic(Path(path).with_suffix(".svg"), buf.getvalue())
     uri = figure_to_data_uri(fig, dpi)
     write_bytes_atomic(path, base64.b64decode(uri.split(",", 1)[1]))
     return uri
@@ -47,11 +51,13 @@ def image_to_data_uri(img: np.ndarray, max_side: int = 160) -> str:
 
 
 def render(template: str, **context: Any) -> str:
-    """Render a template from ``reports/templates`` with autoescaping."""
+    """Render a template from ``reports/templates`` with autoescaping; every footer names the version."""
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+    from leukoscope import __version__
+
     env = Environment(loader=FileSystemLoader(_TEMPLATES), autoescape=select_autoescape())
-    return env.get_template(template).render(**context)
+    return env.get_template(template).render(**{"version": __version__, **context})
 
 
 def write_report(path: Path, template: str, **context: Any) -> Path:

@@ -46,6 +46,7 @@ from leukoscope.bundle import Bundle, load_bundle
 from leukoscope.bundle.patient import PatientBundle
 from leukoscope.data.images import FORMATS, decode_rgb, image_size
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING
+from leukoscope.data.names import subject_from_name
 from leukoscope.errors import ImageError, LeukoscopeError
 from leukoscope.explain import EXPLAINERS, Explainer, Explanation
 from leukoscope.predict import unfamiliar
@@ -100,6 +101,8 @@ class FileResult(BaseModel):
     model_config = ConfigDict(validate_assignment=True)
 
     name: str
+    #: from a C-NMC style name (``UID_<subject>_``), as predict's CSV has it; None where the name gives none
+    subject: str | None = None
     label: str | None = None
     probabilities: dict[str, float] | None = None
     #: Higher = less like the training data; ``unfamiliar``: above the bundle's threshold, and then
@@ -245,6 +248,7 @@ def model_card(model: Model, settings: ServeSettings) -> dict[str, Any]:
     protocol = cfg.get("protocol", "unknown")
     card: dict[str, Any] = {
         "model": model.name, "family": model.bundle.family, "classes": model.bundle.classes,
+        "display_names": model.bundle.display_names,
         "data": cfg.get("data"), "protocol": protocol,
         "warning": IMAGE_LEVEL_WARNING if protocol == "image-level" else None,
         "split": _split_sizes(model.bundle), "metrics": model.bundle.metrics(),
@@ -343,7 +347,7 @@ def create_app(bundle_dir: Path | str, settings: ServeSettings | None = None) ->
         browsers cannot show, such as TIFF); or an error naming the file."""
         uploads = await read_uploads(request, settings)
         await anyio.to_thread.run_sync(check_request_pixels, uploads, settings)
-        results = [FileResult(name=name) for name, _ in uploads]
+        results = [FileResult(name=name, subject=subject_from_name(name)) for name, _ in uploads]
         images: list[np.ndarray] = []
         ok: list[FileResult] = []
         for (name, data), res in zip(uploads, results, strict=True):

@@ -3,7 +3,8 @@
 The same safety as ``/api/predict`` (body cap and place in line from ``Admission``, files counted while
 parsing, pixels summed from headers, one safe decoder); all the patient's cells come in one request,
 because a call is made from them together. A byte copy of a cell already sent is counted once, as
-``diagnose`` does for files.
+``diagnose`` does for files. Cells unlike the training cohort's (the bundle's unfamiliarity score) are
+labelled ``unfamiliar``, left out of the call and counted in the summary, as in ``leukoscope report``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from leukoscope.bundle.patient_call import PatientCall
 from leukoscope.errors import LeukoscopeError
 from leukoscope.patients.protocol import sigmoid
 from leukoscope.patients.report import COMPOSITION_METHOD, PatientReport, TypeShare, composition
+from leukoscope.predict.unfamiliar import UNFAMILIAR
 from leukoscope.reports.html import image_to_data_uri
 
 #: Cells marked as drivers of the call in the page's cell list: at most this many, and at most a third
@@ -41,6 +43,11 @@ class CellResult(BaseModel):
     contribution: float | None = None
     driver: bool = False
     thumbnail: str | None = None
+    #: higher = less like the training cohort's cells; ``unfamiliar``: above ``threshold``, so left out
+    #: of the call and ``label`` is "unfamiliar" (None, None: the bundle has no score)
+    unfamiliarity: float | None = None
+    unfamiliar: bool | None = None
+    threshold: float | None = None
     error: str | None = None
 
 
@@ -62,8 +69,9 @@ class PatientSummary(BaseModel):
     positive: str
     #: None when too few cells were given to make one
     call: str | None
-    probability: float
-    interval: tuple[float, float]
+    #: None (both) when no cell is left to call from: every readable cell unfamiliar
+    probability: float | None
+    interval: tuple[float, float] | None
     interval_method: str
     threshold: float
     too_few: bool
@@ -71,6 +79,10 @@ class PatientSummary(BaseModel):
     #: the 95% interval spans the threshold
     uncertain: bool
     cells_used: int
+    #: cells left out of the call as unlike the training cohort's (None: the bundle has no score)
+    cells_unfamiliar: int | None
+    #: the same in words, e.g. "12 of 30 cells unlike the training cohort's; the call rests on 18"
+    unfamiliar_note: str | None
     skipped: list[Skip]
     composition: list[Share]
     composition_method: str
@@ -85,11 +97,15 @@ class PatientResponse(BaseModel):
 
 def _summary(call: PatientCall, shares: list[TypeShare], skipped: list[Skip]) -> PatientSummary:
     report = PatientReport("", call, shares)
+    none = math.isnan(call.probability)
     return PatientSummary(
-        subject=call.subject, positive=call.positive, call=call.call, probability=call.probability,
-        interval=call.interval, interval_method=call.interval_method, threshold=call.threshold,
-        too_few=call.too_few, min_cells=call.min_cells, uncertain=report.uncertain(),
-        cells_used=call.cells_used, skipped=skipped, composition=[Share(**vars(s)) for s in shares],
+        subject=call.subject, positive=call.positive, call=call.call,
+        probability=None if none else call.probability, interval=None if none else call.interval,
+        interval_method=call.interval_method, threshold=call.threshold, too_few=call.too_few,
+        min_cells=call.min_cells, uncertain=report.uncertain(), cells_used=call.cells_used,
+        cells_unfamiliar=call.cells_unfamiliar if call.unfamiliar_checked else None,
+        unfamiliar_note=call.unfamiliar_note(), skipped=skipped,
+        composition=[Share(**vars(s)) for s in shares],
         composition_method=COMPOSITION_METHOD)
 
 
@@ -132,6 +148,10 @@ async def diagnose_uploads(bundle: PatientBundle, uploads: list[tuple[str, bytes
         p = float(sigmoid(cell.log_odds))
         res.probabilities = {c: round(p if c == call.positive else 1 - p, 6) for c in call.classes}
         res.label = call.positive if p >= 0.5 else next(c for c in call.classes if c != call.positive)
+        if cell.unfamiliarity is not None and bundle.unfamiliar is not None:
+            res.unfamiliarity, res.unfamiliar = round(cell.unfamiliarity, 6), cell.unfamiliar
+            res.threshold = bundle.unfamiliar.threshold
+            res.label = UNFAMILIAR if cell.unfamiliar else res.label
         res.cell_type, res.cell_type_probability = cell.cell_type, round(cell.cell_type_probability, 6)
         res.contribution, res.driver = round(cell.contribution, 6), id(cell) in drivers
     skipped = [Skip(name=r.name, reason=r.error.removeprefix(f"{r.name}: ")) for r in results if r.error]

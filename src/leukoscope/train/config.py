@@ -227,6 +227,17 @@ class TrainConfig:
         stretched = max(epochs, -(-(self.min_steps or 0) // max(steps_per_epoch, 1)))
         return stretched, -(-patience * stretched // epochs)
 
+    def stretch_note(self, steps_per_epoch: int) -> str | None:
+        """One line saying that ``schedule`` added epochs to this run, and why (None when it did not)."""
+        epochs, _ = self.schedule(steps_per_epoch)
+        if epochs <= (self.epochs or 1):
+            return None
+        given = f"--subset {self.subset:g} gives" if self.subset < 1 else "the training side gives"
+        return (f"stretched: {given} {steps_per_epoch} optimiser step(s) per epoch, {self.epochs} epoch(s) = "
+                f"{steps_per_epoch * (self.epochs or 1)} steps; padded to {self.min_steps} optimiser steps "
+                f"({epochs} epochs, repeating the data) because {self.model} fine-tunes poorly in fewer "
+                "steps on small sets; --min-steps 0 (or --epochs N) turns it off")
+
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

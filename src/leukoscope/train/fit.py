@@ -98,6 +98,8 @@ def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
     if not len(tr):
         raise DataError("the training side is empty; use more data or a smaller --val / --test")
     plan = Plan.of(cfg, len(tr))
+    if note := cfg.stretch_note(plan.steps):
+        report.note(note)
     expected = resume.fingerprint(cfg, data.split)
     state = resume.saved_state(out, cfg, expected)
     weights = class_weights(data.y[tr], k)
@@ -270,17 +272,15 @@ def _plot_history(history: pd.DataFrame, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from leukoscope.evaluate.figures import plot_series
     from leukoscope.reports.html import save_figure
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
-    a.plot(history["epoch"], history["train_loss"], "o-", label="train")
-    a.plot(history["epoch"], history["val_loss"], "o-", label="validation")
+    x = list(history["epoch"])
+    plot_series(a, x, {"train": history["train_loss"], "validation": history["val_loss"]})
     a.set(xlabel="epoch", ylabel="loss", title="loss")
-    b.plot(history["epoch"], history["train_accuracy"], "o-", label="train accuracy")
-    b.plot(history["epoch"], history["val_accuracy"], "o-", label="validation accuracy")
-    b.plot(history["epoch"], history["val_balanced_accuracy"], "s--", label="validation balanced acc.")
+    plot_series(b, x, {"train accuracy": history["train_accuracy"],
+                       "validation accuracy": history["val_accuracy"],
+                       "validation balanced acc.": history["val_balanced_accuracy"]})
     b.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    for ax in (a, b):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
     save_figure(fig, path)

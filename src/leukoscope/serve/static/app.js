@@ -82,7 +82,7 @@ function renderCard(card) {
   box.replaceChildren();
   const protocol = el("span", { class: "protocol" }, card.protocol);
   box.append(definitionList([
-    ["model", card.model], ["family", card.family], ["classes", card.classes.join(", ")],
+    ["model", card.model], ["family", card.family], ["classes", card.classes.map(displayName).join(", ")],
     ["trained on", card.data], ["protocol", protocol], ["input size", card.input_size],
     ["runtime", card.runtime],
     ["temperature", fmt(card.temperature)], ["explained by", card.explanation || "–"],
@@ -150,7 +150,7 @@ function showError(node, name, message) {
 
 function showResult(node, res) {
   if (res.error) return showError(node, res.name, res.error);
-  node.querySelector(".label").textContent = res.cell_type || res.label;
+  node.querySelector(".label").textContent = res.cell_type || displayName(res.label);
   node.dataset.label = res.label;
   if (res.thumbnail) { // decoded by the server: also shows formats the browser cannot (TIFF)
     const thumb = node.querySelector(".thumb");
@@ -162,11 +162,11 @@ function showResult(node, res) {
   const sorted = Object.entries(res.probabilities).sort((a, b) => b[1] - a[1]);
   sorted.forEach(([cls, p], i) => {
     const li = el("li", i === 0 && !res.unfamiliar ? { class: "top" } : {});
-    const bar = el("div", { class: "bar", role: "img", "aria-label": `${cls} ${shown(p)}` });
+    const bar = el("div", { class: "bar", role: "img", "aria-label": `${displayName(cls)} ${shown(p)}` });
     const fill = el("span");
     fill.style.width = pct(p);
     bar.append(fill);
-    li.append(el("span", { class: "cls" }, cls), bar, el("span", { class: "p" }, shown(p)));
+    li.append(el("span", { class: "cls" }, displayName(cls)), bar, el("span", { class: "p" }, shown(p)));
     bars.append(li);
   });
   if (res.heatmap) {
@@ -183,8 +183,8 @@ function showResult(node, res) {
     node.querySelector(".why").hidden = false;
   }
   if (res.cell_type) showCell(node, res);
-  state.rows.push({ name: res.name, label: res.label, probabilities: res.probabilities, error: "",
-    cell_type: res.cell_type, contribution: res.contribution, unfamiliarity: res.unfamiliarity,
+  state.rows.push({ name: res.name, subject: res.subject, label: res.label, probabilities: res.probabilities,
+    error: "", cell_type: res.cell_type, contribution: res.contribution, unfamiliarity: res.unfamiliarity,
     unfamiliar: res.unfamiliar });
 }
 
@@ -204,7 +204,8 @@ function showCell(node, res) {
   const positive = state.patientSummary.positive;
   const toward = res.contribution >= 0 ? positive : state.card.classes.find((c) => c !== positive);
   const info = node.querySelector(".cell-info");
-  info.textContent = `predicted type (${shown(res.cell_type_probability)}) · moved the patient's score ` +
+  info.textContent = res.unfamiliar ? `predicted type ${res.cell_type} (not to be trusted) · left out of the patient's call`
+    : `predicted type (${shown(res.cell_type_probability)}) · moved the patient's score ` +
     `${Math.abs(res.contribution).toFixed(3)} toward ${toward} · bars: this cell on its own`;
   info.hidden = false;
   if (res.driver) {
@@ -229,11 +230,17 @@ function renderPatient(p) {
   const verdict = el("div", { class: "verdict " + (p.call === null ? "nocall" : p.call === p.positive ? "positive" : "negative") });
   verdict.append(el("span", { class: "verdict-call" }, p.call === null ? "No call" : `Call: ${p.call}`));
   const interval = p.cells_used > 1 ? `95% interval ${shown(p.interval[0])} – ${shown(p.interval[1])}` : "no interval from one cell";
-  verdict.append(el("span", { class: "verdict-p" }, `P(${p.positive}) ${shown(p.probability)} (${interval})`));
+  verdict.append(el("span", { class: "verdict-p" }, p.probability === null ? "no probability: no cell left to call from"
+    : `P(${p.positive}) ${shown(p.probability)} (${interval})`));
   box.append(verdict);
   box.append(el("p", { class: "muted" },
     `Threshold ${shown(p.threshold)}: at or above it ${p.positive}, below ${negative}. ` +
-    `${p.cells_used} cell(s) used, ${p.skipped.length} skipped.`));
+    `${p.cells_used} cell(s) used, ${p.skipped.length} skipped` +
+    (p.cells_unfamiliar === null ? "." : `, ${p.cells_unfamiliar} unfamiliar (left out).`)));
+  if (p.unfamiliar_note) {
+    // Cells unlike the training cohort's are left out of the call; the server says how many, in words.
+    box.append(el("p", { class: "warning unfamiliar" }, `${p.unfamiliar_note}.`));
+  }
   if (p.too_few) {
     box.append(el("p", { class: "warning too-few" }, `Too few cells to be sure: ${p.cells_used} cell(s) could be used, ` +
       `and this model makes no call below ${p.min_cells}. Add more cells of this patient.`));
@@ -373,6 +380,12 @@ function updateButtons() {
   $("#clear").disabled = (state.rows.length === 0 && !state.patientFiles.length) || state.busy > 0;
 }
 
+// A class code as a person reads it ("hem (normal)"), from the bundle's display names; the bare code otherwise.
+function displayName(code) {
+  const names = (state.card && state.card.display_names) || {};
+  return names[code] && names[code] !== code ? `${code} (${names[code]})` : code;
+}
+
 // ---- CSV --------------------------------------------------------------------------------------
 function csvCell(v) {
   let s = String(v ?? "");
@@ -383,13 +396,15 @@ function csvCell(v) {
 function downloadCsv() {
   const classes = state.card ? state.card.classes : [];
   const extra = state.patient ? ["cell_type", "contribution"] : [];
-  const header = ["file", "predicted", ...classes.map((c) => `p_${c}`), ...extra, "unfamiliarity", "unfamiliar", "error"];
+  // the columns of `leukoscope predict`'s CSV (file for path): subject empty where the name gives none
+  const header = ["file", "subject", "predicted", ...classes.map((c) => `p_${c}`), ...extra, "unfamiliarity",
+    "unfamiliar", "error"];
   const lines = [header.map(csvCell).join(",")];
   for (const r of state.rows) {
     const probs = classes.map((c) => (r.probabilities && c in r.probabilities ? r.probabilities[c].toFixed(6) : ""));
     const more = state.patient ? [r.cell_type, r.contribution === undefined || r.contribution === null ? "" : r.contribution.toFixed(6)] : [];
     const unf = [r.unfamiliarity == null ? "" : r.unfamiliarity.toFixed(6), r.unfamiliar == null ? "" : String(r.unfamiliar)];
-    lines.push([r.name, r.label, ...probs, ...more, ...unf, r.error].map(csvCell).join(","));
+    lines.push([r.name, r.subject, r.label, ...probs, ...more, ...unf, r.error].map(csvCell).join(","));
   }
   const blob = new Blob([lines.join("\r\n") + "\r\n"], { type: "text/csv" });
   const a = el("a", { href: URL.createObjectURL(blob), download: "leukoscope-results.csv" });
