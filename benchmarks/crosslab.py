@@ -15,7 +15,10 @@ Recipes (``RECIPES``): the classical default (``train --model logistic_regressio
 and the issue's baseline (frozen EfficientNet-Lite0 embeddings + logistic regression), each with and without
 stain normalisation (``models/stain.py``: grey-world, Reinhard) fitted on the source's training cells; the
 deep default (``train --model efficientnet_lite0``, fine-tuned) with the train options of each candidate
-(``--stain``, ``--stain-jitter``). Features of normalised images are cached in the results folder.
+(``--stain``, ``--stain-jitter``). A classical candidate may also standardise features per lab (``adapt``
+``lab-z``: each lab's features z-scored with that lab's own mean and spread, the target's taken from its
+unlabelled cells, so a lab-wide shift in size, colour or texture is removed before the model sees it).
+Features of normalised images are cached in the results folder.
 Writes benchmarks/results/crosslab.csv (rows of both families are kept: a run replaces its own rows) and
 prints a Markdown table with the machine load. ``--quick``: 12 cells a class, 64 px, 1 epoch (a smoke test).
 """
@@ -56,12 +59,25 @@ class Recipe:
     stain: str = "none"
     train: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    adapt: str = "none"  # none | lab-z (classical: features z-scored per lab)
 
 
 RECIPES = [
     Recipe("hc", "handcrafted + LR", "classical", "before", "handcrafted", note="classical default"),
     Recipe("hc-grey", "handcrafted + LR, grey-world", "classical", "after", "handcrafted", "greyworld"),
     Recipe("hc-reinhard", "handcrafted + LR, Reinhard", "classical", "after", "handcrafted", "reinhard"),
+    Recipe(
+        "hc-labz", "handcrafted + LR, per-lab z-score", "classical", "after", "handcrafted", adapt="lab-z"
+    ),
+    Recipe(
+        "hc-grey-labz",
+        "handcrafted + LR, grey-world + per-lab z-score",
+        "classical",
+        "after",
+        "handcrafted",
+        "greyworld",
+        adapt="lab-z",
+    ),
     Recipe("lr", "frozen EfficientNet-Lite0 + LR", "classical", "before", "deep", note="issue baseline"),
     Recipe(
         "lr-grey", "frozen EfficientNet-Lite0 + LR, grey-world", "classical", "after", "deep", "greyworld"
@@ -164,6 +180,12 @@ def features(m: pd.DataFrame, kind: str, stain_target: dict[str, Any], cache: Pa
     return X
 
 
+def _zscore(X: np.ndarray) -> np.ndarray:
+    """``X`` with each feature centred and scaled by its spread over these cells (constant ones left at 0)."""
+    sd = X.std(axis=0)
+    return (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+
+
 def classical(
     r: Recipe, src: pd.DataFrame, tgt: pd.DataFrame, classes: list[str], cache: Path
 ) -> dict[str, Any]:
@@ -177,6 +199,8 @@ def classical(
     # the stain target is learned from source cells only, as `train --stain` does (first 64 training cells)
     target = stain.fit([load_rgb(p) for p in src["path"][:64:1]], r.stain)
     Xs, Xt = features(src, r.features, target, cache), features(tgt, r.features, target, cache)
+    if r.adapt == "lab-z":  # unsupervised: the target's statistics come from its cells, not its labels
+        Xs, Xt = _zscore(Xs), _zscore(Xt)
     est = build_estimators(["logistic_regression"], SEED)[0]["logistic_regression"]
     y = src["label"].to_numpy()
     fold = folds(src)

@@ -21,6 +21,10 @@ its own). The steps (``plan.py``; data sets and protocols in ``suite.py``):
 - ``unfamiliar``: ``benchmarks/unfamiliar.py``, every unfamiliarity score on foreign cells (DeepAPL
   blasts for a PBC model, C-NMC for ALL-IDB2, PBC for aria_all).
 
+Optional, with ``--cnmc-rehearsal DIR``: ``benchmarks/cnmc_rehearsal.py``, the full C-NMC download's
+layout (15,115 files, ~10 GB of synthetic BMPs under DIR) through describe, audit, train and evaluate,
+about an hour on 2 cores; its figures go to DIR/results.md, not to the README.
+
 A step whose outputs exist is skipped (``--force`` reruns it); ``--only`` takes step names or globs.
 Writes benchmarks/results/{models,leaderboards,throughput,steps,patients}.csv and summary.md (``collect.py``).
 Then, with ``--update-readme``, rewrites the README Results section from them (``readme.py``);
@@ -69,9 +73,20 @@ def run_step(step: Step, force: bool, env: dict[str, str]) -> str:
     return "ok"
 
 
+def step_env(plan: Plan) -> dict[str, str]:
+    return {**os.environ, "LEUKOSCOPE_DATA": str(plan.data), "LEUKOSCOPE_CACHE": str(plan.runs / "cache"),
+            "COLUMNS": "120"}
+
+
+def rehearsal_step(plan: Plan, out: Path) -> Step:
+    """The full-scale C-NMC rehearsal as a step (not in the plan: the README does not use it)."""
+    out = out.resolve()
+    cmd = [sys.executable, str(HERE / "cnmc_rehearsal.py"), "--out", str(out)]
+    return Step("cnmc-rehearsal", cmd, plan.step_dir("cnmc-rehearsal"), out / "rehearsal.done")
+
+
 def execute(plan: Plan, only: list[str], force: bool) -> dict[str, str]:
-    env = {**os.environ, "LEUKOSCOPE_DATA": str(plan.data),
-           "LEUKOSCOPE_CACHE": str(plan.runs / "cache"), "COLUMNS": "120"}
+    env = step_env(plan)
     failed: set[str] = set()
     status: dict[str, str] = {}
     for step in plan.steps:
@@ -101,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--update-readme", action="store_true", help="Rewrite the README Results section.")
     ap.add_argument("--list", action="store_true", help="List the steps and exit.")
     ap.add_argument("--data", type=Path, default=None, help="Data root (default: $LEUKOSCOPE_DATA).")
+    ap.add_argument("--cnmc-rehearsal", type=Path, default=None, metavar="DIR",
+                    help="Also rehearse the full C-NMC download under DIR (~10 GB, ~1 h on 2 cores).")
     args = ap.parse_args(argv)
 
     data = (args.data or data_root()).resolve()
@@ -113,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {data}\nresults: {plan.results}\nhardware: {hardware()}", flush=True)
     t0 = time.perf_counter()
     status = execute(plan, args.only, args.force)
+    if args.cnmc_rehearsal is not None:
+        step = rehearsal_step(plan, args.cnmc_rehearsal)
+        print(f"[{datetime.now(UTC):%H:%M:%S}] {step.name} ...", end=" ", flush=True)
+        status[step.name] = run_step(step, args.force, step_env(plan))
+        print(status[step.name], flush=True)
     print(f"steps took {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
     section = collect(plan, status)
     print(f"wrote {plan.results / 'summary.md'} and models, leaderboards, throughput, steps .csv")

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from leukoscope.bundle import CARD, CONFIG, load_bundle
 from leukoscope.cli import app
-from leukoscope.data.classmap import load_class_map, shipped_maps
+from leukoscope.data.classmap import from_json, load_class_map, shipped_maps
 from leukoscope.data.manifest import labelled
 from leukoscope.data.readers import read
-from leukoscope.errors import ConfigError, DataError
+from leukoscope.errors import BundleError, ConfigError, DataError
 
 runner = CliRunner()
 MAPPED = {
@@ -153,21 +154,38 @@ def test_train_on_one_lab_and_evaluate_on_the_other(two_labs: tuple[Path, Path],
         ],
     )
     assert res.exit_code == 0, res.output
-    assert "class map pbc-deepapl: left out 5 cell(s) of types it drops (Smudge cells 5)" in res.output
+    assert (
+        "class map pbc-deepapl applied: 40 labelled cell(s) onto 2 common label(s) (lymphocyte 20, "
+        "neutrophil 20); left out 5 cell(s) of types it drops (Smudge cells 5)" in res.output
+    )
     cfg = json.loads((run / "bundle" / "config.json").read_text())
     assert cfg["classes"] == ["lymphocyte", "neutrophil"]
+    # the bundle records the map's content (read back with the same checks), and its card shows it
+    assert cfg["class_map"] == load_class_map("pbc-deepapl").to_json()
+    assert cfg["class_map"]["classes"]["neutrophil"] == ["Segmented neutrophils", "Band neutrophils"]
+    assert from_json(cfg["class_map"], "x") == load_class_map("pbc-deepapl")
+    card = (run / "bundle" / CARD).read_text()
+    assert "- class map (labels mapped before training): pbc-deepapl: basophil <- Basophil; " in card
+    assert "neutrophil <- Segmented neutrophils | Band neutrophils; " in card
+    assert "; left out: Blast, no lineage spec, Smudge cells, " in card
     out = tmp_path / "eval"
     res = runner.invoke(
         app, ["evaluate", str(run / "bundle"), str(pbc), "--class-map", "pbc-deepapl", "--out", str(out)]
     )
     assert res.exit_code == 0, res.output
-    assert "in-lab (its test side) vs cross-lab" in res.output
+    assert "in-lab (its test side, " in res.output
     side = json.loads((out / "crosslab.json").read_text())
+    assert side == json.loads((out / "metrics.json").read_text())["crosslab"]
     assert side["evaluated"] == 20 and 0 <= side["these_data"]["f1_macro"] <= 1
-    assert (
-        side["in_lab"]["f1_macro"]
-        == json.loads((run / "bundle" / "metrics.json").read_text())["test"]["f1_macro"]
-    )
+    trained = json.loads((run / "bundle" / "metrics.json").read_text())
+    assert side["in_lab"]["f1_macro"] == trained["test"]["f1_macro"]
+    assert side["in_lab_side"] == "test" and side["in_lab_images"] == trained["sides"]["test"]
+    assert side["class_map"] == {
+        "name": "pbc-deepapl",
+        "mapped": {"lymphocyte": 10, "neutrophil": 10},
+        "left_out": {},
+        "left_out_total": 0,
+    }
     # without the map, the other lab's names are refused at the first label the model does not know
     res = runner.invoke(app, ["evaluate", str(run / "bundle"), str(deep), "--out", str(tmp_path / "raw")])
     assert res.exit_code != 0 and "Traceback" not in res.output
@@ -236,4 +254,151 @@ def test_benchmark_scores_a_mapped_lab(two_labs: tuple[Path, Path], tmp_path: Pa
         ],
     )
     assert res.exit_code == 0, res.output
-    assert "left out 5 cell(s)" in res.output and "(40 images" in res.output
+    assert (
+        "class map pbc-deepapl applied: 40 labelled cell(s) onto 2 common label(s) (lymphocyte 20, "
+        "neutrophil 20); left out 5 cell(s) of types it drops (Smudge cells 5)" in res.output
+    )
+    # the leaderboard's files say so too
+    run = json.loads((tmp_path / "lb" / "run.json").read_text())
+    assert run["class_map"] == {
+        "name": "pbc-deepapl",
+        "mapped": {"lymphocyte": 20, "neutrophil": 20},
+        "left_out": {"Smudge cells": 5},
+        "left_out_total": 5,
+    }
+    line = (
+        "class map pbc-deepapl applied: 40 labelled cell(s) onto 2 common label(s) (lymphocyte 20, "
+        "neutrophil 20); left out 5 cell(s) of types it drops (Smudge cells 5)"
+    )
+    assert f"- {line}\n" in (tmp_path / "lb" / "leaderboard.md").read_text()
+    assert f"<br>{line}." in (tmp_path / "lb" / "leaderboard.html").read_text()
+    assert run["images"] + run["held_out_test"] == 40
+
+
+def _report_rows(html: str) -> str:
+    """The in-lab vs cross-lab section of an evaluation report (heading to the end of its table), its
+    white space made single spaces."""
+    start = html.index("<h2>In-lab vs cross-lab</h2>")
+    return " ".join(html[start : html.index("</table>", start)].split())
+
+
+def test_report_puts_in_lab_beside_cross_lab_and_counts_the_cells_left_out(
+    two_labs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """PBC -> DeepAPL: DeepAPL cells of types the map drops are counted in metrics.json and report.html."""
+    deep, pbc = two_labs
+    run = tmp_path / "run"
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            str(pbc),
+            "--model",
+            "lda",
+            "--class-map",
+            "pbc-deepapl",
+            "--min-cells",
+            "0",
+            "--out",
+            str(run),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "eval"
+    res = runner.invoke(
+        app, ["evaluate", str(run / "bundle"), str(deep), "--class-map", "pbc-deepapl", "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    r = json.loads((out / "metrics.json").read_text())
+    x = r["crosslab"]
+    trained = json.loads((run / "bundle" / "metrics.json").read_text())
+    assert x["class_map"] == {
+        "name": "pbc-deepapl",
+        "mapped": {"lymphocyte": 20, "neutrophil": 20},
+        "left_out": {"Smudge cells": 5},
+        "left_out_total": 5,
+    }
+    assert x["in_lab"] == {k: trained["test"][k] for k in x["figures"]}
+    assert x["these_data"] == {k: r["cell"][k] for k in x["figures"]} and x["evaluated"] == 40
+    n = trained["sides"]["test"]
+    section = _report_rows((out / "report.html").read_text())
+    assert f"<th>in-lab (its test side, {n} images)</th><th>cross-lab (these 40 images)</th>" in section
+    assert "<b>5 cell(s) left out</b> as types the map drops" in section and "(Smudge cells 5)" in section
+    assert "40 labelled cell(s) mapped onto 2 common label(s) (lymphocyte 20, neutrophil 20)" in section
+    inlab, here = trained["test"]["f1_macro"], r["cell"]["f1_macro"]
+    assert f"<tr><td>f1 macro</td><td>{inlab:.4f}</td><td>{here:.4f}</td></tr>" in section
+    # without a map, no cross-lab section (and no crosslab.json)
+    plain = tmp_path / "plain"
+    assert runner.invoke(app, ["evaluate", str(run / "bundle"), str(pbc), "--out", str(plain)]).exit_code == 0
+    assert "In-lab vs cross-lab" not in (plain / "report.html").read_text()
+    assert not (plain / "crosslab.json").exists() and "crosslab" not in json.loads(
+        (plain / "metrics.json").read_text()
+    )
+
+
+def test_bundle_keeps_the_map_after_its_file_moves_and_a_tampered_record_is_refused(
+    two_labs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    deep, _ = two_labs
+    f = _write(
+        tmp_path,
+        "lab.csv",
+        "source,target\nSegmented neutrophils,neutrophil\nBand neutrophils,neutrophil\n"
+        'Lymphocyte,lymphocyte\n"Lymphocyte, variant",lymphocyte\nSmudge cells,\n',
+    )
+    run = tmp_path / "run"
+    res = runner.invoke(
+        app,
+        ["train", str(deep), "--model", "lda", "--class-map", str(f), "--min-cells", "0", "--out", str(run)],
+    )
+    assert res.exit_code == 0, res.output
+    f.unlink()  # the record is the content, not the path
+    b = load_bundle(run / "bundle")
+    assert b.config["class_map"] == {
+        "name": str(f),
+        "classes": {
+            "lymphocyte": ["Lymphocyte", "Lymphocyte, variant"],
+            "neutrophil": ["Segmented neutrophils", "Band neutrophils"],
+        },
+        "drop": ["Smudge cells"],
+    }
+    assert (
+        f"- class map (labels mapped before training): {f}: lymphocyte <- Lymphocyte | Lymphocyte, variant; "
+        "neutrophil <- Segmented neutrophils | Band neutrophils; left out: Smudge cells"
+        in (run / "bundle" / CARD).read_text()
+    )
+    for bad, why in (
+        ("lab.csv", "expected an object with a 'name'"),
+        ({"name": "m", "classes": {"a": ["X"], "b": ["x"]}}, "label 'x' is listed twice (already under 'a')"),
+        ({"name": "m", "classes": {"a": ["X"]}, "drop": "Y"}, "'drop:' must be a list of source labels"),
+        ({"name": "m", "classes": {"a": ["X"]}, "targets": []}, "unknown key(s) ['targets']"),
+    ):
+        copy = tmp_path / f"b{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(run / "bundle", copy)
+        cfg = json.loads((copy / CONFIG).read_text())
+        (copy / CONFIG).write_text(json.dumps(cfg | {"class_map": bad}))
+        with pytest.raises(BundleError) as e:
+            load_bundle(copy)
+        message = str(e.value)
+        assert message.startswith(f"{copy / CONFIG}: class_map must be a class map") and why in message
+        assert "\n" not in message
+
+
+def test_train_refuses_a_class_map_with_a_patient_target(two_labs: tuple[Path, Path], tmp_path: Path) -> None:
+    deep, _ = two_labs
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            str(deep),
+            "--target",
+            "diagnosis",
+            "--class-map",
+            "pbc-deepapl",
+            "--out",
+            str(tmp_path / "p"),
+        ],
+    )
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert "--class-map maps cell labels; it does not apply to --target (patient labels)" in res.output
+    assert not (tmp_path / "p").exists()

@@ -29,6 +29,7 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
+from leukoscope.data.classmap import counts_line
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, Manifest, classes, label_indices, labelled
 from leukoscope.data.rare import RareReport, rare_classes
 from leukoscope.data.splits import kfold, split_protocol, split_warnings
@@ -86,6 +87,8 @@ class Leaderboard:
     held_out: int = 0
     #: the split's caveats (``data.splits.split_warnings``): no subject ids, no dedupe, synthetic
     split_warning: str | None = None
+    #: what ``--class-map`` did to the labels before the folds (``data.classmap.ClassMap.counts``)
+    class_map: dict[str, Any] | None = None
 
     @property
     def too_small(self) -> str | None:
@@ -123,7 +126,7 @@ class Leaderboard:
                 "images": self.n_images, "groups": self.n_groups, "seed": self.seed,
                 "cv_on": self.cv_on, "held_out_test": self.held_out, "figures_from": self.where,
                 "best": self.best, "params": self.params, "too_small": self.too_small,
-                "shortcut": self.shortcut,
+                "shortcut": self.shortcut, "class_map": self.class_map,
                 "rare_classes": self.rare.to_json() if self.rare and self.rare.types else None,
                 "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
 
@@ -370,6 +373,8 @@ def to_markdown(lb: Leaderboard) -> str:
              f"- classes: {', '.join(lb.classes)}",
              f"- mean ± std over folds; [95% interval] of the pooled out-of-fold figure over resampled "
              f"groups ({', '.join(INTERVALS)})"]
+    if lb.class_map:
+        lines.append(f"- {counts_line(lb.class_map)}")
     if lb.rare and lb.rare.line():
         lines.append(f"- rare classes: {lb.rare.line()}")
     if lb.data:
@@ -426,6 +431,7 @@ def write_leaderboard(lb: Leaderboard, out: Path) -> dict[str, Path]:
     write_report(paths["html"], "leaderboard.html", title="Classical leaderboard",
                  protocol=lb.protocol, warning=lb.warning, version=__version__, run=lb.summary(),
                  rare_line=lb.rare.line() if lb.rare else None,
+                 class_map_line=counts_line(lb.class_map) if lb.class_map else None,
                  shortcut_line=shortcut.leaderboard_line(lb.shortcut) if lb.shortcut else None,
                  headers=list(METRICS.values()), rows=rows, plot=figure_to_data_uri(_bar_plot(lb)))
     write_json_atomic(paths["json"], lb.summary())

@@ -16,6 +16,13 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+def class_map_line(cmap: dict[str, Any]) -> str:
+    """The recorded map in one line: each common label from its source labels, and those left out."""
+    parts = [f"{c} <- {' | '.join(src) or c}" for c, src in cmap["classes"].items()]
+    drop = f"; left out: {', '.join(cmap['drop'])}" if cmap.get("drop") else ""
+    return f"{cmap['name']}: " + "; ".join(parts) + drop
+
+
 def model_card(config: dict[str, Any], metrics: dict[str, Any],
                split: pd.DataFrame | None) -> str:
     """A MONAI-style model card in Markdown: what, trained on what, how judged, for what use."""
@@ -35,6 +42,8 @@ def model_card(config: dict[str, Any], metrics: dict[str, Any],
             lines.append(f"- {key}: {json.dumps(config[key])}")
     lines += ["", "## Data and protocol", f"- data: {config.get('data', '-')}",
               f"- protocol: {config.get('protocol', '-')}"]
+    if config.get("class_map"):
+        lines.append(f"- class map (labels mapped before training): {class_map_line(config['class_map'])}")
     if config.get("rare_classes"):
         line = RareReport.from_json(config["rare_classes"]).line()
         lines.append(f"- rare classes: {line}")

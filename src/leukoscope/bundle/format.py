@@ -15,6 +15,9 @@ Layout of a bundle directory::
                      the unfamiliarity score's tensors (``models.unfamiliar``; settings under config key
                      ``unfamiliar``). Optional: a bundle without it loads and has no score.
 
+Optional config key ``class_map``: the class map (``train --class-map``) the training labels went through,
+its name and content (``data.classmap.ClassMap.to_json``), checked at load as a map file is.
+
 ``FORMAT_VERSION`` is written into every new config.json. Version 0 is a bundle from before
 versions were recorded (no ``format_version`` key): the same layout, read the same way. A version
 this code does not know is refused at load, so an older leukoscope never misreads a newer bundle.
@@ -32,7 +35,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from leukoscope.errors import BundleError
+from leukoscope.errors import BundleError, ConfigError
 from leukoscope.registry import Registry
 
 CONFIG = "config.json"
@@ -168,6 +171,8 @@ def check_config(config: Any, cfg: Path) -> dict[str, Any]:
         _check_operating_point(config["operating_point"], classes, need)
     if "unfamiliar" in config:
         _check_unfamiliar(config["unfamiliar"], need)
+    if "class_map" in config:
+        _check_class_map(config["class_map"], need)
     check = _FAMILY_CHECKS.get(family)
     if check is not None:
         check(config, need)
@@ -195,6 +200,19 @@ def _check_operating_point(op: Any, classes: list[str], need: Need) -> None:
          op.get("positive"))
     t = op.get("threshold")
     need(_number(t) and 0 <= t <= 1, "operating_point.threshold", "a number in [0, 1]", t)
+
+
+def _check_class_map(cmap: Any, need: Need) -> None:
+    """``class_map`` (``data.classmap.ClassMap.to_json``): optional; the map the training labels went
+    through, checked as a map file is."""
+    from leukoscope.data.classmap import from_json
+
+    try:
+        from_json(cmap, "class_map")
+    except ConfigError as e:
+        need(False, "class_map", f"a class map ({e})", cmap)
+
+
 def _check_unfamiliar(u: Any, need: Need) -> None:
     """``unfamiliar`` (``models.unfamiliar.Scorer.config``): optional; a bundle without it has no score."""
     from leukoscope.models.unfamiliar import METHODS

@@ -76,11 +76,12 @@ def benchmark_cmd(
                 raise ConfigError(f"--models: no classical model matches {pattern!r}; choose from: "
                                   f"{', '.join(list_models(family='classical'))}")
             names += [n for n in found if n not in names]
-    m, _ = mapped(read(paths, layout), class_map)
+    m, _, counts = mapped(read(paths, layout), class_map)
     with shown() as bars:
         lb, split, X = benchmark(m, features=features, k=cv, models=names, timeout=timeout, jobs=jobs,
                                  seed=seed, params=params, min_cells=min_cells, rare=rare, split_file=split,
                                  dedupe=dedupe is not False, progress=bars)
+    lb.class_map = counts
     written = write_leaderboard(lb, out)
     table = Table(title=escape(f"leaderboard: {lb.where}, {lb.protocol} ({lb.n_groups} groups; "
                                f"{lb.features['kind']} features)"))

@@ -1,8 +1,8 @@
-"""``--class-map`` for train, benchmark and evaluate: map labels right after reading, say what was dropped."""
+"""``--class-map`` for train, benchmark and evaluate: map labels right after reading, say what it did."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 
@@ -13,21 +13,15 @@ if TYPE_CHECKING:  # pandas only once a command runs: ``--help`` stays instant
     from leukoscope.data.manifest import Manifest
 
 
-def mapped(m: Manifest, spec: str | None) -> tuple[Manifest, ClassMap | None]:
-    """``m`` with the map of ``spec`` applied (unchanged without one) and the map; prints the drop counts."""
-    from leukoscope.data.classmap import load_class_map
+def mapped(m: Manifest, spec: str | None) -> tuple[Manifest, ClassMap | None, dict[str, Any] | None]:
+    """``m`` with the map of ``spec`` applied (unchanged without one), the map and what it did
+    (``ClassMap.counts``); prints the cells mapped per common label and those left out."""
+    from leukoscope.data.classmap import counts_line, load_class_map
 
     if spec is None:
-        return m, None
+        return m, None, None
     cmap = load_class_map(spec)
     out, dropped = cmap.apply(m)
-    if dropped:
-        shown = ", ".join(f"{k} {v}" for k, v in dropped.items())
-        console.print(
-            escape(
-                f"class map {cmap.source}: left out {sum(dropped.values())} cell(s) of types it "
-                f"drops ({shown})"
-            ),
-            soft_wrap=True,
-        )
-    return out, cmap
+    counts = cmap.counts(out, dropped)
+    console.print(escape(counts_line(counts)), soft_wrap=True)
+    return out, cmap, counts

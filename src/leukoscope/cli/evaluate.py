@@ -60,12 +60,13 @@ def evaluate_cmd(
         return evaluate_patients_cmd(b, paths, layout, out)
     from leukoscope.data.splits import read_split
 
-    m, cmap = mapped(read(paths, layout), class_map)
+    m, cmap, counts = mapped(read(paths, layout), class_map)
     if cmap is not None:
         cmap.check_classes(m, b.classes, f"the classes of {bundle}")
     given = read_split(split) if split is not None else None
     with shown() as bars:
-        r = evaluate(b, m, out, tta=tta, side=side, batch_size=batch_size, progress=bars, split=given)
+        r = evaluate(b, m, out, tta=tta, side=side, batch_size=batch_size, progress=bars, split=given,
+                     class_map=counts)
     where = f"the {r['side']} side of {r['side_of']}" if r["side"] else "the images given"
     table = Table(title=escape(f"{r['model']} on {r['evaluated']} images: {where} ({r['protocol']})"))
     levels = [lvl for lvl in ("cell", "subject") if lvl in r]
@@ -78,10 +79,10 @@ def evaluate_cmd(
     console.print(escape("classes: " + ", ".join(show_class(c, r["display_names"]) for c in r["classes"])))
     if "operating_point" in r:
         print_decision(r["operating_point"], "operating point")
-    if cmap is not None:
+    if "crosslab" in r:
         from leukoscope.cli.crosslab import print_side_by_side
 
-        print_side_by_side(b.metrics(), r, out)
+        print_side_by_side(r["crosslab"])
     cal = r["calibration"]
     console.print(f"ECE before / after temperature (T = {cal['temperature']:.3f}): "
                   f"{_f(cal['ece_before'])} / {_f(cal['ece_after'])}")

@@ -145,6 +145,8 @@ def train_cmd(
     if target is not None:
         if target_sensitivity is not None:
             raise ConfigError("--target-sensitivity goes with a cell-level model, not --target")
+        if class_map is not None:  # patient labels come from the cohort table, not from cell labels
+            raise ConfigError("--class-map maps cell labels; it does not apply to --target (patient labels)")
         from leukoscope.cli.patients import train_patients_cmd
 
         return train_patients_cmd(paths, layout, out, target, model, positive, repeats, cv, img_size, seed)
@@ -160,7 +162,9 @@ def train_cmd(
         freeze_bn=freeze_bn, cv=cv, split_protocol=split_protocol, features=features, min_cells=min_cells,
         rare=rare, device=device, positive=positive, target_sensitivity=target_sensitivity,
         split=None if split is None else str(split.resolve()), dedupe=dedupe, min_steps=min_steps)
-    m, _ = mapped(read(paths, layout), class_map)
+    m, cmap, _ = mapped(read(paths, layout), class_map)
+    if cmap is not None:  # the bundle records the map's content, so a moved or edited file does not matter
+        cfg.class_map = cmap.to_json()
     try:
         with shown() as bars:
             if cfg.cv:

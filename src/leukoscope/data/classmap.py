@@ -10,7 +10,8 @@ source labels make each common label and which are left out. Two file forms:
 A label equal to a common name maps to itself (so one map serves both data sets). Labels are compared
 case-insensitively. Applying a map refuses labels it does not mention (a typo would otherwise drop cells
 silently), removes the ``drop`` ones and counts them. Maps shipped with leukoscope (``data/maps/*.yaml``) are
-found by name: ``--class-map pbc-deepapl``.
+found by name: ``--class-map pbc-deepapl``. A bundle trained with a map keeps its content (``to_json``, the
+YAML form as JSON, read back by ``from_json`` with the same checks), so the record outlives the file.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from leukoscope.data.manifest import UNLABELLED, Manifest, validate
+from leukoscope.data.manifest import UNLABELLED, Manifest, labelled, validate
 from leukoscope.errors import ConfigError, DataError
 
 #: The folder of shipped maps (package data) and their suffix.
@@ -46,6 +47,22 @@ class ClassMap:
     classes: tuple[str, ...]
     targets: dict[str, str]
     drop: frozenset[str] = field(default_factory=frozenset)
+    #: (source label, common label or None to drop) as the file wrote them: ``to_json`` keeps their case
+    pairs: tuple[tuple[str, str | None], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The map as a bundle records it: its name and the file's content (``classes`` and ``drop``)."""
+        classes: dict[str, list[str]] = {c: [] for c in self.classes}
+        for label, target in self.pairs:
+            if target is not None:
+                classes[target].append(label)
+        return {"name": self.source, "classes": classes,
+                "drop": [label for label, target in self.pairs if target is None]}
+
+    def counts(self, out: Manifest, dropped: dict[str, int]) -> dict[str, Any]:
+        """What ``apply`` did (for reports): labelled cells per common label, left out per source label."""
+        return {"name": self.source, "mapped": dict(sorted(Counter(labelled(out)["label"]).items())),
+                "left_out": dropped, "left_out_total": sum(dropped.values())}
 
     def check_classes(self, m: Manifest, known: list[str], what: str) -> None:
         """Raise when a mapped label of ``m`` is not among ``known`` (a model's classes)."""
@@ -72,6 +89,17 @@ class ClassMap:
         out.loc[keep, "label"] = folded[~dropped][keep].map(self.targets)
         out.loc[~keep, "label"] = UNLABELLED
         return validate(out), counts
+
+
+def counts_line(counts: dict[str, Any]) -> str:
+    """``ClassMap.counts`` in one line (terminal, leaderboard): cells mapped per common label, left out."""
+    mapped = counts["mapped"]
+    line = (f"class map {counts['name']} applied: {sum(mapped.values())} labelled cell(s) onto {len(mapped)} "
+            "common label(s) (" + ", ".join(f"{k} {v}" for k, v in mapped.items()) + ")")
+    if counts["left_out"]:
+        line += (f"; left out {counts['left_out_total']} cell(s) of types it drops ("
+                 + ", ".join(f"{k} {v}" for k, v in counts["left_out"].items()) + ")")
+    return line
 
 
 def _fail(source: str, why: str) -> ConfigError:
@@ -102,6 +130,7 @@ def _build(source: str, pairs: list[tuple[str, str | None]]) -> ClassMap:
         tuple(classes),
         {k: v for k, v in seen.items() if v is not None},
         frozenset(k for k, v in seen.items() if v is None),
+        tuple((label.strip(), target) for label, target in pairs),
     )
 
 
@@ -123,21 +152,35 @@ def _yaml_pairs(path: Path, text: str) -> list[tuple[str, str | None]]:
         doc = yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         raise _fail(str(path), f"not readable YAML ({str(e).splitlines()[0]})") from None
+    return _doc_pairs(str(path), doc)
+
+
+def _doc_pairs(where: str, doc: Any, keys: tuple[str, ...] = ("classes", "drop")
+               ) -> list[tuple[str, str | None]]:
+    """The pairs of a map's document (``classes: {common: [source, ...]}``, ``drop: [source, ...]``)."""
     if not isinstance(doc, dict) or not isinstance(doc.get("classes"), dict):
-        raise _fail(str(path), "expected a 'classes:' mapping (common label: [source labels])")
-    extra = sorted(set(doc) - {"classes", "drop"})
+        raise _fail(where, "expected a 'classes:' mapping (common label: [source labels])")
+    extra = sorted(set(doc) - set(keys))
     if extra:
-        raise _fail(str(path), f"unknown key(s) {extra} (expected classes, drop)")
+        raise _fail(where, f"unknown key(s) {extra} (expected {', '.join(keys)})")
     pairs: list[tuple[str, str | None]] = []
     for target, sources in doc["classes"].items():
         sources = [] if sources is None else sources
         if not isinstance(sources, list) or not all(isinstance(s, str | int) for s in sources):
-            raise _fail(str(path), f"class {target!r}: expected a list of source labels")
+            raise _fail(where, f"class {target!r}: expected a list of source labels")
         pairs += [(str(s), str(target)) for s in sources]
     drop = doc.get("drop") or []
-    if not isinstance(drop, list):
-        raise _fail(str(path), "'drop:' must be a list of source labels")
+    if not isinstance(drop, list) or not all(isinstance(s, str | int) for s in drop):
+        raise _fail(where, "'drop:' must be a list of source labels")
     return pairs + [(str(s), None) for s in drop]
+
+
+def from_json(doc: Any, where: str) -> ClassMap:
+    """A map recorded by ``ClassMap.to_json`` (a bundle's ``class_map``), checked as a map file is;
+    errors name ``where``."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
+        raise _fail(where, "expected an object with a 'name' and the map's 'classes' (and 'drop')")
+    return _build(doc["name"], _doc_pairs(where, doc, ("name", "classes", "drop")))
 
 
 def _csv_pairs(path: Path) -> list[tuple[str, str | None]]:

@@ -25,6 +25,7 @@ from leukoscope.errors import DataError, ImageError
 from leukoscope.evaluate import figures
 from leukoscope.evaluate.calibration import ece, reliability
 from leukoscope.evaluate.coverage import coverage_figure, coverage_section
+from leukoscope.evaluate.crosslab import crosslab_section
 from leukoscope.evaluate.intervals import with_intervals
 from leukoscope.evaluate.metrics import curves, evaluation_metrics
 from leukoscope.evaluate.operating import evaluate_operating_point
@@ -37,6 +38,8 @@ from leukoscope.progress import SILENT, Progress
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
 PREDICTIONS_FILE = "predictions.csv"
+#: With a class map: the in-lab vs cross-lab figures alone (also under ``crosslab`` in metrics.json).
+CROSSLAB_FILE = "crosslab.json"
 GALLERY_SIZE = 12
 
 
@@ -149,13 +152,16 @@ def _write_predictions(path: Path, m: Manifest, y: np.ndarray, probs: np.ndarray
 
 
 def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: str | None = None,
-             batch_size: int = 64, progress: Progress = SILENT, split: Split | None = None) -> dict[str, Any]:
+             batch_size: int = 64, progress: Progress = SILENT, split: Split | None = None,
+             class_map: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score ``bundle`` on the labelled rows of ``m`` (optionally one ``side`` of its split, or of
     ``split``, a split file: its test side unless ``side`` says another), the classes it merged or
     dropped as rare merged or dropped here too.
 
     Writes ``metrics.json``, ``predictions.csv``, ``report.html`` and its figures (PNG + SVG) into ``out``;
-    returns the metrics dict. Unreadable images are skipped and listed under ``skipped``.
+    returns the metrics dict. Unreadable images are skipped and listed under ``skipped``. With ``class_map``
+    (what the map applied to ``m`` did, ``ClassMap.counts``): the bundle's in-lab figures beside these,
+    under ``crosslab`` and in ``crosslab.json``.
     """
     from leukoscope.reports.html import save_figure, write_report
 
@@ -209,6 +215,9 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
     # figures optimistic (``warnings``), so the report shows it in its own section, under the headline figures
     result["shortcut"] = for_evaluation(bundle, m, y, scores["cell"]["balanced_accuracy"])
     out.mkdir(parents=True, exist_ok=True)
+    if class_map is not None:
+        result["crosslab"] = crosslab_section(bundle.metrics(), scores["cell"], len(y), class_map)
+        write_json_atomic(out / CROSSLAB_FILE, result["crosslab"])
     write_json_atomic(out / METRICS_FILE, result)
     _write_predictions(out / PREDICTIONS_FILE, m, y, probs, classes, bundle.decide(probs), unf, bundle)
     cal = result["calibration"]

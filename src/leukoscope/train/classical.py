@@ -68,6 +68,8 @@ def train_classical(m: Manifest, config: TrainConfig, out: Path, progress: Progr
         settings["operating_point"] = op
     scorer = classical_scorer(X, y, sides, logits.get("val"), temperature, cfg.seed)
     settings |= unfamiliar_config(scorer)
+    if cfg.class_map is not None:
+        settings["class_map"] = cfg.class_map
     if rare.types:
         metrics["rare_classes"] = settings["rare_classes"] = rare.to_json()
     write_json(out / "metrics.json", metrics)

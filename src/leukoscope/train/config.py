@@ -24,14 +24,14 @@ SPLIT_PROTOCOLS = ("auto", "official")
 #: Settings added after run directories were first written, with the value that reproduces those
 #: runs (a run from before ``min_steps`` trained exactly its epochs).
 ADDED = {"min_steps": 0, "min_cells": 0, "rare": "other", "positive": None, "target_sensitivity": None,
-         "split": None, "dedupe": False}
+         "split": None, "dedupe": False, "class_map": None}
 BALANCE = ("loss", "sampler", "none")
 DEVICES = ("auto", "cpu", "cuda")
 #: Settings of where a run executes, not of what it learns: a run started on one device resumes on another.
 RUNTIME = ("device",)
 #: The settings a classical run uses: which rows, how they are split, which features.
 CLASSICAL = ("model", "subset", "seed", "val", "test", "split_protocol", "features", "min_cells", "rare",
-             "positive", "target_sensitivity", "split", "dedupe")
+             "positive", "target_sensitivity", "split", "dedupe", "class_map")
 
 
 @dataclass
@@ -59,6 +59,8 @@ class TrainConfig:
     split: str | None = None
     #: merge the audit's duplicate clusters into the groups before splitting (``audit.groups``)
     dedupe: bool = True
+    #: the class map the labels went through (``data.classmap.ClassMap.to_json``), recorded in the bundle
+    class_map: dict[str, Any] | None = None
     cv: int = 0
     #: pretrained models: fit the head on frozen embeddings (logistic regression) before fine-tuning
     head_warmup: bool = True
@@ -164,6 +166,10 @@ class TrainConfig:
         need(type(self.seed) is int and 0 <= self.seed < 2**32,
              f"--seed must be an integer in [0, 2**32 - 1], got {self.seed!r}")
         check_rare(self.min_cells, self.rare)
+        if self.class_map is not None:
+            from leukoscope.data.classmap import from_json
+
+            from_json(self.class_map, "class_map")
         if self.target_sensitivity is not None:
             need(self.positive is not None, "--target-sensitivity needs --positive CLASS")
             need(0 < self.target_sensitivity <= 1,

@@ -79,6 +79,8 @@ def fit_and_bundle(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: P
         config["operating_point"] = op
     scorer = network_scorer(model, data, pre, cfg.tta, temperature, cfg.seed)
     config |= unfamiliar_config(scorer)
+    if cfg.class_map is not None:
+        config["class_map"] = cfg.class_map
     if rare is not None and rare.types:
         metrics["rare_classes"] = config["rare_classes"] = rare.to_json()
     write_json(out / "metrics.json", metrics)
