@@ -90,7 +90,7 @@ CLASSICAL_BAD = [
     ({"temperature": 0}, "temperature"),
     ({"features": None}, "features"),
     ({"features": {"params": {}}}, "features"),
-    ({"features": {"kind": "colour"}}, "features: unknown feature kind 'colour'"),
+    ({"features": {"kind": "shape"}}, "features: unknown feature kind 'shape'"),
     ({"features": {"kind": "handcrafted", "params": {"size": 4}}}, "features: handcrafted features: size"),
     ({"features": {"kind": "deep", "params": {"input_size": 20000}}}, "features.params.input_size"),
     ({"features": {"kind": "both", "params": {"deep": {"input_size": 20000}}}},
