@@ -11,7 +11,7 @@ import pandas as pd
 from leukoscope.evaluate.intervals import MIN_CELLS
 from leukoscope.io import write_csv_atomic, write_text_atomic
 from plan import Plan
-from readme import readme_section, summary_markdown
+from readme import readme_section, summary_markdown, throughput_frame
 from suite import DATASETS, FEATURES, METRIC_KEYS, NETWORKS, ROW_KINDS, Dataset
 
 
@@ -99,10 +99,7 @@ def throughput_table(plan: Plan) -> tuple[pd.DataFrame, dict[str, Any]]:
     if not f.exists():
         return pd.DataFrame(columns=["method", "cells_per_s"]), {}
     t = json.loads(f.read_text())
-    rows = [{"method": k, "cells_per_s": v} for k, v in t["cells_per_second"].items()]
-    rows.append({"method": "FLOP-bound limit (measured matmul rate / model FLOPs)",
-                 "cells_per_s": t["flop_bound_cells_per_second"]})
-    return pd.DataFrame(rows), t
+    return throughput_frame(t), t
 
 
 def patients_table(plan: Plan) -> pd.DataFrame:

@@ -121,7 +121,7 @@ def make_plan(data: Path, results: Path, quick: bool) -> Plan:
             shutil.move(str(written), d / "throughput.json")
 
     cmd = [sys.executable, str(HERE / "throughput.py"), "--bundle", str(bundle),
-           "--images", "16" if quick else "256"]
+           "--images", "16" if quick else "800"]
     plan.steps.append(Step("throughput", cmd, d, d / "throughput.json",
                            after=["train-aria_all-efficientnet_lite0"], collect=collect))
     d = plan.step_dir("patients")  # patient-level APL vs AML on DeepAPL, every patient method

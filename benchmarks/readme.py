@@ -58,16 +58,59 @@ def results_markdown(models: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+LIMIT = "FLOP-bound limit (measured matmul rate / model FLOPs)"
+THROUGHPUT_HEADER = ["Method", "Measured", "Input px", "Cells", "Seconds", "Cells/s"]
+
+
+def throughput_frame(result: dict[str, Any]) -> pd.DataFrame:
+    """The rows of benchmarks/throughput.py's JSON, with the FLOP-bound limit per input size."""
+    rows = [{k: r[k] for k in ("method", "measure", "input_size", "images", "seconds", "cells_per_s")}
+            for r in result["rows"]]
+    rows += [{"method": LIMIT, "measure": "bound", "input_size": int(size), "images": None, "seconds": None,
+              "cells_per_s": v} for size, v in result["flop_bound_cells_per_second"].items()]
+    return pd.DataFrame(rows)
+
+
 def throughput_markdown(tp: pd.DataFrame, info: dict[str, Any]) -> str:
     if tp.empty:
         return "Throughput: not measured yet (step `throughput`)."
-    head = (f"EfficientNet-Lite0 bundle of the aria_all row, {info['input_size']} px input, "
-            f"{info['images']} aria_all images end to end from disk (decode, resize, model, CSV), "
-            f"{info['cores']} cores, each method's best of {info.get('repeat', 1)} interleaved rounds; "
-            "`benchmarks/throughput.py`.")
-    lines = [head, "", "| Method | Cells/s |", "|---|---:|"]
-    lines += [f"| {r['method']} | {r['cells_per_s']:.1f} |" for _, r in tp.iterrows()]
+    head = (f"EfficientNet-Lite0 bundle of aria_all, trained at {info.get('trained_size', '?')} px (rows at "
+            "other sizes run a copy set to that size), aria_all JPEG cells end to end from disk (decode, "
+            f"resize, model, CSV), {info['cores']} cores, each method's best of {info.get('repeat', 1)} "
+            "interleaved rounds; `benchmarks/throughput.py`. **Whole process**: a fresh `python` per run, "
+            "start-up included, as a user runs it; the plain script is `benchmarks/plain_script.py`, the "
+            "20 lines a user would write (PIL, numpy, ONNX Runtime with 2 threads in batches of 32). "
+            "**Steady state**: in one process after a warm-up.")
+    loads = info.get("load_average_1min")
+    if isinstance(loads, list) and loads:
+        head += (f" The machine was shared: 1-minute load average {', '.join(map(str, loads))} at the start "
+                 "of the rounds.")
+    lines = [head, "", "| " + " | ".join(THROUGHPUT_HEADER) + " |", "|---|---|" + "---:|" * 4]
+    for _, r in tp.iterrows():
+        cells = [r["method"], r["measure"], str(int(r["input_size"])),
+                 "—" if pd.isna(r["images"]) else str(int(r["images"])), fmt_time(r["seconds"]),
+                 f"{r['cells_per_s']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    fid = info.get("int8_vs_fp32")
+    if fid:
+        lines += ["", f"int8 against fp32 at {fid['input_size']} px on {fid['images']} cells: the same label "
+                  f"on {fid['agreement']:.1%}; accuracy fp32 {fid['accuracy_fp32']:.3f}, "
+                  f"int8 {fid['accuracy_int8']:.3f}."]
     return "\n".join(lines)
+
+
+def throughput_table(result: dict[str, Any]) -> str:
+    """The README's Throughput subsection for one benchmarks/throughput.py result."""
+    return throughput_markdown(throughput_frame(result), result)
+
+
+def update_throughput(result: dict[str, Any], readme: Path = README) -> None:
+    """Rewrite only the Throughput subsection of the README's Results from ``result`` (the other
+    subsections come from ``make benchmark``'s full run)."""
+    text = readme.read_text()
+    start = text.index("### Throughput\n") + len("### Throughput\n")
+    end = text.index("\n### ", start)
+    readme.write_text(text[:start] + "\n" + throughput_table(result) + "\n" + text[end:])
 
 
 PATIENT_HEADER = ["Patient method", "Protocol", "Patients", "ROC AUC", "AUC sd", "CI low", "CI high",

@@ -1,19 +1,27 @@
-"""Cells per second on the same images: notebook loop vs leukoscope predict (PyTorch, ONNX fp32, int8).
+"""Cells per second as a user meets them: `leukoscope predict` against the script a user would write.
 
-    python benchmarks/throughput.py [--bundle DIR] [--images 512] [--batch-size 64]
+    python benchmarks/throughput.py [--bundle DIR] [--images 800] [--sizes 224] [--repeat 3]
+                                    [--update-readme]
 
-(a) a plain PyTorch loop at batch 1, the way notebooks do it (PIL open, resize, tensor, model);
-(b) ``leukoscope predict`` with PyTorch; (c) with ONNX Runtime fp32; (d) with the static int8 model.
-Every figure is end to end from files on disk (decode, resize, model, CSV for b-d), on the same
-images, after a short warm-up, best of ``--repeat`` interleaved rounds; the page cache is warmed
-first so no method pays for the disk.
-The FLOP-bound limit is this machine's measured float32 matmul rate divided by the model's FLOPs
-per image (``torch.utils.flop_counter``): no implementation can beat it without skipping work.
+At the bundle's own (trained) input size, and at each ``--sizes`` as further rows (the networks
+are fully convolutional: a copy of the bundle is set to that size and exported, no retraining):
 
-Without ``--bundle`` it trains a quick EfficientNet-Lite0 at 224 px (head warm-up and one epoch on a
-quarter of aria_all); speed does not depend on how well the weights are trained. A given bundle is
-copied to a temporary folder, set to ``--size`` and exported there, so it is left as it was. Results also go
-to benchmarks/results/throughput.json.
+- **whole process**: a fresh interpreter per run, start-up included, on ``--images`` aria_all
+  images and on 8: ``benchmarks/plain_script.py`` (what a user would write: PIL, numpy, ONNX
+  Runtime with 2 threads in batches of 32, CSV out) and the ``leukoscope predict`` command with
+  ONNX Runtime fp32 and int8;
+- **steady state**: in one process after a warm-up (start-up not counted): ``leukoscope.predict``
+  with ONNX fp32 and int8, and at the trained size a PyTorch loop at batch 1 as notebooks write it.
+
+Every figure is end to end from files in the page cache (decode, resize, model, CSV except the
+notebook loop), on the same images; methods interleaved, each its best of ``--repeat`` rounds, so a
+burst of other work on a shared machine hits one round of one method. The 1-minute load average
+is recorded with every round. int8 against fp32: label agreement and accuracy (class folders) at
+the trained size. The FLOP-bound limit is the measured float32 matmul rate over the model's FLOPs.
+
+Without ``--bundle`` it trains a quick EfficientNet-Lite0 at 128 px (speed does not depend on how
+well it is trained; int8 agreement does a little). Results go to benchmarks/results/throughput.json;
+``--update-readme`` rewrites the README's Throughput subsection from them (``readme.py``).
 """
 
 from __future__ import annotations
@@ -22,21 +30,26 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
-from leukoscope.bundle import load_bundle
 from leukoscope.data.images import iter_image_files
 from leukoscope.settings import data_root
-from machine import quick_bundle, warm_page_cache
+from machine import hardware, quick_bundle, warm_page_cache
 
-RESULTS = Path(__file__).resolve().parent / "results" / "throughput.json"
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "throughput.json"
+PLAIN = "plain script, ONNX fp32 (what a user would write)"
+FP32, INT8 = "leukoscope predict, ONNX fp32", "leukoscope predict, ONNX int8"
+SMALL = 8
+WHOLE, STEADY = "whole process", "steady state"
 
 
 def evenly(paths: list[Path], n: int) -> list[Path]:
@@ -44,47 +57,117 @@ def evenly(paths: list[Path], n: int) -> list[Path]:
     return [paths[i] for i in idx]
 
 
-def notebook_loop(bundle_dir: Path, paths: list[Path]) -> float:
-    """(a): batch 1, PIL + numpy + torch per image, as tutorials write it. Returns seconds."""
+def leukoscope_command() -> list[str]:
+    """The ``leukoscope`` console script of this interpreter (what a user types)."""
+    script = Path(sys.executable).with_name("leukoscope")
+    here = [sys.executable, "-c", "from leukoscope.cli import main; main()"]
+    return [str(script)] if script.is_file() else here
+
+
+def timed(cmd: list[str]) -> float:
+    """Wall seconds of a whole process; it must succeed."""
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return time.perf_counter() - t
+
+
+def whole_process(bundle: Path, paths: list[Path], out: Path, method: str) -> float:
+    """Seconds of one fresh process predicting ``paths`` into ``out``."""
+    files = [str(p) for p in paths]
+    if method == "plain":
+        return timed([sys.executable, str(HERE / "plain_script.py"), str(bundle), str(out), *files])
+    return timed([*leukoscope_command(), "predict", str(bundle), *files, "--out", str(out),
+                  "--runtime", method, "--restart"])
+
+
+def notebook_loop(bundle_dir: Path, paths: list[Path]) -> Callable[[], float]:
+    """A PyTorch loop at batch 1 (PIL open, resize, tensor, model), as tutorials write it."""
+    import torch
     from PIL import Image
 
-    bundle = load_bundle(bundle_dir, runtime="torch")
+    from leukoscope.bundle import load_bundle
+
+    bundle: Any = load_bundle(bundle_dir, runtime="torch")
     model = bundle.module.eval().to(memory_format=torch.contiguous_format)
     pre = bundle.config["preprocessing"]
     size = pre["input_size"]
     mean = torch.tensor(pre["mean"]).view(3, 1, 1)
     std = torch.tensor(pre["std"]).view(3, 1, 1)
 
-    def run(ps: list[Path]) -> None:
+    def run(ps: list[Path]) -> float:
+        t = time.perf_counter()
         with torch.no_grad():
             for p in ps:
                 img = Image.open(p).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
                 x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255.0
-                x = (x - mean) / std
-                model(x.unsqueeze(0)).softmax(dim=1)
+                model(((x - mean) / std).unsqueeze(0)).softmax(dim=1)
+        return time.perf_counter() - t
 
     run(paths[:8])
-    t = time.perf_counter()
-    run(paths)
-    return time.perf_counter() - t
+    return lambda: run(paths)
 
 
-def leukoscope_predict(bundle_dir: Path, runtime: str, paths: list[Path], batch_size: int,
-                       work: Path) -> float:
-    """(b)-(d): ``leukoscope predict`` end to end into a CSV. Returns seconds."""
+def steady_predict(bundle_dir: Path, runtime: str, paths: list[Path], work: Path) -> Callable[[], float]:
+    """``leukoscope.predict.local.predict`` in this process, the bundle loaded and warmed up once."""
+    from leukoscope.bundle import load_bundle
     from leukoscope.predict.local import predict
 
     bundle = load_bundle(bundle_dir, runtime=runtime)
-    predict(bundle, paths[:batch_size], work / f"warm-{runtime}.csv", batch_size=batch_size)
-    t = time.perf_counter()
-    summary = predict(bundle, paths, work / f"{runtime}.csv", batch_size=batch_size)
-    seconds = time.perf_counter() - t
-    assert summary.predicted == len(paths), summary.skipped
-    return seconds
+    predict(bundle, paths[:64], work / f"warm-{runtime}.csv")
+
+    def run() -> float:
+        t = time.perf_counter()
+        summary = predict(bundle, paths, work / f"steady-{runtime}.csv", restart=True)
+        assert summary.predicted == len(paths), summary.skipped
+        return time.perf_counter() - t
+
+    return run
+
+
+def prepare_bundle(source: Path, size: int, work: Path) -> Path:
+    """A copy of ``source`` at input ``size``, exported to ONNX fp32 and int8."""
+    from leukoscope.bundle.export import export_onnx
+
+    target = work / f"bundle-{size}"
+    shutil.copytree(source, target)
+    config = json.loads((target / "config.json").read_text())
+    config["input_size"] = config["preprocessing"]["input_size"] = size
+    (target / "config.json").write_text(json.dumps(config))
+    export_onnx(target, int8=True)
+    return target
+
+
+def fidelity(fp32_csv: Path, int8_csv: Path) -> dict[str, float]:
+    """Label agreement of two prediction CSVs, and each one's accuracy against the class folders."""
+    import pandas as pd
+
+    fp32, int8 = pd.read_csv(fp32_csv), pd.read_csv(int8_csv)
+    label = "predicted" if "predicted" in fp32 else "label"
+    a, b = fp32[label].to_numpy(), int8[label].to_numpy()
+    truth = fp32["path"].map(lambda p: Path(p).parent.name).to_numpy()
+    return {"images": len(fp32), "agreement": float((a == b).mean()),
+            "accuracy_fp32": float((a == truth).mean()), "accuracy_int8": float((b == truth).mean())}
+
+
+def model_flops(bundle_dir: Path) -> float:
+    """FLOPs of one forward pass for one image at the bundle's input size."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from leukoscope.bundle import load_bundle
+
+    bundle: Any = load_bundle(bundle_dir, runtime="torch")
+    size = bundle.config["preprocessing"]["input_size"]
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        bundle.module(torch.zeros(1, 3, size, size))
+    return float(counter.get_total_flops())
 
 
 def matmul_flops(n: int = 2048, repeat: int = 10) -> float:
     """Measured float32 matmul FLOP/s on all cores (best of ``repeat``)."""
+    import torch
+
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
     best = float("inf")
@@ -95,120 +178,100 @@ def matmul_flops(n: int = 2048, repeat: int = 10) -> float:
     return 2 * n**3 / best
 
 
-def model_flops(bundle_dir: Path) -> float:
-    """FLOPs of one forward pass for one image at the bundle's input size."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    bundle = load_bundle(bundle_dir, runtime="torch")
-    size = bundle.config["preprocessing"]["input_size"]
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        bundle.module(torch.zeros(1, 3, size, size))
-    return float(counter.get_total_flops())
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", type=Path, help="An efficientnet_lite0 bundle (default: train a quick one).")
-    ap.add_argument("--images", type=int, default=512, help="Number of aria_all images (evenly spaced).")
-    ap.add_argument("--size", type=int, default=224, help="Input size (a given bundle's copy is set to it: "
-                    "the networks are fully convolutional, so speed at this size needs no retraining).")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--repeat", type=int, default=3, help="Rounds; each method's best round counts (the "
-                    "machine is shared: the best round is the one least disturbed, as timeit reports).")
+    ap.add_argument("--images", type=int, default=800, help="Number of aria_all images (evenly spaced).")
+    ap.add_argument("--sizes", type=int, nargs="*", default=[224], help="Input sizes measured besides the "
+                    "bundle's own (rows of their own).")
+    ap.add_argument("--repeat", type=int, default=3, help="Rounds; each method's best round counts.")
+    ap.add_argument("--no-torch", action="store_true", help="Leave out the PyTorch rows (slow).")
+    ap.add_argument("--update-readme", action="store_true",
+                    help="Rewrite the README's Throughput subsection.")
     args = ap.parse_args(argv)
 
     paths = evenly(list(iter_image_files(data_root() / "aria_all")), args.images)
     warm_page_cache(paths)  # every method reads from memory
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="leukoscope-throughput-") as tmp:
         work = Path(tmp)
         source = args.bundle or quick_bundle([data_root() / "aria_all"], work / "trained",
-                                             model="efficientnet_lite0", img_size=args.size, epochs=1,
-                                             subset=0.25, batch_size=32, seed=0)
-        bundle_dir = work / "bundle"
-        shutil.copytree(source, bundle_dir)
-        config = json.loads((bundle_dir / "config.json").read_text())
-        config["input_size"] = config["preprocessing"]["input_size"] = args.size
-        (bundle_dir / "config.json").write_text(json.dumps(config))
-        from leukoscope.bundle.export import export_onnx
+                                             model="efficientnet_lite0", img_size=128, epochs=2, seed=0)
+        trained = int(json.loads((Path(source) / "config.json").read_text())["preprocessing"]["input_size"])
+        sizes = [trained, *(s for s in args.sizes if s != trained)]
+        bundles = {size: prepare_bundle(Path(source), size, work) for size in sizes}
+        runs: dict[tuple[str, str, int, int], Callable[[], float]] = {}
+        for size, b in bundles.items():
+            for n in (len(paths), SMALL):
+                for method, name in (("plain", PLAIN), ("onnx", FP32),
+                                     ("onnx-int8", INT8)):
+                    out = work / f"{method}-{size}-{n}.csv"
+                    runs[(name, WHOLE, size, n)] = (lambda b=b, n=n, out=out, method=method:
+                                                    whole_process(b, paths[:n], out, method))
+            steady = [("onnx", FP32), ("onnx-int8", INT8)]
+            if not args.no_torch and size == trained:  # PyTorch is slow: at the trained size only
+                runs[("PyTorch loop, batch 1 (notebook)", STEADY, size, len(paths))] = notebook_loop(b, paths)
+            (work / f"{size}").mkdir()
+            for runtime, name in steady:
+                runs[(name, STEADY, size, len(paths))] = steady_predict(b, runtime, paths, work / f"{size}")
+        best = {key: float("inf") for key in runs}
+        loads: list[str] = []
+        for r in range(args.repeat):  # interleaved: a burst of other work hits one round of one method
+            loads.append(Path("/proc/loadavg").read_text().split(" ", 3)[0] if Path("/proc/loadavg").exists()
+                         else f"{os.getloadavg()[0]:.2f}")
+            for key, run in runs.items():
+                best[key] = min(best[key], run())
+            print(f"round {r + 1}/{args.repeat} done (load {loads[-1]})", file=sys.stderr, flush=True)
+        n = len(paths)
+        fid = fidelity(work / f"onnx-{trained}-{n}.csv", work / f"onnx-int8-{trained}-{n}.csv")
+        fid["input_size"] = trained
+        limits = {size: matmul_flops() / model_flops(b) for size, b in bundles.items()}
 
-        t = time.perf_counter()
-        export_onnx(bundle_dir, int8=True)
-        export_s = time.perf_counter() - t
-        config = json.loads((bundle_dir / "config.json").read_text())
-        size = config["preprocessing"]["input_size"]
-
-        runs: dict[str, Callable[[], float]] = {
-            "(a) PyTorch loop, batch 1 (notebook)": lambda: notebook_loop(bundle_dir, paths),
-            "(b) leukoscope predict, PyTorch": lambda: leukoscope_predict(bundle_dir, "torch", paths,
-                                                                          args.batch_size, work),
-            "(c) leukoscope predict, ONNX Runtime fp32": lambda: leukoscope_predict(
-                bundle_dir, "onnx", paths, args.batch_size, work),
-            "(d) leukoscope predict, ONNX Runtime int8": lambda: leukoscope_predict(
-                bundle_dir, "onnx-int8", paths, args.batch_size, work),
-        }
-        rates = {name: 0.0 for name in runs}
-        for _ in range(args.repeat):  # methods interleaved, so a burst of other work hits one round
-            for name, run in runs.items():
-                rates[name] = max(rates[name], len(paths) / run())
-        for name, rate in rates.items():
-            print(f"{name}: {rate:.1f} cells/s", file=sys.stderr, flush=True)
-        flops = model_flops(bundle_dir)
-        peak = matmul_flops()
-        limit = peak / flops
-        trained_size = json.loads((Path(source) / "config.json").read_text())["preprocessing"]["input_size"]
-        fidelity = int8_fidelity(source, paths, work, args.batch_size) if trained_size != size else \
-            _fidelity(work / "onnx.csv", work / "onnx-int8.csv")
-        fidelity["input_size"] = trained_size
-
-    base = rates["(a) PyTorch loop, batch 1 (notebook)"]
-    print(f"\n{len(paths)} aria_all images at {size} px, model {config.get('model')}, "
-          f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
-    print(f"model: {flops / 1e9:.3f} GFLOP per image; measured float32 matmul: {peak / 1e9:.1f} GFLOP/s; "
-          f"FLOP-bound limit {limit:.0f} cells/s")
-    print(f"ONNX export (fp32 + int8 calibration) took {export_s:.1f} s")
-    print(f"int8 vs fp32 at the trained size ({fidelity['input_size']} px): same label on "
-          f"{fidelity['agreement']:.1%} of the images; accuracy fp32 {fidelity['accuracy_fp32']:.3f}, "
-          f"int8 {fidelity['accuracy_int8']:.3f}\n")
-    print(f"| {'method':<44} | cells/s | x (a) | % of limit |")
-    print(f"|{'-' * 46}|--------:|------:|-----------:|")
-    for name, r in rates.items():
-        print(f"| {name:<44} | {r:7.1f} | {r / base:5.2f} | {100 * r / limit:9.1f}% |")
-    print(f"| {'FLOP-bound limit':<44} | {limit:7.1f} | {limit / base:5.2f} | {100.0:9.1f}% |")
+    for (name, measure, size, n), seconds in best.items():
+        rows.append({"method": name, "measure": measure, "input_size": size, "images": n, "seconds": seconds,
+                     "cells_per_s": n / seconds})
+    rows.sort(key=lambda r: (r["input_size"] != trained, r["input_size"], r["measure"] != WHOLE,
+                             -r["images"]))
+    result = {"images": len(paths), "small": SMALL, "trained_size": trained, "sizes": sizes,
+              "model": "efficientnet_lite0", "cores": os.cpu_count(), "hardware": hardware(),
+              "repeat": args.repeat, "rows": rows, "int8_vs_fp32": fid,
+              "flop_bound_cells_per_second": {str(k): v for k, v in limits.items()},
+              "load_average_1min": loads}
+    print(report(result))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "images": len(paths), "input_size": size, "model": config.get("model"), "cores": os.cpu_count(),
-        "repeat": args.repeat,
-        "cells_per_second": rates, "model_gflop_per_image": flops / 1e9, "matmul_gflops": peak / 1e9,
-        "flop_bound_cells_per_second": limit, "int8_vs_fp32": fidelity,
-        "load_average_1min": os.getloadavg()[0]}, indent=2) + "\n")
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    if args.update_readme:
+        from readme import update_throughput
+
+        update_throughput(result)
     return 0
 
 
-def int8_fidelity(source: Path, paths: list[Path], work: Path, batch_size: int) -> dict[str, float]:
-    """fp32 vs int8 labels at the size the bundle was trained at (a model run at another size is
-    off its training distribution, and its near-tie calls say nothing about quantisation)."""
-    from leukoscope.bundle.export import export_onnx
-    from leukoscope.predict.local import predict
-
-    native = work / "native"
-    shutil.copytree(source, native)
-    export_onnx(native, int8=True)
-    for runtime in ("onnx", "onnx-int8"):
-        predict(load_bundle(native, runtime=runtime), paths, work / f"native-{runtime}.csv",
-                batch_size=batch_size)
-    return _fidelity(work / "native-onnx.csv", work / "native-onnx-int8.csv")
+def ratio(result: dict[str, Any], a: str, b: str, size: int, images: int) -> float:
+    """Seconds of method ``b`` over those of ``a`` (whole process): how many times faster ``a`` is."""
+    secs = {r["method"]: r["seconds"] for r in result["rows"]
+            if r["measure"] == WHOLE and r["input_size"] == size and r["images"] == images}
+    return secs[b] / secs[a]
 
 
-def _fidelity(fp32_csv: Path, int8_csv: Path) -> dict[str, float]:
-    """Label agreement of two prediction CSVs, and each one's accuracy against the class folders."""
-    import pandas as pd
+def report(result: dict[str, Any]) -> str:
+    """The rows and the ratios the issue asks about, as text."""
+    from readme import throughput_table
 
-    fp32, int8 = pd.read_csv(fp32_csv), pd.read_csv(int8_csv)
-    truth = fp32["path"].map(lambda p: Path(p).parent.name).to_numpy()
-    return {"agreement": float((fp32["predicted"].to_numpy() == int8["predicted"].to_numpy()).mean()),
-            "accuracy_fp32": float((fp32["predicted"].to_numpy() == truth).mean()),
-            "accuracy_int8": float((int8["predicted"].to_numpy() == truth).mean())}
+    t, n, fid = result["trained_size"], result["images"], result["int8_vs_fp32"]
+    lines = [throughput_table(result), ""]
+    for size in result["sizes"]:
+        lines.append(f"{size} px: leukoscope predict fp32 / plain script on {n}: "
+                     f"{ratio(result, FP32, PLAIN, size, n):.2f}x; int8 / fp32: "
+                     f"{ratio(result, INT8, FP32, size, n):.2f}x")
+    small = {r["method"]: r["seconds"] for r in result["rows"]
+             if r["measure"] == WHOLE and r["input_size"] == t and r["images"] == SMALL}
+    lines.append(f"{t} px on {SMALL} cells: leukoscope predict {small[FP32]:.2f} s, "
+                 f"plain script {small[PLAIN]:.2f} s")
+    lines.append(f"int8 vs fp32 at {t} px on {fid['images']} cells: same label on {fid['agreement']:.1%}; "
+                 f"accuracy fp32 {fid['accuracy_fp32']:.3f}, int8 {fid['accuracy_int8']:.3f}; "
+                 f"loads {result['load_average_1min']}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.special import softmax
 
 
 def softmax_t(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of ``logits / temperature`` (float64; rows sum to 1)."""
-    return softmax(np.asarray(logits, np.float64) / temperature, axis=1)
+    """Row-wise softmax of ``logits / temperature`` (float64; rows sum to 1).
+
+    In numpy, as ``scipy.special.softmax`` computes it (max subtracted first), without scipy's
+    half second of import on every predict.
+    """
+    z = np.asarray(logits, np.float64) / temperature
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def sigmoid(x: np.ndarray | float) -> np.ndarray:

@@ -13,10 +13,9 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
-import pandas as pd
 
 from leukoscope.bundle.format import (
     EXPORT_FILES,
@@ -31,6 +30,9 @@ from leukoscope.bundle.format import (
 )
 from leukoscope.errors import BundleError, ImageError
 from leukoscope.models.unfamiliar import Scorer, load_scorer
+
+if TYPE_CHECKING:  # pandas costs a second of start-up; only history and split need it
+    import pandas as pd
 
 #: What ``predict_proba`` takes for one image: an HxWx3 uint8 RGB array, or the path of an image file.
 ImageLike = np.ndarray | str | os.PathLike[str]
@@ -62,6 +64,17 @@ class Bundle(ABC):
     def logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Uncalibrated scores, one row per HxWx3 uint8 RGB image, one column per class."""
 
+    def prepare(self, images: Sequence[np.ndarray]) -> Any:
+        """The per-image work before the model (networks: resize and normalise), split off so that a
+        pipeline runs it for the next batch on its decode thread while the model scores this one;
+        ``prepared_scored_logits`` takes what it returns. Other families return the images as they are."""
+        return images
+
+    def prepared_embed_logits(self, prepared: Any, embed: bool = True
+                              ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``embed_logits`` of a batch from ``prepare`` (with ``embed`` false: ``logits``, no embedding)."""
+        return self.embed_logits(prepared) if embed else (self.logits(prepared), None)
+
     def embed_logits(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """``logits`` and, in one pass, the embedding the unfamiliarity score reads (None: the family has
         none; networks: penultimate features, classical: the feature rows)."""
@@ -69,9 +82,13 @@ class Bundle(ABC):
 
     def scored_logits(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """``logits`` and each image's unfamiliarity, in one pass (None without a scorer: older bundles)."""
+        return self.prepared_scored_logits(self.prepare(images))
+
+    def prepared_scored_logits(self, prepared: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """``scored_logits`` of a batch from ``prepare``."""
         if self.unfamiliar is None:
-            return self.logits(images), None
-        logits, emb = self.embed_logits(images)
+            return self.prepared_embed_logits(prepared, embed=False)[0], None
+        logits, emb = self.prepared_embed_logits(prepared)
         if emb is None and self.unfamiliar.needs_embeddings:
             raise BundleError(f"{self.path}: this runtime gives no embeddings for the unfamiliarity score; "
                               f"re-export (`leukoscope export {self.path} --onnx`) or use --runtime torch")
@@ -104,7 +121,7 @@ class Bundle(ABC):
         ``images``: HxWx3 uint8 RGB arrays, image file paths, or a mix; one path alone is one image.
         An unreadable file raises ``ImageError`` naming it.
         """
-        from leukoscope.probability import softmax_t  # scipy: not at ``import leukoscope.bundle``
+        from leukoscope.probability import softmax_t
 
         if isinstance(images, str | os.PathLike):
             images = [images]
@@ -135,12 +152,16 @@ class Bundle(ABC):
         return json.loads(p.read_text()) if p.exists() else {}
 
     def history(self) -> pd.DataFrame | None:
+        import pandas as pd
+
         p = self.path / HISTORY
         return pd.read_csv(p) if p.exists() else None
 
     def split(self, present: Iterable[str] | None = None) -> pd.DataFrame | None:
         """The split the model was trained with, absolute paths (``data.paths.resolved``: a moved data folder
         is found among the ``present`` image paths)."""
+        import pandas as pd
+
         from leukoscope.data.paths import resolved
 
         p = self.path / SPLIT

@@ -4,11 +4,12 @@ how, for what use, with which library versions."""
 from __future__ import annotations
 
 import json
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from leukoscope.data.rare import RareReport
+
+if TYPE_CHECKING:  # pandas only when a card is written, not on every bundle load
+    import pandas as pd
 
 
 def _fmt(v: Any) -> str:

@@ -119,24 +119,41 @@ class NetworkBundle(Bundle):
         return cls(path, config, module)
 
     def logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        out = [self.prepared_embed_logits(self.prepare(images[i:i + self.batch_size]), embed=False)[0]
+               for i in range(0, len(images), self.batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+    def prepare(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        return prepare(images, self.config)
+
+    def prepared_embed_logits(self, prepared: np.ndarray, embed: bool = True
+                              ) -> tuple[np.ndarray, np.ndarray | None]:
+        if embed:
+            return self._head(self._embed(prepared))
         out = []
         tta = bool(self.config.get("tta", False))
         with torch.inference_mode():
-            for i in range(0, len(images), self.batch_size):
-                x = torch.from_numpy(prepare(images[i:i + self.batch_size], self.config))
+            for i in range(0, len(prepared), self.batch_size):
+                x = torch.from_numpy(prepared[i:i + self.batch_size])
                 out.append(forward_logits(self.module, x, tta).float().numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+        return (np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)), None
 
     def embed_logits(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Penultimate features and logits in one pass (the head is linear, so averaging the D4 views'
         features when ``config["tta"]`` gives exactly the averaged logits of ``logits``)."""
-        tta = bool(self.config.get("tta", False))
-        embs = []
+        embs = [self._embed(self.prepare(images[i:i + self.batch_size]))
+                for i in range(0, len(images), self.batch_size)]
+        return self._head(torch.cat(embs) if embs else torch.zeros((0, self.module.head.in_features)))
+
+    def _embed(self, prepared: np.ndarray) -> torch.Tensor:
+        """Penultimate features of a batch from ``prepare`` (D4 mean when trained with TTA)."""
+        tta, size = bool(self.config.get("tta", False)), self.batch_size
         with torch.inference_mode():
-            for i in range(0, len(images), self.batch_size):
-                x = torch.from_numpy(prepare(images[i:i + self.batch_size], self.config))
-                embs.append(embed_features(self.module, x, tta).float())
-        emb = torch.cat(embs) if embs else torch.zeros((0, self.module.head.in_features))
+            embs = [embed_features(self.module, torch.from_numpy(prepared[i:i + size]), tta).float()
+                    for i in range(0, len(prepared), size)]
+        return torch.cat(embs) if embs else torch.zeros((0, self.module.head.in_features))
+
+    def _head(self, emb: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
             logits = self.module.head(emb).float().numpy()
         return logits, emb.numpy()

@@ -19,7 +19,7 @@ from leukoscope.bundle.format import CONFIG, ONNX, ONNX_INT8, SAFETENSORS, one_l
 from leukoscope.data.images import file_digest
 from leukoscope.errors import BundleError
 from leukoscope.geometry import D4, dihedral
-from leukoscope.models.onnx import EMBEDDING, INPUT, OUTPUT, ort_session
+from leukoscope.models.onnx import EMBEDDING, INPUT, OUTPUT, has_vnni, ort_session
 from leukoscope.models.preprocess import prepare
 
 
@@ -44,6 +44,10 @@ class OnnxBundle(Bundle):
             why = "exported from other weights" if onnx_path.is_file() else "not found"
             raise BundleError(f"{onnx_path}: {why}; run `leukoscope export {path} --onnx"
                               f"{' --int8' if model_file == ONNX_INT8 else ''}`")
+        if model_file == ONNX_INT8 and config.get("onnx", {}).get("int8_vnni") and not has_vnni():
+            raise BundleError(f"{onnx_path}: exported on a CPU with VNNI (8-bit weights), which this CPU "
+                              f"lacks: its int16 sums would overflow; re-export here (`leukoscope export "
+                              f"{path} --onnx --int8`) or use --runtime onnx")
         try:
             session = ort_session(onnx_path)
         except Exception as e:  # ORT raises its own types for corrupt or truncated files
@@ -83,6 +87,19 @@ class OnnxBundle(Bundle):
             return self.logits(images), None
         logits, emb = self._batches(images, (OUTPUT, EMBEDDING))
         return logits, emb
+
+    def prepare(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        return prepare(images, self.config)
+
+    def prepared_embed_logits(self, prepared: np.ndarray, embed: bool = True
+                              ) -> tuple[np.ndarray, np.ndarray | None]:
+        embedding = embed and EMBEDDING in {o.name for o in self.session.get_outputs()}
+        names, size = (OUTPUT, EMBEDDING) if embedding else (OUTPUT,), self.batch_size
+        out = [self._run(prepared[i:i + size], names) for i in range(0, len(prepared), size)]
+        if not out:
+            return np.zeros((0, len(self.classes)), np.float32), None
+        parts = [np.concatenate(p) for p in zip(*out, strict=True)]
+        return parts[0], parts[1] if len(parts) > 1 else None
 
 
 def check_session(session: Any, onnx_path: Path, config: dict[str, Any]) -> None:

@@ -17,15 +17,16 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from leukoscope.bundle.card import model_card
 from leukoscope.bundle.format import CARD, CONFIG, FORMAT_VERSION, HISTORY, METRICS, SPLIT
 from leukoscope.data.classes import display_names
 from leukoscope.data.paths import stored
 from leukoscope.io import write_json_atomic as write_json
+
+if TYPE_CHECKING:  # not imported by ``import leukoscope.bundle`` (a second of every predict's start)
+    import pandas as pd
 
 _VERSIONED = ("leukoscope", "numpy", "scikit-learn", "torch", "onnxruntime", "xgboost-cpu",
               "lightgbm", "pillow", "scikit-image")

@@ -13,11 +13,16 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, get_args, get_origin
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer._click.exceptions import BadParameter
+from typer._coercion import RuntimeParam
+from typer._param_types import coerce_cli_path
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from leukoscope import __version__
@@ -54,8 +59,79 @@ def _prepare_help(cmd: TyperCommand | TyperGroup, ctx: Any) -> None:
             param.help = fill_choices(param.help)
 
 
+_TRUE, _FALSE = {"1", "true", "t", "yes", "y", "on"}, {"0", "false", "f", "no", "n", "off", ""}
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word not in _TRUE | _FALSE:
+        raise ValueError(value)
+    return word in _TRUE
+
+
+@dataclass(frozen=True)
+class _Plain(RuntimeParam):
+    """Coercion of a str / Path / int / float / bool parameter (or a list of them) without pydantic.
+
+    Typer 0.29 builds a pydantic ``TypeAdapter`` for every parameter, and importing pydantic for it
+    is a third of a second of every command's start-up (half the start-up of ``leukoscope predict``
+    on ONNX). Ranges (``min`` / ``max`` / ``clamp``) and path checks are kept (``coerce_cli_path``);
+    parsed, file, choice and other parameters keep typer's own coercion.
+    """
+
+    kind: type = str
+
+    def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return [self._one(v, param, ctx) for v in value]
+        return self._one(value, param, ctx)
+
+    def _one(self, value: Any, param: Any, ctx: Any) -> Any:
+        info = self.parameter_info
+        if self.kind is Path:
+            return coerce_cli_path(value if isinstance(value, Path) else Path(value), info, path_type=Path,
+                                   param=param, ctx=ctx)
+        try:
+            v = _to_bool(value) if self.kind is bool else self.kind(value)
+        except (TypeError, ValueError):
+            kind = {int: "an integer", float: "a number", bool: "true or false"}.get(self.kind, "text")
+            raise BadParameter(f"{value!r} is not {kind}", ctx=ctx, param=param) from None
+        lo, hi = info.min, info.max
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            if info.clamp:
+                return min(max(v, lo if lo is not None else v), hi if hi is not None else v)
+            bounds = f"{'' if lo is None else f'{lo}<='}x{'' if hi is None else f'<={hi}'}"
+            raise BadParameter(f"{v} is not in the range {bounds}", ctx=ctx, param=param)
+        return v
+
+
+def _plain_coercion(params: list[Any]) -> list[Any]:
+    """``params``, those that ``_Plain`` covers given that coercion instead of typer's pydantic one
+    (``--help`` included, which click makes on demand)."""
+    for param in params:
+        if isinstance(getattr(param, "_runtime_param", None), _Plain):
+            continue
+        desc = getattr(param, "type_descriptor", None)
+        info = getattr(desc, "parameter_info", None)
+        if desc is None or info is None or desc.file_annotation is not None or desc.is_choice \
+                or getattr(info, "parser", None) is not None or getattr(info, "path_type", None) is not None:
+            continue
+        annotation = desc.annotation
+        inner = [a for a in get_args(annotation) if a is not type(None)]
+        if len(inner) == 1 and (get_origin(annotation) is list or type(None) in get_args(annotation)):
+            annotation = inner[0]
+        if annotation in (str, Path, int, float, bool):
+            param._runtime_param = _Plain(info, desc.annotation, annotation)
+    return params
+
+
 class Command(TyperCommand):
     """A leukoscope command (see the module docstring for how its help reads)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_coercion(super().get_params(ctx))
 
     def format_help(self, ctx: Any, formatter: Any) -> None:  # typer's vendored click types
         _prepare_help(self, ctx)
@@ -74,6 +150,9 @@ class Group(TyperGroup):
                 verb = self.commands.get(name)
                 if isinstance(verb, TyperCommand | TyperGroup):
                     verb.rich_help_panel = panel
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_coercion(super().get_params(ctx))
 
     def list_commands(self, ctx: Any) -> list[str]:
         order = [name for names in self.panels.values() for name in names]

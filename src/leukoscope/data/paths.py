@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # annotations only: bundles load (every predict) without pandas
+    import pandas as pd
 
 #: The column (CSV) or key (JSON) that records the data root.
 ROOT = "data_root"

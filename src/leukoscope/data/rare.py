@@ -14,10 +14,12 @@ fold, about the fewest that make a per-class recall more than a coin toss, and t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from leukoscope.data.manifest import Manifest
 from leukoscope.errors import ConfigError
+
+if TYPE_CHECKING:  # pandas: not when a bundle's config is checked at every predict start
+    from leukoscope.data.manifest import Manifest
 
 #: The class that rare types join with ``how="other"``.
 OTHER = "other"

@@ -18,10 +18,10 @@ from leukoscope.data import LAYOUTS
 from leukoscope.data.cohort import Cohort, SubjectTable, is_deepapl, scan_cohort
 from leukoscope.data.images import is_image_file, iter_image_files, load_rgb
 from leukoscope.data.manifest import Manifest, make_manifest, validate
+from leukoscope.data.names import subject_from_name
 from leukoscope.data.synthetic import SYNTHETIC_MARKER
 from leukoscope.errors import DataError, ImageError
 
-_SUBJECT = re.compile(r"^UID_([A-Za-z]*\d+)_", re.IGNORECASE)
 _ALLIDB = re.compile(r"^Im(\d+)_([01])$", re.IGNORECASE)
 _CNMC_LABELS_CSV = "C-NMC_test_prelim_phase_data_labels.csv"
 #: ALL-IDB's 1/0 and C-NMC's labels CSV mean the same two classes as C-NMC's folders.
@@ -44,12 +44,6 @@ def layout(name: str, detect: Callable[[Path], bool]) -> Callable:
         return fn
 
     return wrap
-
-
-def subject_from_name(name: str) -> str | None:
-    """Patient id from a C-NMC style name, ``UID_<id>_...``; case-folded (``UID_h3`` is H3)."""
-    m = _SUBJECT.match(name)
-    return m.group(1).upper() if m else None
 
 
 def _read_csv_table(path: Path) -> pd.DataFrame:

@@ -17,7 +17,7 @@ import pandas as pd
 
 from leukoscope.bundle import Bundle
 from leukoscope.data.classes import show_class
-from leukoscope.data.images import load_batch, load_rgb
+from leukoscope.data.images import load_rgb
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, Manifest, label_indices, labelled, protocol
 from leukoscope.data.rare import RareReport, apply_rare
 from leukoscope.data.splits import NO_DEDUPE_WARNING, Split, apply_split, resolve_paths
@@ -31,9 +31,8 @@ from leukoscope.evaluate.metrics import curves, evaluation_metrics
 from leukoscope.evaluate.operating import evaluate_operating_point
 from leukoscope.evaluate.shortcut import for_evaluation
 from leukoscope.io import write_csv_atomic, write_json_atomic
-from leukoscope.predict.local import chunks, prefetch
+from leukoscope.predict.local import scored_batches
 from leukoscope.predict.tta import proba_from_views
-from leukoscope.predict.unfamiliar import scored_views
 from leukoscope.progress import SILENT, Progress
 
 METRICS_FILE = "metrics.json"
@@ -54,10 +53,9 @@ def score_paths(bundle: Bundle, paths: Sequence[str], batch_size: int = 64, tta:
     parts: list[np.ndarray] = []
     skipped: list[tuple[str, str]] = []
     advance = progress.task("scoring", len(paths))
-    for good, images, bad in prefetch(load_batch(b) for b in chunks(map(Path, paths), batch_size)):
+    for good, views, scores, bad in scored_batches(bundle, map(Path, paths), batch_size, tta):
         skipped += bad
-        if images:
-            views, scores = scored_views(bundle, images, tta)
+        if good:
             parts.append(views)
             if unfamiliarity is not None and scores is not None:
                 unfamiliarity.append(scores)

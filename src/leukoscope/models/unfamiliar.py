@@ -80,12 +80,12 @@ class Scorer:
 
     def score(self, embeddings: np.ndarray | None, logits: np.ndarray) -> np.ndarray:
         """Unfamiliarity per row (higher = less like the training data)."""
-        from scipy.special import logsumexp, softmax
-
         z = np.asarray(logits, np.float64) / self.temperature
-        if self.method == "msp":
-            return np.asarray(1.0 - softmax(z, axis=1).max(axis=1))
-        if self.method == "energy":
+        if self.method in ("msp", "energy"):  # scipy only here: the default kNN score runs without it
+            from scipy.special import logsumexp, softmax
+
+            if self.method == "msp":
+                return np.asarray(1.0 - softmax(z, axis=1).max(axis=1))
             return np.asarray(-self.temperature * logsumexp(z, axis=1))
         if embeddings is None:
             raise ValueError(f"method {self.method!r} needs embeddings")

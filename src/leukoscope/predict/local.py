@@ -32,13 +32,15 @@ import numpy as np
 
 from leukoscope.bundle import CARD, HISTORY, METRICS, ONNX, ONNX_INT8, SPLIT, Bundle
 from leukoscope.data.images import is_image_file, iter_image_files, load_batch
-from leukoscope.data.readers import subject_from_name
+from leukoscope.data.names import subject_from_name
 from leukoscope.errors import DataError
 from leukoscope.io import write_json_atomic
 from leukoscope.predict import ENGINES, unfamiliar
+from leukoscope.predict.tta import proba_from_views
 from leukoscope.progress import SILENT, Progress
 
 T = TypeVar("T")
+P = TypeVar("P", str, Path)
 _GLOB_CHARS = set("*?[")
 _END = object()
 #: Paths and names in the CSV are the file system's bytes, even where they are not valid UTF-8.
@@ -168,6 +170,41 @@ def prefetch(it: Iterator[T], depth: int = 2) -> Iterator[T]:
     finally:
         stop.set()
         worker.join(timeout=5)
+
+
+def draft_size(config: dict[str, Any]) -> int | None:
+    """The side a network bundle resizes every image to, which decoding may go down to (a large JPEG
+    at reduced size); None where the whole image is needed first (crop to the cell, other families)."""
+    pre = config.get("preprocessing")
+    return None if not pre or pre.get("crop_to_cell") else int(pre["input_size"])
+
+
+def scored_batches(bundle: Bundle, paths: Iterable[P], batch_size: int, tta: bool = False
+                   ) -> Iterator[tuple[list[P], np.ndarray, np.ndarray | None, list[tuple[str, str]]]]:
+    """The one pipeline of every engine: per batch of ``paths``, (readable paths, logits per view
+    (images x views x classes), their unfamiliarity (None without a scorer), ``(path, reason)`` of
+    unreadable ones).
+
+    A worker thread decodes and ``bundle.prepare``s (resizes, normalises) the next batch while the
+    model scores this one: Pillow, numpy and ONNX Runtime release the GIL, so both cores work. With
+    ``tta`` the worker only decodes (the views are made from the decoded images).
+    """
+    draft = draft_size(bundle.config)
+
+    def load(chunk: list[P]) -> tuple[list[P], Any, list[tuple[str, str]]]:
+        ok, images, skipped = load_batch(chunk, draft=draft)
+        return ok, images if tta or not images else bundle.prepare(images), skipped
+
+    for ok, batch, skipped in prefetch(load(chunk) for chunk in chunks(paths, batch_size)):
+        scores: np.ndarray | None = None
+        if not ok:
+            views = np.zeros((0, 8 if tta else 1, len(bundle.classes)))
+        elif tta:
+            views, scores = unfamiliar.scored_views(bundle, batch, tta=True)
+        else:
+            logits, scores = bundle.prepared_scored_logits(batch)
+            views = np.asarray(logits)[:, None, :]
+        yield ok, views, scores, skipped
 
 
 def _resume(out: Path, cols: list[str], record: dict[str, Any]) -> set[str]:
@@ -352,15 +389,15 @@ def _predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path, batch_size
             write_json_atomic(run_record_path(out), record)
         advance = progress.task("predicting", total)
         advance(len(done))
-        for paths, images, skipped in prefetch(load_batch(b) for b in chunks(todo, batch_size)):
+        for paths, views, scores, skipped in scored_batches(bundle, todo, batch_size, tta):
             summary.skipped += skipped
-            if images:
-                probs, scores = unfamiliar.assess(bundle, images, tta)
+            if paths:
+                probs = proba_from_views(views, bundle.temperature)
                 marks = unfamiliar.marks(bundle, scores, len(probs))
                 writer.writerows(csv_row(p, row, classes, bundle.operating_point, u)
                                  for p, row, u in zip(paths, probs, marks, strict=True))
                 f.flush()
-            summary.predicted += len(images)
+            summary.predicted += len(paths)
             advance(len(paths) + len(skipped))
     progress.done("predicting")
     os.replace(partial, out)

@@ -5,8 +5,8 @@ engines see the same paths. Ray Data spreads the paths over a pool of actors, on
 cluster, each holding the bundle once (its files travel through the object store, so the bundle
 folder need not exist on the workers) with a single-threaded model: actors fill the cores, and
 ONNX Runtime threads on top of them would only fight. Each actor decodes its batch with the local
-engine's ``load_batch`` and scores it with the same ``predict_proba`` (the ONNX model for an
-exported network bundle), so the probabilities are the local engine's. Unreadable files come
+engine's pipeline (``local.scored_batches``: the same decode, preprocessing and model, the ONNX
+model for an exported network bundle), so the probabilities are the local engine's. Unreadable files come
 back as rows with an error instead of failing the job.
 
 Results are small (a path and a few numbers per image), so they stream back to the driver, which
@@ -31,8 +31,7 @@ from typing import Any
 import numpy as np
 
 from leukoscope.bundle import Bundle, load_bundle
-from leukoscope.data.images import load_batch
-from leukoscope.data.readers import subject_from_name
+from leukoscope.data.names import subject_from_name
 from leukoscope.errors import ConfigError, DataError
 from leukoscope.io import atomic_path
 from leukoscope.predict import ENGINES, unfamiliar
@@ -44,7 +43,9 @@ from leukoscope.predict.local import (
     iter_inputs,
     prob_columns,
     runtime_name,
+    scored_batches,
 )
+from leukoscope.predict.tta import proba_from_views
 from leukoscope.progress import SILENT, Progress
 
 INSTALL_HINT = "the ray engine needs Ray: pip install -e .[ray]"
@@ -117,14 +118,16 @@ class Predictor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [Path(p) for p in batch["path"]]
-        ok, images, skipped = load_batch(paths)
+        none: tuple[list[Path], np.ndarray, np.ndarray | None, list[tuple[str, str]]] = (
+            [], np.zeros((0, 1, len(self.classes))), None, [])
+        ok, views, scores, skipped = next(scored_batches(self.bundle, paths, len(paths) or 1, self.tta), none)
         decoded = set(ok)
         readable = np.array([p in decoded for p in paths], dtype=bool)
         probs = np.full((len(paths), len(self.classes)), np.nan)
         label = np.full(len(paths), None, dtype=object)  # the called class
         score = np.full(len(paths), np.nan)
-        if images:
-            probs[readable], scores = unfamiliar.assess(self.bundle, images, self.tta)
+        if ok:
+            probs[readable] = proba_from_views(views, self.bundle.temperature)
             label[readable] = self.classes[self.bundle.decide(probs[readable])]
             if scores is not None:
                 score[readable] = scores

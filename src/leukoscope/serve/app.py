@@ -46,7 +46,7 @@ from leukoscope.bundle import Bundle, load_bundle
 from leukoscope.bundle.patient import PatientBundle
 from leukoscope.data.images import FORMATS, decode_rgb, image_size
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING
-from leukoscope.data.readers import subject_from_name
+from leukoscope.data.names import subject_from_name
 from leukoscope.errors import ImageError, LeukoscopeError
 from leukoscope.explain import EXPLAINERS, Explainer, Explanation
 from leukoscope.predict import unfamiliar

@@ -1,0 +1,107 @@
+"""Start-up and pipeline of prediction (#24): what the ONNX path imports, reduced-size JPEG decoding,
+and the pipeline giving the numbers of the plain bundle call."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from leukoscope.bundle import load_bundle
+from leukoscope.data.images import load_rgb
+from leukoscope.predict.local import scored_batches
+from leukoscope.probability import softmax_t
+from use_support import network_bundle, onnx_bundle, sample_paths  # noqa: F401
+
+HEAVY = ("torch", "pandas", "matplotlib", "sklearn", "scipy", "pydantic")
+
+#: ``leukoscope predict`` in a fresh interpreter, then the heavy libraries it imported.
+PROBE = """
+import json, sys
+from leukoscope.cli import main
+try:
+    main()  # Typer reads sys.argv[1:]: the arguments after -c
+except SystemExit as e:
+    assert not e.code, e.code
+print(json.dumps(sorted(m for m in {heavy} if m in sys.modules)))
+"""
+
+
+def test_onnx_predict_imports_no_heavy_library(onnx_bundle, data, tmp_path):  # noqa: F811
+    """The CLI on an exported bundle needs ONNX Runtime, Pillow and numpy only: torch, pandas,
+    scipy, matplotlib or scikit-learn would add seconds of start-up to every run, and pydantic
+    (typer's own coercion of the options) a third of a second."""
+    images = [str(p) for p in sample_paths(data, n_allidb=4)[:6]]
+    out = tmp_path / "p.csv"
+    args = ["predict", str(onnx_bundle), *images, "--out", str(out), "--runtime", "onnx"]
+    run = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), *args], capture_output=True,
+                         text=True, check=True)
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == []
+    assert len(pd.read_csv(out)) == len(images)
+
+
+def test_pipeline_gives_the_bundles_own_numbers(onnx_bundle, data):  # noqa: F811
+    """Decoding and preprocessing on the worker thread change nothing: the same probabilities as
+    ``predict_proba`` on the decoded images, rows in input order, an unreadable file skipped."""
+    bundle = load_bundle(onnx_bundle, runtime="onnx")
+    paths = sample_paths(data, n_allidb=10)[:21]
+    bad = Path(__file__)  # not an image
+    got_paths, parts, skipped = [], [], []
+    for ok, logits, _, bad_ones in scored_batches(bundle, [*paths[:5], bad, *paths[5:]], batch_size=4):
+        got_paths += ok
+        parts.append(logits)
+        skipped += bad_ones
+    assert got_paths == paths and [s[0] for s in skipped] == [str(bad)]
+    views = np.concatenate(parts)
+    assert views.shape == (len(paths), 1, len(bundle.classes))
+    expected = bundle.predict_proba([load_rgb(p) for p in paths])
+    np.testing.assert_array_equal(softmax_t(views[:, 0], bundle.temperature), expected)
+
+
+def test_large_jpeg_decodes_at_reduced_size(tmp_path, data):
+    """A JPEG at least twice the network input decodes at 1/2, 1/4 or 1/8 scale, never below the
+    input size; smaller ones, and PNGs, decode whole."""
+    cell = Image.open(next((data / "aria_all" / "Benign").glob("*.jpg"))).convert("RGB")
+    big = tmp_path / "big.jpg"
+    cell.resize((900, 700)).save(big, quality=95)
+    png = tmp_path / "big.png"
+    cell.resize((900, 700)).save(png)
+    assert load_rgb(big).shape == (700, 900, 3)
+    assert load_rgb(big, draft=128).shape == (175, 225, 3)  # 1/4: 1/8 would be below 128
+    assert load_rgb(big, draft=400).shape == (700, 900, 3)  # under half the size: whole
+    assert load_rgb(png, draft=128).shape == (700, 900, 3)
+    # reduced decoding approximates the whole decode once both are resized to the input
+    a = np.asarray(Image.fromarray(load_rgb(big)).resize((128, 128), Image.Resampling.BILINEAR), float)
+    b = np.asarray(Image.fromarray(load_rgb(big, draft=128)).resize((128, 128), Image.Resampling.BILINEAR),
+                   float)
+    assert np.abs(a - b).mean() < 3
+
+
+def test_int8_weights_follow_the_cpu(onnx_bundle, tmp_path, monkeypatch):  # noqa: F811
+    """int8 export uses 8-bit weights where the CPU has VNNI (int32 sums) and 7-bit ones otherwise;
+    an 8-bit export is refused, in one line, on a CPU without VNNI (its int16 sums would overflow)."""
+    import shutil
+
+    import leukoscope.bundle.onnx as bundle_onnx
+    from leukoscope.errors import BundleError
+    from leukoscope.models.onnx import has_vnni
+
+    info = json.loads((onnx_bundle / "config.json").read_text())["onnx"]
+    assert info["int8_vnni"] is has_vnni()
+    assert f"{8 if has_vnni() else 7}-bit int8 weights" in info["int8_scheme"]
+    copy = tmp_path / "b"
+    shutil.copytree(onnx_bundle, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["onnx"]["int8_vnni"] = True
+    (copy / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(bundle_onnx, "has_vnni", lambda: False)  # a CPU without VNNI
+    with pytest.raises(BundleError, match="VNNI") as e:
+        load_bundle(copy, runtime="onnx-int8")
+    assert "\n" not in str(e.value)
+    assert load_bundle(copy, runtime="onnx") is not None  # fp32 still runs
