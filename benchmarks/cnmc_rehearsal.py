@@ -184,8 +184,11 @@ def measured(name: str, cmd: list[str], out: Path) -> dict[str, Any]:
 
 def planted_found(audit_json: Path, groups: list[list[str]], data: Path) -> dict[str, Any]:
     """How many planted groups the audit reports as exact pairs (every member in one exact pair set)."""
-    found = json.loads(audit_json.read_text())
-    exact = {frozenset((r["a"]["path"], r["b"]["path"])) for r in found["pairs"] if r["kind"] == "exact"}
+    from leukoscope.data.paths import resolved_json
+
+    found = resolved_json(json.loads(audit_json.read_text()))  # paths are stored relative to a data root
+    exact = {frozenset((str(Path(r["a"]["path"]).resolve()), str(Path(r["b"]["path"]).resolve())))
+             for r in found["pairs"] if r["kind"] == "exact"}
     full = [[str((data / p).resolve()) for p in g] for g in groups]
     hit = [g for g in full if all(frozenset((g[0], p)) in exact for p in g[1:])]
     planted = [frozenset(g) for g in full]

@@ -30,7 +30,8 @@ def cell(cell_path):
 def test_gradcam_heat_map_and_overlay(network_bundle, onnx_bundle, cell):  # noqa: F811
     heat, over = gradcam(load_bundle(network_bundle), cell)
     assert heat.shape == cell.shape[:2] and heat.dtype == np.float64
-    assert heat.min() >= 0 and heat.max() == pytest.approx(1.0, abs=1e-3)
+    # normalised to 1 on the model's grid; resizing to the image's size may shave the peak a little
+    assert heat.min() >= 0 and 0.99 <= heat.max() <= 1.0 + 1e-9
     assert over.shape == cell.shape and over.dtype == np.uint8
     assert not np.array_equal(over, cell)
     # an ONNX-served bundle is explained with its torch weights: same map

@@ -84,14 +84,14 @@ def test_split_file_drives_train_benchmark_tune_and_evaluate(allidb_subset: Path
     assert res.exit_code == 0, res.output
     assert "by side (images)" in res.output  # the figures name their side
     trained = json.loads((run / "bundle" / "metrics.json").read_text())
-    assert _sides(pd.read_csv(run / "bundle" / "split.csv")) == want and trained["dedupe"]
+    assert _sides(read_split(run / "bundle" / "split.csv")) == want and trained["dedupe"]
     assert trained["sides"]["test"] == trained["test"]["n"] == list(want.values()).count("test")
 
     best, board = tmp_path / "best", tmp_path / "board"
     res = runner.invoke(app, ["benchmark", str(allidb_subset), "--split", str(s), "--models", "lda",
                               "--cv", "3", "--jobs", "1", "--out", str(board), "--save-best", str(best)])
     assert res.exit_code == 0, res.output
-    assert _sides(pd.read_csv(best / "split.csv")) == want
+    assert _sides(read_split(best / "split.csv")) == want
     run_json = json.loads((board / "run.json").read_text())
     n_test = list(want.values()).count("test")
     assert run_json["held_out_test"] == n_test and run_json["images"] == len(want) - n_test

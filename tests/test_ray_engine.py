@@ -57,8 +57,11 @@ def test_ray_engine_matches_local(exported, cells, tmp_path):
     assert parquet["predicted"].tolist() == local["predicted"].tolist()
     np.testing.assert_allclose(parquet[["p_all", "p_hem"]], local[["p_all", "p_hem"]], rtol=0, atol=1e-6)
     np.testing.assert_allclose(parquet[["p_all", "p_hem"]].sum(axis=1), 1.0, atol=1e-6)
-    # the CSV on request is byte for byte what the local engine writes
-    assert (ray_dir / "predictions.csv").read_text() == local_csv.read_text()
+    # the CSV on request is what the local engine writes: the same rows, calls and flags; the scores to
+    # float32 precision (a far cell's Mahalanobis distance is ~1e5, and batches differ between the engines)
+    ray_csv = pd.read_csv(ray_dir / "predictions.csv")
+    pd.testing.assert_frame_equal(ray_csv.drop(columns="unfamiliarity"), local.drop(columns="unfamiliarity"))
+    np.testing.assert_allclose(ray_csv["unfamiliarity"], local["unfamiliarity"], rtol=1e-5, atol=1e-5)
     skipped = pd.read_csv(ray_dir / "skipped.csv")
     assert sorted(Path(p).name for p in skipped["path"]) == ["broken.png", "empty.jpg"]
     assert skipped["reason"].str.len().gt(0).all()

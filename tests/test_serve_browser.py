@@ -167,7 +167,7 @@ def test_page_calls_a_foreign_cell_unfamiliar_not_a_class_at_100(browser: Any, a
     assert result.get_attribute("data-label") == "unfamiliar"
     info = result.locator(".unfamiliar-info")
     expect(info).to_be_visible()
-    assert re.search(r"unfamiliarity \d\.\d+ > threshold \d\.\d+", info.inner_text())
+    assert re.search(r"unfamiliarity \d+\.\d+ > threshold \d+\.\d+", info.inner_text())
     assert result.locator(".bars li.top").count() == 0  # no class drawn as the winner
     assert result.locator(".bars li").count() == 2
     ARTIFACTS.mkdir(exist_ok=True)

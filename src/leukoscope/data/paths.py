@@ -36,8 +36,8 @@ def relative(path: str, root: str) -> str:
 def stored(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` as a file stores it: ``path`` relative to the data root, recorded in a ``data_root``
     column."""
-    if "path" not in frame or frame.empty:
-        return frame
+    if "path" not in frame or frame.empty or not all(os.path.isabs(p) for p in frame["path"].astype(str)):
+        return frame  # relative paths already name no root of their own: kept as given
     root = data_root(frame["path"].astype(str))
     return frame.assign(path=[relative(p, root) for p in frame["path"].astype(str)], **{ROOT: root})
 

@@ -19,6 +19,7 @@ from leukoscope.data.cohort import Cohort, SubjectTable, is_deepapl, scan_cohort
 from leukoscope.data.images import is_image_file, iter_image_files, load_rgb
 from leukoscope.data.manifest import Manifest, make_manifest, validate
 from leukoscope.data.names import subject_from_name
+from leukoscope.data.paths import resolved
 from leukoscope.data.synthetic import SYNTHETIC_MARKER
 from leukoscope.errors import DataError, ImageError
 
@@ -219,6 +220,7 @@ def read_csv_manifest(path: Path) -> Manifest:
     table = _read_csv_table(path)
     if not {"path", "label"} <= set(table.columns):
         raise DataError(f"{path}: a manifest CSV needs columns path,label[,subject]")
+    table = resolved(table)  # a split file's paths, stored relative to its recorded data root
     _refuse_blank_cells(path, table, ["path"])
     unlabelled = table.loc[table["label"].str.strip() == "", "path"].tolist()
     if unlabelled:
