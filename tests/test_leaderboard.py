@@ -11,9 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from leukoscope.cli import app
+from leukoscope.crossval import run_models
 from leukoscope.data.manifest import SYNTHETIC_WARNING
 from leukoscope.data.readers import read
-from leukoscope.leaderboard import benchmark, run_models, to_markdown, write_leaderboard
+from leukoscope.leaderboard import benchmark, to_markdown, write_leaderboard
 from leukoscope.models import registry
 
 BROKEN = "broken-for-test"

@@ -52,9 +52,10 @@ def benchmark_cmd(
 ) -> None:
     """Every classical model on cached features: grouped k-fold CV of the train and val sides (the test
     side, the one train and tune hold out, is kept for --save-best), sorted by balanced accuracy."""
+    from leukoscope.crossval import METRICS
     from leukoscope.data.readers import read
     from leukoscope.errors import ConfigError
-    from leukoscope.leaderboard import METRICS, benchmark, cell, write_leaderboard
+    from leukoscope.leaderboard import benchmark, cell, write_leaderboard
     from leukoscope.leaderboard import save_best as save_best_bundle
     from leukoscope.models.registry import list_models
 

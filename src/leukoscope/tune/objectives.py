@@ -105,7 +105,7 @@ class ClassicalObjective(_Objective):
         to its pruner."""
         from threadpoolctl import threadpool_limits
 
-        from leukoscope.leaderboard import cross_validate_model
+        from leukoscope.crossval import cross_validate_model
 
         estimator = self._build(params)
         scores: list[float] = []
