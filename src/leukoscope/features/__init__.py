@@ -65,6 +65,37 @@ class FeatureExtractor(ABC):
         return {"kind": self.kind, "params": self.params()}
 
 
+class PerImageFeatures(FeatureExtractor):
+    """A kind computed one image at a time on a working copy of ``size`` pixels, its one parameter."""
+
+    #: column names (``names``) and the working size used when none is given
+    columns: ClassVar[list[str]] = []
+    default_size: ClassVar[int] = 160
+
+    def __init__(self, size: int | None = None):
+        size = self.default_size if size is None else size
+        if not 32 <= int(size) <= 1024:
+            from leukoscope.errors import ConfigError
+
+            raise ConfigError(f"{self.kind} features: size must be 32..1024 pixels, got {size}")
+        self.size = int(size)
+
+    @abstractmethod
+    def of_image(self, image: np.ndarray) -> np.ndarray:
+        """The features of one HxWx3 uint8 RGB image."""
+
+    def names(self) -> list[str]:
+        return list(self.columns)
+
+    def params(self) -> dict[str, Any]:
+        return {"size": self.size}
+
+    def compute(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        if len(images) == 0:
+            return np.zeros((0, len(self.columns)), np.float32)
+        return np.stack([self.of_image(np.asarray(im)) for im in images])
+
+
 #: Every kind; those of other modules are declared (kind -> module) and imported on first use, so
 #: listing kinds imports neither scipy nor torch.
 KINDS: Registry[type[FeatureExtractor]] = Registry(

@@ -15,12 +15,9 @@ measures the cell's shape, size or texture directly.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import numpy as np
 
-from leukoscope.features import FeatureExtractor, register_features
+from leukoscope.features import PerImageFeatures, register_features
 from leukoscope.features.handcrafted import segment, working_image
 
 _CHANNELS = ("r", "g", "b", "lab_l", "lab_a", "lab_b")
@@ -49,26 +46,12 @@ def colour_features(img: np.ndarray, size: int) -> np.ndarray:
 
 
 @register_features("colour")
-class Colour(FeatureExtractor):
+class Colour(PerImageFeatures):
     """Whole-image and background colour statistics (the stain / acquisition shortcut probe)."""
 
     version = 1
-    parallel = True
+    columns = NAMES
+    default_size = 96
 
-    def __init__(self, size: int = 96):
-        if not 32 <= int(size) <= 1024:
-            from leukoscope.errors import ConfigError
-
-            raise ConfigError(f"colour features: size must be 32..1024 pixels, got {size}")
-        self.size = int(size)
-
-    def names(self) -> list[str]:
-        return list(NAMES)
-
-    def params(self) -> dict[str, Any]:
-        return {"size": self.size}
-
-    def compute(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        if len(images) == 0:
-            return np.zeros((0, len(NAMES)), np.float32)
-        return np.stack([colour_features(np.asarray(im), self.size) for im in images])
+    def of_image(self, image: np.ndarray) -> np.ndarray:
+        return colour_features(image, self.size)

@@ -24,14 +24,11 @@ Features (NaN where a region is empty; the pipelines impute):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
-from leukoscope.features import FeatureExtractor, register_features
+from leukoscope.features import PerImageFeatures, register_features
 from leukoscope.geometry import foreground
 
 _CHANNELS = ("r", "g", "b", "h", "s", "v", "lab_l", "lab_a", "lab_b")
@@ -228,26 +225,12 @@ def cell_features(img: np.ndarray, size: int) -> np.ndarray:
 
 
 @register_features("handcrafted")
-class Handcrafted(FeatureExtractor):
+class Handcrafted(PerImageFeatures):
     """Shape, colour and texture of the segmented nucleus and cell (see the module docstring)."""
 
     version = 2  # 2: aspect ratio kept (padding) instead of stretching to a square
-    parallel = True
+    columns = NAMES
+    default_size = 160
 
-    def __init__(self, size: int = 160):
-        if not 32 <= int(size) <= 1024:
-            from leukoscope.errors import ConfigError
-
-            raise ConfigError(f"handcrafted features: size must be 32..1024 pixels, got {size}")
-        self.size = int(size)
-
-    def names(self) -> list[str]:
-        return list(NAMES)
-
-    def params(self) -> dict[str, Any]:
-        return {"size": self.size}
-
-    def compute(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        if len(images) == 0:
-            return np.zeros((0, len(NAMES)), np.float32)
-        return np.stack([cell_features(np.asarray(im), self.size) for im in images])
+    def of_image(self, image: np.ndarray) -> np.ndarray:
+        return cell_features(image, self.size)
