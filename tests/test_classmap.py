@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from leukoscope.data.classmap import from_json, load_class_map, shipped_maps
 from leukoscope.data.manifest import labelled
 from leukoscope.data.readers import read
 from leukoscope.errors import BundleError, ConfigError, DataError
+from link_support import link_files
 
 runner = CliRunner()
 MAPPED = {
@@ -108,15 +108,6 @@ def test_csv_map_drops_blank_targets_and_refuses_labels_it_does_not_name(data: P
     assert dropped == {"Smudge cells": 397} and out["label"].value_counts().to_dict() == {"lymphocyte": 609}
 
 
-def _link(files: list[Path], folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for p in files:
-        try:
-            os.link(p, folder / p.name)
-        except OSError:
-            shutil.copy2(p, folder / p.name)
-
-
 @pytest.fixture(scope="module")
 def two_labs(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Real cells in two labs' vocabularies: DeepAPL folders (two neutrophil kinds, smudge cells), PBC's."""
@@ -129,9 +120,9 @@ def two_labs(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
         ("Lymphocyte, variant", 8),
         ("Smudge cells", 5),
     ):
-        _link([p for p in deep if p.parent.name == kind][:n], root / "deepapl" / kind)
+        link_files([p for p in deep if p.parent.name == kind][:n], root / "deepapl" / kind)
     for kind in ("lymphocyte", "neutrophil"):
-        _link(sorted((data / "pbc" / kind).glob("*.jpg"))[:10], root / "pbc" / kind)
+        link_files(sorted((data / "pbc" / kind).glob("*.jpg"))[:10], root / "pbc" / kind)
     return root / "deepapl", root / "pbc"
 
 
@@ -215,7 +206,7 @@ def test_evaluate_refuses_a_mapped_label_the_model_lacks(
         == 0
     )
     other = tmp_path / "pbc3"
-    _link(sorted((data / "pbc" / "monocyte").glob("*.jpg"))[:3], other / "monocyte")
+    link_files(sorted((data / "pbc" / "monocyte").glob("*.jpg"))[:3], other / "monocyte")
     res = runner.invoke(
         app,
         [

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from leukoscope.errors import BundleError, ConfigError
 from leukoscope.evaluate.intervals import too_small, wilson
 from leukoscope.evaluate.operating import choose
 from leukoscope.probability import decide
+from link_support import allidb2_cells
 
 runner = CliRunner()
 
@@ -27,16 +27,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def cells(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """60 real ALL-IDB2 cells, 30 blasts (``all``) and 30 normal (``hem``), linked into a tmp folder."""
-    found = sorted((data / "allidb2").glob("*.tif"))
-    picked = [p for y in ("_1", "_0") for p in [q for q in found if q.stem.endswith(y)][::4][:30]]
-    folder = tmp_path_factory.mktemp("allidb60") / "allidb2"
-    folder.mkdir()
-    for p in picked:
-        try:
-            os.link(p, folder / p.name)
-        except OSError:
-            shutil.copy2(p, folder / p.name)
-    return folder
+    return allidb2_cells(data, tmp_path_factory.mktemp("allidb60") / "allidb2", per_class=30, step=4)
 
 
 @pytest.fixture(scope="module")

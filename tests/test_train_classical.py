@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from leukoscope.data.readers import read
 from leukoscope.features import list_feature_kinds
 from leukoscope.models.registry import list_models
 from leukoscope.train import TrainConfig, train
+from link_support import allidb2_cells
 
 runner = CliRunner()
 
@@ -30,15 +29,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def cells(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """40 real ALL-IDB2 cells, 20 blasts and 20 normal ones, hard-linked (or copied) into a tmp folder."""
-    found = sorted((data / "allidb2").glob("*.tif"))
-    picked = [p for y in ("_1", "_0") for p in [q for q in found if q.stem.endswith(y)][::6][:20]]
-    folder = tmp_path_factory.mktemp("allidb40") / "allidb2"
-    folder.mkdir()
-    for p in picked:
-        try:
-            os.link(p, folder / p.name)
-        except OSError:
-            shutil.copy2(p, folder / p.name)
+    folder = allidb2_cells(data, tmp_path_factory.mktemp("allidb40") / "allidb2", per_class=20, step=6)
     assert len(list(folder.iterdir())) == 40
     return folder
 
