@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,13 +18,14 @@ import pytest
 from typer.testing import CliRunner
 
 from imagefiles import truncated_copy
+from leukoscope.batches import ordered_map
 from leukoscope.bundle import load_bundle
 from leukoscope.cli import app
 from leukoscope.data.images import load_rgb
 from leukoscope.errors import ConfigError, DataError
 from leukoscope.geometry import dihedral
 from leukoscope.predict import get_engine
-from leukoscope.predict.local import iter_inputs, partial_path, predict, prefetch, run_record_path
+from leukoscope.predict.local import iter_inputs, partial_path, predict, run_record_path
 from leukoscope.predict.tta import predict_proba
 from leukoscope.progress import Counting
 from use_support import classical_bundle, cnmc_train, network_bundle, onnx_bundle  # noqa: F401
@@ -144,7 +146,7 @@ def test_bad_inputs_name_the_input(tmp_path):
         get_engine("nope")
 
 
-def test_prefetch_streams_a_bounded_number_of_items_ahead():
+def test_ordered_map_keeps_order_and_takes_a_bounded_number_of_items_ahead():
     produced = itertools.count()
 
     def source():
@@ -152,11 +154,35 @@ def test_prefetch_streams_a_bounded_number_of_items_ahead():
             next(produced)
             yield i
 
-    it = prefetch(source(), depth=2)
+    def slow_when_even(i: int) -> int:
+        time.sleep(0.002 if i % 2 == 0 else 0)  # later items finish first: order must still hold
+        return i * i
+
+    it = ordered_map(slow_when_even, source(), workers=2)
     assert next(it) == 0
-    time.sleep(0.3)  # give the worker every chance to run ahead
-    assert next(produced) <= 5  # 1 consumed + 2 queued + 1 blocked in put (+ this call)
-    assert list(it) == list(range(1, 1000))
+    time.sleep(0.3)  # give the workers every chance to run ahead
+    assert next(produced) <= 5  # 1 consumed + 2 workers + 1 queued (+ this call)
+    assert list(it) == [i * i for i in range(1, 1000)]
+
+
+def test_ordered_map_runs_items_at_once_and_reraises_at_the_failing_item():
+    started = threading.Barrier(2, timeout=5)
+
+    def meet(i: int) -> int:
+        started.wait()  # returns only when two items run at the same time (else BrokenBarrierError)
+        return i
+
+    assert list(ordered_map(meet, range(4), workers=2)) == [0, 1, 2, 3]
+
+    def fail_at_3(i: int) -> int:
+        if i == 3:
+            raise ValueError("item 3")
+        return i
+
+    it = ordered_map(fail_at_3, range(10), workers=2)
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="item 3"):
+        next(it)
 
 
 def _kill_after(rows: int) -> Callable[[int, int], None]:
@@ -195,6 +221,25 @@ def test_resume_refuses_the_rows_of_another_run(change, message, network_bundle,
     clean = tmp_path / "clean.csv"
     predict(bundle, inputs, clean, batch_size=3, tta=tta)
     assert s.resumed == 0 and _rows(out) == _rows(clean)
+
+
+def test_bundle_digest_sees_rewritten_weights_and_ignores_documents(tmp_path):
+    """Resume safety: a rewritten weight file (big ones by size and time, small by bytes) or config
+    makes another bundle; a changed document (metrics, card) does not."""
+    from leukoscope.predict.local import bundle_digest
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "metrics.json").write_text("{}")
+    big = tmp_path / "model.onnx"
+    big.write_bytes(b"\0" * (2 << 20))
+    before = bundle_digest(tmp_path)
+    (tmp_path / "metrics.json").write_text('{"accuracy": 1}')
+    assert bundle_digest(tmp_path) == before
+    os.utime(big, ns=(big.stat().st_atime_ns, big.stat().st_mtime_ns + 10**9))  # rewritten later
+    assert bundle_digest(tmp_path) != before
+    after_big = bundle_digest(tmp_path)
+    (tmp_path / "config.json").write_text('{"classes": []}')
+    assert bundle_digest(tmp_path) != after_big
 
 
 def test_a_partial_without_a_record_is_refused(network_bundle, images, tmp_path):  # noqa: F811

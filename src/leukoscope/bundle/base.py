@@ -43,6 +43,9 @@ class Bundle(ABC):
 
     #: The family's weight files in the bundle folder (``verify`` checks they are there).
     weight_files: ClassVar[tuple[str, ...]] = ()
+    #: Whether several threads may score batches at once, each on one core (the family's runtime is
+    #: single-threaded per call and thread-safe); otherwise the runtime spreads one call over the cores.
+    parallel_batches: ClassVar[bool] = False
 
     def __init__(self, path: Path, config: dict[str, Any]):
         self.path = Path(path)

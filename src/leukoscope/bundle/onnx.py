@@ -2,7 +2,8 @@
 (or ``model.int8.onnx``) instead of PyTorch.
 
 It is what ``load_bundle`` returns for a network bundle with a current export: the same
-``preprocess.prepare`` as PyTorch, then one ORT session using every core. The weights' digest is
+``preprocess.prepare`` as PyTorch, then one single-threaded ORT session that several threads
+run at once, one batch per core (``parallel_batches``). The weights' digest is
 recorded at export (``bundle.export``), so a stale ``model.onnx`` is never used.
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from leukoscope.batches import chunks, ordered_map
 from leukoscope.bundle.base import Bundle, bundle_runtime
 from leukoscope.bundle.format import CONFIG, ONNX, ONNX_INT8, SAFETENSORS, one_line
 from leukoscope.data.images import file_digest
@@ -21,6 +23,7 @@ from leukoscope.errors import BundleError
 from leukoscope.geometry import D4, dihedral
 from leukoscope.models.onnx import EMBEDDING, INPUT, OUTPUT, has_vnni, ort_session
 from leukoscope.models.preprocess import prepare
+from leukoscope.settings import threads
 
 
 @bundle_runtime("onnx")
@@ -29,7 +32,9 @@ class OnnxBundle(Bundle):
     """A network bundle run by ONNX Runtime (fp32 or int8) instead of PyTorch."""
 
     weight_files = (SAFETENSORS,)
-    batch_size = 32
+    parallel_batches = True
+    #: Images per session run: on one core, 16 ran Lite0 at 128 px 10 % faster than 32 or 64.
+    batch_size = 16
 
     def __init__(self, path: Path, config: dict[str, Any], session: Any, model_file: str):
         super().__init__(path, config)
@@ -72,8 +77,8 @@ class OnnxBundle(Bundle):
                 for a in self.session.run(list(names), {INPUT: batch})]
 
     def _batches(self, images: Sequence[np.ndarray], names: Sequence[str]) -> list[np.ndarray]:
-        out = [self._run(prepare(images[i:i + self.batch_size], self.config), names)
-               for i in range(0, len(images), self.batch_size)]
+        out = list(ordered_map(lambda batch: self._run(prepare(batch, self.config), names),
+                               chunks(images, self.batch_size), threads()))
         if not out:
             return [np.zeros((0, len(self.classes)), np.float32) for _ in names]
         return [np.concatenate(parts) for parts in zip(*out, strict=True)]

@@ -122,30 +122,35 @@ def _pil_errors(name: str) -> Iterator[None]:
 
 
 def _open(source: Path | io.BytesIO, name: str, max_pixels: int | None,
-          draft: int | None = None) -> tuple[np.ndarray, str]:
+          size: int | None = None) -> tuple[np.ndarray, str]:
     """The one place pixels are decoded: accepted formats only, size checked from the header first.
 
-    ``draft``: the side the image will be resized down to; a JPEG at least twice that size on both
-    sides is decoded at 1/2, 1/4 or 1/8 scale, never below it (libjpeg's DCT scaling: a fraction of
-    the work). Returns the RGB array and the file's own PIL mode.
+    ``size``: the square side the image is for. A JPEG at least twice that size on both sides is
+    decoded at 1/2, 1/4 or 1/8 scale, never below it (libjpeg's DCT scaling: a fraction of the
+    work), and an RGB image is resized to ``size`` x ``size`` here, on Pillow's image, exactly as
+    ``resize_square`` would resize its array (without the two copies between them). Returns the
+    RGB array and the file's own PIL mode.
     """
     max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     with _pil_errors(name), Image.open(source, formats=FORMATS) as im:
         _check_size(name, *im.size, max_pixels)
         mode = im.mode  # as the header says (loading may change it for some formats)
-        if draft and im.format == "JPEG":
-            im.draft(None, (draft, draft))
+        if size and im.format == "JPEG":
+            im.draft(None, (size, size))
         im.load()
-        return _to_rgb(im), mode
+        if size and im.mode == "RGB" and im.size != (size, size):
+            return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR)), mode
+        rgb = _to_rgb(im)
+    return (resize_square(rgb, size) if size else rgb), mode
 
 
-def _read(path: Path | str, max_pixels: int | None, draft: int | None = None) -> tuple[np.ndarray, str]:
+def _read(path: Path | str, max_pixels: int | None, size: int | None = None) -> tuple[np.ndarray, str]:
     p = Path(path)
     if not p.exists():
         raise ImageError(f"{p}: file not found")
     if p.stat().st_size == 0:
         raise ImageError(f"{p}: empty file (0 bytes)")
-    return _open(p, str(p), max_pixels, draft)
+    return _open(p, str(p), max_pixels, size)
 
 
 def image_size(source: Path | str | bytes, name: str = "upload") -> tuple[int, int]:
@@ -165,12 +170,13 @@ def image_size(source: Path | str | bytes, name: str = "upload") -> tuple[int, i
         return im.size
 
 
-def load_rgb(path: Path | str, max_pixels: int | None = None, draft: int | None = None) -> np.ndarray:
+def load_rgb(path: Path | str, max_pixels: int | None = None, size: int | None = None) -> np.ndarray:
     """Decode an image file to HxWx3 uint8 RGB, or raise ``ImageError`` naming the file.
 
-    ``draft``: the side it will be resized down to (a large JPEG decodes at reduced size).
+    ``size``: resized to ``size`` x ``size`` (bilinear, as ``resize_square``), a large JPEG decoded
+    at reduced scale first.
     """
-    return _read(path, max_pixels, draft)[0]
+    return _read(path, max_pixels, size)[0]
 
 
 def decode_rgb(data: bytes, name: str = "upload", max_pixels: int | None = None) -> np.ndarray:
@@ -183,18 +189,18 @@ def decode_rgb(data: bytes, name: str = "upload", max_pixels: int | None = None)
 P = TypeVar("P", str, Path)
 
 
-def load_batch(paths: Sequence[P], draft: int | None = None
+def load_batch(paths: Sequence[P], size: int | None = None
                ) -> tuple[list[P], list[np.ndarray], list[tuple[str, str]]]:
     """Decode several files: the readable paths, their images, and ``(path, reason)`` for the rest.
 
-    ``draft``: as in ``load_rgb``.
+    ``size``: as in ``load_rgb``.
     """
     ok: list[P] = []
     images: list[np.ndarray] = []
     skipped: list[tuple[str, str]] = []
     for p in paths:
         try:
-            images.append(load_rgb(p, draft=draft))
+            images.append(load_rgb(p, size=size))
             ok.append(p)
         except ImageError as e:
             skipped.append((str(p), str(e).removeprefix(f"{p}: ")))

@@ -17,11 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from leukoscope.batches import chunks, ordered_map
 from leukoscope.errors import ConfigError
 from leukoscope.features import FeatureExtractor, register_features
 from leukoscope.geometry import D4, dihedral
 from leukoscope.models.backbones import LITE0_MEAN, LITE0_STD, LITE0_WIDTH
 from leukoscope.models.preprocess import prepare, preprocessing_config
+from leukoscope.settings import threads
 
 #: backbone name -> (embedding width, mean, std)
 #: "onnx": ONNX Runtime on an exported copy (fast); "torch": eager PyTorch
@@ -118,9 +120,9 @@ class DeepFeatures(FeatureExtractor):
             from leukoscope.models.onnx import INPUT
 
             session = _session(self.backbone, self.input_size)
-            batches = (prepare(images[i:i + self.batch_size], self.pre)
-                       for i in range(0, len(images), self.batch_size))
-            return np.concatenate([session.run(None, {INPUT: x})[0] for x in batches]).astype(np.float32)
+            runs = ordered_map(lambda batch: session.run(None, {INPUT: prepare(batch, self.pre)})[0],
+                               chunks(images, self.batch_size), threads())
+            return np.concatenate(list(runs)).astype(np.float32)
         import torch
 
         from leukoscope.models.backbones import lite0_embed

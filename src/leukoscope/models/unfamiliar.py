@@ -36,6 +36,7 @@ stored with safetensors (never pickle); the settings go in the bundle's config u
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,8 +92,10 @@ class Scorer:
             raise ValueError(f"method {self.method!r} needs embeddings")
         x = self._embed(embeddings)
         if self.method == "mahalanobis":
-            d = (x[:, None, :] - self.tensors["means"][None, :, :]).reshape(-1, x.shape[1])
-            m = ((d @ self.tensors["precision"]) * d).sum(axis=1).reshape(len(x), -1)
+            centre, precise_means, mean_terms = self._mean_terms
+            x = x - centre
+            m = (np.einsum("nd,nd->n", x @ self.tensors["precision"], x, dtype=np.float64)[:, None]
+                 - 2 * (x @ precise_means).astype(np.float64) + mean_terms[None, :])
             return np.asarray(m.min(axis=1), np.float64)
         ref = self.tensors["reference"].astype(np.float32)
         sims = np.concatenate([x[i:i + 256] @ ref.T for i in range(0, len(x), 256)]) if len(x) else \
@@ -100,6 +103,17 @@ class Scorer:
         k = min(self.k, ref.shape[0])
         kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
         return np.asarray(1.0 - kth, np.float64)
+
+    @functools.cached_property
+    def _mean_terms(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The centre of the class means, and with each mean ``m`` taken from it, ``P m`` (columns)
+        and ``m' P m``: then the squared distance ``(x - m)' P (x - m) = x' P x - 2 x' P m + m' P m``
+        to every class costs one product ``x @ P`` per batch instead of one per class (centred,
+        so the float32 terms stay near the distances they sum to)."""
+        centre = self.tensors["means"].mean(axis=0)
+        means = self.tensors["means"] - centre
+        pm = self.tensors["precision"] @ means.T
+        return centre, pm, np.einsum("cd,dc->c", means, pm, dtype=np.float64)
 
     @property
     def needs_embeddings(self) -> bool:

@@ -1,10 +1,10 @@
 """Batch prediction to CSV on this machine: streaming, resumable, skipping what cannot be read.
 
-Memory stays flat in the number of images: paths come from a generator, batches are decoded on a
-worker thread (PIL releases the GIL, so decoding overlaps the model) into a short queue, and rows
-are appended to ``<out>.partial`` and flushed after every batch. A finished run renames the
-partial file into place; a killed run leaves it, and the next run with the same output keeps its
-rows and predicts only the paths not yet in it (a torn last line is cut off first).
+Memory stays flat in the number of images: paths come from a generator, a few batches at a time
+are decoded and scored on worker threads (``scored_batches``), and rows are appended to
+``<out>.partial`` and flushed after every batch. A finished run renames the partial file into place;
+a killed run leaves it, and the next run with the same output keeps its rows and predicts only the
+paths not yet in it (a torn last line is cut off first).
 
 ``<out>.partial.json`` records what produces the rows (bundle files, runtime, TTA, input list), so
 a rerun resumes only the same run and refuses another one, naming what differs, unless told to
@@ -19,8 +19,6 @@ import glob
 import hashlib
 import json
 import os
-import queue
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +28,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from leukoscope.batches import chunks, ordered_map
 from leukoscope.bundle import CARD, HISTORY, METRICS, ONNX, ONNX_INT8, SPLIT, Bundle
 from leukoscope.data.images import is_image_file, iter_image_files, load_batch
 from leukoscope.data.names import subject_from_name
@@ -38,16 +37,16 @@ from leukoscope.io import write_json_atomic
 from leukoscope.predict import ENGINES, unfamiliar
 from leukoscope.predict.tta import proba_from_views
 from leukoscope.progress import SILENT, Progress
+from leukoscope.settings import threads
 
-T = TypeVar("T")
 P = TypeVar("P", str, Path)
 _GLOB_CHARS = set("*?[")
-_END = object()
 #: Paths and names in the CSV are the file system's bytes, even where they are not valid UTF-8.
 _NAMES = "surrogateescape"
 #: Bundle files that document a model without changing its numbers (left out of its digest).
 _DOCUMENTS = {METRICS, SPLIT, HISTORY, CARD}
 _RUNTIME_OF_FILE = {ONNX: "onnx", ONNX_INT8: "onnx-int8"}
+_BIG = 1 << 20
 
 
 @dataclass
@@ -123,58 +122,10 @@ def iter_inputs(inputs: Iterable[str | Path]) -> Iterator[Path]:
                 yield Path(key)
 
 
-def chunks(it: Iterable[T], n: int) -> Iterator[list[T]]:
-    chunk: list[T] = []
-    for x in it:
-        chunk.append(x)
-        if len(chunk) == n:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def prefetch(it: Iterator[T], depth: int = 2) -> Iterator[T]:
-    """Run ``it`` on a worker thread, at most ``depth`` items ahead; errors re-raise here."""
-    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def run() -> None:
-        try:
-            for item in it:
-                if not put(item):
-                    return
-            put(_END)
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            put(e)
-
-    worker = threading.Thread(target=run, name="leukoscope-decode", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = q.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        worker.join(timeout=5)
-
-
-def draft_size(config: dict[str, Any]) -> int | None:
-    """The side a network bundle resizes every image to, which decoding may go down to (a large JPEG
-    at reduced size); None where the whole image is needed first (crop to the cell, other families)."""
+def decode_size(config: dict[str, Any]) -> int | None:
+    """The side a network bundle resizes every image to first, which decoding may do (a large JPEG
+    at reduced scale, then resized); None where the whole image is needed first (crop to the cell,
+    other families)."""
     pre = config.get("preprocessing")
     return None if not pre or pre.get("crop_to_cell") else int(pre["input_size"])
 
@@ -183,19 +134,23 @@ def scored_batches(bundle: Bundle, paths: Iterable[P], batch_size: int, tta: boo
                    ) -> Iterator[tuple[list[P], np.ndarray, np.ndarray | None, list[tuple[str, str]]]]:
     """The one pipeline of every engine: per batch of ``paths``, (readable paths, logits per view
     (images x views x classes), their unfamiliarity (None without a scorer), ``(path, reason)`` of
-    unreadable ones).
+    unreadable ones), in input order.
 
-    A worker thread decodes and ``bundle.prepare``s (resizes, normalises) the next batch while the
-    model scores this one: Pillow, numpy and ONNX Runtime release the GIL, so both cores work. With
-    ``tta`` the worker only decodes (the views are made from the decoded images).
+    A bundle whose batches may be scored at once (``parallel_batches``: ONNX, one core per call)
+    gets one thread per core, each decoding, preparing and scoring its own batch. Others score on
+    this thread while a worker decodes and ``bundle.prepare``s (resizes, normalises) the next batch.
+    Pillow, numpy and the runtimes release the GIL, so both ways keep every core busy. With ``tta``
+    the views are made from the decoded images.
     """
-    draft = draft_size(bundle.config)
+    size = decode_size(bundle.config)
 
     def load(chunk: list[P]) -> tuple[list[P], Any, list[tuple[str, str]]]:
-        ok, images, skipped = load_batch(chunk, draft=draft)
+        ok, images, skipped = load_batch(chunk, size=size)
         return ok, images if tta or not images else bundle.prepare(images), skipped
 
-    for ok, batch, skipped in prefetch(load(chunk) for chunk in chunks(paths, batch_size)):
+    def score(loaded: tuple[list[P], Any, list[tuple[str, str]]]
+              ) -> tuple[list[P], np.ndarray, np.ndarray | None, list[tuple[str, str]]]:
+        ok, batch, skipped = loaded
         scores: np.ndarray | None = None
         if not ok:
             views = np.zeros((0, 8 if tta else 1, len(bundle.classes)))
@@ -204,7 +159,18 @@ def scored_batches(bundle: Bundle, paths: Iterable[P], batch_size: int, tta: boo
         else:
             logits, scores = bundle.prepared_scored_logits(batch)
             views = np.asarray(logits)[:, None, :]
-        yield ok, views, scores, skipped
+        return ok, views, scores, skipped
+
+    batches = chunks(paths, batch_size)
+    if not bundle.parallel_batches:
+        yield from map(score, ordered_map(load, batches, 1))
+        return
+    from threadpoolctl import threadpool_limits
+
+    # numpy's BLAS (the unfamiliarity score's product) on one core per batch too: its own threads,
+    # spinning beside the batch threads, cost a quarter of the run (aria_all Lite0, 800 cells, 2 cores)
+    with threadpool_limits(1, user_api="blas"):
+        yield from ordered_map(lambda chunk: score(load(chunk)), batches, threads())
 
 
 def _resume(out: Path, cols: list[str], record: dict[str, Any]) -> set[str]:
@@ -260,14 +226,15 @@ def runtime_name(bundle: Bundle) -> str:
 
 
 def bundle_digest(folder: Path) -> str:
-    """SHA-1 over a bundle's config and weight files (names and bytes; documents left out)."""
+    """SHA-1 identifying a bundle's config and weight files (documents left out): small files by
+    their bytes, weight files over ``_BIG`` by size and modification time (as ``make`` and ``rsync``
+    do: hashing 30 MB of weights was a fifth of a short run's start-up)."""
     h = hashlib.sha1()
     for p in sorted(Path(folder).iterdir()):
         if p.is_file() and p.name not in _DOCUMENTS:
             h.update(p.name.encode() + b"\0")
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
+            st = p.stat()
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode() if st.st_size > _BIG else p.read_bytes())
     return h.hexdigest()
 
 
