@@ -177,9 +177,6 @@ def test_train_on_one_lab_and_evaluate_on_the_other(two_labs: tuple[Path, Path],
         "left_out": {},
         "left_out_total": 0,
     }
-    # without the map, the other lab's names are refused at the first label the model does not know
-    res = runner.invoke(app, ["evaluate", str(run / "bundle"), str(deep), "--out", str(tmp_path / "raw")])
-    assert res.exit_code != 0 and "Traceback" not in res.output
 
 
 def test_evaluate_refuses_a_mapped_label_the_model_lacks(
@@ -318,13 +315,62 @@ def test_report_puts_in_lab_beside_cross_lab_and_counts_the_cells_left_out(
     assert "40 labelled cell(s) mapped onto 2 common label(s) (lymphocyte 20, neutrophil 20)" in section
     inlab, here = trained["test"]["f1_macro"], r["cell"]["f1_macro"]
     assert f"<tr><td>f1 macro</td><td>{inlab:.4f}</td><td>{here:.4f}</td></tr>" in section
-    # without a map, no cross-lab section (and no crosslab.json)
-    plain = tmp_path / "plain"
-    assert runner.invoke(app, ["evaluate", str(run / "bundle"), str(pbc), "--out", str(plain)]).exit_code == 0
+    # a bundle trained without a map, evaluated without one: no cross-lab section (and no crosslab.json)
+    unmapped, plain = tmp_path / "unmapped", tmp_path / "plain"
+    res = runner.invoke(
+        app, ["train", str(pbc), "--model", "lda", "--min-cells", "0", "--out", str(unmapped)]
+    )
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["evaluate", str(unmapped / "bundle"), str(pbc), "--out", str(plain)])
+    assert res.exit_code == 0, res.output
+    assert "class map" not in res.output
     assert "In-lab vs cross-lab" not in (plain / "report.html").read_text()
     assert not (plain / "crosslab.json").exists() and "crosslab" not in json.loads(
         (plain / "metrics.json").read_text()
     )
+
+
+def test_evaluate_reuses_the_map_the_bundle_was_trained_with(
+    two_labs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A PBC model scored on DeepAPL cells without --class-map: the bundle's recorded map, said in one line;
+    an explicit --class-map still wins, and one that maps labels otherwise is said to."""
+    deep, pbc = two_labs
+    run = tmp_path / "run"
+    res = runner.invoke(
+        app,
+        ["train", str(pbc), "--model", "lda", "--class-map", "pbc-deepapl", "--min-cells", "0"]
+        + ["--out", str(run)],
+    )
+    assert res.exit_code == 0, res.output
+
+    def evaluate(out: str, *extra: str) -> tuple[str, dict]:
+        args = ["evaluate", str(run / "bundle"), str(deep), "--out", str(tmp_path / out), *extra]
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output
+        return " ".join(res.output.split()), json.loads((tmp_path / out / "metrics.json").read_text())
+
+    said, own = evaluate("own")
+    assert "class map: none given, so the one the bundle was trained with (pbc-deepapl)" in said
+    assert "class map pbc-deepapl applied: 40 labelled cell(s) onto 2 common label(s)" in said
+    assert own["crosslab"]["class_map"]["left_out"] == {"Smudge cells": 5} and own["evaluated"] == 40
+    said, given = evaluate("given", "--class-map", "pbc-deepapl")
+    assert "none given" not in said and "differs" not in said  # the recorded map given again: no note
+    assert given["cell"] == own["cell"]
+    # a map that also drops the variant lymphocytes wins over the recorded one, and says so
+    f = _write(
+        tmp_path,
+        "strict.csv",
+        "source,target\nSegmented neutrophils,neutrophil\nBand neutrophils,neutrophil\n"
+        'Lymphocyte,lymphocyte\n"Lymphocyte, variant",\nSmudge cells,\n',
+    )
+    said, strict = evaluate("strict", "--class-map", str(f))
+    assert (
+        f"class map: --class-map {f} differs from the one the bundle was trained with (pbc-deepapl); "
+        f"using --class-map {f}" in said
+    )
+    assert strict["crosslab"]["class_map"]["left_out"] == {"Lymphocyte, variant": 8, "Smudge cells": 5}
+    assert strict["evaluated"] == 32
 
 
 def test_bundle_keeps_the_map_after_its_file_moves_and_a_tampered_record_is_refused(

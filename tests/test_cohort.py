@@ -15,8 +15,10 @@ from imagefiles import png_bytes
 from leukoscope.cli import app
 from leukoscope.data.cohort import (
     OVERVIEW_MIN_SIDE,
+    Header,
     label_conflicts,
     load_subjects,
+    read_header,
     scan_cohort,
     snake_case,
     subject_labels,
@@ -103,6 +105,35 @@ def test_cells_under_an_accession_or_date_level_keep_their_patient(deepapl: Path
     assert p60["path"].str.contains("/Patient_60/2018-12-16_2346/", regex=False).all()
     assert p60["source_split"].value_counts().to_dict() == {"train": 32, "unlabelled": 4}
     assert set(m["subject"]) == set(pd.read_csv(deepapl / "Data" / "master.csv")["Patient_ID"])
+
+
+def test_cohort_scan_and_patient_report_sort_files_by_one_header_rule(deepapl: Path, tmp_path: Path) -> None:
+    """A real cell, a real whole-field overview and an empty file: ``read_header`` sorts them, and the cohort
+    scan (overview kept apart) and the patient report (overview skipped) agree with it, reasons and all."""
+    from leukoscope.patients.report import scan_patient
+
+    folder = tmp_path / "cohort" / "P1"
+    folder.mkdir(parents=True)
+    cell = sorted((deepapl / MONO).glob("*.jpg"))[0]
+    (folder / "a_cell.jpg").symlink_to(cell)
+    (folder / "b_field.jpg").symlink_to(deepapl / OVERVIEW)
+    (folder / "c_empty.jpg").write_bytes(b"")
+    skipped: list[tuple[str, str]] = []
+    head = read_header(folder / "a_cell.jpg", skipped)
+    assert head == Header(*image_size(cell)) and not head.overview
+    field = read_header(folder / "b_field.jpg", skipped)
+    assert field == Header(2920, 2960) and field.overview
+    assert read_header(folder / "c_empty.jpg", skipped) is None
+    assert skipped == [(str(folder / "c_empty.jpg"), "empty file (0 bytes)")]
+    report = scan_patient(folder)
+    assert report.cells == [folder / "a_cell.jpg"]
+    overview = "overview image 2920x2960 (a whole field, not one cell)"
+    assert report.skipped == [(str(folder / "b_field.jpg"), overview), *skipped]
+    table = tmp_path / "subjects.csv"
+    table.write_text("patient,diagnosis\nP1,AML\n")
+    c = scan_cohort(tmp_path / "cohort", load_subjects(table))
+    assert c.cells["path"].tolist() == [str((folder / "a_cell.jpg").resolve())]
+    assert c.overviews[["width", "height"]].values.tolist() == [[2920, 2960]] and c.skipped == skipped
 
 
 def test_deepapl_overviews_are_listed_apart_never_cells(deepapl: Path) -> None:

@@ -44,7 +44,7 @@ def test_eda_on_subject_grouped_real_data(data: Path, tmp_path: Path) -> None:
     assert '<span class="protocol">subject-grouped</span>' in html
     assert IMAGE_LEVEL_WARNING not in html
     assert "65 images" in html and "31 subjects" in html
-    assert "<td>all</td><td>34</td>" in html and "<td>hem</td><td>31</td>" in html
+    assert "<td>all (ALL blast)</td><td>34</td>" in html and "<td>hem (normal)</td><td>31</td>" in html
     assert "train 33, val 1" in html
     assert html.count('<figcaption>H') == GRID_PER_CLASS  # hem samples captioned by subject
     assert "None: every image decoded." in html
@@ -59,9 +59,24 @@ def test_eda_cli_image_level(data: Path, tmp_path: Path) -> None:
     assert _pngs(out) == FIGURES - {"images_per_subject.png"}
     assert '<span class="protocol">image-level</span>' in html and IMAGE_LEVEL_WARNING in html
     assert "no subject (patient) ids" in html
-    assert "<td>all</td><td>130</td>" in html and "<td>hem</td><td>130</td>" in html
+    assert "<td>all (ALL blast)</td><td>130</td>" in html and "<td>hem (normal)</td><td>130</td>" in html
     assert "<td>257x257</td><td>250</td>" in html  # ten border crops have other sizes
     assert html.count('<div class="grid">') == 2
+
+
+def test_eda_shows_display_names_as_the_evaluation_report_does(data: Path, tmp_path: Path) -> None:
+    """ALL subtype codes (Benign, Early, Pre, Pro) with their names in the class table, the sample headings
+    and the figures, through the helper the evaluation report uses."""
+    from leukoscope.data.classes import shown_classes
+
+    m = read([data / "aria_all"])
+    html = eda_report(m.groupby("label").head(3).reset_index(drop=True), tmp_path / "eda").read_text()
+    shown = shown_classes(["Benign", "Early", "Pre", "Pro"])
+    assert shown["Pro"] == "Pro (pro-B ALL)" and shown["Benign"] == "Benign (benign (hematogone))"
+    for name in shown.values():
+        assert f"<td>{name}</td><td>3</td>" in html and f"<h3>{name}</h3>" in html
+        for figure in ("class_distribution", "sample_grid", "mean_colour"):
+            assert name in (tmp_path / "eda" / f"{figure}.svg").read_text(), (figure, name)
 
 
 def test_eda_four_classes(synthetic4: Path, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,6 +96,17 @@ def test_multiclass_and_image_level(data: Path) -> None:
     assert lb.table["roc_auc_mean"].between(0, 1).all()
     md = to_markdown(lb)
     assert "image-level" in md and "no subject ids" in md
+
+
+def test_leaderboard_shows_display_names_as_the_evaluation_report_does(data: Path, tmp_path: Path) -> None:
+    lb, _, _ = benchmark(read([data / "cnmc_sample"]), k=2, models=["lda"], feature_params=SMALL)
+    assert lb.classes == ["all", "hem"]
+    assert "- classes: all (ALL blast), hem (normal)\n" in to_markdown(lb)
+    paths = write_leaderboard(lb, tmp_path / "lb")
+    assert "classes all (ALL blast), hem (normal); seed" in paths["html"].read_text()
+    assert "- classes: all (ALL blast), hem (normal)\n" in paths["md"].read_text()
+    run = json.loads(paths["json"].read_text())
+    assert run["classes"] == ["all", "hem"] and run["display_names"] == {"all": "ALL blast", "hem": "normal"}
 
 
 def test_cli_benchmark_and_features(synthetic2: Path, tmp_path: Path) -> None:

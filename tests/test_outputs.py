@@ -185,6 +185,16 @@ def test_stretched_epochs_are_said_and_min_steps_0_turns_it_off(data, tmp_path):
     assert json.loads((tmp_path / "b" / "bundle" / "metrics.json").read_text())["epochs_planned"] == 1
 
 
+def test_cv_says_stretched_once_per_run_though_every_fold_is_stretched(data, tmp_path):
+    res = runner.invoke(app, ["train", str(data / "cnmc_sample"), "--model", "leukonet", "--img-size", "24",
+                              "--batch-size", "8", "--epochs", "1", "--subset", "0.5", "--min-steps", "12",
+                              "--cv", "2", "--out", str(tmp_path / "cv")])
+    assert res.exit_code == 0, res.output
+    assert _flat(res.output).count("stretched: --subset 0.5 gives") == 1
+    for fold in sorted((tmp_path / "cv").glob("fold-*")):
+        assert json.loads((fold / "bundle" / "metrics.json").read_text())["epochs_planned"] > 1, fold
+
+
 def test_the_model_default_stretch_names_subset_and_the_way_out():
     from leukoscope.train import TrainConfig
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from leukoscope import __version__
+from leukoscope.data.classes import shown_classes
 from leukoscope.data.images import load_rgb
 from leukoscope.data.manifest import Manifest, is_synthetic, protocol, warnings_for
 from leukoscope.errors import DataError, ImageError
@@ -116,9 +117,10 @@ def _colours(names: list[str]) -> dict[str, Any]:
     return {n: cmap(i % 10) for i, n in enumerate(names)}
 
 
-def _class_distribution(m: Manifest, labels: list[str], names: list[str]) -> Any:
+def _class_distribution(m: Manifest, labels: list[str], shown: dict[str, str]) -> Any:
     from matplotlib.figure import Figure
 
+    names = list(shown)
     splits = sorted(set(m["source_split"]))
     fig = Figure(figsize=(max(4.5, 1.1 * len(names) + 2), 3.4))
     ax = fig.subplots()
@@ -131,7 +133,7 @@ def _class_distribution(m: Manifest, labels: list[str], names: list[str]) -> Any
         bottom += h
     for xi, total in enumerate(bottom):
         ax.text(xi, total, str(int(total)), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(x, names, rotation=20 if len(names) > 4 else 0)
+    ax.set_xticks(x, list(shown.values()), rotation=20 if len(names) > 4 else 0)
     ax.set_ylabel("images")
     ax.set_title("Images per class")
     if len(splits) > 1:
@@ -139,7 +141,8 @@ def _class_distribution(m: Manifest, labels: list[str], names: list[str]) -> Any
     return fig
 
 
-def _images_per_subject(m: Manifest, labels: list[str], colours: dict[str, Any]) -> Any:
+def _images_per_subject(m: Manifest, labels: list[str], colours: dict[str, Any], shown: dict[str, str]
+                        ) -> Any:
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
     from matplotlib.ticker import MaxNLocator
@@ -155,7 +158,7 @@ def _images_per_subject(m: Manifest, labels: list[str], colours: dict[str, Any])
         ax.set_xticks(range(len(order)), order, rotation=90, fontsize=7)
     else:
         ax.set_xticks([])
-    ax.legend(handles=[Patch(color=colours[lab], label=lab) for lab in sorted(set(label_of.values()))],
+    ax.legend(handles=[Patch(color=colours[lab], label=shown[lab]) for lab in sorted(set(label_of.values()))],
               fontsize=8)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("images")
@@ -163,10 +166,11 @@ def _images_per_subject(m: Manifest, labels: list[str], colours: dict[str, Any])
     return fig
 
 
-def _sample_grid(st: _Stats, labels: list[str], names: list[str]) -> Any:
+def _sample_grid(st: _Stats, labels: list[str], shown: dict[str, str]) -> Any:
     """One mosaic image (a row per class) drawn with a single imshow: fast, and sharp."""
     from matplotlib.figure import Figure
 
+    names = list(shown)
     per = {n: [i for i in sorted(st.thumbs) if labels[i] == n] for n in names}
     cols = max(1, max(len(v) for v in per.values()))
     pad = 4
@@ -181,7 +185,7 @@ def _sample_grid(st: _Stats, labels: list[str], names: list[str]) -> Any:
     ax = fig.subplots()
     ax.imshow(mosaic, interpolation="nearest")
     ax.set_xticks([])
-    ax.set_yticks([r * tile + THUMB / 2 for r in range(len(names))], names)
+    ax.set_yticks([r * tile + THUMB / 2 for r in range(len(names))], list(shown.values()))
     ax.tick_params(left=False)
     for side in ax.spines.values():
         side.set_visible(False)
@@ -201,16 +205,16 @@ def _image_sizes(sizes: Counter[str]) -> Any:
     return fig
 
 
-def _mean_colour(t: pd.DataFrame, st: _Stats, names: list[str], colours: dict[str, Any]) -> Any:
+def _mean_colour(t: pd.DataFrame, st: _Stats, shown: dict[str, str], colours: dict[str, Any]) -> Any:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(12, 3.6))
     ax1, ax2, ax3 = fig.subplots(1, 3)
-    for n in names:
+    for n, name in shown.items():
         part = t[t["label"] == n]
         if part.empty:
             continue
-        ax1.scatter(part["r"], part["b"], s=8, alpha=0.6, color=colours[n], label=n)
+        ax1.scatter(part["r"], part["b"], s=8, alpha=0.6, color=colours[n], label=name)
         for ax, counts in ((ax2, st.hue[n]), (ax3, st.sat[n])):
             ax.stairs(counts / max(1, counts.sum()) * len(counts), np.linspace(0, 1, len(counts) + 1),
                       color=colours[n])
@@ -221,15 +225,16 @@ def _mean_colour(t: pd.DataFrame, st: _Stats, names: list[str], colours: dict[st
     return fig
 
 
-def _summary(m: Manifest, labels: list[str], names: list[str], t: pd.DataFrame) -> list[dict[str, Any]]:
+def _summary(m: Manifest, labels: list[str], shown: dict[str, str], t: pd.DataFrame) -> list[dict[str, Any]]:
     """One table row per class: images per source split, subjects, mean size and mean colour."""
     out = []
     lab = np.array(labels)
-    for n in names:
+    for n in shown:
         sel = lab == n
         part = t[t["label"] == n]
         row: dict[str, Any] = {
             "label": n,
+            "shown": shown[n],
             "images": int(sel.sum()),
             "by_split": dict(sorted(Counter(m.loc[sel, "source_split"]).items())),
             "subjects": int(m.loc[sel, "subject"].dropna().nunique()),
@@ -257,6 +262,7 @@ def eda_report(m: Manifest, out: Path, on_skip: Callable[[str, str], None] | Non
     out.mkdir(parents=True, exist_ok=True)
     labels = _labels(m)
     names = sorted(set(labels))
+    shown = shown_classes(names)  # codes as reports show them: hem (normal)
     colours = _colours(names)
     st = _gather(m, labels, on_skip, progress)
     t = st.table()
@@ -264,23 +270,23 @@ def eda_report(m: Manifest, out: Path, on_skip: Callable[[str, str], None] | Non
         raise DataError(f"none of the {len(m)} images could be decoded (e.g. {st.unreadable[0]['path']})")
     sizes = Counter(f"{w}x{h}" for w, h in zip(t["width"], t["height"], strict=True))
 
-    figures = [("class_distribution", "Class distribution", _class_distribution(m, labels, names))]
+    figures = [("class_distribution", "Class distribution", _class_distribution(m, labels, shown))]
     has_subject = bool(m["subject"].notna().any())
     if has_subject:
         figures.append(("images_per_subject", "Images per subject",
-                        _images_per_subject(m, labels, colours)))
+                        _images_per_subject(m, labels, colours, shown)))
     figures += [
-        ("sample_grid", "Sample grid", _sample_grid(st, labels, names)),
+        ("sample_grid", "Sample grid", _sample_grid(st, labels, shown)),
         ("image_sizes", "Image sizes", _image_sizes(sizes)),
-        ("mean_colour", "Mean colour", _mean_colour(t, st, names, colours)),
+        ("mean_colour", "Mean colour", _mean_colour(t, st, shown, colours)),
     ]
     embedded = [{"title": title, "file": f"{key}.png", "uri": save_figure(fig, out / f"{key}.png")}
                 for key, title, fig in figures]
     # The HTML shows the samples as captioned thumbnails instead of the grid PNG.
     embedded = [f for f in embedded if f["file"] != "sample_grid.png"]
-    samples = {n: [{"uri": image_to_data_uri(st.thumbs[i], THUMB), "name": Path(m["path"].iloc[i]).name,
-                    "subject": m["subject"].iloc[i]}
-                   for i in sorted(st.thumbs) if labels[i] == n] for n in names}
+    samples = {shown[n]: [{"uri": image_to_data_uri(st.thumbs[i], THUMB),
+                           "name": Path(m["path"].iloc[i]).name, "subject": m["subject"].iloc[i]}
+                          for i in sorted(st.thumbs) if labels[i] == n] for n in names}
     return write_report(
         out / "report.html", "eda.html",
         title="Exploratory data report" + (" (SYNTHETIC data)" if is_synthetic(m) else ""),
@@ -293,7 +299,7 @@ def eda_report(m: Manifest, out: Path, on_skip: Callable[[str, str], None] | Non
         n_read=len(t),
         n_subjects=int(m["subject"].dropna().nunique()),
         has_subject=has_subject,
-        summary=_summary(m, labels, names, t),
+        summary=_summary(m, labels, shown, t),
         sizes=sizes.most_common(10),
         n_sizes=len(sizes),
         figures=embedded,

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from leukoscope.crossval import METRICS, run_models
+from leukoscope.data.classes import display_names, shown_classes
 from leukoscope.data.classmap import counts_line
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, Manifest, classes, label_indices, labelled
 from leukoscope.data.rare import RareReport, rare_classes
@@ -65,6 +66,11 @@ class Leaderboard:
     class_map: dict[str, Any] | None = None
 
     @property
+    def shown_classes(self) -> list[str]:
+        """The classes as the reports show them (``hem (normal)``), as the evaluation report does."""
+        return list(shown_classes(self.classes).values())
+
+    @property
     def too_small(self) -> str | None:
         """The "too small to rank models" warning for this data (None when it is large enough)."""
         from leukoscope.evaluate.intervals import too_small
@@ -96,7 +102,8 @@ class Leaderboard:
     def summary(self) -> dict[str, Any]:
         """The run's settings, as written next to its outputs."""
         return {"protocol": self.protocol, "warning": self.warning, "data": self.data,
-                "classes": self.classes, "features": self.features, "folds": self.folds,
+                "classes": self.classes, "display_names": display_names(self.classes),
+                "features": self.features, "folds": self.folds,
                 "images": self.n_images, "groups": self.n_groups, "seed": self.seed,
                 "cv_on": self.cv_on, "held_out_test": self.held_out, "figures_from": self.where,
                 "best": self.best, "params": self.params, "too_small": self.too_small,
@@ -240,7 +247,7 @@ def to_markdown(lb: Leaderboard) -> str:
              f"- protocol: **{lb.protocol}**, {lb.where}, {lb.n_groups} groups, seed {lb.seed}",
              f"- features: {lb.features['kind']} "
              + ", ".join(f"{k}={v}" for k, v in lb.features["params"].items()),
-             f"- classes: {', '.join(lb.classes)}",
+             f"- classes: {', '.join(lb.shown_classes)}",
              f"- mean ± std over folds; [95% interval] of the pooled out-of-fold figure over resampled "
              f"groups ({', '.join(INTERVALS)})"]
     if lb.class_map:
@@ -300,6 +307,7 @@ def write_leaderboard(lb: Leaderboard, out: Path) -> dict[str, Path]:
              "error": r["error"]} for _, r in lb.table.iterrows()]
     write_report(paths["html"], "leaderboard.html", title="Classical leaderboard",
                  protocol=lb.protocol, warning=lb.warning, version=__version__, run=lb.summary(),
+                 classes=lb.shown_classes,
                  rare_line=lb.rare.line() if lb.rare else None,
                  class_map_line=counts_line(lb.class_map) if lb.class_map else None,
                  shortcut_line=shortcut.leaderboard_line(lb.shortcut) if lb.shortcut else None,

@@ -15,7 +15,7 @@ from leukoscope.cli.decisions import print_decision
 from leukoscope.cli.options import (
     BatchOpt,
     BundleArg,
-    ClassMapOpt,
+    EvaluateClassMapOpt,
     LayoutOpt,
     Paths,
     RuntimeOpt,
@@ -43,7 +43,7 @@ def evaluate_cmd(
     tta: TtaOpt = False,
     batch_size: BatchOpt = 64,
     runtime: RuntimeOpt = "auto",
-    class_map: ClassMapOpt = None,
+    class_map: EvaluateClassMapOpt = None,
 ) -> None:
     """Accuracy, balanced accuracy, P/R/F1, ROC AUC, ECE before/after calibration, per subject; report."""
     from leukoscope.bundle import load_bundle
@@ -60,7 +60,7 @@ def evaluate_cmd(
         return evaluate_patients_cmd(b, paths, layout, out)
     from leukoscope.data.splits import read_split
 
-    m, cmap, counts = mapped(read(paths, layout), class_map)
+    m, cmap, counts = mapped(read(paths, layout), class_map, b.config.get("class_map"))
     if cmap is not None:
         cmap.check_classes(m, b.classes, f"the classes of {bundle}")
     given = read_split(split) if split is not None else None

@@ -124,10 +124,14 @@ RareOpt = Annotated[str | None, typer.Option(
     "--rare", show_default="other", help="What becomes of a rare class's cells: other (one merged class "
     "'other') or drop.")]
 
+_CLASS_MAP_HELP = ("Map the data's labels onto common ones first (cross-lab work): a YAML / CSV file (source "
+                   "label -> common label) or a shipped map ({class_maps}); cells of types the map drops are "
+                   "left out and counted.")
 ClassMapOpt = Annotated[str | None, typer.Option(
-    "--class-map", show_default="labels as read", help="Map the data's labels onto common ones first "
-    "(cross-lab work): a YAML / CSV file (source label -> common label) or a shipped map ({class_maps}); "
-    "cells of types the map drops are left out and counted.")]
+    "--class-map", show_default="labels as read", help=_CLASS_MAP_HELP)]
+EvaluateClassMapOpt = Annotated[str | None, typer.Option(
+    "--class-map", show_default="the map the bundle was trained with (train --class-map), else none",
+    help=_CLASS_MAP_HELP)]
 
 BundleArg = Annotated[Path, typer.Argument(
     help="A model bundle folder (from train or benchmark --save-best).", show_default=False)]

@@ -3,7 +3,9 @@
 A data set names its classes tersely (C-NMC ``all`` / ``hem``, the ALL subtypes ``Early`` / ``Pre`` /
 ``Pro``); a reader of a report or of the web page should not need the data set's readme to know that ``hem``
 is a normal cell. Training stores the names of its known classes in the bundle (config key
-``display_names``); a class not listed here, or a bundle from before, shows its code.
+``display_names``); a class not listed here, or a bundle from before, shows its code. Reports show a class
+through ``shown_classes``: the evaluation report with its bundle's names, the EDA report and the leaderboard
+(data no bundle has named yet) with the known ones.
 """
 
 from __future__ import annotations
@@ -30,3 +32,10 @@ def show_class(code: str, names: Mapping[str, str] | None) -> str:
     """``code`` as tables and reports show it: ``hem (normal)``, or the bare code where it has no name."""
     name = (names or {}).get(code)
     return f"{code} ({name})" if name and name != code else code
+
+
+def shown_classes(classes: Sequence[str], names: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Each of ``classes`` -> as reports show it (``show_class``), in order. ``names`` (a bundle's
+    ``display_names``) default to the known names of those classes, for reports on data alone."""
+    names = display_names(classes) if names is None else names
+    return {c: show_class(c, names) for c in classes}

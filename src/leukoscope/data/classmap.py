@@ -59,6 +59,10 @@ class ClassMap:
         return {"name": self.source, "classes": classes,
                 "drop": [label for label, target in self.pairs if target is None]}
 
+    def same_labels(self, other: ClassMap) -> bool:
+        """Whether ``other`` maps every label as this map does (the name and the file's case aside)."""
+        return (self.targets, self.drop) == (other.targets, other.drop)
+
     def counts(self, out: Manifest, dropped: dict[str, int]) -> dict[str, Any]:
         """What ``apply`` did (for reports): labelled cells per common label, left out per source label."""
         return {"name": self.source, "mapped": dict(sorted(Counter(labelled(out)["label"]).items())),

@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -47,17 +48,26 @@ DEFAULT_DIAGNOSIS = "diagnosis"
 #: Manifest columns a subjects-table column may not overwrite.
 _RESERVED = frozenset(COLUMNS) | {"dataset", "layout", "synthetic", "subjects_file"}
 
-def header_size(f: Path) -> tuple[int, int] | str:
-    """``(width, height)`` from ``f``'s header, or why it cannot be read (the reason, for a counted skip)."""
+class Header(NamedTuple):
+    """An image's size as its header gives it (no pixels decoded)."""
+
+    width: int
+    height: int
+
+    @property
+    def overview(self) -> bool:
+        """A whole field of view (many cells), not one cell: listed apart, never scored as a cell."""
+        return max(self.width, self.height) >= OVERVIEW_MIN_SIDE
+
+
+def read_header(f: Path, skipped: list[tuple[str, str]]) -> Header | None:
+    """``f``'s header (``overview`` or a cell), or None once ``f`` is listed in ``skipped`` with why its
+    header cannot be read: the one rule by which the cohort scan and the patient report sort image files."""
     try:
-        return image_size(f)
+        return Header(*image_size(f))
     except ImageError as e:
-        return str(e).removeprefix(f"{f}: ")
-
-
-def is_overview(width: int, height: int) -> bool:
-    """A whole field of view (many cells), not one cell: listed apart, never scored as a cell."""
-    return max(width, height) >= OVERVIEW_MIN_SIDE
+        skipped.append((str(f), str(e).removeprefix(f"{f}: ")))
+        return None
 
 
 def snake_case(name: str) -> str:
@@ -216,14 +226,12 @@ def scan_cohort(root: Path | str, subjects: SubjectTable | None = None) -> Cohor
                 unlisted[str(Path(*parts[:level]))] += 1
                 skipped.append((str(f), f"folder {subject!r} is not a patient of {subjects.path}"))
                 continue
-            size = header_size(f)
-            if isinstance(size, str):
-                skipped.append((str(f), size))
+            head = read_header(f, skipped)
+            if head is None:
                 continue
-            w, h = size
             path = str(f.resolve())
-            if is_overview(w, h):
-                overviews.append(dict(path=path, subject=subject, width=w, height=h))
+            if head.overview:
+                overviews.append(dict(path=path, subject=subject, width=head.width, height=head.height))
                 continue
             holder = parts[-1] if len(parts) > level else None
             typed = holder is not None and holder.casefold() not in UNLABELLED_FOLDERS

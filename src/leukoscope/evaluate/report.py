@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from leukoscope.bundle import Bundle
-from leukoscope.data.classes import show_class
+from leukoscope.data.classes import shown_classes
 from leukoscope.data.images import load_rgb
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, Manifest, label_indices, labelled, protocol
 from leukoscope.data.rare import RareReport, apply_rare
@@ -223,9 +223,9 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
     cal = result["calibration"]
     history = bundle.history()
     roc_pr = curves(y, probs, classes)
+    shown = shown_classes(classes, bundle.display_names)
     figs = {  # each also saved beside report.html as <name>.png and <name>.svg
-        "confusion": figures.confusion_figure(result["cell"]["confusion_matrix"],
-                                              [show_class(c, bundle.display_names) for c in classes]),
+        "confusion": figures.confusion_figure(result["cell"]["confusion_matrix"], list(shown.values())),
         "roc": figures.roc_figure(roc_pr),
         "pr": figures.pr_figure(roc_pr),
         "reliability": figures.reliability_figure(cal["reliability_before"], cal["reliability_after"],
@@ -235,7 +235,7 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
     }
     write_report(out / REPORT_FILE, "evaluate.html",
                  title=f"Evaluation: {result['model']} on {len(y)} images",
-                 protocol=_protocol_text(result), warning=" ".join(result["warnings"]), r=result,
+                 protocol=_protocol_text(result), warning=" ".join(result["warnings"]), r=result, shown=shown,
                  figs={k: save_figure(f, out / f"{k}.png") for k, f in figs.items() if f is not None},
                  gallery=_gallery(list(m["path"]), y, probs, classes))
     return result

@@ -28,7 +28,7 @@ import pandas as pd
 from leukoscope.bundle import Bundle
 from leukoscope.bundle.patient import PatientBundle
 from leukoscope.bundle.patient_call import PatientCall
-from leukoscope.data.cohort import deepapl_table, header_size, is_overview, load_subjects
+from leukoscope.data.cohort import deepapl_table, load_subjects, read_header
 from leukoscope.data.images import is_image_file
 from leukoscope.errors import BundleError, DataError, ImageError
 from leukoscope.io import write_csv_atomic, write_json_atomic
@@ -128,15 +128,12 @@ def scan_patient(folder: Path | str) -> PatientFolder:
             if not is_image_file(f):
                 skipped.append((str(f), "not an image"))
                 continue
-            size = header_size(f)
-            if isinstance(size, str):
-                skipped.append((str(f), size))
-                continue
-            w, h = size
-            if is_overview(w, h):
-                skipped.append((str(f), f"overview image {w}x{h} (a whole field, not one cell)"))
-                continue
-            cells.append(f)
+            head = read_header(f, skipped)
+            if head is not None and head.overview:
+                skipped.append((str(f), f"overview image {head.width}x{head.height} (a whole field, "
+                                        "not one cell)"))
+            elif head is not None:
+                cells.append(f)
     return PatientFolder(folder.resolve().name, folder, cells, skipped)
 
 

@@ -48,12 +48,12 @@ def cross_validate(m: Manifest, config: TrainConfig, out: Path, progress: Progre
 
     folds = kfold(grouped(m, cfg.dedupe, progress=progress), cfg.cv, cfg.seed)
     per_fold, pooled_y, pooled_p = [], [], []
-    for f in sorted(folds["fold"].unique()):
+    for i, f in enumerate(sorted(folds["fold"].unique())):
         split = _fold_split(folds, f, cfg)
         data, pre = prepare_split(split, images, pre0, cfg, class_names)
         fold_cfg = TrainConfig(**{**cfg.as_dict(), "cv": 0})
         bundle, probs = fit_and_bundle(data, pre, fold_cfg, out / f"fold-{f}", progress, describe(m),
-                                       rows.rare)
+                                       rows.rare, say_stretch=i == 0)  # the note once per run, not per fold
         y_test = data.y[data.side("test")]
         pooled_y.append(y_test)
         pooled_p.append(probs["test"])

@@ -84,9 +84,11 @@ class Trainer:
 
 
 def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
-        report: Reporting = SILENT) -> tuple[Network, pd.DataFrame, dict[str, Any]]:
+        report: Reporting = SILENT, *, say_stretch: bool = True
+        ) -> tuple[Network, pd.DataFrame, dict[str, Any]]:
     """Train on ``data`` (sides train / val / test), checkpointing into ``out``; the best model, its
-    history and the run's extra figures. A checkpoint of the same run in ``out`` is resumed."""
+    history and the run's extra figures. A checkpoint of the same run in ``out`` is resumed.
+    ``say_stretch`` False keeps the stretched-epochs note back (a CV run says it for its first fold only)."""
     out.mkdir(parents=True, exist_ok=True)
     seed_all(cfg.seed)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
@@ -98,7 +100,7 @@ def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
     if not len(tr):
         raise DataError("the training side is empty; use more data or a smaller --val / --test")
     plan = Plan.of(cfg, len(tr))
-    if note := cfg.stretch_note(plan.steps):
+    if say_stretch and (note := cfg.stretch_note(plan.steps)):
         report.note(note)
     expected = resume.fingerprint(cfg, data.split)
     state = resume.saved_state(out, cfg, expected)

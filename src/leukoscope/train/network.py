@@ -51,13 +51,14 @@ def train_network(m: Manifest, config: TrainConfig, out: Path, progress: Progres
 
 
 def fit_and_bundle(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
-                   progress: Progress = SILENT, data_desc: str = "", rare: RareReport | None = None
-                   ) -> tuple[Bundle, dict[str, np.ndarray]]:
+                   progress: Progress = SILENT, data_desc: str = "", rare: RareReport | None = None, *,
+                   say_stretch: bool = True) -> tuple[Bundle, dict[str, np.ndarray]]:
     """``fit``, evaluate, write metrics.json and ``out/bundle``; the loaded bundle and test probs.
 
-    ``rare`` (the classes merged or dropped before the split) is recorded in both."""
+    ``rare`` (the classes merged or dropped before the split) is recorded in both; ``say_stretch`` as in
+    ``fit``."""
     t0, c0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()[0]
-    model, history, extra = fit(data, pre, cfg, out, progress)
+    model, history, extra = fit(data, pre, cfg, out, progress, say_stretch=say_stretch)
     metrics, temperature, probs = evaluate(model, data, pre, cfg.tta, progress)
     metrics |= split_record(data.split) | {"tta": cfg.tta,
                 "best_epoch": extra["best_epoch"], "epochs_run": extra["epochs_run"],
