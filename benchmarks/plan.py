@@ -116,9 +116,9 @@ def make_plan(data: Path, results: Path, quick: bool) -> Plan:
     d = plan.step_dir("throughput")
     written = HERE / "results" / "throughput.json"  # where benchmarks/throughput.py writes
 
-    def collect() -> None:
+    def collect(folder: Path = d) -> None:  # bound now: ``d`` names later steps' folders below
         if written.exists():
-            shutil.move(str(written), d / "throughput.json")
+            shutil.move(str(written), folder / "throughput.json")
 
     cmd = [sys.executable, str(HERE / "throughput.py"), "--bundle", str(bundle),
            "--images", "16" if quick else "800"]
