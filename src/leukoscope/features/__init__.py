@@ -41,6 +41,8 @@ class FeatureExtractor(ABC):
 
     kind: ClassVar[str] = ""
     version: ClassVar[int] = 1
+    #: Worker processes may compute it (pure per-image Python / numpy work); otherwise batches are
+    #: computed in turn (the kind spreads one over the cores) while a thread decodes the next.
     parallel: ClassVar[bool] = True
     batch_size: ClassVar[int] = 32
 

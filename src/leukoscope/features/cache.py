@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from leukoscope.batches import ordered_map
 from leukoscope.data.images import file_digest, load_batch
 from leukoscope.io import atomic_path, write_text_atomic
 from leukoscope.progress import SILENT, Advance, Progress
@@ -60,7 +61,12 @@ def _save_npy(path: Path, row: np.ndarray) -> None:
 
 def _compute_paths(extractor: FeatureExtractor, paths: Sequence[str]) -> list[tuple[str, Any]]:
     """Decode and featurise ``paths``: ``(path, row)`` or ``(path, error message)`` each."""
-    ok, images, skipped = load_batch(paths)
+    return _featurise(extractor, *load_batch(paths))
+
+
+def _featurise(extractor: FeatureExtractor, ok: Sequence[str], images: Sequence[np.ndarray],
+               skipped: Sequence[tuple[str, str]]) -> list[tuple[str, Any]]:
+    """``_compute_paths`` once decoded."""
     out: list[tuple[str, Any]] = list(skipped)
     if images:
         rows = np.asarray(extractor.compute(images), np.float32)
@@ -87,8 +93,8 @@ def _run(extractor: FeatureExtractor, paths: list[str], n_jobs: int, advance: Ad
             advance(len(part))
         return results
     size = extractor.batch_size if not extractor.parallel else 16
-    for chunk in _chunks(paths, size):
-        part = _compute_paths(extractor, chunk)
+    for ok, images, skipped in ordered_map(load_batch, _chunks(paths, size), 1):  # the next one decodes
+        part = _featurise(extractor, ok, images, skipped)
         results += part
         advance(len(part))
     return results

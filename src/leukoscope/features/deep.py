@@ -73,6 +73,10 @@ def _session(backbone: str, size: int) -> Any:
     return ort_session(path)
 
 
+#: Images per session run (on one core, small batches keep activations in cache; ``OnnxBundle``).
+SESSION_BATCH = 8
+
+
 @register_features("deep")
 class DeepFeatures(FeatureExtractor):
     """Pooled embeddings of a frozen ImageNet network (before its classifier)."""
@@ -121,7 +125,7 @@ class DeepFeatures(FeatureExtractor):
 
             session = _session(self.backbone, self.input_size)
             runs = ordered_map(lambda batch: session.run(None, {INPUT: prepare(batch, self.pre)})[0],
-                               chunks(images, self.batch_size), threads())
+                               chunks(images, SESSION_BATCH), threads())
             return np.concatenate(list(runs)).astype(np.float32)
         import torch
 
