@@ -19,6 +19,7 @@ import glob
 import hashlib
 import json
 import os
+import stat
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -93,11 +94,14 @@ def header(classes: Sequence[str]) -> list[str]:
 
 
 def _expand(item: str) -> Iterator[Path]:
-    p = Path(item)
-    if p.is_dir():
-        yield from iter_image_files(p)
-    elif p.is_file():
-        yield p
+    try:
+        mode = os.stat(item).st_mode  # one call, not is_dir() then is_file(): inputs may be 100,000 files
+    except (OSError, ValueError):
+        mode = 0
+    if stat.S_ISDIR(mode):
+        yield from iter_image_files(Path(item))
+    elif stat.S_ISREG(mode):
+        yield Path(item)
     elif _GLOB_CHARS & set(item):
         matches = sorted(glob.glob(item, recursive=True))
         if not matches:
