@@ -9,7 +9,9 @@ recorded at export (``bundle.export``), so a stale ``model.onnx`` is never used.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,13 @@ from leukoscope.geometry import D4, dihedral
 from leukoscope.models.onnx import EMBEDDING, INPUT, OUTPUT, has_vnni, ort_session
 from leukoscope.models.preprocess import prepare
 from leukoscope.settings import threads
+
+
+@functools.lru_cache(maxsize=8)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    """``file_digest`` once per version of a file in this process (``load_bundle`` with runtime
+    ``auto`` asks whether the export is current, then the load asks again)."""
+    return file_digest(path)
 
 
 @bundle_runtime("onnx")
@@ -46,18 +55,21 @@ class OnnxBundle(Bundle):
     def load(cls, path: Path, config: dict[str, Any], model_file: str = ONNX) -> OnnxBundle:
         path = Path(path)
         onnx_path = path / model_file
-        if not cls.available(path, config, model_file):
-            why = "exported from other weights" if onnx_path.is_file() else "not found"
-            raise BundleError(f"{onnx_path}: {why}; run `leukoscope export {path} --onnx"
-                              f"{' --int8' if model_file == ONNX_INT8 else ''}`")
-        if model_file == ONNX_INT8 and config.get("onnx", {}).get("int8_vnni") and not has_vnni():
-            raise BundleError(f"{onnx_path}: exported on a CPU with VNNI (8-bit weights), which this CPU "
-                              f"lacks: its int16 sums would overflow; re-export here (`leukoscope export "
-                              f"{path} --onnx --int8`) or use --runtime onnx")
-        try:
-            session = ort_session(onnx_path)
-        except Exception as e:  # ORT raises its own types for corrupt or truncated files
-            raise BundleError(f"{onnx_path}: cannot load ({one_line(e)})") from None
+        # the session opens while the weights are hashed (is the export current?): both release the GIL
+        with ThreadPoolExecutor(1, thread_name_prefix="leukoscope-load") as pool:
+            opening = pool.submit(ort_session, onnx_path)
+            if not cls.available(path, config, model_file):
+                why = "exported from other weights" if onnx_path.is_file() else "not found"
+                raise BundleError(f"{onnx_path}: {why}; run `leukoscope export {path} --onnx"
+                                  f"{' --int8' if model_file == ONNX_INT8 else ''}`")
+            if model_file == ONNX_INT8 and config.get("onnx", {}).get("int8_vnni") and not has_vnni():
+                raise BundleError(f"{onnx_path}: exported on a CPU with VNNI (8-bit weights), which this "
+                                  f"CPU lacks: its int16 sums would overflow; re-export here (`leukoscope "
+                                  f"export {path} --onnx --int8`) or use --runtime onnx")
+            try:
+                session = opening.result()
+            except Exception as e:  # ORT raises its own types for corrupt or truncated files
+                raise BundleError(f"{onnx_path}: cannot load ({one_line(e)})") from None
         check_session(session, onnx_path, config)
         return cls(path, config, session, model_file)
 
@@ -66,8 +78,10 @@ class OnnxBundle(Bundle):
         """True when ``model_file`` was exported from the weights now in the bundle (not stale)."""
         digest = config.get("onnx", {}).get("weights_digest")
         weights = Path(path) / SAFETENSORS
-        return (digest is not None and (Path(path) / model_file).is_file() and weights.is_file()
-                and digest == file_digest(weights))
+        if digest is None or not (Path(path) / model_file).is_file() or not weights.is_file():
+            return False
+        st = weights.stat()
+        return digest == _digest(str(weights), st.st_size, st.st_mtime_ns)
 
     def _run(self, x: np.ndarray, names: Sequence[str] = (OUTPUT,)) -> list[np.ndarray]:
         if not self.config.get("tta", False):
