@@ -1,6 +1,7 @@
 """Cross-lab figures: train on PBC, score on DeepAPL's mapped cells, and the other way round.
 
-    python benchmarks/crosslab.py [--family classical|deep] [--recipes a,b] [--quick] [--out FILE]
+    python benchmarks/crosslab.py [--family classical|deep] [--recipes a,b] [--source PBC|DeepAPL] [--quick]
+                                  [--out FILE]
 
 Both data sets go through the shipped class map ``pbc-deepapl`` (DeepAPL's 18 types onto PBC's 8; blasts,
 smudge cells, ... left out and counted). For each recipe and each direction (source -> target):
@@ -13,11 +14,13 @@ smudge cells, ... left out and counted). For each recipe and each direction (sou
 
 Recipes (``RECIPES``): the classical default (``train --model logistic_regression``: handcrafted features)
 and the issue's baseline (frozen EfficientNet-Lite0 embeddings + logistic regression), each with and without
-stain normalisation (``models/stain.py``: grey-world, Reinhard) fitted on the source's training cells; the
-deep default (``train --model efficientnet_lite0``, fine-tuned) with the train options of each candidate
-(``--stain``, ``--stain-jitter``). A classical candidate may also standardise features per lab (``adapt``
-``lab-z``: each lab's features z-scored with that lab's own mean and spread, the target's taken from its
-unlabelled cells, so a lab-wide shift in size, colour or texture is removed before the model sees it).
+stain normalisation (``models/stain.py``: grey-world, Reinhard) fitted on the source's training cells, and
+the two side by side (``both``); the deep default (``train --model efficientnet_lite0``, fine-tuned) with the
+train options of each candidate (``--stain``, ``--stain-jitter``, more epochs, 224 px input;
+``--crop-to-cell`` is none: it crops black-background images, C-NMC, and leaves PBC / DeepAPL cells as they
+are). A classical candidate may also standardise features per lab (``adapt`` ``lab-z``: each lab's
+features z-scored with that lab's own mean and spread, the target's taken from its unlabelled cells,
+so a lab-wide shift in size, colour or texture is removed before the model sees it).
 Features of normalised images are cached in the results folder.
 Writes benchmarks/results/crosslab.csv (rows of both families are kept: a run replaces its own rows) and
 prints a Markdown table with the machine load. ``--quick``: 12 cells a class, 64 px, 1 epoch (a smoke test).
@@ -78,6 +81,18 @@ RECIPES = [
         "greyworld",
         adapt="lab-z",
     ),
+    Recipe("both", "handcrafted + frozen Lite0 + LR", "classical", "after", "both"),
+    Recipe("both-labz", "handcrafted + frozen Lite0 + LR, per-lab z-score", "classical", "after", "both",
+           adapt="lab-z"),
+    Recipe(
+        "both-grey-labz",
+        "handcrafted + frozen Lite0 + LR, grey-world + per-lab z-score",
+        "classical",
+        "after",
+        "both",
+        "greyworld",
+        adapt="lab-z",
+    ),
     Recipe("lr", "frozen EfficientNet-Lite0 + LR", "classical", "before", "deep", note="issue baseline"),
     Recipe(
         "lr-grey", "frozen EfficientNet-Lite0 + LR, grey-world", "classical", "after", "deep", "greyworld"
@@ -93,6 +108,8 @@ RECIPES = [
         "after",
         train={"stain_jitter": 0.2},
     ),
+    Recipe("ft-e16", "fine-tuned EfficientNet-Lite0, 16 epochs", "deep", "after", train={"epochs": 16}),
+    Recipe("ft-224", "fine-tuned EfficientNet-Lite0, 224 px", "deep", "after", train={"img_size": 224}),
     Recipe(
         "ft-grey", "fine-tuned EfficientNet-Lite0, grey-world", "deep", "after", train={"stain": "greyworld"}
     ),
@@ -159,6 +176,8 @@ def features(m: pd.DataFrame, kind: str, stain_target: dict[str, Any], cache: Pa
 
     from leukoscope.features import get_extractor
 
+    if kind == "both":  # its two parts side by side, each cached on its own (as `extract` does)
+        return np.hstack([features(m, part, stain_target, cache) for part in ("handcrafted", "deep")])
     # keyed on the last path parts, so a cache made on another machine (another data root) is reused
     cells = [Path(p).parts[-3:] for p in m["path"]]
     key = hashlib.sha1(repr((kind, sorted(stain_target.items()), cells)).encode()).hexdigest()[:16]
@@ -251,12 +270,15 @@ def save(rows: list[dict[str, Any]], out: Path) -> pd.DataFrame:
     return table
 
 
-def run(recipes: Sequence[Recipe], data: Path, quick: bool, out: Path) -> pd.DataFrame:
+def run(recipes: Sequence[Recipe], data: Path, quick: bool, out: Path,
+        sources: Sequence[str] = tuple(SETS)) -> pd.DataFrame:
     labs = load(data, quick)
     classes = sorted(set(labs["PBC"][0]["label"]))
     rows = []
     for r in recipes:
         for source, target in (("PBC", "DeepAPL"), ("DeepAPL", "PBC")):
+            if source not in sources:
+                continue
             src, tgt = labs[source][0], labs[target][0]
             t0 = time.perf_counter()
             res = (
@@ -303,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="Smoke test: 12 cells a class, tiny network settings."
     )
     ap.add_argument("--data", type=Path, default=None)
+    ap.add_argument("--source", choices=list(SETS), default=None,
+                    help="Only the direction trained on this lab (default: both).")
     ap.add_argument("--out", type=Path, default=None, help="CSV (default benchmarks/results/crosslab.csv).")
     args = ap.parse_args(argv)
     out = args.out or HERE / "results" / ("quick" if args.quick else "") / "crosslab.csv"
@@ -312,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"--recipes: unknown {unknown}; choose from {', '.join(by_key)}")
     chosen = [by_key[k] for k in wanted if args.family in (None, by_key[k].family)]
-    run(chosen, (args.data or data_root()).resolve(), args.quick, out)
+    sources = [args.source] if args.source else list(SETS)
+    run(chosen, (args.data or data_root()).resolve(), args.quick, out, sources)
     print(f"wrote {out}")
     return 0
 

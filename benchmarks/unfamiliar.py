@@ -1,14 +1,18 @@
 """Unfamiliarity scores compared: does a bundle know a cell it has no business calling?
 
     python benchmarks/unfamiliar.py [--pairs pbc-deepapl,allidb2-cnmc,aria_all-pbc] [--runs DIR]
-                                    [--max-foreign N] [--quick] [--out FILE]
+                                    [--max-foreign N] [--epochs N] [--img-size PX]
+                                    [--quick] [--out FILE]
 
 For each pair, a model is trained on the first data set with the default recipe
 (``leukoscope train DATA --model efficientnet_lite0``; reused when its run folder is finished), then
-every method of ``leukoscope.models.unfamiliar`` (msp, energy, class-conditional Mahalanobis, kNN with
-k = 1, 5, 10 on L2-normalised penultimate features) is fitted on the same embeddings of the run's
+every method of ``leukoscope.models.unfamiliar`` (msp, energy, class-conditional and relative Mahalanobis,
+kNN with k = 1, 5, 10 on L2-normalised penultimate features) is fitted on the same embeddings of the run's
 train side, thresholded at the 95th percentile of its validation side, and scored on the held-out test
-side (familiar) and on the foreign cells:
+side (familiar) and on the foreign cells. Candidates beyond what a network bundle stores: the same scores
+on handcrafted features (nucleus size, chromatin texture), on both side by side, and the mean of two
+scores as ranks among the validation cells (``COMBINED``). Embeddings and features are cached in the run
+folder (``embeddings-*.npz``), so methods are compared again in seconds:
 
 - ``pbc-deepapl``: DeepAPL's blasts ("Blast, no lineage spec" folders) against DeepAPL's cells of the
   eight PBC-mapped types (the AUC asked for: both from the new lab, so stain alone cannot separate them);
@@ -39,7 +43,16 @@ DEEPAPL_KNOWN = ("Basophil", "Eosinophils", "Erythroblast", "Metamyelocyte", "My
                  "Lymphocyte", "Monocyte", "Segmented neutrophils", "Band neutrophils", "Giant thrombocyte")
 DEEPAPL_BLAST = ("Blast, no lineage spec",)
 PAIRS = ("pbc-deepapl", "allidb2-cnmc", "aria_all-pbc")
-METHODS = (("msp", 1), ("energy", 1), ("mahalanobis", 1), ("knn", 1), ("knn", 5), ("knn", 10))
+#: (feature space, method, k): ``embedding`` is the bundle's own (what it stores), ``handcrafted`` the
+#: 83 morphology features, ``both`` the two side by side (each column standardised on the train side).
+METHODS = (("embedding", "msp", 1), ("embedding", "energy", 1), ("embedding", "mahalanobis", 1),
+           ("embedding", "relative_mahalanobis", 1), ("embedding", "knn", 1), ("embedding", "knn", 5),
+           ("embedding", "knn", 10), ("handcrafted", "mahalanobis", 1), ("handcrafted", "knn", 5),
+           ("both", "mahalanobis", 1), ("both", "knn", 5))
+SPACE_NAMES = {"embedding": "", "handcrafted": " on handcrafted", "both": " on embedding + handcrafted"}
+#: Pairs of METHODS rows whose scores are also averaged (as ranks among the familiar validation cells).
+COMBINED = ((("embedding", "mahalanobis", 1), ("handcrafted", "mahalanobis", 1)),
+            (("embedding", "relative_mahalanobis", 1), ("handcrafted", "knn", 5)))
 
 
 def deepapl_cells(data: Path, types: tuple[str, ...]) -> list[Path]:
@@ -69,17 +82,39 @@ def spread(paths: list[Path], n: int) -> list[Path]:
     return paths if len(paths) <= n else [paths[i] for i in np.linspace(0, len(paths) - 1, n).astype(int)]
 
 
-def embed(bundle: Any, paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def embed(bundle: Any, paths: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits, the bundle's embedding and handcrafted features (nucleus size, chromatin texture: the
+    morphology that tells a blast apart, whatever the network learned) of each cell."""
     from leukoscope.data.images import load_batch
+    from leukoscope.features import get_extractor
 
-    logits, embs = [], []
+    hand = get_extractor("handcrafted")
+    logits, embs, hcs = [], [], []
     for i in range(0, len(paths), 64):
         _, images, _ = load_batch(paths[i:i + 64])
         if images:
             lg, em = bundle.embed_logits(images)
             logits.append(lg)
             embs.append(em)
-    return np.concatenate(logits), np.concatenate(embs)
+            hcs.append(hand.compute(images))
+    return np.concatenate(logits), np.concatenate(embs), np.concatenate(hcs)
+
+
+def embedded(bundle: Any, sets: dict[str, list[str]], cache: Path) -> dict[str, tuple[np.ndarray, ...]]:
+    """``embed`` of every set, cached next to the run (keyed on the bundle's weights and the paths), so
+    methods can be compared again without recomputing the network's features."""
+    import hashlib
+
+    weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(bundle.path).iterdir())
+    key = hashlib.sha1(repr((weights, sorted(sets.items()))).encode()).hexdigest()[:16]
+    f = cache / f"embeddings-{key}.npz"
+    if f.exists():
+        z = np.load(f)
+        return {k: (z[f"{k}.logits"], z[f"{k}.emb"], z[f"{k}.hand"]) for k in sets}
+    got = {k: embed(bundle, v) for k, v in sets.items()}
+    np.savez(f, **{f"{k}.{n}": a for k, v in got.items() for n, a in zip(("logits", "emb", "hand"), v,
+                                                                      strict=True)})
+    return got
 
 
 def auc(familiar: np.ndarray, foreign: np.ndarray) -> float:
@@ -89,31 +124,59 @@ def auc(familiar: np.ndarray, foreign: np.ndarray) -> float:
     return float(roc_auc_score(y, np.r_[familiar, foreign]))
 
 
-def train_run(name: str, data: Path, runs: Path, quick: bool) -> Any:
+def space_of(v: tuple[np.ndarray, ...], space: str, train: tuple[np.ndarray, ...]) -> np.ndarray:
+    """The rows of one feature space (handcrafted NaNs, unmeasurable features, get the train median)."""
+    hand = np.where(np.isnan(v[2]), np.nanmedian(train[2], axis=0), v[2])
+    hand = np.nan_to_num(hand)
+    return {"embedding": v[1], "handcrafted": hand, "both": np.hstack([v[1], hand])}[space]
+
+
+def label(m: tuple[str, str, int]) -> str:
+    return f"{m[1] if m[1] != 'knn' else f'knn (k={m[2]})'}{SPACE_NAMES[m[0]]}"
+
+
+def combined(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The mean of two scores, each as its rank among the familiar validation cells' (0-1)."""
+    def rank(s: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+        return np.searchsorted(np.sort(s["val"]), x, side="right") / len(s["val"])
+
+    return {n: (rank(a, a[n]) + rank(b, b[n])) / 2 for n in a}
+
+
+def row(name: str, score: dict[str, np.ndarray], threshold: float, familiar: str) -> dict[str, Any]:
+    flag = {n: float((v > threshold).mean()) for n, v in score.items()}
+    return {"method": name, "auc": auc(score[familiar], score["foreign"]),
+            "auc_vs_test": auc(score["test"], score["foreign"]),
+            "foreign_flagged": flag["foreign"], "test_flagged": flag["test"],
+            **({"new_lab_known_flagged": flag["new_lab_known"]} if "new_lab_known" in score else {})}
+
+
+def train_run(name: str, data: Path, runs: Path, quick: bool, recipe: dict[str, int]) -> Any:
     from leukoscope.bundle import load_bundle
     from leukoscope.data.readers import read
     from leukoscope.train import TrainConfig, train
 
     model = "leukonet" if quick else "efficientnet_lite0"
-    cfg = TrainConfig.build(model=model, **({"epochs": 2, "img_size": 32} if quick else {}))
-    out = runs / f"{name}-{model}"
+    settings = {"epochs": 2, "img_size": 32} if quick else recipe
+    cfg = TrainConfig.build(model=model, **settings)
+    out = runs / "-".join([name, model, *(f"{k}{v}" for k, v in sorted(recipe.items()) if not quick)])
     train(read([data / name]), cfg, out)
     return load_bundle(out / "bundle", runtime="torch")
 
 
-def measure(pair: str, data: Path, runs: Path, max_foreign: int, quick: bool) -> dict[str, Any]:
+def measure(pair: str, data: Path, runs: Path, max_foreign: int, quick: bool,
+            recipe: dict[str, int]) -> dict[str, Any]:
     from leukoscope.evaluate.metrics import classification_metrics
     from leukoscope.models.unfamiliar import fit_scorer, set_threshold
 
     trained = pair.split("-")[0]
     t0 = time.perf_counter()
-    bundle = train_run(trained, data, runs, quick)
+    bundle = train_run(trained, data, runs, quick, recipe)
     split = bundle.split()
     side = {s: list(split.loc[split["side"] == s, "path"]) for s in ("train", "val", "test")}
     y_of = dict(zip(split["path"], split["label"], strict=True))
-    got = {s: embed(bundle, p) for s, p in side.items()}
-    sets = {k: spread(v, max_foreign) for k, v in foreign_sets(pair, data).items()}
-    got |= {k: embed(bundle, [str(p) for p in v]) for k, v in sets.items()}
+    sets = {k: [str(p) for p in spread(v, max_foreign)] for k, v in foreign_sets(pair, data).items()}
+    got = embedded(bundle, side | sets, runs)
     classes = bundle.classes
     y_train = np.asarray([classes.index(y_of[p]) for p in side["train"]])
     y_test = np.asarray([classes.index(y_of[p]) for p in side["test"]])
@@ -121,18 +184,19 @@ def measure(pair: str, data: Path, runs: Path, max_foreign: int, quick: bool) ->
     probs /= probs.sum(axis=1, keepdims=True)
     test = classification_metrics(y_test, probs, classes)
     familiar = "new_lab_known" if "new_lab_known" in got else "test"
-    rows = []
-    for method, k in METHODS:
-        s = fit_scorer(got["train"][1], y_train, method, k=k, temperature=bundle.temperature)
-        set_threshold(s, s.score(got["val"][1], got["val"][0]))
-        score = {name: s.score(e, lg) for name, (lg, e) in got.items()}
-        rows.append({"method": method if method != "knn" else f"knn (k={k})",
-                     "auc": auc(score[familiar], score["foreign"]),
-                     "auc_vs_test": auc(score["test"], score["foreign"]),
-                     "foreign_flagged": float(s.flag(score["foreign"]).mean()),
-                     "test_flagged": float(s.flag(score["test"]).mean()),
-                     **({"new_lab_known_flagged": float(s.flag(score["new_lab_known"]).mean())}
-                        if "new_lab_known" in score else {})})
+    rows, scored = [], {}
+    for space, method, k in METHODS:
+        feats = {name: space_of(v, space, got["train"]) for name, v in got.items()}
+        s = fit_scorer(feats["train"], y_train, method, k=k, temperature=bundle.temperature,
+                       standardise=space != "embedding")
+        set_threshold(s, s.score(feats["val"], got["val"][0]))
+        score = {name: s.score(feats[name], lg) for name, (lg, *_) in got.items()}
+        scored[(space, method, k)] = score
+        rows.append(row(label((space, method, k)), score, s.threshold, familiar))
+    for a, b in COMBINED:
+        score = combined(scored[a], scored[b])
+        rows.append(row(f"rank mean of {label(a)} and {label(b)}", score,
+                        float(np.quantile(score["val"], 0.95)), familiar))
     return {"pair": pair, "model": bundle.config["model"], "bundle": str(bundle.path),
             "familiar_for_auc": familiar, "n": {k: int(len(v[0])) for k, v in got.items()},
             "test_f1_macro": test["f1_macro"], "test_accuracy": test["accuracy"],
@@ -159,6 +223,8 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=HERE / "results" / "unfamiliar-runs")
     ap.add_argument("--max-foreign", type=int, default=600)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--epochs", type=int, default=None, help="Instead of the recipe's (a better model?).")
+    ap.add_argument("--img-size", type=int, default=None, help="Instead of the recipe's 128 px.")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "unfamiliar.json")
     a = ap.parse_args()
     pairs = [p for p in a.pairs.split(",") if p]
@@ -166,7 +232,8 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--pairs: unknown {', '.join(unknown)}; choose from {', '.join(PAIRS)}")
     max_foreign = min(a.max_foreign, 40) if a.quick else a.max_foreign
-    results = [measure(p, a.data, a.runs, max_foreign, a.quick) for p in pairs]
+    recipe = {k: v for k, v in (("epochs", a.epochs), ("img_size", a.img_size)) if v}
+    results = [measure(p, a.data, a.runs, max_foreign, a.quick, recipe) for p in pairs]
     load = os.getloadavg()
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"results": results, "load_average": load, "cores": os.cpu_count(),

@@ -16,7 +16,7 @@ from leukoscope.bundle import load_bundle
 from leukoscope.cli import app
 from leukoscope.errors import BundleError
 from leukoscope.evaluate.coverage import risk_coverage
-from leukoscope.models.unfamiliar import DEFAULT_METHOD
+from leukoscope.models.unfamiliar import DEFAULT_METHOD, fit_unfamiliar, load_scorer
 from unfamiliar_support import allidb2_bundle  # noqa: F401 - fixture used by name
 from use_support import classical_bundle, network_bundle, onnx_bundle, sample_paths  # noqa: F401
 
@@ -117,3 +117,49 @@ def test_evaluate_reports_risk_coverage_and_flags(allidb2_bundle, data, tmp_path
     assert "Unfamiliar cells and risk-coverage" in html and 'alt="risk-coverage curve"' in html
     rows = _rows(tmp_path / "ev" / "predictions.csv")
     assert {"unfamiliarity", "unfamiliar"} <= set(rows[0])
+
+
+def test_relative_mahalanobis_flags_cnmc_cells_and_round_trips(allidb2_bundle, data, tmp_path):  # noqa: F811
+    """Relative Mahalanobis (class-conditional distance minus the distance to one Gaussian of all
+    training cells) on a real ALL-IDB2 model's embeddings: C-NMC cells score above its own test cells,
+    and the bundle file format keeps the four tensors it needs."""
+    from safetensors.numpy import save_file
+    from sklearn.metrics import roc_auc_score
+
+    from leukoscope.data.images import load_batch
+
+    bundle = load_bundle(allidb2_bundle, runtime="torch")
+    split = bundle.split()
+    assert split is not None
+
+    def embed(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        logits, emb = bundle.embed_logits(load_batch(paths)[1])
+        assert emb is not None
+        return logits, emb
+
+    side = {s: list(split.loc[split["side"] == s, "path"]) for s in ("train", "val", "test")}
+    (_, train), (val_logits, val), (test_logits, test) = (embed(side[s]) for s in ("train", "val", "test"))
+    y = np.asarray([bundle.classes.index(c) for c in split.loc[split["side"] == "train", "label"]])
+    cnmc = [str(p) for p in sorted((data / "cnmc_cells").rglob("*.png"))]
+    cnmc_logits, foreign = embed(cnmc)
+
+    rel = fit_unfamiliar(train, y, val, val_logits, bundle.temperature, method="relative_mahalanobis")
+    maha = fit_unfamiliar(train, y, val, val_logits, bundle.temperature, method="mahalanobis")
+    t = rel.tensors
+    x = rel._embed(foreign) - t["background_mean"]
+    background = ((x @ t["background_precision"]) * x).sum(1)
+    np.testing.assert_allclose(rel.score(foreign, cnmc_logits), maha.score(foreign, cnmc_logits) - background,
+                               rtol=1e-4, atol=1e-4)
+    familiar, strange = rel.score(test, test_logits), rel.score(foreign, cnmc_logits)
+    auc = roc_auc_score(np.r_[np.zeros(len(familiar)), np.ones(len(strange))], np.r_[familiar, strange])
+    assert auc >= 0.9, auc
+    assert rel.flag(strange).mean() >= 0.5 and rel.flag(familiar).mean() <= 0.3
+
+    rel.save(tmp_path / "u.safetensors")
+    back = load_scorer(tmp_path / "u.safetensors", rel.config())
+    assert back.method == "relative_mahalanobis" and back.threshold == rel.threshold
+    np.testing.assert_allclose(back.score(foreign, cnmc_logits), strange, rtol=1e-6)
+    partial = {k: v for k, v in rel.tensors.items() if k != "background_precision"}
+    save_file(partial, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(ValueError, match="missing tensor\\(s\\) background_precision"):
+        load_scorer(tmp_path / "partial.safetensors", rel.config())
