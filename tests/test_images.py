@@ -243,3 +243,27 @@ def test_resize_square_and_decode_cache(data: Path, tmp_path: Path) -> None:
     assert [p.stem for p in stored] == [file_digest(path)]
     assert np.array_equal(cache.get(path), first)  # served from disk the second time
     assert not list((tmp_path / "cache").rglob("*.tmp*"))
+
+
+def test_decoding_never_swaps_the_process_warning_filters(data: Path) -> None:
+    """Two threads decode at once (predict), so decoding must not replace ``warnings.filters`` even
+    for a moment, as a ``warnings.catch_warnings`` per file did (threads could restore each other's)."""
+    import threading
+    import warnings
+
+    paths = sorted((data / "aria_all" / "Benign").glob("*.jpg"))[:150]
+    start, seen, done = id(warnings.filters), set(), threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.add(id(warnings.filters))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        ok, _, skipped = images.load_batch(paths)
+    finally:
+        done.set()
+        watcher.join()
+    assert len(ok) == len(paths) and not skipped
+    assert seen == {start}

@@ -45,6 +45,12 @@ FORMATS = ("BMP", "PNG", "JPEG", "TIFF", "GIF", "WEBP")
 #: squared) is above it (at most 8k x 8k); read at call time, so ``max_pixels=None`` (the default)
 #: always means the current module setting.
 MAX_PIXELS = 64_000_000
+# Pillow's warnings about a file are not for the user: the size limit is ``_check_size``'s (it names
+# the size; Pillow's hard limit still raises) and a file Pillow cannot read raises an error naming it.
+# Ignored once, where Pillow raises them: a ``warnings.catch_warnings`` per decode swapped the
+# process-wide filters from threads that decode at once (``predict``), which could leave them changed.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -106,11 +112,7 @@ def _check_size(name: str, w: int, h: int, max_pixels: int) -> None:
 def _pil_errors(name: str) -> Iterator[None]:
     """Turn every way Pillow fails on a file into one ``ImageError`` naming it."""
     try:
-        with warnings.catch_warnings():
-            # Our own MAX_PIXELS check names the size; Pillow's hard limit still raises.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF": the error says it
-            yield
+        yield
     except ImageError:
         raise
     except UnidentifiedImageError:
