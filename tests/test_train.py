@@ -129,3 +129,16 @@ def test_small_data_sets_get_more_epochs_unless_epochs_are_given() -> None:
     assert replay.schedule(5) == (30, 20)
     with pytest.raises(ConfigError, match="min_steps"):
         TrainConfig.build(model="leukonet", min_steps=-1).resolved()
+
+
+def test_training_uses_the_threads_omp_num_threads_allows(synthetic2, tmp_path, monkeypatch):
+    """Like every other model (``settings.threads``), training takes $OMP_NUM_THREADS (Ray actors and
+    shared machines set it) instead of every core."""
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    try:
+        torch.set_num_threads(2)
+        train(read([synthetic2]), TrainConfig.build(**{**TINY, "epochs": 1}), tmp_path)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -11,7 +11,6 @@ other row). By default the groups are merged over the audit's duplicate clusters
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from leukoscope.errors import ConfigError, ImageError
 from leukoscope.evaluate.operating import check_positive
 from leukoscope.models import preprocess, stain
 from leukoscope.progress import SILENT, Progress
+from leukoscope.settings import threads
 from leukoscope.train.config import TrainConfig
 
 
@@ -133,7 +133,7 @@ def decode(paths: Sequence[str], pre: dict[str, Any], progress: Progress
             skipped.append((paths[i], str(e)))
         advance(1)
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(max_workers=threads()) as pool:
         list(pool.map(one, range(len(paths))))
     progress.done("decoding images")
     return out, skipped

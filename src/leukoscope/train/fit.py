@@ -32,6 +32,7 @@ from leukoscope.models.networks import Network, network_class
 from leukoscope.probability import softmax_t
 from leukoscope.progress import SILENT
 from leukoscope.progress import Progress as Reporting
+from leukoscope.settings import threads
 from leukoscope.train import augment, checkpoint, resume
 from leukoscope.train.config import TrainConfig
 from leukoscope.train.data import Prepared
@@ -91,7 +92,7 @@ def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
     ``say_stretch`` False keeps the stretched-epochs note back (a CV run says it for its first fold only)."""
     out.mkdir(parents=True, exist_ok=True)
     seed_all(cfg.seed)
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch.set_num_threads(cfg.threads or threads())  # $OMP_NUM_THREADS, as every other model
     device = cfg.torch_device()
     cls = network_class(cfg.model)
     k = len(data.classes)
