@@ -42,6 +42,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from leukoscope import __version__
+from leukoscope.batches import ordered_map
 from leukoscope.bundle import Bundle, load_bundle
 from leukoscope.bundle.patient import PatientBundle
 from leukoscope.data.images import FORMATS, decode_rgb, image_size
@@ -54,6 +55,7 @@ from leukoscope.reports.html import image_to_data_uri
 from leukoscope.serve.admission import Admission, ASGIApp, Message, Receive, Scope, Send
 from leukoscope.serve.limits import ServeSettings
 from leukoscope.serve.patient import PatientResponse, diagnose_uploads
+from leukoscope.settings import threads
 
 log = logging.getLogger("leukoscope.serve")
 
@@ -348,18 +350,26 @@ def create_app(bundle_dir: Path | str, settings: ServeSettings | None = None) ->
         uploads = await read_uploads(request, settings)
         await anyio.to_thread.run_sync(check_request_pixels, uploads, settings)
         results = [FileResult(name=name, subject=subject_from_name(name)) for name, _ in uploads]
+
+        def decoded(upload: tuple[str, bytes]) -> tuple[np.ndarray, str | None] | str:
+            """The image and its thumbnail (if asked), or the error naming the file."""
+            try:
+                img = decode_upload(*upload, settings)
+            except LeukoscopeError as e:
+                return str(e)
+            return img, image_to_data_uri(img, 128) if thumbnail else None
+
+        # every file decoded off the event loop, one per core at once (Pillow releases the GIL)
+        outcomes = await anyio.to_thread.run_sync(lambda: list(ordered_map(decoded, uploads, threads())))
         images: list[np.ndarray] = []
         ok: list[FileResult] = []
-        for (name, data), res in zip(uploads, results, strict=True):
-            try:
-                img = await anyio.to_thread.run_sync(decode_upload, name, data, settings)
-            except LeukoscopeError as e:
-                res.error = str(e)
+        for res, got in zip(results, outcomes, strict=True):
+            if isinstance(got, str):
+                res.error = got
                 continue
-            images.append(img)
+            images.append(got[0])
             ok.append(res)
-            if thumbnail:
-                res.thumbnail = await anyio.to_thread.run_sync(image_to_data_uri, img, 128)
+            res.thumbnail = got[1]
         if not images:
             return _nothing_readable(results)
         probs, explanations = await model.run(images, explain)
