@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from leukoscope.bundle import CARD, CONFIG, load_bundle
 from leukoscope.cli import app
@@ -126,24 +126,16 @@ def two_labs(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
     return root / "deepapl", root / "pbc"
 
 
+def _train_mapped(data: Path, model: str, run: Path, class_map: str = "pbc-deepapl") -> Result:
+    """``leukoscope train DATA --model MODEL --class-map MAP --min-cells 0 --out RUN``."""
+    return runner.invoke(app, ["train", str(data), "--model", model, "--class-map", class_map,
+                               "--min-cells", "0", "--out", str(run)])
+
+
 def test_train_on_one_lab_and_evaluate_on_the_other(two_labs: tuple[Path, Path], tmp_path: Path) -> None:
     deep, pbc = two_labs
     run = tmp_path / "run"
-    res = runner.invoke(
-        app,
-        [
-            "train",
-            str(deep),
-            "--model",
-            "logistic_regression",
-            "--class-map",
-            "pbc-deepapl",
-            "--min-cells",
-            "0",
-            "--out",
-            str(run),
-        ],
-    )
+    res = _train_mapped(deep, "logistic_regression", run)
     assert res.exit_code == 0, res.output
     assert (
         "class map pbc-deepapl applied: 40 labelled cell(s) onto 2 common label(s) (lymphocyte 20, "
@@ -185,21 +177,7 @@ def test_evaluate_refuses_a_mapped_label_the_model_lacks(
     deep, _ = two_labs
     run = tmp_path / "run"
     assert (
-        runner.invoke(
-            app,
-            [
-                "train",
-                str(deep),
-                "--model",
-                "lda",
-                "--class-map",
-                "pbc-deepapl",
-                "--min-cells",
-                "0",
-                "--out",
-                str(run),
-            ],
-        ).exit_code
+        _train_mapped(deep, "lda", run).exit_code
         == 0
     )
     other = tmp_path / "pbc3"
@@ -276,21 +254,7 @@ def test_report_puts_in_lab_beside_cross_lab_and_counts_the_cells_left_out(
     """PBC -> DeepAPL: DeepAPL cells of types the map drops are counted in metrics.json and report.html."""
     deep, pbc = two_labs
     run = tmp_path / "run"
-    res = runner.invoke(
-        app,
-        [
-            "train",
-            str(pbc),
-            "--model",
-            "lda",
-            "--class-map",
-            "pbc-deepapl",
-            "--min-cells",
-            "0",
-            "--out",
-            str(run),
-        ],
-    )
+    res = _train_mapped(pbc, "lda", run)
     assert res.exit_code == 0, res.output
     out = tmp_path / "eval"
     res = runner.invoke(
@@ -337,11 +301,7 @@ def test_evaluate_reuses_the_map_the_bundle_was_trained_with(
     an explicit --class-map still wins, and one that maps labels otherwise is said to."""
     deep, pbc = two_labs
     run = tmp_path / "run"
-    res = runner.invoke(
-        app,
-        ["train", str(pbc), "--model", "lda", "--class-map", "pbc-deepapl", "--min-cells", "0"]
-        + ["--out", str(run)],
-    )
+    res = _train_mapped(pbc, "lda", run)
     assert res.exit_code == 0, res.output
 
     def evaluate(out: str, *extra: str) -> tuple[str, dict]:
@@ -384,10 +344,7 @@ def test_bundle_keeps_the_map_after_its_file_moves_and_a_tampered_record_is_refu
         'Lymphocyte,lymphocyte\n"Lymphocyte, variant",lymphocyte\nSmudge cells,\n',
     )
     run = tmp_path / "run"
-    res = runner.invoke(
-        app,
-        ["train", str(deep), "--model", "lda", "--class-map", str(f), "--min-cells", "0", "--out", str(run)],
-    )
+    res = _train_mapped(deep, "lda", run, class_map=str(f))
     assert res.exit_code == 0, res.output
     f.unlink()  # the record is the content, not the path
     b = load_bundle(run / "bundle")

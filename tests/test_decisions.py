@@ -83,8 +83,6 @@ def test_train_stores_the_operating_point_and_predict_label_flips_with_it(run: P
     assert "test" in bundle.metrics()["operating_point"]
     assert "- operating point: all when p(all) >= " in (run / "bundle" / "MODEL_CARD.md").read_text()
 
-    copy = tmp_path / "bundle"
-    shutil.copytree(run / "bundle", copy)
     paths = sorted(cells.iterdir())
     p = bundle.predict_proba([str(q) for q in paths])[:, bundle.classes.index("all")]
     # the model is often sure of every cell (p near 0 or 1): take the likeliest "all" among the cells it
@@ -95,9 +93,7 @@ def test_train_stores_the_operating_point_and_predict_label_flips_with_it(run: P
     assert p_all > 0  # a threshold below it can still call it "all"
 
     def label_at(threshold: float) -> str:
-        cfg = json.loads((copy / "config.json").read_text())
-        cfg["operating_point"]["threshold"] = threshold
-        (copy / "config.json").write_text(json.dumps(cfg))
+        copy = _bundle_at(run, tmp_path / "bundle", threshold)
         out = tmp_path / f"p{threshold}.csv"
         res = runner.invoke(app, ["predict", str(copy), str(one), "--out", str(out)])
         assert res.exit_code == 0, res.output
@@ -110,17 +106,23 @@ def test_train_stores_the_operating_point_and_predict_label_flips_with_it(run: P
     assert label_at(min(0.5, 2 * p_all)) == "hem"
 
 
+def _bundle_at(run: Path, folder: Path, threshold: float) -> Path:
+    """``folder``: a copy of the run's bundle (made once) with its operating threshold at ``threshold``."""
+    if not folder.exists():
+        shutil.copytree(run / "bundle", folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["operating_point"]["threshold"] = threshold
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_serve_calls_at_the_bundle_threshold(run: Path, cells: Path, tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
     from leukoscope.serve.app import create_app
 
-    copy = tmp_path / "bundle"
-    shutil.copytree(run / "bundle", copy)
-    cfg = json.loads((copy / "config.json").read_text())
-    cfg["operating_point"]["threshold"] = 0.0  # every cell reaches it: always "all"
-    (copy / "config.json").write_text(json.dumps(cfg))
+    copy = _bundle_at(run, tmp_path / "bundle", 0.0)  # every cell reaches it: always "all"
     hem = next(p for p in sorted(cells.iterdir()) if p.stem.endswith("_0"))
     with TestClient(create_app(copy)) as client:
         r = client.post("/api/predict", files=[("files", (hem.name, hem.read_bytes(), "image/tiff"))])
@@ -130,11 +132,7 @@ def test_serve_calls_at_the_bundle_threshold(run: Path, cells: Path, tmp_path: P
 
 
 def test_a_bad_operating_point_is_refused_at_load(run: Path, tmp_path: Path) -> None:
-    copy = tmp_path / "bundle"
-    shutil.copytree(run / "bundle", copy)
-    cfg = json.loads((copy / "config.json").read_text())
-    cfg["operating_point"]["threshold"] = 1.5
-    (copy / "config.json").write_text(json.dumps(cfg))
+    copy = _bundle_at(run, tmp_path / "bundle", 1.5)
     with pytest.raises(BundleError, match="operating_point.threshold"):
         load_bundle(copy)
 
@@ -221,11 +219,7 @@ def test_group_resamples_draw_whole_subjects() -> None:
 def test_ray_engine_calls_at_the_bundle_threshold(run: Path, cells: Path, tmp_path: Path) -> None:
     import pandas as pd
 
-    copy = tmp_path / "bundle"
-    shutil.copytree(run / "bundle", copy)
-    cfg = json.loads((copy / "config.json").read_text())
-    cfg["operating_point"]["threshold"] = 0.0  # every cell reaches it: always "all"
-    (copy / "config.json").write_text(json.dumps(cfg))
+    copy = _bundle_at(run, tmp_path / "bundle", 0.0)  # every cell reaches it: always "all"
     out = tmp_path / "ray"
     res = runner.invoke(app, ["predict", str(copy), str(cells), "--out", str(out), "--engine", "ray",
                               "--num-cpus", "1", "--csv"])

@@ -33,10 +33,10 @@ from pathlib import Path
 from leukoscope.tune import TuneSettings, open_study, run_trials
 
 out, log, delay, n, go = sys.argv[1:6]
-(Path(out) / f"ready-{os.getpid()}").touch()
+study = open_study(TuneSettings(model="toy"), f"sqlite:///{out}/study.db", "toy", "data", heartbeat=(1, 2))
+(Path(out) / f"ready-{os.getpid()}").touch()  # ready once the study is open: a slow open cannot miss the race
 while go != "-" and not Path(go).exists():
     time.sleep(0.02)
-study = open_study(TuneSettings(model="toy"), f"sqlite:///{out}/study.db", "toy", "data", heartbeat=(1, 2))
 
 
 def objective(trial):

@@ -22,6 +22,7 @@ from PIL import Image
 from scipy.fft import dctn, irfft2, rfft2
 from scipy.ndimage import binary_dilation, gaussian_filter
 
+from leukoscope.batches import chunks
 from leukoscope.data.images import load_rgb
 from leukoscope.errors import ImageError
 from leukoscope.geometry import D4, dihedral, foreground
@@ -248,8 +249,7 @@ def signatures(paths: list[str], n_jobs: int, advance: Advance) -> Iterator[Sign
             advance(1)
         return
     size = int(np.clip(len(paths) // (workers * 8), 4, 64))
-    chunks = [paths[i:i + size] for i in range(0, len(paths), size)]
-    tasks = (delayed(_chunk_signatures)(c) for c in chunks)
+    tasks = (delayed(_chunk_signatures)(c) for c in chunks(paths, size))
     for part in Parallel(n_jobs=workers, return_as="generator")(tasks):
         for sig in part:
             yield sig

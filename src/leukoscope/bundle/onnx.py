@@ -23,7 +23,7 @@ from leukoscope.bundle.format import CONFIG, ONNX, ONNX_INT8, SAFETENSORS, one_l
 from leukoscope.data.images import file_digest
 from leukoscope.errors import BundleError
 from leukoscope.geometry import D4, dihedral
-from leukoscope.models.onnx import EMBEDDING, INPUT, OUTPUT, has_vnni, ort_session
+from leukoscope.models.onnx import EMBEDDING, INPUT, OUTPUT, SESSION_BATCH, has_vnni, ort_session
 from leukoscope.models.preprocess import prepare
 from leukoscope.settings import threads
 
@@ -42,9 +42,7 @@ class OnnxBundle(Bundle):
 
     weight_files = (SAFETENSORS,)
     parallel_batches = True
-    #: Images per session run: on one core, 8 ran Lite0 at 128 px 15 % faster than 32 (its
-    #: activations stay in the core's cache; 800 aria_all cells through ``predict``, idle 2 cores).
-    batch_size = 8
+    batch_size = SESSION_BATCH
 
     def __init__(self, path: Path, config: dict[str, Any], session: Any, model_file: str):
         super().__init__(path, config)

@@ -187,7 +187,7 @@ def group_resamples(groups: np.ndarray, seed: int, n: int) -> Iterator[np.ndarra
         yield order[np.repeat(starts[drawn], lens) + offsets]
 
 
-def percentile_interval(values: Sequence[float]) -> tuple[float, float]:
+def percentile_interval(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
     """The central 95% of bootstrap ``values``."""
     lo, hi = np.percentile(values, [2.5, 97.5])
     return float(lo), float(hi)

@@ -16,7 +16,12 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from leukoscope.evaluate.metrics import classification_metrics, label_figure
+from leukoscope.evaluate.metrics import (
+    classification_metrics,
+    group_resamples,
+    label_figure,
+    percentile_interval,
+)
 
 #: The figures compared, in table order: key -> how a table names it.
 FIGURES: dict[str, str] = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy",
@@ -115,11 +120,7 @@ def paired_bootstrap(y: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, gr
     """
     y = np.asarray(y, np.int64)
     k = probs_a.shape[1]
-    _, inverse = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(inverse.max(initial=-1) + 1)]
-    rng = np.random.default_rng(seed)
-    draws = [np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
-             for _ in range(n)]
+    draws = list(group_resamples(np.asarray(groups, dtype=str), seed, n))
     out: dict[str, dict[str, Any]] = {}
     for key in figures:
         score = _figure(key, k)
@@ -136,8 +137,7 @@ def paired_bootstrap(y: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, gr
 
 
 def _interval(values: np.ndarray) -> list[float]:
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return [float(lo), float(hi)]
+    return list(percentile_interval(values))
 
 
 def compare_predictions(y: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, classes: Sequence[str],

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from leukoscope.batches import ordered_map
+from leukoscope.batches import chunks, ordered_map
 from leukoscope.data.images import file_digest, load_batch
 from leukoscope.io import atomic_path, write_text_atomic
 from leukoscope.progress import SILENT, Advance, Progress
@@ -74,10 +74,6 @@ def _featurise(extractor: FeatureExtractor, ok: Sequence[str], images: Sequence[
     return out
 
 
-def _chunks(items: list[str], size: int) -> list[list[str]]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
-
-
 def _run(extractor: FeatureExtractor, paths: list[str], n_jobs: int, advance: Advance
          ) -> list[tuple[str, Any]]:
     """Compute features for ``paths``: worker processes for parallel kinds, batches otherwise."""
@@ -87,13 +83,13 @@ def _run(extractor: FeatureExtractor, paths: list[str], n_jobs: int, advance: Ad
 
         workers = effective_n_jobs(n_jobs)
         size = int(np.clip(len(paths) // (workers * 8), 4, 64))
-        tasks = (delayed(_compute_paths)(extractor, c) for c in _chunks(paths, size))
+        tasks = (delayed(_compute_paths)(extractor, c) for c in chunks(paths, size))
         for part in Parallel(n_jobs=workers, return_as="generator_unordered")(tasks):
             results += part
             advance(len(part))
         return results
     size = extractor.batch_size if not extractor.parallel else 16
-    for ok, images, skipped in ordered_map(load_batch, _chunks(paths, size), 1):  # the next one decodes
+    for ok, images, skipped in ordered_map(load_batch, chunks(paths, size), 1):  # the next one decodes
         part = _featurise(extractor, ok, images, skipped)
         results += part
         advance(len(part))

@@ -73,10 +73,6 @@ def _session(backbone: str, size: int) -> Any:
     return ort_session(path)
 
 
-#: Images per session run (on one core, small batches keep activations in cache; ``OnnxBundle``).
-SESSION_BATCH = 8
-
-
 @register_features("deep")
 class DeepFeatures(FeatureExtractor):
     """Pooled embeddings of a frozen ImageNet network (before its classifier)."""
@@ -121,7 +117,7 @@ class DeepFeatures(FeatureExtractor):
         if not len(images):
             return np.zeros((0, self.width), np.float32)
         if self.engine == "onnx":
-            from leukoscope.models.onnx import INPUT
+            from leukoscope.models.onnx import INPUT, SESSION_BATCH
 
             session = _session(self.backbone, self.input_size)
             runs = ordered_map(lambda batch: session.run(None, {INPUT: prepare(batch, self.pre)})[0],
