@@ -14,10 +14,11 @@ are fully convolutional: a copy of the bundle is set to that size and exported, 
   with ONNX fp32 and int8, and at the trained size a PyTorch loop at batch 1 as notebooks write it.
 
 Every figure is end to end from files in the page cache (decode, resize, model, CSV except the
-notebook loop), on the same images; methods interleaved, each its best of ``--repeat`` rounds, so a
-burst of other work on a shared machine hits one round of one method. The 1-minute load average
-is recorded with every round. int8 against fp32: label agreement and accuracy (class folders) at
-the trained size. The FLOP-bound limit is the measured float32 matmul rate over the model's FLOPs.
+notebook loop), on the same images, leukoscope byte-compiled as an installed package is; methods
+interleaved, each its best of ``--repeat`` rounds, so a burst of other work on a shared machine
+hits one round of one method. The 1-minute load average is recorded with every round. int8
+against fp32: label agreement and accuracy (class folders) at the trained size. The FLOP-bound
+limit is the measured float32 matmul rate over the model's FLOPs.
 
 Without ``--bundle`` it trains a quick EfficientNet-Lite0 at 128 px (speed does not depend on how
 well it is trained; int8 agreement does a little). Results go to benchmarks/results/throughput.json;
@@ -42,7 +43,7 @@ import numpy as np
 
 from leukoscope.data.images import iter_image_files
 from leukoscope.settings import data_root
-from machine import hardware, quick_bundle, warm_page_cache
+from machine import byte_compile_leukoscope, hardware, quick_bundle, warm_page_cache
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "throughput.json"
@@ -192,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 
     paths = evenly(list(iter_image_files(data_root() / "aria_all")), args.images)
     warm_page_cache(paths)  # every method reads from memory
+    byte_compile_leukoscope()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="leukoscope-throughput-") as tmp:
         work = Path(tmp)

@@ -22,7 +22,7 @@ def sample(data):
 
 
 def test_fp32_matches_pytorch(onnx_bundle, sample):  # noqa: F811
-    torch_b, onnx_b = load_bundle(onnx_bundle, runtime="torch"), load_bundle(onnx_bundle)
+    torch_b, onnx_b = load_bundle(onnx_bundle, runtime="torch"), load_bundle(onnx_bundle, runtime="onnx")
     assert isinstance(onnx_b, OnnxBundle) and onnx_b.model_file == "model.onnx"
     assert not isinstance(torch_b, OnnxBundle)
     p_torch = torch_b.predict_proba(sample)
@@ -41,7 +41,7 @@ def test_bundle_trained_with_tta_matches_too(onnx_bundle, sample, tmp_path):  # 
     p_torch = load_bundle(copy, runtime="torch").predict_proba(sample[:20])
     p_onnx = load_bundle(copy, runtime="onnx").predict_proba(sample[:20])
     assert np.abs(p_torch - p_onnx).max() <= 1e-4
-    assert np.abs(p_onnx - load_bundle(onnx_bundle).predict_proba(sample[:20])).max() > 1e-6
+    assert np.abs(p_onnx - load_bundle(onnx_bundle, runtime="onnx").predict_proba(sample[:20])).max() > 1e-6
 
 
 def test_int8_agrees_on_labels(onnx_bundle, sample):  # noqa: F811

@@ -21,28 +21,32 @@ from use_support import network_bundle, onnx_bundle, sample_paths  # noqa: F401
 
 HEAVY = ("torch", "pandas", "matplotlib", "sklearn", "scipy", "pydantic")
 
-#: ``leukoscope predict`` in a fresh interpreter, then the heavy libraries it imported.
+#: ``leukoscope predict`` in a fresh interpreter, then the heavy libraries it imported and how many
+#: objects it froze for the exit.
 PROBE = """
-import json, sys
+import gc, json, sys
 from leukoscope.cli import main
 try:
     main()  # Typer reads sys.argv[1:]: the arguments after -c
 except SystemExit as e:
     assert not e.code, e.code
-print(json.dumps(sorted(m for m in {heavy} if m in sys.modules)))
+print(json.dumps([sorted(m for m in {heavy} if m in sys.modules), gc.get_freeze_count()]))
 """
 
 
 def test_onnx_predict_imports_no_heavy_library(onnx_bundle, data, tmp_path):  # noqa: F811
     """The CLI on an exported bundle needs ONNX Runtime, Pillow and numpy only: torch, pandas,
     scipy, matplotlib or scikit-learn would add seconds of start-up to every run, and pydantic
-    (typer's own coercion of the options) a third of a second."""
+    (typer's own coercion of the options) a third of a second. What is left when it is done is
+    frozen, so the interpreter's exit does not walk it in a last garbage collection (40-50 ms)."""
     images = [str(p) for p in sample_paths(data, n_allidb=4)[:6]]
     out = tmp_path / "p.csv"
     args = ["predict", str(onnx_bundle), *images, "--out", str(out), "--runtime", "onnx"]
     run = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), *args], capture_output=True,
                          text=True, check=True)
-    assert json.loads(run.stdout.strip().splitlines()[-1]) == []
+    heavy, frozen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert heavy == []
+    assert frozen > 10_000  # Typer, Rich, numpy, ONNX Runtime: every object still alive
     assert len(pd.read_csv(out)) == len(images)
 
 
@@ -103,3 +107,53 @@ def test_int8_weights_follow_the_cpu(onnx_bundle, tmp_path, monkeypatch):  # noq
         load_bundle(copy, runtime="onnx-int8")
     assert "\n" not in str(e.value)
     assert load_bundle(copy, runtime="onnx") is not None  # fp32 still runs
+
+
+def test_auto_runs_int8_only_where_it_agreed_with_fp32_on_a_cpu_with_vnni(network_bundle, tmp_path,  # noqa: F811
+                                                                        monkeypatch):
+    """``export --int8`` measures how often int8 makes fp32's call (the ``predicted`` column of predict) on
+    the train / val cells it did not calibrate on, and how much faster it ran; ``--runtime auto``
+    then runs int8 where that was >= 99 % of >= 50 cells and the CPU has VNNI (what makes int8
+    pay), fp32 otherwise."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    import leukoscope.bundle.onnx as bundle_onnx
+    from leukoscope.bundle.export import calibration_paths
+    from leukoscope.cli import app
+
+    b = tmp_path / "b"
+    shutil.copytree(network_bundle, b)
+    train_val = calibration_paths(b, 10**6)
+    calibrate = [arg for path in train_val[:16] for arg in ("--calibration", path)]
+    res = CliRunner().invoke(app, ["export", str(b), "--onnx", "--int8", *calibrate])
+    held_out = train_val[16:]
+    assert res.exit_code == 0 and f"of {len(held_out)} train/val cells" in res.output, res.output
+    assert "--runtime auto runs" in res.output
+    info = json.loads((b / "config.json").read_text())["onnx"]
+    assert info["int8_agreement_images"] == len(held_out) > 0 and info["int8_speedup"] > 0
+    labels = {}
+    for runtime in ("onnx", "onnx-int8"):
+        out = tmp_path / f"{runtime}.csv"
+        res = CliRunner().invoke(app, ["predict", str(b), *held_out, "--out", str(out), "--runtime", runtime])
+        assert res.exit_code == 0, res.output
+        labels[runtime] = pd.read_csv(out)["predicted"]
+    assert info["int8_agreement"] == pytest.approx((labels["onnx"] == labels["onnx-int8"]).mean(), abs=1e-4)
+
+    config = json.loads((b / "config.json").read_text())
+
+    def auto_file(agreement: float, images: int) -> str:
+        config["onnx"] |= {"int8_agreement": agreement, "int8_agreement_images": images}
+        (b / "config.json").write_text(json.dumps(config))
+        return str(load_bundle(b).model_file)
+
+    monkeypatch.setattr(bundle_onnx, "has_vnni", lambda: True)
+    assert auto_file(0.995, 256) == "model.int8.onnx"
+    assert auto_file(0.985, 256) == "model.onnx"  # disagrees too often
+    assert auto_file(1.0, 40) == "model.onnx"  # too few cells to tell
+    monkeypatch.setattr(bundle_onnx, "has_vnni", lambda: False)
+    assert auto_file(0.995, 256) == "model.onnx"  # int8 would not pay
+    (b / "model.int8.onnx").unlink()
+    monkeypatch.setattr(bundle_onnx, "has_vnni", lambda: True)
+    assert auto_file(0.995, 256) == "model.onnx"

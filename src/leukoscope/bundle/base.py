@@ -206,7 +206,9 @@ def load_bundle(path: Path | str, runtime: str = "auto") -> Bundle:
     """Load any bundle; the family in config.json picks the class.
 
     ``runtime`` (network bundles): ``torch``; ``onnx`` (model.onnx) or ``onnx-int8``
-    (model.int8.onnx) via ONNX Runtime; ``auto``: ``onnx`` when a current export is there, else torch.
+    (model.int8.onnx) via ONNX Runtime; ``auto``: ``onnx-int8`` where export found it agreeing with
+    fp32 and this CPU has VNNI, else ``onnx`` when a current export is there, else torch
+    (``OnnxBundle.auto_runtime``).
     """
     path = Path(path)
     config = read_config(path)
@@ -214,7 +216,7 @@ def load_bundle(path: Path | str, runtime: str = "auto") -> Bundle:
         raise BundleError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
     if runtime == "auto":
         onnx_cls: Any = EXPORTS["onnx"]
-        runtime = "onnx" if config["family"] == "network" and onnx_cls.available(path, config) else "torch"
+        runtime = (config["family"] == "network" and onnx_cls.auto_runtime(path, config)) or "torch"
     if runtime in EXPORTS:
         if config["family"] != "network":
             raise BundleError(f"{path}: runtime {runtime!r} is for network bundles; this one is "

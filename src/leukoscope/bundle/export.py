@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 
 from leukoscope.bundle.base import load_bundle
 from leukoscope.bundle.format import CONFIG, ONNX, ONNX_INT8, SAFETENSORS, SPLIT, read_config
+from leukoscope.bundle.onnx import OnnxBundle
 from leukoscope.data.images import file_digest, load_rgb
 from leukoscope.errors import BundleError, DataError, ImageError
 from leukoscope.io import atomic_path, write_json_atomic
@@ -29,6 +31,8 @@ from leukoscope.models.preprocess import prepare
 CALIBRATION_IMAGES = 128
 #: Leading convolutions kept in fp32 by the int8 export (see ``fp32_nodes``).
 INT8_FP32_CONVS = 7
+#: Train / val images, none of them calibration images, on which export compares int8's calls with fp32's.
+AGREEMENT_IMAGES = 256
 
 
 def calibration_paths(bundle_dir: Path, n: int = CALIBRATION_IMAGES, seed: int = 0) -> list[str]:
@@ -202,6 +206,45 @@ def _export_int8(fp32: Path, target: Path, paths: Sequence[str], config: dict[st
         onnx.save(quant, str(out))
 
 
+def _calls(bundle: OnnxBundle, images: Sequence[np.ndarray]) -> tuple[np.ndarray, float]:
+    """What predict would call each image (a class index, or -1 for unfamiliar), and the seconds it took."""
+    bundle.assess(images[:8])  # the first run allocates
+    start = time.perf_counter()
+    probs, scores = bundle.assess(images)
+    seconds = time.perf_counter() - start
+    calls = bundle.decide(probs)
+    if scores is not None and bundle.unfamiliar is not None:
+        calls = np.where(bundle.unfamiliar.flag(scores), -1, calls)
+    return calls, seconds
+
+
+def int8_agreement(bundle_dir: Path, config: dict[str, Any], calibration: Sequence[str]) -> dict[str, Any]:
+    """How often int8 makes fp32's call (class, or unfamiliar) and how much faster it ran here.
+
+    On up to ``AGREEMENT_IMAGES`` train / val images not used for calibration (none when the bundle
+    has no split): what ``--runtime auto`` reads (``onnx.auto_runtime``).
+    """
+    try:
+        ranked = calibration_paths(bundle_dir, len(calibration) + AGREEMENT_IMAGES)
+    except (BundleError, DataError):
+        ranked = []
+    used = set(calibration)
+    images: list[np.ndarray] = []
+    for p in (p for p in ranked if p not in used):
+        try:
+            images.append(load_rgb(p))
+        except ImageError:
+            continue
+        if len(images) == AGREEMENT_IMAGES:
+            break
+    if not images:
+        return {"int8_agreement_images": 0}
+    fp32, fp32_s = _calls(OnnxBundle(bundle_dir, config, ort_session(bundle_dir / ONNX), ONNX), images)
+    q, q_s = _calls(OnnxBundle(bundle_dir, config, ort_session(bundle_dir / ONNX_INT8), ONNX_INT8), images)
+    return {"int8_agreement": round(float(np.mean(fp32 == q)), 4), "int8_agreement_images": len(images),
+            "int8_speedup": round(fp32_s / max(q_s, 1e-9), 2)}
+
+
 def export_onnx(bundle_dir: Path | str, int8: bool = False,
                 calibration: Sequence[str] | None = None) -> dict[str, Any]:
     """Add ``model.onnx`` (and with ``int8`` ``model.int8.onnx``) to a network bundle.
@@ -230,6 +273,7 @@ def export_onnx(bundle_dir: Path | str, int8: bool = False,
                  "int8_scheme": f"static QDQ, per-channel {8 if full_range else 7}-bit int8 weights, uint8 "
                  "activations (MinMax), convolution biases corrected for weight rounding; first convolutions "
                  "and classifier in fp32"}
+        info |= int8_agreement(bundle_dir, config, paths)
     else:
         (bundle_dir / ONNX_INT8).unlink(missing_ok=True)  # an old int8 file would be stale
     write_json_atomic(bundle_dir / CONFIG, {**config, "onnx": info})

@@ -10,6 +10,7 @@ Every command runs behind ``guarded``: a ``LeukoscopeError`` is one red line and
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import sys
 from collections.abc import Callable
@@ -259,4 +260,15 @@ def print_json(data: Any) -> None:
 
 
 def main() -> None:
-    app()
+    """The ``leukoscope`` console script.
+
+    When the command is done, every object left is frozen (``gc.freeze``): the interpreter's exit
+    runs a full garbage collection over everything still alive (Typer, Rich, numpy, ONNX
+    Runtime, ...), and frozen objects are skipped. It took 40-50 ms of a 0.35 s ``predict`` on 8
+    cells (aria_all Lite0, ONNX, idle 2 cores). Commands close their files in ``with`` blocks, so
+    nothing waits on that collection.
+    """
+    try:
+        app()
+    finally:
+        gc.freeze()

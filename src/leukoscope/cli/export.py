@@ -37,3 +37,13 @@ def export_cmd(
     info = export_onnx(bundle, int8=int8, calibration=images)
     files = ", ".join(info[k] for k in ("fp32", "int8") if k in info)
     say(f"wrote {files} in {bundle}")
+    if "int8" in info:
+        from leukoscope.bundle.onnx import OnnxBundle
+
+        auto = "int8" if OnnxBundle.auto_runtime(bundle, read_config(bundle)) == "onnx-int8" else "fp32"
+        checked = (f"int8 makes fp32's call on {info['int8_agreement']:.1%} of "
+                   f"{info['int8_agreement_images']} train/val cells not used to calibrate it, "
+                   f"{info['int8_speedup']:.2f}x as fast here"
+                   if info["int8_agreement_images"] else
+                   "int8 not compared with fp32: no train/val cell was left beside the calibration images")
+        say(f"{checked}; --runtime auto runs {auto}")

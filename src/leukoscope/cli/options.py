@@ -141,8 +141,8 @@ TtaOpt = Annotated[bool, typer.Option("--tta", help="Test-time augmentation: mea
                                       "90-degree rotations (8x slower).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")]
 RuntimeOpt = Annotated[str, typer.Option(
-    "--runtime", help="Network runtime: {runtimes} (auto: ONNX Runtime fp32 when the bundle has a current "
-    "export, else PyTorch).")]
+    "--runtime", help="Network runtime: {runtimes} (auto: ONNX Runtime when the bundle has a current "
+    "export, int8 where it agreed with fp32 on 99 % of held-out cells and this CPU has VNNI; else PyTorch).")]
 SplitFileOpt = Annotated[Path | None, typer.Option(
     "--split", show_default="a new grouped split", help="A split CSV (leukoscope data split --out): use "
     "exactly its sides; its files must be among the images given, with the same labels.")]
