@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from leukoscope.audit import EMBED_THRESHOLD, THRESHOLD, AuditResult, audit, dedupe_groups, write_audit
-from leukoscope.cli import app
+from leukoscope.cli.verbs import app
 from leukoscope.data.images import load_rgb
 from leukoscope.data.readers import read, read_csv_manifest, subject_from_name
 from leukoscope.data.splits import read_split, train_val_test, write_split

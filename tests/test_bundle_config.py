@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from leukoscope.bundle import CONFIG, load_bundle
 from leukoscope.bundle.format import _STAIN_PARAMS
-from leukoscope.cli import app
+from leukoscope.cli.verbs import app
 from leukoscope.data.images import load_rgb
 from leukoscope.errors import BundleError
 from leukoscope.models.registry import list_models

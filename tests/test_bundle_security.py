@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from leukoscope.bundle import load_bundle
 from leukoscope.bundle.classical import ALLOWED_TYPES, WEIGHTS, load_pipeline, save_pipeline
-from leukoscope.cli import app
+from leukoscope.cli.verbs import app
 from leukoscope.data.images import load_rgb
 from leukoscope.errors import BundleError
 from leukoscope.features import get_extractor

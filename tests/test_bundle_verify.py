@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from leukoscope.bundle import FORMAT_VERSION, load_bundle, verify
-from leukoscope.cli import app
+from leukoscope.cli.verbs import app
 from leukoscope.errors import BundleError
 from use_support import classical_bundle, network_bundle, onnx_bundle  # noqa: F401
 

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from leukoscope.bundle import CARD, CONFIG, load_bundle
-from leukoscope.cli import app
+from leukoscope.cli.verbs import app
 from leukoscope.data.classmap import from_json, load_class_map, shipped_maps
 from leukoscope.data.manifest import labelled
 from leukoscope.data.readers import read

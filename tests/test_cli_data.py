@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from imagefiles import CNMC_CSV, cnmc_copy, png_bytes, truncated_copy
-from leukoscope.cli import app
+from leukoscope.cli.verbs import app
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, SYNTHETIC_WARNING
 
 runner = CliRunner()

@@ -4,6 +4,7 @@ option, no ``<bool>`` noise, choices from the registries, one version, and no mo
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import re
 import subprocess
 import sys
@@ -18,8 +19,9 @@ from typer.core import TyperArgument, TyperOption
 from typer.testing import CliRunner
 
 import leukoscope
-from leukoscope.cli import app
+from leukoscope.cli.app import DATA_PANELS, VERB_MODULES
 from leukoscope.cli.options import CHOICES
+from leukoscope.cli.verbs import app
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -146,7 +148,7 @@ def test_help_imports_no_model_library() -> None:
     """Every command's help, in one process: choices come from registries that import no model code."""
     code = ("import sys\n"
             "from typer.testing import CliRunner\n"
-            "from leukoscope.cli import app\n"
+            "from leukoscope.cli.verbs import app\n"
             "r = CliRunner().invoke(app, ['--help'])\n"
             "assert r.exit_code == 0, r.output\n"
             "top = sorted(m for m in ('numpy', 'pandas') if m in sys.modules)\n"
@@ -158,3 +160,26 @@ def test_help_imports_no_model_library() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[] []"  # leukoscope --help: not even numpy
+
+
+def test_the_whole_command_has_exactly_the_verbs_of_the_table() -> None:
+    group = typer.main.get_command(app)
+    assert set(group.commands) == set(VERB_MODULES)  # type: ignore[attr-defined]
+    assert set(group.commands["data"].commands) == {v for vs in DATA_PANELS.values() for v in vs}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("verb", sorted(VERB_MODULES))
+def test_the_console_script_registers_only_the_verb_it_runs(verb: str) -> None:
+    """In a fresh interpreter, ``register(verb)`` (what ``main`` does) gives that verb and imports no
+    other verb's module: a command pays for its own module only."""
+    code = ("import json, sys\nfrom typer.main import get_command\nfrom leukoscope.cli.app import register\n"
+            f"group = get_command(register({verb!r}))\n"
+            "print(json.dumps([sorted(group.commands), [m.rsplit('.', 1)[1] for m in sys.modules "
+            "if m.startswith('leukoscope.cli.')]]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    commands, modules = json.loads(out.stdout.strip().splitlines()[-1])
+    assert verb in commands and set(commands) <= {verb, "data"}
+    others = {m for v, ms in VERB_MODULES.items() if v != verb for m in ms} - set(VERB_MODULES[verb])
+    assert not others & set(modules), sorted(others & set(modules))
+

@@ -8,7 +8,7 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from leukoscope.cli import app
+from leukoscope.cli.verbs import app
 from use_support import classical_bundle, cnmc_train, network_bundle  # noqa: F401
 
 runner = CliRunner()

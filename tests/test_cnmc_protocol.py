@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from typer.testing import CliRunner
 
-from leukoscope.cli import app
+from leukoscope.cli.verbs import app
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SECTION = "## Using your own C-NMC download"

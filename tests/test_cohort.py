@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from imagefiles import png_bytes
-from leukoscope.cli import app
+from leukoscope.cli.verbs import app
 from leukoscope.data.cohort import (
     OVERVIEW_MIN_SIDE,
     Header,

@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from leukoscope.bundle import load_bundle
-from leukoscope.cli import app
+from leukoscope.cli.verbs import app
 from leukoscope.evaluate.metrics import roc_auc
 from leukoscope.evaluate.paired import delong, macro_auc, mcnemar_exact, paired_bootstrap
 from use_support import _once, network_bundle  # noqa: F401

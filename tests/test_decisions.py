@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from leukoscope.bundle import load_bundle
-from leukoscope.cli import app
+from leukoscope.cli.verbs import app
 from leukoscope.errors import BundleError, ConfigError
 from leukoscope.evaluate.intervals import too_small, wilson
 from leukoscope.evaluate.operating import choose

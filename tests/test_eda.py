@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from leukoscope.cli import app
+from leukoscope.cli.verbs import app
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING
 from leukoscope.data.readers import read
 from leukoscope.eda import GRID_PER_CLASS, eda_report

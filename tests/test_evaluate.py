@@ -79,7 +79,7 @@ def test_classes_absent_from_the_data_are_named_not_averaged(network_bundle, dat
     """Only 'all' cells: macro figures are those of 'all', and the report says 'hem' is absent."""
     from typer.testing import CliRunner
 
-    from leukoscope.cli import app
+    from leukoscope.cli.verbs import app
 
     cells = tmp_path / "cells"
     shutil.copytree(data / "cnmc_cells" / "all", cells / "all")

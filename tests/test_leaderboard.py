@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from leukoscope.cli import app
+from leukoscope.cli.verbs import app
 from leukoscope.crossval import run_models
 from leukoscope.data.manifest import SYNTHETIC_WARNING
 from leukoscope.data.readers import read

@@ -110,7 +110,7 @@ def test_int8_with_no_readable_calibration_image_is_one_line(network_bundle, dat
     from typer.testing import CliRunner
 
     from imagefiles import truncated_copy
-    from leukoscope.cli import app
+    from leukoscope.cli.verbs import app
 
     copy, cal, empty = tmp_path / "b", tmp_path / "cal", tmp_path / "empty"
     shutil.copytree(network_bundle, copy)

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from leukoscope import __version__
 from leukoscope.bundle import load_bundle
-from leukoscope.cli import app
+from leukoscope.cli.verbs import app
 from leukoscope.data.readers import read
 from leukoscope.errors import BundleError
 from leukoscope.evaluate.report import evaluate

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from leukoscope.cli import app
+from leukoscope.cli.verbs import app
 from leukoscope.data.cohort import OVERVIEW_MIN_SIDE
 from leukoscope.data.images import file_digest, image_size
 from leukoscope.patients.report import clopper_pearson, percent

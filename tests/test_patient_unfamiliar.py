@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from leukoscope.bundle import load_bundle
 from leukoscope.bundle.format import UNFAMILIAR
 from leukoscope.bundle.patient import PatientBundle
-from leukoscope.cli import app
+from leukoscope.cli.verbs import app
 from patients_support import _link, bags, cohort, later_cohort, run_dir  # noqa: F401
 from serve_support import ARTIFACTS, browser  # noqa: F401 - fixture used by name
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from typer.testing import CliRunner
 
-from leukoscope.cli import app
+from leukoscope.cli.verbs import app
 from patients_support import SIZE, cohort, later_cohort, run_dir  # noqa: F401
 
 runner = CliRunner()

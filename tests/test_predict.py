@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from imagefiles import truncated_copy
 from leukoscope.batches import ordered_map
 from leukoscope.bundle import load_bundle
-from leukoscope.cli import app
+from leukoscope.cli.verbs import app
 from leukoscope.data.images import load_rgb
 from leukoscope.errors import ConfigError, DataError
 from leukoscope.geometry import dihedral

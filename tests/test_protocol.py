@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from leukoscope.audit import audit
 from leukoscope.audit.groups import duplicate_clusters
-from leukoscope.cli import app
+from leukoscope.cli.verbs import app
 from leukoscope.data.readers import read
 from leukoscope.data.splits import NO_DEDUPE_WARNING, apply_split, describe_split, read_split, write_split
 from leukoscope.errors import DataError

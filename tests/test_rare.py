@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from leukoscope.cli import app
+from leukoscope.cli.verbs import app
 from leukoscope.data.manifest import UNLABELLED, classes
 from leukoscope.data.rare import MIN_CELLS, OTHER, rare_classes
 from leukoscope.data.readers import read

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from leukoscope.cli import app
+from leukoscope.cli.verbs import app
 from leukoscope.data.synthetic import make_synthetic
 from use_support import network_bundle  # noqa: F401
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from imagefiles import png_bytes
 from leukoscope.bundle import load_bundle
-from leukoscope.cli import app as cli
+from leukoscope.cli.verbs import app as cli
 from leukoscope.data.images import load_rgb
 from leukoscope.serve.app import create_app
 from leukoscope.serve.limits import LOOPBACK_HOSTS, ServeSettings

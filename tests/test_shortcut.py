@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from leukoscope.bundle import load_bundle
-from leukoscope.cli import app
+from leukoscope.cli.verbs import app
 from leukoscope.data.images import load_rgb
 from leukoscope.data.readers import read
 from leukoscope.eda import eda_report

@@ -121,7 +121,7 @@ def test_auto_runs_int8_only_where_it_agreed_with_fp32_on_a_cpu_with_vnni(networ
 
     import leukoscope.bundle.onnx as bundle_onnx
     from leukoscope.bundle.export import calibration_paths
-    from leukoscope.cli import app
+    from leukoscope.cli.verbs import app
 
     b = tmp_path / "b"
     shutil.copytree(network_bundle, b)

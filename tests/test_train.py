@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from leukoscope.bundle import load_bundle
-from leukoscope.cli import app
+from leukoscope.cli.verbs import app
 from leukoscope.data.images import load_rgb
 from leukoscope.data.manifest import label_indices
 from leukoscope.data.readers import read

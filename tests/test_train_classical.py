@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from leukoscope.bundle import load_bundle
-from leukoscope.cli import app
+from leukoscope.cli.verbs import app
 from leukoscope.data.images import load_rgb
 from leukoscope.data.readers import read
 from leukoscope.features import list_feature_kinds

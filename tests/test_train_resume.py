@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from leukoscope.cli import app
+from leukoscope.cli.verbs import app
 from leukoscope.data.readers import read
 from leukoscope.errors import ConfigError
 from leukoscope.progress import Silent

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from leukoscope.cli import app
+from leukoscope.cli.verbs import app
 from leukoscope.data.readers import read
 from leukoscope.tune import TuneSettings, holdout, improvement, load_config, storage_url, tune
 from postgres_support import Postgres, postgres  # noqa: F401 - the fixture is used by name

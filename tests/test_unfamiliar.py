@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from leukoscope.bundle import load_bundle
-from leukoscope.cli import app
+from leukoscope.cli.verbs import app
 from leukoscope.errors import BundleError
 from leukoscope.evaluate.coverage import risk_coverage
 from leukoscope.models.unfamiliar import DEFAULT_METHOD, fit_unfamiliar, load_scorer

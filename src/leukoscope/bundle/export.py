@@ -21,7 +21,7 @@ import numpy as np
 from leukoscope.bundle.base import load_bundle
 from leukoscope.bundle.format import CONFIG, ONNX, ONNX_INT8, SAFETENSORS, SPLIT, read_config
 from leukoscope.bundle.onnx import OnnxBundle
-from leukoscope.data.images import file_digest, load_rgb
+from leukoscope.data.images import file_digest, load_batch, load_rgb
 from leukoscope.errors import BundleError, DataError, ImageError
 from leukoscope.io import atomic_path, write_json_atomic
 from leukoscope.models.onnx import INPUT, OPSET, export_module, has_vnni, ort_session
@@ -229,14 +229,7 @@ def int8_agreement(bundle_dir: Path, config: dict[str, Any], calibration: Sequen
     except (BundleError, DataError):
         ranked = []
     used = set(calibration)
-    images: list[np.ndarray] = []
-    for p in (p for p in ranked if p not in used):
-        try:
-            images.append(load_rgb(p))
-        except ImageError:
-            continue
-        if len(images) == AGREEMENT_IMAGES:
-            break
+    images = load_batch([p for p in ranked if p not in used][:AGREEMENT_IMAGES])[1]
     if not images:
         return {"int8_agreement_images": 0}
     fp32, fp32_s = _calls(OnnxBundle(bundle_dir, config, ort_session(bundle_dir / ONNX), ONNX), images)
