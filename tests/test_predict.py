@@ -350,6 +350,19 @@ def test_file_names_that_are_not_utf8_are_written_losslessly(network_bundle, dat
     assert "wrote 4 rows" in res.output and "e-\\xff.png: not a readable image" in res.output
 
 
+def test_names_that_look_like_emoji_codes_are_printed_as_they_are(network_bundle, data, tmp_path):  # noqa: F811
+    """Rich turns ``:name:`` into an emoji: file and folder names must reach the terminal unchanged."""
+    root = tmp_path / "run:thumbs_up:"
+    root.mkdir()
+    shutil.copy(sorted((data / "cnmc_cells").rglob("*.png"))[0], root / "ok.png")
+    (root / "x:smile:.png").write_bytes(b"not an image")
+    out = root / "p:+1:.csv"
+    res = runner.invoke(app, ["predict", str(network_bundle), str(root), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    flat = res.output.replace("\n", "")
+    assert f"wrote 1 rows to {out}" in flat and "x:smile:.png: not a readable image" in flat
+
+
 def test_out_that_cannot_be_a_csv_is_refused_before_any_work(network_bundle, images, tmp_path):  # noqa: F811
     bundle = load_bundle(network_bundle)
     calls: list[int] = []

@@ -210,8 +210,8 @@ def _root(version: bool = typer.Option(False, "--version", is_eager=True, callba
     """The options of ``leukoscope`` itself, before any verb."""
 
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False, emoji=False)  # a file named "a:smile:.png" prints as it is
+err_console = Console(stderr=True, highlight=False, emoji=False)
 
 
 def printable(text: str) -> str:
