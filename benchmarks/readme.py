@@ -59,6 +59,10 @@ def results_markdown(models: pd.DataFrame) -> str:
 
 
 LIMIT = "FLOP-bound limit (measured matmul rate / model FLOPs)"
+#: Row names of benchmarks/throughput.py's methods and measures.
+PLAIN = "plain script, ONNX fp32 (what a user would write)"
+FP32, INT8 = "leukoscope predict, ONNX fp32", "leukoscope predict, ONNX int8"
+WHOLE, STEADY = "whole process", "steady state"
 THROUGHPUT_HEADER = ["Method", "Measured", "Input px", "Cells", "Seconds", "Cells/s"]
 
 
@@ -91,12 +95,35 @@ def throughput_markdown(tp: pd.DataFrame, info: dict[str, Any]) -> str:
                  "—" if pd.isna(r["images"]) else str(int(r["images"])), fmt_time(r["seconds"]),
                  f"{r['cells_per_s']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *throughput_ratios(tp)]
     fid = info.get("int8_vs_fp32")
     if fid:
         lines += ["", f"int8 against fp32 at {fid['input_size']} px on {fid['images']} cells: the same label "
                   f"on {fid['agreement']:.1%}; accuracy fp32 {fid['accuracy_fp32']:.3f}, "
                   f"int8 {fid['accuracy_int8']:.3f}."]
     return "\n".join(lines)
+
+
+def throughput_ratios(tp: pd.DataFrame) -> list[str]:
+    """What the rows say, per input size: how many times faster predict is than the plain script, and
+    int8 than fp32 (whole process on the most cells, and steady state), and predict's start-up cost
+    over the script's (whole process on the fewest cells)."""
+    lines = []
+    for size, rows in tp[tp["measure"] != "bound"].groupby("input_size"):
+        secs = {(r["method"], r["measure"], r["images"]): r["seconds"] for _, r in rows.iterrows()}
+        many, few = rows["images"].max(), rows["images"].min()
+        needed = [(m, WHOLE, n) for m in (PLAIN, FP32, INT8) for n in (many, few)] + \
+            [(m, STEADY, many) for m in (FP32, INT8)]
+        if any(k not in secs for k in needed):  # a partial run: no ratios for this size
+            continue
+        faster = secs[PLAIN, WHOLE, many] / secs[FP32, WHOLE, many]
+        start_up = secs[FP32, WHOLE, few] - secs[PLAIN, WHOLE, few]
+        int8 = secs[FP32, WHOLE, many] / secs[INT8, WHOLE, many]
+        int8_steady = secs[FP32, STEADY, many] / secs[INT8, STEADY, many]
+        lines.append(f"At {int(size)} px: `leukoscope predict` is {faster:.2f}x the plain script's speed on "
+                     f"{int(many)} cells and {start_up:+.2f} s on {int(few)}; int8 is {int8:.2f}x fp32 "
+                     f"(steady state {int8_steady:.2f}x).")
+    return lines
 
 
 def throughput_table(result: dict[str, Any]) -> str:

@@ -44,13 +44,11 @@ import numpy as np
 from leukoscope.data.images import iter_image_files
 from leukoscope.settings import data_root
 from machine import byte_compile_leukoscope, hardware, quick_bundle, warm_page_cache
+from readme import FP32, INT8, PLAIN, STEADY, WHOLE
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "throughput.json"
-PLAIN = "plain script, ONNX fp32 (what a user would write)"
-FP32, INT8 = "leukoscope predict, ONNX fp32", "leukoscope predict, ONNX int8"
 SMALL = 8
-WHOLE, STEADY = "whole process", "steady state"
 
 
 def evenly(paths: list[Path], n: int) -> list[Path]:
@@ -249,31 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def ratio(result: dict[str, Any], a: str, b: str, size: int, images: int) -> float:
-    """Seconds of method ``b`` over those of ``a`` (whole process): how many times faster ``a`` is."""
-    secs = {r["method"]: r["seconds"] for r in result["rows"]
-            if r["measure"] == WHOLE and r["input_size"] == size and r["images"] == images}
-    return secs[b] / secs[a]
-
-
 def report(result: dict[str, Any]) -> str:
-    """The rows and the ratios the issue asks about, as text."""
+    """The README's subsection (rows, ratios, int8 agreement) and the loads, as text."""
     from readme import throughput_table
 
-    t, n, fid = result["trained_size"], result["images"], result["int8_vs_fp32"]
-    lines = [throughput_table(result), ""]
-    for size in result["sizes"]:
-        lines.append(f"{size} px: leukoscope predict fp32 / plain script on {n}: "
-                     f"{ratio(result, FP32, PLAIN, size, n):.2f}x; int8 / fp32: "
-                     f"{ratio(result, INT8, FP32, size, n):.2f}x")
-    small = {r["method"]: r["seconds"] for r in result["rows"]
-             if r["measure"] == WHOLE and r["input_size"] == t and r["images"] == SMALL}
-    lines.append(f"{t} px on {SMALL} cells: leukoscope predict {small[FP32]:.2f} s, "
-                 f"plain script {small[PLAIN]:.2f} s")
-    lines.append(f"int8 vs fp32 at {t} px on {fid['images']} cells: same label on {fid['agreement']:.1%}; "
-                 f"accuracy fp32 {fid['accuracy_fp32']:.3f}, int8 {fid['accuracy_int8']:.3f}; "
-                 f"loads {result['load_average_1min']}")
-    return "\n".join(lines)
+    return f"{throughput_table(result)}\nloads {result['load_average_1min']}"
 
 
 if __name__ == "__main__":

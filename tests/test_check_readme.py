@@ -10,7 +10,19 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import check_readme  # noqa: E402
-from readme import END, START, replace_section, results_markdown, throughput_markdown  # noqa: E402
+from readme import (  # noqa: E402
+    END,
+    FP32,
+    INT8,
+    PLAIN,
+    START,
+    STEADY,
+    WHOLE,
+    replace_section,
+    results_markdown,
+    throughput_markdown,
+    throughput_ratios,
+)
 from suite import DATASETS, NETWORKS, ROW_KINDS  # noqa: E402
 
 
@@ -148,3 +160,15 @@ def test_crosslab_table_is_checked_figure_by_figure(tmp_path: Path) -> None:
     cl.loc[cl["key"] == "hc-grey", "cross_lab"] = 0.6  # a changed cross-lab figure is a mismatch
     cl.to_csv(tmp_path / "results" / "crosslab.csv", index=False)
     assert any("Cross-lab recipe" in p for p in check_readme.check(readme, tmp_path / "results"))
+
+
+def test_throughput_reads_as_ratios_at_each_size() -> None:
+    rows = [(PLAIN, WHOLE, 800, 1.6), (FP32, WHOLE, 800, 1.25), (INT8, WHOLE, 800, 0.92),
+            (PLAIN, WHOLE, 8, 0.20), (FP32, WHOLE, 8, 0.27), (INT8, WHOLE, 8, 0.23),
+            (FP32, STEADY, 800, 1.0), (INT8, STEADY, 800, 0.7)]
+    tp = pd.DataFrame([{"method": m, "measure": k, "input_size": 128, "images": n, "seconds": s,
+                        "cells_per_s": n / s} for m, k, n, s in rows])
+    assert throughput_ratios(tp) == ["At 128 px: `leukoscope predict` is 1.28x the plain script's speed on "
+                                     "800 cells and +0.07 s on 8; int8 is 1.36x fp32 (steady state 1.43x)."]
+    assert throughput_ratios(tp[tp["method"] != INT8]) == []  # a partial run says nothing
+
