@@ -27,8 +27,8 @@ class Dataset:
 
 
 # Both networks train with their default recipes (train_defaults in src/leukoscope/models/networks.py):
-# what `leukoscope train PATH --model NAME` does. Lite0: 128 px, 6 epochs or at least 150 steps
-# (aria_all 6 epochs, allidb2 30, the C-NMC folds ~38 tiny ones). Seeds are the defaults' (0).
+# what `leukoscope train PATH --model NAME` does. Lite0: 128 px, 6 epochs or at least 400 steps
+# (aria_all 16 epochs, allidb2 80, the C-NMC folds ~100 tiny ones). Seeds are the defaults' (0).
 DATASETS = (
     Dataset("cnmc", "C-NMC cells", ("cnmc_sample", "cnmc_cells"), "subject-grouped",
             {"efficientnet_lite0": {}, "leukonet": {}}, cv=True),

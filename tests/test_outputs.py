@@ -201,7 +201,7 @@ def test_the_model_default_stretch_names_subset_and_the_way_out():
     cfg = TrainConfig.build(model="efficientnet_lite0", subset=0.3).resolved()
     note = cfg.stretch_note(4)
     assert note is not None and note.startswith("stretched: --subset 0.3 gives 4 optimiser step(s) per epoch")
-    assert "padded to 150 optimiser steps (38 epochs" in note and "--min-steps 0" in note
+    assert "padded to 400 optimiser steps (100 epochs" in note and "--min-steps 0" in note
     off = TrainConfig.build(model="efficientnet_lite0", subset=0.3, min_steps=0).resolved()
     assert off.stretch_note(4) is None and off.schedule(4)[0] == 6
 

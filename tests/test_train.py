@@ -120,13 +120,13 @@ def test_cli_train_and_config_replay(synthetic2, tmp_path):
 
 def test_small_data_sets_get_more_epochs_unless_epochs_are_given() -> None:
     lite = TrainConfig.build(model="efficientnet_lite0").resolved()
-    assert (lite.epochs, lite.patience, lite.min_steps) == (6, 4, 150)
-    assert lite.schedule(26) == (6, 4)  # aria_all: 832 images, 26 steps an epoch
-    assert lite.schedule(5) == (30, 20)  # allidb2: 182 images -> 150 steps, patience in proportion
+    assert (lite.epochs, lite.patience, lite.min_steps) == (6, 4, 400)
+    assert lite.schedule(286) == (6, 4)  # the full C-NMC training set: 9,144 images, 286 steps an epoch
+    assert lite.schedule(26) == (16, 11)  # aria_all: 832 images -> 400 steps, patience in proportion
     explicit = TrainConfig.build(model="efficientnet_lite0", epochs=3).resolved()
     assert explicit.min_steps == 0 and explicit.schedule(5) == (3, 4)
     replay = TrainConfig.build(**lite.as_dict()).resolved()  # a run's config.yaml replays the same
-    assert replay.schedule(5) == (30, 20)
+    assert replay.schedule(26) == (16, 11)
     with pytest.raises(ConfigError, match="min_steps"):
         TrainConfig.build(model="leukonet", min_steps=-1).resolved()
 
