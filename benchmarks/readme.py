@@ -120,8 +120,8 @@ def throughput_ratios(tp: pd.DataFrame) -> list[str]:
         start_up = secs[FP32, WHOLE, few] - secs[PLAIN, WHOLE, few]
         int8 = secs[FP32, WHOLE, many] / secs[INT8, WHOLE, many]
         int8_steady = secs[FP32, STEADY, many] / secs[INT8, STEADY, many]
-        lines.append(f"At {int(size)} px: `leukoscope predict` is {faster:.2f}x the plain script's speed on "
-                     f"{int(many)} cells and {start_up:+.2f} s on {int(few)}; int8 is {int8:.2f}x fp32 "
+        lines.append(f"- At {int(size)} px: `leukoscope predict` is {faster:.2f}x the plain script's speed "
+                     f"on {int(many)} cells and {start_up:+.2f} s on {int(few)}; int8 is {int8:.2f}x fp32 "
                      f"(steady state {int8_steady:.2f}x).")
     return lines
 

@@ -168,6 +168,7 @@ def measure(pair: str, data: Path, runs: Path, max_foreign: int, quick: bool,
             recipe: dict[str, int]) -> dict[str, Any]:
     from leukoscope.evaluate.metrics import classification_metrics
     from leukoscope.models.unfamiliar import fit_scorer, set_threshold
+    from leukoscope.probability import softmax_t
 
     trained = pair.split("-")[0]
     t0 = time.perf_counter()
@@ -180,8 +181,7 @@ def measure(pair: str, data: Path, runs: Path, max_foreign: int, quick: bool,
     classes = bundle.classes
     y_train = np.asarray([classes.index(y_of[p]) for p in side["train"]])
     y_test = np.asarray([classes.index(y_of[p]) for p in side["test"]])
-    probs = np.exp(got["test"][0] / bundle.temperature)
-    probs /= probs.sum(axis=1, keepdims=True)
+    probs = softmax_t(got["test"][0], bundle.temperature)  # stable: confident logits overflow a plain exp
     test = classification_metrics(y_test, probs, classes)
     familiar = "new_lab_known" if "new_lab_known" in got else "test"
     rows, scored = [], {}

@@ -168,7 +168,7 @@ def test_throughput_reads_as_ratios_at_each_size() -> None:
             (FP32, STEADY, 800, 1.0), (INT8, STEADY, 800, 0.7)]
     tp = pd.DataFrame([{"method": m, "measure": k, "input_size": 128, "images": n, "seconds": s,
                         "cells_per_s": n / s} for m, k, n, s in rows])
-    assert throughput_ratios(tp) == ["At 128 px: `leukoscope predict` is 1.28x the plain script's speed on "
+    assert throughput_ratios(tp) == ["- At 128 px: `leukoscope predict` is 1.28x the plain script's speed on "
                                      "800 cells and +0.07 s on 8; int8 is 1.36x fp32 (steady state 1.43x)."]
     assert throughput_ratios(tp[tp["method"] != INT8]) == []  # a partial run says nothing
 
