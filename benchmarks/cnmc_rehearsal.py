@@ -6,6 +6,7 @@ Builds ``DIR/data/C-NMC_Leukemia`` from ``cnmc_index.tsv`` (every one of its 15,
 name, in its real fold; see ``$LEUKOSCOPE_DATA/README.md``), then runs the README's commands on it, each
 as a child process measured by ``benchmarks/measure.py`` (wall time, peak resident memory):
 ``leukoscope data describe``, ``leukoscope data audit``, ``leukoscope train --split-protocol official``
+(``--no-dedupe``: see below)
 (EfficientNet-Lite0) and ``leukoscope evaluate --side test``. Writes ``DIR/results.json`` and
 ``DIR/results.md``.
 
@@ -16,6 +17,9 @@ file is distinct; the 106 groups of ``cnmc_exact_duplicates.tsv`` are planted as
 and the audit must find every one as an exact pair. Real cells were not used: the few public ones here
 (~80), cycled over 15,115 names, would make each file a near duplicate of ~190 others. Nothing here
 says anything about accuracy on real C-NMC cells; ``DIR/data/SYNTHETIC.txt`` marks the folder.
+Distinct as files, the synthetic cells still look alike to the audit's near-duplicate search (it
+clusters ~98 % of them), so ``train`` runs with ``--no-dedupe``: merging subjects over those
+clusters would leave one group per class; the audit step measures that search at full scale.
 
 The preliminary test labels CSV of the download is not public here (only its hash): its 1,867 rows are
 invented, 28 subjects that no training fold holds (18 ALL, 10 normal; ``1002.bmp`` and ``1005.bmp`` keep
@@ -249,8 +253,11 @@ def main(argv: list[str] | None = None) -> int:
             if (out / "audit" / "audit.json").exists():
                 results["audit"]["planted"] = planted_found(out / "audit" / "audit.json", groups, data)
         elif step == "train":
+            # --no-dedupe: synthetic cells look alike to the near-duplicate search (the audit puts ~98 %
+            # of them in clusters), and merging subjects over those clusters left one group a class
             cmd = [exe, "train", str(data), "--split-protocol", "official", "--model", args.model,
-                   "--img-size", str(args.img_size), "--epochs", str(args.epochs), "--out", str(run)]
+                   "--img-size", str(args.img_size), "--epochs", str(args.epochs), "--no-dedupe",
+                   "--out", str(run)]
             results["train"] = measured("train", cmd, out)
             if (run / "metrics.json").exists():
                 results["train"]["figures"] = train_figures(run)
