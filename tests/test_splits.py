@@ -160,5 +160,9 @@ def test_read_split_rejects_leaks_and_bad_files(cnmc: pd.DataFrame, tmp_path: Pa
 def test_a_class_with_one_group_is_a_clear_error(synthetic2: Path) -> None:
     m = read([synthetic2])
     one = pd.concat([m[m["label"] == "blast"], m[m["label"] == "normal"].head(1)], ignore_index=True)
-    with pytest.raises(DataError, match="normal"):
+    with pytest.raises(DataError, match="normal") as e:
         kfold(one, k=3)
+    assert "--no-dedupe" not in str(e.value)
+    joined = mark_dedupe(m.assign(group=m["label"]), True)  # clusters joined every subject of a class
+    with pytest.raises(DataError, match="fewer than 2 groups .*--no-dedupe keeps subjects apart"):
+        train_val_test(joined, val=0.15, test=0.15, seed=0)

@@ -75,7 +75,11 @@ def _group_folds(m: Manifest, k: int, seed: int) -> np.ndarray:
     per_class = m.groupby("label")["group"].nunique()
     if per_class.min() < 2:
         rare = ", ".join(f"{c} ({n})" for c, n in per_class[per_class < 2].items())
-        raise DataError(f"too few subjects or images to split: class {rare} has fewer than 2 groups; "
+        subjects = m.groupby("label")["subject"].nunique() if "subject" in m else per_class
+        joined = deduped(m) and any(subjects.get(c, 0) >= 2 for c in per_class[per_class < 2].index)
+        merged = (" (their subjects were joined over the audit's duplicate clusters: `leukoscope data audit` "
+                  "shows them, --no-dedupe keeps subjects apart)" if joined else "")
+        raise DataError(f"too few subjects or images to split: class {rare} has fewer than 2 groups{merged}; "
                         f"merge or leave out rare classes with --min-cells N --rare other|drop")
     k = max(2, min(k, int(per_class.min())))
     sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
