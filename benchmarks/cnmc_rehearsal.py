@@ -6,9 +6,8 @@ Builds ``DIR/data/C-NMC_Leukemia`` from ``cnmc_index.tsv`` (every one of its 15,
 name, in its real fold; see ``$LEUKOSCOPE_DATA/README.md``), then runs the README's commands on it, each
 as a child process measured by ``benchmarks/measure.py`` (wall time, peak resident memory):
 ``leukoscope data describe``, ``leukoscope data audit``, ``leukoscope train --split-protocol official``
-(``--no-dedupe``: see below)
-(EfficientNet-Lite0) and ``leukoscope evaluate --side test``. Writes ``DIR/results.json`` and
-``DIR/results.md``.
+(EfficientNet-Lite0, ``--no-dedupe``: see below) and ``leukoscope evaluate --side test``. Writes
+``DIR/results.json`` and ``DIR/results.md``.
 
 The pixels are synthetic cells (``leukoscope.data.synthetic``), one per file from a seed of its path,
 drawn at a third of the side and upscaled (5x cheaper), written as BMPs of the real byte sizes
@@ -253,8 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             if (out / "audit" / "audit.json").exists():
                 results["audit"]["planted"] = planted_found(out / "audit" / "audit.json", groups, data)
         elif step == "train":
-            # --no-dedupe: synthetic cells look alike to the near-duplicate search (the audit puts ~98 %
-            # of them in clusters), and merging subjects over those clusters left one group a class
+            # --no-dedupe: the synthetic cells look alike to the near-duplicate search (module docstring)
             cmd = [exe, "train", str(data), "--split-protocol", "official", "--model", args.model,
                    "--img-size", str(args.img_size), "--epochs", str(args.epochs), "--no-dedupe",
                    "--out", str(run)]

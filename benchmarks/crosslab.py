@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from leukoscope.batches import chunks
 from readme import DEEP_SIZE
 
 HERE = Path(__file__).resolve().parent
@@ -188,14 +189,10 @@ def features(m: pd.DataFrame, kind: str, stain_target: dict[str, Any], cache: Pa
     if f.exists():
         return np.load(f)
     ext = get_extractor(kind)
-    paths = list(m["path"])
-    chunks = [paths[i : i + 32] for i in range(0, len(paths), 32)]
+    parts = list(chunks(list(m["path"]), 32))
     with ProcessPoolExecutor(os.cpu_count()) as pool:
-        done = list(
-            pool.map(
-                _chunk, chunks, [stain_target] * len(chunks), [kind if ext.parallel else None] * len(chunks)
-            )
-        )
+        done = list(pool.map(_chunk, parts, [stain_target] * len(parts),
+                             [kind if ext.parallel else None] * len(parts)))
     X = np.concatenate(done if ext.parallel else [ext.compute(images) for images in done]).astype(np.float32)
     cache.mkdir(parents=True, exist_ok=True)
     np.save(f, X)
@@ -248,9 +245,7 @@ def deep(r: Recipe, src: pd.DataFrame, tgt: pd.DataFrame, classes: list[str], qu
     with tempfile.TemporaryDirectory() as tmp:
         bundle = train(src, TrainConfig(model="efficientnet_lite0", **settings), Path(tmp) / "run", SILENT)
         test = bundle.metrics()["test"]
-        probs = np.concatenate(
-            [bundle.predict_proba(list(tgt["path"][i : i + 64])) for i in range(0, len(tgt), 64)]
-        )
+        probs = np.concatenate([bundle.predict_proba(part) for part in chunks(list(tgt["path"]), 64)])
     pred = np.asarray(bundle.classes)[probs.argmax(1)]
     return {
         "in_lab": float(test["f1_macro"]),

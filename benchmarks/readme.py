@@ -198,14 +198,18 @@ def crosslab_text(cl: pd.DataFrame) -> str:
     pairs = sorted(set(zip(cl["family"], cl["in_lab_eval"], strict=True)))
     evals = "; ".join(f"{fam}: {ev}" for fam, ev in pairs)
     cores = " and ".join(f"{c} cores" for c in sorted({int(c) for c in cl["cores"].dropna()}))
+    from leukoscope.train import TrainConfig  # the network's defaults, so the text follows them
+
+    deep = TrainConfig.build(model="efficientnet_lite0").resolved()
     return ("PBC (Barcelona) and DeepAPL (Johns Hopkins), both CellaVision, in PBC's eight types through the "
             "shipped class map (`--class-map pbc-deepapl`; DeepAPL's blasts, smudge cells, plasma cells, "
             "prolymphocytes and promonocytes left out). Macro-F1; **in-lab**: the training lab's own "
             f"held-out cells ({evals}; PBC image-level, DeepAPL grouped by patient); **cross-lab**: the "
             f"model fitted on the whole training lab, scored on every mapped cell of the other (DeepAPL "
             f"{n.get('PBC -> DeepAPL', '?')} cells, PBC {n.get('DeepAPL -> PBC', '?')}). Networks at "
-            f"{DEEP_SIZE} px with the default schedule (6 epochs, stretched to at least 400 optimiser steps) "
-            "unless the recipe says otherwise; stain normalisation fitted on the training lab's cells; "
+            f"{DEEP_SIZE} px with the default schedule ({deep.epochs} epochs, stretched to at least "
+            f"{deep.min_steps} optimiser steps) unless the recipe says otherwise; stain normalisation "
+            "fitted on the training lab's cells; "
             "`before`: a default recipe, `after`: a robustness candidate; Wall s: both directions, on a "
             f"machine of that many cores ({cores}); `benchmarks/crosslab.py`.\n\n" + crosslab_markdown(cl))
 

@@ -44,7 +44,7 @@ import numpy as np
 from leukoscope.data.images import iter_image_files
 from leukoscope.settings import data_root
 from machine import byte_compile_leukoscope, hardware, quick_bundle, warm_page_cache
-from readme import FP32, INT8, PLAIN, STEADY, WHOLE
+from readme import FP32, INT8, PLAIN, STEADY, WHOLE, throughput_table, update_throughput
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "throughput.json"
@@ -241,16 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     if args.update_readme:
-        from readme import update_throughput
-
         update_throughput(result)
     return 0
 
 
 def report(result: dict[str, Any]) -> str:
     """The README's subsection (rows, ratios, int8 agreement) and the loads, as text."""
-    from readme import throughput_table
-
     return f"{throughput_table(result)}\nloads {result['load_average_1min']}"
 
 

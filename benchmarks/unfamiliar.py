@@ -85,13 +85,14 @@ def spread(paths: list[Path], n: int) -> list[Path]:
 def embed(bundle: Any, paths: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Logits, the bundle's embedding and handcrafted features (nucleus size, chromatin texture: the
     morphology that tells a blast apart, whatever the network learned) of each cell."""
+    from leukoscope.batches import chunks
     from leukoscope.data.images import load_batch
     from leukoscope.features import get_extractor
 
     hand = get_extractor("handcrafted")
     logits, embs, hcs = [], [], []
-    for i in range(0, len(paths), 64):
-        _, images, _ = load_batch(paths[i:i + 64])
+    for chunk in chunks(paths, 64):
+        _, images, _ = load_batch(chunk)
         if images:
             lg, em = bundle.embed_logits(images)
             logits.append(lg)
