@@ -82,6 +82,47 @@ def test_int8_biases_cancel_the_weight_rounding_shift(onnx_bundle, tmp_path, mon
     assert "biases corrected" in json.loads((onnx_bundle / "config.json").read_text())["onnx"]["int8_scheme"]
 
 
+def test_fp32_nodes_are_the_leading_convolutions_up_to_a_quarter_and_the_classifier():
+    import onnx
+
+    from leukoscope.bundle.export import fp32_nodes
+
+    def graph(n_convs: int) -> onnx.ModelProto:
+        nodes = [onnx.helper.make_node("Conv", [f"x{i}", f"w{i}"], [f"x{i + 1}"], name=f"conv{i}")
+                 for i in range(n_convs)]
+        nodes.append(onnx.helper.make_node("Gemm", [f"x{n_convs}", "w", "b"], ["y"], name="head"))
+        return onnx.helper.make_model(onnx.helper.make_graph(nodes, "g", [], []))
+
+    assert fp32_nodes(graph(49), 3) == ["conv0", "conv1", "conv2", "head"]  # Lite0 has 49
+    assert fp32_nodes(graph(49), 7) == [f"conv{i}" for i in range(7)] + ["head"]
+    assert fp32_nodes(graph(8), 7) == ["conv0", "conv1", "head"]  # a small network: a quarter at most
+
+
+def test_int8_export_keeps_the_fewest_fp32_convolutions_whose_calls_agree(network_bundle, tmp_path,  # noqa: F811
+                                                                        monkeypatch):
+    """Export tries ``INT8_FP32_CONVS`` fewest first and keeps the first count whose held-out calls
+    agree with fp32's as ``--runtime auto`` asks; where none agrees, the most it may keep."""
+    import onnx
+
+    import leukoscope.bundle.onnx as bundle_onnx
+    from leukoscope.bundle.export import INT8_FP32_CONVS, calibration_paths
+
+    b = tmp_path / "b"
+    shutil.copytree(network_bundle, b)
+    calibration = calibration_paths(b, 16)  # the rest of the tiny bundle's train / val cells are held out
+    monkeypatch.setattr(bundle_onnx, "AUTO_INT8_IMAGES", 1)  # however few they are
+    for agreement, kept in ((0.0, INT8_FP32_CONVS[0]), (1.01, INT8_FP32_CONVS[-1])):
+        monkeypatch.setattr(bundle_onnx, "AUTO_INT8_AGREEMENT", agreement)
+        info = export_onnx(b, int8=True, calibration=calibration)
+        assert info["int8_fp32_convs"] == kept and f"first {kept} convolutions" in info["int8_scheme"]
+        assert info["int8_agreement_images"] > 0
+        model = onnx.load(str(b / "model.int8.onnx"))
+        producer = {o: n.op_type for n in model.graph.node for o in n.output}
+        convs = [n for n in model.graph.node if n.op_type == "Conv"]
+        float_convs = [n for n in convs if producer.get(n.input[1]) != "DequantizeLinear"]
+        assert len(float_convs) == min(kept, len(convs) // 4)  # leukonet: too few convolutions to keep any
+
+
 def test_stale_export_is_not_used(onnx_bundle, tmp_path):  # noqa: F811
     copy = tmp_path / "b"
     shutil.copytree(onnx_bundle, copy)

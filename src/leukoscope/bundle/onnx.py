@@ -33,6 +33,13 @@ AUTO_INT8_AGREEMENT = 0.99
 AUTO_INT8_IMAGES = 50
 
 
+def int8_agrees(info: dict[str, Any]) -> bool:
+    """Whether export measured int8 making fp32's call often enough, on enough images, to run it
+    unasked (``info``: what ``export_onnx`` records under ``config["onnx"]``)."""
+    return (info.get("int8_agreement", 0.0) >= AUTO_INT8_AGREEMENT
+            and info.get("int8_agreement_images", 0) >= AUTO_INT8_IMAGES)
+
+
 @functools.lru_cache(maxsize=8)
 def _digest(path: str, size: int, mtime_ns: int) -> str:
     """``file_digest`` once per version of a file in this process (``load_bundle`` with runtime
@@ -98,10 +105,7 @@ class OnnxBundle(Bundle):
         """
         if not cls.available(path, config):
             return None
-        info = config.get("onnx", {})
-        agrees = (info.get("int8_agreement", 0.0) >= AUTO_INT8_AGREEMENT
-                  and info.get("int8_agreement_images", 0) >= AUTO_INT8_IMAGES)
-        if agrees and has_vnni() and cls.available(path, config, ONNX_INT8):
+        if int8_agrees(config.get("onnx", {})) and has_vnni() and cls.available(path, config, ONNX_INT8):
             return "onnx-int8"
         return "onnx"
 
