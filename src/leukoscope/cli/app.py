@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, get_args, get_origin
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from typer._click.exceptions import BadParameter
 from typer._coercion import RuntimeParam
 from typer._param_types import coerce_cli_path
@@ -30,6 +28,8 @@ from leukoscope import __version__
 from leukoscope.errors import LeukoscopeError
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from leukoscope.data.rare import RareReport
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -210,8 +210,25 @@ def _root(version: bool = typer.Option(False, "--version", is_eager=True, callba
     """The options of ``leukoscope`` itself, before any verb."""
 
 
-console = Console(highlight=False, emoji=False)  # a file named "a:smile:.png" prints as it is
-err_console = Console(stderr=True, highlight=False, emoji=False)
+class LazyConsole:
+    """A Rich console made at its first use. Importing Rich takes 19 ms, which a command that only
+    prints plain lines (``say``; ``predict`` into a file or pipe) does not pay."""
+
+    def __init__(self, stderr: bool = False):
+        self.stderr = stderr
+
+    @functools.cached_property
+    def rich(self) -> Console:
+        from rich.console import Console
+
+        return Console(stderr=self.stderr, highlight=False, emoji=False)  # "a:smile:.png" prints as it is
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.rich, name)
+
+
+console = LazyConsole()
+err_console = LazyConsole(stderr=True)
 
 
 def printable(text: str) -> str:
@@ -230,6 +247,8 @@ def guarded(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except LeukoscopeError as e:
+            from rich.markup import escape
+
             err_console.print(f"[bold red]error:[/] {escape(printable(str(e)))}", soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
@@ -240,8 +259,9 @@ def guarded(fn: F) -> F:
 
 
 def say(text: str) -> None:
-    """Print plain text (paths, reasons): markup escaped, long paths never broken across lines."""
-    console.print(escape(printable(text)), soft_wrap=True)
+    """Print plain text (paths, reasons) on stdout as it is: no markup, long paths never broken."""
+    sys.stdout.write(printable(text) + "\n")
+    sys.stdout.flush()  # in order with lines Rich prints (it flushes each)
 
 
 def print_skipped(skipped: list[tuple[str, str]]) -> None:
@@ -256,7 +276,7 @@ def print_rare(report: RareReport | None) -> None:
     """The line saying which classes were merged or left out as rare, and how many cells."""
     line = report.line() if report is not None else None
     if line:
-        console.print(escape(f"rare classes: {line}"), soft_wrap=True)
+        say(f"rare classes: {line}")
 
 
 def print_json(data: Any) -> None:
