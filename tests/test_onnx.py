@@ -101,7 +101,8 @@ def test_fp32_nodes_are_the_leading_convolutions_up_to_a_quarter_and_the_classif
 def test_int8_export_keeps_the_fewest_fp32_convolutions_whose_calls_agree(network_bundle, tmp_path,  # noqa: F811
                                                                         monkeypatch):
     """Export tries ``INT8_FP32_CONVS`` fewest first and keeps the first count whose held-out calls
-    agree with fp32's as ``--runtime auto`` asks; where none agrees, the most it may keep."""
+    agree with fp32's as ``--runtime auto`` asks; where none agrees, or too few cells are held out to
+    tell, the most it may keep."""
     import onnx
 
     import leukoscope.bundle.onnx as bundle_onnx
@@ -110,7 +111,9 @@ def test_int8_export_keeps_the_fewest_fp32_convolutions_whose_calls_agree(networ
     b = tmp_path / "b"
     shutil.copytree(network_bundle, b)
     calibration = calibration_paths(b, 16)  # the rest of the tiny bundle's train / val cells are held out
-    monkeypatch.setattr(bundle_onnx, "AUTO_INT8_IMAGES", 1)  # however few they are
+    monkeypatch.setattr(bundle_onnx, "AUTO_INT8_AGREEMENT", 0.0)
+    assert export_onnx(b, int8=True, calibration=calibration)["int8_fp32_convs"] == INT8_FP32_CONVS[-1]
+    monkeypatch.setattr(bundle_onnx, "AUTO_INT8_IMAGES", 1)  # now those few are enough to tell
     for agreement, kept in ((0.0, INT8_FP32_CONVS[0]), (1.01, INT8_FP32_CONVS[-1])):
         monkeypatch.setattr(bundle_onnx, "AUTO_INT8_AGREEMENT", agreement)
         info = export_onnx(b, int8=True, calibration=calibration)

@@ -223,18 +223,20 @@ def _calls(bundle: OnnxBundle, images: Sequence[np.ndarray]) -> tuple[np.ndarray
     return calls, seconds
 
 
-def int8_agreement(bundle_dir: Path, config: dict[str, Any], calibration: Sequence[str]) -> dict[str, Any]:
-    """How often int8 makes fp32's call (class, or unfamiliar) and how much faster it ran here.
-
-    On up to ``AGREEMENT_IMAGES`` train / val images not used for calibration (none when the bundle
-    has no split): what ``--runtime auto`` reads (``onnx.auto_runtime``).
-    """
+def held_out_images(bundle_dir: Path, calibration: Sequence[str]) -> list[np.ndarray]:
+    """Up to ``AGREEMENT_IMAGES`` train / val images not used for calibration (none when the bundle has
+    no split), decoded: where export compares int8's calls with fp32's."""
     try:
         ranked = calibration_paths(bundle_dir, len(calibration) + AGREEMENT_IMAGES)
     except (BundleError, DataError):
-        ranked = []
+        return []
     used = set(calibration)
-    images = load_batch([p for p in ranked if p not in used][:AGREEMENT_IMAGES])[1]
+    return load_batch([p for p in ranked if p not in used][:AGREEMENT_IMAGES])[1]
+
+
+def int8_agreement(bundle_dir: Path, config: dict[str, Any], images: Sequence[np.ndarray]) -> dict[str, Any]:
+    """How often int8 makes fp32's call (class, or unfamiliar) on ``images`` and how much faster it ran
+    here: what ``--runtime auto`` reads (``onnx.auto_runtime``)."""
     if not images:
         return {"int8_agreement_images": 0}
     fp32, fp32_s = _calls(OnnxBundle(bundle_dir, config, ort_session(bundle_dir / ONNX), ONNX), images)
@@ -266,9 +268,13 @@ def export_onnx(bundle_dir: Path | str, int8: bool = False,
                             "weights_digest": file_digest(bundle_dir / SAFETENSORS)}
     if int8:
         full_range = has_vnni()  # decided by the CPU exporting; a CPU without VNNI refuses such a file
-        for leading in INT8_FP32_CONVS:
+        held_out = held_out_images(bundle_dir, paths)
+        # where even full agreement on this few held-out cells would not count: the most fp32 convolutions
+        could_agree = int8_agrees({"int8_agreement": 1.0, "int8_agreement_images": len(held_out)})
+        ladder = INT8_FP32_CONVS if could_agree else INT8_FP32_CONVS[-1:]
+        for leading in ladder:
             _export_int8(bundle_dir / ONNX, bundle_dir / ONNX_INT8, paths, config, full_range, leading)
-            measured = int8_agreement(bundle_dir, config, paths)
+            measured = int8_agreement(bundle_dir, config, held_out)
             if int8_agrees(measured):
                 break
         info |= {"int8": ONNX_INT8, "int8_calibration_images": len(paths), "int8_vnni": full_range,
