@@ -163,6 +163,18 @@ def macro_f1(y: Sequence[str], pred: Sequence[str], classes: Sequence[str]) -> f
     return float(f1_score(y, pred, labels=list(classes), average="macro", zero_division=0))
 
 
+def scored(prefix: str, y: Sequence[str], pred: Sequence[str], groups: Sequence[Any],
+           classes: Sequence[str]) -> dict[str, float]:
+    """Macro-F1 of ``pred`` as ``<prefix>`` and its 95 % interval as ``<prefix>_lo`` / ``_hi``: resampled
+    by whole ``groups`` (DeepAPL's patients; PBC's cells, it has no subject ids)."""
+    from leukoscope.evaluate.metrics import bootstrap_ci
+
+    index = {c: i for i, c in enumerate(classes)}
+    lo, hi = bootstrap_ci(np.array([index[v] for v in y]), np.array([index[v] for v in pred]),
+                          np.asarray(groups), SEED, metric="f1_macro")
+    return {prefix: macro_f1(y, pred, classes), f"{prefix}_lo": lo, f"{prefix}_hi": hi}
+
+
 def _chunk(paths: list[str], stain_target: dict[str, Any], kind: str | None) -> Any:
     """Worker: decode and stain-normalise a chunk of images; their features too when ``kind`` is given."""
     from leukoscope.data.images import load_rgb
@@ -228,10 +240,10 @@ def classical(
         oof[fold == k] = clone(est).fit(Xs[fold != k], y[fold != k]).predict(Xs[fold == k])
     pred = clone(est).fit(Xs, y).predict(Xt)
     return {
-        "in_lab": macro_f1(y, oof, classes),
+        **scored("in_lab", y, oof, src["group"], classes),
         "in_lab_eval": f"{FOLDS}-fold CV (pooled)",
         "n_in": len(src),
-        "cross_lab": macro_f1(tgt["label"], pred, classes),
+        **scored("cross_lab", tgt["label"], pred, tgt["group"], classes),
     }
 
 
@@ -244,14 +256,19 @@ def deep(r: Recipe, src: pd.DataFrame, tgt: pd.DataFrame, classes: list[str], qu
     settings = {**DEEP, **r.train, **smoke}
     with tempfile.TemporaryDirectory() as tmp:
         bundle = train(src, TrainConfig(model="efficientnet_lite0", **settings), Path(tmp) / "run", SILENT)
-        test = bundle.metrics()["test"]
-        probs = np.concatenate([bundle.predict_proba(part) for part in chunks(list(tgt["path"]), 64)])
-    pred = np.asarray(bundle.classes)[probs.argmax(1)]
+        split = bundle.split()
+        test = src[src["path"].isin(set(split.loc[split["side"] == "test", "path"]))]
+
+        def calls(paths: list[str]) -> np.ndarray:
+            probs = np.concatenate([bundle.predict_proba(part) for part in chunks(paths, 64)])
+            return np.asarray(bundle.classes)[probs.argmax(1)]
+
+        own, other = calls(list(test["path"])), calls(list(tgt["path"]))
     return {
-        "in_lab": float(test["f1_macro"]),
+        **scored("in_lab", test["label"], own, test["group"], classes),
         "in_lab_eval": "held-out test",
-        "n_in": int(test.get("n", 0)) or None,
-        "cross_lab": macro_f1(tgt["label"], pred, classes),
+        "n_in": len(test),
+        **scored("cross_lab", tgt["label"], other, tgt["group"], classes),
     }
 
 

@@ -184,7 +184,7 @@ def crosslab_markdown(cl: pd.DataFrame) -> str:
         by = part.set_index("direction")
         first = part.iloc[0]
         note = first["note"] if isinstance(first["note"], str) and first["note"] else ""
-        figures = [fmt(by[col].get(d)) if d in by.index else "—" for d, col in CROSSLAB_CELLS]
+        figures = [with_interval(by.loc[d], col) if d in by.index else "—" for d, col in CROSSLAB_CELLS]
         cells = [first["recipe"] + (f" ({note})" if note else ""), first["stage"], *figures,
                  fmt_time(part["wall_s"].sum()), fmt(int(first["cores"]))]
         lines.append("| " + " | ".join(cells) + " |")

@@ -151,7 +151,9 @@ def test_crosslab_table_is_checked_figure_by_figure(tmp_path: Path) -> None:
     cl = pd.DataFrame(rows)
     table = crosslab_markdown(cl)
     row = "| handcrafted + LR (classical default) | before | 0.900 | 0.500 | 0.600 | 0.500 | 18 | 16 |"
-    assert row in table
+    assert row in table  # results from before intervals were recorded
+    cl["cross_lab_lo"], cl["cross_lab_hi"] = 0.45, 0.55
+    assert "| 0.900 | 0.500 [0.45, 0.55] | 0.600 | 0.500 [0.45, 0.55] |" in crosslab_markdown(cl)
     assert "DeepAPL 1802 cells, PBC 1200" in crosslab_text(cl)
     readme = _readme(tmp_path / "README.md", models, tp)
     readme.write_text(readme.read_text().replace(END, "\n" + table + "\n" + END))
