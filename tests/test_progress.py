@@ -147,6 +147,24 @@ def test_rich_progress_draws_bars_notes_and_epochs() -> None:
             in text)
 
 
+def test_without_a_terminal_progress_is_plain_lines_on_stderr(capsys) -> None:
+    """Into a log file or a pipe there are no bars to draw: notes and epochs are the same lines as
+    on a terminal, written plainly, and Rich's bar display is not built."""
+    from leukoscope.cli.progress import Lines, shown
+
+    with shown() as progress:  # pytest's captured stderr is no terminal
+        assert isinstance(progress, Lines)
+        progress.task("decoding", 3)(2)
+        progress.note("trial 3 failed: [bold]not markup[/]")
+        progress.epoch({"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.75, "val_loss": 0.6,
+                        "val_accuracy": 0.7, "val_balanced_accuracy": 0.65, "seconds": 4.2})
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.splitlines() == [
+        "trial 3 failed: [bold]not markup[/]",
+        "epoch   1  loss 0.5000  acc 0.750  val loss 0.6000  val acc 0.700  val bal. acc 0.650  (4 s)"]
+
+
 def test_evaluate_and_classical_training_report_through_it(data: Path, tmp_path: Path,
                                                            classical_bundle: Path) -> None:  # noqa: F811
     """These took ``on_progress`` callbacks or a training-only ``Reporter`` before the one protocol."""
