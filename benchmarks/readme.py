@@ -203,7 +203,8 @@ def crosslab_text(cl: pd.DataFrame) -> str:
     deep = TrainConfig.build(model="efficientnet_lite0").resolved()
     return ("PBC (Barcelona) and DeepAPL (Johns Hopkins), both CellaVision, in PBC's eight types through the "
             "shipped class map (`--class-map pbc-deepapl`; DeepAPL's blasts, smudge cells, plasma cells, "
-            "prolymphocytes and promonocytes left out). Macro-F1; **in-lab**: the training lab's own "
+            "prolymphocytes and promonocytes left out). Macro-F1 with its 95 % interval (bootstrap over "
+            "DeepAPL's patients, over PBC's cells); **in-lab**: the training lab's own "
             f"held-out cells ({evals}; PBC image-level, DeepAPL grouped by patient); **cross-lab**: the "
             f"model fitted on the whole training lab, scored on every mapped cell of the other (DeepAPL "
             f"{n.get('PBC -> DeepAPL', '?')} cells, PBC {n.get('DeepAPL -> PBC', '?')}). Networks at "
