@@ -126,6 +126,42 @@ def test_int8_export_keeps_the_fewest_fp32_convolutions_whose_calls_agree(networ
         assert len(float_convs) == min(kept, len(convs) // 4)  # leukonet: too few convolutions to keep any
 
 
+def test_each_export_has_a_twin_optimised_for_this_machine_and_only_this_machine_opens_it(
+        onnx_bundle, sample, tmp_path, monkeypatch):  # noqa: F811
+    """Export writes ``model.opt.onnx`` and ``model.int8.opt.onnx``: the graphs as ONNX Runtime
+    optimises them on this CPU, recorded with its ``cpu_signature``. On this machine a session
+    opens from the twin (so it runs even with model.onnx damaged) with the same outputs; a bundle
+    recorded for another machine, or a twin that will not open, is read from model.onnx."""
+    import leukoscope.models.onnx as models_onnx
+    from leukoscope.bundle.verify import declared_files
+    from leukoscope.models.onnx import cpu_signature
+
+    config = json.loads((onnx_bundle / "config.json").read_text())
+    assert config["onnx"]["optimized_for"] == cpu_signature() and cpu_signature().startswith("onnxruntime-")
+    assert {"model.opt.onnx", "model.int8.opt.onnx"} <= set(declared_files(config))
+    want = {rt: load_bundle(onnx_bundle, runtime=rt).predict_proba(sample) for rt in ("onnx", "onnx-int8")}
+
+    b = tmp_path / "b"
+    shutil.copytree(onnx_bundle, b)
+    (b / "model.onnx").write_bytes(b"not a model")
+    (b / "model.int8.onnx").write_bytes(b"not a model")
+    for rt in ("onnx", "onnx-int8"):  # opened from the twins
+        np.testing.assert_array_equal(load_bundle(b, runtime=rt).predict_proba(sample), want[rt])
+    config["onnx"]["optimized_for"] = "onnxruntime-0.0 another machine"
+    (b / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BundleError, match="model.onnx: cannot load"):
+        load_bundle(b, runtime="onnx")
+
+    c = tmp_path / "c"
+    shutil.copytree(onnx_bundle, c)
+    (c / "model.opt.onnx").write_bytes(b"damaged")
+    np.testing.assert_array_equal(load_bundle(c, runtime="onnx").predict_proba(sample), want["onnx"])
+
+    monkeypatch.setattr(models_onnx, "cpu_signature", lambda: None)  # flags unreadable: no twin
+    assert export_onnx(c)["optimized_for"] is None and not (c / "model.opt.onnx").exists()
+    assert "model.opt.onnx" not in declared_files(json.loads((c / "config.json").read_text()))
+
+
 def test_stale_export_is_not_used(onnx_bundle, tmp_path):  # noqa: F811
     copy = tmp_path / "b"
     shutil.copytree(onnx_bundle, copy)

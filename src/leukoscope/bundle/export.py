@@ -25,7 +25,15 @@ from leukoscope.bundle.onnx import OnnxBundle, int8_agrees
 from leukoscope.data.images import file_digest, load_batch, load_rgb
 from leukoscope.errors import BundleError, DataError, ImageError
 from leukoscope.io import atomic_path, write_json_atomic
-from leukoscope.models.onnx import INPUT, OPSET, export_module, has_vnni, ort_session
+from leukoscope.models.onnx import (
+    INPUT,
+    OPSET,
+    export_module,
+    has_vnni,
+    optimized_twin,
+    ort_session,
+    write_optimized_twin,
+)
 from leukoscope.models.preprocess import prepare
 
 #: Calibration images for int8 (more barely moves the activation ranges; each costs a forward pass).
@@ -250,7 +258,9 @@ def export_onnx(bundle_dir: Path | str, int8: bool = False,
     """Add ``model.onnx`` (and with ``int8`` ``model.int8.onnx``) to a network bundle.
 
     ``calibration``: images for the int8 activation ranges (default: the bundle's train/val sides).
-    Returns what was written, as recorded under ``config["onnx"]``.
+    Each model file gets its ``optimized_twin`` for this machine (a session opens in a fifth of the
+    time), ``optimized_for`` recording which machine. Returns what was written, as recorded under
+    ``config["onnx"]``.
     """
     bundle_dir = Path(bundle_dir)
     config = read_config(bundle_dir)
@@ -283,6 +293,10 @@ def export_onnx(bundle_dir: Path | str, int8: bool = False,
                  "activations (MinMax), convolution biases corrected for weight rounding; first "
                  f"{leading} convolutions and classifier in fp32", **measured}
     else:
-        (bundle_dir / ONNX_INT8).unlink(missing_ok=True)  # an old int8 file would be stale
+        for stale in (ONNX_INT8, optimized_twin(Path(ONNX_INT8)).name):  # an old int8 file would be stale
+            (bundle_dir / stale).unlink(missing_ok=True)
+    for name in (info["fp32"], info.get("int8")):
+        if name:
+            info["optimized_for"] = write_optimized_twin(bundle_dir / name)
     write_json_atomic(bundle_dir / CONFIG, {**config, "onnx": info})
     return {**info, "bundle": str(bundle_dir)}

@@ -23,7 +23,7 @@ from leukoscope.bundle.format import CONFIG, ONNX, ONNX_INT8, SAFETENSORS, one_l
 from leukoscope.data.images import file_digest
 from leukoscope.errors import BundleError
 from leukoscope.geometry import D4, dihedral
-from leukoscope.models.onnx import EMBEDDING, INPUT, OUTPUT, SESSION_BATCH, has_vnni, ort_session
+from leukoscope.models.onnx import EMBEDDING, INPUT, OUTPUT, has_vnni, ort_session, session_batch
 from leukoscope.models.preprocess import prepare
 from leukoscope.settings import threads
 
@@ -54,12 +54,12 @@ class OnnxBundle(Bundle):
 
     weight_files = (SAFETENSORS,)
     parallel_batches = True
-    batch_size = SESSION_BATCH
 
     def __init__(self, path: Path, config: dict[str, Any], session: Any, model_file: str):
         super().__init__(path, config)
         self.session = session
         self.model_file = model_file
+        self.batch_size = session_batch(int(config["preprocessing"]["input_size"]), model_file == ONNX_INT8)
 
     @classmethod
     def load(cls, path: Path, config: dict[str, Any], model_file: str = ONNX) -> OnnxBundle:
@@ -67,7 +67,7 @@ class OnnxBundle(Bundle):
         onnx_path = path / model_file
         # the session opens while the weights are hashed (is the export current?): both release the GIL
         with ThreadPoolExecutor(1, thread_name_prefix="leukoscope-load") as pool:
-            opening = pool.submit(ort_session, onnx_path)
+            opening = pool.submit(ort_session, onnx_path, config.get("onnx", {}).get("optimized_for"))
             if not cls.available(path, config, model_file):
                 why = "exported from other weights" if onnx_path.is_file() else "not found"
                 raise BundleError(f"{onnx_path}: {why}; run `leukoscope export {path} --onnx"

@@ -28,6 +28,7 @@ from leukoscope.bundle.format import (
     raw_config,
 )
 from leukoscope.errors import LeukoscopeError
+from leukoscope.models.onnx import optimized_twin
 
 #: Synthetic cells of the smoke prediction: how many, and their side in pixels.
 SMOKE_IMAGES, SMOKE_SIZE = 2, 64
@@ -47,7 +48,8 @@ def declared_files(config: dict[str, Any]) -> list[str]:
     weights and the ONNX exports recorded under ``onnx``."""
     onnx = config.get("onnx", {})
     exports = [onnx[k] for k in ("fp32", "int8") if isinstance(onnx.get(k), str)]
-    return [CONFIG, METRICS, CARD, *family_class(config["family"]).weight_files, *exports]
+    twins = [optimized_twin(Path(f)).name for f in exports] if onnx.get("optimized_for") else []
+    return [CONFIG, METRICS, CARD, *family_class(config["family"]).weight_files, *exports, *twins]
 
 
 def runtimes(config: dict[str, Any]) -> list[str]:

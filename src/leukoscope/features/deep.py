@@ -117,11 +117,11 @@ class DeepFeatures(FeatureExtractor):
         if not len(images):
             return np.zeros((0, self.width), np.float32)
         if self.engine == "onnx":
-            from leukoscope.models.onnx import INPUT, SESSION_BATCH
+            from leukoscope.models.onnx import INPUT, session_batch
 
             session = _session(self.backbone, self.input_size)
             runs = ordered_map(lambda batch: session.run(None, {INPUT: prepare(batch, self.pre)})[0],
-                               chunks(images, SESSION_BATCH), threads())
+                               chunks(images, session_batch(self.input_size)), threads())
             return np.concatenate(list(runs)).astype(np.float32)
         import torch
 
