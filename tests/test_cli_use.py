@@ -49,6 +49,7 @@ def test_export_network_then_predict_uses_onnx(network_bundle, data, tmp_path): 
     res = runner.invoke(app, ["export", str(b), "--onnx"])
     assert res.exit_code == 0, res.output
     assert (b / "model.onnx").is_file() and not (b / "model.int8.onnx").exists()
+    assert "and model.opt.onnx: optimised for this machine" in res.output and (b / "model.opt.onnx").is_file()
     res = runner.invoke(app, ["predict", str(b), str(data / "cnmc_cells"), "--out", str(tmp_path / "p.csv")])
     assert res.exit_code == 0 and "OnnxBundle" in res.output
     res = runner.invoke(app, ["predict", str(b), str(data / "cnmc_cells"), "--out", str(tmp_path / "q.csv"),

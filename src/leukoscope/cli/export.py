@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -35,8 +36,13 @@ def export_cmd(
         return export_patients_cmd(bundle, int8)
     images = [str(p) for p in iter_inputs(calibration)] if calibration is not None else None
     info = export_onnx(bundle, int8=int8, calibration=images)
-    files = ", ".join(info[k] for k in ("fp32", "int8") if k in info)
-    say(f"wrote {files} in {bundle}")
+    files = [info[k] for k in ("fp32", "int8") if k in info]
+    say(f"wrote {', '.join(files)} in {bundle}")
+    if info.get("optimized_for"):
+        from leukoscope.models.onnx import optimized_twin
+
+        twins = ", ".join(optimized_twin(Path(f)).name for f in files)
+        say(f"and {twins}: optimised for this machine, where sessions open from them")
     if "int8" in info:
         from leukoscope.bundle.onnx import OnnxBundle
 
