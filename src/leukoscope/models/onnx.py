@@ -1,7 +1,8 @@
 """A network as an ONNX file and an ONNX Runtime session of one: what bundles and deep features share.
 
 ``export_module`` writes a torch module to one ONNX file (input ``INPUT``: float NCHW at a fixed
-size, any batch); ``ort_session`` opens such a file on the CPU, one core per call. Deep features
+size, any batch); ``ort_session`` opens such a file on the CPU, one core per call, or its
+``optimized_twin`` where that was written for this machine (``write_optimized_twin``). Deep features
 export their frozen backbone with it, ``bundle.export`` a trained network.
 """
 
