@@ -21,7 +21,7 @@ import numpy as np
 
 from leukoscope.bundle.base import load_bundle
 from leukoscope.bundle.format import CONFIG, ONNX, ONNX_INT8, SAFETENSORS, SPLIT, read_config
-from leukoscope.bundle.onnx import OnnxBundle, int8_agrees
+from leukoscope.bundle.onnx import OnnxBundle, int8_agrees, model_files
 from leukoscope.data.images import file_digest, load_batch, load_rgb
 from leukoscope.errors import BundleError, DataError, ImageError
 from leukoscope.io import atomic_path, write_json_atomic
@@ -32,7 +32,7 @@ from leukoscope.models.onnx import (
     has_vnni,
     optimized_twin,
     ort_session,
-    write_optimized_twin,
+    write_optimized_twins,
 )
 from leukoscope.models.preprocess import prepare
 
@@ -219,8 +219,11 @@ def _export_int8(fp32: Path, target: Path, paths: Sequence[str], config: dict[st
         onnx.save(quant, str(out))
 
 
-def _calls(bundle: OnnxBundle, images: Sequence[np.ndarray]) -> tuple[np.ndarray, float]:
-    """What predict would call each image (a class index, or -1 for unfamiliar), and the seconds it took."""
+def _calls(bundle_dir: Path, config: dict[str, Any], model_file: str, images: Sequence[np.ndarray]
+           ) -> tuple[np.ndarray, float]:
+    """What predict would call each image with ``model_file`` (a class index, or -1 for unfamiliar),
+    and the seconds it took."""
+    bundle = OnnxBundle(bundle_dir, config, ort_session(bundle_dir / model_file), model_file)
     bundle.assess(images[:8])  # the first run allocates
     start = time.perf_counter()
     probs, scores = bundle.assess(images)
@@ -242,15 +245,12 @@ def held_out_images(bundle_dir: Path, calibration: Sequence[str]) -> list[np.nda
     return load_batch([p for p in ranked if p not in used][:AGREEMENT_IMAGES])[1]
 
 
-def int8_agreement(bundle_dir: Path, config: dict[str, Any], images: Sequence[np.ndarray]) -> dict[str, Any]:
-    """How often int8 makes fp32's call (class, or unfamiliar) on ``images`` and how much faster it ran
-    here: what ``--runtime auto`` reads (``onnx.auto_runtime``)."""
-    if not images:
-        return {"int8_agreement_images": 0}
-    fp32, fp32_s = _calls(OnnxBundle(bundle_dir, config, ort_session(bundle_dir / ONNX), ONNX), images)
-    q, q_s = _calls(OnnxBundle(bundle_dir, config, ort_session(bundle_dir / ONNX_INT8), ONNX_INT8), images)
-    return {"int8_agreement": round(float(np.mean(fp32 == q)), 4), "int8_agreement_images": len(images),
-            "int8_speedup": round(fp32_s / max(q_s, 1e-9), 2)}
+def int8_agreement(fp32: tuple[np.ndarray, float], int8: tuple[np.ndarray, float]) -> dict[str, Any]:
+    """How often int8 made fp32's call (class, or unfamiliar) and how much faster it ran here (``_calls``
+    of each on the same images): what ``--runtime auto`` reads (``onnx.auto_runtime``)."""
+    (f, f_s), (q, q_s) = fp32, int8
+    return {"int8_agreement": round(float(np.mean(f == q)), 4), "int8_agreement_images": len(f),
+            "int8_speedup": round(f_s / max(q_s, 1e-9), 2)}
 
 
 def export_onnx(bundle_dir: Path | str, int8: bool = False,
@@ -279,12 +279,14 @@ def export_onnx(bundle_dir: Path | str, int8: bool = False,
     if int8:
         full_range = has_vnni()  # decided by the CPU exporting; a CPU without VNNI refuses such a file
         held_out = held_out_images(bundle_dir, paths)
+        fp32 = _calls(bundle_dir, config, ONNX, held_out) if held_out else None  # the same for every rung
         # where even full agreement on this few held-out cells would not count: the most fp32 convolutions
         could_agree = int8_agrees({"int8_agreement": 1.0, "int8_agreement_images": len(held_out)})
         ladder = INT8_FP32_CONVS if could_agree else INT8_FP32_CONVS[-1:]
         for leading in ladder:
             _export_int8(bundle_dir / ONNX, bundle_dir / ONNX_INT8, paths, config, full_range, leading)
-            measured = int8_agreement(bundle_dir, config, held_out)
+            measured = (int8_agreement(fp32, _calls(bundle_dir, config, ONNX_INT8, held_out))
+                        if fp32 is not None else {"int8_agreement_images": 0})
             if int8_agrees(measured):
                 break
         info |= {"int8": ONNX_INT8, "int8_calibration_images": len(paths), "int8_vnni": full_range,
@@ -295,8 +297,6 @@ def export_onnx(bundle_dir: Path | str, int8: bool = False,
     else:
         for stale in (ONNX_INT8, optimized_twin(Path(ONNX_INT8)).name):  # an old int8 file would be stale
             (bundle_dir / stale).unlink(missing_ok=True)
-    for name in (info["fp32"], info.get("int8")):
-        if name:
-            info["optimized_for"] = write_optimized_twin(bundle_dir / name)
+    info["optimized_for"] = write_optimized_twins([bundle_dir / f for f in model_files(info)])
     write_json_atomic(bundle_dir / CONFIG, {**config, "onnx": info})
     return {**info, "bundle": str(bundle_dir)}

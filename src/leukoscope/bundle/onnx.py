@@ -23,7 +23,15 @@ from leukoscope.bundle.format import CONFIG, ONNX, ONNX_INT8, SAFETENSORS, one_l
 from leukoscope.data.images import file_digest
 from leukoscope.errors import BundleError
 from leukoscope.geometry import D4, dihedral
-from leukoscope.models.onnx import EMBEDDING, INPUT, OUTPUT, has_vnni, ort_session, session_batch
+from leukoscope.models.onnx import (
+    EMBEDDING,
+    INPUT,
+    OUTPUT,
+    has_vnni,
+    optimized_twin,
+    ort_session,
+    session_batch,
+)
 from leukoscope.models.preprocess import prepare
 from leukoscope.settings import threads
 
@@ -38,6 +46,16 @@ def int8_agrees(info: dict[str, Any]) -> bool:
     unasked (``info``: what ``export_onnx`` records under ``config["onnx"]``)."""
     return (info.get("int8_agreement", 0.0) >= AUTO_INT8_AGREEMENT
             and info.get("int8_agreement_images", 0) >= AUTO_INT8_IMAGES)
+
+
+def model_files(info: dict[str, Any]) -> list[str]:
+    """The model files an export recorded (``info``: ``config["onnx"]``): fp32, then int8 if any."""
+    return [info[k] for k in ("fp32", "int8") if isinstance(info.get(k), str)]
+
+
+def twin_files(info: dict[str, Any]) -> list[str]:
+    """Their ``optimized_twin`` files, where the export wrote them (``optimized_for``)."""
+    return [optimized_twin(Path(f)).name for f in model_files(info)] if info.get("optimized_for") else []
 
 
 @functools.lru_cache(maxsize=8)

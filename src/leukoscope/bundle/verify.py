@@ -27,8 +27,8 @@ from leukoscope.bundle.format import (
     one_line,
     raw_config,
 )
+from leukoscope.bundle.onnx import model_files, twin_files
 from leukoscope.errors import LeukoscopeError
-from leukoscope.models.onnx import optimized_twin
 
 #: Synthetic cells of the smoke prediction: how many, and their side in pixels.
 SMOKE_IMAGES, SMOKE_SIZE = 2, 64
@@ -47,9 +47,8 @@ def declared_files(config: dict[str, Any]) -> list[str]:
     """The files a valid ``config`` says its bundle holds: config, metrics, card, the family's
     weights and the ONNX exports recorded under ``onnx``."""
     onnx = config.get("onnx", {})
-    exports = [onnx[k] for k in ("fp32", "int8") if isinstance(onnx.get(k), str)]
-    twins = [optimized_twin(Path(f)).name for f in exports] if onnx.get("optimized_for") else []
-    return [CONFIG, METRICS, CARD, *family_class(config["family"]).weight_files, *exports, *twins]
+    return [CONFIG, METRICS, CARD, *family_class(config["family"]).weight_files, *model_files(onnx),
+            *twin_files(onnx)]
 
 
 def runtimes(config: dict[str, Any]) -> list[str]:

@@ -258,10 +258,12 @@ def guarded(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def say(text: str) -> None:
-    """Print plain text (paths, reasons) on stdout as it is: no markup, long paths never broken."""
-    sys.stdout.write(printable(text) + "\n")
-    sys.stdout.flush()  # in order with lines Rich prints (it flushes each)
+def say(text: str, err: bool = False) -> None:
+    """Print plain text (paths, reasons) on stdout (``err``: stderr) as it is: no markup, long paths
+    never broken."""
+    stream = sys.stderr if err else sys.stdout
+    stream.write(printable(text) + "\n")
+    stream.flush()  # in order with lines Rich prints (it flushes each)
 
 
 def print_skipped(skipped: list[tuple[str, str]]) -> None:

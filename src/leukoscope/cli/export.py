@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -36,15 +35,12 @@ def export_cmd(
         return export_patients_cmd(bundle, int8)
     images = [str(p) for p in iter_inputs(calibration)] if calibration is not None else None
     info = export_onnx(bundle, int8=int8, calibration=images)
-    files = [info[k] for k in ("fp32", "int8") if k in info]
-    say(f"wrote {', '.join(files)} in {bundle}")
-    if info.get("optimized_for"):
-        from leukoscope.models.onnx import optimized_twin
+    from leukoscope.bundle.onnx import OnnxBundle, model_files, twin_files
 
-        twins = ", ".join(optimized_twin(Path(f)).name for f in files)
-        say(f"and {twins}: optimised for this machine, where sessions open from them")
+    say(f"wrote {', '.join(model_files(info))} in {bundle}")
+    if twins := twin_files(info):
+        say(f"and {', '.join(twins)}: optimised for this machine, where sessions open from them")
     if "int8" in info:
-        from leukoscope.bundle.onnx import OnnxBundle
 
         auto = "int8" if OnnxBundle.auto_runtime(bundle, read_config(bundle)) == "onnx-int8" else "fp32"
         checked = (f"int8 makes fp32's call on {info['int8_agreement']:.1%} of "

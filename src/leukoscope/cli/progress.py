@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from leukoscope.cli.app import err_console, printable
+from leukoscope.cli.app import err_console, printable, say
 from leukoscope.progress import Advance, Silent
 
 if TYPE_CHECKING:
@@ -35,7 +35,17 @@ def bar_display() -> Progress:
                     console=err_console.rich, transient=True)
 
 
-class RichProgress:
+class Lines(Silent):
+    """``Progress`` without bars: notes and epochs as plain lines on stderr."""
+
+    def note(self, text: str) -> None:
+        say(text, err=True)
+
+    def epoch(self, row: Mapping[str, Any]) -> None:
+        self.note(epoch_line(row))
+
+
+class RichProgress(Lines):
     """``Progress`` on a Rich bar display: one bar per task, a printed line per note and epoch."""
 
     def __init__(self, bars: Progress):
@@ -54,28 +64,14 @@ class RichProgress:
         if tid is not None:
             self.bars.remove_task(tid)
 
-    def note(self, text: str) -> None:
+    def note(self, text: str) -> None:  # above the bars, which Rich redraws below it
         from rich.markup import escape
 
         self.bars.console.print(escape(printable(text)), soft_wrap=True)
 
-    def epoch(self, row: Mapping[str, Any]) -> None:
-        self.note(epoch_line(row))
-
-
-class Lines(Silent):
-    """``Progress`` without bars: notes and epochs as plain lines on stderr."""
-
-    def note(self, text: str) -> None:
-        sys.stderr.write(printable(text) + "\n")
-        sys.stderr.flush()
-
-    def epoch(self, row: Mapping[str, Any]) -> None:
-        self.note(epoch_line(row))
-
 
 @contextmanager
-def shown() -> Iterator[RichProgress | Lines]:
+def shown() -> Iterator[Lines]:
     """The command's ``Progress`` for the block: ``with shown() as bars: work(progress=bars)``."""
     if not sys.stderr.isatty():
         yield Lines()
