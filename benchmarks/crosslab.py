@@ -18,9 +18,9 @@ stain normalisation (``models/stain.py``: grey-world, Reinhard) fitted on the so
 the two side by side (``both``); the deep default (``train --model efficientnet_lite0``, fine-tuned) with the
 train options of each candidate (``--stain``, ``--stain-jitter``, more epochs, 224 px input;
 ``--crop-to-cell`` is none: it crops black-background images, C-NMC, and leaves PBC / DeepAPL cells as they
-are). A classical candidate may also standardise features per lab (``adapt`` ``lab-z``: each lab's
-features z-scored with that lab's own mean and spread, the target's taken from its unlabelled cells,
-so a lab-wide shift in size, colour or texture is removed before the model sees it).
+are). A classical candidate may also be adapted to the target lab as ``evaluate --adapt`` does
+(``bundle.classical.adapted_pipeline``: the target's features standardised with its own statistics, its class
+frequencies estimated by EM, both from its unlabelled cells; the in-lab figure is of the model as trained).
 Features of normalised images are cached in the results folder.
 Writes benchmarks/results/crosslab.csv (rows of both families are kept: a run replaces its own rows) and
 prints a Markdown table with the machine load. ``--quick``: 12 cells a class, 64 px, 1 epoch (a smoke test).
@@ -63,37 +63,21 @@ class Recipe:
     stain: str = "none"
     train: dict[str, Any] = field(default_factory=dict)
     note: str = ""
-    adapt: str = "none"  # none | lab-z (classical: features z-scored per lab)
+    #: classical: adapted to the target lab's cells as ``evaluate --adapt`` does (``bundle.classical``)
+    adapt: bool = False
 
 
 RECIPES = [
     Recipe("hc", "handcrafted + LR", "classical", "before", "handcrafted", note="classical default"),
     Recipe("hc-grey", "handcrafted + LR, grey-world", "classical", "after", "handcrafted", "greyworld"),
     Recipe("hc-reinhard", "handcrafted + LR, Reinhard", "classical", "after", "handcrafted", "reinhard"),
-    Recipe(
-        "hc-labz", "handcrafted + LR, per-lab z-score", "classical", "after", "handcrafted", adapt="lab-z"
-    ),
-    Recipe(
-        "hc-grey-labz",
-        "handcrafted + LR, grey-world + per-lab z-score",
-        "classical",
-        "after",
-        "handcrafted",
-        "greyworld",
-        adapt="lab-z",
-    ),
+    Recipe("hc-adapt", "handcrafted + LR, adapted to the new lab (--adapt)", "classical", "after",
+           "handcrafted", adapt=True),
+    Recipe("hc-grey-adapt", "handcrafted + LR, grey-world, adapted to the new lab (--adapt)", "classical",
+           "after", "handcrafted", "greyworld", adapt=True),
     Recipe("both", "handcrafted + frozen Lite0 + LR", "classical", "after", "both"),
-    Recipe("both-labz", "handcrafted + frozen Lite0 + LR, per-lab z-score", "classical", "after", "both",
-           adapt="lab-z"),
-    Recipe(
-        "both-grey-labz",
-        "handcrafted + frozen Lite0 + LR, grey-world + per-lab z-score",
-        "classical",
-        "after",
-        "both",
-        "greyworld",
-        adapt="lab-z",
-    ),
+    Recipe("both-adapt", "handcrafted + frozen Lite0 + LR, adapted to the new lab (--adapt)", "classical",
+           "after", "both", adapt=True),
     Recipe("lr", "frozen EfficientNet-Lite0 + LR", "classical", "before", "deep", note="issue baseline"),
     Recipe(
         "lr-grey", "frozen EfficientNet-Lite0 + LR, grey-world", "classical", "after", "deep", "greyworld"
@@ -211,18 +195,13 @@ def features(m: pd.DataFrame, kind: str, stain_target: dict[str, Any], cache: Pa
     return X
 
 
-def _zscore(X: np.ndarray) -> np.ndarray:
-    """``X`` with each feature centred and scaled by its spread over these cells (constant ones left at 0)."""
-    sd = X.std(axis=0)
-    return (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
-
-
 def classical(
     r: Recipe, src: pd.DataFrame, tgt: pd.DataFrame, classes: list[str], cache: Path
 ) -> dict[str, Any]:
     """In-lab CV and cross-lab figures of a features + logistic-regression recipe."""
     from sklearn.base import clone
 
+    from leukoscope.bundle.classical import adapted_pipeline, log_probabilities
     from leukoscope.data.images import load_rgb
     from leukoscope.leaderboard import build_estimators
     from leukoscope.models import stain
@@ -230,15 +209,19 @@ def classical(
     # the stain target is learned from source cells only, as `train --stain` does (first 64 training cells)
     target = stain.fit([load_rgb(p) for p in src["path"][:64:1]], r.stain)
     Xs, Xt = features(src, r.features, target, cache), features(tgt, r.features, target, cache)
-    if r.adapt == "lab-z":  # unsupervised: the target's statistics come from its cells, not its labels
-        Xs, Xt = _zscore(Xs), _zscore(Xt)
     est = build_estimators(["logistic_regression"], SEED)[0]["logistic_regression"]
     y = src["label"].to_numpy()
     fold = folds(src)
     oof = np.empty(len(src), object)
     for k in range(FOLDS):
         oof[fold == k] = clone(est).fit(Xs[fold != k], y[fold != k]).predict(Xs[fold == k])
-    pred = clone(est).fit(Xs, y).predict(Xt)
+    fitted = clone(est).fit(Xs, np.searchsorted(classes, y))  # class indices, as a bundle's pipeline
+    if r.adapt:  # unsupervised: from the target's cells, not its labels
+        prior = np.bincount(np.searchsorted(classes, y), minlength=len(classes)) / len(y)
+        fitted, shift, _ = adapted_pipeline(fitted, Xt, prior)
+    else:
+        shift = np.zeros(len(classes))
+    pred = np.asarray(classes)[(log_probabilities(fitted, Xt, len(classes)) + shift).argmax(1)]
     return {
         **scored("in_lab", y, oof, src["group"], classes),
         "in_lab_eval": f"{FOLDS}-fold CV (pooled)",

@@ -28,7 +28,7 @@ from leukoscope.bundle.format import (
     UNFAMILIAR,
     read_config,
 )
-from leukoscope.errors import BundleError, ImageError
+from leukoscope.errors import BundleError, ConfigError, ImageError
 from leukoscope.models.unfamiliar import Scorer, load_scorer
 
 if TYPE_CHECKING:  # pandas costs a second of start-up; only history and split need it
@@ -52,6 +52,8 @@ class Bundle(ABC):
         self.config = config
         #: The unfamiliarity score (``models.unfamiliar``); None for a bundle written without one.
         self.unfamiliar: Scorer | None = None
+        #: How ``adapted`` fitted this model to a new lab's cells (None: as trained).
+        self.adaptation: dict[str, Any] | None = None
         if "unfamiliar" in config:
             try:
                 self.unfamiliar = load_scorer(self.path / UNFAMILIAR, config["unfamiliar"])
@@ -66,6 +68,12 @@ class Bundle(ABC):
     @abstractmethod
     def logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Uncalibrated scores, one row per HxWx3 uint8 RGB image, one column per class."""
+
+    def adapted(self, batches: Iterable[Sequence[np.ndarray]]) -> Bundle:
+        """This model adapted to a new lab from ``batches`` of its cells (no labels); families on features
+        override it (``ClassicalBundle.adapted``)."""
+        raise ConfigError(f"--adapt: a {self.family} bundle cannot be adapted to a new lab; classical "
+                          f"bundles can (their features are standardised with the new cells' statistics)")
 
     def prepare(self, images: Sequence[np.ndarray]) -> Any:
         """The per-image work before the model (networks: resize and normalise), split off so that a

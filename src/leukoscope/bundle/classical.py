@@ -9,7 +9,8 @@ so the bundle's temperature then calibrates them like any other family's.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from leukoscope.bundle.format import CONFIG, SKOPS, one_line
 from leukoscope.errors import BundleError, ConfigError
 
 WEIGHTS = SKOPS
+#: Fewest cells ``adapted`` estimates a new lab's feature statistics and class frequencies from.
+ADAPT_MIN_CELLS = 50
 #: The types beyond skops' own safe defaults (primitives, containers, arrays, public scikit-learn
 #: estimators) that a saved leukoscope pipeline holds, by exact name: the union of
 #: ``skops.io.get_untrusted_types`` over a fitted dump of every registered classical model
@@ -92,6 +95,43 @@ def load_pipeline(path: Path) -> Any:
         raise BundleError(f"{path}: cannot read the saved pipeline ({one_line(e)})") from None
 
 
+def aligned_pipeline(pipeline: Any, X: np.ndarray) -> Any:
+    """``pipeline`` with its standardisation refitted on ``X``, the feature rows of another lab's cells.
+
+    Every classical pipeline imputes, then standardises with its training cells' mean and spread
+    (``models.classical``); standardising the new lab's rows with their own instead removes a lab-wide shift
+    in size, colour or texture before the model sees them, so each feature reads as "how far from this lab's
+    typical cell", as it did in training. The imputer and the model are the fitted ones, shared.
+    """
+    from sklearn.base import clone
+    from sklearn.pipeline import Pipeline
+
+    names = [name for name, _ in pipeline.steps]
+    if names[:2] != ["impute", "scale"]:
+        raise BundleError(f"a pipeline of steps {names} has no standardisation to align to another lab")
+    impute = pipeline.named_steps["impute"]
+    scale = clone(pipeline.named_steps["scale"]).fit(impute.transform(X))
+    return Pipeline([("impute", impute), ("scale", scale), *pipeline.steps[2:]])
+
+
+def adapted_pipeline(pipeline: Any, X: np.ndarray, prior: np.ndarray, temperature: float = 1.0
+                     ) -> tuple[Any, np.ndarray, np.ndarray]:
+    """``pipeline`` adapted to ``X``, another lab's feature rows, from the rows alone: (the aligned pipeline,
+    the shift its logits take, the class frequencies estimated among the rows).
+
+    ``prior``: the class frequencies of the training cells, whose probabilities the pipeline gives. The rows'
+    own frequencies are estimated from the aligned pipeline's calibrated probabilities (``temperature``) by
+    ``probability.em_priors``; adding ``temperature`` x log(estimated / trained) to the logits reweights the
+    calibrated probabilities by that ratio (a class never trained keeps shift 0).
+    """
+    from leukoscope.probability import em_priors, softmax_t
+
+    aligned = aligned_pipeline(pipeline, X)
+    estimated = em_priors(softmax_t(log_probabilities(aligned, X, len(prior)), temperature), prior)
+    ratio = np.divide(estimated, prior, out=np.ones_like(prior), where=prior > 0)
+    return aligned, temperature * np.log(np.maximum(ratio, 1e-12)), estimated
+
+
 def check_pipeline(pipeline: Any, path: Path, n_classes: int, n_features: int) -> None:
     """Refuse a pipeline that does not fit its config: a class index outside the config's classes
     (three classes named, four predicted) or another number of input features than the extractor's."""
@@ -120,6 +160,8 @@ class ClassicalBundle(Bundle):
 
         super().__init__(path, config)
         self.pipeline = pipeline
+        #: Added to the logits: log(new / training class frequency) x temperature once ``adapted``, else 0.
+        self.prior_shift: np.ndarray = np.zeros(len(self.classes))
         try:
             self.extractor = from_spec(config["features"])
         except ConfigError as e:
@@ -135,9 +177,47 @@ class ClassicalBundle(Bundle):
         return self.extractor.compute(images)
 
     def logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        return log_probabilities(self.pipeline, self.features(images), len(self.classes))
+        return self._logits(self.features(images))
 
     def embed_logits(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The feature rows (the unfamiliarity score standardises them) and the logits."""
         X = self.features(images)
-        return log_probabilities(self.pipeline, X, len(self.classes)), X
+        return self._logits(X), X
+
+    def _logits(self, X: np.ndarray) -> np.ndarray:
+        return log_probabilities(self.pipeline, X, len(self.classes)) + self.prior_shift
+
+    def adapted(self, batches: Iterable[Sequence[np.ndarray]]) -> ClassicalBundle:
+        """This model adapted to a new lab from its cells alone (``batches`` of them, no labels).
+
+        The features are standardised with the new cells' own statistics (``aligned_pipeline``), and the
+        class frequencies among them re-estimated from the aligned model's calibrated probabilities
+        (``probability.em_priors``); the logits then carry log(new / training frequency) times the
+        temperature, so the calibrated probabilities are reweighted by it. The unfamiliarity score still
+        reads the raw features: a cell unlike the training cells stays flagged, however many came with it.
+        """
+        rows = [self.features(b) for b in batches if len(b)]
+        X = np.concatenate(rows) if rows else np.zeros((0, len(self.extractor.names())))
+        if len(X) < ADAPT_MIN_CELLS:
+            raise ConfigError(f"--adapt needs at least {ADAPT_MIN_CELLS} readable cells of the new lab to "
+                              f"estimate its statistics from, got {len(X)}")
+        prior = self.training_prior()
+        new = copy.copy(self)
+        new.pipeline, new.prior_shift, estimated = adapted_pipeline(self.pipeline, X, prior, self.temperature)
+        new.adaptation = {"cells": int(len(X)),
+                          "training_frequencies": dict(zip(self.classes, prior.tolist(), strict=True)),
+                          "estimated_frequencies": dict(zip(self.classes, estimated.tolist(), strict=True))}
+        return new
+
+    def training_prior(self) -> np.ndarray:
+        """Class frequencies of the training side (split.csv): what the pipeline's probabilities assume."""
+        from leukoscope.data.rare import RareReport, apply_rare
+
+        split = self.split()
+        if split is None:
+            raise BundleError(f"{self.path}: no split.csv, so the training class frequencies are unknown")
+        recorded = self.config.get("rare_classes")
+        rare = RareReport.from_json(recorded) if recorded else None
+        train = apply_rare(split[split["side"] == "train"], rare)
+        counts = train["label"].value_counts().reindex(self.classes, fill_value=0).to_numpy(np.float64)
+        return counts / max(counts.sum(), 1.0)

@@ -13,6 +13,7 @@ from leukoscope.cli.app import app, console, say
 from leukoscope.cli.classmap import mapped
 from leukoscope.cli.decisions import print_decision
 from leukoscope.cli.options import (
+    AdaptOpt,
     BatchOpt,
     BundleArg,
     EvaluateClassMapOpt,
@@ -44,6 +45,7 @@ def evaluate_cmd(
     batch_size: BatchOpt = 64,
     runtime: RuntimeOpt = "auto",
     class_map: EvaluateClassMapOpt = None,
+    adapt: AdaptOpt = False,
 ) -> None:
     """Accuracy, balanced accuracy, P/R/F1, ROC AUC, ECE before/after calibration, per subject; report."""
     from leukoscope.bundle import load_bundle
@@ -66,7 +68,7 @@ def evaluate_cmd(
     given = read_split(split) if split is not None else None
     with shown() as bars:
         r = evaluate(b, m, out, tta=tta, side=side, batch_size=batch_size, progress=bars, split=given,
-                     class_map=counts)
+                     class_map=counts, adapt=adapt)
     where = f"the {r['side']} side of {r['side_of']}" if r["side"] else "the images given"
     table = Table(title=escape(f"{r['model']} on {r['evaluated']} images: {where} ({r['protocol']})"))
     levels = [lvl for lvl in ("cell", "subject") if lvl in r]
@@ -87,6 +89,10 @@ def evaluate_cmd(
     console.print(f"ECE before / after temperature (T = {cal['temperature']:.3f}): "
                   f"{_f(cal['ece_before'])} / {_f(cal['ece_after'])}")
     say(coverage_line(r["unfamiliar"]))
+    if r["adapted"]:
+        from leukoscope.predict.adapt import adaptation_line
+
+        say(adaptation_line(r["adapted"]))
     cut = r["shortcut"]  # the colour shortcut beside the model (its warning, if any, a note below)
     if cut["figure"]:
         console.print(escape(f"{cut['label']}: balanced accuracy {cut['text']} ({cut['how']})"))

@@ -9,13 +9,13 @@ from typing import Annotated
 import typer
 
 from leukoscope.cli.app import app, console, say
-from leukoscope.cli.options import BatchOpt, BundleArg, ImagesArg, RuntimeOpt, TtaOpt
+from leukoscope.cli.options import AdaptOpt, BatchOpt, BundleArg, ImagesArg, RuntimeOpt, TtaOpt
 from leukoscope.cli.progress import shown
 from leukoscope.errors import ConfigError, DataError
 
 #: Options only some engines take: flag -> keyword of the engine's predict function.
 ENGINE_FLAGS = {"--address": "address", "--num-cpus": "num_cpus", "--csv": "write_csv",
-                "--restart": "restart"}
+                "--restart": "restart", "--adapt": "adapt"}
 #: The help panel of the ``--engine ray`` options.
 RAY = "Ray engine"
 
@@ -41,6 +41,7 @@ def predict_cmd(
                    ] = False,
     restart: Annotated[bool, typer.Option("--restart", help="local: discard the rows of an interrupted "
                                           "run in <out>.partial and start over.")] = False,
+    adapt: AdaptOpt = False,
 ) -> None:
     """Predict every image; a killed run resumes from <out>.partial when run again.
 
@@ -52,7 +53,8 @@ def predict_cmd(
     from leukoscope.predict import get_engine
 
     run = get_engine(engine)
-    given = {flag: v for flag, v in zip(ENGINE_FLAGS, (address, num_cpus, csv, restart), strict=True) if v}
+    given = {flag: v for flag, v in zip(ENGINE_FLAGS, (address, num_cpus, csv, restart, adapt), strict=True)
+             if v}
     if unknown := [flag for flag in given if ENGINE_FLAGS[flag] not in inspect.signature(run).parameters]:
         raise ConfigError(f"{', '.join(unknown)}: not an option of --engine {engine}")
     b = load_bundle(bundle, runtime=runtime)

@@ -31,6 +31,7 @@ from leukoscope.evaluate.metrics import curves, evaluation_metrics
 from leukoscope.evaluate.operating import evaluate_operating_point
 from leukoscope.evaluate.shortcut import for_evaluation
 from leukoscope.io import write_csv_atomic, write_json_atomic
+from leukoscope.predict.adapt import adapt_to
 from leukoscope.predict.local import scored_batches
 from leukoscope.predict.tta import proba_from_views
 from leukoscope.progress import SILENT, Progress
@@ -153,7 +154,7 @@ def _write_predictions(path: Path, m: Manifest, y: np.ndarray, probs: np.ndarray
 
 def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: str | None = None,
              batch_size: int = 64, progress: Progress = SILENT, split: Split | None = None,
-             class_map: dict[str, Any] | None = None) -> dict[str, Any]:
+             class_map: dict[str, Any] | None = None, adapt: bool = False) -> dict[str, Any]:
     """Score ``bundle`` on the labelled rows of ``m`` (optionally one ``side`` of its split, or of
     ``split``, a split file: its test side unless ``side`` says another), the classes it merged or
     dropped as rare merged or dropped here too.
@@ -161,7 +162,8 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
     Writes ``metrics.json``, ``predictions.csv``, ``report.html`` and its figures (PNG + SVG) into ``out``;
     returns the metrics dict. Unreadable images are skipped and listed under ``skipped``. With ``class_map``
     (what the map applied to ``m`` did, ``ClassMap.counts``): the bundle's in-lab figures beside these,
-    under ``crosslab`` and in ``crosslab.json``.
+    under ``crosslab`` and in ``crosslab.json``. With ``adapt``: the bundle is first adapted to these cells
+    (``predict.adapt``), recorded under ``adapted``.
     """
     from leukoscope.reports.html import save_figure, write_report
 
@@ -177,6 +179,8 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
     if m.empty:
         raise DataError("no labelled images to evaluate")
     y_all = np.asarray(label_indices(m, classes), int)
+    if adapt:
+        bundle = adapt_to(bundle, list(m["path"]), batch_size, progress)
     unfamiliarity: list[np.ndarray] = []
     ok, logits, skipped = score_paths(bundle, list(m["path"]), batch_size, tta, progress, unfamiliarity)
     if len(ok) == 0:
@@ -210,6 +214,7 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
                         "reliability_before": reliability(before, y),
                         "reliability_after": reliability(probs, y)},
         "unfamiliar": coverage_section(y, probs, unf, bundle.unfamiliar),
+        "adapted": bundle.adaptation,
     }
     # the colour shortcut beside the model; its warning is about the data set, not about what makes these
     # figures optimistic (``warnings``), so the report shows it in its own section, under the headline figures
@@ -244,4 +249,6 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
 def _protocol_text(r: dict[str, Any]) -> str:
     where = f"{r['side']} side of {r.get('side_of') or 'the bundle split'}" if r["side"] else "given images"
     trained = f"; model trained on a {r['trained_with']} split" if r["trained_with"] else ""
-    return f"{r['protocol']} ({where}){trained}"
+    adapted = (f"; model adapted to these {r['adapted']['cells']} cells (their feature statistics and class "
+               f"frequencies, no labels)") if r.get("adapted") else ""
+    return f"{r['protocol']} ({where}){trained}{adapted}"

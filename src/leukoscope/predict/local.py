@@ -325,28 +325,35 @@ def csv_row(path: str | Path, probs: np.ndarray, classes: Sequence[str],
 
 @ENGINES.register("local")
 def predict(bundle: Bundle, inputs: Iterable[str | Path], out_csv: Path | str, batch_size: int = 64,
-            tta: bool = False, progress: Progress = SILENT, restart: bool = False) -> PredictSummary:
+            tta: bool = False, progress: Progress = SILENT, restart: bool = False, adapt: bool = False
+            ) -> PredictSummary:
     """Predict every image under ``inputs`` into ``out_csv`` (path, subject, predicted, p_<class>...).
 
     ``progress`` counts input files, those kept from an interrupted run first, then after each batch.
-    ``restart`` discards the rows of an interrupted run instead of resuming (or refusing) them.
+    ``restart`` discards the rows of an interrupted run instead of resuming (or refusing) them. ``adapt``:
+    the bundle is first adapted to all the inputs (``predict.adapt``; a resumed run adapts to them again).
     """
     out = Path(out_csv)
     check_out(out)
     with output_lock(out):
-        return _predict(bundle, inputs, out, batch_size, tta, progress, restart)
+        return _predict(bundle, inputs, out, batch_size, tta, progress, restart, adapt)
 
 
 def _predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path, batch_size: int, tta: bool,
-             progress: Progress, restart: bool) -> PredictSummary:
+             progress: Progress, restart: bool, adapt: bool) -> PredictSummary:
     """``predict`` once the output is checked and held."""
+    from leukoscope.predict.adapt import adapt_to
+
     items, total, inputs_digest = check_inputs(inputs, batch_size)
     classes = bundle.classes
     cols = header(classes) + unfamiliar.columns(bundle)
     partial = partial_path(out)
     record = {"bundle": str(bundle.path), "bundle_digest": bundle_digest(bundle.path),
-              "runtime": runtime_name(bundle), "tta": tta, "inputs": total, "inputs_digest": inputs_digest}
+              "runtime": runtime_name(bundle), "tta": tta, "adapt": adapt, "inputs": total,
+              "inputs_digest": inputs_digest}
     done = set() if restart else _resume(out, cols, record)
+    if adapt:
+        bundle = adapt_to(bundle, [str(p) for p in iter_inputs(items)], batch_size, progress)
     summary = PredictSummary(out=out, resumed=len(done))
     todo = (p for p in iter_inputs(items) if str(p) not in done)
     start = time.perf_counter()

@@ -1,0 +1,155 @@
+"""``--adapt``: a classical model adapted to a new lab's cells from the cells alone (feature statistics and
+class frequencies), on real PBC -> DeepAPL cells through the CLI; the EM estimate of class frequencies on
+draws whose frequencies are known; what cannot be adapted is refused in one line."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from leukoscope.bundle import load_bundle
+from leukoscope.bundle.classical import ADAPT_MIN_CELLS, aligned_pipeline
+from leukoscope.cli.verbs import app
+from leukoscope.data.images import load_rgb
+from leukoscope.probability import em_priors, softmax_t
+from link_support import link_files
+from use_support import network_bundle  # noqa: F401
+
+runner = CliRunner()
+#: DeepAPL folder -> cells: lymphocytes dominate, as in a clinic's blood, against PBC's balanced classes.
+NEW_LAB = {"Lymphocyte": 40, "Segmented neutrophils": 20, "Eosinophils": 10, "Monocyte": 10}
+
+
+@pytest.fixture(scope="module")
+def labs(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(a logistic regression trained on 15 PBC cells of each of four types, DeepAPL cells of the same types
+    in another lab's proportions, the run folder)."""
+    root = tmp_path_factory.mktemp("adapt")
+    for kind in ("lymphocyte", "neutrophil", "eosinophil", "monocyte"):
+        link_files(sorted((data / "pbc" / kind).glob("*.jpg"))[:15], root / "pbc" / kind)
+    deep = sorted((data / "deepapl" / "Data" / "All").glob("*/**/Signed slides/*/*.jpg"))
+    for kind, n in NEW_LAB.items():
+        link_files([p for p in deep if p.parent.name == kind][:n], root / "deepapl" / kind)
+    run = root / "run"
+    res = runner.invoke(app, ["train", str(root / "pbc"), "--model", "logistic_regression",
+                              "--min-cells", "0", "--out", str(run)])
+    assert res.exit_code == 0, res.output
+    return run / "bundle", root / "deepapl", root
+
+
+def _evaluate(bundle: Path, cells: Path, out: Path, *extra: str) -> dict:
+    res = runner.invoke(app, ["evaluate", str(bundle), str(cells), "--class-map", "pbc-deepapl",
+                              "--out", str(out), *extra])
+    assert res.exit_code == 0, res.output
+    return {"output": res.output, **json.loads((out / "metrics.json").read_text())}
+
+
+def _column(csv_file: Path, name: str) -> list[str]:
+    with open(csv_file, newline="") as f:
+        return [row[name] for row in csv.DictReader(f)]
+
+
+def test_evaluate_adapts_to_the_new_lab_and_says_so(labs: tuple[Path, Path, Path]) -> None:
+    bundle, cells, root = labs
+    plain = _evaluate(bundle, cells, root / "plain")
+    adapted = _evaluate(bundle, cells, root / "adapted", "--adapt")
+    assert plain["adapted"] is None and "adapted to" not in plain["output"]
+    a = adapted["adapted"]
+    assert a["cells"] == sum(NEW_LAB.values()) == adapted["evaluated"]
+    split = load_bundle(bundle).split()
+    train = split.loc[split["side"] == "train", "label"].value_counts(normalize=True)
+    assert a["training_frequencies"] == pytest.approx({c: train.get(c, 0.0) for c in train.index})
+    assert sum(a["estimated_frequencies"].values()) == pytest.approx(1.0)
+    # half the new cells are lymphocytes against a quarter in training: the estimate moves that way
+    assert a["estimated_frequencies"]["lymphocyte"] > a["training_frequencies"]["lymphocyte"] + 0.1
+    assert f"adapted to these {a['cells']} cells" in " ".join(adapted["output"].split())
+    html = (root / "adapted" / "report.html").read_text()
+    assert "model adapted to these 80 cells (their feature statistics and class frequencies" in html
+    assert "<h2>Adapted to these cells</h2>" in html and "Adapted to these cells" not in (
+        root / "plain" / "report.html").read_text()
+    # the calls move; the unfamiliarity score reads the features as they are, so it does not
+    assert _column(root / "adapted" / "predictions.csv", "unfamiliarity") == _column(
+        root / "plain" / "predictions.csv", "unfamiliarity")
+    assert adapted["cell"]["confusion_matrix"] != plain["cell"]["confusion_matrix"]
+
+
+def test_adapted_bundle_standardises_with_the_new_cells_and_leaves_the_original(
+    labs: tuple[Path, Path, Path],
+) -> None:
+    bundle_dir, cells, _ = labs
+    bundle = load_bundle(bundle_dir)
+    images = [load_rgb(p) for p in sorted(cells.rglob("*.jpg"))]
+    before = bundle.pipeline.named_steps["scale"].mean_.copy()
+    adapted = bundle.adapted([images[:32], images[32:]])
+    X = bundle.features(images)
+    impute = bundle.pipeline.named_steps["impute"]
+    assert adapted.pipeline.named_steps["scale"].mean_ == pytest.approx(impute.transform(X).mean(axis=0))
+    assert np.array_equal(bundle.pipeline.named_steps["scale"].mean_, before)
+    assert not bundle.prior_shift.any() and bundle.adaptation is None
+    # the shift is temperature x log(estimated / trained) on the aligned pipeline's logits
+    est = np.array(list(adapted.adaptation["estimated_frequencies"].values()))
+    trained = np.array(list(adapted.adaptation["training_frequencies"].values()))
+    assert adapted.prior_shift == pytest.approx(bundle.temperature * np.log(est / trained))
+    aligned = aligned_pipeline(bundle.pipeline, X)
+    assert adapted.pipeline.named_steps["scale"].scale_ == pytest.approx(aligned.named_steps["scale"].scale_)
+    probs = adapted.predict_proba(images)
+    base = softmax_t(np.log(np.clip(aligned.predict_proba(X), 1e-7, 1)), bundle.temperature)
+    weighted = base * est / trained
+    assert probs == pytest.approx(weighted / weighted.sum(1, keepdims=True), abs=1e-6)
+
+
+def test_em_recovers_known_class_frequencies() -> None:
+    """Two Gaussian classes, trained at 50/50; exact posteriors of draws at 80/20 and at 50/50."""
+    rng = np.random.default_rng(0)
+    for share in (0.8, 0.5, 0.1):
+        y = rng.random(4000) < share
+        x = rng.normal(np.where(y, 1.0, -1.0), 1.0)
+        p1 = 1 / (1 + np.exp(-2 * x))  # posterior of class 1 at equal priors
+        q = em_priors(np.column_stack([1 - p1, p1]), np.array([0.5, 0.5]))
+        assert q[1] == pytest.approx(y.mean(), abs=0.03)
+    # a class with no training cells keeps frequency 0
+    q = em_priors(np.array([[0.7, 0.3, 0.0], [0.2, 0.8, 0.0]]), np.array([0.5, 0.5, 0.0]))
+    assert q[2] == 0 and q.sum() == pytest.approx(1.0)
+
+
+def test_adapt_refuses_too_few_cells_and_networks_in_one_line(
+    labs: tuple[Path, Path, Path], network_bundle: Path, data: Path, tmp_path: Path,  # noqa: F811
+) -> None:
+    bundle, cells, _ = labs
+    few = tmp_path / "few"
+    link_files(sorted(cells.rglob("*.jpg"))[: ADAPT_MIN_CELLS - 1], few / "Lymphocyte")
+    res = runner.invoke(app, ["predict", str(bundle), str(few), "--adapt", "--out", str(tmp_path / "p.csv")])
+    assert res.exit_code != 0
+    assert f"--adapt needs at least {ADAPT_MIN_CELLS} readable cells of the new lab" in res.output
+    assert "Traceback" not in res.output
+    res = runner.invoke(app, ["evaluate", str(network_bundle), str(data / "cnmc_sample"), "--adapt",
+                              "--out", str(tmp_path / "net")])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert "--adapt: a network bundle cannot be adapted to a new lab" in " ".join(res.output.split())
+    res = runner.invoke(app, ["predict", str(bundle), str(cells), "--adapt", "--engine", "ray",
+                              "--out", str(tmp_path / "ray")])
+    assert res.exit_code != 0 and "--adapt: not an option of --engine ray" in res.output
+
+
+def test_predict_adapts_as_evaluate_does(labs: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    bundle, cells, root = labs
+    out = tmp_path / "p.csv"
+    res = runner.invoke(app, ["predict", str(bundle), str(cells), "--adapt", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    evaluated = root / "adapted" / "predictions.csv"
+    if not evaluated.exists():  # run alone: the evaluation is another test's
+        _evaluate(bundle, cells, root / "adapted", "--adapt")
+    columns = [f"p_{c}" for c in load_bundle(bundle).classes]
+
+    def probabilities(f: Path) -> dict[str, list[float]]:
+        rows = zip(*(_column(f, c) for c in columns), strict=True)
+        return {p: [float(v) for v in r] for p, r in zip(_column(f, "path"), rows, strict=True)}
+
+    got, want = probabilities(out), probabilities(evaluated)
+    assert len(got) == sum(NEW_LAB.values()) and set(got) == set(want)
+    assert all(got[p] == pytest.approx(want[p], abs=1e-5) for p in got)  # the same adapted model
