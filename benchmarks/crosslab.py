@@ -18,9 +18,10 @@ stain normalisation (``models/stain.py``: grey-world, Reinhard) fitted on the so
 the two side by side (``both``); the deep default (``train --model efficientnet_lite0``, fine-tuned) with the
 train options of each candidate (``--stain``, ``--stain-jitter``, more epochs, 224 px input;
 ``--crop-to-cell`` is none: it crops black-background images, C-NMC, and leaves PBC / DeepAPL cells as they
-are). A classical candidate may also be adapted to the target lab as ``evaluate --adapt`` does
-(``bundle.classical.adapted_pipeline``: the target's features standardised with its own statistics, its class
-frequencies estimated by EM, both from its unlabelled cells; the in-lab figure is of the model as trained).
+are). A candidate may also be adapted to the target lab as ``evaluate --adapt`` does, from its unlabelled
+cells (classical, ``bundle.classical.adapted_pipeline``: the target's features standardised with its own
+statistics, its class frequencies estimated by EM; networks, ``Bundle.adapted``: its mean logits moved onto
+the training cells'); the in-lab figure is of the model as trained.
 Features of normalised images are cached in the results folder.
 Writes benchmarks/results/crosslab.csv (rows of both families are kept: a run replaces its own rows) and
 prints a Markdown table with the machine load. ``--quick``: 12 cells a class, 64 px, 1 epoch (a smoke test).
@@ -63,7 +64,8 @@ class Recipe:
     stain: str = "none"
     train: dict[str, Any] = field(default_factory=dict)
     note: str = ""
-    #: classical: adapted to the target lab's cells as ``evaluate --adapt`` does (``bundle.classical``)
+    #: scored on the target lab adapted to its cells, as ``evaluate --adapt`` does (classical:
+    #: ``bundle.classical.adapted_pipeline``, networks: ``Bundle.adapted``)
     adapt: bool = False
 
 
@@ -88,6 +90,8 @@ RECIPES = [
     Recipe("ft-150", "fine-tuned EfficientNet-Lite0, at least 150 steps", "deep", "before",
            note="deep default until the 400-step floor", train={"min_steps": 150}),
     Recipe("ft", "fine-tuned EfficientNet-Lite0", "deep", "after", note="deep default"),
+    Recipe("ft-adapt", "fine-tuned EfficientNet-Lite0, adapted to the new lab (--adapt)", "deep", "after",
+           adapt=True),
     Recipe(
         "ft-jitter",
         "fine-tuned EfficientNet-Lite0, stain jitter 0.2",
@@ -232,6 +236,7 @@ def classical(
 
 def deep(r: Recipe, src: pd.DataFrame, tgt: pd.DataFrame, classes: list[str], quick: bool) -> dict[str, Any]:
     """Fine-tune with ``leukoscope.train`` on the source: its test side in-lab, all target cells cross-lab."""
+    from leukoscope.predict.adapt import adapt_to
     from leukoscope.progress import SILENT
     from leukoscope.train import TrainConfig, train
 
@@ -242,11 +247,12 @@ def deep(r: Recipe, src: pd.DataFrame, tgt: pd.DataFrame, classes: list[str], qu
         split = bundle.split()
         test = src[src["path"].isin(set(split.loc[split["side"] == "test", "path"]))]
 
-        def calls(paths: list[str]) -> np.ndarray:
-            probs = np.concatenate([bundle.predict_proba(part) for part in chunks(paths, 64)])
-            return np.asarray(bundle.classes)[probs.argmax(1)]
+        def calls(model: Any, paths: list[str]) -> np.ndarray:
+            probs = np.concatenate([model.predict_proba(part) for part in chunks(paths, 64)])
+            return np.asarray(model.classes)[probs.argmax(1)]
 
-        own, other = calls(list(test["path"])), calls(list(tgt["path"]))
+        scorer = adapt_to(bundle, list(tgt["path"])) if r.adapt else bundle  # from its cells, not labels
+        own, other = calls(bundle, list(test["path"])), calls(scorer, list(tgt["path"]))
     return {
         **scored("in_lab", test["label"], own, test["group"], classes),
         "in_lab_eval": "held-out test",

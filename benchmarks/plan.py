@@ -137,6 +137,6 @@ def make_plan(data: Path, results: Path, quick: bool) -> Plan:
     d = plan.step_dir("crosslab")  # PBC <-> DeepAPL: in-lab and cross-lab macro-F1, before / after robustness
     # the two defaults before / after; other recipes (the baseline, ...): crosslab.py --recipes
     cmd = [sys.executable, str(HERE / "crosslab.py"), "--out", str(d / "crosslab.csv"),
-           "--recipes", "hc,hc-grey,hc-adapt,ft-150,ft,ft-jitter"]
+           "--recipes", "hc,hc-grey,hc-adapt,ft-150,ft,ft-adapt,ft-jitter"]
     plan.steps.append(Step("crosslab", cmd + (["--quick"] if quick else []), d, d / "crosslab.csv"))
     return plan

@@ -210,9 +210,9 @@ def crosslab_text(cl: pd.DataFrame) -> str:
             f"{n.get('PBC -> DeepAPL', '?')} cells, PBC {n.get('DeepAPL -> PBC', '?')}). Networks at "
             f"{DEEP_SIZE} px with the default schedule ({deep.epochs} epochs, stretched to at least "
             f"{deep.min_steps} optimiser steps) unless the recipe says otherwise; stain normalisation "
-            "fitted on the training lab's cells; *adapted to the new lab*: the model adapted to the other lab's "
-            "cells from those cells alone, no labels (`evaluate --adapt`: their feature statistics and class "
-            "frequencies); "
+            "fitted on the training lab's cells; *adapted to the new lab*: the model adapted to the other "
+            "lab's cells from those cells alone, no labels (`evaluate --adapt`; classical: their feature "
+            "statistics and class frequencies, networks: their mean logits); "
             "`before`: a default recipe, `after`: a robustness candidate; Wall s: both directions, on a "
             f"machine of that many cores ({cores}); `benchmarks/crosslab.py`.\n\n" + crosslab_markdown(cl))
 

@@ -6,19 +6,21 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from leukoscope.bundle import load_bundle
-from leukoscope.bundle.classical import ADAPT_MIN_CELLS, aligned_pipeline
+from leukoscope.bundle import CONFIG, load_bundle
+from leukoscope.bundle.base import ADAPT_MIN_CELLS
+from leukoscope.bundle.classical import aligned_pipeline
 from leukoscope.cli.verbs import app
 from leukoscope.data.images import load_rgb
 from leukoscope.probability import em_priors, softmax_t
 from link_support import link_files
-from use_support import network_bundle  # noqa: F401
+from use_support import network_bundle, onnx_bundle  # noqa: F401
 
 runner = CliRunner()
 #: DeepAPL folder -> cells: lymphocytes dominate, as in a clinic's blood, against PBC's balanced classes.
@@ -69,7 +71,8 @@ def test_evaluate_adapts_to_the_new_lab_and_says_so(labs: tuple[Path, Path, Path
     assert a["estimated_frequencies"]["lymphocyte"] > a["training_frequencies"]["lymphocyte"] + 0.1
     assert f"adapted to these {a['cells']} cells" in " ".join(adapted["output"].split())
     html = (root / "adapted" / "report.html").read_text()
-    assert "model adapted to these 80 cells (their feature statistics and class frequencies" in html
+    assert ("model adapted to these 80 cells, no labels (features standardised with their own statistics; "
+            "class frequencies estimated by EM)") in html
     assert "<h2>Adapted to these cells</h2>" in html and "Adapted to these cells" not in (
         root / "plain" / "report.html").read_text()
     # the calls move; the unfamiliarity score reads the features as they are, so it does not
@@ -90,11 +93,11 @@ def test_adapted_bundle_standardises_with_the_new_cells_and_leaves_the_original(
     impute = bundle.pipeline.named_steps["impute"]
     assert adapted.pipeline.named_steps["scale"].mean_ == pytest.approx(impute.transform(X).mean(axis=0))
     assert np.array_equal(bundle.pipeline.named_steps["scale"].mean_, before)
-    assert not bundle.prior_shift.any() and bundle.adaptation is None
+    assert not bundle.logit_shift.any() and bundle.adaptation is None
     # the shift is temperature x log(estimated / trained) on the aligned pipeline's logits
     est = np.array(list(adapted.adaptation["estimated_frequencies"].values()))
     trained = np.array(list(adapted.adaptation["training_frequencies"].values()))
-    assert adapted.prior_shift == pytest.approx(bundle.temperature * np.log(est / trained))
+    assert adapted.logit_shift == pytest.approx(bundle.temperature * np.log(est / trained))
     aligned = aligned_pipeline(bundle.pipeline, X)
     assert adapted.pipeline.named_steps["scale"].scale_ == pytest.approx(aligned.named_steps["scale"].scale_)
     probs = adapted.predict_proba(images)
@@ -117,7 +120,7 @@ def test_em_recovers_known_class_frequencies() -> None:
     assert q[2] == 0 and q.sum() == pytest.approx(1.0)
 
 
-def test_adapt_refuses_too_few_cells_and_networks_in_one_line(
+def test_adapt_refuses_too_few_cells_and_bundles_without_a_reference_in_one_line(
     labs: tuple[Path, Path, Path], network_bundle: Path, data: Path, tmp_path: Path,  # noqa: F811
 ) -> None:
     bundle, cells, _ = labs
@@ -127,13 +130,41 @@ def test_adapt_refuses_too_few_cells_and_networks_in_one_line(
     assert res.exit_code != 0
     assert f"--adapt needs at least {ADAPT_MIN_CELLS} readable cells of the new lab" in res.output
     assert "Traceback" not in res.output
-    res = runner.invoke(app, ["evaluate", str(network_bundle), str(data / "cnmc_sample"), "--adapt",
-                              "--out", str(tmp_path / "net")])
+    # a network bundle written before mean_logits existed
+    old = tmp_path / "old"
+    shutil.copytree(network_bundle, old)
+    config = json.loads((old / CONFIG).read_text())
+    del config["mean_logits"]
+    (old / CONFIG).write_text(json.dumps(config))
+    res = runner.invoke(app, ["evaluate", str(old), str(data / "cnmc_sample"), "--adapt", "--out",
+                              str(tmp_path / "net")])
     assert res.exit_code != 0 and "Traceback" not in res.output
-    assert "--adapt: a network bundle cannot be adapted to a new lab" in " ".join(res.output.split())
+    assert f"--adapt: {old} cannot be adapted to a new lab" in " ".join(res.output.split())
     res = runner.invoke(app, ["predict", str(bundle), str(cells), "--adapt", "--engine", "ray",
                               "--out", str(tmp_path / "ray")])
     assert res.exit_code != 0 and "--adapt: not an option of --engine ray" in res.output
+
+
+def test_network_records_its_training_mean_logits_and_centres_a_new_lab_on_them(
+    network_bundle: Path, onnx_bundle: Path, data: Path,  # noqa: F811
+) -> None:
+    """The mean logits are the training cells' as the bundle scores them; adapted, a new lab's mean logits
+    are moved onto them, by the same shift in torch and in ONNX Runtime."""
+    bundle = load_bundle(network_bundle, runtime="torch")
+    split = bundle.split()
+    train = [load_rgb(p) for p in split.loc[split["side"] == "train", "path"]]
+    assert bundle.config["mean_logits"] == pytest.approx(bundle.logits(train).mean(axis=0).tolist(), abs=1e-3)
+    new_lab = [load_rgb(p) for p in sorted((data / "allidb2").glob("*"))[:60]]  # another lab's cells
+    adapted = bundle.adapted([new_lab[:32], new_lab[32:]])
+    assert adapted.adaptation == {"cells": 60, "how": "logits centred on the training cells' mean"}
+    assert adapted.logits(new_lab).mean(axis=0) == pytest.approx(bundle.config["mean_logits"], abs=1e-4)
+    assert adapted.logits(new_lab) - bundle.logits(new_lab) == pytest.approx(
+        np.broadcast_to(adapted.logit_shift, (60, len(bundle.classes))), abs=1e-4)
+    scores = [b.assess(new_lab)[1] for b in (bundle, adapted)]
+    assert scores[0] is not None and np.array_equal(scores[0], scores[1])  # unfamiliarity as before
+    onnx = load_bundle(onnx_bundle, runtime="onnx").adapted([new_lab])
+    assert onnx.logit_shift == pytest.approx(adapted.logit_shift, abs=1e-3)
+    assert onnx.predict_proba(new_lab) == pytest.approx(adapted.predict_proba(new_lab), abs=1e-3)
 
 
 def test_predict_adapts_as_evaluate_does(labs: tuple[Path, Path, Path], tmp_path: Path) -> None:

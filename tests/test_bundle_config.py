@@ -59,6 +59,8 @@ NETWORK_BAD = [
     ({"classes": "all,hem"}, "classes"),
     ({"classes": ["all", 3]}, "classes"),
     ({"classes": ["all", " "]}, "classes"),
+    ({"mean_logits": [0.5]}, "mean_logits must be a list of 2 finite numbers"),  # one per class
+    ({"mean_logits": [0.5, float("inf")]}, "mean_logits"),
     ({"family": "svm"}, "family"),
     ({"model": 7}, "model"),
     ({"model": "svc"}, "model 'svc' is not a registered network; choose from: efficientnet_lite0, leukonet"),
@@ -128,7 +130,7 @@ def test_good_configs_still_load(network_bundle: Path, classical_bundle: Path,  
 # ---- consistency with the weights ----------------------------------------------------------------
 
 def test_network_head_must_fit_the_classes(network_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
-    refused(edited(network_bundle, tmp_path / "b", classes=["all", "hem", "other"]),
+    refused(edited(network_bundle, tmp_path / "b", classes=["all", "hem", "other"], mean_logits=[0.0] * 3),
             "classifier has 2 outputs, but config.json lists 3 classes", file="model.safetensors")
 
 
@@ -185,7 +187,7 @@ def test_every_network_round_trips(name: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("runtime", ["onnx", "onnx-int8"])
 def test_onnx_outputs_must_fit_the_classes(runtime: str, onnx_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
     file = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}[runtime]
-    copy = edited(onnx_bundle, tmp_path / "b", classes=["all", "hem", "other"])
+    copy = edited(onnx_bundle, tmp_path / "b", classes=["all", "hem", "other"], mean_logits=[0.0] * 3)
     refused(copy, "gives 2 scores per image, but config.json lists 3 classes", file=file, runtime=runtime)
     refused(copy, "2 outputs", file="model.safetensors", runtime="torch")
 
@@ -200,7 +202,8 @@ def test_serve_refuses_a_mismatched_onnx_bundle(onnx_bundle: Path, tmp_path: Pat
     from leukoscope.serve.app import create_app
 
     with pytest.raises(BundleError, match="scores per image"):
-        create_app(edited(onnx_bundle, tmp_path / "b", classes=["all", "hem", "other"]))
+        create_app(edited(onnx_bundle, tmp_path / "b", classes=["all", "hem", "other"],
+                          mean_logits=[0.0] * 3))
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +240,8 @@ def test_classical_pipeline_must_fit_the_features(classical_bundle: Path, tmp_pa
 # ---- through the command line ------------------------------------------------------------------
 
 @pytest.mark.parametrize("edits, key", [({"temperature": 0}, "temperature"),
-                                        ({"classes": ["all", "hem", "other"]}, "3 classes")])
+                                        ({"classes": ["all", "hem", "other"], "mean_logits": [0.0] * 3},
+                                         "3 classes")])
 def test_cli_predict_refuses_with_one_line(edits: dict[str, Any], key: str, onnx_bundle: Path,  # noqa: F811
                                            data: Path, tmp_path: Path) -> None:
     copy = edited(onnx_bundle, tmp_path / "b", **edits)

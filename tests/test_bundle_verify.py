@@ -81,7 +81,7 @@ def test_a_missing_declared_file_fails_and_stops(onnx_bundle: Path, tmp_path: Pa
 
 def test_weights_that_do_not_fit_the_config_fail(network_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
     bundle = _copy(network_bundle, tmp_path)
-    _edit_config(bundle, classes=["all", "hem", "other"])
+    _edit_config(bundle, classes=["all", "hem", "other"], mean_logits=[0.0] * 3)
     findings = verify(bundle)
     assert findings[-1].check == "weights (torch)" and not findings[-1].ok
     assert "classifier has 2 outputs" in findings[-1].detail

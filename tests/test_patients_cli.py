@@ -54,6 +54,9 @@ def test_evaluate_on_training_patients_warns(run_dir: Path, cohort: Path, tmp_pa
     code, out = run("evaluate", run_dir / "bundle", cohort, "--out", tmp_path / "ev")
     assert code == 0, out
     assert "24 evaluated patient(s) share cells with the bundle's training data" in out
+    code, out = run("evaluate", run_dir / "bundle", cohort, "--adapt", "--out", tmp_path / "adapted")
+    assert code != 0 and "--adapt: patient bundles cannot be adapted to a new lab" in " ".join(out.split())
+    assert not (tmp_path / "adapted").exists()
 
 
 def test_export_writes_the_embedding_network(run_dir: Path, cohort: Path, tmp_path: Path) -> None:  # noqa: F811

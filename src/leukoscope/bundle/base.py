@@ -8,6 +8,7 @@ serve never branch on the family.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from abc import ABC, abstractmethod
@@ -34,6 +35,8 @@ from leukoscope.models.unfamiliar import Scorer, load_scorer
 if TYPE_CHECKING:  # pandas costs a second of start-up; only history and split need it
     import pandas as pd
 
+#: Fewest cells ``Bundle.adapted`` estimates a new lab's statistics from.
+ADAPT_MIN_CELLS = 50
 #: What ``predict_proba`` takes for one image: an HxWx3 uint8 RGB array, or the path of an image file.
 ImageLike = np.ndarray | str | os.PathLike[str]
 
@@ -54,6 +57,8 @@ class Bundle(ABC):
         self.unfamiliar: Scorer | None = None
         #: How ``adapted`` fitted this model to a new lab's cells (None: as trained).
         self.adaptation: dict[str, Any] | None = None
+        #: Added to the family's logits once ``adapted`` (zero as trained).
+        self.logit_shift: np.ndarray = np.zeros(len(config["classes"]))
         if "unfamiliar" in config:
             try:
                 self.unfamiliar = load_scorer(self.path / UNFAMILIAR, config["unfamiliar"])
@@ -70,10 +75,22 @@ class Bundle(ABC):
         """Uncalibrated scores, one row per HxWx3 uint8 RGB image, one column per class."""
 
     def adapted(self, batches: Iterable[Sequence[np.ndarray]]) -> Bundle:
-        """This model adapted to a new lab from ``batches`` of its cells (no labels); families on features
-        override it (``ClassicalBundle.adapted``)."""
-        raise ConfigError(f"--adapt: a {self.family} bundle cannot be adapted to a new lab; classical "
-                          f"bundles can (their features are standardised with the new cells' statistics)")
+        """A copy of this model adapted to a new lab from ``batches`` of its cells, no labels.
+
+        Here (networks): the new cells' mean logits are moved onto the training cells' (config
+        ``mean_logits``) by one shift per class. The head is linear, so that is the new lab's mean
+        penultimate feature moved onto the training cells', a lab-wide offset removed. Classical bundles
+        override it (``ClassicalBundle.adapted``). The unfamiliarity score is computed as before.
+        """
+        reference = self.config.get("mean_logits")
+        if reference is None:
+            raise ConfigError(f"--adapt: {self.path} cannot be adapted to a new lab (a {self.family} bundle "
+                              f"without the training cells' mean_logits; networks trained since have them)")
+        logits = adapt_sample([self.logits(b) for b in batches if len(b)])
+        new = copy.copy(self)
+        new.logit_shift = self.logit_shift + np.asarray(reference) - logits.mean(axis=0)
+        new.adaptation = {"cells": len(logits), "how": "logits centred on the training cells' mean"}
+        return new
 
     def prepare(self, images: Sequence[np.ndarray]) -> Any:
         """The per-image work before the model (networks: resize and normalise), split off so that a
@@ -177,6 +194,14 @@ class Bundle(ABC):
 
         p = self.path / SPLIT
         return resolved(pd.read_csv(p, dtype={"subject": object}), present) if p.exists() else None
+
+
+def adapt_sample(rows: list[np.ndarray]) -> np.ndarray:
+    """The rows of the cells ``Bundle.adapted`` learns a new lab from, refused when too few to say much."""
+    if sum(len(r) for r in rows) < ADAPT_MIN_CELLS:
+        raise ConfigError(f"--adapt needs at least {ADAPT_MIN_CELLS} readable cells of the new lab to "
+                          f"estimate its statistics from, got {sum(len(r) for r in rows)}")
+    return np.concatenate(rows)
 
 
 def decode(images: Sequence[ImageLike]) -> Sequence[np.ndarray]:

@@ -16,13 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from leukoscope.bundle.base import Bundle, bundle_family
+from leukoscope.bundle.base import Bundle, adapt_sample, bundle_family
 from leukoscope.bundle.format import CONFIG, SKOPS, one_line
 from leukoscope.errors import BundleError, ConfigError
 
 WEIGHTS = SKOPS
-#: Fewest cells ``adapted`` estimates a new lab's feature statistics and class frequencies from.
-ADAPT_MIN_CELLS = 50
 #: The types beyond skops' own safe defaults (primitives, containers, arrays, public scikit-learn
 #: estimators) that a saved leukoscope pipeline holds, by exact name: the union of
 #: ``skops.io.get_untrusted_types`` over a fitted dump of every registered classical model
@@ -108,7 +106,7 @@ def aligned_pipeline(pipeline: Any, X: np.ndarray) -> Any:
 
     names = [name for name, _ in pipeline.steps]
     if names[:2] != ["impute", "scale"]:
-        raise BundleError(f"a pipeline of steps {names} has no standardisation to align to another lab")
+        raise BundleError(f"--adapt: a pipeline of steps {names} has no standardisation to align")
     impute = pipeline.named_steps["impute"]
     scale = clone(pipeline.named_steps["scale"]).fit(impute.transform(X))
     return Pipeline([("impute", impute), ("scale", scale), *pipeline.steps[2:]])
@@ -160,8 +158,6 @@ class ClassicalBundle(Bundle):
 
         super().__init__(path, config)
         self.pipeline = pipeline
-        #: Added to the logits: log(new / training class frequency) x temperature once ``adapted``, else 0.
-        self.prior_shift: np.ndarray = np.zeros(len(self.classes))
         try:
             self.extractor = from_spec(config["features"])
         except ConfigError as e:
@@ -185,26 +181,18 @@ class ClassicalBundle(Bundle):
         return self._logits(X), X
 
     def _logits(self, X: np.ndarray) -> np.ndarray:
-        return log_probabilities(self.pipeline, X, len(self.classes)) + self.prior_shift
+        return log_probabilities(self.pipeline, X, len(self.classes)) + self.logit_shift
 
     def adapted(self, batches: Iterable[Sequence[np.ndarray]]) -> ClassicalBundle:
-        """This model adapted to a new lab from its cells alone (``batches`` of them, no labels).
-
-        The features are standardised with the new cells' own statistics (``aligned_pipeline``), and the
-        class frequencies among them re-estimated from the aligned model's calibrated probabilities
-        (``probability.em_priors``); the logits then carry log(new / training frequency) times the
-        temperature, so the calibrated probabilities are reweighted by it. The unfamiliarity score still
-        reads the raw features: a cell unlike the training cells stays flagged, however many came with it.
-        """
-        rows = [self.features(b) for b in batches if len(b)]
-        X = np.concatenate(rows) if rows else np.zeros((0, len(self.extractor.names())))
-        if len(X) < ADAPT_MIN_CELLS:
-            raise ConfigError(f"--adapt needs at least {ADAPT_MIN_CELLS} readable cells of the new lab to "
-                              f"estimate its statistics from, got {len(X)}")
+        """This model adapted to a new lab from ``batches`` of its cells, no labels (``adapted_pipeline``).
+        The unfamiliarity score still reads the raw features: a cell unlike the training cells stays
+        flagged, however many came with it."""
+        X = adapt_sample([self.features(b) for b in batches if len(b)])
         prior = self.training_prior()
         new = copy.copy(self)
-        new.pipeline, new.prior_shift, estimated = adapted_pipeline(self.pipeline, X, prior, self.temperature)
-        new.adaptation = {"cells": int(len(X)),
+        new.pipeline, new.logit_shift, estimated = adapted_pipeline(self.pipeline, X, prior, self.temperature)
+        new.adaptation = {"cells": len(X), "how": "features standardised with their own statistics; class "
+                          "frequencies estimated by EM",
                           "training_frequencies": dict(zip(self.classes, prior.tolist(), strict=True)),
                           "estimated_frequencies": dict(zip(self.classes, estimated.tolist(), strict=True))}
         return new

@@ -232,6 +232,10 @@ def _check_unfamiliar(u: Any, need: Need) -> None:
 
 def _check_network(config: dict[str, Any], need: Need) -> None:
     need("model" in config, "model", "the network's name", None)
+    if "mean_logits" in config:  # optional: a bundle from before it cannot be adapted (``Bundle.adapted``)
+        v, k = config["mean_logits"], len(config["classes"])
+        need(_numbers(v, (k,)), "mean_logits",
+             f"a list of {k} finite numbers, one per class", v)
     pre: Any = config.get("preprocessing")
     need(isinstance(pre, dict), "preprocessing", "a JSON object", pre)
     _check_preprocessing(pre, need)

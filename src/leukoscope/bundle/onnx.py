@@ -128,12 +128,17 @@ class OnnxBundle(Bundle):
         return "onnx"
 
     def _run(self, x: np.ndarray, names: Sequence[str] = (OUTPUT,)) -> list[np.ndarray]:
+        """The session's ``names`` outputs of one prepared batch, the logits shifted as ``adapted`` set."""
         if not self.config.get("tta", False):
-            return [np.asarray(a) for a in self.session.run(list(names), {INPUT: x})]
-        # trained with TTA: logits averaged over the D4 views, as NetworkBundle does in torch
-        batch = np.ascontiguousarray(np.concatenate(dihedral(x, (2, 3))))
-        return [np.asarray(a).reshape(len(D4), len(x), -1).mean(axis=0)
-                for a in self.session.run(list(names), {INPUT: batch})]
+            out = [np.asarray(a) for a in self.session.run(list(names), {INPUT: x})]
+        else:  # trained with TTA: logits averaged over the D4 views, as NetworkBundle does in torch
+            batch = np.ascontiguousarray(np.concatenate(dihedral(x, (2, 3))))
+            out = [np.asarray(a).reshape(len(D4), len(x), -1).mean(axis=0)
+                   for a in self.session.run(list(names), {INPUT: batch})]
+        if self.adaptation is None:
+            return out
+        return [a + self.logit_shift.astype(a.dtype) if n == OUTPUT else a
+                for n, a in zip(names, out, strict=True)]
 
     def _batches(self, images: Sequence[np.ndarray], names: Sequence[str]) -> list[np.ndarray]:
         out = list(ordered_map(lambda batch: self._run(prepare(batch, self.config), names),

@@ -24,6 +24,7 @@ from leukoscope.cli.options import (
     TtaOpt,
 )
 from leukoscope.cli.progress import shown
+from leukoscope.errors import ConfigError
 
 
 def _f(v: float | None) -> str:
@@ -59,6 +60,9 @@ def evaluate_cmd(
     if b.family == "patient":
         from leukoscope.cli.patients import evaluate_patients_cmd
 
+        if adapt:
+            raise ConfigError("--adapt: patient bundles cannot be adapted to a new lab; classical and "
+                              "network bundles can")
         return evaluate_patients_cmd(b, paths, layout, out)
     from leukoscope.data.splits import read_split
 

@@ -140,9 +140,10 @@ ImagesArg = Annotated[list[str], typer.Argument(help="Image files, folders (recu
 TtaOpt = Annotated[bool, typer.Option("--tta", help="Test-time augmentation: mean over the 8 flips / "
                                       "90-degree rotations (8x slower).")]
 AdaptOpt = Annotated[bool, typer.Option("--adapt", help=(
-    "The images come from a new lab: adapt a classical model to them first, from the images alone (their "
-    "feature statistics and class frequencies, no labels). Each call then depends on the images it came "
-    "with; needs at least 50."))]
+    "The images come from a new lab: adapt the model to them first, from the images alone, no labels "
+    "(classical: their feature statistics and class frequencies; networks: their mean logits). For a mix "
+    "of cells as on a smear (at least 50), not a folder of one type; each call then depends on the images "
+    "it came with."))]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")]
 RuntimeOpt = Annotated[str, typer.Option(
     "--runtime", help="Network runtime: {runtimes} (auto: ONNX Runtime when the bundle has a current "

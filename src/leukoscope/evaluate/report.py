@@ -249,6 +249,6 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
 def _protocol_text(r: dict[str, Any]) -> str:
     where = f"{r['side']} side of {r.get('side_of') or 'the bundle split'}" if r["side"] else "given images"
     trained = f"; model trained on a {r['trained_with']} split" if r["trained_with"] else ""
-    adapted = (f"; model adapted to these {r['adapted']['cells']} cells (their feature statistics and class "
-               f"frequencies, no labels)") if r.get("adapted") else ""
+    adapted = (f"; model adapted to these {r['adapted']['cells']} cells, no labels ({r['adapted']['how']})"
+               if r.get("adapted") else "")
     return f"{r['protocol']} ({where}){trained}{adapted}"

@@ -39,9 +39,11 @@ def adapt_to(bundle: Bundle, paths: Sequence[str], batch_size: int = 64, progres
 
 
 def adaptation_line(info: dict[str, Any]) -> str:
-    """What ``Bundle.adaptation`` did, in one line: the cells, and each class's frequency as trained and
-    as estimated among them."""
+    """What ``Bundle.adaptation`` did, in one line: the cells, how, and (classical) each class's frequency
+    as trained and as estimated among them."""
+    line = f"adapted to these {info['cells']} cells ({info['how']})"
+    if "estimated_frequencies" not in info:
+        return line
     trained, estimated = info["training_frequencies"], info["estimated_frequencies"]
-    shares = ", ".join(f"{c} {trained[c]:.0%} -> {estimated[c]:.0%}" for c in trained)
-    return (f"adapted to these {info['cells']} cells (their feature statistics; class frequencies, "
-            f"trained -> estimated: {shares})")
+    return line + "; class frequencies, trained -> estimated: " + ", ".join(
+        f"{c} {trained[c]:.0%} -> {estimated[c]:.0%}" for c in trained)

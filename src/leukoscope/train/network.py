@@ -30,7 +30,13 @@ from leukoscope.train.data import (
 from leukoscope.train.fit import fit
 from leukoscope.train.forward import predict_logits
 from leukoscope.train.heldout import calibrated, operating_point
-from leukoscope.train.unfamiliar import network_scorer, save_scorer, unfamiliar_config
+from leukoscope.train.unfamiliar import (
+    mean_logits,
+    network_embeddings,
+    network_scorer,
+    save_scorer,
+    unfamiliar_config,
+)
 
 
 def train_network(m: Manifest, config: TrainConfig, out: Path, progress: Progress = SILENT) -> Bundle:
@@ -78,8 +84,9 @@ def fit_and_bundle(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: P
                          {side: data.y[data.side(side)] for side in probs}, data.classes, metrics)
     if op is not None:
         config["operating_point"] = op
-    scorer = network_scorer(model, data, pre, cfg.tta, temperature, cfg.seed)
-    config |= unfamiliar_config(scorer)
+    train, train_emb, val_emb = network_embeddings(model, data, pre, cfg.tta, cfg.seed)
+    scorer = network_scorer(model, train_emb, data.y[train], val_emb, temperature, cfg.seed)
+    config |= unfamiliar_config(scorer) | mean_logits(model, train_emb)
     if cfg.class_map is not None:
         config["class_map"] = cfg.class_map
     if rare is not None and rare.types:

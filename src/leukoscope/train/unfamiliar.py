@@ -20,31 +20,53 @@ if TYPE_CHECKING:
     from leukoscope.models.networks import Network
 
 
-def network_scorer(model: Network, data: Prepared, pre: dict[str, Any], tta: bool, temperature: float,
-                   seed: int = 0) -> Scorer | None:
-    """The scorer of a trained network: its penultimate features (D4-averaged when ``tta``, as the
-    bundle computes them) on at most ``MAX_REFERENCE`` training cells and on every validation cell."""
+def network_embeddings(model: Network, data: Prepared, pre: dict[str, Any], tta: bool, seed: int = 0
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A trained network's penultimate features (D4-averaged when ``tta``, as the bundle computes them):
+    (the training cells embedded: at most ``MAX_REFERENCE`` of them, their embeddings, the validation
+    cells' embeddings)."""
     import torch
 
     from leukoscope.models.networks import embed_features
     from leukoscope.train.forward import EVAL_BATCH, batches, inputs
 
     train, val = data.side("train"), data.side("val")
-    if len(val) == 0 or len(train) == 0:
-        return None
     if len(train) > MAX_REFERENCE:
         train = np.sort(np.random.default_rng(seed).choice(train, MAX_REFERENCE, replace=False))
     model.eval()
 
     def embed(idx: np.ndarray) -> np.ndarray:
+        if len(idx) == 0:
+            return np.zeros((0, model.head.in_features), np.float32)
         with torch.inference_mode():
             return np.concatenate([embed_features(model, inputs(data.images[idx[s]], pre), tta).float()
                                    .numpy() for s in batches(len(idx), EVAL_BATCH)])
 
-    val_emb = embed(val)
+    return train, embed(train), embed(val)
+
+
+def network_scorer(model: Network, train_emb: np.ndarray, train_y: np.ndarray, val_emb: np.ndarray,
+                   temperature: float, seed: int = 0) -> Scorer | None:
+    """The scorer of a trained network, on ``network_embeddings``."""
+    import torch
+
+    if len(val_emb) == 0 or len(train_emb) == 0:
+        return None
     with torch.inference_mode():
         val_logits = model.head(torch.from_numpy(val_emb)).float().numpy()
-    return fit_unfamiliar(embed(train), data.y[train], val_emb, val_logits, temperature, seed=seed)
+    return fit_unfamiliar(train_emb, train_y, val_emb, val_logits, temperature, seed=seed)
+
+
+def mean_logits(model: Network, train_emb: np.ndarray) -> dict[str, Any]:
+    """The config.json entry ``mean_logits``: the training cells' mean logits, which ``--adapt`` moves a new
+    lab's onto (``Bundle.adapted``); the head is linear, so that is the logits of their mean embedding."""
+    import torch
+
+    if len(train_emb) == 0:
+        return {}
+    with torch.inference_mode():
+        mean = model.head(torch.from_numpy(train_emb.mean(axis=0, keepdims=True))).float().numpy()[0]
+    return {"mean_logits": [float(v) for v in mean]}
 
 
 def classical_scorer(X: np.ndarray, y: np.ndarray, sides: np.ndarray, val_logits: np.ndarray | None,
