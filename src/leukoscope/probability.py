@@ -50,23 +50,31 @@ def decide(probs: np.ndarray, classes: Sequence[str],
     return np.where(probs[:, k] >= float(operating_point["threshold"]), k, others)
 
 
-def em_priors(probs: np.ndarray, prior: np.ndarray, max_iter: int = 200, tol: float = 1e-8) -> np.ndarray:
+#: How many times the new cells the training frequencies count as in ``em_priors`` (a Dirichlet prior).
+EM_PSEUDO = 1.0
+
+
+def em_priors(probs: np.ndarray, prior: np.ndarray, pseudo: float = EM_PSEUDO, max_iter: int = 200,
+              tol: float = 1e-8) -> np.ndarray:
     """The class frequencies of the cells behind ``probs``, estimated from the probabilities alone.
 
     ``probs`` are calibrated posteriors of a model whose training cells had class frequencies ``prior``;
     where the new cells' frequencies differ (a clinic's 30 % lymphocytes against a balanced training set),
-    the posteriors are reweighted by new / training frequency and the frequencies re-estimated as their mean,
-    until they settle (Saerens, Latinne & Decaestecker 2002, Neural Computation 14(1):21-41). Classes with
-    no training cells keep frequency 0.
+    the posteriors are reweighted by new / training frequency and the frequencies re-estimated from them,
+    until they settle (EM, Saerens, Latinne & Decaestecker 2002, Neural Computation 14(1):21-41). The
+    training frequencies enter as ``pseudo`` times as many cells as there are new ones (a Dirichlet prior;
+    0: plain maximum likelihood), because maximum likelihood drifts where the probabilities of rare classes
+    are off: on DeepAPL's own test side (277 cells) it cost a logistic regression 0.07 macro-F1, with the
+    prior 0.03, at no cost across labs. Classes with no training cells keep frequency 0.
     """
     probs = np.asarray(probs, np.float64)
     prior = np.asarray(prior, np.float64)
-    seen = prior > 0
+    ratio = np.divide(1.0, prior, out=np.zeros_like(prior), where=prior > 0)
     q = prior.copy()
     for _ in range(max_iter):
-        w = probs * np.divide(q, prior, out=np.zeros_like(q), where=seen)
+        w = probs * q * ratio
         w /= np.maximum(w.sum(axis=1, keepdims=True), 1e-300)
-        new = w.mean(axis=0)
+        new = (w.mean(axis=0) + pseudo * prior) / (1.0 + pseudo)
         if np.abs(new - q).max() < tol:
             return new
         q = new
