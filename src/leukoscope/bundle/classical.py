@@ -202,8 +202,9 @@ class ClassicalBundle(Bundle):
         from leukoscope.data.rare import RareReport, apply_rare
 
         split = self.split()
-        if split is None:
-            raise BundleError(f"{self.path}: no split.csv, so the training class frequencies are unknown")
+        if split is None or "side" not in split:
+            raise BundleError(f"{self.path}: no split.csv with a train side, so the training class "
+                              f"frequencies are unknown")
         recorded = self.config.get("rare_classes")
         rare = RareReport.from_json(recorded) if recorded else None
         train = apply_rare(split[split["side"] == "train"], rare)

@@ -3,9 +3,9 @@
 A model trained in one lab meets another lab's stain, camera and patients; the cells to be scored are
 themselves the evidence of how that lab differs. ``adapt_to`` reads them once and hands them to
 ``Bundle.adapted`` (classical bundles: features standardised with the new cells' statistics, class
-frequencies re-estimated). It is transductive: each cell's call then depends on the cells it came with,
-so the same cell can be called differently in another batch. Unreadable files are left out here; the
-scoring pass that follows reports them.
+frequencies re-estimated; networks: their mean logits moved onto the training cells'). It is transductive:
+each cell's call then depends on the cells it came with, so the same cell can be called differently in
+another batch. Unreadable files are left out here; the scoring pass that follows reports them.
 """
 
 from __future__ import annotations
