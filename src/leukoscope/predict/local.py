@@ -127,9 +127,8 @@ def iter_inputs(inputs: Iterable[str | Path]) -> Iterator[Path]:
 
 
 def decode_size(config: dict[str, Any]) -> int | None:
-    """The side a network bundle resizes every image to first, which decoding may do (a large JPEG
-    at reduced scale, then resized); None where the whole image is needed first (crop to the cell,
-    other families)."""
+    """The side a network bundle resizes every image to first, which decoding does (on Pillow's image,
+    one copy fewer); None where the whole image is needed first (crop to the cell, other families)."""
     pre = config.get("preprocessing")
     return None if not pre or pre.get("crop_to_cell") else int(pre["input_size"])
 
