@@ -1,6 +1,7 @@
-"""``--adapt``: a classical model adapted to a new lab's cells from the cells alone (feature statistics and
-class frequencies), on real PBC -> DeepAPL cells through the CLI; the EM estimate of class frequencies on
-draws whose frequencies are known; what cannot be adapted is refused in one line."""
+"""``--adapt``: a model adapted to a new lab's cells from the cells alone. Classical (feature statistics and
+class frequencies) on real PBC -> DeepAPL cells through the CLI; a network's recorded mean logits and the
+shift onto them, in torch and ONNX Runtime; the EM estimate on draws whose class frequencies are known; what
+cannot be adapted refused in one line."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ NEW_LAB = {"Lymphocyte": 40, "Segmented neutrophils": 20, "Eosinophils": 10, "Mo
 @pytest.fixture(scope="module")
 def labs(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(a logistic regression trained on 15 PBC cells of each of four types, DeepAPL cells of the same types
-    in another lab's proportions, the run folder)."""
+    in another lab's proportions, the folder holding both)."""
     root = tmp_path_factory.mktemp("adapt")
     for kind in ("lymphocyte", "neutrophil", "eosinophil", "monocyte"):
         link_files(sorted((data / "pbc" / kind).glob("*.jpg"))[:15], root / "pbc" / kind)
