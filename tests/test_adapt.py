@@ -191,3 +191,39 @@ def test_predict_adapts_as_evaluate_does(labs: tuple[Path, Path, Path], tmp_path
     got, want = probabilities(out), probabilities(evaluated)
     assert len(got) == sum(NEW_LAB.values()) and set(got) == set(want)
     assert all(got[p] == pytest.approx(want[p], abs=1e-5) for p in got)  # the same adapted model
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resumed_predict_refuses_rows_written_with_the_other_adapt_setting(
+    labs: tuple[Path, Path, Path], tmp_path: Path,
+) -> None:
+    """A run killed without --adapt and rerun with it (or the other way) would mix calls of two models."""
+    from leukoscope.errors import DataError
+    from leukoscope.predict.local import partial_path, predict
+    from leukoscope.progress import Advance, Counting, Silent
+
+    def kill(done: int, total: int | None) -> None:
+        if done >= 16:
+            raise _Killed
+
+    class KilledWhilePredicting(Counting):
+        """Stops a run once a batch of predictions is written (the adapting pass before it runs whole)."""
+
+        def task(self, description: str, total: int | None = None) -> Advance:
+            return (Counting(kill) if description == "predicting" else Silent()).task(description, total)
+
+    bundle_dir, cells, _ = labs
+    bundle = load_bundle(bundle_dir)
+    for first, then in ((False, True), (True, False)):
+        out = tmp_path / f"first-{first}.csv"
+        with pytest.raises(_Killed):
+            predict(bundle, [cells], out, batch_size=16, adapt=first, progress=KilledWhilePredicting(kill))
+        kept = partial_path(out).read_bytes()
+        with pytest.raises(DataError, match="--restart") as e:
+            predict(bundle, [cells], out, batch_size=16, adapt=then)
+        said = f"--adapt {'on' if then else 'off'} (was {'on' if first else 'off'})"
+        assert said in str(e.value) and partial_path(out).read_bytes() == kept and not out.exists()
+        assert predict(bundle, [cells], out, batch_size=16, adapt=first).resumed > 0  # the same one resumes

@@ -300,8 +300,9 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
                     else f"bundle {new['bundle']} (its files changed)")
     if old.get("runtime") != new["runtime"]:
         said.append(f"runtime {new['runtime']} (was {old.get('runtime')})")
-    if old.get("tta") != new["tta"]:
-        said.append(f"--tta {'on' if new['tta'] else 'off'} (was {'on' if old.get('tta') else 'off'})")
+    for flag in ("tta", "adapt"):  # a run recorded before --adapt existed did not adapt
+        if bool(old.get(flag)) != new[flag]:
+            said.append(f"--{flag} {'on' if new[flag] else 'off'} (was {'on' if old.get(flag) else 'off'})")
     if old.get("inputs_digest") != new["inputs_digest"]:
         n, was = new["inputs"], old.get("inputs")
         said.append(f"inputs ({n} images, was {was})" if n != was else f"inputs (other {n} images)")
