@@ -19,13 +19,20 @@ from leukoscope.bundle.base import ADAPT_MIN_CELLS
 from leukoscope.bundle.classical import aligned_pipeline
 from leukoscope.cli.verbs import app
 from leukoscope.data.images import load_rgb
+from leukoscope.errors import DataError
+from leukoscope.predict.local import partial_path, predict
 from leukoscope.probability import em_priors, softmax_t
+from leukoscope.progress import Advance, Counting, Silent
 from link_support import link_files
 from use_support import network_bundle, onnx_bundle  # noqa: F401
 
 runner = CliRunner()
 #: DeepAPL folder -> cells: lymphocytes dominate, as in a clinic's blood, against PBC's balanced classes.
 NEW_LAB = {"Lymphocyte": 40, "Segmented neutrophils": 20, "Eosinophils": 10, "Monocyte": 10}
+
+
+class _Killed(Exception):
+    """What a test raises to stop a run as a kill would."""
 
 
 @pytest.fixture(scope="module")
@@ -193,18 +200,10 @@ def test_predict_adapts_as_evaluate_does(labs: tuple[Path, Path, Path], tmp_path
     assert all(got[p] == pytest.approx(want[p], abs=1e-5) for p in got)  # the same adapted model
 
 
-class _Killed(Exception):
-    pass
-
-
 def test_resumed_predict_refuses_rows_written_with_the_other_adapt_setting(
     labs: tuple[Path, Path, Path], tmp_path: Path,
 ) -> None:
     """A run killed without --adapt and rerun with it (or the other way) would mix calls of two models."""
-    from leukoscope.errors import DataError
-    from leukoscope.predict.local import partial_path, predict
-    from leukoscope.progress import Advance, Counting, Silent
-
     def kill(done: int, total: int | None) -> None:
         if done >= 16:
             raise _Killed

@@ -57,7 +57,7 @@ class Bundle(ABC):
         self.unfamiliar: Scorer | None = None
         #: How ``adapted`` fitted this model to a new lab's cells (None: as trained).
         self.adaptation: dict[str, Any] | None = None
-        #: Added to the family's logits once ``adapted`` (zero as trained).
+        #: Added to the family's logits once ``adapted`` (``shifted``; zero as trained).
         self.logit_shift: np.ndarray = np.zeros(len(config["classes"]))
         if "unfamiliar" in config:
             try:
@@ -91,6 +91,11 @@ class Bundle(ABC):
         new.logit_shift = self.logit_shift + np.asarray(reference) - logits.mean(axis=0)
         new.adaptation = {"cells": len(logits), "how": "logits centred on the training cells' mean"}
         return new
+
+    def shifted(self, logits: np.ndarray) -> np.ndarray:
+        """``logits`` as this model gives them: plus ``logit_shift`` once ``adapted`` (every family's
+        logits pass here where they are made)."""
+        return logits if self.adaptation is None else logits + self.logit_shift.astype(logits.dtype)
 
     def prepare(self, images: Sequence[np.ndarray]) -> Any:
         """The per-image work before the model (networks: resize and normalise), split off so that a

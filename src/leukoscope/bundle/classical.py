@@ -181,7 +181,7 @@ class ClassicalBundle(Bundle):
         return self._logits(X), X
 
     def _logits(self, X: np.ndarray) -> np.ndarray:
-        return log_probabilities(self.pipeline, X, len(self.classes)) + self.logit_shift
+        return self.shifted(log_probabilities(self.pipeline, X, len(self.classes)))
 
     def adapted(self, batches: Iterable[Sequence[np.ndarray]]) -> ClassicalBundle:
         """This model adapted to a new lab from ``batches`` of its cells, no labels (``adapted_pipeline``).

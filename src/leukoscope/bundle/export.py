@@ -21,7 +21,7 @@ import numpy as np
 
 from leukoscope.bundle.base import load_bundle
 from leukoscope.bundle.format import CONFIG, ONNX, ONNX_INT8, SAFETENSORS, SPLIT, read_config
-from leukoscope.bundle.onnx import OnnxBundle, int8_agrees, model_files
+from leukoscope.bundle.onnx import OnnxBundle, enough_to_tell, int8_agrees, model_files
 from leukoscope.data.images import file_digest, load_batch, load_rgb
 from leukoscope.errors import BundleError, DataError, ImageError
 from leukoscope.io import atomic_path, write_json_atomic
@@ -280,9 +280,8 @@ def export_onnx(bundle_dir: Path | str, int8: bool = False,
         full_range = has_vnni()  # decided by the CPU exporting; a CPU without VNNI refuses such a file
         held_out = held_out_images(bundle_dir, paths)
         fp32 = _calls(bundle_dir, config, ONNX, held_out) if held_out else None  # the same for every rung
-        # where even full agreement on this few held-out cells would not count: the most fp32 convolutions
-        could_agree = int8_agrees({"int8_agreement": 1.0, "int8_agreement_images": len(held_out)})
-        ladder = INT8_FP32_CONVS if could_agree else INT8_FP32_CONVS[-1:]
+        # too few held-out cells for any agreement to count: straight to the most fp32 convolutions
+        ladder = INT8_FP32_CONVS if enough_to_tell(len(held_out)) else INT8_FP32_CONVS[-1:]
         for leading in ladder:
             _export_int8(bundle_dir / ONNX, bundle_dir / ONNX_INT8, paths, config, full_range, leading)
             measured = (int8_agreement(fp32, _calls(bundle_dir, config, ONNX_INT8, held_out))

@@ -137,7 +137,7 @@ class NetworkBundle(Bundle):
                 x = torch.from_numpy(prepared[i:i + self.batch_size])
                 out.append(forward_logits(self.module, x, tta).float().numpy())
         logits = np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
-        return logits + self.logit_shift.astype(np.float32), None
+        return self.shifted(logits), None
 
     def embed_logits(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Penultimate features and logits in one pass (the head is linear, so averaging the D4 views'
@@ -157,4 +157,4 @@ class NetworkBundle(Bundle):
     def _head(self, emb: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
             logits = self.module.head(emb).float().numpy()
-        return logits + self.logit_shift.astype(np.float32), emb.numpy()
+        return self.shifted(logits), emb.numpy()

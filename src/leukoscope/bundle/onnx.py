@@ -44,8 +44,13 @@ AUTO_INT8_IMAGES = 50
 def int8_agrees(info: dict[str, Any]) -> bool:
     """Whether export measured int8 making fp32's call often enough, on enough images, to run it
     unasked (``info``: what ``export_onnx`` records under ``config["onnx"]``)."""
-    return (info.get("int8_agreement", 0.0) >= AUTO_INT8_AGREEMENT
-            and info.get("int8_agreement_images", 0) >= AUTO_INT8_IMAGES)
+    return info.get("int8_agreement", 0.0) >= AUTO_INT8_AGREEMENT and enough_to_tell(
+        info.get("int8_agreement_images", 0))
+
+
+def enough_to_tell(images: int) -> bool:
+    """Whether int8's agreement with fp32 on this many images can count (``AUTO_INT8_IMAGES``)."""
+    return images >= AUTO_INT8_IMAGES
 
 
 def model_files(info: dict[str, Any]) -> list[str]:
@@ -135,10 +140,7 @@ class OnnxBundle(Bundle):
             batch = np.ascontiguousarray(np.concatenate(dihedral(x, (2, 3))))
             out = [np.asarray(a).reshape(len(D4), len(x), -1).mean(axis=0)
                    for a in self.session.run(list(names), {INPUT: batch})]
-        if self.adaptation is None:
-            return out
-        return [a + self.logit_shift.astype(a.dtype) if n == OUTPUT else a
-                for n, a in zip(names, out, strict=True)]
+        return [self.shifted(a) if n == OUTPUT else a for n, a in zip(names, out, strict=True)]
 
     def _batches(self, images: Sequence[np.ndarray], names: Sequence[str]) -> list[np.ndarray]:
         out = list(ordered_map(lambda batch: self._run(prepare(batch, self.config), names),

@@ -41,7 +41,6 @@ def export_cmd(
     if twins := twin_files(info):
         say(f"and {', '.join(twins)}: optimised for this machine, where sessions open from them")
     if "int8" in info:
-
         auto = "int8" if OnnxBundle.auto_runtime(bundle, read_config(bundle)) == "onnx-int8" else "fp32"
         checked = (f"int8 makes fp32's call on {info['int8_agreement']:.1%} of "
                    f"{info['int8_agreement_images']} train/val cells not used to calibrate it, "

@@ -1,7 +1,8 @@
 """``--adapt``: a bundle fitted to a new lab's cells, from those cells alone, before they are scored.
 
 A model trained in one lab meets another lab's stain, camera and patients; the cells to be scored are
-themselves the evidence of how that lab differs. ``adapt_to`` reads them once and hands them to
+themselves the evidence of how that lab differs. ``adapt_to`` reads them all (the scoring pass that
+follows reads them again: predict writes its first row only once the model is adapted) and hands them to
 ``Bundle.adapted`` (classical bundles: features standardised with the new cells' statistics, class
 frequencies re-estimated; networks: their mean logits moved onto the training cells'). It is transductive:
 each cell's call then depends on the cells it came with, so the same cell can be called differently in
