@@ -27,12 +27,19 @@ from readme import (
     patients_markdown,
     results_markdown,
     throughput_markdown,
+    types_markdown,
+    unfamiliar_markdown,
 )
 from suite import DATASETS, ROW_KINDS
 
 METRIC_TOL = 0.02
 TIME_FACTOR = 5.0
 TIME_COLUMNS = {"Train s", "Cells/s", "Seconds", "Wall s"}
+#: Tables whose rows are keyed by their first two cells (the rest: by the first).
+TWO_KEYS = {"Data set", "Trained on → shown"}
+#: Optional tables: (results CSV, the renderer of the README table it gives).
+OPTIONAL = (("patients.csv", patients_markdown), ("crosslab.csv", crosslab_markdown),
+            ("unfamiliar.csv", unfamiliar_markdown), ("unfamiliar_types.csv", types_markdown))
 
 
 def tables(markdown: str) -> dict[str, list[list[str]]]:
@@ -88,7 +95,7 @@ def compare(name: str, got: list[list[str]], want: list[list[str]], tie: Tie | N
     """Mismatches between a README table and the table rendered from fresh results."""
     if got[0] != want[0]:
         return [f"{name}: columns {got[0]} != {want[0]}"]
-    key = 2 if name == "Data set" else 1  # rows are keyed by (data set, row) or by method
+    key = 2 if name in TWO_KEYS else 1
     have = {tuple(r[:key]): dict(zip(got[0], r, strict=False)) for r in got[1:]}
     fresh = {tuple(r[:key]): dict(zip(want[0], r, strict=False)) for r in want[1:]}
     problems = [f"{name}: README row {' / '.join(k)} is not in the results" for k in have if k not in fresh]
@@ -130,10 +137,9 @@ def check(readme: Path, results: Path) -> list[str]:
     throughput = pd.read_csv(files["throughput.csv"])
     info = {"input_size": "?", "images": "?", "cores": "?"}
     expected = tables(results_markdown(models) + "\n\n" + throughput_markdown(throughput, info))
-    if (results / "patients.csv").exists() and (results / "patients.csv").stat().st_size > 1:
-        expected |= tables(patients_markdown(pd.read_csv(results / "patients.csv")))
-    if (results / "crosslab.csv").exists() and (results / "crosslab.csv").stat().st_size > 1:
-        expected |= tables(crosslab_markdown(pd.read_csv(results / "crosslab.csv")))
+    for name, render in OPTIONAL:
+        if (results / name).exists() and (results / name).stat().st_size > 1:
+            expected |= tables(render(pd.read_csv(results / name)))
     got = tables(section)
     lb = results / "leaderboards.csv"
     tie = near_tie(pd.read_csv(lb)) if lb.exists() else None

@@ -114,6 +114,13 @@ def crosslab_table(plan: Plan) -> pd.DataFrame:
     return pd.read_csv(f) if f.exists() else pd.DataFrame()
 
 
+def unfamiliar_tables(plan: Plan) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from unfamiliar import frames
+
+    f = plan.step_dir("unfamiliar") / "unfamiliar.json"
+    return frames(json.loads(f.read_text())) if f.exists() else (pd.DataFrame(), pd.DataFrame())
+
+
 def steps_table(plan: Plan, status: dict[str, str]) -> pd.DataFrame:
     rows = []
     for s in plan.steps:
@@ -134,10 +141,12 @@ def collect(plan: Plan, status: dict[str, str]) -> str:
     steps = steps_table(plan, status)
     patients = patients_table(plan)
     crosslab = crosslab_table(plan)
+    unfamiliar = unfamiliar_tables(plan)
     plan.results.mkdir(parents=True, exist_ok=True)
     for frame, name in ((models, "models"), (lb, "leaderboards"), (tp, "throughput"), (steps, "steps"),
-                        (patients, "patients"), (crosslab, "crosslab")):
+                        (patients, "patients"), (crosslab, "crosslab"), (unfamiliar[0], "unfamiliar"),
+                        (unfamiliar[1], "unfamiliar_types")):
         write_csv_atomic(plan.results / f"{name}.csv", frame)
-    section = readme_section(models, tp, tp_info, steps, patients, crosslab)
+    section = readme_section(models, tp, tp_info, steps, patients, crosslab, unfamiliar)
     write_text_atomic(plan.results / "summary.md", summary_markdown(section, steps, lb))
     return section

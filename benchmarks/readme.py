@@ -214,7 +214,70 @@ def crosslab_text(cl: pd.DataFrame) -> str:
             "lab's cells from those cells alone, no labels (`evaluate --adapt`; classical: their feature "
             "statistics and class frequencies, networks: their mean logits); "
             "`before`: a default recipe, `after`: a robustness candidate; Wall s: both directions, on a "
-            f"machine of that many cores ({cores}); `benchmarks/crosslab.py`.\n\n" + crosslab_markdown(cl))
+            f"machine of that many cores ({cores}); `benchmarks/crosslab.py`. {crosslab_scale(cl)}\n\n"
+            + crosslab_markdown(cl))
+
+
+def crosslab_scale(cl: pd.DataFrame) -> str:
+    """How far the other lab's own labels get on its cells, beside the best score from the first lab."""
+    def best(direction: str, col: str) -> pd.Series:
+        part = cl[cl["direction"] == direction]
+        return part.loc[part[col].idxmax()]
+
+    own, other = best("DeepAPL -> PBC", "in_lab"), best("PBC -> DeepAPL", "cross_lab")
+    return ("For scale: fitted on DeepAPL's own cells, the best recipe reaches "
+            f"{with_interval(own, 'in_lab')} on DeepAPL ({own['recipe']}, in-lab); fitted on PBC, "
+            f"{with_interval(other, 'cross_lab')} ({other['recipe']}). DeepAPL's types are harder to tell "
+            "apart in their own lab than PBC's.")
+
+
+UNFAMILIAR_HEADER = ["Trained on → shown", "Score", "ROC AUC", "Foreign flagged", "Familiar flagged"]
+TYPES_HEADER = ["DeepAPL cells against its blasts", "Cells", "Shipped score", "Supervised ceiling"]
+
+
+def unfamiliar_markdown(methods: pd.DataFrame) -> str:
+    """Per pair (benchmarks/unfamiliar.py) and score: the ROC AUC of foreign against familiar cells and
+    the shares of each flagged at the validation threshold."""
+    lines = ["| " + " | ".join(UNFAMILIAR_HEADER) + " |", "|---|---|" + "---:|" * 3]
+    for _, r in methods.iterrows():
+        cells = [r["pair"], r["method"] + (" (shipped)" if r["shipped"] else ""), with_interval(r, "auc"),
+                 f"{r['foreign_flagged']:.1%}", f"{r['familiar_flagged']:.1%}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def types_markdown(types: pd.DataFrame) -> str:
+    """Per DeepAPL cell type: the blasts' AUC against it, by the shipped score and the supervised ceiling."""
+    lines = ["| " + " | ".join(TYPES_HEADER) + " |", "|---|" + "---:|" * (len(TYPES_HEADER) - 1)]
+    for _, r in types.iterrows():
+        ceiling = pd.Series({k: r[f"ceiling_{k}"] for k in ("auc", "auc_lo", "auc_hi")})
+        lines.append(f"| {r['type']} | {int(r['n'])} | {with_interval(r, 'auc')} | "
+                     f"{with_interval(ceiling, 'auc')} |")
+    return "\n".join(lines)
+
+
+def unfamiliar_text(methods: pd.DataFrame, types: pd.DataFrame) -> str:
+    if methods.empty:
+        return "Unfamiliar cells: not measured yet (step `unfamiliar`)."
+    f1 = "; ".join(f"{p.split(' → ')[0]} {v:.3f}"
+                   for p, v in methods.groupby("pair", sort=False)["test_f1_macro"].first().items())
+    text = ("Each model trained with the deep default (`leukoscope train DATA --model efficientnet_lite0`); "
+            "every score fitted on the model's training side, in its own embedding, and flagging past the "
+            "95th percentile of its validation side. ROC AUC of foreign against familiar cells, 95 % "
+            "interval by bootstrap over DeepAPL's patients (over cells elsewhere). **PBC → DeepAPL "
+            "blasts**: foreign = DeepAPL's blasts (PBC has none), familiar = DeepAPL's cells of PBC's types, "
+            "so both come from the new lab and stain cannot tell them apart; the other pairs: foreign = "
+            "every cell of the other set, familiar = the training set's own held-out test cells. Models' "
+            f"held-out macro-F1: {f1}. `benchmarks/unfamiliar.py` (more scores, on handcrafted features "
+            "too, in its JSON).\n\n" + unfamiliar_markdown(methods))
+    if types.empty:
+        return text
+    return (text + "\n\nWhere the blasts are lost: their AUC against each DeepAPL type by the shipped score, "
+            "and by a **supervised ceiling**, a logistic regression in the same embedding *taught* DeepAPL's "
+            "blasts (5-fold CV grouped by patient, C chosen by inner grouped CV). The ceiling is what labels "
+            "from the new lab would buy; a score fitted on PBC alone is not expected to reach it. DeepAPL's "
+            "cells come from AML and APL patients: their monocytes and promyelocytes include leukaemic "
+            "ones.\n\n" + types_markdown(types))
 
 
 PUBLISHED = """\
@@ -257,7 +320,8 @@ def times_text(steps: pd.DataFrame) -> str:
 
 
 def readme_section(models: pd.DataFrame, tp: pd.DataFrame, tp_info: dict[str, Any],
-                   steps: pd.DataFrame, patients: pd.DataFrame, crosslab: pd.DataFrame | None = None) -> str:
+                   steps: pd.DataFrame, patients: pd.DataFrame, crosslab: pd.DataFrame | None = None,
+                   unfamiliar: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> str:
     loads = steps["load_before"].dropna()
     when = steps["started"].dropna()
     measured = (f"Measured {str(when.max())[:10]} on {hardware()}"
@@ -281,6 +345,8 @@ def readme_section(models: pd.DataFrame, tp: pd.DataFrame, tp_info: dict[str, An
         patients_text(patients),
         "### Cross-lab: trained in one lab, scored in another",
         crosslab_text(crosslab if crosslab is not None else pd.DataFrame()),
+        "### Unfamiliar cells: flagged, not called",
+        unfamiliar_text(*(unfamiliar or (pd.DataFrame(), pd.DataFrame()))),
         PUBLISHED,
     ])
 

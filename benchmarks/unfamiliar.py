@@ -19,8 +19,13 @@ folder (``embeddings-*.npz``), so methods are compared again in seconds:
 - ``allidb2-cnmc``: every C-NMC cell (cnmc_sample + cnmc_cells) against ALL-IDB2's test side;
 - ``aria_all-pbc``: every PBC cell against aria_all's test side.
 
-Per method: ROC AUC (foreign vs familiar, higher score = foreign), share of foreign cells flagged and of
-familiar test cells flagged at the validation threshold; per model: test macro-F1 and accuracy.
+Per method: ROC AUC (foreign vs familiar, higher score = foreign) with its 95 % interval (bootstrap over
+whole patients where the cells have them, DeepAPL's; over cells otherwise), share of foreign cells flagged
+and of familiar test cells flagged at the validation threshold; per model: test macro-F1 and accuracy.
+For ``pbc-deepapl`` also, per DeepAPL cell type, the shipped score's AUC of the blasts against that type,
+and a **supervised ceiling**: a logistic regression taught DeepAPL's own blasts against its known types in
+the same embedding (5-fold CV grouped by patient, its C chosen by inner grouped CV), which no detector
+fitted on PBC alone can be expected to beat.
 Writes JSON (default benchmarks/results/unfamiliar.json) and prints a Markdown table with the load.
 ``--quick``: leukonet at 32 px for 2 epochs and at most 40 foreign cells (a smoke test).
 """
@@ -53,6 +58,9 @@ SPACE_NAMES = {"embedding": "", "handcrafted": " on handcrafted", "both": " on e
 #: Pairs of METHODS rows whose scores are also averaged (as ranks among the familiar validation cells).
 COMBINED = ((("embedding", "mahalanobis", 1), ("handcrafted", "mahalanobis", 1)),
             (("embedding", "relative_mahalanobis", 1), ("handcrafted", "knn", 5)))
+SEED = 0
+BOOT = 1000  # bootstrap resamples per interval
+CEILING_C = (1e-4, 1e-3, 1e-2, 1e-1)  # the supervised ceiling's regularisation grid
 
 
 def deepapl_cells(data: Path, types: tuple[str, ...]) -> list[Path]:
@@ -82,23 +90,28 @@ def spread(paths: list[Path], n: int) -> list[Path]:
     return paths if len(paths) <= n else [paths[i] for i in np.linspace(0, len(paths) - 1, n).astype(int)]
 
 
-def embed(bundle: Any, paths: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def embed(bundle: Any, paths: list[str]) -> tuple[np.ndarray, ...]:
     """Logits, the bundle's embedding and handcrafted features (nucleus size, chromatin texture: the
-    morphology that tells a blast apart, whatever the network learned) of each cell."""
+    morphology that tells a blast apart, whatever the network learned) of each readable cell, and the
+    paths of those cells (an unreadable one is left out)."""
     from leukoscope.batches import chunks
     from leukoscope.data.images import load_batch
     from leukoscope.features import get_extractor
 
     hand = get_extractor("handcrafted")
-    logits, embs, hcs = [], [], []
+    logits, embs, hcs, kept = [], [], [], []
     for chunk in chunks(paths, 64):
-        _, images, _ = load_batch(chunk)
+        ok, images, _ = load_batch(chunk)
         if images:
             lg, em = bundle.embed_logits(images)
             logits.append(lg)
             embs.append(em)
             hcs.append(hand.compute(images))
-    return np.concatenate(logits), np.concatenate(embs), np.concatenate(hcs)
+            kept += ok
+    return np.concatenate(logits), np.concatenate(embs), np.concatenate(hcs), np.array(kept, dtype=str)
+
+
+PARTS = ("logits", "emb", "hand", "paths")
 
 
 def embedded(bundle: Any, sets: dict[str, list[str]], cache: Path) -> dict[str, tuple[np.ndarray, ...]]:
@@ -107,14 +120,13 @@ def embedded(bundle: Any, sets: dict[str, list[str]], cache: Path) -> dict[str, 
     import hashlib
 
     weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(bundle.path).iterdir())
-    key = hashlib.sha1(repr((weights, sorted(sets.items()))).encode()).hexdigest()[:16]
+    key = hashlib.sha1(repr((weights, sorted(sets.items()), PARTS)).encode()).hexdigest()[:16]
     f = cache / f"embeddings-{key}.npz"
     if f.exists():
         z = np.load(f)
-        return {k: (z[f"{k}.logits"], z[f"{k}.emb"], z[f"{k}.hand"]) for k in sets}
+        return {k: tuple(z[f"{k}.{n}"] for n in PARTS) for k in sets}
     got = {k: embed(bundle, v) for k, v in sets.items()}
-    np.savez(f, **{f"{k}.{n}": a for k, v in got.items() for n, a in zip(("logits", "emb", "hand"), v,
-                                                                      strict=True)})
+    np.savez(f, **{f"{k}.{n}": a for k, v in got.items() for n, a in zip(PARTS, v, strict=True)})
     return got
 
 
@@ -123,6 +135,63 @@ def auc(familiar: np.ndarray, foreign: np.ndarray) -> float:
 
     y = np.r_[np.zeros(len(familiar)), np.ones(len(foreign))]
     return float(roc_auc_score(y, np.r_[familiar, foreign]))
+
+
+def subject(path: str) -> str:
+    """A cell's patient (DeepAPL's ``Patient_XX`` folder), or the cell itself where there is none."""
+    return next((part for part in Path(path).parts if part.startswith("Patient_")), path)
+
+
+def auc_interval(familiar: np.ndarray, foreign: np.ndarray, groups: np.ndarray) -> tuple[float, float]:
+    """95 % interval of ``auc`` over resamples of whole ``groups`` (familiar rows first, then foreign)."""
+    from sklearn.metrics import roc_auc_score
+
+    from leukoscope.evaluate.metrics import group_resamples, percentile_interval
+
+    y = np.r_[np.zeros(len(familiar)), np.ones(len(foreign))]
+    s = np.r_[familiar, foreign]
+    return percentile_interval([roc_auc_score(y[i], s[i]) for i in group_resamples(groups, SEED, BOOT)
+                                if 0 < y[i].sum() < len(i)])
+
+
+def ceiling(known: np.ndarray, blasts: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Out-of-fold blast scores of a logistic regression taught the blasts (``known`` rows first): 5-fold
+    CV grouped by patient, C chosen per fold by the AUC of an inner grouped 4-fold CV on its training
+    patients, classes weighted equally."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.r_[known, blasts]
+    y = np.r_[np.zeros(len(known), int), np.ones(len(blasts), int)]
+
+    def fitted(c: float, rows: np.ndarray) -> Any:
+        lr = LogisticRegression(C=c, max_iter=3000, class_weight="balanced")
+        return make_pipeline(StandardScaler(), lr).fit(x[rows], y[rows])
+
+    def oof(rows: np.ndarray, c: float | None, k: int) -> np.ndarray:
+        out = np.empty(len(rows))
+        cv = StratifiedGroupKFold(k, shuffle=True, random_state=SEED)
+        for tr, te in cv.split(x[rows], y[rows], groups[rows]):
+            best = c if c is not None else max(CEILING_C, key=lambda v: roc_auc_score(
+                y[rows[tr]], oof(rows[tr], v, 4)))
+            out[te] = fitted(best, rows[tr]).decision_function(x[rows[te]])
+        return out
+
+    return oof(np.arange(len(y)), None, 5)
+
+
+def by_type(score: np.ndarray, blast_score: np.ndarray, types: np.ndarray, groups: np.ndarray,
+            blast_groups: np.ndarray) -> dict[str, dict[str, float]]:
+    """AUC [interval] of the blasts' ``blast_score`` against each known type's ``score``."""
+    out = {}
+    for t in sorted(set(types)):
+        pick = types == t
+        lo, hi = auc_interval(score[pick], blast_score, np.r_[groups[pick], blast_groups])
+        out[str(t)] = {"n": int(pick.sum()), "auc": auc(score[pick], blast_score), "auc_lo": lo, "auc_hi": hi}
+    return out
 
 
 def space_of(v: tuple[np.ndarray, ...], space: str, train: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -144,9 +213,11 @@ def combined(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np
     return {n: (rank(a, a[n]) + rank(b, b[n])) / 2 for n in a}
 
 
-def row(name: str, score: dict[str, np.ndarray], threshold: float, familiar: str) -> dict[str, Any]:
+def row(name: str, score: dict[str, np.ndarray], threshold: float, familiar: str,
+        groups: dict[str, np.ndarray]) -> dict[str, Any]:
     flag = {n: float((v > threshold).mean()) for n, v in score.items()}
-    return {"method": name, "auc": auc(score[familiar], score["foreign"]),
+    lo, hi = auc_interval(score[familiar], score["foreign"], np.r_[groups[familiar], groups["foreign"]])
+    return {"method": name, "auc": auc(score[familiar], score["foreign"]), "auc_lo": lo, "auc_hi": hi,
             "auc_vs_test": auc(score["test"], score["foreign"]),
             "foreign_flagged": flag["foreign"], "test_flagged": flag["test"],
             **({"new_lab_known_flagged": flag["new_lab_known"]} if "new_lab_known" in score else {})}
@@ -179,9 +250,9 @@ def measure(pair: str, data: Path, runs: Path, max_foreign: int, quick: bool,
     y_of = dict(zip(split["path"], split["label"], strict=True))
     sets = {k: [str(p) for p in spread(v, max_foreign)] for k, v in foreign_sets(pair, data).items()}
     got = embedded(bundle, side | sets, runs)
+    groups = {name: np.array([subject(p) for p in v[3]]) for name, v in got.items()}
     classes = bundle.classes
-    y_train = np.asarray([classes.index(y_of[p]) for p in side["train"]])
-    y_test = np.asarray([classes.index(y_of[p]) for p in side["test"]])
+    y_train, y_test = (np.asarray([classes.index(y_of[p]) for p in got[s][3]]) for s in ("train", "test"))
     probs = softmax_t(got["test"][0], bundle.temperature)  # stable: confident logits overflow a plain exp
     test = classification_metrics(y_test, probs, classes)
     familiar = "new_lab_known" if "new_lab_known" in got else "test"
@@ -193,16 +264,66 @@ def measure(pair: str, data: Path, runs: Path, max_foreign: int, quick: bool,
         set_threshold(s, s.score(feats["val"], got["val"][0]))
         score = {name: s.score(feats[name], lg) for name, (lg, *_) in got.items()}
         scored[(space, method, k)] = score
-        rows.append(row(label((space, method, k)), score, s.threshold, familiar))
+        rows.append(row(label((space, method, k)), score, s.threshold, familiar, groups))
     for a, b in COMBINED:
         score = combined(scored[a], scored[b])
         rows.append(row(f"rank mean of {label(a)} and {label(b)}", score,
-                        float(np.quantile(score["val"], 0.95)), familiar))
+                        float(np.quantile(score["val"], 0.95)), familiar, groups))
+    shipped = bundle.config["unfamiliar"]
+    extra = {}
+    if familiar == "new_lab_known":  # where the blasts are lost, and how far labels would get
+        types = np.array([Path(p).parent.name for p in got["new_lab_known"][3]])
+        score = scored[("embedding", shipped["method"], shipped["k"] if shipped["method"] == "knn" else 1)]
+        both = np.r_[groups[familiar], groups["foreign"]]
+        taught = ceiling(got["new_lab_known"][1], got["foreign"][1], both)
+        taught_known, taught_blast = taught[: len(types)], taught[len(types):]
+        lo, hi = auc_interval(taught_known, taught_blast, both)
+        extra = {"ceiling": {"auc": auc(taught_known, taught_blast), "auc_lo": lo, "auc_hi": hi},
+                 "by_type": {"shipped": by_type(score[familiar], score["foreign"], types, groups[familiar],
+                                                groups["foreign"]),
+                             "ceiling": by_type(taught_known, taught_blast, types, groups[familiar],
+                                                groups["foreign"])}}
     return {"pair": pair, "model": bundle.config["model"], "bundle": str(bundle.path),
             "familiar_for_auc": familiar, "n": {k: int(len(v[0])) for k, v in got.items()},
             "test_f1_macro": test["f1_macro"], "test_accuracy": test["accuracy"],
             "bundle_method": bundle.config.get("unfamiliar", {}).get("method"),
-            "seconds": time.perf_counter() - t0, "methods": rows}
+            "seconds": time.perf_counter() - t0, "methods": rows, **extra}
+
+
+#: Trained on -> shown, as the README names each pair.
+PAIR_TITLES = {"pbc-deepapl": "PBC → DeepAPL blasts", "allidb2-cnmc": "ALL-IDB2 → C-NMC",
+               "aria_all-pbc": "aria_all → PBC"}
+#: The methods the README compares (the bundle's own embedding; the rest stay in the JSON).
+README_METHODS = ("msp", "energy", "mahalanobis", "relative_mahalanobis", "knn (k=5)")
+
+
+def frames(doc: dict[str, Any]) -> tuple[Any, Any]:
+    """The README's two tables as frames (results/unfamiliar.csv, unfamiliar_types.csv): per pair and
+    method, AUC [interval] and the shares flagged; per DeepAPL cell type, the blasts' AUC against it by
+    the shipped score and by the supervised ceiling (first row: every known type)."""
+    import pandas as pd
+
+    methods, types = [], []
+    for r in doc["results"]:
+        familiar = r["familiar_for_auc"]
+        for m in r["methods"]:
+            if m["method"] in README_METHODS:
+                methods.append({"pair": PAIR_TITLES[r["pair"]], "method": m["method"],
+                                "shipped": m["method"] == r["bundle_method"],
+                                "test_f1_macro": r["test_f1_macro"], "n_foreign": r["n"]["foreign"],
+                                "n_familiar": r["n"][familiar], "familiar": familiar,
+                                **{k: m[k] for k in ("auc", "auc_lo", "auc_hi", "foreign_flagged")},
+                                "familiar_flagged": m[f"{familiar}_flagged"], "wall_s": r["seconds"]})
+        if "ceiling" in r:
+            shipped = next(m for m in r["methods"] if m["method"] == r["bundle_method"])
+            types.append({"type": "every known type", "n": r["n"][familiar],
+                          **{k: shipped[k] for k in ("auc", "auc_lo", "auc_hi")},
+                          **{f"ceiling_{k}": v for k, v in r["ceiling"].items()}})
+            taught = r["by_type"]["ceiling"]
+            for t, v in r["by_type"]["shipped"].items():
+                types.append({"type": t, **v, **{f"ceiling_{k}": x for k, x in taught[t].items()
+                                                 if k != "n"}})
+    return pd.DataFrame(methods), pd.DataFrame(types)
 
 
 def markdown(results: list[dict[str, Any]], load: tuple[float, float, float]) -> str:

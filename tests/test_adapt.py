@@ -79,6 +79,7 @@ def test_evaluate_adapts_to_the_new_lab_and_says_so(labs: tuple[Path, Path, Path
     estimated = a["estimated_frequencies"]
     assert estimated["lymphocyte"] > a["training_frequencies"]["lymphocyte"] + 0.03
     assert max(estimated, key=estimated.get) == "lymphocyte"
+    assert "warning" not in a and "--adapt:" not in adapted["output"]  # half one type is still a mix
     assert f"adapted to these {a['cells']} cells" in " ".join(adapted["output"].split())
     html = (root / "adapted" / "report.html").read_text()
     assert ("model adapted to these 80 cells, no labels (features standardised with their own statistics; "
@@ -170,7 +171,10 @@ def test_network_records_its_training_mean_logits_and_centres_a_new_lab_on_them(
     assert bundle.config["mean_logits"] == pytest.approx(bundle.logits(train).mean(axis=0).tolist(), abs=1e-3)
     new_lab = [load_rgb(p) for p in sorted((data / "allidb2").glob("*"))[:60]]  # another lab's cells
     adapted = bundle.adapted([new_lab[:32], new_lab[32:]])
-    assert adapted.adaptation == {"cells": 60, "how": "logits centred on the training cells' mean"}
+    info = adapted.adaptation
+    assert (info["cells"], info["how"]) == (60, "logits centred on the training cells' mean")
+    top = bundle.classes[int(np.bincount(bundle.logits(new_lab).argmax(1)).argmax())]
+    assert f"look like {top} before adapting" in info["warning"]  # another lab's cells, all called one type
     assert adapted.logits(new_lab).mean(axis=0) == pytest.approx(bundle.config["mean_logits"], abs=1e-4)
     assert adapted.logits(new_lab) - bundle.logits(new_lab) == pytest.approx(
         np.broadcast_to(adapted.logit_shift, (60, len(bundle.classes))), abs=1e-4)
@@ -198,6 +202,24 @@ def test_predict_adapts_as_evaluate_does(labs: tuple[Path, Path, Path], tmp_path
     got, want = probabilities(out), probabilities(evaluated)
     assert len(got) == sum(NEW_LAB.values()) and set(got) == set(want)
     assert all(got[p] == pytest.approx(want[p], abs=1e-5) for p in got)  # the same adapted model
+
+
+def test_adapting_to_cells_of_one_type_warns(labs: tuple[Path, Path, Path], data: Path, tmp_path: Path
+                                             ) -> None:
+    """A folder of PBC lymphocytes the model never saw: nearly all look like one type before adapting, and
+    adapting would push them towards the others, so predict and evaluate say so (and still run)."""
+    bundle, _, _ = labs
+    one = tmp_path / "cells"  # class folders, so that evaluate knows their label
+    link_files(sorted((data / "pbc" / "lymphocyte").glob("*.jpg"))[15:75], one / "lymphocyte")
+    res = runner.invoke(app, ["predict", str(bundle), str(one), "--adapt", "--out", str(tmp_path / "p.csv")])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert "adapted to these 60 cells" in said
+    assert "look like lymphocyte before adapting" in said and "without --adapt" in said
+    evaluated = _evaluate(bundle, one, tmp_path / "ev", "--adapt")
+    assert "look like lymphocyte before adapting" in evaluated["adapted"]["warning"]
+    assert evaluated["adapted"]["warning"] in evaluated["warnings"]
+    assert "look like lymphocyte" in (tmp_path / "ev" / "report.html").read_text()
 
 
 def test_resumed_predict_refuses_rows_written_with_the_other_adapt_setting(

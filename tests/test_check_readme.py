@@ -174,3 +174,48 @@ def test_throughput_reads_as_ratios_at_each_size() -> None:
                                      "800 cells and +0.07 s on 8; int8 is 1.36x fp32 (steady state 1.43x)."]
     assert throughput_ratios(tp[tp["method"] != INT8]) == []  # a partial run says nothing
 
+
+
+def _unfamiliar_doc() -> dict:
+    """A benchmarks/unfamiliar.py result shaped like the real one: one pair with a new lab's known types."""
+    def method(name: str, a: float) -> dict:
+        return {"method": name, "auc": a, "auc_lo": a - 0.05, "auc_hi": a + 0.05, "auc_vs_test": 0.9,
+                "foreign_flagged": 0.6, "test_flagged": 0.05, "new_lab_known_flagged": 0.3}
+
+    def typed(a: float) -> dict:
+        return {"Monocyte": {"n": 90, "auc": a, "auc_lo": a - 0.1, "auc_hi": a + 0.1},
+                "Lymphocyte": {"n": 160, "auc": a + 0.2, "auc_lo": a, "auc_hi": a + 0.3}}
+
+    return {"results": [{
+        "pair": "pbc-deepapl", "model": "efficientnet_lite0", "familiar_for_auc": "new_lab_known",
+        "n": {"foreign": 386, "new_lab_known": 600, "test": 172}, "test_f1_macro": 0.92,
+        "bundle_method": "mahalanobis", "seconds": 200.0,
+        "methods": [method("msp", 0.45), method("mahalanobis", 0.72), method("knn (k=1)", 0.63)],
+        "ceiling": {"auc": 0.9, "auc_lo": 0.86, "auc_hi": 0.93},
+        "by_type": {"shipped": typed(0.55), "ceiling": typed(0.7)}}]}
+
+
+def test_unfamiliar_tables_are_checked_figure_by_figure(tmp_path: Path) -> None:
+    from readme import types_markdown, unfamiliar_markdown, unfamiliar_text
+    from unfamiliar import frames
+
+    methods, types = frames(_unfamiliar_doc())
+    assert list(methods["method"]) == ["msp", "mahalanobis"]  # the README's scores only
+    table = unfamiliar_markdown(methods)
+    assert "| PBC → DeepAPL blasts | mahalanobis (shipped) | 0.720 [0.67, 0.77] | 60.0% | 30.0% |" in table
+    typed = types_markdown(types)
+    assert "| every known type | 600 | 0.720 [0.67, 0.77] | 0.900 [0.86, 0.93] |" in typed
+    assert "| Monocyte | 90 | 0.550 [0.45, 0.65] | 0.700 [0.60, 0.80] |" in typed
+    assert "supervised ceiling" in unfamiliar_text(methods, types)
+    models, tp = _results(tmp_path / "results")
+    readme = _readme(tmp_path / "README.md", models, tp)
+    readme.write_text(readme.read_text().replace(END, f"\n{table}\n\n{typed}\n{END}"))
+    methods.to_csv(tmp_path / "results" / "unfamiliar.csv", index=False)
+    types.to_csv(tmp_path / "results" / "unfamiliar_types.csv", index=False)
+    assert check_readme.check(readme, tmp_path / "results") == []
+    methods.loc[methods["method"] == "msp", "auc"] = 0.5  # rows keyed by pair and score: msp's moved
+    methods.to_csv(tmp_path / "results" / "unfamiliar.csv", index=False)
+    assert [p for p in check_readme.check(readme, tmp_path / "results") if "msp" in p]
+    types.loc[types["type"] == "Monocyte", "ceiling_auc"] = 0.8  # a moved ceiling is a mismatch too
+    types.to_csv(tmp_path / "results" / "unfamiliar_types.csv", index=False)
+    assert [p for p in check_readme.check(readme, tmp_path / "results") if "Monocyte" in p]

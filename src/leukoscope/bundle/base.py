@@ -37,6 +37,8 @@ if TYPE_CHECKING:  # pandas costs a second of start-up; only history and split n
 
 #: Fewest cells ``Bundle.adapted`` estimates a new lab's statistics from.
 ADAPT_MIN_CELLS = 50
+#: ``--adapt`` warns when at least this share of the new cells take one class before adapting.
+ONE_TYPE_SHARE = 0.8
 #: What ``predict_proba`` takes for one image: an HxWx3 uint8 RGB array, or the path of an image file.
 ImageLike = np.ndarray | str | os.PathLike[str]
 
@@ -89,7 +91,8 @@ class Bundle(ABC):
         logits = adapt_sample([self.logits(b) for b in batches if len(b)])
         new = copy.copy(self)
         new.logit_shift = self.logit_shift + np.asarray(reference) - logits.mean(axis=0)
-        new.adaptation = {"cells": len(logits), "how": "logits centred on the training cells' mean"}
+        new.adaptation = {"cells": len(logits), "how": "logits centred on the training cells' mean",
+                          **mix_warning(self.classes, logits)}
         return new
 
     def shifted(self, logits: np.ndarray) -> np.ndarray:
@@ -207,6 +210,18 @@ def adapt_sample(rows: list[np.ndarray]) -> np.ndarray:
         raise ConfigError(f"--adapt needs at least {ADAPT_MIN_CELLS} readable cells of the new lab to "
                           f"estimate its statistics from, got {sum(len(r) for r in rows)}")
     return np.concatenate(rows)
+
+
+def mix_warning(classes: Sequence[str], logits: np.ndarray) -> dict[str, str]:
+    """``{"warning": ...}`` when most new cells take one class before adapting, else nothing: adapting
+    assumes a mix of types like the training cells', and moves a folder of one type towards the others."""
+    share = np.bincount(np.asarray(logits).argmax(axis=1), minlength=len(classes)) / max(len(logits), 1)
+    top = int(share.argmax())
+    if share[top] < ONE_TYPE_SHARE:
+        return {}
+    return {"warning": f"--adapt: {share[top]:.0%} of these cells look like {classes[top]} before adapting; "
+                       f"adapting assumes a mix of cell types like the training cells' and would push cells "
+                       f"of one type towards others, so score such a sample without --adapt"}
 
 
 def decode(images: Sequence[ImageLike]) -> Sequence[np.ndarray]:

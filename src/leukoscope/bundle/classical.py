@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from leukoscope.bundle.base import Bundle, adapt_sample, bundle_family
+from leukoscope.bundle.base import Bundle, adapt_sample, bundle_family, mix_warning
 from leukoscope.bundle.format import CONFIG, SKOPS, one_line
 from leukoscope.errors import BundleError, ConfigError
 
@@ -194,7 +194,8 @@ class ClassicalBundle(Bundle):
         new.adaptation = {"cells": len(X), "how": "features standardised with their own statistics; class "
                           "frequencies estimated by EM",
                           "training_frequencies": dict(zip(self.classes, prior.tolist(), strict=True)),
-                          "estimated_frequencies": dict(zip(self.classes, estimated.tolist(), strict=True))}
+                          "estimated_frequencies": dict(zip(self.classes, estimated.tolist(), strict=True)),
+                          **mix_warning(self.classes, log_probabilities(self.pipeline, X, len(self.classes)))}
         return new
 
     def training_prior(self) -> np.ndarray:

@@ -142,8 +142,8 @@ TtaOpt = Annotated[bool, typer.Option("--tta", help="Test-time augmentation: mea
 AdaptOpt = Annotated[bool, typer.Option("--adapt", help=(
     "The images come from a new lab: adapt the model to them first, from the images alone, no labels "
     "(classical: their feature statistics and class frequencies; networks: their mean logits). For a mix "
-    "of cells as on a smear (at least 50), not a folder of one type; each call then depends on the images "
-    "it came with."))]
+    "of cells as on a smear (at least 50), not a folder of one type (it warns when 80 % take one class); "
+    "each call then depends on the images it came with."))]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")]
 RuntimeOpt = Annotated[str, typer.Option(
     "--runtime", help="Network runtime: {runtimes} (auto: ONNX Runtime when the bundle has a current "

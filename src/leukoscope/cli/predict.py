@@ -62,6 +62,14 @@ def predict_cmd(
         s = run(b, inputs, out, batch_size=batch_size, tta=tta, progress=bars,
                 **{ENGINE_FLAGS[flag]: v for flag, v in given.items()})
     resumed = f" ({s.resumed} kept from an interrupted run)" if s.resumed else ""
+    if s.adaptation:
+        from rich.markup import escape
+
+        from leukoscope.predict.adapt import adaptation_line
+
+        say(adaptation_line(s.adaptation))
+        if "warning" in s.adaptation:
+            console.print(f"[yellow]note:[/] {escape(s.adaptation['warning'])}")
     if s.rows:
         say(f"wrote {s.rows} rows to {s.out}{resumed}; {s.predicted} predicted in "
             f"{s.seconds:.1f} s ({s.images_per_second:.1f} images/s, {type(b).__name__})")

@@ -202,7 +202,8 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
         "protocol": protocol(m), "trained_with": bundle.config.get("protocol"),
         "warnings": _warnings(m, overlap, side, classes, scores["cell"]["absent_classes"])
         + ([scores["too_small"]] if scores["too_small"] else [])
-        + ([f"the model's own {NO_DEDUPE_WARNING}"] if bundle.config.get("dedupe") is False else []),
+        + ([f"the model's own {NO_DEDUPE_WARNING}"] if bundle.config.get("dedupe") is False else [])
+        + ([bundle.adaptation["warning"]] if bundle.adaptation and "warning" in bundle.adaptation else []),
         "overlap_with_training_split": overlap,
         "images": int(len(y_all)), "evaluated": int(len(y)),
         **({"rare_classes": rare.to_json()} if rare is not None else {}),

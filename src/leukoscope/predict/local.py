@@ -59,6 +59,8 @@ class PredictSummary:
     resumed: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    #: ``Bundle.adaptation`` of the model that scored them (``--adapt``), else None
+    adaptation: dict[str, Any] | None = None
 
     @property
     def rows(self) -> int:
@@ -354,7 +356,7 @@ def _predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path, batch_size
     done = set() if restart else _resume(out, cols, record)
     if adapt:
         bundle = adapt_to(bundle, [str(p) for p in iter_inputs(items)], batch_size, progress)
-    summary = PredictSummary(out=out, resumed=len(done))
+    summary = PredictSummary(out=out, resumed=len(done), adaptation=bundle.adaptation)
     todo = (p for p in iter_inputs(items) if str(p) not in done)
     start = time.perf_counter()
     with open(partial, "a", newline="", encoding="utf-8", errors=_NAMES) as f:
