@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -392,3 +393,31 @@ def test_two_machines_share_a_postgresql_study(tmp_path: Path, data: Path, postg
     row = csv.loc[csv["number"] == killed].iloc[0]
     assert row["state"] == "fail" and row["worker"].endswith(f":{victim.pid}")
     assert sorted(csv.loc[csv["state"] == "complete", "number"]) == sorted(t.number for t in done)
+
+
+def _open_at_once(start: Any, url: str) -> str:
+    """A worker of the race below: wait for the others, then open the study (its error as text)."""
+    from leukoscope.errors import ConfigError
+    from leukoscope.tune import open_study
+
+    start.wait()
+    try:
+        return open_study(TuneSettings(model="toy"), url, "shared", "data").study_name
+    except ConfigError as e:
+        return str(e)
+
+
+def test_workers_opening_a_fresh_postgresql_database_together_all_get_the_study(
+    postgres: Postgres,  # noqa: F811
+) -> None:
+    """Workers started at once on an empty database race to make Optuna's tables; the losers' CREATEs fail
+    (DuplicateTable, a unique violation) and must retry, not stop with "cannot open". Six processes at a
+    time, lined up on a barrier, on three fresh databases."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for db in ("race0", "race1", "race2"):
+        postgres.createdb(db)
+        start = ctx.Manager().Barrier(6)
+        with ctx.Pool(6) as pool:
+            assert pool.starmap(_open_at_once, [(start, postgres.url(db))] * 6) == ["shared"] * 6

@@ -119,7 +119,7 @@ def open_study(settings: TuneSettings, url: str, name: str, data: str, *,
     if url.startswith("sqlite:"):
         Path(url.split("///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
         engine = {"connect_args": {"timeout": 60}}  # workers wait for each other's writes
-    from sqlalchemy.exc import IntegrityError, OperationalError
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -129,7 +129,9 @@ def open_study(settings: TuneSettings, url: str, name: str, data: str, *,
                 storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, grace_period=heartbeat[1],
                                                      heartbeat_interval=heartbeat[0])
                 break
-            except (IntegrityError, OperationalError) as e:  # workers starting together race to make tables
+            # workers starting together race to make the tables: the loser's CREATE fails (PostgreSQL:
+            # DuplicateTable, a ProgrammingError, or a unique violation in its catalogue)
+            except (IntegrityError, OperationalError, ProgrammingError) as e:
                 if attempt == 4:  # no race: a server down, a database or role that does not exist
                     raise ConfigError(f"--storage {shown_url(url)}: cannot open ({_reason(e)})") from None
                 time.sleep(0.2 * (attempt + 1))
@@ -139,9 +141,9 @@ def open_study(settings: TuneSettings, url: str, name: str, data: str, *,
                                 pruner=PRUNERS[settings.pruner](), load_if_exists=True)
     mine = {"settings": json.loads(json.dumps(asdict(settings))), "data": data}
     theirs = {k: study.user_attrs.get(k) for k in mine}
-    if theirs["settings"] is None:
-        for k, v in mine.items():
-            study.set_user_attr(k, v)
+    if theirs["settings"] is None:  # "settings" last: a worker that sees them sees the data too
+        for k in ("data", "settings"):
+            study.set_user_attr(k, mine[k])
     elif theirs != mine:
         diff = [k for k in mine["settings"] if mine["settings"][k] != theirs["settings"].get(k)]
         what = f"settings {', '.join(diff)}" if diff else "data"
