@@ -76,14 +76,69 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
         ("bad.yaml", "classes: [a\n", "not readable YAML"),
         ("cols.csv", "from,to\nX,a\n", "expected columns source,target"),
         ("dup.csv", "source,target\nX,a\nX,b\n", "label 'X' is listed twice"),
+        ("blank.yaml", 'classes:\n  "": []\n  a: [X]\n', "a blank common label"),
+        ("extra.csv", "source,target\nneutrophil,neutrophil,extra\n",
+         "line 2: 3 fields, but the header names 2 (source,target); name the extra column"),
+        ("nofield.csv", "source,target\nX,a\nneutrophil\n",
+         "line 3: 1 field(s), but a row needs its source and target (columns source,target)"),
+        ("twice.csv", "source,target,target\nX,a,b\n", "expected columns source,target (once each)"),
+        ("quote.csv", 'source,target\nX,"a\n', "not a readable CSV"),
+        ("empty.csv", "", "empty (expected columns source,target)"),
         ("map.txt", "X,a\n", "a class map is a .yaml, .yml or .csv file"),
     ],
 )
 def test_bad_map_files_are_one_line_naming_the_file(tmp_path: Path, name: str, text: str, why: str) -> None:
-    f = _write(tmp_path, name, text)
+    _refused(_write(tmp_path, name, text), why)
+
+
+def _refused(f: Path, why: str) -> None:
     with pytest.raises(ConfigError) as e:
         load_class_map(f)
     assert str(e.value).startswith(f"{f}: ") and why in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "why"),
+    [
+        ("notepad.yaml", "classes:\n  a: [X]\n".encode("utf-16"), "not readable YAML (not UTF-8: "),
+        ("latin1.yaml", "classes:\n  a: [Café]\n".encode("latin-1"), "not readable YAML (not UTF-8: "),
+        ("latin1.csv", "source,target\nCafé,a\n".encode("latin-1"), "not a readable CSV (not UTF-8: "),
+    ],
+)
+def test_map_files_not_in_utf8_are_one_line(tmp_path: Path, name: str, raw: bytes, why: str) -> None:
+    f = tmp_path / name
+    f.write_bytes(raw)
+    _refused(f, why)
+
+
+def test_csv_map_ignores_empty_trailing_fields_and_reads_columns_by_name(tmp_path: Path) -> None:
+    """Excel's trailing commas and a named comment column are harmless; the header names the columns."""
+    excel = load_class_map(_write(tmp_path, "excel.csv", "source,target\nX,a,\n,,\nY,,\n"))
+    noted = load_class_map(_write(tmp_path, "noted.csv", "note,target,source\nwhy,a,X\n,,Y\n"))
+    for cmap in (excel, noted):
+        assert cmap.classes == ("a",) and cmap.targets == {"x": "a", "a": "a"} and cmap.drop == {"y"}
+
+
+def test_a_common_label_listing_no_source_maps_to_itself(data: Path, tmp_path: Path) -> None:
+    """``lymphocyte: []`` or ``monocyte:`` (labels the data already use) is a common class, and stays one
+    in the bundle's record."""
+    f = _write(
+        tmp_path,
+        "some.yaml",
+        "classes:\n  neutrophil: [Segmented neutrophils]\n  lymphocyte: []\n  monocyte:\n"
+        "  eosinophil: [Eosinophils]\n",
+    )
+    cmap = load_class_map(f)
+    m = read([data / "pbc"])
+    part = m[m["label"].isin(["neutrophil", "lymphocyte", "monocyte", "eosinophil"])]
+    out, dropped = cmap.apply(part)
+    assert dropped == {} and out["label"].value_counts().to_dict() == part["label"].value_counts().to_dict()
+    record = json.loads(json.dumps(cmap.to_json()))
+    assert record["classes"]["lymphocyte"] == [] and record["classes"]["monocyte"] == []
+    back = from_json(record, "x")
+    assert back.classes == cmap.classes and back.same_labels(cmap) and back.to_json() == record
+    only = load_class_map(_write(tmp_path, "only.yaml", "classes:\n  neutrophil:\n  lymphocyte:\n"))
+    assert only.classes == ("lymphocyte", "neutrophil") and from_json(only.to_json(), "x") == only
 
 
 def test_unknown_map_name_lists_the_shipped_ones() -> None:

@@ -4,8 +4,10 @@ Two labs name the same cells differently (PBC's ``neutrophil`` is DeepAPL's ``Se
 ``Band neutrophils``), and one may hold types the other lacks (DeepAPL's blasts). A class map says once which
 source labels make each common label and which are left out. Two file forms:
 
-- YAML: ``classes: {common: [source, ...]}`` and an optional ``drop: [source, ...]``;
-- CSV: columns ``source,target``; a blank target drops that source label.
+- YAML: ``classes: {common: [source, ...]}`` and an optional ``drop: [source, ...]``; a common label may
+  list no source (``lymphocyte: []`` or ``lymphocyte:``), when the data already use it;
+- CSV: columns ``source,target`` (others, such as a comment, are ignored); an empty target (``label,``)
+  drops that source label.
 
 A label equal to a common name maps to itself (so one map serves both data sets). Labels are compared
 case-insensitively. Applying a map refuses labels it does not mention (a typo would otherwise drop cells
@@ -16,13 +18,14 @@ YAML form as JSON, read back by ``from_json`` with the same checks), so the reco
 
 from __future__ import annotations
 
+import csv
+import io
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
-
-import pandas as pd
 
 from leukoscope.data.manifest import UNLABELLED, Manifest, labelled, validate
 from leukoscope.errors import ConfigError, DataError
@@ -110,11 +113,14 @@ def _fail(source: str, why: str) -> ConfigError:
     return ConfigError(f"{source}: {why}")
 
 
-def _build(source: str, pairs: list[tuple[str, str | None]]) -> ClassMap:
-    """A map from (source label, common label or None to drop) pairs; duplicates are errors."""
-    classes = sorted({t for _, t in pairs if t is not None})
+def _build(source: str, pairs: list[tuple[str, str | None]], named: Iterable[str] = ()) -> ClassMap:
+    """A map from (source label, common label or None to drop) pairs and the common labels ``named``
+    with no source of their own (they map to themselves); duplicates are errors."""
+    classes = sorted({t for _, t in pairs if t is not None} | set(named))
     if not classes:
         raise _fail(source, "no common class (nothing to map to)")
+    if any(not c.strip() for c in classes):
+        raise _fail(source, "a blank common label")
     seen: dict[str, str | None] = {}
     for label, target in pairs:
         key = label.strip().casefold()
@@ -138,7 +144,19 @@ def _build(source: str, pairs: list[tuple[str, str | None]]) -> ClassMap:
     )
 
 
-def _yaml_pairs(path: Path, text: str) -> list[tuple[str, str | None]]:
+def _text(path: Path, what: str) -> str:
+    """The file's text; one line naming it when it is not UTF-8 (a UTF-16 file from Notepad, Latin-1)."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise _fail(str(path), f"not {what} (not UTF-8: {e.reason} at byte {e.start}; save it as UTF-8)"
+                    ) from None
+    except OSError as e:  # a directory named .yaml, no permission
+        raise _fail(str(path), f"cannot read ({e.strerror or e})") from None
+
+
+def _yaml_map(path: Path, text: str) -> ClassMap:
+    """The map of a YAML file's text; a key written twice is an error (PyYAML would keep the last)."""
     import yaml
 
     class Loader(yaml.SafeLoader):
@@ -156,12 +174,13 @@ def _yaml_pairs(path: Path, text: str) -> list[tuple[str, str | None]]:
         doc = yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         raise _fail(str(path), f"not readable YAML ({str(e).splitlines()[0]})") from None
-    return _doc_pairs(str(path), doc)
+    return _build(str(path), *_doc_pairs(str(path), doc))
 
 
 def _doc_pairs(where: str, doc: Any, keys: tuple[str, ...] = ("classes", "drop")
-               ) -> list[tuple[str, str | None]]:
-    """The pairs of a map's document (``classes: {common: [source, ...]}``, ``drop: [source, ...]``)."""
+               ) -> tuple[list[tuple[str, str | None]], list[str]]:
+    """The pairs of a map's document (``classes: {common: [source, ...]}``, ``drop: [source, ...]``) and
+    its common labels (those listing no source too, so they are not lost)."""
     if not isinstance(doc, dict) or not isinstance(doc.get("classes"), dict):
         raise _fail(where, "expected a 'classes:' mapping (common label: [source labels])")
     extra = sorted(set(doc) - set(keys))
@@ -169,6 +188,8 @@ def _doc_pairs(where: str, doc: Any, keys: tuple[str, ...] = ("classes", "drop")
         raise _fail(where, f"unknown key(s) {extra} (expected {', '.join(keys)})")
     pairs: list[tuple[str, str | None]] = []
     for target, sources in doc["classes"].items():
+        if target is None:
+            raise _fail(where, "a blank common label")
         sources = [] if sources is None else sources
         if not isinstance(sources, list) or not all(isinstance(s, str | int) for s in sources):
             raise _fail(where, f"class {target!r}: expected a list of source labels")
@@ -176,7 +197,7 @@ def _doc_pairs(where: str, doc: Any, keys: tuple[str, ...] = ("classes", "drop")
     drop = doc.get("drop") or []
     if not isinstance(drop, list) or not all(isinstance(s, str | int) for s in drop):
         raise _fail(where, "'drop:' must be a list of source labels")
-    return pairs + [(str(s), None) for s in drop]
+    return pairs + [(str(s), None) for s in drop], [str(t) for t in doc["classes"]]
 
 
 def from_json(doc: Any, where: str) -> ClassMap:
@@ -184,18 +205,40 @@ def from_json(doc: Any, where: str) -> ClassMap:
     errors name ``where``."""
     if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
         raise _fail(where, "expected an object with a 'name' and the map's 'classes' (and 'drop')")
-    return _build(doc["name"], _doc_pairs(where, doc, ("name", "classes", "drop")))
+    return _build(doc["name"], *_doc_pairs(where, doc, ("name", "classes", "drop")))
 
 
 def _csv_pairs(path: Path) -> list[tuple[str, str | None]]:
+    """The (source, target) rows of a CSV map.
+
+    A row without its source and target fields (``neutrophil`` with no comma would otherwise drop the label
+    silently: a drop is an explicit ``neutrophil,``) or with a non-empty field past the header's columns (a
+    column the header does not name, which shifted the others) is refused, naming its line. Empty fields
+    past the header (the trailing commas Excel writes) and blank rows are harmless and ignored."""
+    where = str(path)
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-        raise _fail(str(path), f"not a readable CSV ({e})") from None
-    table.columns = [str(c).strip().lower() for c in table.columns]
-    if not {"source", "target"} <= set(table.columns):
-        raise _fail(str(path), f"expected columns source,target, found {list(table.columns)}")
-    return [(s, t.strip() or None) for s, t in zip(table["source"], table["target"], strict=True)]
+        reader = csv.reader(io.StringIO(_text(path, "a readable CSV")), strict=True)
+        rows = [(row, reader.line_num) for row in reader if any(f.strip() for f in row)]
+    except csv.Error as e:
+        raise _fail(where, f"not a readable CSV ({e})") from None
+    if not rows:
+        raise _fail(where, "empty (expected columns source,target)")
+    header = [c.strip().lower() for c in rows[0][0]]
+    while header and not header[-1]:
+        header.pop()
+    if header.count("source") != 1 or header.count("target") != 1:
+        raise _fail(where, f"expected columns source,target (once each), found {header}")
+    s, t = header.index("source"), header.index("target")
+    pairs: list[tuple[str, str | None]] = []
+    for row, line in rows[1:]:
+        if len(row) <= max(s, t):
+            raise _fail(where, f"line {line}: {len(row)} field(s), but a row needs its source and target "
+                               f"(columns {','.join(header)}); a dropped label is written 'label,'")
+        if any(f.strip() for f in row[len(header):]):
+            raise _fail(where, f"line {line}: {len(row)} fields, but the header names {len(header)} "
+                               f"({','.join(header)}); name the extra column in the header or remove it")
+        pairs.append((row[s], row[t].strip() or None))
+    return pairs
 
 
 def load_class_map(spec: str | Path) -> ClassMap:
@@ -203,13 +246,13 @@ def load_class_map(spec: str | Path) -> ClassMap:
     path = Path(spec)
     if not path.is_file():
         if str(spec) in shipped_maps():
-            text = resources.files(MAPS).joinpath(f"{spec}{SUFFIX}").read_text()
-            return _build(str(spec), _yaml_pairs(Path(str(spec)), text))
+            text = resources.files(MAPS).joinpath(f"{spec}{SUFFIX}").read_text(encoding="utf-8")
+            return _yaml_map(Path(str(spec)), text)
         raise ConfigError(
             f"--class-map {spec}: no such file, nor a shipped map ({', '.join(shipped_maps())})"
         )
     if path.suffix.lower() == ".csv":
         return _build(str(path), _csv_pairs(path))
     if path.suffix.lower() in (".yaml", ".yml"):
-        return _build(str(path), _yaml_pairs(path, path.read_text(encoding="utf-8")))
+        return _yaml_map(path, _text(path, "readable YAML"))
     raise _fail(str(path), "a class map is a .yaml, .yml or .csv file")
