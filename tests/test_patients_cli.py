@@ -57,6 +57,12 @@ def test_evaluate_on_training_patients_warns(run_dir: Path, cohort: Path, tmp_pa
     code, out = run("evaluate", run_dir / "bundle", cohort, "--adapt", "--out", tmp_path / "adapted")
     assert code != 0 and "--adapt: patient bundles cannot be adapted to a new lab" in " ".join(out.split())
     assert not (tmp_path / "adapted").exists()
+    # options of a cell-level evaluation would be ignored: each is refused, by name, in one line
+    code, out = run("evaluate", run_dir / "bundle", cohort, "--side", "test", "--tta", "--class-map",
+                    "pbc-deepapl", "--out", tmp_path / "cells")
+    said = " ".join(out.split())
+    assert code != 0 and "--side, --class-map, --tta: not options of a patient bundle's evaluation" in said
+    assert "Traceback" not in out and not (tmp_path / "cells").exists()
 
 
 def test_export_writes_the_embedding_network(run_dir: Path, cohort: Path, tmp_path: Path) -> None:  # noqa: F811

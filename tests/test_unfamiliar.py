@@ -75,6 +75,13 @@ def test_bundle_stores_the_score_and_old_bundles_load_without_it(network_bundle,
     (old / "config.json").write_text(json.dumps(config))  # the key without its file
     with pytest.raises(BundleError, match="unfamiliar.safetensors: missing"):
         load_bundle(old)
+    (old / "unfamiliar.safetensors").write_bytes(  # truncated, then not safetensors at all
+        (network_bundle / "unfamiliar.safetensors").read_bytes()[:100])
+    with pytest.raises(BundleError, match=r"unfamiliar.safetensors: cannot read \(.*header"):
+        load_bundle(old)
+    (old / "unfamiliar.safetensors").write_bytes(b"\xff" * 4096)
+    with pytest.raises(BundleError, match=r"unfamiliar.safetensors: cannot read"):
+        load_bundle(old)
     (old / "config.json").write_text(json.dumps({**config, "unfamiliar": {**u, "method": "oracle"}}))
     with pytest.raises(BundleError, match="unfamiliar.method must be one of knn"):
         load_bundle(old)
@@ -93,6 +100,30 @@ def test_classical_and_onnx_bundles_carry_the_score(classical_bundle, network_bu
     assert type(onnx).__name__ == "OnnxBundle"
     # far cells score ~1e5 with Mahalanobis: compare to float32's relative precision
     np.testing.assert_allclose(onnx.assess(images)[1], torch_scores, rtol=1e-5, atol=1e-3)
+
+
+def test_blank_images_are_unfamiliar_not_called(classical_bundle, tmp_path):  # noqa: F811
+    """A blank field (no cell: black, white, one pixel) has no measurable features, so no score (NaN);
+    no score is no business calling it a class: flagged, in predict's CSV and in the web page's marks."""
+    from PIL import Image
+
+    from leukoscope.predict import unfamiliar
+
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    for name, size, colour in (("black", 300, (0, 0, 0)), ("white", 300, (255, 255, 255)),
+                               ("one", 1, (200, 100, 50))):
+        Image.new("RGB", (size, size), colour).save(blank / f"{name}.png")
+    out = tmp_path / "p.csv"
+    res = runner.invoke(app, ["predict", str(classical_bundle), str(blank), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = _rows(out)
+    assert len(rows) == 3 and all(r["unfamiliar"] == "true" and r["predicted"] == "unfamiliar" for r in rows)
+    bundle = load_bundle(classical_bundle)
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(blank.iterdir())]
+    scores = bundle.assess(images)[1]
+    assert scores is not None and np.isnan(scores).all()  # what makes them unfamiliar: no score at all
+    assert all(m is not None and m[1] for m in unfamiliar.marks(bundle, scores, len(images)))
 
 
 def test_risk_coverage_by_hand():

@@ -200,14 +200,12 @@ class ClassicalBundle(Bundle):
 
     def training_prior(self) -> np.ndarray:
         """Class frequencies of the training side (split.csv): what the pipeline's probabilities assume."""
-        from leukoscope.data.rare import RareReport, apply_rare
+        from leukoscope.data.rare import as_trained
 
         split = self.split()
         if split is None or "side" not in split:
             raise BundleError(f"{self.path}: no split.csv with a train side, so the training class "
                               f"frequencies are unknown")
-        recorded = self.config.get("rare_classes")
-        rare = RareReport.from_json(recorded) if recorded else None
-        train = apply_rare(split[split["side"] == "train"], rare)
+        train = as_trained(split[split["side"] == "train"], self.config)
         counts = train["label"].value_counts().reindex(self.classes, fill_value=0).to_numpy(np.float64)
         return counts / max(counts.sum(), 1.0)

@@ -63,12 +63,17 @@ def evaluate_cmd(
         if adapt:
             raise ConfigError("--adapt: patient bundles cannot be adapted to a new lab; classical and "
                               "network bundles can")
+        cell_only = {"--side": side, "--split": split, "--class-map": class_map, "--tta": tta}
+        if ignored := [flag for flag, v in cell_only.items() if v]:
+            raise ConfigError(f"{', '.join(ignored)}: not options of a patient bundle's evaluation "
+                              f"(it scores every patient given, from all their cells)")
         return evaluate_patients_cmd(b, paths, layout, out)
+    from leukoscope.data.rare import as_trained
     from leukoscope.data.splits import read_split
 
     m, cmap, counts = mapped(read(paths, layout), class_map, b.config.get("class_map"))
-    if cmap is not None:
-        cmap.check_classes(m, b.classes, f"the classes of {bundle}")
+    if cmap is not None:  # the mapped labels, as the model's training merged or dropped rare classes
+        cmap.check_classes(as_trained(m, b.config), b.classes, f"the classes of {bundle}")
     given = read_split(split) if split is not None else None
     with shown() as bars:
         r = evaluate(b, m, out, tta=tta, side=side, batch_size=batch_size, progress=bars, split=given,

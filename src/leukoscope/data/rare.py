@@ -106,6 +106,13 @@ def rare_classes(m: Manifest, min_cells: int | None = None, how: str | None = No
     return apply_rare(m, report), report
 
 
+def as_trained(m: Manifest, config: dict[str, Any]) -> Manifest:
+    """``m`` with the classes of the model whose config.json is ``config``: the rare classes its training
+    merged or dropped (``rare_classes``) merged or dropped here too."""
+    recorded = config.get("rare_classes")
+    return apply_rare(m, RareReport.from_json(recorded) if recorded else None)
+
+
 def apply_rare(m: Manifest, report: RareReport | None) -> Manifest:
     """What ``report`` did to its rows, done to ``m`` (a trained model's classes on the data it is
     evaluated on): its rare classes' labelled rows merged into ``other`` or dropped."""

@@ -18,7 +18,7 @@ import pandas as pd
 from leukoscope import __version__
 from leukoscope.bundle import Bundle
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, Manifest, label_indices, labelled, protocol
-from leukoscope.data.rare import RareReport, apply_rare
+from leukoscope.data.rare import as_trained
 from leukoscope.errors import BundleError, DataError
 from leukoscope.evaluate.paired import compare_predictions
 from leukoscope.evaluate.report import on_side, score_paths, training_overlap
@@ -77,8 +77,7 @@ def compare(a: Bundle, b: Bundle, m: Manifest, out: Path, side: str | None = Non
     test the differences (``paired.compare_predictions``) and write the comparison files into ``out``."""
     columns = class_order(a, b)
     classes = a.classes
-    recorded = a.config.get("rare_classes")
-    m = apply_rare(labelled(m), RareReport.from_json(recorded) if recorded else None)
+    m = as_trained(labelled(m), a.config)
     m, notes = common_cells(a, b, m, side)
     if m.empty:
         raise DataError("no labelled images to compare")

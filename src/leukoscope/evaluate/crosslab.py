@@ -16,11 +16,12 @@ KEYS = ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted")
 HELD_OUT = (("test", "test"), ("validation", "val"))
 
 
-def crosslab_section(trained: dict[str, Any], here: dict[str, Any], evaluated: int,
+def crosslab_section(trained: dict[str, Any], here: dict[str, Any], evaluated: dict[str, int],
                      class_map: dict[str, Any]) -> dict[str, Any]:
     """The ``crosslab`` part of evaluate's metrics.json: in-lab figures from the bundle's ``trained``
     metrics (the side named, with its image count), cross-lab ones from ``here`` (the cell-level figures of
-    this evaluation, on ``evaluated`` images), and ``class_map`` (``ClassMap.counts``)."""
+    this evaluation, on the ``evaluated`` images per label), and ``class_map`` (``ClassMap.counts``: what
+    the map did to every image given, before a side, rare classes or unreadable files took some out)."""
     found = next(((key, side) for key, side in HELD_OUT if isinstance(trained.get(key), dict)), None)
     inlab = trained[found[0]] if found else {}
     side = found[1] if found else None
@@ -33,7 +34,8 @@ def crosslab_section(trained: dict[str, Any], here: dict[str, Any], evaluated: i
         "in_lab_label": _in_lab_label(side, images),
         "in_lab_protocol": trained.get("protocol"),
         "these_data": {k: here.get(k) for k in KEYS},
-        "evaluated": evaluated,
+        "evaluated": sum(evaluated.values()),
+        "evaluated_by_label": evaluated,
         "class_map": class_map,
     }
 

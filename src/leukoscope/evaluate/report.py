@@ -19,7 +19,7 @@ from leukoscope.bundle import Bundle
 from leukoscope.data.classes import shown_classes
 from leukoscope.data.images import load_rgb
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, Manifest, label_indices, labelled, protocol
-from leukoscope.data.rare import RareReport, apply_rare
+from leukoscope.data.rare import as_trained
 from leukoscope.data.splits import NO_DEDUPE_WARNING, Split, apply_split, resolve_paths
 from leukoscope.errors import DataError, ImageError
 from leukoscope.evaluate import figures
@@ -169,9 +169,7 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
 
     out = Path(out)
     classes = bundle.classes
-    recorded = bundle.config.get("rare_classes")
-    rare = RareReport.from_json(recorded) if recorded else None
-    m = apply_rare(labelled(m), rare)  # the classes the model was trained on: rare ones merged or dropped
+    m = as_trained(labelled(m), bundle.config)  # the classes the model was trained on
     if split is not None and side is None:
         side = "test"
     if side is not None:
@@ -206,7 +204,7 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
         + ([bundle.adaptation["warning"]] if bundle.adaptation and "warning" in bundle.adaptation else []),
         "overlap_with_training_split": overlap,
         "images": int(len(y_all)), "evaluated": int(len(y)),
-        **({"rare_classes": rare.to_json()} if rare is not None else {}),
+        **({"rare_classes": bundle.config["rare_classes"]} if bundle.config.get("rare_classes") else {}),
         "skipped": [{"path": p, "reason": r} for p, r in skipped],
         **scores,
         **({"operating_point": evaluate_operating_point(op, y, probs, classes, list(m["subject"]))}
@@ -222,7 +220,8 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
     result["shortcut"] = for_evaluation(bundle, m, y, scores["cell"]["balanced_accuracy"])
     out.mkdir(parents=True, exist_ok=True)
     if class_map is not None:
-        result["crosslab"] = crosslab_section(bundle.metrics(), scores["cell"], len(y), class_map)
+        per_label = {classes[k]: int(n) for k, n in enumerate(np.bincount(y, minlength=len(classes))) if n}
+        result["crosslab"] = crosslab_section(bundle.metrics(), scores["cell"], per_label, class_map)
         write_json_atomic(out / CROSSLAB_FILE, result["crosslab"])
     write_json_atomic(out / METRICS_FILE, result)
     _write_predictions(out / PREDICTIONS_FILE, m, y, probs, classes, bundle.decide(probs), unf, bundle)

@@ -124,7 +124,7 @@ def cross_validated(m: Manifest, class_names: list[str], k: int = 5, seed: int =
 
 def _training_side(bundle: Any, classes: list[str]) -> Manifest | None:
     """The labelled train-side rows of the bundle's split whose class the model knows, or None."""
-    from leukoscope.data.rare import RareReport, apply_rare
+    from leukoscope.data.rare import as_trained
 
     split = bundle.split()
     if split is None or "side" not in split or "label" not in split:
@@ -132,8 +132,7 @@ def _training_side(bundle: Any, classes: list[str]) -> Manifest | None:
     train = split[split["side"] == "train"].copy()
     if "source_split" not in train:
         train["source_split"] = "train"
-    recorded = bundle.config.get("rare_classes")
-    train = apply_rare(train, RareReport.from_json(recorded) if recorded else None)
+    train = as_trained(train, bundle.config)
     train = train[train["label"].isin(classes)].reset_index(drop=True)
     return train if train["label"].nunique() >= 2 else None
 

@@ -124,7 +124,9 @@ class Scorer:
         return self.method not in ("msp", "energy")
 
     def flag(self, scores: np.ndarray) -> np.ndarray:
-        return np.asarray(scores) > self.threshold
+        """Past the threshold, or no score at all (NaN: a blank image's features cannot be measured,
+        and such an image is exactly what the flag is for)."""
+        return ~(np.asarray(scores) <= self.threshold)
 
     def config(self) -> dict[str, Any]:
         """The settings for config.json's ``unfamiliar`` key."""
@@ -226,11 +228,15 @@ def load_scorer(path: Path, settings: dict[str, Any]) -> Scorer:
     need = TENSORS[s.method] + (("mean", "std") if s.standardise else ())
     if not need:
         return s
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     if not Path(path).is_file():
         raise ValueError(f"{path}: missing (config.json's 'unfamiliar' needs it)")
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as e:  # truncated, corrupt or not safetensors at all
+        raise ValueError(f"{path}: cannot read ({' '.join(str(e).split())})") from None
     missing = [n for n in need if n not in tensors]
     if missing:
         raise ValueError(f"{path}: missing tensor(s) {', '.join(missing)}")

@@ -133,7 +133,7 @@ class Predictor:
                 score[readable] = scores
         extra = {}
         if self.bundle.unfamiliar is not None:  # the columns unfamiliarity, unfamiliar; label says so
-            flagged = readable & self.bundle.unfamiliar.flag(np.nan_to_num(score, nan=-np.inf))
+            flagged = readable & self.bundle.unfamiliar.flag(score)  # an unreadable row has no call
             label[flagged] = unfamiliar.UNFAMILIAR
             extra = {"unfamiliarity": score, "unfamiliar": flagged}
         error = np.full(len(paths), "", dtype=object)  # "" = read fine (Arrow keeps strings, not NaN)
