@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -385,3 +386,82 @@ def test_nothing_readable_exits_non_zero_and_lists_the_files(network_bundle, tmp
     assert res.exit_code == 1
     assert "text.png: not a readable image" in res.output and "empty.jpg" in res.output
     assert res.output.count("error:") == 1 and "nothing predicted" in res.output
+
+
+#: Every line break that ``str.splitlines`` splits at; CSV keeps them in a quoted field.
+_BREAKS = ["\n", "\r", "\r\n", "\u2028", "\x85", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e"]
+
+
+@pytest.fixture
+def line_break_names(images: Path, tmp_path: Path) -> Path:
+    """The 12 cells of ``images`` in one folder, the first 10 under names holding a line break each."""
+    root = tmp_path / "breaks"
+    root.mkdir()
+    for i, (p, brk) in enumerate(zip(sorted(images.rglob("*.*")), [*_BREAKS, "", ""], strict=True)):
+        shutil.copy(p, root / f"{i:02d}-a{brk}b{p.suffix}")
+    return root
+
+
+def test_resume_keeps_the_rows_of_names_with_line_breaks(network_bundle, line_break_names, tmp_path):  # noqa: F811
+    """Rows are read back as CSV records, not lines: a name with a line break was predicted twice."""
+    bundle = load_bundle(network_bundle)
+    clean, out = tmp_path / "clean.csv", tmp_path / "p.csv"
+    predict(bundle, [line_break_names], clean, batch_size=2)
+    with pytest.raises(_Killed):
+        predict(bundle, [line_break_names], out, batch_size=2, progress=Counting(_kill_after(8)))
+    s = predict(bundle, [line_break_names], out, batch_size=2)
+    assert s.resumed == 8 and s.predicted == 4
+    assert out.read_bytes() == clean.read_bytes()
+
+
+def test_resume_cuts_a_row_torn_inside_a_quoted_name(network_bundle, line_break_names, tmp_path):  # noqa: F811
+    """A kill that tears the next row anywhere, even just after a line break inside its quoted name, leaves
+    the rows before it only: the torn fragment was kept and merged with the next row written."""
+    bundle = load_bundle(network_bundle)
+    clean, out = tmp_path / "clean.csv", tmp_path / "p.csv"
+    predict(bundle, [line_break_names], clean, batch_size=2)
+    with pytest.raises(_Killed):
+        predict(bundle, [line_break_names], out, batch_size=2, progress=Counting(_kill_after(2)))
+    kept, record = partial_path(out).read_bytes(), run_record_path(out).read_bytes()
+    whole = clean.read_bytes()
+    rest = whole[len(kept):]
+    assert whole.startswith(kept) and rest.startswith(b'"') and b"a\r\nb" in rest  # the next name: quoted
+    end = rest.index(b"\n", rest.index(b'"', 1)) + 1
+    cuts = [i + 1 for i in range(end - 1) if rest[i] in b"\r\n,"]
+    assert len(cuts) >= 8  # after \r and \n in the name, after each comma, between the row's \r and \n
+    for cut in cuts:
+        partial_path(out).write_bytes(kept + rest[:cut])
+        run_record_path(out).write_bytes(record)
+        s = predict(bundle, [line_break_names], out, batch_size=2)
+        assert (s.resumed, s.predicted) == (2, 10), rest[:cut]
+        assert out.read_bytes() == whole, rest[:cut]
+
+
+def test_a_symlink_loop_under_a_recursive_glob_gives_each_file_once(images):
+    """A recursive glob follows a link back to its folder (~40 spellings of each file); files are told
+    apart by their real path, each kept as first spelled, as folder input (which follows no link) has them."""
+    (images / "selfdir").symlink_to(".")
+    folder = list(iter_inputs([images]))
+    assert len(folder) == 12
+    assert list(iter_inputs([f"{images}/**/*.png"])) == [p for p in folder if p.suffix == ".png"]
+    assert list(iter_inputs([f"{images}/**"])) == folder
+
+
+def test_float_images_with_nan_or_infinite_pixels_are_skipped(network_bundle, images, tmp_path):  # noqa: F811
+    """NaN has no gray level: numpy warned on the cast and the garbage pixels were predicted."""
+    from PIL import Image
+
+    bad = images / "float"
+    bad.mkdir()
+    nan = np.full((40, 40), np.nan, dtype=np.float32)
+    inf = np.ones((40, 40), dtype=np.float32)
+    inf[3, 4] = np.inf
+    for name, pixels in [("nan.tif", nan), ("inf.tif", inf)]:
+        im = Image.fromarray(pixels)
+        assert im.mode == "F"
+        im.save(bad / name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = predict(load_bundle(network_bundle), [images], tmp_path / "p.csv")
+    reason = "not a readable image (NaN or infinite pixel values)"
+    assert s.predicted == 12 and s.skipped == [(str(bad / "inf.tif"), reason), (str(bad / "nan.tif"), reason)]

@@ -70,10 +70,16 @@ def iter_image_files(folder: Path) -> Iterator[Path]:
                 yield p
 
 
-def _to_rgb(im: Image.Image) -> np.ndarray:
-    """Convert any PIL mode to an HxWx3 uint8 array (16-bit scaled, alpha composited on black)."""
+def _to_rgb(im: Image.Image, name: str) -> np.ndarray:
+    """Convert any PIL mode to an HxWx3 uint8 array (16-bit scaled, alpha composited on black).
+
+    A float image with NaN or infinite pixels is refused (``name`` labels the error): they have no
+    gray level, and the cast would make garbage pixels of them.
+    """
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         a = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(a).all():
+            raise ImageError(f"{name}: not a readable image (NaN or infinite pixel values)")
         hi = a.max()
         scale = 65535.0 if hi > 255 else 255.0
         g = np.clip(a / scale * 255.0, 0, 255).astype(np.uint8)
@@ -141,7 +147,7 @@ def _open(source: Path | io.BytesIO, name: str, max_pixels: int | None,
         im.load()
         if size and im.mode == "RGB" and im.size != (size, size):
             return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR)), mode
-        rgb = _to_rgb(im)
+        rgb = _to_rgb(im, name)
     return (resize_square(rgb, size) if size else rgb), mode
 
 
