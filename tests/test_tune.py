@@ -353,7 +353,9 @@ def test_two_machines_share_a_postgresql_study(tmp_path: Path, data: Path, postg
     types: they split the trials, and when one is killed mid-trial, the other fails that trial once its
     heartbeat stops (stale after 3 s) and runs a replacement, so the study still finishes ``n`` trials."""
     postgres.createdb("tuning")
-    url, n = postgres.url("tuning"), 12
+    # trials take a few tenths of a second: enough of them that, on a loaded machine, the study is not over
+    # before the loop below has seen both workers finish one and caught one mid-trial
+    url, n = postgres.url("tuning"), 40
     workers = [_tune_process(data, tmp_path / f"machine-{i}", url, n) for i in (1, 2)]
     try:
         study, killed, victim = None, None, None
