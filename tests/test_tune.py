@@ -297,6 +297,45 @@ def test_benchmark_config_refuses_a_network_configuration(tmp_path: Path) -> Non
     assert load_config(f) == {"model": "svc", "params": {"C": 3.0}, "features": "handcrafted"}
 
 
+def test_benchmark_config_names_a_bad_features_setting(tmp_path: Path, synthetic2: Path) -> None:
+    from leukoscope.errors import ConfigError
+
+    f = tmp_path / "best.yaml"
+    f.write_text("model: svc\nparams: {C: 3.0}\nfeatures: nosuch\n")
+    with pytest.raises(ConfigError, match=r"best\.yaml: features must be one of .*, got 'nosuch'"):
+        load_config(f)
+    f.write_bytes(b"model: svc\n\xff: 1\n")
+    with pytest.raises(ConfigError, match=r"best\.yaml: cannot parse"):
+        load_config(f)
+    f.write_text("model: svc\nparams: {C: 3.0}\nfeatures: [x]\n")
+    res = CliRunner().invoke(app, ["benchmark", str(synthetic2), "--out", str(tmp_path / "b"),
+                                   "--config", str(f)])
+    assert res.exit_code == 1 and "best.yaml: features" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("name", ["t?x", "t%20z", "t#y"], ids=["query", "escape", "fragment"])
+def test_the_sqlite_study_lives_in_out_whatever_its_name(tmp_path: Path, name: str) -> None:
+    """The folder's name is taken literally, not as a URL's query, escape or fragment: no file beside
+    it, and no study shared with another folder of the same prefix."""
+    from leukoscope.tune.study import open_study, shown_url
+
+    out = tmp_path / name
+    url = storage_url(out)
+    open_study(TuneSettings(model="toy"), url, "toy", "data")
+    assert [p.name for p in tmp_path.iterdir()] == [name] and (out / "study.db").is_file()
+    assert shown_url(url) == f"sqlite:///{out.resolve() / 'study.db'}"  # as it is on disk
+
+
+def test_an_explicit_sqlite_storage_is_read_as_a_url(tmp_path: Path) -> None:
+    """A --storage URL the user typed is used as typed (``%20`` is a space), its folder made to match."""
+    from leukoscope.tune.study import open_study
+
+    url = f"sqlite:///{tmp_path}/new%20dir/s.db"
+    assert storage_url(tmp_path / "out", url) == url
+    open_study(TuneSettings(model="toy"), url, "toy", "data")
+    assert (tmp_path / "new dir" / "s.db").is_file() and not (tmp_path / "new%20dir").exists()
+
+
 def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_redone(tmp_path: Path) -> None:
     """A worker killed between creating a trial and its first heartbeat left a RUNNING trial with no
     heartbeat, which Optuna never fails as stale: every other worker then waited for it forever."""

@@ -8,8 +8,12 @@ a network's and must stay unset.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -103,33 +107,22 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: Path) -> dict[str, Any]:
-        """Settings from a YAML or JSON file (only known keys)."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        text = path.read_text()
-        try:
-            if path.suffix.lower() == ".json":
-                data = json.loads(text)
-            else:
-                import yaml
-
-                data = yaml.safe_load(text) or {}
-        except Exception as e:  # noqa: BLE001 - any parse error is a bad config file
-            raise ConfigError(f"{path}: cannot parse ({e})") from None
+        """Settings from a YAML or JSON file (only known keys, each of its field's type)."""
+        data = read_settings(path)
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of settings")
-        data = {k.replace("-", "_"): v for k, v in data.items()}
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        data = {k.replace("-", "_") if isinstance(k, str) else k: v for k, v in data.items()}
+        unknown = sorted(str(k) for k in set(data) - {f.name for f in fields(cls)})
         if unknown:
             raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}")
-        return data
+        return {k: _typed(k, v, where=f"{path}: {k}") for k, v in data.items()}
 
     @classmethod
     def build(cls, file: Path | None = None, **options: Any) -> TrainConfig:
-        """File settings overlaid with the options that are not None."""
+        """File settings overlaid with the options that are not None; every value type-checked before use."""
         data = cls.from_file(file) if file else {}
-        data.update({k: v for k, v in options.items() if v is not None})
+        data.update({k: _typed(k, v, where=f"--{k.replace('_', '-')}") if k in KINDS else v
+                     for k, v in options.items() if v is not None})
         try:
             return cls(**data)
         except TypeError as e:
@@ -263,6 +256,57 @@ class TrainConfig:
         folder = Path(folder)
         write_json_atomic(folder / "config.json", self.as_dict())
         write_text_atomic(folder / "config.yaml", yaml.safe_dump(self.as_dict(), sort_keys=False))
+
+
+def read_settings(path: Path) -> Any:
+    """What a YAML or JSON settings file holds; a missing, unreadable or unparsable file (non-UTF-8 bytes,
+    ``!!python/object`` tags: safe_load refuses them) is a ConfigError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() == ".json":
+            return json.loads(text)
+        import yaml
+
+        return yaml.safe_load(text) or {}
+    except Exception as e:  # noqa: BLE001 - any read or parse error is a bad config file
+        raise ConfigError(f"{path}: cannot parse ({' '.join(str(e).split())})") from None
+
+
+def _kinds(hint: Any) -> tuple[type, ...]:
+    """The plain types an annotation allows: ``int | None`` -> (int, NoneType), ``dict[str, Any]`` ->
+    (dict,)."""
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    return tuple(typing.get_origin(a) or a for a in args)
+
+
+#: Each setting's allowed types, from the field annotations (one source of truth for what a file may hold).
+KINDS = {name: _kinds(hint) for name, hint in typing.get_type_hints(TrainConfig).items()}
+_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping",
+          type(None): "null"}
+
+
+def _fits(value: Any, kind: type) -> bool:
+    if isinstance(value, bool) or kind is bool:  # a bool is an int to Python, never to a setting
+        return kind is bool and isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, int | float) and math.isfinite(value)
+    return isinstance(value, kind)
+
+
+def _typed(name: str, value: Any, where: str) -> Any:
+    """``value`` if it is of setting ``name``'s type, else a ConfigError naming ``where``. A numeric
+    string for a number setting becomes that number: PyYAML (YAML 1.1) reads ``1e-3`` without a dot
+    as a string, so ``lr: 1e-3`` in a normal-looking config is meant as a number."""
+    kinds = KINDS[name]
+    if float in kinds and isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    if any(_fits(value, kind) for kind in kinds):
+        return value
+    raise ConfigError(f"{where} must be {' or '.join(_WORDS[k] for k in kinds)}, got {value!r}")
 
 
 def _what_is_learnt(settings: dict[str, Any]) -> dict[str, Any]:

@@ -42,23 +42,22 @@ class TuneResult:
 
 
 def load_config(path: Path) -> dict[str, Any]:
-    """A classical configuration written by ``tune`` (``model``, ``params``, ``features``)."""
-    import yaml
+    """A classical configuration written by ``tune`` (``model``, ``params``, ``features``), each checked
+    here so that a hand-edited file fails naming the file and the setting, not deep in the benchmark."""
+    from leukoscope.features import list_feature_kinds
+    from leukoscope.train.config import read_settings
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text())  # JSON is YAML
-    except Exception as e:  # noqa: BLE001 - any parse error is a bad file
-        raise ConfigError(f"{path}: cannot parse ({e})") from None
+    data = read_settings(path)
     if not isinstance(data, dict) or not isinstance(data.get("model"), str):
         raise ConfigError(f"{path}: expected a mapping with 'model' (a leukoscope tune best.yaml)")
     if data.get("family", "classical") != "classical" or not isinstance(data.get("params"), dict):
         raise ConfigError(f"{path}: not a classical configuration; "
                           "a network's goes to leukoscope train --config")
-    return {"model": data["model"], "params": data["params"],
-            "features": data.get("features", "handcrafted")}
+    features = data.get("features", "handcrafted")
+    if not isinstance(features, str) or features not in list_feature_kinds():
+        raise ConfigError(f"{path}: features must be one of {', '.join(list_feature_kinds())}, "
+                          f"got {features!r}")
+    return {"model": data["model"], "params": data["params"], "features": features}
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:

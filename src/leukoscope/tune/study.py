@@ -46,9 +46,13 @@ POSTGRES_DRIVER = "postgresql+psycopg://"
 
 
 def storage_url(out: Path, storage: str | None = None) -> str:
-    """``storage`` (a PostgreSQL URL pointed at the installed driver), else an SQLite file in ``out``."""
+    """``storage`` (a PostgreSQL URL pointed at the installed driver), else an SQLite file in ``out``,
+    its path escaped so that any folder name (``?``, ``%``, ``#``) is taken literally."""
     if storage is None:
-        return f"sqlite:///{(Path(out) / 'study.db').resolve()}"
+        from sqlalchemy.engine import URL
+
+        path = (Path(out) / "study.db").resolve()
+        return URL.create("sqlite", database=str(path)).render_as_string(hide_password=False)
     for scheme in POSTGRES_SCHEMES:
         if storage.startswith(scheme):
             return POSTGRES_DRIVER + storage[len(scheme):]
@@ -56,14 +60,30 @@ def storage_url(out: Path, storage: str | None = None) -> str:
 
 
 def shown_url(url: str) -> str:
-    """``url`` fit for a message: any password masked."""
+    """``url`` fit for a message: any password masked, an SQLite file's path unescaped (as it is on disk)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except ArgumentError:
         return url
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        return f"sqlite:///{parsed.database}"
+    return parsed.render_as_string(hide_password=True)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file an SQLite URL names (None for another database, an in-memory one or a bad URL)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    database = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    return Path(database) if database and database != ":memory:" else None
 
 
 def _reason(e: Exception) -> str:
@@ -117,7 +137,9 @@ def open_study(settings: TuneSettings, url: str, name: str, data: str, *,
     """Create or load the study ``name`` at ``url``; refuse one made with other settings or data."""
     engine: dict[str, Any] = {}
     if url.startswith("sqlite:"):
-        Path(url.split("///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
+        file = _sqlite_file(url)
+        if file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
         engine = {"connect_args": {"timeout": 60}}  # workers wait for each other's writes
     from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
