@@ -1,6 +1,6 @@
 """Bundles from disk run no code: the skops allow-list is exact and complete, tampered pipelines are
-refused before anything in them is built, corrupt weight files give one line, and bundles are
-written with the modes the umask asks for."""
+refused before anything in them is built, corrupt weight files and tampered configs give one line, and
+bundles are written with the modes the umask asks for."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from leukoscope.bundle import load_bundle
+from leukoscope.bundle import load_bundle, verify
 from leukoscope.bundle.classical import ALLOWED_TYPES, WEIGHTS, load_pipeline, save_pipeline
 from leukoscope.cli.verbs import app
 from leukoscope.data.images import load_rgb
@@ -26,6 +26,7 @@ from leukoscope.errors import BundleError
 from leukoscope.features import get_extractor
 from leukoscope.models.onnx import optimized_twin
 from leukoscope.models.registry import get_model, list_models
+from patients_support import cohort, run_dir  # noqa: F401 - fixtures used by name
 from use_support import classical_bundle, network_bundle, onnx_bundle  # noqa: F401
 
 CLASSICAL = list_models(family="classical")
@@ -215,6 +216,60 @@ def test_corrupt_weights_give_one_line(family: str, file: str, runtime: str, dam
     with pytest.raises(BundleError) as e:
         load_bundle(copy, runtime=runtime)
     assert str(copy / file) in str(e.value) and "\n" not in str(e.value)
+
+
+# ---- tampered config.json: one line naming the file and the setting, from load and the CLI ------------
+
+def _tampered_config(bundle: Path, tmp_path: Path, edit: Any) -> Path:
+    copy = Path(shutil.copytree(bundle, tmp_path / "b"))
+    config = json.loads((copy / "config.json").read_text())
+    edit(config)
+    (copy / "config.json").write_text(json.dumps(config))
+    return copy
+
+
+def _refused_in_one_line(bundle: Path, setting: str) -> None:
+    with pytest.raises(BundleError) as e:
+        load_bundle(bundle, runtime="torch")
+    message = str(e.value)
+    assert message.startswith(f"{bundle / 'config.json'}: {setting}") and "\n" not in message, message
+    res = CliRunner().invoke(app, ["verify", str(bundle)])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.exception
+    last = res.output.splitlines()[-1]
+    assert last.startswith("FAIL weights") and last.endswith(f": {message}"), res.output
+
+
+@pytest.mark.parametrize("params", [{"width": -1}, {"width": 10**12}])  # torch raises RuntimeError on these
+def test_model_params_torch_refuses_give_one_line(params: dict[str, int], network_bundle: Path,  # noqa: F811
+                                                  tmp_path: Path) -> None:
+    bundle = _tampered_config(network_bundle, tmp_path, lambda c: c.update(model_params=params))
+    _refused_in_one_line(bundle, "model_params do not fit model 'leukonet'")
+
+
+SIZES = "features.params.input_size must be an integer in 16..1024"
+
+
+@pytest.mark.parametrize("spec, setting", [
+    ({"kind": "deep", "params": {"input_size": "abc"}}, SIZES),
+    ({"kind": "deep", "params": {"input_size": 50000}}, SIZES),  # loaded, then 60 GB at the first cell
+    ({"kind": "deep", "params": {"input_size": 8}}, SIZES),
+    ({"kind": "deep", "params": [1]}, "features.params must be a JSON object"),
+    ({"kind": "colour", "params": {}}, 'features must be an object {"kind": "deep"'),
+    ({"kind": "deep", "params": {"views": 0}}, "features: deep features: views must be 1..8")])
+def test_tampered_patient_features_give_one_line(spec: dict[str, Any], setting: str, run_dir: Path,  # noqa: F811
+                                                 tmp_path: Path) -> None:
+    bundle = _tampered_config(run_dir / "bundle", tmp_path, lambda c: c.update(features=spec))
+    _refused_in_one_line(bundle, setting)
+
+
+def test_verify_checks_the_patient_weights_are_there(run_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    bundle = Path(shutil.copytree(run_dir / "bundle", tmp_path / "b"))
+    findings = verify(bundle)
+    assert all(f.ok for f in findings), findings
+    assert next(f for f in findings if f.check == "files").detail.endswith("patient.safetensors")
+    (bundle / "patient.safetensors").unlink()
+    files = verify(bundle)[-1]
+    assert (files.check, files.ok, files.detail) == ("files", False, "missing: patient.safetensors")
 
 
 # ---- file modes ------------------------------------------------------------------------------------

@@ -75,6 +75,35 @@ def test_patient_call_is_the_librarys(client: Any, cells: list[Path], run_dir: P
     assert all(toward * x["contribution"] > 0 for x in drivers)
 
 
+def test_an_overview_is_a_counted_skip_and_results_stay_on_their_files(run_dir: Path,  # noqa: F811
+                                                                       cells: list[Path], data: Path) -> None:
+    """A whole-field overview among the cells (within every limit) is skipped by diagnose's rule, as
+    ``diagnose`` skips it from a file, and each cell's result stays on its own file (it was a 500)."""
+    from fastapi.testclient import TestClient
+
+    overview = data / "deepapl" / "Data" / "All" / "Patient_14" / "Unsigned slides" / "D0000000JWU_001.jpg"
+    assert image_size(overview) == (2920, 2962)
+    sent = [("c1.jpg", cells[0].read_bytes()), ("overview.jpg", overview.read_bytes()),
+            ("c2.jpg", cells[1].read_bytes())]
+    with TestClient(create_app(run_dir / "bundle")) as c:  # default limits: 8.6 Mpx is within them
+        r = c.post("/api/patient", **files(*sent))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    why = "whole-field overview (2920x2962), not a cell"
+    assert body["patient"]["skipped"] == [{"name": "overview.jpg", "reason": why}]
+    assert body["patient"]["cells_used"] == 2
+    expected = load_bundle(run_dir / "bundle").diagnose([str(cells[0]), str(overview), str(cells[1])])
+    assert expected.skipped == [(str(overview), why)]
+    results = body["results"]
+    assert [x["name"] for x in results] == ["c1.jpg", "overview.jpg", "c2.jpg"]
+    assert results[1]["error"] == why and results[1]["label"] is None and results[1]["contribution"] is None
+    cell_results = [results[0], results[2]]
+    assert [x["cell_type"] for x in cell_results] == [c.cell_type for c in expected.cells]
+    contributions = [c.contribution for c in expected.cells]
+    assert [x["contribution"] for x in cell_results] == pytest.approx(contributions, abs=1e-6)
+    assert body["patient"]["probability"] == pytest.approx(expected.probability, abs=1e-6)
+
+
 def test_too_few_cells_make_no_call(client: Any, cells: list[Path]) -> None:
     r = client.post("/api/patient", **files((cells[0].name, cells[0].read_bytes())))
     assert r.status_code == 200, r.text

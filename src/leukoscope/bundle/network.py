@@ -106,7 +106,7 @@ class NetworkBundle(Bundle):
             with torch.device("meta"):
                 module = network(num_classes=len(config["classes"]), pretrained=False,
                                  **config.get("model_params", {}))
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, RuntimeError) as e:  # RuntimeError: torch refusing a size (width -1)
             raise BundleError(f"{path / CONFIG}: model_params do not fit model {config['model']!r} "
                               f"({one_line(e)})") from None
         try:

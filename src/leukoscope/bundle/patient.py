@@ -14,19 +14,23 @@ cell, so predict / evaluate / serve work unchanged. ``diagnose(cells, subject)``
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from leukoscope.bundle.base import Bundle, bundle_family
-from leukoscope.bundle.format import CONFIG, ONNX, read_config
+from leukoscope.bundle.format import CONFIG, INPUT_SIZES, ONNX, one_line, read_config
 from leukoscope.bundle.patient_call import CellEvidence, PatientCall
 from leukoscope.bundle.writing import write_json
 from leukoscope.errors import BundleError, ConfigError
 from leukoscope.models.patient.scorers import Scorer, Tensors, TypeHead, load_scorer, prefixed
 from leukoscope.probability import sigmoid
+
+if TYPE_CHECKING:  # the feature registry and the cohort reader (pandas) load only when used
+    from leukoscope.features import FeatureExtractor
 
 WEIGHTS = "patient.safetensors"
 #: Resamples of the patient's cells for the interval on its probability.
@@ -51,13 +55,43 @@ def _number(config: dict[str, Any], key: str, cfg: Path) -> float:
     return float(v)
 
 
+def _extractor(features: Any, cfg: Path) -> FeatureExtractor:
+    """The frozen embedding network of config ``features``; a tampered value is one line naming config.json
+    and the setting, never a traceback, nor an input size that exhausts memory at the first cell."""
+    from leukoscope.features import from_spec
+
+    if not (isinstance(features, dict) and features.get("kind") == "deep"):  # what the scorer was fitted on
+        raise BundleError(f'{cfg}: features must be an object {{"kind": "deep", "params": {{...}}}}, '
+                          f"got {reprlib.repr(features)}")
+    params = features.get("params", {})
+    if not isinstance(params, dict):
+        raise BundleError(f"{cfg}: features.params must be a JSON object, got {reprlib.repr(params)}")
+    (lo, hi), size = INPUT_SIZES, params.get("input_size", INPUT_SIZES[0])  # absent: the network's default
+    if not (isinstance(size, int) and not isinstance(size, bool) and lo <= size <= hi):
+        raise BundleError(f"{cfg}: features.params.input_size must be an integer in {lo}..{hi} (as for "
+                          f"network bundles), got {reprlib.repr(size)}")
+    try:
+        return from_spec(features)
+    except ConfigError as e:
+        raise BundleError(f"{cfg}: features: {one_line(e)}") from None
+
+
+def overview_skip(img: np.ndarray) -> str | None:
+    """Why a decoded image is skipped as a whole-field overview, not a cell (None: a cell), by the cohort
+    reader's rule (``Header.overview``): the one test ``diagnose`` and ``/api/patient`` apply."""
+    from leukoscope.data.cohort import Header
+
+    head = Header(img.shape[1], img.shape[0])
+    return f"whole-field overview ({head.width}x{head.height}), not a cell" if head.overview else None
+
+
 @bundle_family("patient")
 class PatientBundle(Bundle):
     """A patient-level model: frozen cell embeddings, a patient scorer, a cell-type head."""
 
-    def __init__(self, path: Path, config: dict[str, Any], scorer: Scorer, head: TypeHead):
-        from leukoscope.features import from_spec
+    weight_files = (WEIGHTS,)
 
+    def __init__(self, path: Path, config: dict[str, Any], scorer: Scorer, head: TypeHead):
         super().__init__(path, config)
         cfg = self.path / CONFIG
         self.scorer, self.head = scorer, head
@@ -76,10 +110,7 @@ class PatientBundle(Bundle):
         if not (isinstance(types, list) and types and all(isinstance(t, str) for t in types)):
             raise BundleError(f"{cfg}: cell_types must be a list of names, got {types!r}")
         self.cell_types = list(types)
-        try:
-            self.extractor = from_spec(config["features"])
-        except ConfigError as e:
-            raise BundleError(f"{cfg}: features: {e}") from None
+        self.extractor = _extractor(config.get("features"), cfg)
 
     @classmethod
     def load(cls, path: Path, config: dict[str, Any]) -> PatientBundle:
@@ -181,8 +212,7 @@ class PatientBundle(Bundle):
 
 def _read_cells(cells: Sequence[Cell]) -> tuple[list[np.ndarray], list[str], list[tuple[str, str]]]:
     """Decoded cells and their names; unreadable files, byte copies of an earlier file and whole-field
-    overviews (a side of ``OVERVIEW_MIN_SIDE`` px or more, as the cohort reader keeps apart) skipped."""
-    from leukoscope.data.cohort import OVERVIEW_MIN_SIDE
+    overviews (``overview_skip``) skipped."""
     from leukoscope.data.images import file_digest, load_batch
 
     images: list[np.ndarray] = []
@@ -206,8 +236,8 @@ def _read_cells(cells: Sequence[Cell]) -> tuple[list[np.ndarray], list[str], lis
             _, decoded, bad = load_batch([name])
             skipped += bad
         for img in decoded:
-            if max(img.shape[:2]) >= OVERVIEW_MIN_SIDE:
-                skipped.append((name, f"whole-field overview ({img.shape[1]}x{img.shape[0]}), not a cell"))
+            if (why := overview_skip(img)) is not None:
+                skipped.append((name, why))
             else:
                 images.append(img)
                 names.append(name)

@@ -3,8 +3,9 @@
 The same safety as ``/api/predict`` (body cap and place in line from ``Admission``, files counted while
 parsing, pixels summed from headers, one safe decoder); all the patient's cells come in one request,
 because a call is made from them together. A byte copy of a cell already sent is counted once, as
-``diagnose`` does for files. Cells unlike the training cohort's (the bundle's unfamiliarity score) are
-labelled ``unfamiliar``, left out of the call and counted in the summary, as in ``leukoscope report``.
+``diagnose`` does for files; a whole-field overview is a counted skip, by ``diagnose``'s rule. Cells unlike
+the training cohort's (the bundle's unfamiliarity score) are labelled ``unfamiliar``, left out of the call
+and counted in the summary, as in ``leukoscope report``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import anyio
 import numpy as np
 from pydantic import BaseModel
 
-from leukoscope.bundle.patient import PatientBundle
+from leukoscope.bundle.patient import PatientBundle, overview_skip
 from leukoscope.bundle.patient_call import PatientCall
 from leukoscope.errors import LeukoscopeError
 from leukoscope.patients.protocol import sigmoid
@@ -134,6 +135,9 @@ async def diagnose_uploads(bundle: PatientBundle, uploads: list[tuple[str, bytes
             res.error = str(e)
             continue
         first[digest] = name
+        if (why := overview_skip(img)) is not None:  # skipped here, so each cell's result stays on its file
+            res.error = why
+            continue
         images.append(img)
         used.append(res)
         if thumbnail:
@@ -144,7 +148,7 @@ async def diagnose_uploads(bundle: PatientBundle, uploads: list[tuple[str, bytes
     toward = -1.0 if call.call is not None and call.call != call.positive else 1.0
     most = min(DRIVERS, math.ceil(call.cells_used / 3))
     drivers = {id(c) for c in call.drivers(most) if toward * c.contribution > 0}  # pushed the call's way
-    for res, cell in zip(used, call.cells, strict=True):  # diagnose keeps arrays in the order given
+    for res, cell in zip(used, call.cells, strict=True):  # diagnose keeps every array, in the order given
         p = float(sigmoid(cell.log_odds))
         res.probabilities = {c: round(p if c == call.positive else 1 - p, 6) for c in call.classes}
         res.label = call.positive if p >= 0.5 else next(c for c in call.classes if c != call.positive)
