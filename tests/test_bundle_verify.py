@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from leukoscope.bundle import FORMAT_VERSION, load_bundle, verify
 from leukoscope.cli.verbs import app
 from leukoscope.errors import BundleError
+from patients_support import cohort, run_dir  # noqa: F401
 from use_support import classical_bundle, network_bundle, onnx_bundle  # noqa: F401
 
 runner = CliRunner()
@@ -36,7 +37,8 @@ def test_a_network_bundle_and_its_exports_pass_every_check(onnx_bundle: Path) ->
     findings = verify(onnx_bundle)
     assert all(f.ok for f in findings), findings
     assert [f.check for f in findings] == [
-        "config.json", "format_version", "config", "files",
+        "config.json", "format_version", "config", "files", "metrics.json",
+        "model.onnx", "model.int8.onnx", "model.opt.onnx", "model.int8.opt.onnx",
         "weights (torch)", "predict (torch)", "weights (onnx)", "predict (onnx)",
         "weights (onnx-int8)", "predict (onnx-int8)"]
     assert findings[1].detail == str(FORMAT_VERSION)
@@ -107,7 +109,7 @@ def test_cli_prints_one_line_per_check_and_exits_1_on_a_failure(network_bundle: 
     ok = runner.invoke(app, ["verify", str(network_bundle)])
     assert ok.exit_code == 0, ok.output
     lines = ok.output.strip().splitlines()
-    assert len(lines) == len(verify(network_bundle)) == 6
+    assert len(lines) == len(verify(network_bundle)) == 7
     assert all(line.startswith("ok") for line in lines) and lines[-1].startswith("ok   predict (torch):")
 
     bundle = _copy(network_bundle, tmp_path)
@@ -120,3 +122,95 @@ def test_cli_prints_one_line_per_check_and_exits_1_on_a_failure(network_bundle: 
     assert run_folder.exit_code == 1 and "a training run folder, not a bundle" in run_folder.output
     nothing = runner.invoke(app, ["verify", str(tmp_path / "nowhere")])
     assert nothing.exit_code == 1 and "not a model bundle (no config.json)" in nothing.output
+
+
+def _findings(bundle: Path) -> dict[str, tuple[bool, str]]:
+    return {f.check: (f.ok, f.detail) for f in verify(bundle)}
+
+
+def test_onnx_files_copied_from_another_bundle_of_the_network_are_refused(onnx_bundle: Path,  # noqa: F811
+                                                                          tmp_path: Path) -> None:
+    """Only the weights' digest was recorded: another bundle's model.onnx (and its twin) passed verify, and
+    predict ran the other network. Every ONNX file's SHA-256 is recorded now, and checked as it opens."""
+    from safetensors.torch import load_file, save_file
+
+    from leukoscope.bundle.export import export_onnx
+
+    other = Path(shutil.copytree(onnx_bundle, tmp_path / "other"))
+    tensors = load_file(str(other / "model.safetensors"))
+    tensors["head.weight"].mul_(-1.0)  # the same network, other weights
+    save_file(tensors, str(other / "model.safetensors"))
+    export_onnx(other)
+    bundle = _copy(onnx_bundle, tmp_path)
+    for name in ("model.onnx", "model.opt.onnx"):
+        shutil.copy(other / name, bundle / name)
+    found = _findings(bundle)
+    for check in ("model.onnx", "model.opt.onnx", "weights (onnx)"):
+        ok, detail = found[check]
+        assert not ok and "not the file export wrote" in detail
+        assert detail.endswith(f"re-export: `leukoscope export {bundle} --onnx`")
+    assert found["model.int8.onnx"][0] and found["weights (onnx-int8)"][0]
+    with pytest.raises(BundleError, match=r"model\.onnx: not the file export wrote"):
+        load_bundle(bundle, runtime="onnx")
+    shutil.copy(onnx_bundle / "model.onnx", bundle / "model.onnx")  # the twin alone: skipped, the file runs
+    assert load_bundle(bundle, runtime="onnx").predict_proba([]).shape == (0, 2)
+
+
+def test_verify_opens_model_onnx_itself_not_only_this_machines_twin(onnx_bundle: Path,  # noqa: F811
+                                                                    tmp_path: Path) -> None:
+    """On the exporting machine sessions open from model.opt.onnx, so a truncated model.onnx passed verify
+    and failed only where the bundle was shared; verify opens model.onnx itself too."""
+    import hashlib
+
+    bundle = _copy(onnx_bundle, tmp_path)
+    truncated = (onnx_bundle / "model.onnx").read_bytes()[:100]
+    (bundle / "model.onnx").write_bytes(truncated)
+    config = json.loads((bundle / "config.json").read_text())
+    config["onnx"]["sha256"]["model.onnx"] = hashlib.sha256(truncated).hexdigest()  # the digest no help
+    (bundle / "config.json").write_text(json.dumps(config))
+    found = _findings(bundle)
+    ok, detail = found["model.onnx"]
+    assert not ok and detail.startswith(f"{bundle / 'model.onnx'}: cannot load")
+    assert found["weights (onnx)"][0] and found["predict (onnx)"][0]  # what predict uses here: the twin
+
+
+def test_an_export_from_before_digests_were_recorded_asks_for_a_re_export(onnx_bundle: Path,  # noqa: F811
+                                                                          tmp_path: Path) -> None:
+    from leukoscope.bundle.onnx import OnnxBundle
+
+    bundle = _copy(onnx_bundle, tmp_path)
+    config = json.loads((bundle / "config.json").read_text())
+    del config["onnx"]["sha256"]
+    (bundle / "config.json").write_text(json.dumps(config))
+    assert not isinstance(load_bundle(bundle), OnnxBundle)  # auto: torch, which it can trust
+    with pytest.raises(BundleError, match=r"model\.int8\.onnx: no SHA-256 .* --onnx --int8`$"):
+        load_bundle(bundle, runtime="onnx-int8")
+    found = _findings(bundle)
+    assert not found["model.onnx"][0] and "re-export: `leukoscope export" in found["model.onnx"][1]
+    assert not found["weights (onnx)"][0] and found["weights (torch)"][0]
+
+
+def test_a_freshly_exported_patient_bundle_passes(run_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Its model.onnx is the embedding network for other tools: checked as a file, never loaded as the
+    onnx runtime, which is for network bundles."""
+    bundle = _copy(run_dir / "bundle", tmp_path)
+    exported = runner.invoke(app, ["export", str(bundle), "--onnx"])
+    assert exported.exit_code == 0, exported.output
+    findings = verify(bundle)
+    assert all(f.ok for f in findings), findings
+    assert [f.check for f in findings][-3:] == ["model.onnx", "weights", "predict"]
+    (bundle / "model.onnx").write_bytes((bundle / "model.onnx").read_bytes()[:-1] + b"\0")
+    ok, detail = _findings(bundle)["model.onnx"]
+    assert not ok and "not the file export wrote" in detail
+
+
+def test_an_unreadable_metrics_json_fails(network_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
+    bundle = _copy(network_bundle, tmp_path)
+    (bundle / "metrics.json").write_text('{"validation": {"accuracy": 0.9')
+    ok, detail = _findings(bundle)["metrics.json"]
+    assert not ok and detail.startswith(f"{bundle / 'metrics.json'}: invalid JSON (")
+    with pytest.raises(BundleError, match="metrics.json: invalid JSON"):
+        load_bundle(bundle).metrics()
+    (bundle / "metrics.json").write_text("[1, 2]")
+    with pytest.raises(BundleError, match="metrics.json: must be a JSON object, got list"):
+        load_bundle(bundle).metrics()

@@ -131,7 +131,10 @@ def test_each_export_has_a_twin_optimised_for_this_machine_and_only_this_machine
     """Export writes ``model.opt.onnx`` and ``model.int8.opt.onnx``: the graphs as ONNX Runtime
     optimises them on this CPU, recorded with its ``cpu_signature``. On this machine a session
     opens from the twin (so it runs even with model.onnx damaged) with the same outputs; a bundle
-    recorded for another machine, or a twin that will not open, is read from model.onnx."""
+    recorded for another machine, or a twin that will not open or is not what export wrote, is read
+    from model.onnx."""
+    import hashlib
+
     import leukoscope.models.onnx as models_onnx
     from leukoscope.bundle.verify import declared_files
     from leukoscope.models.onnx import cpu_signature
@@ -149,6 +152,10 @@ def test_each_export_has_a_twin_optimised_for_this_machine_and_only_this_machine
         np.testing.assert_array_equal(load_bundle(b, runtime=rt).predict_proba(sample), want[rt])
     config["onnx"]["optimized_for"] = "onnxruntime-0.0 another machine"
     (b / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BundleError, match="model.onnx: not the file export wrote"):
+        load_bundle(b, runtime="onnx")
+    config["onnx"]["sha256"]["model.onnx"] = hashlib.sha256(b"not a model").hexdigest()
+    (b / "config.json").write_text(json.dumps(config))
     with pytest.raises(BundleError, match="model.onnx: cannot load"):
         load_bundle(b, runtime="onnx")
 
@@ -160,6 +167,22 @@ def test_each_export_has_a_twin_optimised_for_this_machine_and_only_this_machine
     monkeypatch.setattr(models_onnx, "cpu_signature", lambda: None)  # flags unreadable: no twin
     assert export_onnx(c)["optimized_for"] is None and not (c / "model.opt.onnx").exists()
     assert "model.opt.onnx" not in declared_files(json.loads((c / "config.json").read_text()))
+
+
+def test_export_records_the_sha256_of_every_onnx_file_it_writes(onnx_bundle, tmp_path):  # noqa: F811
+    import hashlib
+
+    info = json.loads((onnx_bundle / "config.json").read_text())["onnx"]
+    assert set(info["sha256"]) == {"model.onnx", "model.int8.onnx", "model.opt.onnx", "model.int8.opt.onnx"}
+    for name, digest in info["sha256"].items():
+        assert hashlib.sha256((onnx_bundle / name).read_bytes()).hexdigest() == digest
+    copy = tmp_path / "b"
+    shutil.copytree(onnx_bundle, copy)
+    cfg = json.loads((copy / "config.json").read_text())
+    cfg["onnx"]["sha256"] = ["model.onnx"]
+    (copy / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(BundleError, match=r"config\.json: onnx\.sha256 must be an object of file name"):
+        load_bundle(copy, runtime="torch")
 
 
 def test_stale_export_is_not_used(onnx_bundle, tmp_path):  # noqa: F811

@@ -68,7 +68,7 @@ def test_model_card_describes_bundle(client: Any, network_bundle: Path) -> None:
     assert card["classes"] == bundle.classes == ["all", "hem"]
     assert card["family"] == "network" and card["explanation"] == "Grad-CAM heat map"
     assert card["protocol"] == bundle.config["protocol"]
-    assert card["metrics"] == bundle.metrics()
+    assert card["metrics"] == bundle.metrics() and card["metrics_error"] is None
     split = bundle.split()
     assert split is not None
     assert sum(p["images"] for p in card["split"].values()) == len(split)
@@ -329,3 +329,23 @@ def test_classical_bundle_is_served_with_feature_contributions(classical_bundle:
     assert len(res["features"]) == 6
     assert {f["feature"] for f in res["features"]} <= set(bundle.extractor.names())
     assert res["features"][0]["contribution"] != 0
+
+
+def test_model_card_answers_when_metrics_json_is_unreadable(network_bundle: Path,  # noqa: F811
+                                                            tmp_path: Path) -> None:
+    """A corrupt metrics.json was a 500 from /api/model, and the page showed no model card; now the card
+    answers without metrics and says why, in its warning (the page shows it) and in ``metrics_error``."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from leukoscope.serve.app import METRICS_UNREADABLE
+
+    bundle = Path(shutil.copytree(network_bundle, tmp_path / "bundle"))
+    (bundle / "metrics.json").write_text('{"validation": {"accuracy": 0.9')
+    with TestClient(create_app(bundle, LIMITS)) as c:
+        r = c.get("/api/model")
+    assert r.status_code == 200, r.text
+    card = r.json()
+    assert card["metrics"] == {} and card["metrics_error"] == METRICS_UNREADABLE
+    assert METRICS_UNREADABLE in card["warning"] and card["classes"] == ["all", "hem"]

@@ -9,7 +9,6 @@ serve never branch on the family.
 from __future__ import annotations
 
 import copy
-import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -23,11 +22,11 @@ from leukoscope.bundle.format import (
     EXPORTS,
     FAMILIES,
     HISTORY,
-    METRICS,
     RUNTIMES,
     SPLIT,
     UNFAMILIAR,
     read_config,
+    read_metrics,
 )
 from leukoscope.errors import BundleError, ConfigError, ImageError
 from leukoscope.models.unfamiliar import Scorer, load_scorer
@@ -184,8 +183,8 @@ class Bundle(ABC):
         return decide(probs, self.classes, self.operating_point)
 
     def metrics(self) -> dict[str, Any]:
-        p = self.path / METRICS
-        return json.loads(p.read_text()) if p.exists() else {}
+        """metrics.json ({} where there is none); a ``BundleError`` naming it when it cannot be read."""
+        return read_metrics(self.path)
 
     def history(self) -> pd.DataFrame | None:
         import pandas as pd
@@ -261,7 +260,8 @@ def load_bundle(path: Path | str, runtime: str = "auto") -> Bundle:
     ``runtime`` (network bundles): ``torch``; ``onnx`` (model.onnx) or ``onnx-int8``
     (model.int8.onnx) via ONNX Runtime; ``auto``: ``onnx-int8`` where export found it agreeing with
     fp32 and this CPU has VNNI, else ``onnx`` when a current export is there, else torch
-    (``OnnxBundle.auto_runtime``).
+    (``OnnxBundle.auto_runtime``; an export that recorded no SHA-256 of its files, from before they
+    were recorded, is not current: torch runs until it is re-exported).
     """
     path = Path(path)
     config = read_config(path)

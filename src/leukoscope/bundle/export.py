@@ -5,7 +5,8 @@ request, ``model.int8.onnx``: static QDQ quantisation, per-channel weights, acti
 on images from the bundle's own train / val sides (dynamic quantisation is slower on this model
 and loses accuracy), convolution biases corrected for the shift weight rounding makes, as few
 leading convolutions left in fp32 as keep its calls those of fp32 on held-out images. The weights'
-digest goes into config.json, so ``OnnxBundle`` never runs an export of other weights.
+digest and each written ONNX file's SHA-256 go into config.json, so ``OnnxBundle`` never runs an
+export of other weights, nor an ONNX file put there by hand (``verify`` checks them too).
 """
 
 from __future__ import annotations
@@ -20,8 +21,15 @@ from typing import Any
 import numpy as np
 
 from leukoscope.bundle.base import load_bundle
-from leukoscope.bundle.format import CONFIG, ONNX, ONNX_INT8, SAFETENSORS, SPLIT, read_config
-from leukoscope.bundle.onnx import OnnxBundle, enough_to_tell, int8_agrees, model_files
+from leukoscope.bundle.format import CONFIG, ONNX, ONNX_DIGESTS, ONNX_INT8, SAFETENSORS, SPLIT, read_config
+from leukoscope.bundle.onnx import (
+    OnnxBundle,
+    enough_to_tell,
+    int8_agrees,
+    model_files,
+    onnx_digests,
+    recorded_files,
+)
 from leukoscope.data.images import file_digest, load_batch, load_rgb
 from leukoscope.errors import BundleError, DataError, ImageError
 from leukoscope.io import atomic_path, write_json_atomic
@@ -259,8 +267,8 @@ def export_onnx(bundle_dir: Path | str, int8: bool = False,
 
     ``calibration``: images for the int8 activation ranges (default: the bundle's train/val sides).
     Each model file gets its ``optimized_twin`` for this machine (a session opens in a fifth of the
-    time), ``optimized_for`` recording which machine. Returns what was written, as recorded under
-    ``config["onnx"]``.
+    time), ``optimized_for`` recording which machine, and every file its SHA-256 (``ONNX_DIGESTS``).
+    Returns what was written, as recorded under ``config["onnx"]``.
     """
     bundle_dir = Path(bundle_dir)
     config = read_config(bundle_dir)
@@ -297,5 +305,6 @@ def export_onnx(bundle_dir: Path | str, int8: bool = False,
         for stale in (ONNX_INT8, optimized_twin(Path(ONNX_INT8)).name):  # an old int8 file would be stale
             (bundle_dir / stale).unlink(missing_ok=True)
     info["optimized_for"] = write_optimized_twins([bundle_dir / f for f in model_files(info)])
+    info[ONNX_DIGESTS] = onnx_digests(bundle_dir, recorded_files(info))
     write_json_atomic(bundle_dir / CONFIG, {**config, "onnx": info})
     return {**info, "bundle": str(bundle_dir)}

@@ -10,7 +10,9 @@ Layout of a bundle directory::
     split.csv        the split the model was trained with
     history.csv      per-epoch training history (networks)
     MODEL_CARD.md    data, protocol, metrics, intended use, library versions
-    model.onnx       once exported (``leukoscope export``; model.int8.onnx with --int8)
+    model.onnx       once exported (``leukoscope export``; model.int8.onnx with --int8, model.opt.onnx
+                     twins for the exporting machine); config key ``onnx`` records them with the
+                     SHA-256 of each (``ONNX_DIGESTS``), checked before a session opens one
     unfamiliar.safetensors
                      the unfamiliarity score's tensors (``models.unfamiliar``; settings under config key
                      ``unfamiliar``). Optional: a bundle without it loads and has no score.
@@ -47,6 +49,9 @@ SAFETENSORS = "model.safetensors"
 SKOPS = "pipeline.skops"
 ONNX = "model.onnx"
 ONNX_INT8 = "model.int8.onnx"
+#: Key under config ``onnx``: each ONNX file export wrote -> its SHA-256 (hex). Only model.safetensors'
+#: digest was recorded before, so a file copied in from another bundle of the same network ran unnoticed.
+ONNX_DIGESTS = "sha256"
 #: The unfamiliarity scorer's tensors (``models.unfamiliar``), when config.json has ``unfamiliar``.
 UNFAMILIAR = "unfamiliar.safetensors"
 
@@ -101,6 +106,22 @@ def raw_config(path: Path) -> Any:
             and (path / "bundle" / CONFIG).is_file():  # a training run folder holds its bundle
         raise BundleError(f"{path}: a training run folder, not a bundle; use {path / 'bundle'}")
     return config
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    """The bundle's metrics.json ({} where there is none); a ``BundleError`` naming it when unreadable."""
+    p = Path(path) / METRICS
+    if not p.exists():
+        return {}
+    try:
+        metrics = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{p}: invalid JSON ({e})") from None
+    except OSError as e:
+        raise BundleError(f"{p}: cannot read ({e.strerror or e})") from None
+    if not isinstance(metrics, dict):
+        raise BundleError(f"{p}: must be a JSON object, got {type(metrics).__name__}")
+    return metrics
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -162,6 +183,9 @@ def check_config(config: Any, cfg: Path) -> dict[str, Any]:
     for key, kind in _INFO_TYPES.items():
         if key in config:
             need(isinstance(config[key], kind), key, f"a JSON {kind.__name__}", config[key])
+    digests = config.get("onnx", {}).get(ONNX_DIGESTS, {})
+    need(isinstance(digests, dict) and all(isinstance(v, str) for v in digests.values()),
+         f"onnx.{ONNX_DIGESTS}", "an object of file name -> SHA-256 (hex)", digests)
     if "rare_classes" in config:
         _check_rare(config["rare_classes"], need)
     names = config.get("display_names", {})

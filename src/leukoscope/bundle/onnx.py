@@ -3,14 +3,18 @@
 
 It is what ``load_bundle`` returns for a network bundle with a current export: the same
 ``preprocess.prepare`` as PyTorch, then one single-threaded ORT session that several threads
-run at once, one batch per core (``parallel_batches``). The weights' digest is
-recorded at export (``bundle.export``), so a stale ``model.onnx`` is never used.
+run at once, one batch per core (``parallel_batches``). Export records the weights' digest and each
+ONNX file's SHA-256 (``bundle.export``), so a stale ``model.onnx``, or one copied in from another
+bundle of the same network, is never used: a session opens only from bytes whose SHA-256 was
+recorded. An export from before those were recorded is refused (``--runtime auto``: torch runs)
+until re-exported.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,7 +23,7 @@ import numpy as np
 
 from leukoscope.batches import chunks, ordered_map
 from leukoscope.bundle.base import Bundle, bundle_runtime
-from leukoscope.bundle.format import CONFIG, ONNX, ONNX_INT8, SAFETENSORS, one_line
+from leukoscope.bundle.format import CONFIG, ONNX, ONNX_DIGESTS, ONNX_INT8, SAFETENSORS, one_line
 from leukoscope.data.images import file_digest
 from leukoscope.errors import BundleError
 from leukoscope.geometry import D4, dihedral
@@ -63,6 +67,49 @@ def twin_files(info: dict[str, Any]) -> list[str]:
     return [optimized_twin(Path(f)).name for f in model_files(info)] if info.get("optimized_for") else []
 
 
+def recorded_files(info: dict[str, Any]) -> list[str]:
+    """Every ONNX file an export wrote (``model_files``, then ``twin_files``): what it records digests of."""
+    return [*model_files(info), *twin_files(info)]
+
+
+def sha256(data: bytes) -> str:
+    """The hex SHA-256 export records of each ONNX file (``ONNX_DIGESTS``)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def onnx_digests(folder: Path, files: Iterable[str]) -> dict[str, str]:
+    """File name -> SHA-256 of each of ``files`` in ``folder``: what export records under ``ONNX_DIGESTS``."""
+    return {f: sha256((Path(folder) / f).read_bytes()) for f in files}
+
+
+#: Why an ONNX file of an export from before their SHA-256 was recorded does not run.
+UNRECORDED = "no SHA-256 of it in config.json (exported before leukoscope recorded them): cannot be checked"
+
+
+def reexport(path: Path, file: str) -> str:
+    """The command that writes ``file`` of the bundle at ``path`` again."""
+    return f"`leukoscope export {path} --onnx{' --int8' if file.startswith('model.int8') else ''}`"
+
+
+def digest_problem(info: dict[str, Any], name: str, data: bytes) -> str:
+    """Why ``data``, the bytes of ONNX file ``name``, is not what export wrote ('' when it is)."""
+    want = info.get(ONNX_DIGESTS, {}).get(name)
+    if want is None:
+        return UNRECORDED
+    if sha256(data) != want:
+        return "not the file export wrote (its SHA-256 differs from config.json's: copied from elsewhere?)"
+    return ""
+
+
+def digest_check(path: Path, info: dict[str, Any]) -> Callable[[Path, bytes], None]:
+    """``ort_session``'s ``check``: a ``BundleError`` naming a file of the bundle at ``path`` whose bytes
+    are not what export recorded (``info``: ``config["onnx"]``)."""
+    def check(file: Path, data: bytes) -> None:
+        if why := digest_problem(info, file.name, data):
+            raise BundleError(f"{file}: {why}; re-export: {reexport(path, file.name)}")
+    return check
+
+
 @functools.lru_cache(maxsize=8)
 def _digest(path: str, size: int, mtime_ns: int) -> str:
     """``file_digest`` once per version of a file in this process (``load_bundle`` with runtime
@@ -88,38 +135,53 @@ class OnnxBundle(Bundle):
     def load(cls, path: Path, config: dict[str, Any], model_file: str = ONNX) -> OnnxBundle:
         path = Path(path)
         onnx_path = path / model_file
-        # the session opens while the weights are hashed (is the export current?): both release the GIL
+        info = config.get("onnx", {})
+        # the session opens (its file's SHA-256 checked) while the weights are hashed (is the export
+        # current?): both release the GIL
         with ThreadPoolExecutor(1, thread_name_prefix="leukoscope-load") as pool:
-            opening = pool.submit(ort_session, onnx_path, config.get("onnx", {}).get("optimized_for"))
-            if not cls.available(path, config, model_file):
-                why = "exported from other weights" if onnx_path.is_file() else "not found"
-                raise BundleError(f"{onnx_path}: {why}; run `leukoscope export {path} --onnx"
-                                  f"{' --int8' if model_file == ONNX_INT8 else ''}`")
-            if model_file == ONNX_INT8 and config.get("onnx", {}).get("int8_vnni") and not has_vnni():
+            opening = pool.submit(ort_session, onnx_path, info.get("optimized_for"), digest_check(path, info))
+            if why := cls.unavailable(path, config, model_file):
+                raise BundleError(f"{onnx_path}: {why}; re-export: {reexport(path, model_file)}")
+            if model_file == ONNX_INT8 and info.get("int8_vnni") and not has_vnni():
                 raise BundleError(f"{onnx_path}: exported on a CPU with VNNI (8-bit weights), which this "
                                   f"CPU lacks: its int16 sums would overflow; re-export here (`leukoscope "
                                   f"export {path} --onnx --int8`) or use --runtime onnx")
             try:
                 session = opening.result()
+            except BundleError:
+                raise
             except Exception as e:  # ORT raises its own types for corrupt or truncated files
                 raise BundleError(f"{onnx_path}: cannot load ({one_line(e)})") from None
         check_session(session, onnx_path, config)
         return cls(path, config, session, model_file)
 
     @staticmethod
-    def available(path: Path, config: dict[str, Any], model_file: str = ONNX) -> bool:
-        """True when ``model_file`` was exported from the weights now in the bundle (not stale)."""
-        digest = config.get("onnx", {}).get("weights_digest")
-        weights = Path(path) / SAFETENSORS
-        if digest is None or not (Path(path) / model_file).is_file() or not weights.is_file():
-            return False
+    def unavailable(path: Path, config: dict[str, Any], model_file: str = ONNX) -> str:
+        """Why ``model_file`` cannot run: not there, no SHA-256 recorded for it, or exported from other
+        weights than those now in the bundle (stale); '' when it can (its bytes are checked as it opens)."""
+        info = config.get("onnx", {})
+        digest, weights = info.get("weights_digest"), Path(path) / SAFETENSORS
+        if not (Path(path) / model_file).is_file():
+            return "not found"
+        if model_file not in info.get(ONNX_DIGESTS, {}):
+            return UNRECORDED
+        stale = "exported from other weights"
+        if digest is None or not weights.is_file():
+            return stale
         st = weights.stat()
-        return digest == _digest(str(weights), st.st_size, st.st_mtime_ns)
+        return "" if digest == _digest(str(weights), st.st_size, st.st_mtime_ns) else stale
+
+    @classmethod
+    def available(cls, path: Path, config: dict[str, Any], model_file: str = ONNX) -> bool:
+        """True when ``model_file`` is there, recorded, and exported from the weights now in the bundle."""
+        return not cls.unavailable(path, config, model_file)
 
     @classmethod
     def auto_runtime(cls, path: Path, config: dict[str, Any]) -> str | None:
         """What ``--runtime auto`` runs: ``onnx-int8`` where int8 pays and agrees, else ``onnx`` for a
-        current export, else None (PyTorch).
+        current export, else None (PyTorch): also for an export from before ONNX files' SHA-256 were
+        recorded, which runs correctly in torch until re-exported. A recorded file whose bytes differ is
+        not skipped but refused as it loads: someone replaced it, and should hear so.
 
         int8 pays on a CPU that multiplies 8-bit numbers with VNNI (Lite0's model time at 128 px: 0.70
         s against fp32's 1.34 s per 800 cells on one AVX512-VNNI core); without it x86 ONNX Runtime

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from leukoscope.bundle.base import Bundle, bundle_family
-from leukoscope.bundle.format import CONFIG, INPUT_SIZES, ONNX, one_line, read_config
+from leukoscope.bundle.format import CONFIG, INPUT_SIZES, ONNX, ONNX_DIGESTS, one_line, read_config
 from leukoscope.bundle.patient_call import CellEvidence, PatientCall
 from leukoscope.bundle.writing import write_json
 from leukoscope.errors import BundleError, ConfigError
@@ -249,6 +249,7 @@ def export_patient_onnx(bundle_dir: Path | str) -> dict[str, Any]:
 
     The patient score needs no network: MODEL_CARD.md gives its formula over ``patient.safetensors``.
     """
+    from leukoscope.bundle.onnx import onnx_digests
     from leukoscope.features.deep import _embedder
     from leukoscope.models.onnx import INPUT, OPSET, export_module
 
@@ -264,6 +265,7 @@ def export_patient_onnx(bundle_dir: Path | str) -> dict[str, Any]:
     info = {"opset": OPSET, "fp32": ONNX, "input": INPUT, "output": "embedding", "input_size": size,
             "views": views, "embedding": f"mean of the outputs over the first {views} D4 view(s) of the cell "
             "(2: the cell and its left-right mirror)",
-            "aggregator": f"{WEIGHTS} (see MODEL_CARD.md, 'How a patient is scored')"}
+            "aggregator": f"{WEIGHTS} (see MODEL_CARD.md, 'How a patient is scored')",
+            ONNX_DIGESTS: onnx_digests(bundle_dir, [ONNX])}  # what verify checks model.onnx against
     write_json(bundle_dir / CONFIG, {**config, "onnx": info})
     return info

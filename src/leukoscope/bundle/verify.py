@@ -3,9 +3,12 @@ MONAI's bundle checks).
 
 Each check gives one ``Finding``; the first that leaves nothing to check further ends the list
 (no config, no families to load). The checks: config.json is JSON, its ``format_version`` is one
-this code reads, the config is valid, every file it declares is there, the weights of every
-runtime it declares load and fit the config (the same checks as ``load_bundle``), and a smoke
-prediction on synthetic cells gives one row per image that sums to 1.
+this code reads, the config is valid, every file it declares is there, metrics.json is readable,
+every ONNX file export wrote has the SHA-256 it recorded and each model file (not its machine's
+twin) opens itself in ONNX Runtime (what another machine reads), the weights of every runtime its
+family loads (a network's exports too) load and fit the config (the same checks as ``load_bundle``,
+so what predict will use), and a smoke prediction on synthetic cells gives one row per image that
+sums to 1.
 """
 
 from __future__ import annotations
@@ -26,8 +29,17 @@ from leukoscope.bundle.format import (
     format_version,
     one_line,
     raw_config,
+    read_metrics,
 )
-from leukoscope.bundle.onnx import model_files, twin_files
+from leukoscope.bundle.onnx import (
+    check_session,
+    digest_check,
+    digest_problem,
+    model_files,
+    recorded_files,
+    reexport,
+    twin_files,
+)
 from leukoscope.errors import LeukoscopeError
 
 #: Synthetic cells of the smoke prediction: how many, and their side in pixels.
@@ -47,15 +59,40 @@ def declared_files(config: dict[str, Any]) -> list[str]:
     """The files a valid ``config`` says its bundle holds: config, metrics, card, the family's
     weights and the ONNX exports recorded under ``onnx``."""
     onnx = config.get("onnx", {})
-    return [CONFIG, METRICS, CARD, *family_class(config["family"]).weight_files, *model_files(onnx),
-            *twin_files(onnx)]
+    return [CONFIG, METRICS, CARD, *family_class(config["family"]).weight_files, *recorded_files(onnx)]
 
 
 def runtimes(config: dict[str, Any]) -> list[str]:
-    """The ``load_bundle`` runtimes a valid ``config`` declares: its family's own, then its exports."""
+    """The ``load_bundle`` runtimes a valid ``config`` declares: its family's own, then a network's exports
+    (another family's model.onnx, such as a patient bundle's embedding network, is for other tools:
+    ``onnx_file`` checks it, but no runtime loads it)."""
+    if config["family"] != "network":
+        return ["torch"]
     by_file = {f: r for r, f in EXPORT_FILES.items()}
     exports = [by_file.get(f, "") for f in declared_files(config)]
     return ["torch", *[r for r in exports if r]]
+
+
+def onnx_file(path: Path, config: dict[str, Any], name: str) -> str:
+    """What is wrong with the bundle's ONNX file ``name`` ('' when nothing): its SHA-256 must be the one
+    export recorded and, for a model file, ONNX Runtime must open the file itself (the optimised twin
+    ``load_bundle`` may open instead is only this machine's) with a network's inputs and outputs
+    fitting the config."""
+    info, file = config.get("onnx", {}), path / name
+    try:
+        if name not in model_files(info):  # a twin: another machine need not open it
+            why = digest_problem(info, name, file.read_bytes())
+            return f"{file}: {why}; re-export: {reexport(path, name)}" if why else ""
+        from leukoscope.models.onnx import ort_session
+
+        session = ort_session(file, check=digest_check(path, info))
+        if config["family"] == "network":
+            check_session(session, file, config)
+    except LeukoscopeError as e:
+        return str(e)
+    except Exception as e:  # noqa: BLE001 - OSError, or ORT's own types for a corrupt file
+        return f"{file}: cannot load ({one_line(e)})"
+    return ""
 
 
 def _smoke(bundle: Any) -> str:
@@ -106,6 +143,17 @@ def verify(path: Path | str) -> list[Finding]:
     if not add("files", not missing, f"missing: {', '.join(missing)}" if missing
                else ", ".join(declared_files(config))):
         return findings
+    try:
+        read_metrics(path)
+        add(METRICS, True, "readable JSON")
+    except LeukoscopeError as e:
+        add(METRICS, False, str(e))
+    info = config.get("onnx", {})
+    opens = "opens and fits the config" if config["family"] == "network" else "opens in ONNX Runtime"
+    for name in recorded_files(info):
+        wrong = onnx_file(path, config, name)
+        add(name, not wrong, wrong or ("SHA-256 as exported" if name in twin_files(info)
+                                       else f"SHA-256 as exported; {opens}"))
     for runtime in runtimes(config):
         name = "" if runtime == "torch" and config["family"] != "network" else f" ({runtime})"
         try:

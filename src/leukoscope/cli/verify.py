@@ -13,8 +13,9 @@ from leukoscope.cli.options import BundleArg
 def verify_cmd(bundle: BundleArg) -> None:
     """Check a bundle before using or sharing it; one line per check, exit 1 when any fails.
 
-    The checks: config.json and its format version, the files it declares, weights that fit the
-    config (every runtime it declares), and a smoke prediction whose rows sum to 1.
+    The checks: config.json and its format version, the files it declares, a readable metrics.json,
+    ONNX files as export wrote them (SHA-256) and model.onnx opening itself, weights that fit the
+    config (every runtime the bundle's family loads), and a smoke prediction whose rows sum to 1.
     """
     from leukoscope.bundle.verify import verify
 

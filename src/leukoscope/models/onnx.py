@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,8 @@ def cpu_signature() -> str | None:
     return " ".join([f"onnxruntime-{ort.__version__}", platform.machine(), *vector])
 
 
-def ort_session(path: Path, optimized_for: str | None = None) -> Any:
+def ort_session(path: Path, optimized_for: str | None = None,
+                check: Callable[[Path, bytes], None] | None = None) -> Any:
     """A single-threaded ONNX Runtime CPU session of ``path``, graph fully optimised.
 
     Callers use the cores by running one batch per core at once (sessions are thread-safe;
@@ -85,8 +86,18 @@ def ort_session(path: Path, optimized_for: str | None = None) -> Any:
     ``optimized_for``: the ``cpu_signature`` that ``path``'s ``optimized_twin`` was written for; on
     that machine and runtime the twin opens instead, its optimisation already done (any other
     signature, or a twin that will not open, falls back to ``path``).
+    ``check``: given a file's bytes before a session opens from those same bytes (so the file cannot
+    change in between), it raises for a file that must not run: the twin's error falls back to
+    ``path``, ``path``'s goes to the caller.
     """
     import onnxruntime as ort
+
+    def source(file: Path) -> str | bytes:
+        if check is None:
+            return str(file)
+        data = file.read_bytes()
+        check(file, data)
+        return data
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
@@ -95,11 +106,11 @@ def ort_session(path: Path, optimized_for: str | None = None) -> Any:
     if optimized_for is not None and twin.is_file() and optimized_for == cpu_signature():
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
-            return ort.InferenceSession(str(twin), opts, providers=["CPUExecutionProvider"])
-        except Exception:  # ORT's own error types: a damaged twin is only a slower start
+            return ort.InferenceSession(source(twin), opts, providers=["CPUExecutionProvider"])
+        except Exception:  # ORT's own error types, or check's: a refused twin is only a slower start
             pass
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(source(path), opts, providers=["CPUExecutionProvider"])
 
 
 def optimized_twin(path: Path) -> Path:

@@ -44,11 +44,12 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from leukoscope import __version__
 from leukoscope.batches import ordered_map
 from leukoscope.bundle import Bundle, load_bundle
+from leukoscope.bundle.format import METRICS
 from leukoscope.bundle.patient import PatientBundle
 from leukoscope.data.images import FORMATS, decode_rgb, image_size
 from leukoscope.data.manifest import IMAGE_LEVEL_WARNING
 from leukoscope.data.names import subject_from_name
-from leukoscope.errors import ImageError, LeukoscopeError
+from leukoscope.errors import BundleError, ImageError, LeukoscopeError
 from leukoscope.explain import EXPLAINERS, Explainer, Explanation
 from leukoscope.predict import unfamiliar
 from leukoscope.reports.html import image_to_data_uri
@@ -244,16 +245,27 @@ def unfamiliar_fields(bundle: Bundle, mark: tuple[float, bool] | None) -> dict[s
             "threshold": bundle.unfamiliar.threshold}
 
 
+#: The model card's note when metrics.json cannot be read (why goes to the server's log, not to the page).
+METRICS_UNREADABLE = f"{METRICS} could not be read, so no metrics are shown (`leukoscope verify` says why)"
+
+
 def model_card(model: Model, settings: ServeSettings) -> dict[str, Any]:
     """What the page's model-card panel shows: classes, data and its size, protocol, metrics, use."""
     cfg = model.bundle.config
     protocol = cfg.get("protocol", "unknown")
+    warnings = [IMAGE_LEVEL_WARNING] if protocol == "image-level" else []
+    try:
+        metrics, metrics_error = model.bundle.metrics(), None
+    except BundleError as e:  # the rest of the card (and predictions) still stand; the page shows why
+        log.warning("%s", e)
+        metrics, metrics_error = {}, METRICS_UNREADABLE
+        warnings.append(metrics_error)
     card: dict[str, Any] = {
         "model": model.name, "family": model.bundle.family, "classes": model.bundle.classes,
         "display_names": model.bundle.display_names,
         "data": cfg.get("data"), "protocol": protocol,
-        "warning": IMAGE_LEVEL_WARNING if protocol == "image-level" else None,
-        "split": _split_sizes(model.bundle), "metrics": model.bundle.metrics(),
+        "warning": " ".join(warnings) or None,
+        "split": _split_sizes(model.bundle), "metrics": metrics, "metrics_error": metrics_error,
         "runtime": type(model.bundle).__name__,
         "input_size": cfg.get("input_size") or cfg.get("preprocessing", {}).get("input_size"),
         "temperature": model.bundle.temperature,
