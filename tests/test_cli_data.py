@@ -94,6 +94,21 @@ def test_split_k_fold_and_official(data: Path, tmp_path: Path) -> None:
     assert sorted(official.loc[official["side"] == "test", "subject"]) == ["57", "H49"]
 
 
+def test_split_of_labels_pandas_reads_as_missing_reads_back(data: Path, tmp_path: Path) -> None:
+    """Class folders named NA, None, null and nan: the split names them and reads back with them (pandas
+    read those words as missing: the split could not be used)."""
+    from leukoscope.data.splits import read_split
+    from link_support import link_files
+
+    words = ("NA", "None", "null", "nan")
+    for word, kind in zip(words, ("basophil", "eosinophil", "lymphocyte", "monocyte"), strict=True):
+        link_files(sorted((data / "pbc" / kind).glob("*.jpg"))[:8], tmp_path / "cells" / word)
+    code, _, err = run("data", "split", tmp_path / "cells", "--out", tmp_path / "s.csv")
+    assert code == 0, err
+    back = read_split(tmp_path / "s.csv")
+    assert back["label"].value_counts().to_dict() == dict.fromkeys(words, 8)
+
+
 def test_split_image_level_says_so(data: Path, tmp_path: Path) -> None:
     code, out, _ = run("data", "split", data / "allidb2", "--out", tmp_path / "a.csv")
     assert code == 0
@@ -136,6 +151,12 @@ def _split(data: Path, tmp: Path, *options: str) -> list[object]:
     return ["data", "split", data / "cnmc_sample", *options, "--out", tmp / "s.csv"]
 
 
+def _under_a_file(data: Path, tmp: Path) -> list[object]:
+    """``data split`` with --out inside a file (a folder cannot be made there)."""
+    (tmp / "afile").write_text("")
+    return ["data", "split", data / "cnmc_sample", "--out", tmp / "afile" / "s.csv"]
+
+
 _HEADER, _ROW = "Patient_ID,new_names,labels", "UID_57_6_4_all.bmp,1005.bmp,1"
 
 BAD: dict[str, tuple[Callable[[Path, Path], list[object]], str]] = {
@@ -163,6 +184,7 @@ BAD: dict[str, tuple[Callable[[Path, Path], list[object]], str]] = {
                                 f"{CNMC_CSV}: line 2 has 4 field(s), the header has 3"),
     "labels CSV row too short": (lambda d, t: _describe_cnmc(d, t, _HEADER, _ROW, "H49.bmp,1002.bmp"),
                                  f"{CNMC_CSV}: line 3 has 2 field(s), the header has 3"),
+    "split --out under a file": (_under_a_file, "afile: File exists"),
     "split --k negative": (lambda d, t: _split(d, t, "--k", "-3"), "--k must be at least 2, got -3"),
     "split --k 0": (lambda d, t: _split(d, t, "--k", "0"), "--k must be at least 2, got 0"),
     "split --val above half": (lambda d, t: _split(d, t, "--val", "0.7", "--test", "0"),

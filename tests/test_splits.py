@@ -143,6 +143,28 @@ def test_write_and_read_split_round_trip(cnmc: pd.DataFrame, tmp_path: Path) -> 
     assert not list(out.parent.glob("*.tmp"))
 
 
+def test_labels_that_pandas_reads_as_missing_round_trip(cnmc: pd.DataFrame, tmp_path: Path) -> None:
+    """NA, None, null, nan and N/A are labels (and subjects) like any other, not missing values."""
+    words = {"all": "NA", "hem": "N/A"}
+    s = train_val_test(cnmc.assign(label=cnmc["label"].map(words),
+                                   subject=cnmc["subject"].replace({"H6": "null", "1": "nan"})), seed=2)
+    write_split(s, tmp_path / "split.csv")
+    back = read_split(tmp_path / "split.csv")
+    assert back[["label", "subject", "side"]].equals(s[["label", "subject", "side"]])
+    assert {"null", "nan"} <= set(back["subject"])
+
+
+def test_a_blank_side_or_fold_is_refused(cnmc: pd.DataFrame, tmp_path: Path) -> None:
+    """A row on no side (in no fold) was silently left out: refused, naming the file and the count."""
+    for s, col in ((train_val_test(cnmc, seed=2), "side"), (kfold(cnmc, k=3, seed=0), "fold")):
+        write_split(s, tmp_path / "split.csv")
+        rows = pd.read_csv(tmp_path / "split.csv", dtype=str, keep_default_na=False)
+        rows.loc[rows.index[:3], col] = ""
+        rows.to_csv(tmp_path / "blank.csv", index=False)
+        with pytest.raises(DataError, match=f"blank.csv: 3 row\\(s\\) with a blank {col}"):
+            read_split(tmp_path / "blank.csv")
+
+
 def test_read_split_rejects_leaks_and_bad_files(cnmc: pd.DataFrame, tmp_path: Path) -> None:
     s = kfold(cnmc, k=3, seed=0)
     h10 = s.index[s["subject"] == "H10"]

@@ -194,3 +194,60 @@ def test_relative_mahalanobis_flags_cnmc_cells_and_round_trips(allidb2_bundle, d
     save_file(partial, str(tmp_path / "partial.safetensors"))
     with pytest.raises(ValueError, match="missing tensor\\(s\\) background_precision"):
         load_scorer(tmp_path / "partial.safetensors", rel.config())
+
+
+def test_rows_without_features_are_left_out_of_the_fit_and_the_threshold():
+    """A grey or blank image's handcrafted features are NaN (81 of 83): such rows are left out of the fit
+    and of the threshold's quantile (a NaN threshold made a bundle that could not load), and still score
+    NaN, flagged."""
+    from leukoscope.errors import DataError
+    from leukoscope.models.unfamiliar import set_threshold
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 83)) + np.repeat(np.eye(3, 83) * 4, 20, axis=0), np.repeat(np.arange(3), 20)
+    val, val_logits = rng.normal(size=(20, 83)), rng.normal(size=(20, 3))
+    grey_x, grey_val = x.copy(), val.copy()
+    grey_x[::7, 2:] = np.nan
+    grey_val[::5, 2:] = np.nan
+    for method in ("mahalanobis", "relative_mahalanobis", "knn"):
+        s = fit_unfamiliar(grey_x, y, grey_val, val_logits, 1.0, method=method, standardise=True)
+        ok = np.isfinite(grey_x).all(axis=1)
+        clean = fit_unfamiliar(x[ok], y[ok], val, val_logits, 1.0, method=method, standardise=True)
+        assert all(np.isfinite(t).all() for t in s.tensors.values()) and np.isfinite(s.threshold)
+        for name, t in clean.tensors.items():
+            np.testing.assert_allclose(s.tensors[name].astype(np.float32), t.astype(np.float32), rtol=1e-5,
+                                       atol=1e-5)
+        scores = s.score(grey_val, val_logits)
+        assert np.isnan(scores[::5]).all() and s.flag(scores[::5]).all()
+        assert s.threshold == np.quantile(scores[np.isfinite(scores)], 0.95)
+    with pytest.raises(DataError, match="none of the 3 validation cells has a finite score"):
+        set_threshold(s, np.array([np.nan, np.nan, np.nan]))
+    with pytest.raises(DataError, match="none of the 60 training cells has measurable features"):
+        fit_unfamiliar(np.full_like(x, np.nan), y, val, val_logits, 1.0, standardise=True)
+
+
+def test_a_scorer_of_another_width_is_one_line(classical_bundle, network_bundle, data, tmp_path):  # noqa: F811
+    """Tensors that do not fit the model's embeddings (cut, or copied from another bundle) load, but scoring
+    refuses them naming the file and both widths: one line from predict, not a broadcasting traceback."""
+    from safetensors.numpy import load_file, save_file
+
+    cut = tmp_path / "cut"
+    shutil.copytree(classical_bundle, cut)
+    tensors = load_file(str(cut / "unfamiliar.safetensors"))
+    save_file({k: np.ascontiguousarray(v[:64, :64] if k == "precision" else v[..., :64])
+               for k, v in tensors.items()}, str(cut / "unfamiliar.safetensors"))
+    copied = tmp_path / "copied"
+    shutil.copytree(network_bundle, copied)
+    shutil.copy(classical_bundle / "unfamiliar.safetensors", copied / "unfamiliar.safetensors")
+    width = int(load_file(str(network_bundle / "unfamiliar.safetensors"))["means"].shape[1])
+    cells, features = data / "cnmc_cells", tensors["mean"].shape[0]
+    for bundle, theirs, ours in ((cut, 64, features), (copied, features, width)):
+        scorer = load_bundle(bundle).unfamiliar
+        assert scorer is not None
+        with pytest.raises(ValueError, match=f"unfamiliar.safetensors: tensors of width {theirs}, but the "
+                                             f"model gives embeddings of width {ours}"):
+            scorer.score(np.zeros((2, ours), np.float32), np.zeros((2, 2)))
+        res = runner.invoke(app, ["predict", str(bundle), str(cells), "--out", str(tmp_path / "p.csv")])
+        assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+        assert res.output.count("error:") == 1, res.output
+        assert f"unfamiliar.safetensors: tensors of width {theirs}" in " ".join(res.output.split())

@@ -4,7 +4,7 @@
 option shows its default, flags show no ``<bool>`` type, and option help may name a registry's
 choices as ``{layouts}``, ``{feature_kinds}``, ... (``cli.options.CHOICES``), filled in only when
 that command's help is shown, so no command pays for them and ``--help`` imports no model library.
-Every command runs behind ``guarded``: a ``LeukoscopeError`` is one red line and exit 1.
+Every command runs behind ``guarded``: a ``LeukoscopeError`` or an ``OSError`` is one red line and exit 1.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typer._param_types import coerce_cli_path
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from leukoscope import __version__
-from leukoscope.errors import LeukoscopeError
+from leukoscope.errors import ConfigError, LeukoscopeError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -51,6 +51,10 @@ VERB_MODULES: dict[str, tuple[str, ...]] = {
     "data": ("data", "eda", "audit", "features"),
     **{verb: (verb,) for verbs in PANELS.values() for verb in verbs if verb != "data"},
 }
+#: The verbs (and data sub-verbs) whose --out is a folder: ``guarded`` refuses a file there before the
+#: command starts, instead of after its work (benchmark's whole cross-validation).
+OUT_FOLDERS = frozenset({"audit", "benchmark", "compare", "eda", "evaluate", "explain", "report", "train",
+                         "tune"})
 
 
 def _prepare_help(cmd: TyperCommand | TyperGroup, ctx: Any) -> None:
@@ -181,7 +185,7 @@ class App(typer.Typer):
         register = super().command(name, cls=kwargs.pop("cls", Command), **kwargs)
 
         def wrap(fn: F) -> F:
-            register(guarded(fn))
+            register(guarded(fn, out_folder=name in OUT_FOLDERS))
             return fn
 
         return wrap
@@ -239,18 +243,47 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def guarded(fn: F) -> F:
-    """Turn user errors into one red line and exit 1; Ctrl-C into exit 130, no traceback."""
+def check_out_folder(out: Any) -> None:
+    """Refuse an --out folder that is a file, or lies under one (``OUT_FOLDERS``)."""
+    if not isinstance(out, Path):
+        return
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ConfigError(f"--out {out}: {'a file' if p == out else f'{p} is a file'}, not a folder")
+            return
+
+
+def os_reason(e: OSError) -> str:
+    """An OS error as one line: the file(s) it names and the OS's reason."""
+    files = [f for f in (e.filename, e.filename2) if f is not None]
+    reason = e.strerror or str(e)
+    return f"{' -> '.join(map(str, files))}: {reason}" if files else reason
+
+
+def guarded(fn: F, out_folder: bool = False) -> F:
+    """Turn user errors into one red line and exit 1; Ctrl-C into exit 130, no traceback.
+
+    An ``OSError`` (a file where a folder goes, a folder that cannot be written, a full disk) is the
+    user's machine, not a bug: one line naming the file. Other exceptions stay tracebacks: they are bugs.
+    With ``out_folder``, an --out that is a file is refused before the command does any work."""
+
+    def fail(message: str) -> typer.Exit:
+        from rich.markup import escape
+
+        err_console.print(f"[bold red]error:[/] {escape(printable(message))}", soft_wrap=True)
+        return typer.Exit(1)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            if out_folder:
+                check_out_folder(kwargs.get("out"))
             return fn(*args, **kwargs)
         except LeukoscopeError as e:
-            from rich.markup import escape
-
-            err_console.print(f"[bold red]error:[/] {escape(printable(str(e)))}", soft_wrap=True)
-            raise typer.Exit(1) from None
+            raise fail(str(e)) from None
+        except OSError as e:
+            raise fail(os_reason(e)) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None

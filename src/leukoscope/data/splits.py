@@ -220,7 +220,9 @@ def read_split(path: Path, present: Iterable[str] | None = None) -> Split:
     if not path.is_file():
         raise DataError(f"{path}: split file not found")
     try:
-        df = pd.read_csv(path, dtype={"path": str, "label": str, "subject": object, "group": str})
+        # only a blank field is missing: a label, subject or group spelled NA, None, null or nan is a name
+        df = pd.read_csv(path, dtype={"path": str, "label": str, "subject": object, "group": str},
+                         keep_default_na=False, na_values=[""])
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not a readable split CSV ({e})") from None
     need = {"path", "label", "group"} - set(df.columns)
@@ -232,7 +234,12 @@ def read_split(path: Path, present: Iterable[str] | None = None) -> Split:
     df["subject"] = df["subject"].astype(object).where(df["subject"].notna(), None)
     if "source_split" not in df:
         df["source_split"] = "train"
-    if "side" in df and not set(df["side"].dropna()) <= set(SIDES):
+    col = "side" if "side" in df else "fold"
+    blank = int(df[col].isna().sum())
+    if blank:  # such a row would be on no side (in no fold): silently left out of training and evaluation
+        raise DataError(f"{path}: {blank} row(s) with a blank {col}"
+                        + (f" (each needs one of {', '.join(SIDES)})" if col == "side" else ""))
+    if col == "side" and not set(df["side"]) <= set(SIDES):
         raise DataError(f"{path}: side must be one of {', '.join(SIDES)}")
     df = validate(df)
     check_no_leak(df)

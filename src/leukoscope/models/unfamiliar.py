@@ -50,6 +50,8 @@ from typing import Any
 
 import numpy as np
 
+from leukoscope.errors import BundleError, DataError
+
 METHODS = ("knn", "mahalanobis", "relative_mahalanobis", "msp", "energy")
 DEFAULT_METHOD = "mahalanobis"
 DEFAULT_K = 5
@@ -63,6 +65,11 @@ SHRINKAGE = 0.1
 TENSORS = {"knn": ("reference",), "mahalanobis": ("means", "precision"),
            "relative_mahalanobis": ("means", "precision", "background_mean", "background_precision"),
            "msp": (), "energy": ()}
+
+
+class ScorerMismatch(BundleError, ValueError):
+    """Embeddings of another width than the scorer's tensors: a ``ValueError`` as every misfit of a
+    scorer's file is, and a ``BundleError`` so that the command using the bundle says it in one line."""
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -81,6 +88,8 @@ class Scorer:
     target: float = DEFAULT_TARGET
     standardise: bool = False
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    #: Where the tensors came from, named in ``score``'s errors (``load_scorer`` sets the path).
+    source: str = "unfamiliar.safetensors"
 
     @functools.cached_property
     def _reference(self) -> np.ndarray:
@@ -90,6 +99,10 @@ class Scorer:
 
     def _embed(self, emb: np.ndarray) -> np.ndarray:
         x = np.asarray(emb, np.float32)
+        width = next(iter(self.tensors.values())).shape[-1] if self.tensors else x.shape[-1]
+        if x.shape[-1] != width:  # tensors of another model (a copied file) cannot score these
+            raise ScorerMismatch(f"{self.source}: tensors of width {width}, but the model gives embeddings "
+                                 f"of width {x.shape[-1]} (a file from another bundle?)")
         if self.standardise:
             x = (x - self.tensors["mean"]) / self.tensors["std"]
         return _normalise(x)
@@ -149,12 +162,11 @@ def fit_scorer(train_emb: np.ndarray, train_y: np.ndarray, method: str = DEFAULT
     s = Scorer(method, k=k, temperature=float(temperature), standardise=standardise)
     if method in ("msp", "energy"):
         return s
-    x = np.asarray(train_emb, np.float32)
+    x, y = _measurable(np.asarray(train_emb, np.float32), np.asarray(train_y))
     if standardise:
         s.tensors["mean"] = x.mean(axis=0)
         s.tensors["std"] = np.maximum(x.std(axis=0), 1e-6).astype(np.float32)
     x = s._embed(x)
-    y = np.asarray(train_y)
     if method == "knn":
         keep = _subsample(y, MAX_REFERENCE, seed)
         s.tensors["reference"] = x[keep].astype(np.float16)
@@ -167,6 +179,21 @@ def fit_scorer(train_emb: np.ndarray, train_y: np.ndarray, method: str = DEFAULT
         s.tensors["background_mean"] = x.mean(axis=0)
         s.tensors["background_precision"] = _precision(x - x.mean(axis=0))
     return s
+
+
+def _measurable(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of ``x`` (and their labels) with every value finite: those the fit uses.
+
+    A row with a NaN (a grey or blank image: 81 of the 83 handcrafted features cannot be measured) has no
+    place in the embedding space, and ``score`` gives it NaN (flagged) anyway. Left out rather than
+    imputed: placed at the mean, such rows would pull the class means together and shrink the covariance
+    the distances are measured with. Colour cells have every feature finite (200 PBC cells of 8 classes).
+    """
+    keep = np.isfinite(x).all(axis=1)
+    if not keep.any():
+        raise DataError(f"unfamiliarity score: none of the {len(x)} training cells has measurable features "
+                        f"(grey or blank images?)")
+    return x[keep], y[keep]
 
 
 def _precision(centred: np.ndarray) -> np.ndarray:
@@ -201,9 +228,18 @@ def _subsample(y: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 def set_threshold(scorer: Scorer, val_scores: np.ndarray, target: float = DEFAULT_TARGET) -> Scorer:
-    """The threshold: the ``1 - target`` quantile of familiar validation cells' scores."""
+    """The threshold: the ``1 - target`` quantile of familiar validation cells' finite scores.
+
+    A cell with no score (NaN: features that cannot be measured) is flagged whatever the threshold, so it
+    does not move it; with none finite there is no threshold to set, which is an error rather than a NaN
+    that the bundle could not load."""
+    scores = np.asarray(val_scores, np.float64)
+    finite = scores[np.isfinite(scores)]
+    if not len(finite):
+        raise DataError(f"unfamiliarity threshold: none of the {len(scores)} validation cells has a finite "
+                        f"score (grey or blank images?)")
     scorer.target = target
-    scorer.threshold = float(np.quantile(np.asarray(val_scores, np.float64), 1.0 - target))
+    scorer.threshold = float(np.quantile(finite, 1.0 - target))
     return scorer
 
 
@@ -224,7 +260,7 @@ def load_scorer(path: Path, settings: dict[str, Any]) -> Scorer:
                k=int(settings.get("k", DEFAULT_K)),
                temperature=float(settings.get("temperature", 1.0)),
                target=float(settings.get("target_false_flag_rate", DEFAULT_TARGET)),
-               standardise=bool(settings.get("standardise", False)))
+               standardise=bool(settings.get("standardise", False)), source=str(path))
     need = TENSORS[s.method] + (("mean", "std") if s.standardise else ())
     if not need:
         return s
