@@ -21,13 +21,21 @@ from typing import Any
 import numpy as np
 
 from leukoscope.bundle.base import load_bundle
-from leukoscope.bundle.format import CONFIG, ONNX, ONNX_DIGESTS, ONNX_INT8, SAFETENSORS, SPLIT, read_config
+from leukoscope.bundle.format import (
+    CONFIG,
+    ONNX,
+    ONNX_DIGESTS,
+    ONNX_INT8,
+    SAFETENSORS,
+    SPLIT,
+    onnx_digests,
+    read_config,
+)
 from leukoscope.bundle.onnx import (
     OnnxBundle,
     enough_to_tell,
     int8_agrees,
     model_files,
-    onnx_digests,
     recorded_files,
 )
 from leukoscope.data.images import file_digest, load_batch, load_rgb

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import reprlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -316,3 +316,16 @@ def one_line(e: BaseException) -> str:
     """A library's error message on one line (some span many), for a ``BundleError``."""
     text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def sha256(data: bytes) -> str:
+    """The hex SHA-256 export records of each ONNX file (``ONNX_DIGESTS``)."""
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def onnx_digests(folder: Path, files: Iterable[str]) -> dict[str, str]:
+    """File name -> SHA-256 of each of ``files`` in ``folder``: what an export records under
+    ``ONNX_DIGESTS`` (every family that exports, so it lives here, below them)."""
+    return {f: sha256((Path(folder) / f).read_bytes()) for f in files}

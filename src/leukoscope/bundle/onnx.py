@@ -13,8 +13,7 @@ until re-exported.
 from __future__ import annotations
 
 import functools
-import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import numpy as np
 
 from leukoscope.batches import chunks, ordered_map
 from leukoscope.bundle.base import Bundle, bundle_runtime
-from leukoscope.bundle.format import CONFIG, ONNX, ONNX_DIGESTS, ONNX_INT8, SAFETENSORS, one_line
+from leukoscope.bundle.format import CONFIG, ONNX, ONNX_DIGESTS, ONNX_INT8, SAFETENSORS, one_line, sha256
 from leukoscope.data.images import file_digest
 from leukoscope.errors import BundleError
 from leukoscope.geometry import D4, dihedral
@@ -70,16 +69,6 @@ def twin_files(info: dict[str, Any]) -> list[str]:
 def recorded_files(info: dict[str, Any]) -> list[str]:
     """Every ONNX file an export wrote (``model_files``, then ``twin_files``): what it records digests of."""
     return [*model_files(info), *twin_files(info)]
-
-
-def sha256(data: bytes) -> str:
-    """The hex SHA-256 export records of each ONNX file (``ONNX_DIGESTS``)."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def onnx_digests(folder: Path, files: Iterable[str]) -> dict[str, str]:
-    """File name -> SHA-256 of each of ``files`` in ``folder``: what export records under ``ONNX_DIGESTS``."""
-    return {f: sha256((Path(folder) / f).read_bytes()) for f in files}
 
 
 #: Why an ONNX file of an export from before their SHA-256 was recorded does not run.

@@ -22,7 +22,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from leukoscope.bundle.base import Bundle, bundle_family
-from leukoscope.bundle.format import CONFIG, INPUT_SIZES, ONNX, ONNX_DIGESTS, one_line, read_config
+from leukoscope.bundle.format import (
+    CONFIG,
+    INPUT_SIZES,
+    ONNX,
+    ONNX_DIGESTS,
+    one_line,
+    onnx_digests,
+    read_config,
+)
 from leukoscope.bundle.patient_call import CellEvidence, PatientCall
 from leukoscope.bundle.writing import write_json
 from leukoscope.errors import BundleError, ConfigError
@@ -249,7 +257,6 @@ def export_patient_onnx(bundle_dir: Path | str) -> dict[str, Any]:
 
     The patient score needs no network: MODEL_CARD.md gives its formula over ``patient.safetensors``.
     """
-    from leukoscope.bundle.onnx import onnx_digests
     from leukoscope.features.deep import _embedder
     from leukoscope.models.onnx import INPUT, OPSET, export_module
 
