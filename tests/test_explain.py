@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -13,6 +16,8 @@ from leukoscope.bundle.classical import log_probabilities
 from leukoscope.data.images import load_rgb
 from leukoscope.errors import BundleError
 from leukoscope.explain import INDEX_FILE, explain, feature_contributions, gradcam
+from leukoscope.predict.local import _NAMES, predict
+from leukoscope.predict.unfamiliar import UNFAMILIAR
 from leukoscope.probability import softmax_t
 from use_support import classical_bundle, network_bundle, onnx_bundle  # noqa: F401
 
@@ -78,3 +83,85 @@ def test_classical_contributions(classical_bundle, cell, cell_path, tmp_path):  
     assert png.name == f"{cell_path.stem}_features.png" and png.stat().st_size > 1000
     table = (tmp_path / "ex" / f"{cell_path.stem}_features.csv").read_text().splitlines()
     assert list(csv.DictReader(table))[0]["feature"] == df["feature"][0]
+
+
+def _rewritten(bundle, folder, **changes):
+    """A copy of ``bundle`` at ``folder`` with top-level config keys changed (None: removed)."""
+    shutil.copytree(bundle, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    for key, value in changes.items():
+        cfg[key] = value(cfg) if callable(value) else value
+        if cfg[key] is None:
+            del cfg[key]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return load_bundle(folder)
+
+
+def _index(folder):
+    with open(folder / INDEX_FILE, newline="", encoding="utf-8", errors=_NAMES) as f:
+        return list(csv.DictReader(f))
+
+
+def _predicted(bundle, path, out):
+    predict(bundle, [path], out)
+    with open(out, newline="", encoding="utf-8", errors=_NAMES) as f:
+        return next(csv.DictReader(f))["predicted"]
+
+
+@pytest.mark.parametrize("kind", ["network", "classical"])
+def test_explain_explains_the_call_predict_makes(kind, network_bundle, classical_bundle, cell,  # noqa: F811
+                                                 cell_path, tmp_path):
+    """An operating point can call a class that is not the most probable: that call is the one explained."""
+    source = network_bundle if kind == "network" else classical_bundle
+    probs = load_bundle(source).predict_proba([cell])[0]
+    other = load_bundle(source).classes[int(probs.argmin())]  # never the argmax, always called at 0
+    bundle = _rewritten(source, tmp_path / "b", operating_point={"positive": other, "threshold": 0.0},
+                        unfamiliar=None)  # the cell may be unfamiliar to the tiny model: not this test's call
+    assert _predicted(bundle, cell_path, tmp_path / "p.csv") == other
+    [row] = _index_of(bundle, cell_path, tmp_path / "ex")
+    assert row["predicted"] == other and row["explained"] == other
+    assert float(row["probability"]) == pytest.approx(probs.min(), abs=1e-6)
+    if kind == "classical":
+        df = feature_contributions(bundle, cell)
+        assert df.attrs["predicted"] == other and df.attrs["probability"] == pytest.approx(probs.min())
+
+
+def _index_of(bundle, path, out):
+    explain(bundle, [path], out)
+    return _index(out)
+
+
+def test_an_unfamiliar_cell_is_called_unfamiliar(network_bundle, cell_path, tmp_path):  # noqa: F811
+    """predict withholds the class of a flagged cell; explain says so, and which class's evidence it shows."""
+    bundle = _rewritten(network_bundle, tmp_path / "b",
+                        unfamiliar=lambda cfg: cfg["unfamiliar"] | {"threshold": -1e300})
+    assert _predicted(bundle, cell_path, tmp_path / "p.csv") == UNFAMILIAR
+    [row] = _index_of(bundle, cell_path, tmp_path / "ex")
+    probs = bundle.predict_proba([cell_path])[0]
+    assert row["predicted"] == UNFAMILIAR and row["explained"] == bundle.classes[int(probs.argmax())]
+
+
+def test_explain_non_utf8_and_long_names(cell_path, classical_bundle, tmp_path):  # noqa: F811
+    """File names are bytes: the index keeps them (surrogateescape, as predict), the PNGs get safe names."""
+    src = tmp_path / "in"
+    src.mkdir()
+    odd = src / os.fsdecode(b"cell\xff.png")
+    long = src / ("x" * 250 + ".png")
+    upper = src / "CELL.png"  # a case-insensitive file system: not the same output as cell.png
+    lower = src / "cell.png"
+    bad = src / os.fsdecode(b"bad\xfe.png")
+    for p in (odd, long, upper, lower):
+        shutil.copy(cell_path, p)
+    bad.write_text("nope")
+    skipped: list[tuple[str, str]] = []
+    written = explain(load_bundle(classical_bundle), [odd, long, upper, lower, bad], tmp_path / "ex",
+                      lambda p, r: skipped.append((p, r)))
+    rows = _index(tmp_path / "ex")
+    assert [r["path"] for r in rows] == [str(odd), str(long), str(upper), str(lower), str(bad)]
+    assert [r["explanation"] for r in rows] == [p.name for p in written] + [""]
+    assert skipped == [(str(bad), "not a readable image")]
+    for p in written:
+        p.name.encode("utf-8")  # no undecodable bytes
+        assert len(os.fsencode(p.name)) < 200 and p.is_file()
+    assert [p.name for p in (written[0], *written[2:])] == ["cell\ufffd_features.png", "CELL_features.png",
+                                                          "cell-2_features.png"]

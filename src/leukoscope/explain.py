@@ -1,11 +1,14 @@
 """Why the model made its call: Grad-CAM for networks, feature attributions for classical models.
 
+Every explanation is of the call predict and serve make (``Bundle.decide``: the operating point, if the
+bundle has one), not of the most probable class.
+
 Grad-CAM (Selvaraju et al., ICCV 2017) weights the last convolution's activation maps by the mean
-gradient of the predicted class score and keeps the positive part: where the evidence for the call
+gradient of the called class score and keeps the positive part: where the evidence for the call
 sits in the cell. It needs the PyTorch module, so an ONNX-backed bundle is reloaded with torch.
 
 Classical pipelines see a feature row, not pixels. Each feature's contribution is occlusion on the
-fitted pipeline: the predicted class's probability minus that probability with the feature set to
+fitted pipeline: the called class's probability minus that probability with the feature set to
 its training mean (the pipeline's scaler mean). It is model-agnostic (SVM, trees, kNN alike) and
 for a linear model on standardised features it is the familiar (x - mean) * coefficient, squashed.
 """
@@ -31,6 +34,10 @@ from leukoscope.registry import Registry
 TOP_FEATURES = 15
 HEAT_ALPHA = 0.45
 INDEX_FILE = "explanations.csv"
+INDEX_COLUMNS = ["path", "explanation", "predicted", "explained", "probability", "skipped"]
+#: Longest stem (UTF-8 bytes) an output file is named from: with its suffix and ``atomic_path``'s temporary
+#: name it stays under the 255 bytes file systems allow.
+MAX_STEM_BYTES = 150
 
 
 def _torch_bundle(bundle: Bundle) -> Any:
@@ -66,13 +73,14 @@ def _network_view(image: np.ndarray, config: dict[str, Any]) -> np.ndarray:
 
 
 def gradcam(bundle: Bundle, image: np.ndarray, target: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Grad-CAM of the predicted class (or ``target``) at the bundle's last conv layer.
+    """Grad-CAM of the bundle's call (``Bundle.decide``, or ``target``) at the bundle's last conv layer.
 
     Returns the heat map (HxW float in [0, 1], the image's size) and the overlay (HxWx3 uint8).
     """
     import torch
 
     from leukoscope.models.preprocess import prepare
+    from leukoscope.probability import softmax_t
 
     if bundle.family != "network":
         raise BundleError(f"{bundle.path}: Grad-CAM needs a network bundle; use explain() for "
@@ -91,7 +99,8 @@ def gradcam(bundle: Bundle, image: np.ndarray, target: int | None = None) -> tup
         x = torch.from_numpy(prepare([image], net.config))
         with torch.enable_grad():
             logits = module(x.requires_grad_(True))
-            cls = int(logits[0].argmax()) if target is None else int(target)
+            probs = softmax_t(logits.detach().numpy(), bundle.temperature)
+            cls = int(bundle.decide(probs)[0]) if target is None else int(target)
             module.zero_grad(set_to_none=True)
             logits[0, cls].backward()
     finally:
@@ -112,8 +121,9 @@ def _resize_map(cam: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.clip(np.asarray(im, np.float64), 0.0, 1.0)
 
 
-def feature_contributions(bundle: Bundle, image: np.ndarray) -> pd.DataFrame:
-    """Per feature of a classical bundle: value, training mean, contribution to the predicted class.
+def feature_contributions(bundle: Bundle, image: np.ndarray, target: int | None = None) -> pd.DataFrame:
+    """Per feature of a classical bundle: value, training mean, contribution to the call (``Bundle.decide``,
+    or ``target``).
 
     Sorted by absolute contribution; ``contribution`` is p(call) minus p(call) with the feature at
     its training mean, so positive values pushed towards the call.
@@ -133,7 +143,7 @@ def feature_contributions(bundle: Bundle, image: np.ndarray) -> pd.DataFrame:
     names = bundle.extractor.names()  # type: ignore[attr-defined]
     mean = np.asarray(scale.mean_, np.float64)
     p = proba(x[None, :])[0]
-    call = int(p.argmax())
+    call = int(bundle.decide(p[None, :])[0]) if target is None else int(target)
     occluded = np.repeat(x[None, :], len(x), axis=0)
     occluded[np.arange(len(x)), np.arange(len(x))] = mean
     p_occ = proba(occluded)[:, call]
@@ -222,7 +232,7 @@ def _heat_map(bundle: Bundle, image: np.ndarray, call: int, max_side: int | None
 @explainer("classical", "feature contributions")
 def _contributions(bundle: Bundle, image: np.ndarray, call: int, max_side: int | None) -> Explanation:
     """The features that pushed towards (or against) the call; every feature is measured at full size."""
-    return Explanation(features=feature_contributions(bundle, image))
+    return Explanation(features=feature_contributions(bundle, image, call))
 
 
 def _write(e: Explanation, stem: Path, title: str) -> Path:
@@ -248,8 +258,11 @@ def explain(bundle: Bundle, paths: Iterable[str | Path], out_dir: Path | str,
             on_skip: Callable[[str, str], None] | None = None, progress: Progress = SILENT) -> list[Path]:
     """Write one explanation PNG per readable image (plus CSVs for classical) and an index CSV.
 
-    Unreadable images are skipped (reported through ``on_skip(path, reason)`` and the index).
+    The index's ``predicted`` is predict's call (``unfamiliar`` for a flagged cell); ``explained`` is the
+    class whose evidence the PNG shows (``Bundle.decide``'s, as the web page), ``probability`` its
+    probability. Unreadable images are skipped (reported through ``on_skip(path, reason)`` and the index).
     """
+    from leukoscope.predict import unfamiliar
     from leukoscope.predict.local import iter_inputs
 
     how = EXPLAINERS.get(bundle.family)
@@ -267,19 +280,23 @@ def explain(bundle: Bundle, paths: Iterable[str | Path], out_dir: Path | str,
             image = load_rgb(p)
         except ImageError as e:
             reason = str(e).removeprefix(f"{p}: ")
-            rows.append({"path": str(p), "explanation": "", "predicted": "", "probability": "",
-                         "skipped": reason})
+            rows.append({"path": str(p), "explanation": "", "predicted": "", "explained": "",
+                         "probability": "", "skipped": reason})
             if on_skip:
                 on_skip(str(p), reason)
             advance(1)
             continue
-        probs = bundle.predict_proba([image])[0]
-        call = int(probs.argmax())
-        label, prob = bundle.classes[call], float(probs[call])
+        probs, scores = bundle.assess([image])
+        [mark] = unfamiliar.marks(bundle, scores, 1)
+        flagged = mark is not None and mark[1]
+        call = int(bundle.decide(probs)[0])
+        label = unfamiliar.label(bundle.classes, probs[0], flagged, bundle.operating_point)
+        explained, prob = bundle.classes[call], float(probs[0, call])
+        said = f"{label}, evidence for {explained}" if flagged else f"called {label}"
         out = _write(how.explain(bundle, image, call, None), out_dir / stem,
-                     f"{stem}: called {label} (p = {prob:.3f})")
+                     f"{stem}: {said} (p = {prob:.3f})")
         written.append(out)
-        rows.append({"path": str(p), "explanation": out.name, "predicted": label,
+        rows.append({"path": str(p), "explanation": out.name, "predicted": label, "explained": explained,
                      "probability": f"{prob:.6f}", "skipped": ""})
         advance(1)
     progress.done("explaining")
@@ -288,17 +305,31 @@ def explain(bundle: Bundle, paths: Iterable[str | Path], out_dir: Path | str,
 
 
 def _unique_stem(path: Path, used: set[str]) -> str:
-    stem, n = path.stem, 1
-    while stem in used:
+    """A stem no earlier image got, case aside (a case-insensitive file system would overwrite its files)."""
+    base = _safe_stem(path)
+    stem, n = base, 1
+    while stem.casefold() in used:
         n += 1
-        stem = f"{path.stem}-{n}"
-    used.add(stem)
+        stem = f"{base}-{n}"
+    used.add(stem.casefold())
     return stem
 
 
+def _safe_stem(path: Path) -> str:
+    """``path``'s stem as valid UTF-8 (undecodable bytes as U+FFFD) of at most ``MAX_STEM_BYTES``: output
+    names and figure titles every file system, font and report can hold (the index keeps the real path)."""
+    from leukoscope.predict.local import _NAMES
+
+    stem = path.stem.encode("utf-8", _NAMES).decode("utf-8", "replace")
+    return stem.encode("utf-8")[:MAX_STEM_BYTES].decode("utf-8", "ignore")
+
+
 def _write_index(path: Path, rows: Sequence[dict[str, str]]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, ["path", "explanation", "predicted", "probability", "skipped"])
+    """The index; paths keep their undecodable bytes (surrogateescape, as predict's CSV)."""
+    from leukoscope.predict.local import _NAMES
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors=_NAMES) as f:
+        writer = csv.DictWriter(f, INDEX_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
 
