@@ -269,3 +269,22 @@ def test_synth_then_describe_says_synthetic(tmp_path: Path) -> None:
     assert _classes(info, "train") == {"blast": (4, 2), "normal": (4, 2)}
     code, out, _ = run("data", "split", tmp_path / "syn", "--k", 2, "--out", tmp_path / "s.csv")
     assert code == 0 and "SYNTHETIC data" in out and "subject-grouped" in out
+
+
+def test_a_file_name_not_in_utf8_is_left_out_and_said(data: Path, tmp_path: Path) -> None:
+    """Every verb reads data through one reader that says which files it left out: audit names the file
+    whose name is not UTF-8 and goes on with the rest; describe lists it among the unreadable files."""
+    import os
+
+    root = tmp_path / "cells"
+    for cls in ("all", "hem"):
+        shutil.copytree(data / "cnmc_cells" / cls, root / cls)
+    shutil.copy(next((root / "hem").iterdir()), root / "hem" / os.fsdecode(b"UID_H9_9_9_hem\xfe.png"))
+    reason = "file or folder name is not valid UTF-8; rename it"
+    info = describe_json(root)
+    assert [u["reason"] for u in info["unreadable"]] == [reason] and info["unreadable"][0]["path"].endswith(
+        "UID_H9_9_9_hem\\xfe.png")
+    code, out, _ = run("data", "audit", root, "--out", tmp_path / "au")
+    said = " ".join(out.split())
+    assert code == 0, out
+    assert f"left out 1 file(s): {root}/hem/UID_H9_9_9_hem\\xfe.png: {reason}" in said

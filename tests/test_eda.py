@@ -112,3 +112,17 @@ def test_eda_with_nothing_readable_is_a_clear_error(tmp_path: Path) -> None:
         eda_report(read([tmp_path / "set"]), tmp_path / "out")
     r = CliRunner().invoke(app, ["data", "eda", str(tmp_path / "set"), "--out", str(tmp_path / "out")])
     assert r.exit_code == 1 and r.stderr.strip().startswith("error: none of the 2 images")
+
+
+def test_eda_all_black_image_has_no_colour(data: Path, tmp_path: Path) -> None:
+    root = tmp_path / "cells"
+    for cls in ("all", "hem"):
+        shutil.copytree(data / "cnmc_cells" / cls, root / cls)
+    Image.new("RGB", (40, 40)).save(root / "all" / "UID_9_1_1_all.png")
+    Image.new("RGB", (1, 1)).save(root / "hem" / "UID_H9_1_1_hem.png")
+    r = CliRunner().invoke(app, ["data", "eda", str(root), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    html = " ".join((tmp_path / "out" / "report.html").read_text(encoding="utf-8").split())
+    assert "13 images;" in html and "None: every image decoded." in html
+    text = re.sub(r'"data:image/png;base64,[^"]*"', "", html)
+    assert "nan" not in text.lower()  # a class's colour is the mean of its images that have one

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -17,6 +18,7 @@ from leukoscope.data.manifest import (
     label_indices,
     make_manifest,
     protocol,
+    skipped_files,
     validate,
 )
 from leukoscope.data.readers import LAYOUTS, detect_layout, drop_unreadable, read, subject_from_name
@@ -323,3 +325,24 @@ def test_empty_class_folder_is_named(tmp_path: Path) -> None:
     (root / "Pro").mkdir()
     with pytest.raises(DataError, match="class folder.*Pro"):
         read([root])
+
+
+def test_file_name_not_utf8_is_a_counted_skip_in_every_layout(data: Path, tmp_path: Path) -> None:
+    bad = os.fsdecode(b"UID_9_9_9_all\xfe.png")  # the bytes reach str as a surrogate escape
+    reason = "file or folder name is not valid UTF-8; rename it"
+    root = tmp_path / "cells"
+    for cls in ("all", "hem"):
+        shutil.copytree(data / "cnmc_cells" / cls, root / cls)
+    shutil.copy(next((root / "all").iterdir()), root / "all" / bad)
+    m = read([root])
+    assert len(m) == 11 and skipped_files(m) == [(f"{root}/all/UID_9_9_9_all\\xfe.png", reason)]
+    csv = _write_csv(tmp_path / "m.csv", f"path,label\n{m['path'][0]},all\nlink.png,all\n")
+    (tmp_path / "link.png").symlink_to(root / "all" / bad)  # resolves to the name that is not UTF-8
+    m = read([csv])
+    assert len(m) == 1 and [r for _, r in skipped_files(m)] == [reason]
+    only = tmp_path / "only" / "all"
+    only.mkdir(parents=True)
+    shutil.copy(root / "all" / bad, only / bad)
+    with pytest.raises(DataError, match=r"none of the 1 file\(s\) has a valid UTF-8 name; rename them "
+                                        r"\(e.g. .*UID_9_9_9_all\\xfe.png\)"):
+        read([tmp_path / "only"])

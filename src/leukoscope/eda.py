@@ -70,13 +70,17 @@ def _grid_rows(labels: list[str], per_class: int) -> set[int]:
 
 
 def _cell_pixels(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """RGB (0-255) and HSV (0-1) of a strided pixel sample, background pixels removed."""
+    """RGB (0-255) and HSV (0-1) of a strided pixel sample, background pixels removed.
+
+    An image that is all background (all black) has no cell pixels: both arrays are empty, as
+    ``rgb_to_hsv`` refuses an empty array.
+    """
     from matplotlib.colors import rgb_to_hsv
 
     step = max(1, min(img.shape[:2]) // PIXEL_SAMPLE)
     rgb = img[::step, ::step].reshape(-1, 3)
     rgb = rgb[foreground(rgb, BACKGROUND_V * 255)]
-    return rgb, rgb_to_hsv(rgb / 255.0)
+    return rgb, rgb_to_hsv(rgb / 255.0) if len(rgb) else np.empty((0, 3))
 
 
 def _gather(m: Manifest, labels: list[str], on_skip: Callable[[str, str], None] | None,
@@ -96,7 +100,7 @@ def _gather(m: Manifest, labels: list[str], on_skip: Callable[[str, str], None] 
                 on_skip(p, reason)
         else:
             rgb, hsv = _cell_pixels(img)
-            r, g, b = rgb.mean(axis=0) if len(rgb) else (0.0, 0.0, 0.0)
+            r, g, b = rgb.mean(axis=0) if len(rgb) else (np.nan,) * 3  # no cell pixels: no colour
             st.images.append(dict(row=i, label=labels[i], width=img.shape[1], height=img.shape[0],
                                   r=r, g=g, b=b))
             st.hue[labels[i]] = st.hue.get(labels[i], 0) + np.histogram(hsv[:, 0], HUE_BINS, (0, 1))[0]
@@ -241,9 +245,11 @@ def _summary(m: Manifest, labels: list[str], shown: dict[str, str], t: pd.DataFr
             "size": "-", "rgb": ["-"] * 3, "colour": "#ffffff",
         }
         if len(part):
-            rgb = part[["r", "g", "b"]].mean().to_numpy()
-            row.update(size=f"{part['width'].mean():.0f} x {part['height'].mean():.0f}",
-                       rgb=[f"{v:.0f}" for v in rgb],
+            row.update(size=f"{part['width'].mean():.0f} x {part['height'].mean():.0f}")
+        coloured = part[["r", "g", "b"]].dropna()  # images with no cell pixels have no colour
+        if len(coloured):
+            rgb = coloured.mean().to_numpy()
+            row.update(rgb=[f"{v:.0f}" for v in rgb],
                        colour="#{:02x}{:02x}{:02x}".format(*(int(v) for v in rgb)))
         out.append(row)
     return out

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from leukoscope.cli.app import console, data_app, say
+from leukoscope.cli.app import console, data_app, read_data, say
 from leukoscope.cli.options import LayoutOpt, Paths
 from leukoscope.cli.progress import shown
 
@@ -34,11 +34,10 @@ def audit_cmd(
 ) -> None:
     """Exact and near-duplicate cells (flips, rotations, JPEG, crops), label conflicts, leakage."""
     from leukoscope.audit import audit, write_audit
-    from leukoscope.data.readers import read
     from leukoscope.data.splits import read_split
     from leukoscope.errors import LeakageError
 
-    m = read(paths, layout)
+    m = read_data(paths, layout)
     s = read_split(split, present=m["path"]) if split is not None else None
     with shown() as bars:
         vectors = None

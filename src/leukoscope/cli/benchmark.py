@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from leukoscope.cli.app import app, console, print_rare, print_skipped, say
+from leukoscope.cli.app import app, console, print_rare, print_skipped, read_data, say
 from leukoscope.cli.classmap import mapped
 from leukoscope.cli.options import (
     ClassMapOpt,
@@ -53,7 +53,6 @@ def benchmark_cmd(
     """Every classical model on cached features: grouped k-fold CV of the train and val sides (the test
     side, the one train and tune hold out, is kept for --save-best), sorted by balanced accuracy."""
     from leukoscope.crossval import METRICS
-    from leukoscope.data.readers import read
     from leukoscope.errors import ConfigError
     from leukoscope.leaderboard import benchmark, cell, write_leaderboard
     from leukoscope.leaderboard import save_best as save_best_bundle
@@ -77,7 +76,7 @@ def benchmark_cmd(
                 raise ConfigError(f"--models: no classical model matches {pattern!r}; choose from: "
                                   f"{', '.join(list_models(family='classical'))}")
             names += [n for n in found if n not in names]
-    m, _, counts = mapped(read(paths, layout), class_map)
+    m, _, counts = mapped(read_data(paths, layout), class_map)
     with shown() as bars:
         lb, split, X = benchmark(m, features=features, k=cv, models=names, timeout=timeout, jobs=jobs,
                                  seed=seed, params=params, min_cells=min_cells, rare=rare, split_file=split,

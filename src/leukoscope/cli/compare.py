@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from leukoscope.cli.app import app, console, say
+from leukoscope.cli.app import app, console, read_data, say
 from leukoscope.cli.options import BatchOpt, LayoutOpt, Paths, RuntimeOpt, TtaOpt
 from leukoscope.cli.progress import shown
 
@@ -39,11 +39,10 @@ def compare_cmd(
 ) -> None:
     """Score two models on exactly the same cells; McNemar, DeLong and paired bootstrap tests."""
     from leukoscope.bundle import load_bundle
-    from leukoscope.data.readers import read
     from leukoscope.evaluate.compare import HTML_FILE, compare, protocol_text, table_header, table_rows, title
 
     a, b = load_bundle(bundle_a, runtime=runtime), load_bundle(bundle_b, runtime=runtime)
-    m = read(paths, layout)
+    m = read_data(paths, layout)
     with shown() as bars:
         r = compare(a, b, m, out, side=side, tta=tta, batch_size=batch_size, n_boot=draws, seed=seed,
                     progress=bars)

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from leukoscope.cli.app import console, data_app, print_json, print_rare, say
+from leukoscope.cli.app import console, data_app, print_json, print_rare, read_data, say
 from leukoscope.cli.options import (
     DiagnosisOpt,
     LayoutOpt,
@@ -41,7 +41,7 @@ def describe_cmd(paths: Paths, layout: LayoutOpt = None, subjects: SubjectsOpt =
     if subjects is None and (subject_id is not None or diagnosis != DEFAULT_DIAGNOSIS):
         raise ConfigError("--subject-id and --diagnosis name columns of --subjects FILE; give it too")
     patients = load_subjects(subjects, subject_id, diagnosis) if subjects is not None else None
-    m, cohorts = read_with_cohorts(paths, layout, patients)
+    m, cohorts = read_with_cohorts(paths, layout, patients)  # what readers left out: under unreadable
     with shown() as bars:
         info = describe(m, cohorts, progress=bars)
     if as_json:
@@ -107,7 +107,6 @@ def split_cmd(
     """Stratified split grouped by subject (image-level where there is none); never leaks."""
     from leukoscope.audit.groups import dedupe as dedupe_groups
     from leukoscope.data.rare import rare_classes
-    from leukoscope.data.readers import read
     from leukoscope.data.splits import (
         describe_split,
         kfold,
@@ -117,7 +116,7 @@ def split_cmd(
         write_split,
     )
 
-    m, rare_report = rare_classes(read(paths, layout), min_cells, rare)
+    m, rare_report = rare_classes(read_data(paths, layout), min_cells, rare)
     merged = None
     if dedupe:
         with shown() as bars:

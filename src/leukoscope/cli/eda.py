@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from leukoscope.cli.app import data_app, print_skipped, say
+from leukoscope.cli.app import data_app, print_skipped, read_data, say
 from leukoscope.cli.options import LayoutOpt, Paths
 from leukoscope.cli.progress import shown
 
@@ -19,10 +19,9 @@ def eda_cmd(
     layout: LayoutOpt = None,
 ) -> None:
     """Exploratory report: classes, subjects, sample grid, image sizes, colours (HTML + PNGs)."""
-    from leukoscope.data.readers import read
     from leukoscope.eda import eda_report
 
-    m = read(paths, layout)
+    m = read_data(paths, layout)
     skipped: list[tuple[str, str]] = []
     with shown() as bars:
         report = eda_report(m, out, lambda p, why: skipped.append((p, why)), progress=bars)

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from leukoscope.cli.app import app, console, say
+from leukoscope.cli.app import app, console, read_data, say
 from leukoscope.cli.classmap import mapped
 from leukoscope.cli.decisions import print_decision
 from leukoscope.cli.options import (
@@ -51,7 +51,6 @@ def evaluate_cmd(
     """Accuracy, balanced accuracy, P/R/F1, ROC AUC, ECE before/after calibration, per subject; report."""
     from leukoscope.bundle import load_bundle
     from leukoscope.data.classes import show_class
-    from leukoscope.data.readers import read
     from leukoscope.evaluate.coverage import coverage_line
     from leukoscope.evaluate.intervals import fmt_ci
     from leukoscope.evaluate.report import REPORT_FILE, evaluate
@@ -71,7 +70,7 @@ def evaluate_cmd(
     from leukoscope.data.rare import as_trained
     from leukoscope.data.splits import read_split
 
-    m, cmap, counts = mapped(read(paths, layout), class_map, b.config.get("class_map"))
+    m, cmap, counts = mapped(read_data(paths, layout), class_map, b.config.get("class_map"))
     if cmap is not None:  # the mapped labels, as the model's training merged or dropped rare classes
         cmap.check_classes(as_trained(m, b.config), b.classes, f"the classes of {bundle}")
     given = read_split(split) if split is not None else None

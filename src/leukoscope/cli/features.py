@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from leukoscope.cli.app import data_app, print_skipped, say
+from leukoscope.cli.app import data_app, print_skipped, read_data, say
 from leukoscope.cli.options import KindOpt, LayoutOpt, Paths
 from leukoscope.cli.progress import shown
 
@@ -20,11 +20,10 @@ def features_cmd(
     layout: LayoutOpt = None,
 ) -> None:
     """Compute (or reuse from the cache) features of every image and write them as Parquet."""
-    from leukoscope.data.readers import read
     from leukoscope.features import extract
     from leukoscope.io import atomic_path
 
-    m = read(paths, layout)
+    m = read_data(paths, layout)
     with shown() as bars:
         frame, skipped = extract(m, kind, progress=bars)
     table = m.loc[frame.index, ["path", "label", "subject", "group", "source_split"]].join(frame)

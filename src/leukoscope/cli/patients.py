@@ -9,7 +9,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from leukoscope.cli.app import console, say
+from leukoscope.cli.app import console, read_data, say
 from leukoscope.cli.progress import shown
 
 
@@ -37,11 +37,10 @@ def train_patients_cmd(paths: Sequence[Path], layout: str | None, out: Path, tar
                        model: str | None, positive: str | None, repeats: int | None, folds: int | None,
                        img_size: int | None, seed: int | None) -> None:
     """``leukoscope train COHORT --target COLUMN``: repeated patient-grouped CV, then the patient bundle."""
-    from leukoscope.data.readers import read
     from leukoscope.patients.protocol import FOLDS, REPEATS
     from leukoscope.patients.train import DEFAULT_METHOD, train_patients
 
-    m = read(paths, layout)
+    m = read_data(paths, layout)
     features = {"input_size": img_size} if img_size else None
     with shown() as bars:
         r = train_patients(m, target, out, model or DEFAULT_METHOD, positive, repeats or REPEATS,
@@ -64,10 +63,9 @@ def train_patients_cmd(paths: Sequence[Path], layout: str | None, out: Path, tar
 
 def evaluate_patients_cmd(bundle: Any, paths: Sequence[Path], layout: str | None, out: Path) -> None:
     """``leukoscope evaluate PATIENT_BUNDLE COHORT``: patient- and cell-level figures."""
-    from leukoscope.data.readers import read
     from leukoscope.patients.evaluate import METRICS_FILE, evaluate_patients
 
-    m = read(paths, layout)
+    m = read_data(paths, layout)
     with shown() as bars:
         r = evaluate_patients(bundle, m, out, progress=bars)
     p, c = r["patient"], r["cell"]

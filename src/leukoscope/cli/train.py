@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from leukoscope.cli.app import app, console, err_console, print_rare
+from leukoscope.cli.app import app, console, err_console, print_rare, read_data
 from leukoscope.cli.classmap import mapped
 from leukoscope.cli.decisions import print_operating_point
 from leukoscope.cli.options import (
@@ -140,7 +140,6 @@ def train_cmd(
     to resume. With --target, a patient-level model instead: one call per patient from its cells."""
     from leukoscope.data.classes import show_class
     from leukoscope.data.rare import RareReport
-    from leukoscope.data.readers import read
 
     if target is not None:
         if target_sensitivity is not None:
@@ -162,7 +161,7 @@ def train_cmd(
         freeze_bn=freeze_bn, cv=cv, split_protocol=split_protocol, features=features, min_cells=min_cells,
         rare=rare, device=device, positive=positive, target_sensitivity=target_sensitivity,
         split=None if split is None else str(split.resolve()), dedupe=dedupe, min_steps=min_steps)
-    m, cmap, _ = mapped(read(paths, layout), class_map, cfg.class_map, f"{config} records")
+    m, cmap, _ = mapped(read_data(paths, layout), class_map, cfg.class_map, f"{config} records")
     if cmap is not None:  # the bundle records the map's content, so a moved or edited file does not matter
         cfg.class_map = cmap.to_json()
     try:

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from leukoscope.cli.app import app, console, print_skipped, say
+from leukoscope.cli.app import app, console, print_skipped, read_data, say
 from leukoscope.cli.options import DedupeOpt, LayoutOpt, Paths, SplitFileOpt
 from leukoscope.cli.progress import shown
 
@@ -74,7 +74,6 @@ def tune_cmd(
     """Search hyperparameters on grouped CV of the train side; score the best once on the test side."""
     import optuna
 
-    from leukoscope.data.readers import read
     from leukoscope.tune import REPORT_FILE, TuneSettings, tune
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the progress bars say it, once
@@ -82,7 +81,7 @@ def tune_cmd(
                             pruner=pruner, fixed=parse_fixed(fix or []), repeats=repeats,
                             dedupe=dedupe is not False, split=None if split is None else str(split.resolve()))
     settings.check()
-    m = read(paths, layout)
+    m = read_data(paths, layout)
     with shown() as bars:
         result = tune(m, settings, out, n_trials=trials, timeout=timeout, storage=storage, study_name=study,
                       heartbeat=(heartbeat, 3 * heartbeat), progress=bars)

@@ -32,7 +32,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from leukoscope.data.images import file_digest, image_size, is_image_file
-from leukoscope.data.manifest import COLUMNS, UNLABELLED, Manifest, make_manifest
+from leukoscope.data.manifest import COLUMNS, UNLABELLED, Manifest, make_manifest, skipped_files, with_skipped
 from leukoscope.errors import DataError, ImageError
 
 #: CellaVision cell crops are 360-480 px a side and its whole-field overviews ~2,900 px; a single white
@@ -242,7 +242,7 @@ def scan_cohort(root: Path | str, subjects: SubjectTable | None = None) -> Cohor
                         f"{len(skipped)} skipped file(s))")
     cells = make_manifest(rows)
     extra = subjects.table.loc[cells["subject"]].reset_index(drop=True)
-    cells = pd.concat([cells, extra], axis=1)
+    cells = with_skipped(pd.concat([cells, extra], axis=1), skipped_files(cells))  # concat drops the list
     cells["subjects_file"] = str(subjects.path.resolve())
     return Cohort(
         root=root, subjects=subjects, cells=cells,

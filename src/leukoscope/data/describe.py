@@ -11,7 +11,7 @@ import pandas as pd
 
 from leukoscope.data.cohort import Cohort
 from leukoscope.data.images import probe
-from leukoscope.data.manifest import Manifest, is_synthetic, labelled, protocol, warnings_for
+from leukoscope.data.manifest import Manifest, is_synthetic, labelled, protocol, skipped_files, warnings_for
 from leukoscope.errors import ImageError
 from leukoscope.progress import SILENT, Progress
 
@@ -24,11 +24,12 @@ def describe(m: Manifest, cohorts: Sequence[Cohort] = (), *, progress: Progress 
     """A JSON-ready summary of a manifest; every image is decoded once to find bad files.
 
     ``cohorts`` (from ``read_with_cohorts``) adds a ``cohort`` entry: what the cells alone cannot say.
+    ``unreadable`` lists the files the readers left out too (``skipped_files``: names not in UTF-8).
     """
     advance = progress.task("decoding", len(m))
     sizes: Counter[str] = Counter()
     modes: Counter[str] = Counter()
-    unreadable = []
+    unreadable = [{"path": p, "reason": r} for p, r in skipped_files(m)]
     for p in m["path"]:
         try:
             w, h, mode = probe(p)

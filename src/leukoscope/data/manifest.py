@@ -31,9 +31,35 @@ UNLABELLED = ""
 Manifest: TypeAlias = pd.DataFrame
 
 
+#: Why a file whose path holds bytes that are not UTF-8 is left out (see ``make_manifest``).
+NOT_UTF8 = "file or folder name is not valid UTF-8; rename it"
+
+
+def _utf8(record: Mapping[str, Any]) -> bool:
+    try:
+        for v in record.values():
+            if isinstance(v, str):
+                v.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def make_manifest(records: Iterable[Mapping[str, Any]]) -> Manifest:
-    """Build a validated manifest from row dicts (``group`` is derived when absent)."""
-    df = pd.DataFrame.from_records(list(records))
+    """Build a validated manifest from row dicts (``group`` is derived when absent).
+
+    A row naming a file whose path is not valid UTF-8 (its bytes reach ``str`` as surrogate escapes) is
+    left out and listed in ``skipped_files``: pandas' string columns, and every CSV, JSON and HTML file
+    written from a manifest, cannot hold such a name. Every reader ends here, so every layout skips
+    them alike; a data set of nothing else is a ``DataError``.
+    """
+    records = list(records)
+    kept = [r for r in records if _utf8(r)]
+    skipped = [(_printable(str(r["path"])), NOT_UTF8) for r in records if not _utf8(r)]
+    if records and not kept:
+        raise DataError(f"none of the {len(records)} file(s) has a valid UTF-8 name; rename them "
+                        f"(e.g. {skipped[0][0]})")
+    df = pd.DataFrame.from_records(kept)
     if df.empty:
         df = pd.DataFrame(columns=COLUMNS)
     if "subject" not in df:
@@ -46,7 +72,25 @@ def make_manifest(records: Iterable[Mapping[str, Any]]) -> Manifest:
             f"subject:{s}" if s is not None else f"image:{p}"
             for s, p in zip(df["subject"], df["path"], strict=True)
         ]
-    return validate(df)
+    return with_skipped(validate(df), skipped)
+
+
+def _printable(path: str) -> str:
+    """``path`` with its bytes that are not UTF-8 shown as ``\\xfe`` escapes, so it can be printed."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def skipped_files(m: Manifest) -> list[tuple[str, str]]:
+    """``(path, reason)`` of each file the readers of ``m`` left out (paths printable)."""
+    return list(m.attrs.get("skipped", []))
+
+
+def with_skipped(m: Manifest, skipped: list[tuple[str, str]]) -> Manifest:
+    """``m`` listing ``skipped`` as the files its readers left out (pandas keeps ``attrs`` through few
+    operations: a reader that combines manifests hands the list on with this)."""
+    if skipped:
+        m.attrs["skipped"] = skipped
+    return m
 
 
 def validate(df: pd.DataFrame) -> Manifest:

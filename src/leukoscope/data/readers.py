@@ -17,7 +17,7 @@ import pandas as pd
 from leukoscope.data import LAYOUTS
 from leukoscope.data.cohort import Cohort, SubjectTable, is_deepapl, scan_cohort
 from leukoscope.data.images import is_image_file, iter_image_files, load_rgb
-from leukoscope.data.manifest import Manifest, make_manifest, validate
+from leukoscope.data.manifest import Manifest, make_manifest, skipped_files, validate, with_skipped
 from leukoscope.data.names import subject_from_name
 from leukoscope.data.paths import resolved
 from leukoscope.data.synthetic import SYNTHETIC_MARKER
@@ -269,7 +269,11 @@ def read(paths: Sequence[Path | str], layout: str | None = None,
 
 def read_with_cohorts(paths: Sequence[Path | str], layout: str | None = None,
                       subjects: SubjectTable | None = None) -> tuple[Manifest, list[Cohort]]:
-    """``read``, also returning the scan of each cohort input (its overview images, skipped files)."""
+    """``read``, also returning the scan of each cohort input (its overview images, skipped files).
+
+    Files the readers left out (a name that is not UTF-8, see ``make_manifest``) are listed in
+    ``skipped_files`` of the result, for the caller to count and name.
+    """
     if layout is not None and layout not in LAYOUTS:
         raise DataError(f"--layout {layout!r} is not one of {', '.join(LAYOUTS)}")
     if subjects is not None and layout not in (None, "cohort"):
@@ -294,8 +298,8 @@ def read_with_cohorts(paths: Sequence[Path | str], layout: str | None = None,
         if len({frozenset(s) for _, s in sets}) > 1:
             desc = "; ".join(f"{k}: {sorted(v)}" for k, v in sets)
             raise DataError(f"the inputs have different classes ({desc})")
-    m = pd.concat(parts, ignore_index=True)
-    return validate(m), cohorts
+    m = validate(pd.concat(parts, ignore_index=True))  # concat keeps attrs only where every part has the same
+    return with_skipped(m, [s for part in parts for s in skipped_files(part)]), cohorts
 
 
 def drop_unreadable(m: Manifest) -> tuple[Manifest, list[tuple[str, str]]]:
