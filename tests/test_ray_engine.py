@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from leukoscope.cli.verbs import app
 from leukoscope.data.synthetic import make_synthetic
@@ -65,6 +67,54 @@ def test_ray_engine_matches_local(exported, cells, tmp_path):
     skipped = pd.read_csv(ray_dir / "skipped.csv")
     assert sorted(Path(p).name for p in skipped["path"]) == ["broken.png", "empty.jpg"]
     assert skipped["reason"].str.len().gt(0).all()
+
+
+def test_awkward_names_unreadable_batches_and_reruns(exported, cells, tmp_path):
+    """Names without a subject id or not UTF-8, batches with nothing readable, a bundle without an
+    unfamiliarity scorer: the local engine's rows; a rerun without --csv leaves no stale CSV beside them."""
+    from leukoscope.predict.ray_engine import import_ray
+
+    config = json.loads((exported / "config.json").read_text())
+    del config["unfamiliar"]
+    (exported / "config.json").write_text(json.dumps(config))
+    (exported / "unfamiliar.safetensors").unlink()
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    sources = sorted((cells / "blast").glob("UID_*"))
+    for name, src in zip(["a.png", "b.png", os.fsdecode(b"c\xff.png")], sources, strict=False):
+        shutil.copy(src, odd / name)
+    for src in (cells / "blast" / "broken.png", cells / "normal" / "empty.jpg"):
+        shutil.copy(src, odd / src.name)
+    local_csv, out = tmp_path / "local.csv", tmp_path / "ray"
+
+    def predict(*args: str) -> Result:  # batches of one file: blocks with no subject id, or nothing readable
+        return runner.invoke(app, ["predict", str(exported), *args, "--batch-size", "1"])
+
+    r = predict(str(odd), "--out", str(local_csv))
+    assert r.exit_code == 0, r.output
+    ray = import_ray()
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)  # one instance for the three runs
+    try:
+        r = predict(str(odd), "--out", str(out), "--engine", "ray", "--csv")
+        assert r.exit_code == 0, r.output
+        assert "2 unreadable file(s) skipped" in r.output
+        parquet = pd.read_parquet(out / "predictions.parquet")
+        assert [Path(p).name for p in parquet["path"]] == ["a.png", "b.png", "c\\xff.png"]
+        assert parquet["subject"].isna().all() and parquet["predicted"].notna().all()
+        assert b"/c\xff.png," in (out / "predictions.csv").read_bytes()  # as on disk, like the local CSV
+        read = {"encoding": "latin-1", "keep_default_na": False}  # a byte a character: paths compare as bytes
+        pd.testing.assert_frame_equal(pd.read_csv(out / "predictions.csv", **read),
+                                      pd.read_csv(local_csv, **read))
+        r = predict(str(odd), "--out", str(out), "--engine", "ray")
+        assert r.exit_code == 0, r.output
+        assert not (out / "predictions.csv").exists()
+        r = predict(str(odd / "broken.png"), str(odd / "empty.jpg"), "--out", str(tmp_path / "none"),
+                    "--engine", "ray")
+    finally:
+        ray.shutdown()
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.output.strip().splitlines()[-1].startswith("error: nothing predicted: none of the 2 input")
+    assert len(pd.read_csv(tmp_path / "none" / "skipped.csv")) == 2
 
 
 def test_without_ray_the_flag_says_how_to_install(exported, cells, tmp_path, monkeypatch):

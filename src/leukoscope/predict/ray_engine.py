@@ -7,12 +7,20 @@ folder need not exist on the workers) with a single-threaded model: actors fill 
 ONNX Runtime threads on top of them would only fight. Each actor decodes its batch with the local
 engine's pipeline (``local.scored_batches``: the same decode, preprocessing and model, the ONNX
 model for an exported network bundle), so the probabilities are the local engine's. Unreadable files come
-back as rows with an error instead of failing the job.
+back as rows with an error instead of failing the job. Batches travel as Arrow tables of fixed types, so a
+column whose values are all missing (no subject in the names, no call in an unreadable batch) stays a
+string column instead of becoming whatever type Ray or pandas would guess.
 
 Results are small (a path and a few numbers per image), so they stream back to the driver, which
 writes ``predictions.parquet`` (and ``predictions.csv`` on request) into the output folder
 atomically, in input order, with the local engine's columns; ``skipped.csv`` lists unreadable files.
+A run without ``--csv`` removes the predictions.csv of an earlier one: the folder holds one run.
 The images themselves must be readable by every worker at the same path (a shared file system).
+
+Paths travel as their bytes, so a name that is not UTF-8 is still predicted (dropping a readable cell
+over its name would lose output). The CSV and skipped.csv write it as it is on disk, as the local
+engine does; Parquet strings must be UTF-8, so predictions.parquet has its undecodable bytes as
+``\\xNN`` escapes.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +44,7 @@ from leukoscope.errors import ConfigError, DataError
 from leukoscope.io import atomic_path
 from leukoscope.predict import ENGINES, unfamiliar
 from leukoscope.predict.local import (
+    _NAMES,
     PredictSummary,
     check_inputs,
     csv_row,
@@ -104,8 +113,13 @@ def _bundle_files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}
 
 
+def _escaped(name: str) -> str:
+    """``name`` as valid UTF-8 (what a Parquet string holds): bytes that are not UTF-8 as ``\\xNN``."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 class Predictor:
-    """A Ray Data actor: the bundle, loaded once, scoring batches of paths into result columns."""
+    """A Ray Data actor: the bundle, loaded once, scoring batches of paths (bytes) into result columns."""
 
     def __init__(self, files: dict[str, bytes], runtime: str, tta: bool):
         os.environ["OMP_NUM_THREADS"] = "1"  # one actor per CPU: the model runs single-threaded
@@ -114,10 +128,15 @@ class Predictor:
                 (Path(tmp) / name).write_bytes(data)
             self.bundle = load_bundle(tmp, runtime=runtime)  # weights now in memory; the folder may go
         self.classes = np.asarray(self.bundle.classes, dtype=object)
+        self.schema = _results(_schema(self.bundle.classes, self.bundle.unfamiliar is not None))
         self.tta = tta
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        paths = [Path(p) for p in batch["path"]]
+    def __call__(self, batch: Any) -> Any:
+        """``batch``: Arrow table of raw paths; returns the Parquet columns (paths raw) and ``error``."""
+        import pyarrow as pa
+
+        raw = batch.column("path").to_pylist()
+        paths = [Path(os.fsdecode(p)) for p in raw]
         none: tuple[list[Path], np.ndarray, np.ndarray | None, list[tuple[str, str]]] = (
             [], np.zeros((0, 1, len(self.classes))), None, [])
         ok, views, scores, skipped = next(scored_batches(self.bundle, paths, len(paths) or 1, self.tta), none)
@@ -136,12 +155,12 @@ class Predictor:
             flagged = readable & self.bundle.unfamiliar.flag(score)  # an unreadable row has no call
             label[flagged] = unfamiliar.UNFAMILIAR
             extra = {"unfamiliarity": score, "unfamiliar": flagged}
-        error = np.full(len(paths), "", dtype=object)  # "" = read fine (Arrow keeps strings, not NaN)
+        error = np.full(len(paths), None, dtype=object)  # None = read fine
         error[~readable] = [reason for _, reason in skipped]
-        subject = np.asarray([subject_from_name(p.name) for p in paths], dtype=object)
-        return {"path": np.asarray([str(p) for p in paths], dtype=object), "subject": subject,
-                "predicted": label, **{f"p_{c}": probs[:, k] for k, c in enumerate(self.classes)}, **extra,
-                "error": error}
+        subject = [s and _escaped(s) for s in map(subject_from_name, (p.name for p in paths))]
+        columns = {"path": raw, "subject": subject, "predicted": label,
+                   **{f"p_{c}": probs[:, k] for k, c in enumerate(self.classes)}, **extra, "error": error}
+        return pa.table(columns, schema=self.schema)
 
 
 def _configure_data(ray: Any) -> None:
@@ -160,28 +179,29 @@ def _schema(classes: list[str], scored: bool = False) -> Any:
                       *[(c, pa.float64()) for c in prob_columns(classes)], *more])
 
 
-def _parquet_to_csv(parquet: Path, target: Path, classes: list[str],
-                    operating_point: dict[str, Any] | None = None, scored: bool = False) -> None:
-    """The CSV the local engine would write (same rows, 6 decimals), streamed from the Parquet file."""
-    import pyarrow.parquet as pq
+def _results(schema: Any) -> Any:
+    """What the actors return: the Parquet columns with raw paths (bytes, whatever the encoding), and
+    ``error``, the reason a file could not be read (null where it could)."""
+    import pyarrow as pa
 
-    with atomic_path(target) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(header(classes) + (unfamiliar.COLUMNS if scored else []))
-        for batch in pq.ParquetFile(parquet).iter_batches():
-            cols = batch.to_pydict()
-            probs = np.column_stack([cols[c] for c in prob_columns(classes)])
-            marks = (list(zip(cols["unfamiliarity"], cols["unfamiliar"], strict=True)) if scored
-                     else [None] * len(probs))
-            writer.writerows(csv_row(p, row, classes, operating_point, u)
-                             for p, row, u in zip(cols["path"], probs, marks, strict=True))
+    return schema.set(0, pa.field("path", pa.binary())).append(pa.field("error", pa.string()))
+
+
+def _csv_rows(cols: dict[str, list[Any]], classes: list[str], operating_point: dict[str, Any] | None,
+              scored: bool) -> Iterator[list[str]]:
+    """The rows the local engine would write (6 decimals, the path as on disk) for readable results."""
+    probs = np.column_stack([cols[c] for c in prob_columns(classes)])
+    marks = (list(zip(cols["unfamiliarity"], cols["unfamiliar"], strict=True)) if scored
+             else [None] * len(probs))
+    for p, row, u in zip(cols["path"], probs, marks, strict=True):
+        yield csv_row(os.fsdecode(p), row, classes, operating_point, u)
 
 
 def _write_skipped(out: Path, skipped: list[tuple[str, str]]) -> None:
     target = out / SKIPPED
     target.unlink(missing_ok=True)
     if skipped:
-        with atomic_path(target) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        with atomic_path(target) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors=_NAMES) as f:
             csv.writer(f).writerows([("path", "reason"), *skipped])
 
 
@@ -194,14 +214,16 @@ def predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path | str, batch
 
     ``address``: a running cluster (``auto``, ``head-host:6379``); without it a local Ray instance
     with ``num_cpus`` CPUs (default: all) is started and shut down. ``write_csv`` also writes
-    predictions.csv. ``progress`` counts input files as their results arrive.
+    predictions.csv (else an earlier run's is removed). ``progress`` counts input files as their
+    results arrive.
     """
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     import_ray()  # without Ray, say how to install it before any work
     items, total, _ = check_inputs(inputs, batch_size)
-    paths = [str(p) for p in iter_inputs(items)]
+    paths = [os.fsencode(p) for p in iter_inputs(items)]  # bytes: any name, UTF-8 or not, travels intact
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: --out of the ray engine is a folder, and this is a file")
@@ -210,27 +232,39 @@ def predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path | str, batch
     classes, schema = bundle.classes, _schema(bundle.classes, scored)
     summary = PredictSummary(out=out / PARQUET)
     start = time.perf_counter()
-    with ray_session(address, num_cpus) as ray, atomic_path(out / PARQUET) as tmp, \
-            pq.ParquetWriter(tmp, schema) as parquet:
+    with ExitStack() as stack:
+        ray = stack.enter_context(ray_session(address, num_cpus))
+        tmp = stack.enter_context(atomic_path(out / PARQUET))
+        parquet = stack.enter_context(pq.ParquetWriter(tmp, schema))
+        writer = None
+        if write_csv:
+            f = stack.enter_context(open(stack.enter_context(atomic_path(out / CSV)), "w", newline="",
+                                         encoding="utf-8", errors=_NAMES))
+            writer = csv.writer(f)
+            writer.writerow(header(classes) + (unfamiliar.COLUMNS if scored else []))
         _configure_data(ray)
         batches = math.ceil(total / batch_size)
         actors = max(1, min(int(ray.cluster_resources().get("CPU", 1)), batches))  # one per CPU, none idle
         blocks = min(batches, actors * BLOCKS_PER_ACTOR)
         ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
         model = {"files": _bundle_files(bundle.path), "runtime": runtime_name(bundle), "tta": tta}
-        scored = ds.map_batches(Predictor, batch_size=batch_size, batch_format="numpy", num_cpus=1,
-                                compute=ray.data.ActorPoolStrategy(size=actors), fn_constructor_kwargs=model)
+        results = ds.map_batches(Predictor, batch_size=batch_size, batch_format="pyarrow", num_cpus=1,
+                                 compute=ray.data.ActorPoolStrategy(size=actors), fn_constructor_kwargs=model)
         advance = progress.task("predicting", total)
-        for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
-            bad = batch["error"] != ""
-            summary.skipped += [(str(p), str(e)) for p, e in zip(batch["path"][bad], batch["error"][bad],
-                                                                  strict=True)]
-            parquet.write_table(pa.table({c: batch[c][~bad] for c in schema.names}, schema=schema))
-            summary.predicted += int((~bad).sum())
-            advance(len(bad))
+        for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):
+            bad = batch.filter(pc.is_valid(batch["error"]))
+            summary.skipped += [(os.fsdecode(p), e) for p, e in zip(bad["path"].to_pylist(),
+                                                                     bad["error"].to_pylist(), strict=True)]
+            rows = batch.filter(pc.is_null(batch["error"])).select(schema.names)
+            if writer is not None:
+                writer.writerows(_csv_rows(rows.to_pydict(), classes, bundle.operating_point, scored))
+            shown = pa.array([_escaped(os.fsdecode(p)) for p in rows["path"].to_pylist()], pa.string())
+            parquet.write_table(rows.set_column(0, "path", shown).cast(schema))
+            summary.predicted += rows.num_rows
+            advance(batch.num_rows)
         progress.done("predicting")
-    if write_csv:
-        _parquet_to_csv(out / PARQUET, out / CSV, classes, bundle.operating_point, scored)
+    if not write_csv:
+        (out / CSV).unlink(missing_ok=True)
     _write_skipped(out, summary.skipped)
     summary.seconds = time.perf_counter() - start
     return summary
