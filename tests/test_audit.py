@@ -271,3 +271,25 @@ def test_cli_embeddings_are_computed_by_the_cli(planted: dict, tmp_path: Path) -
     assert "embedding duplicate pairs" in r.output
     summary = json.loads((tmp_path / "e/audit.json").read_text())["summary"]
     assert summary["embeddings"] is True and summary["clusters"] == 1
+
+
+def test_a_split_of_relative_paths_still_finds_the_leak(planted: dict, tmp_path: Path) -> None:
+    """A split whose paths are relative to the data (no recorded data root, as a hand-made one) is matched
+    to the images as train and evaluate match it: the copy across sides is still found; a split naming
+    none of the images given is refused in one line."""
+    import pandas as pd
+
+    csv, split = _small_set(planted, tmp_path)
+    table = pd.read_csv(split)
+    root = Path(table["data_root"].iloc[0]) if "data_root" in table else None
+    table = table.drop(columns=[c for c in ("data_root",) if c in table])
+    if root is not None:  # paths as the split wrote them, relative to the root it no longer names
+        assert not Path(table["path"].iloc[0]).is_absolute()
+    table.to_csv(bare := tmp_path / "bare.csv", index=False)
+    res = runner.invoke(app, ["data", "audit", str(csv), "--split", str(bare), "--out", str(tmp_path / "a"),
+                              "--fail-on-leak"])
+    assert res.exit_code == 1 and "straddle" in res.output, res.output
+    table.assign(path="elsewhere/" + table["path"].astype(str)).to_csv(bare, index=False)
+    res = runner.invoke(app, ["data", "audit", str(csv), "--split", str(bare), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 1 and "names none of the images given" in " ".join(res.output.split())
+    assert "Traceback" not in res.output

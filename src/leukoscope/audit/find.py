@@ -12,7 +12,8 @@ from leukoscope.audit.search import cosine_pairs, nearest
 from leukoscope.audit.signatures import Signature, signatures, verify
 from leukoscope.data.cohort import label_conflicts
 from leukoscope.data.manifest import Manifest
-from leukoscope.errors import ConfigError
+from leukoscope.data.splits import resolve_paths
+from leukoscope.errors import ConfigError, DataError
 from leukoscope.progress import SILENT, Progress
 
 if TYPE_CHECKING:
@@ -35,7 +36,14 @@ def _sides(m: Manifest, split: Split | None) -> tuple[list[Any], str | None]:
         col = "side" if "side" in split else "fold" if "fold" in split else None
         if col is None:
             raise ConfigError("the split has neither a 'side' nor a 'fold' column")
-        lookup = dict(zip(split["path"].astype(str), split[col], strict=True))
+        # the split's paths matched to the images as every other command matches them (a relative path by
+        # its tail): compared as strings, a split of relative paths gave no image a side, and no leak. It
+        # may name more images than are audited; naming none of them is a wrong split, not a clean one.
+        resolved = resolve_paths(split["path"].astype(str), m["path"].astype(str))
+        if len(split) and all(r is None for r in resolved):
+            raise DataError(f"{split.attrs.get('source', '--split')}: names none of the images given "
+                            f"(e.g. {split['path'].iloc[0]})")
+        lookup = dict(zip(resolved, split[col], strict=True))
         prefix = "fold " if col == "fold" else ""
         sides = [None if pd.isna(v := lookup.get(p)) else f"{prefix}{v}" for p in m["path"]]
         return sides, f"split ({col})"
