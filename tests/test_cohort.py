@@ -18,6 +18,7 @@ from leukoscope.data.cohort import (
     Header,
     label_conflicts,
     load_subjects,
+    patient_folders,
     read_header,
     scan_cohort,
     snake_case,
@@ -134,6 +135,27 @@ def test_cohort_scan_and_patient_report_sort_files_by_one_header_rule(deepapl: P
     c = scan_cohort(tmp_path / "cohort", load_subjects(table))
     assert c.cells["path"].tolist() == [str((folder / "a_cell.jpg").resolve())]
     assert c.overviews[["width", "height"]].values.tolist() == [[2920, 2960]] and c.skipped == skipped
+
+
+def test_symlinked_patient_folders_are_followed_each_real_folder_once(deepapl: Path, tmp_path: Path) -> None:
+    """A cohort assembled from links (table and patient folders) is scanned like the folders it links to;
+    a link back to an ancestor and a second link to a patient's folder add nothing and never loop."""
+    from leukoscope.patients.report import scan_patient
+
+    data = tmp_path / "linked" / "Data"
+    (data / "All" / "extra").mkdir(parents=True)
+    (data / "master.csv").symlink_to(deepapl / "Data" / "master.csv")
+    for pid in ("Patient_05", "Patient_06"):
+        (data / "All" / pid).symlink_to(deepapl / ALL / pid, target_is_directory=True)
+    (data / "All" / "extra" / "loop").symlink_to(data / "All", target_is_directory=True)
+    (data / "All" / "zz_again").symlink_to(deepapl / ALL / "Patient_06", target_is_directory=True)
+    c = scan_cohort(tmp_path / "linked")
+    per = c.cells["subject"].value_counts().to_dict()
+    assert per == {pid: len(scan_patient(deepapl / ALL / pid).cells) for pid in ("Patient_05", "Patient_06")}
+    assert c.cells["path"].is_unique and c.unlisted_folders == {} and c.skipped == []
+    assert len(c.patients_without_cells) == len(c.subjects.table) - 2
+    assert patient_folders(data / "All", c.subjects) == {pid: [data / "All" / pid]
+                                                         for pid in ("Patient_05", "Patient_06")}
 
 
 def test_deepapl_overviews_are_listed_apart_never_cells(deepapl: Path) -> None:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from leukoscope.cli.verbs import app
 from leukoscope.data.cohort import OVERVIEW_MIN_SIDE
 from leukoscope.data.images import file_digest, image_size
-from leukoscope.patients.report import clopper_pearson, percent
+from leukoscope.patients.report import clopper_pearson, percent, scan_patient
 from patients_support import TRUNCATED, _link, cohort, later_cohort, run_dir  # noqa: F401
 from serve_support import ARTIFACTS, browser, network_bundle  # noqa: F401
 
@@ -163,6 +163,33 @@ def test_cohort_option_reports_every_patient(run_dir: Path, later_cohort: Path, 
     assert code == 0, out
     j = json.loads((tmp_path / "patients.json").read_text())
     assert len(j["patients"]) == 8 and all(len(p["cells"]) >= 8 for p in j["patients"])
+
+
+def test_cohort_option_finds_patients_however_deep(run_dir: Path, later_cohort: Path,  # noqa: F811
+                                                   tmp_path: Path) -> None:
+    """``--cohort`` finds patient folders by the cohort scan's rule: here one level below ``All`` (a site),
+    reached through symlinks; each patient is named by its folder as given."""
+    src = later_cohort / "Data"
+    data = tmp_path / "sites" / "Data"
+    data.mkdir(parents=True)
+    (data / "master.csv").symlink_to(src / "master.csv")
+    ids = sorted(p.name for p in (src / "All").iterdir())
+    folders = {}
+    for n, pid in enumerate(ids):
+        folders[pid] = data / "All" / ("siteA" if n % 2 else "siteB") / pid
+        folders[pid].parent.mkdir(parents=True, exist_ok=True)
+        folders[pid].symlink_to(src / "All" / pid, target_is_directory=True)
+    code, out = run("report", run_dir / "bundle", tmp_path / "sites", "--cohort", "--out", tmp_path / "out")
+    assert code == 0, out
+    j = json.loads((tmp_path / "out" / "patients.json").read_text())
+    assert {p["subject"]: p["folder"] for p in j["patients"]} == {i: str(f) for i, f in folders.items()}
+    assert j["not_reported"] == []
+
+
+def test_a_linked_patient_folder_is_named_as_given(tmp_path: Path) -> None:
+    (tmp_path / "slides of the week").mkdir()
+    (tmp_path / "Patient_07").symlink_to(tmp_path / "slides of the week", target_is_directory=True)
+    assert scan_patient(tmp_path / "Patient_07").subject == "Patient_07"
 
 
 def test_bad_input_is_one_line(run_dir: Path, network_bundle: Path, data: Path,  # noqa: F811

@@ -173,13 +173,51 @@ class Cohort:
 
 
 def _walk(root: Path) -> list[tuple[Path, tuple[str, ...], list[str], list[str]]]:
-    """Every folder under ``root`` (hidden ones left out): path, parts below root, sub-folders, files."""
+    """Every folder under ``root`` (hidden ones left out): path, parts below root, sub-folders, files.
+
+    Symlinked folders are followed (a cohort assembled from links to patient folders is still a cohort),
+    each real folder once, as first reached: a link back to an ancestor would otherwise never end, and
+    two links to one folder would count its cells twice.
+    """
     out = []
-    for dirpath, dirs, files in os.walk(root):
+    seen: set[str] = set()
+    for dirpath, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         where = Path(dirpath)
         out.append((where, where.relative_to(root).parts, list(dirs), sorted(files)))
     return out
+
+
+def _patient_level(folders: Sequence[tuple[Path, tuple[str, ...], list[str], list[str]]],
+                   ids: set[str]) -> int | None:
+    """Depth below the root of the shallowest folder level that holds a folder named by a patient id."""
+    depths = [len(parts) + 1 for _, parts, dirs, _ in folders if ids & set(dirs)]
+    return min(depths) if depths else None
+
+
+def patient_folders(root: Path | str, subjects: SubjectTable) -> dict[str, list[Path]]:
+    """Each listed patient's folder(s) under ``root`` (as spelled, links not resolved: the folder's name is
+    the id), found by the module's rule, so the patient report finds the same patients as ``scan_cohort``.
+
+    Several folders for one id are possible (``siteA/P01`` and ``siteB/P01``); ``scan_cohort`` pools them.
+    A patient without a folder is absent; none found at all gives an empty dict.
+    """
+    root = Path(root)
+    ids = set(subjects.table.index)
+    folders = _walk(root)
+    level = _patient_level(folders, ids)
+    found: dict[str, list[Path]] = {}
+    for where, parts, dirs, _ in folders:
+        if len(parts) + 1 == level:
+            for d in dirs:
+                if d in ids:
+                    found.setdefault(d, []).append(where / d)
+    return found
 
 
 def scan_cohort(root: Path | str, subjects: SubjectTable | None = None) -> Cohort:
@@ -200,11 +238,10 @@ def scan_cohort(root: Path | str, subjects: SubjectTable | None = None) -> Cohor
         root = table.parent / DEEPAPL_CELLS
     ids = set(subjects.table.index)
     folders = _walk(root)
-    depths = [len(parts) + 1 for _, parts, dirs, _ in folders if ids & set(dirs)]
-    if not depths:
+    level = _patient_level(folders, ids)
+    if level is None:
         raise DataError(f"{root}: no folder is named by a patient id of {subjects.path} "
                         f"({_preview(sorted(ids))})")
-    level = min(depths)
     table_file = subjects.path.resolve()
     rows: list[dict] = []
     overviews: list[dict] = []

@@ -28,7 +28,7 @@ import pandas as pd
 from leukoscope.bundle import Bundle
 from leukoscope.bundle.patient import PatientBundle
 from leukoscope.bundle.patient_call import PatientCall
-from leukoscope.data.cohort import deepapl_table, load_subjects, read_header
+from leukoscope.data.cohort import DEEPAPL_CELLS, deepapl_table, load_subjects, patient_folders, read_header
 from leukoscope.data.images import is_image_file
 from leukoscope.errors import BundleError, DataError, ImageError
 from leukoscope.io import write_csv_atomic, write_json_atomic
@@ -134,21 +134,25 @@ def scan_patient(folder: Path | str) -> PatientFolder:
                                         "not one cell)"))
             elif head is not None:
                 cells.append(f)
-    return PatientFolder(folder.resolve().name, folder, cells, skipped)
+    # the name as given (a link's, not its target's: the folder's name is the patient id); abspath only
+    # so that "." names the folder it stands for
+    return PatientFolder(Path(os.path.abspath(folder)).name, folder, cells, skipped)
 
 
 def cohort_folders(root: Path | str) -> tuple[list[Path], Skipped]:
     """The patient folders of a cohort as DeepAPL publishes it (``master.csv`` beside ``All/``), in
-    table order; a patient of the table without a folder is returned as a skip."""
+    table order, found by ``scan_cohort``'s rule (the shallowest level of folders named by ids, however
+    deep); a patient of the table without a folder is returned as a skip."""
     root = Path(root)
     table = deepapl_table(root) if root.is_dir() else None
     if table is None:
         raise DataError(f"{root}: not a cohort folder (--cohort needs master.csv beside an All folder)")
-    ids = list(load_subjects(table).table.index)
-    cells = table.parent / "All"
-    missing = [(str(cells / i), f"patient {i} of {table} has no folder") for i in ids
-               if not (cells / i).is_dir()]
-    return [cells / i for i in ids if (cells / i).is_dir()], missing
+    subjects = load_subjects(table)
+    cells = table.parent / DEEPAPL_CELLS
+    found = patient_folders(cells, subjects)
+    ids = list(subjects.table.index)
+    missing = [(str(cells / i), f"patient {i} of {table} has no folder") for i in ids if i not in found]
+    return [f for i in ids for f in found.get(i, [])], missing
 
 
 @dataclass
