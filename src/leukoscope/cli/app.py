@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from rich.console import Console
 
+    from leukoscope.data.cohort import SubjectTable
     from leukoscope.data.manifest import Manifest
     from leukoscope.data.rare import RareReport
 
@@ -310,13 +311,16 @@ def print_skipped(skipped: list[tuple[str, str]]) -> None:
             say(f"  {path}: {reason}")
 
 
-def read_data(paths: Sequence[Path | str], layout: str | None = None) -> Manifest:
-    """The data sets at ``paths`` (``data.readers.read``), saying which files the readers left out and why
-    (a name that is not UTF-8): every verb that reads data reads it here, so none drops a file unsaid."""
+def read_data(paths: Sequence[Path | str], layout: str | None = None,
+              subjects: SubjectTable | None = None) -> Manifest:
+    """The data sets at ``paths`` (``data.readers.read``; cohorts keyed by ``subjects`` where given), saying
+    which files the readers left out and why (a name that is not UTF-8; in a cohort, a file that is not a
+    cell, a folder the table does not list): every verb that reads data reads it here, so none drops a file
+    unsaid."""
     from leukoscope.data.manifest import skipped_files
     from leukoscope.data.readers import read
 
-    m = read(paths, layout)
+    m = read(paths, layout, subjects)
     if left := skipped_files(m):
         console.print(f"[yellow]left out {len(left)} file(s):[/]")
         for path, reason in left:

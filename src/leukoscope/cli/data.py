@@ -19,6 +19,7 @@ from leukoscope.cli.options import (
     RareOpt,
     SubjectIdOpt,
     SubjectsOpt,
+    subject_table,
 )
 from leukoscope.cli.progress import shown
 
@@ -33,15 +34,11 @@ def describe_cmd(paths: Paths, layout: LayoutOpt = None, subjects: SubjectsOpt =
     For a patient cohort also patients per diagnosis, cells per patient and per type, unlabelled
     cells, whole-field overview images and skipped files.
     """
-    from leukoscope.data.cohort import DEFAULT_DIAGNOSIS, load_subjects
     from leukoscope.data.describe import describe
     from leukoscope.data.readers import read_with_cohorts
-    from leukoscope.errors import ConfigError
 
-    if subjects is None and (subject_id is not None or diagnosis != DEFAULT_DIAGNOSIS):
-        raise ConfigError("--subject-id and --diagnosis name columns of --subjects FILE; give it too")
-    patients = load_subjects(subjects, subject_id, diagnosis) if subjects is not None else None
-    m, cohorts = read_with_cohorts(paths, layout, patients)  # what readers left out: under unreadable
+    # what the readers left out is listed under unreadable
+    m, cohorts = read_with_cohorts(paths, layout, subject_table(subjects, subject_id, diagnosis))
     with shown() as bars:
         info = describe(m, cohorts, progress=bars)
     if as_json:

@@ -16,12 +16,16 @@ from leukoscope.cli.options import (
     AdaptOpt,
     BatchOpt,
     BundleArg,
+    DiagnosisOpt,
     EvaluateClassMapOpt,
     LayoutOpt,
     Paths,
     RuntimeOpt,
     SplitFileOpt,
+    SubjectIdOpt,
+    SubjectsOpt,
     TtaOpt,
+    subject_table,
 )
 from leukoscope.cli.progress import shown
 from leukoscope.errors import ConfigError
@@ -38,6 +42,9 @@ def evaluate_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, predictions.csv and "
                                       "report.html.")],
     layout: LayoutOpt = None,
+    subjects: SubjectsOpt = None,
+    subject_id: SubjectIdOpt = None,
+    diagnosis: DiagnosisOpt = "diagnosis",
     side: Annotated[str | None, typer.Option(
         "--side", help="Only images on this side (test, val, train) of the bundle's own split (of --split "
         "FILE when given).", show_default="every image given; test with --split")] = None,
@@ -55,6 +62,7 @@ def evaluate_cmd(
     from leukoscope.evaluate.intervals import fmt_ci
     from leukoscope.evaluate.report import REPORT_FILE, evaluate
 
+    cohort_table = subject_table(subjects, subject_id, diagnosis)  # a bad table fails before the bundle loads
     b = load_bundle(bundle, runtime=runtime)
     if b.family == "patient":
         from leukoscope.cli.patients import evaluate_patients_cmd
@@ -66,11 +74,11 @@ def evaluate_cmd(
         if ignored := [flag for flag, v in cell_only.items() if v]:
             raise ConfigError(f"{', '.join(ignored)}: not options of a patient bundle's evaluation "
                               f"(it scores every patient given, from all their cells)")
-        return evaluate_patients_cmd(b, paths, layout, out)
+        return evaluate_patients_cmd(b, paths, layout, out, cohort_table)
     from leukoscope.data.rare import as_trained
     from leukoscope.data.splits import read_split
 
-    m, cmap, counts = mapped(read_data(paths, layout), class_map, b.config.get("class_map"))
+    m, cmap, counts = mapped(read_data(paths, layout, cohort_table), class_map, b.config.get("class_map"))
     if cmap is not None:  # the mapped labels, as the model's training merged or dropped rare classes
         cmap.check_classes(as_trained(m, b.config), b.classes, f"the classes of {bundle}")
     given = read_split(split) if split is not None else None

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from leukoscope.data.cohort import SubjectTable
 
 
 def _layouts() -> Iterable[str]:
@@ -114,6 +117,21 @@ SubjectIdOpt = Annotated[
                              help="Column of --subjects holding the patient id.")]
 DiagnosisOpt = Annotated[
     str, typer.Option("--diagnosis", help="Column of --subjects holding the patient-level label.")]
+
+
+def subject_table(subjects: Path | None, subject_id: str | None, diagnosis: str) -> SubjectTable | None:
+    """The table ``--subjects --subject-id --diagnosis`` name, for ``read_data``; None without
+    ``--subjects``, where naming its columns is refused rather than silently ignored."""
+    from leukoscope.data.cohort import DEFAULT_DIAGNOSIS, load_subjects
+    from leukoscope.errors import ConfigError
+
+    if subjects is None:
+        if subject_id is not None or diagnosis != DEFAULT_DIAGNOSIS:
+            raise ConfigError("--subject-id and --diagnosis name columns of --subjects FILE; give it too")
+        return None
+    return load_subjects(subjects, subject_id, diagnosis)
+
+
 #: ``leukoscope.data.rare.MIN_CELLS``, repeated so ``--help`` stays instant (a test keeps them equal).
 MIN_CELLS = 30
 MinCellsOpt = Annotated[int | None, typer.Option(

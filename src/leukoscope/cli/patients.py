@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
 
 from leukoscope.cli.app import console, read_data, say
 from leukoscope.cli.progress import shown
+
+if TYPE_CHECKING:
+    from leukoscope.data.cohort import SubjectTable
+    from leukoscope.data.manifest import Manifest
 
 
 def _f(v: Any) -> str:
@@ -33,14 +37,32 @@ def _skipped(items: list[dict[str, str]], where: Path) -> None:
             say(f"  {s['path']}: {s['reason']}")
 
 
+def _patient_target(m: Manifest, target: str, subjects: SubjectTable | None) -> str:
+    """The column ``--target`` names: ``diagnosis`` is the ``--diagnosis`` column of a table that has none
+    of that name (README: ``train COHORT --target diagnosis``). Data without a table are refused here,
+    saying how to give one, before any work."""
+    from leukoscope.data.cohort import DEFAULT_DIAGNOSIS, snake_case
+    from leukoscope.errors import DataError
+
+    if "subjects_file" not in m or m["subjects_file"].isna().all():
+        raise DataError(f"--target {target!r}: these data have no subjects table; for a cohort not laid out "
+                        f"as DeepAPL (Data/master.csv beside Data/All) give --subjects FILE (and "
+                        f"--subject-id / --diagnosis to name its id and label columns)")
+    named = snake_case(target) == DEFAULT_DIAGNOSIS
+    if subjects is not None and named and DEFAULT_DIAGNOSIS not in subjects.table:
+        return subjects.diagnosis
+    return target
+
+
 def train_patients_cmd(paths: Sequence[Path], layout: str | None, out: Path, target: str,
                        model: str | None, positive: str | None, repeats: int | None, folds: int | None,
-                       img_size: int | None, seed: int | None) -> None:
+                       img_size: int | None, seed: int | None, subjects: SubjectTable | None = None) -> None:
     """``leukoscope train COHORT --target COLUMN``: repeated patient-grouped CV, then the patient bundle."""
     from leukoscope.patients.protocol import FOLDS, REPEATS
     from leukoscope.patients.train import DEFAULT_METHOD, train_patients
 
-    m = read_data(paths, layout)
+    m = read_data(paths, layout, subjects)
+    target = _patient_target(m, target, subjects)
     features = {"input_size": img_size} if img_size else None
     with shown() as bars:
         r = train_patients(m, target, out, model or DEFAULT_METHOD, positive, repeats or REPEATS,
@@ -61,11 +83,12 @@ def train_patients_cmd(paths: Sequence[Path], layout: str | None, out: Path, tar
         f"per patient: {Path(out) / 'patients.csv'})")
 
 
-def evaluate_patients_cmd(bundle: Any, paths: Sequence[Path], layout: str | None, out: Path) -> None:
+def evaluate_patients_cmd(bundle: Any, paths: Sequence[Path], layout: str | None, out: Path,
+                          subjects: SubjectTable | None = None) -> None:
     """``leukoscope evaluate PATIENT_BUNDLE COHORT``: patient- and cell-level figures."""
     from leukoscope.patients.evaluate import METRICS_FILE, evaluate_patients
 
-    m = read_data(paths, layout)
+    m = read_data(paths, layout, subjects)
     with shown() as bars:
         r = evaluate_patients(bundle, m, out, progress=bars)
     p, c = r["patient"], r["cell"]

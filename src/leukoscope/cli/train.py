@@ -15,11 +15,15 @@ from leukoscope.cli.decisions import print_operating_point
 from leukoscope.cli.options import (
     ClassMapOpt,
     DedupeOpt,
+    DiagnosisOpt,
     LayoutOpt,
     MinCellsOpt,
     Paths,
     RareOpt,
     SplitFileOpt,
+    SubjectIdOpt,
+    SubjectsOpt,
+    subject_table,
 )
 from leukoscope.cli.progress import shown
 from leukoscope.errors import ConfigError
@@ -66,6 +70,9 @@ def train_cmd(
         "--config", show_default="none", help="run.yaml with these settings; options given here win "
         "over it.")] = None,
     layout: LayoutOpt = None,
+    subjects: SubjectsOpt = None,
+    subject_id: SubjectIdOpt = None,
+    diagnosis: DiagnosisOpt = "diagnosis",
     epochs: Annotated[int | None, typer.Option(
         show_default="the model's", rich_help_panel=NETWORKS,
         help="Maximum epochs, kept as given (the model's own is stretched on small sets to its min_steps, "
@@ -141,6 +148,7 @@ def train_cmd(
     from leukoscope.data.classes import show_class
     from leukoscope.data.rare import RareReport
 
+    cohort_table = subject_table(subjects, subject_id, diagnosis)
     if target is not None:
         if target_sensitivity is not None:
             raise ConfigError("--target-sensitivity goes with a cell-level model, not --target")
@@ -148,7 +156,8 @@ def train_cmd(
             raise ConfigError("--class-map maps cell labels; it does not apply to --target (patient labels)")
         from leukoscope.cli.patients import train_patients_cmd
 
-        return train_patients_cmd(paths, layout, out, target, model, positive, repeats, cv, img_size, seed)
+        return train_patients_cmd(paths, layout, out, target, model, positive, repeats, cv, img_size, seed,
+                                  cohort_table)
     if repeats is not None:
         raise ConfigError("--repeats goes with --target (a patient-level model)")
     from leukoscope.train import TrainConfig, TrainingInterrupted, cross_validate, train
@@ -161,7 +170,7 @@ def train_cmd(
         freeze_bn=freeze_bn, cv=cv, split_protocol=split_protocol, features=features, min_cells=min_cells,
         rare=rare, device=device, positive=positive, target_sensitivity=target_sensitivity,
         split=None if split is None else str(split.resolve()), dedupe=dedupe, min_steps=min_steps)
-    m, cmap, _ = mapped(read_data(paths, layout), class_map, cfg.class_map, f"{config} records")
+    m, cmap, _ = mapped(read_data(paths, layout, cohort_table), class_map, cfg.class_map, f"{config} records")
     if cmap is not None:  # the bundle records the map's content, so a moved or edited file does not matter
         cfg.class_map = cmap.to_json()
     try:

@@ -182,7 +182,18 @@ def read_label_in_name(path: Path) -> Manifest:
 @layout("cohort", is_deepapl)
 def read_cohort(path: Path) -> Manifest:
     """Patient cohort: a folder per patient + a subjects CSV (DeepAPL: Data/master.csv, Data/All)."""
-    return scan_cohort(path).cells
+    c = scan_cohort(path)
+    return with_skipped(c.cells, skipped_files(c.cells) + cohort_left_out(c))
+
+
+def cohort_left_out(c: Cohort) -> list[tuple[str, str]]:
+    """``(path, reason)`` of what the scan of ``c`` kept from the cells, for ``skipped_files``: so that
+    train and evaluate say it as describe does. A folder the table does not list is one entry, not one
+    per file in it; overviews are not listed (they are images, not cells, and describe counts them)."""
+    folders = {c.root / name: n for name, n in c.unlisted_folders.items()}
+    files = [(p, why) for p, why in c.skipped if not any(Path(p).is_relative_to(f) for f in folders)]
+    return files + [(str(f), f"folder not in the patients table {c.subjects.path.name} ({n} file(s))")
+                    for f, n in folders.items()]
 
 
 def _class_dirs(p: Path) -> list[Path]:
@@ -262,9 +273,11 @@ def read(paths: Sequence[Path | str], layout: str | None = None,
          subjects: SubjectTable | None = None) -> Manifest:
     """Read one or more data sets into one Manifest (their classes must agree).
 
-    ``subjects`` reads every path as a patient cohort keyed by that table (see data/cohort.py).
+    ``subjects`` reads every path as a patient cohort keyed by that table (see data/cohort.py). What a
+    cohort's scan leaves out (``cohort_left_out``) joins ``skipped_files`` of the result.
     """
-    return read_with_cohorts(paths, layout, subjects)[0]
+    m, cohorts = read_with_cohorts(paths, layout, subjects)
+    return with_skipped(m, skipped_files(m) + [s for c in cohorts for s in cohort_left_out(c)])
 
 
 def read_with_cohorts(paths: Sequence[Path | str], layout: str | None = None,

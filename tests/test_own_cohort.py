@@ -1,0 +1,90 @@
+"""A user's own patient cohort (README "Your own patient cohort"): folders named by their own ids, any layout
+under them, a patients table with its own column names; trained, evaluated and reported through the CLI
+with ``--subjects --subject-id --diagnosis``, and what the scan leaves out is said."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from leukoscope.cli.verbs import app
+from patients_support import SIZE, patients
+
+runner = CliRunner()
+#: A folder the table does not list: left out, one line.
+UNLISTED = "Visitor 99"
+
+
+def run(*args: object) -> tuple[int, str]:
+    r = runner.invoke(app, [str(a) for a in args])
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return r.exit_code, r.output
+
+
+def _own_id(i: int) -> str:
+    return f"Fall {i:02d} Zürich"  # a space and a non-ASCII character, as a user's ids may have
+
+
+@pytest.fixture(scope="module")
+def own(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 APL + 4 AML DeepAPL patients renamed, 8 cells each: even ones under <id>/<type>/, odd ones
+    directly in <id>/ (unlabelled); patients.csv names its columns "Case No." and "Outcome"; one
+    folder and one non-image file the table does not explain."""
+    src = data / "deepapl" / "Data"
+    master = pd.read_csv(src / "master.csv").set_index("Patient_ID")
+    root = tmp_path_factory.mktemp("own") / "my cohort"
+    rows = []
+    for i, pid in enumerate(patients(data, 4)):
+        own_id = _own_id(i)
+        files = sorted(p for p in (src / "All" / pid).rglob("*.jpg") if p.stat().st_size < 200_000)[:8]
+        for f in files:
+            dst = root / own_id / (f.parent.name if i % 2 == 0 else "") / f.name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.symlink_to(f)
+        rows.append({"Case No.": own_id, "Outcome": master.loc[pid, "Diagnosis"]})
+    (root / UNLISTED).mkdir()
+    (root / UNLISTED / "cell.jpg").symlink_to(files[0])
+    (root / _own_id(0) / "Thumbs.db").write_bytes(b"\0" * 16)
+    pd.DataFrame(rows).to_csv(root / "patients.csv", index=False)
+    return root
+
+
+def _table(own: Path) -> list[object]:
+    return ["--subjects", own / "patients.csv", "--subject-id", "Case No.", "--diagnosis", "Outcome"]
+
+
+def test_train_evaluate_report_own_cohort(own: Path, tmp_path: Path) -> None:
+    code, out = run("train", own, *_table(own), "--target", "diagnosis", "--img-size", SIZE, "--cv", 2,
+                    "--repeats", 1, "--out", tmp_path / "run")
+    assert code == 0, out
+    flat = " ".join(out.split())  # Rich wraps long lines
+    assert f"{own / UNLISTED}: folder not in the patients table patients.csv (1 file(s))" in flat
+    assert "Thumbs.db: not an image" in flat
+    config = json.loads((tmp_path / "run" / "bundle" / "config.json").read_text())
+    assert config["target"] == "outcome" and config["positive"] == "APL"
+    assert json.loads((tmp_path / "run" / "cv.json").read_text())["n_patients"] == 8
+
+    code, out = run("evaluate", tmp_path / "run" / "bundle", own, *_table(own), "--out", tmp_path / "ev")
+    assert code == 0, out
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["patient"]["n_patients"] == 8
+
+    code, out = run("report", tmp_path / "run" / "bundle", own / _own_id(1), "--out", tmp_path / "report")
+    assert code == 0, out
+    assert _own_id(1) in out and (tmp_path / "report" / "patients.csv").is_file()
+
+
+def test_without_a_table_train_says_how_to_give_one(own: Path, tmp_path: Path) -> None:
+    code, out = run("train", own / _own_id(0), "--target", "diagnosis", "--out", tmp_path)  # class folders
+    assert code == 1 and "give --subjects FILE" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("verb", ["train", "evaluate"])
+def test_columns_without_the_table_are_refused(own: Path, tmp_path: Path, verb: str) -> None:
+    args = [tmp_path / "bundle"] if verb == "evaluate" else []
+    code, out = run(verb, *args, own, "--diagnosis", "Outcome", "--out", tmp_path / "o")
+    assert code == 1 and "--subject-id and --diagnosis name columns of --subjects FILE; give it too" in out
