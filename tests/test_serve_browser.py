@@ -174,3 +174,142 @@ def test_page_calls_a_foreign_cell_unfamiliar_not_a_class_at_100(browser: Any, a
     page.screenshot(path=str(ARTIFACTS / "serve-unfamiliar.png"), full_page=True)
     assert problems == []
     page.close()
+
+
+@pytest.fixture(scope="module")
+def operating_server(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A bundle with an operating point (eosinophil at validation sensitivity 1.0) on 15 + 15 PBC cells:
+    for some basophils the call is eosinophil although basophil is the more probable class."""
+    from typer.testing import CliRunner
+
+    from leukoscope.cli.verbs import app
+
+    root = tmp_path_factory.mktemp("op-pbc")
+    for cls in ("basophil", "eosinophil"):
+        (root / "pbc" / cls).mkdir(parents=True)
+        for f in sorted((data / "pbc" / cls).glob("*.jpg"))[:15]:
+            (root / "pbc" / cls / f.name).symlink_to(f)
+    res = CliRunner().invoke(app, ["train", str(root / "pbc"), "--model", "logistic_regression",
+                                   "--min-cells", "0", "--positive", "eosinophil",
+                                   "--target-sensitivity", "1.0", "--out", str(root / "run")])
+    assert res.exit_code == 0, res.output
+    with serving(root / "run" / "bundle", timeout=300) as running:
+        yield running.url
+
+
+def test_the_accent_goes_to_the_call_and_the_csv_keeps_numbers(browser: Any, operating_server: str,  # noqa: F811
+                                                               data: Path, tmp_path: Path) -> None:
+    import json
+
+    from playwright.sync_api import expect
+
+    basophils = sorted((data / "pbc" / "basophil").glob("*.jpg"))[:15]
+    page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(f"console: {m.text}")
+            if m.type == "error" and "status of 502" not in m.text else None)
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+
+    def negative_unfamiliarity(route: Any) -> None:  # a score below zero must reach the CSV as a number
+        response = route.fetch()
+        body = response.json()
+        for res in body["results"]:
+            if res.get("unfamiliarity") is not None:
+                res["unfamiliarity"] = -0.048735
+        route.fulfill(response=response, body=json.dumps(body))
+
+    page.route("**/api/predict*", negative_unfamiliarity)
+    page.goto(operating_server + "/")
+    page.wait_for_selector("#card dl")
+    named = {"name": '-cell "q".jpg', "mimeType": "image/jpeg", "buffer": basophils[1].read_bytes()}
+    chosen = [basophils[0], basophils[2], basophils[3]]
+    payloads = [{"name": p.name, "mimeType": "image/jpeg", "buffer": p.read_bytes()} for p in chosen]
+    page.set_input_files("#files", [named] + payloads)
+    done = page.locator(".result[data-label]")
+    expect(done).to_have_count(4, timeout=60_000)
+    names = [named["name"]] + [p.name for p in chosen]
+    assert page.locator(".result .name").all_inner_texts() == names  # the order chosen
+
+    differs = 0
+    for i in range(4):
+        result = done.nth(i)
+        label = result.get_attribute("data-label")
+        bars = result.locator(".bars li")
+        probs = [float(t.rstrip("%")) for t in bars.locator(".p").all_inner_texts()]
+        assert probs == sorted(probs, reverse=True)  # still sorted by probability
+        if label == "unfamiliar":
+            assert result.locator(".bars li.top").count() == 0
+            continue
+        assert result.locator(".bars li.top").count() == 1
+        assert result.locator(".bars li.top .cls").inner_text() == label  # the accent on the call
+        differs += bars.first.locator(".cls").inner_text() != label
+    assert differs >= 1  # the operating point made a call other than the most probable class
+
+    with page.expect_download() as dl:
+        page.click("#csv")
+    saved = tmp_path / "op.csv"
+    dl.value.save_as(saved)
+    rows = list(csv.DictReader(saved.open(newline="")))
+    assert [r["file"] for r in rows] == ["'" + names[0]] + names[1:]  # the chosen name, guarded as text
+    assert all(r["unfamiliarity"] == "-0.048735" for r in rows)  # a number, not the text '-0.048735
+    assert all(float(r["p_basophil"]) >= 0 for r in rows)
+
+    # a proxy's HTML error page: the status, not a JSON parse error
+    page.unroute("**/api/predict*")
+    page.route("**/api/predict*", lambda route: route.fulfill(
+        status=502, content_type="text/html", body="<html><body>Bad Gateway</body></html>"))
+    page.set_input_files("#files", [str(basophils[4])])
+    error = page.locator(".result.failed .error")
+    expect(error).to_have_text(re.compile(r"^request failed: HTTP 502\b"))
+    assert "Unexpected token" not in error.inner_text()
+    assert problems == []
+    page.close()
+
+
+def test_a_second_drop_while_the_first_call_is_in_flight_leaves_no_stale_rows(
+        browser: Any, patient_server: str, cohort: Path, run_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    from playwright.sync_api import expect
+
+    from leukoscope.bundle import load_bundle
+
+    n = max(6, load_bundle(run_dir / "bundle").min_cells)
+    cells = sorted((cohort / "Data" / "All" / "Patient_32").rglob("*.jpg"))[:n]
+    page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    held: list[Any] = []
+
+    def hold_the_first(route: Any) -> None:  # the first call answers only after the second one
+        if held:
+            route.continue_()
+        else:
+            held.append(route)
+
+    page.route("**/api/patient*", hold_the_first)
+    page.goto(patient_server + "/")
+    page.wait_for_selector("#card dl")
+    page.set_input_files("#files", [str(c) for c in cells[:3]])
+    expect(page.locator(".result")).to_have_count(3)
+    page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('Calling')")
+    assert len(held) == 1
+    page.set_input_files("#files", [str(c) for c in cells[3:]])
+    expect(page.locator(".result[data-label]")).to_have_count(n, timeout=60_000)
+    expect(page.locator("#status")).to_have_text(f"{n} of {n} cell(s) used")
+    held[0].continue_()  # the superseded call answers now
+    expect(page.locator("#clear")).to_be_enabled(timeout=60_000)  # nothing in flight any more
+    expect(page.locator("#status")).to_have_text(f"{n} of {n} cell(s) used")
+    assert page.locator(".result").count() == n
+    shown = [page.locator(".result .thumb").nth(i).get_attribute("alt") for i in range(n)]
+    assert shown == [c.name for c in cells]  # the order chosen
+    assert f"{n} cell(s) used" in page.inner_text("#patient")
+    with page.expect_download() as dl:
+        page.click("#csv")
+    saved = tmp_path / "cells.csv"
+    dl.value.save_as(saved)
+    got = list(csv.DictReader(saved.open(newline="")))
+    assert [r["file"] for r in got] == [c.name for c in cells]  # no duplicates, the order chosen
+    for r in got:
+        assert not r["contribution"].startswith("'")
+        float(r["contribution"])  # a number, negative ones too
+    assert problems == []
+    page.close()

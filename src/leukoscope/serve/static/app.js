@@ -3,7 +3,9 @@
 // patient summary (call, interval, composition) sits above the cell list.
 "use strict";
 
-const state = { card: null, rows: [], busy: 0, patient: false, patientFiles: [] };
+// rows: one per result node, in the order the files were chosen; a row is `pending` until its call comes.
+// generation: bumped whenever the results are cleared, so that a response to an earlier request is ignored.
+const state = { card: null, rows: [], busy: 0, patient: false, patientFiles: [], generation: 0 };
 const $ = (sel) => document.querySelector(sel);
 
 function el(tag, attrs = {}, text) {
@@ -126,17 +128,32 @@ async function loadCard() {
 }
 
 // ---- results ----------------------------------------------------------------------------------
+// A result node for a file (the caller puts it on the page), with its row reserved in state.rows: the CSV
+// follows the order the files were chosen, and its file column is the name the user chose.
 function newResult(file) {
   const node = $("#result-template").content.firstElementChild.cloneNode(true);
+  node.row = { name: file.name, pending: true };
+  state.rows.push(node.row);
   node.querySelector(".thumb").src = URL.createObjectURL(file);
   node.querySelector(".thumb").alt = file.name;
   node.querySelector(".name").textContent = file.name;
   node.querySelector(".label").textContent = "…";
-  $("#results").prepend(node);
   return node;
 }
 
-function showError(node, name, message) {
+// The rows whose call has come (or failed).
+const doneRows = () => state.rows.filter((r) => !r.pending);
+
+// The body of a response as JSON, or null where it is none (a proxy's HTML error page, say).
+async function readJson(r) {
+  if (!(r.headers.get("content-type") || "").includes("json")) return null;
+  try { return await r.json(); } catch { return null; }
+}
+
+const httpError = (r) => `HTTP ${r.status}${r.statusText ? " " + r.statusText : ""}`;
+const detailOf = (data, r) => (data && typeof data.detail === "string" && data.detail) || httpError(r);
+
+function showError(node, message) {
   node.classList.add("failed");
   const thumb = node.querySelector(".thumb");
   if (thumb.src.startsWith("blob:")) URL.revokeObjectURL(thumb.src);
@@ -145,11 +162,11 @@ function showError(node, name, message) {
   const err = node.querySelector(".error");
   err.textContent = message;
   err.hidden = false;
-  state.rows.push({ name, label: "", probabilities: {}, error: message });
+  Object.assign(node.row, { pending: false, label: "", probabilities: {}, error: message });
 }
 
 function showResult(node, res) {
-  if (res.error) return showError(node, res.name, res.error);
+  if (res.error) return showError(node, res.error);
   node.querySelector(".label").textContent = res.cell_type || displayName(res.label);
   node.dataset.label = res.label;
   if (res.thumbnail) { // decoded by the server: also shows formats the browser cannot (TIFF)
@@ -160,8 +177,9 @@ function showResult(node, res) {
   const bars = node.querySelector(".bars");
   if (res.unfamiliar) showUnfamiliar(node, res);
   const sorted = Object.entries(res.probabilities).sort((a, b) => b[1] - a[1]);
-  sorted.forEach(([cls, p], i) => {
-    const li = el("li", i === 0 && !res.unfamiliar ? { class: "top" } : {});
+  sorted.forEach(([cls, p]) => {
+    // the accent goes to the class called (with an operating point not always the most probable one)
+    const li = el("li", cls === res.label && !res.unfamiliar ? { class: "top" } : {});
     const bar = el("div", { class: "bar", role: "img", "aria-label": `${displayName(cls)} ${shown(p)}` });
     const fill = el("span");
     fill.style.width = pct(p);
@@ -183,9 +201,9 @@ function showResult(node, res) {
     node.querySelector(".why").hidden = false;
   }
   if (res.cell_type) showCell(node, res);
-  state.rows.push({ name: res.name, subject: res.subject, label: res.label, probabilities: res.probabilities,
-    error: "", cell_type: res.cell_type, contribution: res.contribution, unfamiliarity: res.unfamiliarity,
-    unfamiliar: res.unfamiliar });
+  Object.assign(node.row, { pending: false, subject: res.subject, label: res.label,
+    probabilities: res.probabilities, error: "", cell_type: res.cell_type, contribution: res.contribution,
+    unfamiliarity: res.unfamiliarity, unfamiliar: res.unfamiliar });
 }
 
 // A cell unlike the model's training data: no call, and no bar drawn as the winner.
@@ -284,7 +302,9 @@ async function diagnosePatient(files) {
   state.patientFiles.push(...files);
   const all = state.patientFiles;
   clearCells();
+  const generation = state.generation;
   const nodes = all.map(newResult);
+  $("#results").prepend(...nodes);
   const lim = state.card.limits;
   const bytes = all.reduce((n, f) => n + f.size, 0);
   let problem = "";
@@ -294,7 +314,7 @@ async function diagnosePatient(files) {
     `server takes in one request (serve --max-body)`;
   if (problem) {
     showPatientError(problem);
-    nodes.forEach((n, i) => showError(n, all[i].name, "not sent: too many cells for one request"));
+    nodes.forEach((n) => showError(n, "not sent: too many cells for one request"));
     updateButtons();
     return;
   }
@@ -303,40 +323,50 @@ async function diagnosePatient(files) {
   setStatus(`Calling the patient from ${all.length} cell(s)…`);
   const body = new FormData();
   all.forEach((f) => body.append("files", f, f.name));
+  let r, data;
   try {
-    const r = await fetch("/api/patient?thumbnail=true", { method: "POST", body });
-    const data = await r.json();
-    if (r.ok) renderPatient(data.patient); else showPatientError(data.detail || `HTTP ${r.status}`);
-    if (data.results) data.results.forEach((res, i) => showResult(nodes[i], res));
-    else nodes.forEach((n, i) => showError(n, all[i].name, `request failed: ${data.detail || r.status}`));
+    r = await fetch("/api/patient?thumbnail=true", { method: "POST", body });
+    data = await readJson(r);
   } catch (e) {
-    showPatientError(`request failed: ${e.message}`);
-    nodes.forEach((n, i) => showError(n, all[i].name, `request failed: ${e.message}`));
+    r = null;
+    data = { detail: `request failed: ${e.message}` };
   }
   state.busy -= 1;
-  const used = state.rows.filter((r) => !r.error).length;
-  const unreadable = state.rows.filter((r) => r.error && !r.error.startsWith("byte copy of")).length;
+  if (generation !== state.generation) { // a later drop (or Clear) superseded this request
+    updateButtons();
+    return;
+  }
+  const detail = r ? detailOf(data, r) : data.detail;
+  if (r && r.ok && data && data.patient) renderPatient(data.patient); else showPatientError(detail);
+  if (data && Array.isArray(data.results)) data.results.forEach((res, i) => showResult(nodes[i], res));
+  else nodes.forEach((n) => showError(n, detail.startsWith("request failed") ? detail : `request failed: ${detail}`));
+  const rows = doneRows();
+  const used = rows.filter((r) => !r.error).length;
+  const unreadable = rows.filter((r) => r.error && !r.error.startsWith("byte copy of")).length;
   setStatus(`${used} of ${all.length} cell(s) used` + (unreadable ? `, ${unreadable} could not be read` : ""),
     unreadable > 0);
   updateButtons();
 }
 
-async function classifyBatch(files, nodes) {
+async function classifyBatch(files, nodes, generation) {
   const body = new FormData();
   files.forEach((f) => body.append("files", f, f.name));
   let data;
   try {
     const r = await fetch("/api/predict?thumbnail=true", { method: "POST", body });
-    data = await r.json();
-    if (r.status === 413 && files.length > 1) { // too many bytes or pixels together: halve the batch
+    if (generation !== state.generation) return; // cleared meanwhile: these nodes are gone
+    // too many bytes or pixels together (from the server, or a proxy in front of it): halve the batch
+    if (r.status === 413 && files.length > 1) {
       const half = Math.ceil(files.length / 2);
-      await classifyBatch(files.slice(0, half), nodes.slice(0, half));
-      await classifyBatch(files.slice(half), nodes.slice(half));
+      await classifyBatch(files.slice(0, half), nodes.slice(0, half), generation);
+      await classifyBatch(files.slice(half), nodes.slice(half), generation);
       return;
     }
-    if (!r.ok && !data.results) throw new Error(data.detail || `HTTP ${r.status}`);
+    data = await readJson(r);
+    if (generation !== state.generation) return;
+    if (!data || !Array.isArray(data.results)) throw new Error(detailOf(data, r));
   } catch (e) {
-    files.forEach((f, i) => showError(nodes[i], f.name, `request failed: ${e.message}`));
+    if (generation === state.generation) nodes.forEach((n) => showError(n, `request failed: ${e.message}`));
     return;
   }
   data.results.forEach((res, i) => showResult(nodes[i], res));
@@ -348,36 +378,43 @@ async function classify(fileList) {
   if (state.patient) return diagnosePatient(files);
   const lim = state.card ? state.card.limits : { max_files: 8, max_bytes: Infinity, max_body: Infinity };
   const room = lim.max_body - 65536; // the body also carries multipart framing
+  const generation = state.generation;
+  const nodes = files.map(newResult);
+  $("#results").prepend(...nodes); // this upload on top, in the order chosen
   const batch = [], batchNodes = [], batches = [];
   let bytes = 0;
-  for (const f of files) {
-    const node = newResult(f);
+  files.forEach((f, i) => {
+    const node = nodes[i];
     if (f.size > lim.max_bytes) {
-      showError(node, f.name, `${f.name}: ${f.size.toLocaleString()} bytes exceeds the limit of ${lim.max_bytes.toLocaleString()}`);
-      continue;
+      showError(node, `${f.name}: ${f.size.toLocaleString()} bytes exceeds the limit of ${lim.max_bytes.toLocaleString()}`);
+      return;
     }
     if (batch.length && bytes + f.size > room) { batches.push([batch.splice(0), batchNodes.splice(0)]); bytes = 0; }
     batch.push(f); batchNodes.push(node); bytes += f.size;
     if (batch.length === lim.max_files) { batches.push([batch.splice(0), batchNodes.splice(0)]); bytes = 0; }
-  }
+  });
   if (batch.length) batches.push([batch, batchNodes]);
   state.busy += 1;
   updateButtons();
   let done = 0;
   for (const [fs, ns] of batches) {
     setStatus(`Classifying ${done + 1}–${done + fs.length} of ${files.length}…`);
-    await classifyBatch(fs, ns);
+    await classifyBatch(fs, ns, generation);
+    if (generation !== state.generation) break;
     done += fs.length;
   }
   state.busy -= 1;
-  const failed = state.rows.filter((r) => r.error).length;
-  setStatus(`${state.rows.length} image(s) done` + (failed ? `, ${failed} could not be read` : ""), failed > 0);
+  if (generation !== state.generation) return updateButtons();
+  const rows = doneRows();
+  const failed = rows.filter((r) => r.error).length;
+  setStatus(`${rows.length} image(s) done` + (failed ? `, ${failed} could not be read` : ""), failed > 0);
   updateButtons();
 }
 
 function updateButtons() {
-  $("#csv").disabled = state.rows.length === 0 || state.busy > 0;
-  $("#clear").disabled = (state.rows.length === 0 && !state.patientFiles.length) || state.busy > 0;
+  const rows = doneRows();
+  $("#csv").disabled = rows.length === 0 || state.busy > 0;
+  $("#clear").disabled = (rows.length === 0 && !state.patientFiles.length) || state.busy > 0;
 }
 
 // A class code as a person reads it ("hem (normal)"), from the bundle's display names; the bare code otherwise.
@@ -387,9 +424,16 @@ function displayName(code) {
 }
 
 // ---- CSV --------------------------------------------------------------------------------------
-function csvCell(v) {
+// A text cell (a file name, a label, an error): guarded so that spreadsheets do not run it as a formula.
+function csvText(v) {
   let s = String(v ?? "");
-  if (/^[=+\-@\t\r]/.test(s)) s = "'" + s; // keep spreadsheets from running a cell as a formula
+  if (/^[=+\-@\t\r]/.test(s)) s = "'" + s;
+  return csvCell(s);
+}
+
+// A cell as it is: numbers (a negative one too) stay numbers.
+function csvCell(v) {
+  const s = String(v ?? "");
   return /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
 }
 
@@ -399,12 +443,14 @@ function downloadCsv() {
   // the columns of `leukoscope predict`'s CSV (file for path): subject empty where the name gives none
   const header = ["file", "subject", "predicted", ...classes.map((c) => `p_${c}`), ...extra, "unfamiliarity",
     "unfamiliar", "error"];
-  const lines = [header.map(csvCell).join(",")];
-  for (const r of state.rows) {
+  const lines = [header.map(csvText).join(",")];
+  const num = (v) => (v === undefined || v === null ? "" : v.toFixed(6));
+  for (const r of doneRows()) {
     const probs = classes.map((c) => (r.probabilities && c in r.probabilities ? r.probabilities[c].toFixed(6) : ""));
-    const more = state.patient ? [r.cell_type, r.contribution === undefined || r.contribution === null ? "" : r.contribution.toFixed(6)] : [];
-    const unf = [r.unfamiliarity == null ? "" : r.unfamiliarity.toFixed(6), r.unfamiliar == null ? "" : String(r.unfamiliar)];
-    lines.push([r.name, r.subject, r.label, ...probs, ...more, ...unf, r.error].map(csvCell).join(","));
+    const cells = [csvText(r.name), csvText(r.subject), csvText(r.label), ...probs.map(csvCell)];
+    if (state.patient) cells.push(csvText(r.cell_type), csvCell(num(r.contribution)));
+    cells.push(csvCell(num(r.unfamiliarity)), csvCell(r.unfamiliar == null ? "" : String(r.unfamiliar)), csvText(r.error));
+    lines.push(cells.join(","));
   }
   const blob = new Blob([lines.join("\r\n") + "\r\n"], { type: "text/csv" });
   const a = el("a", { href: URL.createObjectURL(blob), download: "leukoscope-results.csv" });
@@ -420,6 +466,7 @@ function clearCells() {
   }
   $("#results").replaceChildren();
   state.rows = [];
+  state.generation += 1;
 }
 
 function clearResults() {
