@@ -76,6 +76,14 @@ def test_train_evaluate_report_own_cohort(own: Path, tmp_path: Path) -> None:
     code, out = run("report", tmp_path / "run" / "bundle", own / _own_id(1), "--out", tmp_path / "report")
     assert code == 0, out
     assert _own_id(1) in out and (tmp_path / "report" / "patients.csv").is_file()
+    code, out = run("report", tmp_path / "run" / "bundle", own, "--cohort", *_table(own), "--out",
+                    tmp_path / "report-all")  # every patient of the table, found as the scan finds them
+    assert code == 0, out
+    reported = pd.read_csv(tmp_path / "report-all" / "patients.csv")
+    assert sorted(reported["subject"].astype(str)) == [_own_id(i) for i in range(8)]
+    code, out = run("report", tmp_path / "run" / "bundle", own / _own_id(1), *_table(own), "--out",
+                    tmp_path / "r")
+    assert code == 1 and "--subjects: a table of patients goes with --cohort" in " ".join(out.split())
 
 
 def test_without_a_table_train_says_how_to_give_one(own: Path, tmp_path: Path) -> None:

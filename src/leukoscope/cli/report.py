@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from leukoscope.cli.app import app, console, say
-from leukoscope.cli.options import BundleArg
+from leukoscope.cli.options import BundleArg, DiagnosisOpt, SubjectIdOpt, SubjectsOpt, subject_table
 from leukoscope.cli.progress import shown
 
 
@@ -21,8 +21,12 @@ def report_cmd(
         "patient id). With --cohort: cohort folders as DeepAPL publishes them.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for report.html, patients.csv and "
                                       "patients.json.")],
-    cohort: Annotated[bool, typer.Option("--cohort", help="Each folder is a cohort (master.csv beside All/): "
-                                         "report every patient in it.")] = False,
+    cohort: Annotated[bool, typer.Option(
+        "--cohort", help="Each folder is a cohort (master.csv beside All/, or the patients of --subjects): "
+        "report every patient in it.")] = False,
+    subjects: SubjectsOpt = None,
+    subject_id: SubjectIdOpt = None,
+    diagnosis: DiagnosisOpt = "diagnosis",
     drivers: Annotated[int, typer.Option("--drivers", min=1, help="Cells shown per patient in the gallery "
                                          "of the cells that drove the call.")] = 8,
 ) -> None:
@@ -34,11 +38,16 @@ def report_cmd(
     cells is listed and left out. Exits 1 when no patient could be reported.
     """
     from leukoscope.bundle import load_bundle
+    from leukoscope.errors import ConfigError
     from leukoscope.patients.report import REPORT_FILE, patient_bundle, percent, report_patients
 
+    table = subject_table(subjects, subject_id, diagnosis)
+    if table is not None and not cohort:
+        raise ConfigError("--subjects: a table of patients goes with --cohort (a patient folder alone is "
+                          "named by its folder)")
     b = patient_bundle(load_bundle(bundle))
     with shown() as bars:
-        r = report_patients(b, folders, out, cohort=cohort, drivers=drivers, progress=bars)
+        r = report_patients(b, folders, out, cohort=cohort, subjects=table, drivers=drivers, progress=bars)
     for p in r.patients:
         c = p.call
         interval = (f"95% {percent(c.interval[0])} - {percent(c.interval[1])}" if c.cells_used > 1

@@ -28,7 +28,14 @@ import pandas as pd
 from leukoscope.bundle import Bundle
 from leukoscope.bundle.patient import PatientBundle
 from leukoscope.bundle.patient_call import PatientCall
-from leukoscope.data.cohort import DEEPAPL_CELLS, deepapl_table, load_subjects, patient_folders, read_header
+from leukoscope.data.cohort import (
+    DEEPAPL_CELLS,
+    SubjectTable,
+    deepapl_table,
+    load_subjects,
+    patient_folders,
+    read_header,
+)
 from leukoscope.data.images import is_image_file
 from leukoscope.errors import BundleError, DataError, ImageError
 from leukoscope.io import write_csv_atomic, write_json_atomic
@@ -139,19 +146,24 @@ def scan_patient(folder: Path | str) -> PatientFolder:
     return PatientFolder(Path(os.path.abspath(folder)).name, folder, cells, skipped)
 
 
-def cohort_folders(root: Path | str) -> tuple[list[Path], Skipped]:
-    """The patient folders of a cohort as DeepAPL publishes it (``master.csv`` beside ``All/``), in
-    table order, found by ``scan_cohort``'s rule (the shallowest level of folders named by ids, however
-    deep); a patient of the table without a folder is returned as a skip."""
+def cohort_folders(root: Path | str, subjects: SubjectTable | None = None) -> tuple[list[Path], Skipped]:
+    """The patient folders of a cohort, in table order, found by ``scan_cohort``'s rule (the shallowest
+    level of folders named by ids, however deep): of the patients of ``subjects`` under ``root``, or of a
+    cohort as DeepAPL publishes it (``master.csv`` beside ``All/``); a patient of the table without a
+    folder is returned as a skip."""
     root = Path(root)
-    table = deepapl_table(root) if root.is_dir() else None
-    if table is None:
-        raise DataError(f"{root}: not a cohort folder (--cohort needs master.csv beside an All folder)")
-    subjects = load_subjects(table)
-    cells = table.parent / DEEPAPL_CELLS
+    if subjects is None:
+        table = deepapl_table(root) if root.is_dir() else None
+        if table is None:
+            raise DataError(f"{root}: not a cohort folder (--cohort needs master.csv beside an All folder, "
+                            f"or --subjects FILE)")
+        subjects, cells = load_subjects(table), table.parent / DEEPAPL_CELLS
+    else:
+        cells = root
     found = patient_folders(cells, subjects)
     ids = list(subjects.table.index)
-    missing = [(str(cells / i), f"patient {i} of {table} has no folder") for i in ids if i not in found]
+    missing = [(str(cells / i), f"patient {i} of {subjects.path} has no folder") for i in ids
+               if i not in found]
     return [f for i in ids for f in found.get(i, [])], missing
 
 
@@ -199,9 +211,10 @@ def patient_bundle(bundle: Bundle) -> PatientBundle:
 
 
 def report_patients(bundle: Bundle, folders: Sequence[Path | str], out: Path | str, *,
-                    cohort: bool = False, drivers: int = DRIVERS,
+                    cohort: bool = False, subjects: SubjectTable | None = None, drivers: int = DRIVERS,
                     progress: Progress = SILENT) -> ReportResult:
-    """Call every patient folder (``cohort``: every patient of each cohort root) and write the report.
+    """Call every patient folder (``cohort``: every patient of each cohort root, the patients of
+    ``subjects`` where given) and write the report.
 
     Raises ``DataError`` naming every folder when none gives a patient to report.
     """
@@ -210,7 +223,7 @@ def report_patients(bundle: Bundle, folders: Sequence[Path | str], out: Path | s
     paths: list[Path] = []
     for f in folders:
         if cohort:
-            found, missing = cohort_folders(Path(f))
+            found, missing = cohort_folders(Path(f), subjects)
             paths += found
             not_reported += missing
         else:
