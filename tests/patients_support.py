@@ -13,12 +13,25 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
+
+from leukoscope.cli.verbs import app
 
 SIZE = 64
 FEATURES = {"input_size": SIZE}
 #: A patient with a truncated JPEG (a counted skip) among its cells.
 TRUNCATED = Path("Patient_24") / "Signed slides" / "Blast, no lineage spec" / "BL_7821735.jpg"
 _made: dict[str, Path] = {}
+runner = CliRunner()
+
+
+def run(*args: object) -> tuple[int, str]:
+    """A leukoscope command through Typer's CliRunner: (exit code, output); an unexpected exception
+    is raised, not folded into the exit code."""
+    r = runner.invoke(app, [str(a) for a in args])
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return r.exit_code, r.output
 
 
 def _link(src: Path, dst: Path) -> None:

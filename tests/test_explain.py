@@ -16,7 +16,8 @@ from leukoscope.bundle.classical import log_probabilities
 from leukoscope.data.images import load_rgb
 from leukoscope.errors import BundleError
 from leukoscope.explain import INDEX_FILE, explain, feature_contributions, gradcam
-from leukoscope.predict.local import _NAMES, predict
+from leukoscope.filenames import NAME_ERRORS
+from leukoscope.predict.local import predict
 from leukoscope.predict.unfamiliar import UNFAMILIAR
 from leukoscope.probability import softmax_t
 from use_support import classical_bundle, network_bundle, onnx_bundle  # noqa: F401
@@ -98,13 +99,13 @@ def _rewritten(bundle, folder, **changes):
 
 
 def _index(folder):
-    with open(folder / INDEX_FILE, newline="", encoding="utf-8", errors=_NAMES) as f:
+    with open(folder / INDEX_FILE, newline="", encoding="utf-8", errors=NAME_ERRORS) as f:
         return list(csv.DictReader(f))
 
 
 def _predicted(bundle, path, out):
     predict(bundle, [path], out)
-    with open(out, newline="", encoding="utf-8", errors=_NAMES) as f:
+    with open(out, newline="", encoding="utf-8", errors=NAME_ERRORS) as f:
         return next(csv.DictReader(f))["predicted"]
 
 

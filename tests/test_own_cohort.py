@@ -9,21 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from leukoscope.cli.verbs import app
-from patients_support import SIZE, patients
+from patients_support import SIZE, patients, run
 
-runner = CliRunner()
 #: A folder the table does not list: left out, one line.
 UNLISTED = "Visitor 99"
 
-
-def run(*args: object) -> tuple[int, str]:
-    r = runner.invoke(app, [str(a) for a in args])
-    if r.exception is not None and not isinstance(r.exception, SystemExit):
-        raise r.exception
-    return r.exit_code, r.output
 
 
 def _own_id(i: int) -> str:

@@ -10,26 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-from leukoscope.cli.verbs import app
 from leukoscope.data.cohort import OVERVIEW_MIN_SIDE
 from leukoscope.data.images import file_digest, image_size
 from leukoscope.patients.report import clopper_pearson, percent, scan_patient
-from patients_support import TRUNCATED, _link, cohort, later_cohort, run_dir  # noqa: F401
+from patients_support import TRUNCATED, _link, cohort, later_cohort, run, run_dir  # noqa: F401
 from serve_support import ARTIFACTS, browser, network_bundle  # noqa: F401
 
-runner = CliRunner()
 #: Whole patient folders as published: Patient_00 holds an overview field and byte copies among its
 #: unsigned cells; Patient_80 has an accession-number folder between it and its slides.
 PATIENTS = ("Patient_00", "Patient_80")
 
-
-def run(*args: object) -> tuple[int, str]:
-    r = runner.invoke(app, [str(a) for a in args])
-    if r.exception is not None and not isinstance(r.exception, SystemExit):
-        raise r.exception
-    return r.exit_code, r.output
 
 
 def _overview(data: Path) -> Path:

@@ -14,27 +14,18 @@ from typing import Any
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from leukoscope.bundle import load_bundle
 from leukoscope.bundle.format import UNFAMILIAR
 from leukoscope.bundle.patient import PatientBundle
-from leukoscope.cli.verbs import app
-from patients_support import _link, bags, cohort, later_cohort, run_dir  # noqa: F401
+from patients_support import _link, bags, cohort, later_cohort, run, run_dir  # noqa: F401
 from serve_support import ARTIFACTS, browser  # noqa: F401 - fixture used by name
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
-runner = CliRunner()
 #: Cells per foreign folder: ALL-IDB2 (257 px TIFF crops of another lab, microscope and stain) and PBC
 #: (CellaVision crops of healthy donors' cell types from another hospital).
 FOREIGN = 10
 
-
-def run(*args: object) -> tuple[int, str]:
-    r = runner.invoke(app, [str(a) for a in args])
-    if r.exception is not None and not isinstance(r.exception, SystemExit):
-        raise r.exception
-    return r.exit_code, r.output
 
 
 @pytest.fixture(scope="module")

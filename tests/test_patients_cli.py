@@ -7,19 +7,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from typer.testing import CliRunner
 
-from leukoscope.cli.verbs import app
-from patients_support import SIZE, cohort, later_cohort, run_dir  # noqa: F401
-
-runner = CliRunner()
-
-
-def run(*args: object) -> tuple[int, str]:
-    r = runner.invoke(app, [str(a) for a in args])
-    if r.exception is not None and not isinstance(r.exception, SystemExit):
-        raise r.exception
-    return r.exit_code, r.output
+from patients_support import SIZE, cohort, later_cohort, run, run_dir  # noqa: F401
 
 
 def test_train_target_writes_bundle_and_cv(cohort: Path, tmp_path: Path) -> None:  # noqa: F811

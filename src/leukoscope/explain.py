@@ -27,6 +27,7 @@ import pandas as pd
 from leukoscope.bundle import Bundle, load_bundle
 from leukoscope.data.images import load_rgb
 from leukoscope.errors import BundleError, ImageError
+from leukoscope.filenames import NAME_ERRORS
 from leukoscope.io import atomic_path, write_csv_atomic
 from leukoscope.progress import SILENT, Progress
 from leukoscope.registry import Registry
@@ -318,17 +319,13 @@ def _unique_stem(path: Path, used: set[str]) -> str:
 def _safe_stem(path: Path) -> str:
     """``path``'s stem as valid UTF-8 (undecodable bytes as U+FFFD) of at most ``MAX_STEM_BYTES``: output
     names and figure titles every file system, font and report can hold (the index keeps the real path)."""
-    from leukoscope.predict.local import _NAMES
-
-    stem = path.stem.encode("utf-8", _NAMES).decode("utf-8", "replace")
+    stem = path.stem.encode("utf-8", NAME_ERRORS).decode("utf-8", "replace")
     return stem.encode("utf-8")[:MAX_STEM_BYTES].decode("utf-8", "ignore")
 
 
 def _write_index(path: Path, rows: Sequence[dict[str, str]]) -> None:
     """The index; paths keep their undecodable bytes (surrogateescape, as predict's CSV)."""
-    from leukoscope.predict.local import _NAMES
-
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors=_NAMES) as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors=NAME_ERRORS) as f:
         writer = csv.DictWriter(f, INDEX_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)

@@ -26,6 +26,7 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from leukoscope import __version__
 from leukoscope.errors import ConfigError, LeukoscopeError
+from leukoscope.filenames import printable
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -237,14 +238,6 @@ class LazyConsole:
 
 console = LazyConsole()
 err_console = LazyConsole(stderr=True)
-
-
-def printable(text: str) -> str:
-    """``text`` with the bytes of a file name that is not UTF-8 shown as ``\\xff`` escapes.
-
-    Such names reach strings as surrogate escapes; printing them raw raises UnicodeEncodeError.
-    """
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def check_out_folder(out: Any) -> None:

@@ -12,7 +12,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from leukoscope.cli.app import err_console, printable, say
+from leukoscope.cli.app import err_console, say
+from leukoscope.filenames import printable
 from leukoscope.progress import Advance, Silent
 
 if TYPE_CHECKING:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import typer
 from rich.markup import escape
 
-from leukoscope.cli.app import app, console, printable
+from leukoscope.cli.app import app, console
 from leukoscope.cli.options import BundleArg
+from leukoscope.filenames import printable
 
 
 @app.command("verify")

@@ -23,6 +23,7 @@ from typing import Any, TypeAlias
 import pandas as pd
 
 from leukoscope.errors import DataError
+from leukoscope.filenames import printable
 
 COLUMNS = ["path", "label", "subject", "group", "source_split"]
 SOURCE_SPLITS = {"train", "val", "test", "unlabelled"}
@@ -54,8 +55,9 @@ def make_manifest(records: Iterable[Mapping[str, Any]]) -> Manifest:
     them alike; a data set of nothing else is a ``DataError``.
     """
     records = list(records)
-    kept = [r for r in records if _utf8(r)]
-    skipped = [(_printable(str(r["path"])), NOT_UTF8) for r in records if not _utf8(r)]
+    ok = [_utf8(r) for r in records]
+    kept = [r for r, fine in zip(records, ok, strict=True) if fine]
+    skipped = [(printable(str(r["path"])), NOT_UTF8) for r, fine in zip(records, ok, strict=True) if not fine]
     if records and not kept:
         raise DataError(f"none of the {len(records)} file(s) has a valid UTF-8 name; rename them "
                         f"(e.g. {skipped[0][0]})")
@@ -73,11 +75,6 @@ def make_manifest(records: Iterable[Mapping[str, Any]]) -> Manifest:
             for s, p in zip(df["subject"], df["path"], strict=True)
         ]
     return with_skipped(validate(df), skipped)
-
-
-def _printable(path: str) -> str:
-    """``path`` with its bytes that are not UTF-8 shown as ``\\xfe`` escapes, so it can be printed."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def skipped_files(m: Manifest) -> list[tuple[str, str]]:

@@ -35,6 +35,7 @@ from leukoscope.bundle import CARD, HISTORY, METRICS, ONNX, ONNX_INT8, SPLIT, Bu
 from leukoscope.data.images import is_image_file, iter_image_files, load_batch
 from leukoscope.data.names import subject_from_name
 from leukoscope.errors import DataError
+from leukoscope.filenames import NAME_ERRORS
 from leukoscope.io import write_json_atomic
 from leukoscope.predict import ENGINES, unfamiliar
 from leukoscope.predict.tta import proba_from_views
@@ -43,8 +44,6 @@ from leukoscope.settings import threads
 
 P = TypeVar("P", str, Path)
 _GLOB_CHARS = set("*?[")
-#: Paths and names in the CSV are the file system's bytes, even where they are not valid UTF-8.
-_NAMES = "surrogateescape"
 #: Bundle files that document a model without changing its numbers (left out of its digest).
 _DOCUMENTS = {METRICS, SPLIT, HISTORY, CARD}
 _RUNTIME_OF_FILE = {ONNX: "onnx", ONNX_INT8: "onnx-int8"}
@@ -214,7 +213,7 @@ def _resume(out: Path, cols: list[str], record: dict[str, Any]) -> set[str]:
     if not partial.exists():
         return set()
     data = partial.read_bytes()
-    text = data.decode("utf-8", _NAMES)
+    text = data.decode("utf-8", NAME_ERRORS)
     records = _records(text)
     first = next(records, None)
     if first is None:
@@ -239,7 +238,7 @@ def _resume(out: Path, cols: list[str], record: dict[str, Any]) -> set[str]:
     if diff := _differences(old, record):
         raise DataError(f"{partial}: rows of another run ({'; '.join(diff)}); rerun with --restart to "
                         "discard them, or choose another --out")
-    size = len(text[:end].encode("utf-8", _NAMES))  # the bytes read: surrogateescape round-trips them
+    size = len(text[:end].encode("utf-8", NAME_ERRORS))  # the bytes read: surrogateescape round-trips them
     if size < len(data):
         with open(partial, "r+b") as f:
             f.truncate(size)
@@ -397,7 +396,7 @@ def _predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path, batch_size
     summary = PredictSummary(out=out, resumed=len(done), adaptation=bundle.adaptation)
     todo = (p for p in iter_inputs(items) if str(p) not in done)
     start = time.perf_counter()
-    with open(partial, "a", newline="", encoding="utf-8", errors=_NAMES) as f:
+    with open(partial, "a", newline="", encoding="utf-8", errors=NAME_ERRORS) as f:
         writer = csv.writer(f)
         if not done:  # rows of another run go before this run's record is written
             f.seek(0)

@@ -41,10 +41,10 @@ import numpy as np
 from leukoscope.bundle import Bundle, load_bundle
 from leukoscope.data.names import subject_from_name
 from leukoscope.errors import ConfigError, DataError
+from leukoscope.filenames import NAME_ERRORS, printable
 from leukoscope.io import atomic_path
 from leukoscope.predict import ENGINES, unfamiliar
 from leukoscope.predict.local import (
-    _NAMES,
     PredictSummary,
     check_inputs,
     csv_row,
@@ -113,11 +113,6 @@ def _bundle_files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}
 
 
-def _escaped(name: str) -> str:
-    """``name`` as valid UTF-8 (what a Parquet string holds): bytes that are not UTF-8 as ``\\xNN``."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
-
-
 class Predictor:
     """A Ray Data actor: the bundle, loaded once, scoring batches of paths (bytes) into result columns."""
 
@@ -157,7 +152,7 @@ class Predictor:
             extra = {"unfamiliarity": score, "unfamiliar": flagged}
         error = np.full(len(paths), None, dtype=object)  # None = read fine
         error[~readable] = [reason for _, reason in skipped]
-        subject = [s and _escaped(s) for s in map(subject_from_name, (p.name for p in paths))]
+        subject = [s and printable(s) for s in map(subject_from_name, (p.name for p in paths))]
         columns = {"path": raw, "subject": subject, "predicted": label,
                    **{f"p_{c}": probs[:, k] for k, c in enumerate(self.classes)}, **extra, "error": error}
         return pa.table(columns, schema=self.schema)
@@ -201,7 +196,8 @@ def _write_skipped(out: Path, skipped: list[tuple[str, str]]) -> None:
     target = out / SKIPPED
     target.unlink(missing_ok=True)
     if skipped:
-        with atomic_path(target) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors=_NAMES) as f:
+        with atomic_path(target) as tmp, \
+                open(tmp, "w", newline="", encoding="utf-8", errors=NAME_ERRORS) as f:
             csv.writer(f).writerows([("path", "reason"), *skipped])
 
 
@@ -239,7 +235,7 @@ def predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path | str, batch
         writer = None
         if write_csv:
             f = stack.enter_context(open(stack.enter_context(atomic_path(out / CSV)), "w", newline="",
-                                         encoding="utf-8", errors=_NAMES))
+                                         encoding="utf-8", errors=NAME_ERRORS))
             writer = csv.writer(f)
             writer.writerow(header(classes) + (unfamiliar.COLUMNS if scored else []))
         _configure_data(ray)
@@ -258,7 +254,7 @@ def predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path | str, batch
             rows = batch.filter(pc.is_null(batch["error"])).select(schema.names)
             if writer is not None:
                 writer.writerows(_csv_rows(rows.to_pydict(), classes, bundle.operating_point, scored))
-            shown = pa.array([_escaped(os.fsdecode(p)) for p in rows["path"].to_pylist()], pa.string())
+            shown = pa.array([printable(os.fsdecode(p)) for p in rows["path"].to_pylist()], pa.string())
             parquet.write_table(rows.set_column(0, "path", shown).cast(schema))
             summary.predicted += rows.num_rows
             advance(batch.num_rows)

@@ -64,13 +64,12 @@ def shown_url(url: str) -> str:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    if (file := _sqlite_file(url)) is not None:
+        return f"sqlite:///{file}"
     try:
-        parsed = make_url(url)
+        return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return url
-    if parsed.get_backend_name() == "sqlite" and parsed.database:
-        return f"sqlite:///{parsed.database}"
-    return parsed.render_as_string(hide_password=True)
 
 
 def _sqlite_file(url: str) -> Path | None:
