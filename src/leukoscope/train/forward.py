@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from leukoscope.models.networks import Network, forward_logits
+from leukoscope.models.networks import Network, embed_features, forward_logits
 from leukoscope.train import augment
 
 EVAL_BATCH = 64
@@ -44,9 +44,13 @@ def predict_logits(module: nn.Module, images: np.ndarray, pre: dict[str, Any], t
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def embeddings(module: Network, images: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
+def embeddings(module: Network, images: np.ndarray, pre: dict[str, Any], tta: bool = False) -> np.ndarray:
+    """Eval-mode penultimate features of cached uint8 images, computed on the module's device (D4 average
+    when ``tta``)."""
     module.eval()
     device = device_of(module)
+    if len(images) == 0:
+        return np.zeros((0, module.head.in_features), np.float32)
     with torch.inference_mode():
-        return np.concatenate([module.embed(inputs(images[s], pre).to(device)).float().cpu().numpy()
-                               for s in batches(len(images), EVAL_BATCH)])
+        return np.concatenate([embed_features(module, inputs(images[s], pre).to(device), tta)
+                               .float().cpu().numpy() for s in batches(len(images), EVAL_BATCH)])

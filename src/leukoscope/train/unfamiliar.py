@@ -25,47 +25,39 @@ def network_embeddings(model: Network, data: Prepared, pre: dict[str, Any], tta:
     """A trained network's penultimate features (D4-averaged when ``tta``, as the bundle computes them):
     (the training cells embedded: at most ``MAX_REFERENCE`` of them, their embeddings, the validation
     cells' embeddings)."""
-    import torch
-
-    from leukoscope.models.networks import embed_features
-    from leukoscope.train.forward import EVAL_BATCH, batches, inputs
+    from leukoscope.train.forward import embeddings
 
     train, val = data.side("train"), data.side("val")
     if len(train) > MAX_REFERENCE:
         train = np.sort(np.random.default_rng(seed).choice(train, MAX_REFERENCE, replace=False))
-    model.eval()
+    return (train, embeddings(model, data.images[train], pre, tta),
+            embeddings(model, data.images[val], pre, tta))
 
-    def embed(idx: np.ndarray) -> np.ndarray:
-        if len(idx) == 0:
-            return np.zeros((0, model.head.in_features), np.float32)
-        with torch.inference_mode():
-            return np.concatenate([embed_features(model, inputs(data.images[idx[s]], pre), tta).float()
-                                   .numpy() for s in batches(len(idx), EVAL_BATCH)])
 
-    return train, embed(train), embed(val)
+def head_logits(model: Network, emb: np.ndarray) -> np.ndarray:
+    """The head's logits of embeddings, on whichever device the model was trained on."""
+    import torch
+
+    from leukoscope.train.forward import device_of
+
+    with torch.inference_mode():
+        return model.head(torch.from_numpy(emb).to(device_of(model))).float().cpu().numpy()
 
 
 def network_scorer(model: Network, train_emb: np.ndarray, train_y: np.ndarray, val_emb: np.ndarray,
                    temperature: float, seed: int = 0) -> Scorer | None:
     """The scorer of a trained network, on ``network_embeddings``."""
-    import torch
-
     if len(val_emb) == 0 or len(train_emb) == 0:
         return None
-    with torch.inference_mode():
-        val_logits = model.head(torch.from_numpy(val_emb)).float().numpy()
-    return fit_unfamiliar(train_emb, train_y, val_emb, val_logits, temperature, seed=seed)
+    return fit_unfamiliar(train_emb, train_y, val_emb, head_logits(model, val_emb), temperature, seed=seed)
 
 
 def mean_logits(model: Network, train_emb: np.ndarray) -> dict[str, Any]:
     """The config.json entry ``mean_logits``: the training cells' mean logits, which ``--adapt`` moves a new
     lab's onto (``Bundle.adapted``); the head is linear, so that is the logits of their mean embedding."""
-    import torch
-
     if len(train_emb) == 0:
         return {}
-    with torch.inference_mode():
-        mean = model.head(torch.from_numpy(train_emb.mean(axis=0, keepdims=True))).float().numpy()[0]
+    mean = head_logits(model, train_emb.mean(axis=0, keepdims=True))[0]
     return {"mean_logits": [float(v) for v in mean]}
 
 
