@@ -177,6 +177,32 @@ def test_cohort_option_finds_patients_however_deep(run_dir: Path, later_cohort: 
     assert j["not_reported"] == []
 
 
+def test_a_patient_filed_at_two_sites_is_one_patient(run_dir: Path, later_cohort: Path,  # noqa: F811
+                                                      tmp_path: Path) -> None:
+    """``--cohort`` pools a patient's folders at two sites into one call, as training and ``data describe``
+    pool them: the same cells and the same probability as the patient's one folder, both folders named."""
+    src = later_cohort / "Data"
+    pid = sorted(p.name for p in (src / "All").iterdir())[0]
+    data = tmp_path / "split" / "Data"
+    data.mkdir(parents=True)
+    (data / "master.csv").symlink_to(src / "master.csv")
+    cells = sorted(f for f in (src / "All" / pid).rglob("*.jpg"))
+    for n, f in enumerate(cells):
+        _link(f, data / "All" / ("siteA" if n % 2 else "siteB") / pid / f.relative_to(src / "All" / pid))
+    code, out = run("report", run_dir / "bundle", tmp_path / "split", "--cohort", "--out", tmp_path / "out")
+    assert code == 0, out
+    code, out = run("report", run_dir / "bundle", src / "All" / pid, "--out", tmp_path / "whole")
+    assert code == 0, out
+    split, whole = (json.loads((tmp_path / d / "patients.json").read_text())["patients"]
+                    for d in ("out", "whole"))
+    (one,) = split
+    assert one["subject"] == pid and len(one["cells"]) == len(whole[0]["cells"]) == len(cells)
+    assert one["probability"] == pytest.approx(whole[0]["probability"])
+    assert one["folder"] == f"{data / 'All' / 'siteA' / pid}; {data / 'All' / 'siteB' / pid}"
+    rows = list(csv.DictReader((tmp_path / "out" / "patients.csv").open()))
+    assert [r["subject"] for r in rows] == [pid]
+
+
 def test_a_linked_patient_folder_is_named_as_given(tmp_path: Path) -> None:
     (tmp_path / "slides of the week").mkdir()
     (tmp_path / "Patient_07").symlink_to(tmp_path / "slides of the week", target_is_directory=True)

@@ -105,15 +105,20 @@ def percent(p: float | None) -> str:
 
 @dataclass
 class PatientFolder:
-    """One patient's folder: its cell images and the files in it that are not cells."""
+    """One patient's folder(s): their cell images and the files in them that are not cells."""
 
     subject: str
-    folder: Path
+    folders: list[Path]
     cells: list[Path]
     skipped: Skipped = field(default_factory=list)
 
+    @property
+    def where(self) -> str:
+        """The folder, or the folders joined by "; " for a patient filed at several sites."""
+        return "; ".join(str(f) for f in self.folders)
+
     def why_empty(self) -> str:
-        """Why a folder without cells gives no report, naming what it did hold."""
+        """Why a patient without cells gives no report, naming what their folders did hold."""
         overviews = sum(r.startswith("overview") for _, r in self.skipped)
         if not self.skipped:
             return "no image in the folder"
@@ -121,13 +126,22 @@ class PatientFolder:
                 f"{len(self.skipped) - overviews} other skipped file(s))")
 
 
-def scan_patient(folder: Path | str) -> PatientFolder:
-    """The cell images under ``folder`` (recursively, sorted); overviews and non-images skipped."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"{folder}: not a folder (give one folder of cell images per patient)")
+def scan_patient(*folders: Path | str, subject: str | None = None) -> PatientFolder:
+    """The cell images under each of ``folders`` (recursively, sorted), pooled as one patient named
+    ``subject`` (default: the first folder's name); overviews and non-images skipped."""
     cells: list[Path] = []
     skipped: Skipped = []
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise DataError(f"{folder}: not a folder (give one folder of cell images per patient)")
+        _scan_into(folder, cells, skipped)
+    # the name as given (a link's, not its target's: the folder's name is the patient id); abspath only
+    # so that "." names the folder it stands for
+    name = subject if subject is not None else Path(os.path.abspath(folders[0])).name
+    return PatientFolder(name, [Path(f) for f in folders], cells, skipped)
+
+
+def _scan_into(folder: Path, cells: list[Path], skipped: Skipped) -> None:
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
@@ -141,16 +155,14 @@ def scan_patient(folder: Path | str) -> PatientFolder:
                                         "not one cell)"))
             elif head is not None:
                 cells.append(f)
-    # the name as given (a link's, not its target's: the folder's name is the patient id); abspath only
-    # so that "." names the folder it stands for
-    return PatientFolder(Path(os.path.abspath(folder)).name, folder, cells, skipped)
 
 
-def cohort_folders(root: Path | str, subjects: SubjectTable | None = None) -> tuple[list[Path], Skipped]:
-    """The patient folders of a cohort, in table order, found by ``scan_cohort``'s rule (the shallowest
-    level of folders named by ids, however deep): of the patients of ``subjects`` under ``root``, or of a
-    cohort as DeepAPL publishes it (``master.csv`` beside ``All/``); a patient of the table without a
-    folder is returned as a skip."""
+def cohort_folders(root: Path | str, subjects: SubjectTable | None = None
+                   ) -> tuple[list[tuple[str, list[Path]]], Skipped]:
+    """The patients of a cohort, in table order, each with their folder(s), found by ``scan_cohort``'s rule
+    (the shallowest level of folders named by ids, however deep; a patient filed at two sites has two): of
+    the patients of ``subjects`` under ``root``, or of a cohort as DeepAPL publishes it (``master.csv``
+    beside ``All/``); a patient of the table without a folder is returned as a skip."""
     root = Path(root)
     if subjects is None:
         table = deepapl_table(root) if root.is_dir() else None
@@ -161,15 +173,15 @@ def cohort_folders(root: Path | str, subjects: SubjectTable | None = None) -> tu
     else:
         cells = root
     found = patient_folders(cells, subjects)
-    ids = list(subjects.table.index)
+    ids = [str(i) for i in subjects.table.index]
     missing = [(str(cells / i), f"patient {i} of {subjects.path} has no folder") for i in ids
                if i not in found]
-    return [f for i in ids for f in found.get(i, [])], missing
+    return [(i, found[i]) for i in ids if i in found], missing
 
 
 @dataclass
 class PatientReport:
-    """A reported patient: the bundle's call, the folder it came from and its composition."""
+    """A reported patient: the bundle's call, the folder(s) it came from ("; "-joined) and its composition."""
 
     folder: str
     call: PatientCall
@@ -220,41 +232,47 @@ def report_patients(bundle: Bundle, folders: Sequence[Path | str], out: Path | s
     """
     b = patient_bundle(bundle)
     not_reported: Skipped = []
-    paths: list[Path] = []
+    patients: list[tuple[str | None, list[Path]]] = []  # (id where a cohort names it, its folders)
     for f in folders:
         if cohort:
             found, missing = cohort_folders(Path(f), subjects)
-            paths += found
+            patients += found
             not_reported += missing
         else:
-            paths.append(Path(f))
+            patients.append((None, [Path(f)]))
     scans: list[PatientFolder] = []
     seen: set[Path] = set()
-    for path in paths:  # every folder checked (headers only) before any is called
-        if path.resolve() in seen:
-            not_reported.append((str(path), "the same folder given twice (reported once)"))
+    for subject, paths in patients:  # every folder checked (headers only) before any is called
+        fresh = []
+        for path in paths:
+            if path.resolve() in seen:
+                not_reported.append((str(path), "the same folder given twice (reported once)"))
+            else:
+                seen.add(path.resolve())
+                fresh.append(path)
+        if not fresh:
             continue
-        seen.add(path.resolve())
-        scan = scan_patient(path)
+        scan = scan_patient(*fresh, subject=subject)
         if scan.cells:
             scans.append(scan)
         else:
-            not_reported.append((str(path), scan.why_empty()))
+            not_reported.append((scan.where, scan.why_empty()))
     reports: list[PatientReport] = []
     advance = progress.task("calling patients", len(scans))
     for scan in scans:
         call = b.diagnose([str(c) for c in scan.cells], subject=scan.subject)
         call.skipped = scan.skipped + call.skipped
         if call.cells:  # a patient whose every cell is unfamiliar is reported too, without a call
-            reports.append(PatientReport(str(scan.folder), call, composition(call, b.cell_types)))
+            reports.append(PatientReport(scan.where, call, composition(call, b.cell_types)))
         else:
-            not_reported.append((str(scan.folder),
+            not_reported.append((scan.where,
                                  f"none of its {len(scan.cells)} cell image(s) could be read"))
         advance(1)
     progress.done("calling patients")
     if not reports:
         reasons = "; ".join(f"{f}: {r}" for f, r in not_reported) or "no folder given"
-        raise DataError(f"no patient could be reported from {len(paths)} folder(s): {reasons}")
+        n = sum(len(paths) for _, paths in patients)
+        raise DataError(f"no patient could be reported from {n} folder(s): {reasons}")
     result = ReportResult(Path(out), reports, not_reported)
     result.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(result.out / JSON_FILE, {
