@@ -288,3 +288,27 @@ def test_a_file_name_not_in_utf8_is_left_out_and_said(data: Path, tmp_path: Path
     said = " ".join(out.split())
     assert code == 0, out
     assert f"left out 1 file(s): {root}/hem/UID_H9_9_9_hem\\xfe.png: {reason}" in said
+
+
+def test_what_the_reader_left_out_is_recorded_by_train_and_evaluate(data: Path, tmp_path: Path) -> None:
+    """A file left out when reading (its name is not UTF-8) is written down, not only printed: in the run's
+    skipped.json and under ``left_out`` in evaluate's metrics.json and report."""
+    import os
+
+    root = tmp_path / "cells"
+    for cls in ("Benign", "Pro"):
+        (root / cls).mkdir(parents=True)
+        for f in sorted((data / "aria_all" / cls).iterdir())[:12]:
+            shutil.copy(f, root / cls / f.name)
+    odd = root / "Pro" / os.fsdecode(b"cell\xfe.jpg")
+    shutil.copy(next((root / "Pro").iterdir()), odd)
+    shown = f"{root}/Pro/cell\\xfe.jpg"
+    code, out, _ = run("train", root, "--model", "logistic_regression", "--out", tmp_path / "run")
+    assert code == 0, out
+    skipped = json.loads((tmp_path / "run" / "skipped.json").read_text())
+    assert [s["path"] for s in skipped] == [shown] and "not valid UTF-8" in skipped[0]["reason"]
+    code, out, _ = run("evaluate", tmp_path / "run" / "bundle", root, "--out", tmp_path / "eval")
+    assert code == 0, out
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert [s["path"] for s in metrics["left_out"]] == [shown] and metrics["skipped"] == []
+    assert "1 file(s) left out when reading the data" in (tmp_path / "eval" / "report.html").read_text()

@@ -18,7 +18,14 @@ import pandas as pd
 from leukoscope.bundle import Bundle
 from leukoscope.data.classes import shown_classes
 from leukoscope.data.images import load_rgb
-from leukoscope.data.manifest import IMAGE_LEVEL_WARNING, Manifest, label_indices, labelled, protocol
+from leukoscope.data.manifest import (
+    IMAGE_LEVEL_WARNING,
+    Manifest,
+    label_indices,
+    labelled,
+    protocol,
+    skipped_files,
+)
 from leukoscope.data.rare import as_trained
 from leukoscope.data.splits import NO_DEDUPE_WARNING, Split, apply_split, resolve_paths
 from leukoscope.errors import DataError, ImageError
@@ -160,7 +167,8 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
     dropped as rare merged or dropped here too.
 
     Writes ``metrics.json``, ``predictions.csv``, ``report.html`` and its figures (PNG + SVG) into ``out``;
-    returns the metrics dict. Unreadable images are skipped and listed under ``skipped``. With ``class_map``
+    returns the metrics dict. Unreadable images are skipped and listed under ``skipped``; files the
+    readers of ``m`` left out (``data.manifest.skipped_files``) under ``left_out``. With ``class_map``
     (what the map applied to ``m`` did, ``ClassMap.counts``): the bundle's in-lab figures beside these,
     under ``crosslab`` and in ``crosslab.json``. With ``adapt``: the bundle is first adapted to these cells
     (``predict.adapt``), recorded under ``adapted``.
@@ -169,6 +177,7 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
 
     out = Path(out)
     classes = bundle.classes
+    left_out = skipped_files(m)
     m = as_trained(labelled(m), bundle.config)  # the classes the model was trained on
     if split is not None and side is None:
         side = "test"
@@ -206,6 +215,7 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
         "images": int(len(y_all)), "evaluated": int(len(y)),
         **({"rare_classes": bundle.config["rare_classes"]} if bundle.config.get("rare_classes") else {}),
         "skipped": [{"path": p, "reason": r} for p, r in skipped],
+        "left_out": [{"path": p, "reason": r} for p, r in left_out],
         **scores,
         **({"operating_point": evaluate_operating_point(op, y, probs, classes, list(m["subject"]))}
            if op else {}),

@@ -18,7 +18,7 @@ import pandas as pd
 
 from leukoscope.data.cohort import subject_labels
 from leukoscope.data.images import file_digest
-from leukoscope.data.manifest import UNLABELLED, Manifest
+from leukoscope.data.manifest import UNLABELLED, Manifest, skipped_files
 from leukoscope.errors import DataError
 from leukoscope.progress import SILENT, Progress
 
@@ -157,6 +157,7 @@ def load_bags(m: Manifest, target: str, positive: str | None = None,
     features = {**DEFAULT_FEATURES, **(features or {})}
     cells = m[m["subject"].isin(labels.index)].reset_index(drop=True)
     cells, skipped = dedupe(cells)
+    skipped = skipped_files(m) + skipped  # what the reader left out: not cells, unlisted folders
     emb, bad = embed(cells, features, cache, progress)
     skipped += bad
     cells = cells.loc[emb.index]

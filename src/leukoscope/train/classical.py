@@ -19,7 +19,7 @@ import pandas as pd
 
 from leukoscope.bundle import Bundle, finish_bundle, load_bundle, write_json, writing_bundle
 from leukoscope.bundle.classical import WEIGHTS, log_probabilities, save_pipeline
-from leukoscope.data.manifest import Manifest, classes, label_indices
+from leukoscope.data.manifest import Manifest, classes, label_indices, skipped_files
 from leukoscope.errors import ConfigError
 from leukoscope.features.cache import feature_matrix
 from leukoscope.models.unfamiliar import Scorer
@@ -75,7 +75,7 @@ def train_classical(m: Manifest, config: TrainConfig, out: Path, progress: Progr
     write_json(out / "metrics.json", metrics)
     write_bundle(out / rundir.BUNDLE, pipeline, settings, metrics, bundle_split(split), scorer)
     rundir.mark_done(out)
-    rundir.write_skipped(out, skipped)
+    rundir.write_skipped(out, skipped_files(m) + skipped)
     return load_bundle(out / rundir.BUNDLE)
 
 

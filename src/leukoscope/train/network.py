@@ -12,7 +12,7 @@ import numpy as np
 
 from leukoscope.bundle import Bundle, finish_bundle, load_bundle, write_json, writing_bundle
 from leukoscope.bundle.network import save_weights
-from leukoscope.data.manifest import Manifest, classes
+from leukoscope.data.manifest import Manifest, classes, skipped_files
 from leukoscope.data.rare import RareReport
 from leukoscope.models.networks import Network
 from leukoscope.progress import SILENT, Progress
@@ -52,7 +52,7 @@ def train_network(m: Manifest, config: TrainConfig, out: Path, progress: Progres
     images = rows.images[rows.rows["path"].isin(split["path"]).to_numpy()]  # a split file may leave rows out
     data, pre = prepare_split(split, images, rows.pre, cfg, classes(split))
     bundle, _ = fit_and_bundle(data, pre, cfg, out, progress, describe(rows.rows), rows.rare)
-    rundir.write_skipped(out, rows.skipped)
+    rundir.write_skipped(out, skipped_files(m) + rows.skipped)
     return bundle
 
 
