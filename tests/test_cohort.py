@@ -154,8 +154,8 @@ def test_symlinked_patient_folders_are_followed_each_real_folder_once(deepapl: P
     assert per == {pid: len(scan_patient(deepapl / ALL / pid).cells) for pid in ("Patient_05", "Patient_06")}
     assert c.cells["path"].is_unique and c.unlisted_folders == {} and c.skipped == []
     assert len(c.patients_without_cells) == len(c.subjects.table) - 2
-    assert patient_folders(data / "All", c.subjects) == {pid: [data / "All" / pid]
-                                                         for pid in ("Patient_05", "Patient_06")}
+    assert patient_folders(data / "All", c.subjects) == ({pid: [data / "All" / pid]
+                                                          for pid in ("Patient_05", "Patient_06")}, [])
 
 
 def test_deepapl_overviews_are_listed_apart_never_cells(deepapl: Path) -> None:
@@ -407,3 +407,12 @@ def test_image_size_reads_the_header_only(deepapl: Path, tmp_path: Path) -> None
                                              ("Patient_ID", "patient_id"), (" Age (years) ", "age_years")])
 def test_snake_case(name: str, snake: str) -> None:
     assert snake_case(name) == snake
+
+
+def test_whole_numbers_stay_whole_beside_a_blank(tmp_path: Path) -> None:
+    """A 0/1 diagnosis with a blank (a patient without cells) keeps "1" as its class name, not "1.0";
+    ages with a decimal stay decimal."""
+    (tmp_path / "t.csv").write_text("id,apl,age\nP1,1,40.5\nP2,0,\nP3,,51\n")
+    table = load_subjects(tmp_path / "t.csv", diagnosis="apl").table
+    assert table["apl"].dropna().astype(str).tolist() == ["1", "0"] and table["apl"].isna().tolist()[2]
+    assert table["age"].tolist()[::2] == [40.5, 51.0]

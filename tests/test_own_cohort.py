@@ -72,6 +72,9 @@ def test_train_evaluate_report_own_cohort(own: Path, tmp_path: Path) -> None:
     assert code == 0, out
     reported = pd.read_csv(tmp_path / "report-all" / "patients.csv")
     assert sorted(reported["subject"].astype(str)) == [_own_id(i) for i in range(8)]
+    not_reported = json.loads((tmp_path / "report-all" / "patients.json").read_text())["not_reported"]
+    assert {"folder": str(own / UNLISTED), "reason": "folder not in the patients table patients.csv"} \
+        in not_reported
     code, out = run("report", tmp_path / "run" / "bundle", own / _own_id(1), *_table(own), "--out",
                     tmp_path / "r")
     assert code == 1 and "--subjects: a table of patients goes with --cohort" in " ".join(out.split())
@@ -87,3 +90,40 @@ def test_columns_without_the_table_are_refused(own: Path, tmp_path: Path, verb: 
     args = [tmp_path / "bundle"] if verb == "evaluate" else []
     code, out = run(verb, *args, own, "--diagnosis", "Outcome", "--out", tmp_path / "o")
     assert code == 1 and "--subject-id and --diagnosis name columns of --subjects FILE; give it too" in out
+
+
+def _relabelled(own: Path, tmp_path: Path, header: str, row) -> Path:  # type: ignore[no-untyped-def]
+    """A table of ``own``'s patients with other columns, plus a patient who has no folder."""
+    table = pd.read_csv(own / "patients.csv")
+    rows = [header] + [row(r["Case No."], r["Outcome"]) for _, r in table.iterrows()]
+    rows.append(row("Fall 98 Genf", "AML"))
+    path = tmp_path / f"{header.split(',')[-1]}.csv"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_the_diagnosis_column_is_the_one_named_by_train_and_evaluate(own: Path, tmp_path: Path) -> None:
+    """--diagnosis names the label also beside a column called Diagnosis (here the opposite one), in train
+    and in evaluate, whose table may call it anything; a patient of the table without cells is said."""
+    flip = {"APL": "AML", "AML": "APL"}
+    both = _relabelled(own, tmp_path, "Case No.,Diagnosis,Outcome", lambda i, d: f"{i},{flip[d]},{d}")
+    code, out = run("train", own, "--subjects", both, "--subject-id", "Case No.", "--diagnosis", "Outcome",
+                    "--target", "diagnosis", "--img-size", SIZE, "--cv", 2, "--repeats", 1, "--out",
+                    tmp_path / "run")
+    assert code == 0, out
+    assert "patient Fall 98 Genf of Outcome.csv has no cell" in " ".join(out.split())
+    truth = pd.read_csv(own / "patients.csv").set_index("Case No.")["Outcome"]
+    cv = pd.read_csv(tmp_path / "run" / "patients.csv").set_index("subject")
+    assert cv["outcome"].to_dict() == truth.to_dict()
+    figures = {}
+    for column, header, row in (("Result", "Case No.,Result", lambda i, d: f"{i},{d}"),
+                                ("Diagnosis", "Case No.,Diagnosis", lambda i, d: f"{i},{flip[d]}")):
+        table = _relabelled(own, tmp_path, header, row)
+        code, out = run("evaluate", tmp_path / "run" / "bundle", own, "--subjects", table, "--subject-id",
+                        "Case No.", "--diagnosis", column, "--out", tmp_path / column)
+        assert code == 0, out
+        metrics = json.loads((tmp_path / column / "metrics.json").read_text())
+        assert "patient Fall 98 Genf" in " ".join(s["path"] + " " + s["reason"] for s in metrics["skipped"])
+        figures[column] = metrics["patient"]
+    assert figures["Result"]["n_patients"] == 8
+    assert figures["Diagnosis"]["roc_auc"] == pytest.approx(1 - figures["Result"]["roc_auc"])

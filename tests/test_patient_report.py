@@ -229,3 +229,28 @@ def test_bad_input_is_one_line(run_dir: Path, network_bundle: Path, data: Path, 
         code, out = run("report", *args, "--out", tmp_path / "out")
         assert code == 1 and message in " ".join(out.split()) and "Traceback" not in out, (args, out)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_linked_folder_inside_a_patient_is_followed(run_dir: Path, later_cohort: Path,  # noqa: F811
+                                                      tmp_path: Path) -> None:
+    """A patient's slides linked in from elsewhere are that patient's cells, in ``report`` as in the cohort
+    scan that train and evaluate read."""
+    src = later_cohort / "Data" / "All"
+    pid = sorted(p.name for p in src.iterdir())[0]
+    (tmp_path / pid).mkdir()
+    (tmp_path / pid / "Signed slides").symlink_to(src / pid / "Signed slides", target_is_directory=True)
+    code, out = run("report", run_dir / "bundle", tmp_path / pid, "--out", tmp_path / "linked")
+    assert code == 0, out
+    code, out = run("report", run_dir / "bundle", src / pid / "Signed slides", "--out", tmp_path / "direct")
+    assert code == 0, out
+    linked, direct = (json.loads((tmp_path / d / "patients.json").read_text())["patients"][0]
+                      for d in ("linked", "direct"))
+    assert len(linked["cells"]) == len(direct["cells"]) > 0
+    assert linked["probability"] == pytest.approx(direct["probability"])
+
+
+def test_a_cohort_folder_without_cohort_is_refused(run_dir: Path, later_cohort: Path) -> None:  # noqa: F811
+    code, out = run("report", run_dir / "bundle", later_cohort, "--out", later_cohort.parent / "never")
+    flat = " ".join(out.split())
+    assert code == 1 and f"{later_cohort}: a cohort of many patients" in flat and "add --cohort" in flat
+    assert not (later_cohort.parent / "never").exists()

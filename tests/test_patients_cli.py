@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pytest
 
 from patients_support import SIZE, cohort, later_cohort, run, run_dir  # noqa: F401
 
@@ -35,8 +37,22 @@ def test_evaluate_on_another_cohort_writes_patient_key(run_dir: Path, later_coho
     assert p["n_patients"] == 8 and p["n_positive"] == 4
     assert 0 <= p["roc_auc"] <= 1 and p["roc_auc_ci95"][0] <= p["roc_auc"] <= p["roc_auc_ci95"][1]
     assert {"sensitivity", "specificity", "balanced_accuracy"} <= set(p)
-    assert m["cell"]["n"] > 8 * 8 and m["warnings"] == []  # none of these patients was trained on
+    assert m["cell"]["n"] > 8 * 8
+    assert not [w for w in m["warnings"] if "share cells" in w]  # none of these patients was trained on
     assert (tmp_path / "ev" / "patients.csv").is_file() and (tmp_path / "ev" / "cells.csv").is_file()
+    # evaluate scores the calls report makes: unfamiliar cells left out, no call below min_cells
+    code, out = run("report", run_dir / "bundle", later_cohort, "--cohort", "--out", tmp_path / "rep")
+    assert code == 0, out
+    ev = pd.read_csv(tmp_path / "ev" / "patients.csv").set_index("subject")
+    rep = pd.read_csv(tmp_path / "rep" / "patients.csv").set_index("subject")
+    positive = m["positive"]
+    assert sorted(ev.index) == sorted(rep.index)
+    for s, r in rep.iterrows():
+        assert ev.loc[s, f"p_{positive}"] == pytest.approx(r[f"p_{positive}"], abs=1e-5), s
+        assert ev.loc[s, "too_few"] == r["too_few"], s
+        if not r["too_few"]:
+            assert ev.loc[s, "call"] == r["call"], s
+        assert ev.loc[s, "cells_unfamiliar"] == r["cells_unfamiliar"], s
 
 
 def test_evaluate_on_training_patients_warns(run_dir: Path, cohort: Path, tmp_path: Path) -> None:  # noqa: F811
@@ -86,3 +102,38 @@ def test_bad_input_is_one_line(cohort: Path, tmp_path: Path) -> None:  # noqa: F
     ]:
         code, out = run("train", cohort, "--out", tmp_path / "x", "--img-size", SIZE, *args)
         assert code == 1 and message in out and "Traceback" not in out, (args, out)
+
+
+def test_a_negative_platt_slope_gives_the_same_calls_in_evaluate_and_report(
+        run_dir: Path, later_cohort: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Calls are made on the scale the threshold was chosen on, so a bundle whose calibration runs backwards
+    (fitted before slopes were kept >= 0) still makes one call per patient; new fits keep a >= 0."""
+    import shutil
+
+    from leukoscope.patients.protocol import platt
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(run_dir / "bundle", bundle)
+    config = json.loads((bundle / "config.json").read_text())
+    config["platt"] = [-0.9, -0.1]
+    (bundle / "config.json").write_text(json.dumps(config))
+    assert run("evaluate", bundle, later_cohort, "--out", tmp_path / "ev")[0] == 0
+    assert run("report", bundle, later_cohort, "--cohort", "--out", tmp_path / "rep")[0] == 0
+    ev = pd.read_csv(tmp_path / "ev" / "patients.csv").set_index("subject")
+    rep = pd.read_csv(tmp_path / "rep" / "patients.csv").set_index("subject")
+    called = rep[~rep["too_few"]]
+    assert len(called) and (ev.loc[called.index, "call"] == called["call"]).all()
+
+    backwards = np.array([2.0, 1.0, 0.5, -0.5, -1.0, -2.0])
+    assert platt(backwards, np.array([0, 0, 0, 1, 1, 0])) == (0.0, pytest.approx(np.log(1 / 2)))
+    assert platt(-backwards, np.array([0, 0, 0, 1, 1, 1]))[0] > 0
+
+
+def test_byte_identical_cells_in_two_patients_are_warned() -> None:
+    from leukoscope.patients.bags import shared_cells_warning
+
+    cells = pd.DataFrame({"sha1": ["a", "a", "b", "c", "c"], "subject": ["P1", "P2", "P1", "P3", "P3"]})
+    assert shared_cells_warning(cells) == ("1 cell file(s) are byte-identical in two or more patients (P1 / "
+                                           "P2): the patient CV may train on one copy and test on the other, "
+                                           "so its figures may be optimistic")
+    assert shared_cells_warning(cells.iloc[2:]) is None

@@ -181,15 +181,16 @@ class PatientBundle(Bundle):
         z_all = self.log_odds(np.nan_to_num(self.scorer.cell_scores(X, np.full(len(X), -1))))
         w_all = np.zeros(len(X))
         p, interval = float("nan"), (float("nan"), float("nan"))
+        decision = float("nan")
         if len(keep):
-            z_keep, w_all[keep], p, interval = self._bag_call(X[keep], seed)
+            z_keep, w_all[keep], decision, p, interval = self._bag_call(X[keep], seed)
             z_all[keep] = z_keep
         tp = self.head.proba(X)
         evidence = [CellEvidence(n, float(zi), float(wi), float(zi * wi), self.cell_types[int(t.argmax())],
                                  float(t.max()), None if sc is None else float(sc), bool(f))
                     for n, zi, wi, t, sc, f in zip(names, z_all, w_all, tp, scores, flagged, strict=True)]
         too_few = len(keep) < max(self.min_cells, 1)
-        call = None if too_few else (self.positive if p >= threshold else negative)
+        call = None if too_few else (self.positive if self.decide(decision) else negative)
         return PatientCall(probability=p, interval=interval, call=call, too_few=too_few, cells=evidence,
                            unfamiliar_checked=self.unfamiliar is not None, **base)  # type: ignore[arg-type]
 
@@ -201,11 +202,18 @@ class PatientBundle(Bundle):
         scores = self.unfamiliar.score(X, np.zeros((len(X), 2)))
         return self.unfamiliar.flag(scores), [float(v) for v in scores]
 
+    def decide(self, decision: np.ndarray | float) -> np.ndarray:
+        """The call, positive where True: the decision at or above the stored threshold (the scale the
+        threshold was chosen on, so ``evaluate``, ``report`` and the CV make the same calls)."""
+        return np.asarray(decision) >= self.threshold
+
     def _bag_call(self, X: np.ndarray, seed: int
-                  ) -> tuple[np.ndarray, np.ndarray, float, tuple[float, float]]:
-        """Cell log-odds and weights of one bag, the patient's probability and its bootstrap interval."""
+                  ) -> tuple[np.ndarray, np.ndarray, float, float, tuple[float, float]]:
+        """Cell log-odds and weights of one bag, the patient's decision, probability and the probability's
+        bootstrap interval."""
         unknown = np.full(len(X), -1)
         s, w = self.scorer.bag(X, unknown)
+        decision = float(np.nan_to_num(s) @ w)
         z = self.log_odds(np.nan_to_num(s))
         p = float(sigmoid(z @ w))
         rng = np.random.default_rng(seed)
@@ -215,7 +223,7 @@ class PatientBundle(Bundle):
             bs, bw = self.scorer.bag(X[i], unknown[i])
             boot.append(float(sigmoid(self.log_odds(np.nan_to_num(bs)) @ bw)))
         interval = (float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))) if boot else (p, p)
-        return z, w, p, interval
+        return z, w, decision, p, interval
 
 
 def _read_cells(cells: Sequence[Cell]) -> tuple[list[np.ndarray], list[str], list[tuple[str, str]]]:

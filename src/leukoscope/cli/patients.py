@@ -38,9 +38,9 @@ def _skipped(items: list[dict[str, str]], where: Path) -> None:
 
 
 def _patient_target(m: Manifest, target: str, subjects: SubjectTable | None) -> str:
-    """The column ``--target`` names: ``diagnosis`` is the ``--diagnosis`` column of a table that has none
-    of that name (README: ``train COHORT --target diagnosis``). Data without a table are refused here,
-    saying how to give one, before any work."""
+    """The column ``--target`` names: ``diagnosis`` is the column ``--diagnosis`` names, also where the table
+    has another column called Diagnosis (README: ``train COHORT --target diagnosis``). Data without a table
+    are refused here, saying how to give one, before any work."""
     from leukoscope.data.cohort import DEFAULT_DIAGNOSIS, snake_case
     from leukoscope.errors import DataError
 
@@ -48,8 +48,7 @@ def _patient_target(m: Manifest, target: str, subjects: SubjectTable | None) -> 
         raise DataError(f"--target {target!r}: these data have no subjects table; for a cohort not laid out "
                         f"as DeepAPL (Data/master.csv beside Data/All) give --subjects FILE (and "
                         f"--subject-id / --diagnosis to name its id and label columns)")
-    named = snake_case(target) == DEFAULT_DIAGNOSIS
-    if subjects is not None and named and DEFAULT_DIAGNOSIS not in subjects.table:
+    if subjects is not None and snake_case(target) == DEFAULT_DIAGNOSIS:
         return subjects.diagnosis
     return target
 
@@ -75,6 +74,8 @@ def train_patients_cmd(paths: Sequence[Path], layout: str | None, out: Path, tar
                   _f(r["roc_auc_std"]), _ci(r["roc_auc_ci95"]), _f(r["sensitivity"]), _f(r["specificity"]),
                   _f(r["balanced_accuracy"]), _f(r["cell_roc_auc"]))
     console.print(table)
+    for w in r["warnings"]:
+        console.print(f"[yellow]note:[/] {escape(w)}")
     _skipped(r["skipped"], Path(out) / "cv.json")
     console.print(f"sd: over the {r['repeats']} repeats; 95% CI: bootstrap over patients; sens. / spec. of "
                   f"{escape(r['positive'])} at the training-fold threshold; no call below "
@@ -89,8 +90,9 @@ def evaluate_patients_cmd(bundle: Any, paths: Sequence[Path], layout: str | None
     from leukoscope.patients.evaluate import METRICS_FILE, evaluate_patients
 
     m = read_data(paths, layout, subjects)
-    with shown() as bars:
-        r = evaluate_patients(bundle, m, out, progress=bars)
+    with shown() as bars:  # the label is the column --diagnosis names, where a table is given
+        r = evaluate_patients(bundle, m, out, progress=bars,
+                              target=subjects.diagnosis if subjects is not None else None)
     p, c = r["patient"], r["cell"]
     table = Table(title=escape(f"{r['model']} on {p['n_patients']} patients, {r['cells']} cells "
                                f"(positive = {r['positive']})"))

@@ -135,11 +135,15 @@ def load_subjects(path: Path, id_column: str | None = None,
 
 
 def _typed(col: pd.Series) -> pd.Series:
-    """Stripped text, blanks missing, and numbers as numbers where every filled value is one (ages)."""
+    """Stripped text, blanks missing, and numbers as numbers where every filled value is one (ages);
+    whole numbers stay whole beside a blank (a 0/1 diagnosis is "1", not "1.0", as a class name)."""
     text = col.str.strip()
     text = text.mask(text == "")
     numbers = pd.to_numeric(text, errors="coerce")
-    return numbers if numbers.notna().sum() == text.notna().sum() and text.notna().any() else text
+    if numbers.notna().sum() != text.notna().sum() or not text.notna().any():
+        return text
+    whole = numbers.dropna()
+    return numbers.astype("Int64") if (whole == whole.round()).all() else numbers
 
 
 def deepapl_table(root: Path) -> Path | None:
@@ -172,7 +176,7 @@ class Cohort:
     patients_without_cells: list[str] = field(default_factory=list)
 
 
-def _walk(root: Path) -> list[tuple[Path, tuple[str, ...], list[str], list[str]]]:
+def walk(root: Path) -> list[tuple[Path, tuple[str, ...], list[str], list[str]]]:
     """Every folder under ``root`` (hidden ones left out): path, parts below root, sub-folders, files.
 
     Symlinked folders are followed (a cohort assembled from links to patient folders is still a cohort),
@@ -200,16 +204,17 @@ def _patient_level(folders: Sequence[tuple[Path, tuple[str, ...], list[str], lis
     return min(depths) if depths else None
 
 
-def patient_folders(root: Path | str, subjects: SubjectTable) -> dict[str, list[Path]]:
+def patient_folders(root: Path | str, subjects: SubjectTable) -> tuple[dict[str, list[Path]], list[Path]]:
     """Each listed patient's folder(s) under ``root`` (as spelled, links not resolved: the folder's name is
-    the id), found by the module's rule, so the patient report finds the same patients as ``scan_cohort``.
+    the id), found by the module's rule, so the patient report finds the same patients as ``scan_cohort``;
+    and the folders at that level, holding files, that the table does not list.
 
     Several folders for one id are possible (``siteA/P01`` and ``siteB/P01``); ``scan_cohort`` pools them.
     A patient without a folder is absent; none found at all gives an empty dict.
     """
     root = Path(root)
     ids = set(subjects.table.index)
-    folders = _walk(root)
+    folders = walk(root)
     level = _patient_level(folders, ids)
     found: dict[str, list[Path]] = {}
     for where, parts, dirs, _ in folders:
@@ -217,7 +222,10 @@ def patient_folders(root: Path | str, subjects: SubjectTable) -> dict[str, list[
             for d in dirs:
                 if d in ids:
                     found.setdefault(d, []).append(where / d)
-    return found
+    # as scan_cohort counts them: folders at that level holding a file the walk reaches
+    unlisted = {root.joinpath(*parts[:level]) for _, parts, _, files in folders
+                if files and level is not None and len(parts) >= level and parts[level - 1] not in ids}
+    return found, sorted(unlisted)
 
 
 def scan_cohort(root: Path | str, subjects: SubjectTable | None = None) -> Cohort:
@@ -237,7 +245,7 @@ def scan_cohort(root: Path | str, subjects: SubjectTable | None = None) -> Cohor
         subjects = load_subjects(table)
         root = table.parent / DEEPAPL_CELLS
     ids = set(subjects.table.index)
-    folders = _walk(root)
+    folders = walk(root)
     level = _patient_level(folders, ids)
     if level is None:
         raise DataError(f"{root}: no folder is named by a patient id of {subjects.path} "

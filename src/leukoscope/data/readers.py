@@ -189,11 +189,14 @@ def read_cohort(path: Path) -> Manifest:
 def cohort_left_out(c: Cohort) -> list[tuple[str, str]]:
     """``(path, reason)`` of what the scan of ``c`` kept from the cells, for ``skipped_files``: so that
     train and evaluate say it as describe does. A folder the table does not list is one entry, not one
-    per file in it; overviews are not listed (they are images, not cells, and describe counts them)."""
+    per file in it, and so is a patient of the table without a cell; overviews are not listed (they are
+    images, not cells, and describe counts them)."""
     folders = {c.root / name: n for name, n in c.unlisted_folders.items()}
     files = [(p, why) for p, why in c.skipped if not any(Path(p).is_relative_to(f) for f in folders)]
-    return files + [(str(f), f"folder not in the patients table {c.subjects.path.name} ({n} file(s))")
-                    for f, n in folders.items()]
+    table = c.subjects.path.name
+    return (files + [(str(f), f"folder not in the patients table {table} ({n} file(s))")
+                     for f, n in folders.items()]
+            + [(str(c.root / s), f"patient {s} of {table} has no cell") for s in c.patients_without_cells])
 
 
 def _class_dirs(p: Path) -> list[Path]:

@@ -115,6 +115,19 @@ def patient_classes(labels: pd.Series, target: str, positive: str | None,
     return classes, positive
 
 
+def shared_cells_warning(cells: pd.DataFrame) -> str | None:
+    """A warning naming the patients that hold byte-identical cells (``cells``: ``sha1``, ``subject``): a
+    patient CV may train on one copy and test on the other, so its figures would be optimistic."""
+    owners = cells.groupby("sha1")["subject"].agg(lambda s: tuple(sorted(set(map(str, s)))))
+    pairs = sorted({o for o in owners if len(o) > 1})
+    if not pairs:
+        return None
+    files = int(sum(len(o) > 1 for o in owners))
+    shown = ", ".join(" / ".join(p) for p in pairs[:3]) + (", ..." if len(pairs) > 3 else "")
+    return (f"{files} cell file(s) are byte-identical in two or more patients ({shown}): the patient CV may "
+            "train on one copy and test on the other, so its figures may be optimistic")
+
+
 def dedupe(m: Manifest) -> tuple[Manifest, Skipped]:
     """Drop byte copies of a cell the same patient already has (typed cells kept first); adds ``sha1``."""
     order = m.assign(_unsigned=m["label"] == UNLABELLED).sort_values(["_unsigned"], kind="stable")

@@ -45,18 +45,24 @@ def patient_figures(y: np.ndarray, p: np.ndarray, call: np.ndarray) -> dict[str,
 
 
 def evaluate_patients(bundle: PatientBundle, m: Manifest, out: Path, cache: Path | None = None,
-                      progress: Progress = SILENT) -> dict[str, Any]:
-    """Patient- and cell-level figures of ``bundle`` on the cohort ``m``; files written into ``out``."""
+                      progress: Progress = SILENT, target: str | None = None) -> dict[str, Any]:
+    """Patient- and cell-level figures of ``bundle`` on the cohort ``m``, each patient's label read from
+    the column ``target`` (default: the one the bundle was trained on); files written into ``out``."""
     cfg = bundle.config
-    bags = load_bags(m, str(cfg["target"]), bundle.positive, cfg["features"].get("params", {}), cache,
-                     progress, classes=bundle.classes)
+    bags = load_bags(m, target or str(cfg["target"]), bundle.positive, cfg["features"].get("params", {}),
+                     cache, progress, classes=bundle.classes)
     types = type_codes(bags.cells["cell_type"], bundle.cell_types)
     n = len(bags.y)
-    decision = bundle.scorer.decisions(bags.X, types, bags.patient, n)
+    flagged, _ = bundle.flag_cells(bags.X)
+    used = np.bincount(bags.patient[~flagged], minlength=n)
+    # as ``report`` calls them: without the cells the unfamiliarity score flags (all of a patient's cells
+    # where it flags every one, so that patient is still scored here, as too few for a call)
+    keep = ~flagged | (used == 0)[bags.patient]
+    decision = bundle.scorer.decisions(bags.X[keep], types[keep], bags.patient[keep], n)
     p = sigmoid(bundle.log_odds(decision))
     counts = np.bincount(bags.patient, minlength=n)
-    too_few = counts < bundle.min_cells
-    call = (decision >= bundle.threshold).astype(int)
+    too_few = used < max(bundle.min_cells, 1)
+    call = bundle.decide(decision).astype(int)
     cell_p = sigmoid(np.nan_to_num(bundle.log_odds(bundle.scorer.cell_scores(bags.X, types))))
     cell_y = bags.y[bags.patient]
     pos = bundle.positive_index
@@ -68,8 +74,8 @@ def evaluate_patients(bundle: PatientBundle, m: Manifest, out: Path, cache: Path
                 f"({', '.join(seen[:5])}{', ...' if len(seen) > 5 else ''}): figures on them are optimistic"
                 ] if seen else []
     if too_few.any():
-        warnings.append(f"{int(too_few.sum())} patient(s) have fewer than {bundle.min_cells} cells: "
-                        "the bundle makes no call for them in a report (they are scored here)")
+        warnings.append(f"{int(too_few.sum())} patient(s) have fewer than {bundle.min_cells} cells the "
+                        "model knows: the bundle makes no call for them in a report (they are scored here)")
     result = {"bundle": str(bundle.path), "model": cfg.get("model"), "family": bundle.family,
               "target": bags.target, "classes": bundle.classes, "positive": bundle.positive,
               "protocol": "patient-level: each patient's cells as one bag; cells inherit the patient's label",
@@ -83,11 +89,12 @@ def evaluate_patients(bundle: PatientBundle, m: Manifest, out: Path, cache: Path
     write_json_atomic(out / METRICS_FILE, result)
     write_csv_atomic(out / "patients.csv", pd.DataFrame({
         "subject": bags.subjects, bags.target: bags.label_names(), "cells": counts,
+        "cells_unfamiliar": np.bincount(bags.patient[flagged], minlength=n),
         f"p_{bundle.positive}": p.round(6), "call": np.where(call == 1, bundle.positive, bags.negative),
         "too_few": too_few}))
     write_csv_atomic(out / "cells.csv", pd.DataFrame({
         "path": bags.cells["path"], "subject": bags.cells["subject"],
-        f"p_{bundle.positive}": cell_p.round(6),
+        f"p_{bundle.positive}": cell_p.round(6), "unfamiliar": flagged,
         "predicted_type": np.array(bundle.cell_types)[bundle.head.predict(bags.X)]}))
     return result
 

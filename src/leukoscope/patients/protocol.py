@@ -106,7 +106,6 @@ def fit_nested(method: PatientMethod, bags: Bags, train: np.ndarray, seed: int) 
 
 
 def _fit_nested(method: PatientMethod, bags: Bags, train: np.ndarray, seed: int) -> Fitted:
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
     y = bags.y[train]
@@ -125,11 +124,22 @@ def _fit_nested(method: PatientMethod, bags: Bags, train: np.ndarray, seed: int)
                 oof[g][ite] += d / INNER_REPEATS
                 per_fold[g].append(auc(y[ite], d))
     chosen = choose(grid, per_fold)
-    platt = LogisticRegression(C=1e4).fit(oof[chosen][:, None], y)
     scorer = method.fit(cells_of(bags, train), [chosen])[chosen]
-    return Fitted(scorer, chosen, youden(y, oof[chosen]),
-                  (float(platt.coef_[0, 0]), float(platt.intercept_[0])),
+    return Fitted(scorer, chosen, youden(y, oof[chosen]), platt(oof[chosen], y),
                   {str(g): float(np.nanmean(a)) for g, a in per_fold.items()})
+
+
+def platt(decisions: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Platt's (a, b): probability = sigmoid(a * decision + b), with a >= 0. A scorer that ranks the inner
+    folds' patients backwards gets a = 0 (every patient the training prevalence) rather than probabilities
+    that fall as its decision rises, which would contradict its own threshold."""
+    from sklearn.linear_model import LogisticRegression
+
+    fit = LogisticRegression(C=1e4).fit(decisions[:, None], y)
+    if fit.coef_[0, 0] > 0:
+        return float(fit.coef_[0, 0]), float(fit.intercept_[0])
+    rate = float(np.clip(y.mean(), 1e-6, 1 - 1e-6))
+    return 0.0, float(np.log(rate / (1 - rate)))
 
 
 def choose(grid: list[Any], per_fold: dict[Any, list[float]]) -> Any:

@@ -35,6 +35,7 @@ from leukoscope.data.cohort import (
     load_subjects,
     patient_folders,
     read_header,
+    walk,
 )
 from leukoscope.data.images import is_image_file
 from leukoscope.errors import BundleError, DataError, ImageError
@@ -142,10 +143,10 @@ def scan_patient(*folders: Path | str, subject: str | None = None) -> PatientFol
 
 
 def _scan_into(folder: Path, cells: list[Path], skipped: Skipped) -> None:
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            f = Path(root) / name
+    """The cohort scan's walk (``data.cohort.walk``: linked folders followed, each real folder once)."""
+    for where, _, _, files in walk(folder):
+        for name in files:
+            f = where / name
             if not is_image_file(f):
                 skipped.append((str(f), "not an image"))
                 continue
@@ -162,7 +163,8 @@ def cohort_folders(root: Path | str, subjects: SubjectTable | None = None
     """The patients of a cohort, in table order, each with their folder(s), found by ``scan_cohort``'s rule
     (the shallowest level of folders named by ids, however deep; a patient filed at two sites has two): of
     the patients of ``subjects`` under ``root``, or of a cohort as DeepAPL publishes it (``master.csv``
-    beside ``All/``); a patient of the table without a folder is returned as a skip."""
+    beside ``All/``); a patient of the table without a folder, and a folder the table does not list, are
+    returned as skips."""
     root = Path(root)
     if subjects is None:
         table = deepapl_table(root) if root.is_dir() else None
@@ -172,10 +174,11 @@ def cohort_folders(root: Path | str, subjects: SubjectTable | None = None
         subjects, cells = load_subjects(table), table.parent / DEEPAPL_CELLS
     else:
         cells = root
-    found = patient_folders(cells, subjects)
+    found, unlisted = patient_folders(cells, subjects)
     ids = [str(i) for i in subjects.table.index]
     missing = [(str(cells / i), f"patient {i} of {subjects.path} has no folder") for i in ids
                if i not in found]
+    missing += [(str(f), f"folder not in the patients table {subjects.path.name}") for f in unlisted]
     return [(i, found[i]) for i in ids if i in found], missing
 
 
@@ -238,6 +241,9 @@ def report_patients(bundle: Bundle, folders: Sequence[Path | str], out: Path | s
             found, missing = cohort_folders(Path(f), subjects)
             patients += found
             not_reported += missing
+        elif Path(f).is_dir() and deepapl_table(Path(f)) is not None:
+            raise DataError(f"{f}: a cohort of many patients (master.csv beside All), not one patient's "
+                            "folder: add --cohort for a call per patient")
         else:
             patients.append((None, [Path(f)]))
     scans: list[PatientFolder] = []

@@ -26,7 +26,7 @@ from leukoscope.models.patient.methods import get_method
 from leukoscope.models.patient.scorers import CompositionScorer, Scorer, TypeHead, fit_type_head
 from leukoscope.models.unfamiliar import Scorer as Unfamiliarity
 from leukoscope.models.unfamiliar import fit_unfamiliar
-from leukoscope.patients.bags import Bags, load_bags
+from leukoscope.patients.bags import Bags, load_bags, shared_cells_warning
 from leukoscope.patients.protocol import (
     FOLDS,
     REPEATS,
@@ -163,8 +163,10 @@ def train_patients(m: Manifest, target: str, out: Path, model: str = DEFAULT_MET
         finish_bundle(folder, config, {"protocol": PROTOCOL, "patient": figs}, _split(bags))
         with open(folder / CARD, "a") as card:
             card.write(card_section(config))
+    shared = shared_cells_warning(bags.cells)
     result = {"model": model, "target": bags.target, "classes": bags.classes, "positive": bags.positive,
-              "protocol": PROTOCOL, **figs, "skipped": [{"path": p, "reason": r} for p, r in bags.skipped],
+              "protocol": PROTOCOL, **figs, "warnings": [shared] if shared else [],
+              "skipped": [{"path": p, "reason": r} for p, r in bags.skipped],
               "bundle": str(out / "bundle")}
     write_json_atomic(out / "cv.json", result)
     write_csv_atomic(out / "patients.csv", out_of_fold(bags, run))
