@@ -96,3 +96,54 @@ def test_classes_absent_from_the_data_are_named_not_averaged(network_bundle, dat
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0, out.output
     assert note in " ".join(out.stdout.split())
+
+
+@pytest.fixture(scope="module")
+def saturated(data, tmp_path_factory):  # noqa: F811
+    """A logistic regression on C-NMC whose calibration (a low temperature) saturates its probabilities."""
+    from typer.testing import CliRunner
+
+    from leukoscope.cli.verbs import app
+
+    out = tmp_path_factory.mktemp("saturated") / "run"
+    res = CliRunner().invoke(app, ["train", str(data / "cnmc_sample"), str(data / "cnmc_cells"), "--model",
+                                   "logistic_regression", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    return out / "bundle"
+
+
+def test_predictions_csv_reproduces_the_reported_auc(saturated, data, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    b = load_bundle(saturated)
+    r = evaluate(b, read([data / "cnmc_sample", data / "cnmc_cells"]), tmp_path / "ev", side="test")
+    pred = pd.read_csv(tmp_path / "ev" / "predictions.csv")
+    assert b.temperature < 0.2  # the case that rounding to 6 decimals broke: probabilities of 1e-20
+    assert roc_auc_score(pred["label"] == "hem", pred["p_hem"]) == pytest.approx(r["cell"]["roc_auc"])
+
+
+def test_a_split_file_whose_side_was_trained_on_is_warned(saturated, data, tmp_path):
+    from leukoscope.data.splits import read_split, train_val_test, write_split
+
+    m = read([data / "cnmc_sample", data / "cnmc_cells"])
+    write_split(train_val_test(m, test=0.4, seed=3), tmp_path / "s.csv")
+    r = evaluate(load_bundle(saturated), m, tmp_path / "ev", split=read_split(tmp_path / "s.csv"))
+    seen = r["overlap_with_training_split"]
+    assert seen.get("train", 0) + seen.get("val", 0) > 0
+    assert any("were used to build this model" in w for w in r["warnings"])
+
+
+def test_numeric_labels_are_read_back_from_the_bundle_as_class_names(data, tmp_path):
+    from typer.testing import CliRunner
+
+    from leukoscope.cli.verbs import app
+
+    rows = [f"{f},{int(cls == 'Pro')}" for cls in ("Benign", "Pro")
+            for f in sorted((data / "aria_all" / cls).iterdir())[:15]]
+    (tmp_path / "num.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "num.csv"), "--model", "logistic_regression",
+                                   "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    b = load_bundle(tmp_path / "run" / "bundle")
+    split = b.split()
+    assert b.classes == ["0", "1"] and set(split["label"]) == {"0", "1"}

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from leukoscope.evaluate.metrics import classification_metrics, curves, evaluation_metrics
+from leukoscope.evaluate.metrics import classification_metrics, curves, evaluation_metrics, label_figure
 
 CLASSES = ["all", "hem"]
 # 6 cells; true: all all all hem hem hem; predicted (argmax): all all hem hem hem all
@@ -106,3 +106,5 @@ def test_averages_cover_the_classes_present() -> None:
     assert m["accuracy"] == pytest.approx(3 / 5)  # the call into c still counts against it
     assert m["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
     assert classification_metrics(Y, PROBS, CLASSES)["absent_classes"] == []
+    for figure in ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted"):  # what the intervals resample
+        assert label_figure(y, pred, 4, figure) == pytest.approx(m[figure]), figure

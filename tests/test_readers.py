@@ -346,3 +346,21 @@ def test_file_name_not_utf8_is_a_counted_skip_in_every_layout(data: Path, tmp_pa
     with pytest.raises(DataError, match=r"none of the 1 file\(s\) has a valid UTF-8 name; rename them "
                                         r"\(e.g. .*UID_9_9_9_all\\xfe.png\)"):
         read([tmp_path / "only"])
+
+
+def test_labels_differing_only_in_case_are_refused(data: Path, tmp_path: Path) -> None:
+    files = sorted((data / "aria_all" / "Benign").iterdir())[:4]
+    rows = "\n".join(f"{f},{'Benign' if i % 2 else 'benign'}" for i, f in enumerate(files))
+    with pytest.raises(DataError, match="differ only in case would be separate classes: Benign, benign"):
+        read([_write_csv(tmp_path / "case.csv", "path,label\n" + rows + "\n")])
+
+
+def test_an_image_beside_the_class_folders_is_listed(data: Path, tmp_path: Path) -> None:
+    for cls in ("Benign", "Pro"):
+        (tmp_path / "set" / cls).mkdir(parents=True)
+        for f in sorted((data / "aria_all" / cls).iterdir())[:3]:
+            shutil.copy(f, tmp_path / "set" / cls / f.name)
+    loose = tmp_path / "set" / "stray.jpg"
+    shutil.copy(next((data / "aria_all" / "Early").iterdir()), loose)
+    m = read([tmp_path / "set"])
+    assert len(m) == 6 and skipped_files(m) == [(str(loose), "beside the class folders, in none of them")]

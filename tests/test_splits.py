@@ -58,6 +58,9 @@ def test_check_no_leak_raises_on_hand_made_leaks(cnmc: pd.DataFrame) -> None:
     ok = cnmc.copy()
     ok["fold"] = ok["group"].rank(method="dense").astype(int) % 3
     check_no_leak(ok)
+    regrouped = split.assign(group="image:" + split["path"])  # a split file whose groups were edited
+    with pytest.raises(LeakageError, match=r"1 subject\(s\) sit on more than one side; e.g. H6 in test"):
+        check_no_leak(regrouped)
 
 
 def test_kfold_never_leaks_and_stays_stratified(cnmc: pd.DataFrame) -> None:

@@ -200,7 +200,9 @@ class Bundle(ABC):
         from leukoscope.data.paths import resolved
 
         p = self.path / SPLIT
-        return resolved(pd.read_csv(p, dtype={"subject": object}), present) if p.exists() else None
+        if not p.exists():
+            return None
+        return resolved(pd.read_csv(p, dtype={"subject": object, "label": str}), present)
 
 
 def adapt_sample(rows: list[np.ndarray]) -> np.ndarray:

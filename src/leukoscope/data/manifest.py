@@ -101,6 +101,11 @@ def validate(df: pd.DataFrame) -> Manifest:
     if df["path"].duplicated().any():
         dup = df.loc[df["path"].duplicated(), "path"].iloc[0]
         raise DataError(f"manifest lists the same image twice: {dup}")
+    spelled = pd.Series(sorted(set(df["label"].dropna().astype(str))))
+    clash = spelled[spelled.str.casefold().duplicated(keep=False)]
+    if len(clash):
+        raise DataError(f"labels that differ only in case would be separate classes: {', '.join(clash)}; "
+                        "spell each class one way")
     extra = [c for c in df.columns if c not in COLUMNS]
     return df[COLUMNS + extra].reset_index(drop=True)
 

@@ -22,6 +22,7 @@ from leukoscope.data.names import subject_from_name
 from leukoscope.data.paths import resolved
 from leukoscope.data.synthetic import SYNTHETIC_MARKER
 from leukoscope.errors import DataError, ImageError
+from leukoscope.filenames import printable
 
 _ALLIDB = re.compile(r"^Im(\d+)_([01])$", re.IGNORECASE)
 _CNMC_LABELS_CSV = "C-NMC_test_prelim_phase_data_labels.csv"
@@ -205,7 +206,8 @@ def _class_dirs(p: Path) -> list[Path]:
 
 @layout("class-folders", lambda p: p.is_dir() and bool(_class_dirs(p)))
 def read_class_folders(path: Path) -> Manifest:
-    """One sub-folder per class (any name); subjects parsed from C-NMC style UID_ names."""
+    """One sub-folder per class (any name); subjects parsed from C-NMC style UID_ names. An image beside
+    the class folders has no class: it is left out and listed."""
     rows = []
     empty = []
     for d in _class_dirs(path):
@@ -223,7 +225,9 @@ def read_class_folders(path: Path) -> Manifest:
     if m["subject"].notna().any() and m["subject"].isna().any():
         n = int(m["subject"].isna().sum())
         raise DataError(f"{path}: {n} image(s) have no UID_<subject>_ in their name while others do")
-    return m
+    loose = sorted(f for f in path.iterdir() if f.is_file() and is_image_file(f))
+    beside = [(printable(str(f)), "beside the class folders, in none of them") for f in loose]
+    return with_skipped(m, skipped_files(m) + beside)
 
 
 @layout("csv", lambda p: p.is_file() and p.suffix.lower() == ".csv")

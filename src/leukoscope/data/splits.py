@@ -56,18 +56,22 @@ def require_classes(m: Manifest, minimum: int = 2) -> None:
 
 
 def check_no_leak(split: Split) -> None:
-    """Raise ``LeakageError`` if any group sits on two sides or in two folds."""
+    """Raise ``LeakageError`` if any group, or any known subject, sits on two sides or in two folds (a
+    split file edited by hand may regroup a subject's images)."""
     for col in ("side", "fold"):
         if col not in split:
             continue
-        seen = split.dropna(subset=[col]).groupby("group")[col].nunique()
-        bad = seen[seen > 1]
-        if len(bad):
-            g = bad.index[0]
-            where = sorted(map(str, split.loc[split["group"] == g, col].unique()))
-            raise LeakageError(
-                f"{len(bad)} group(s) sit on more than one {col}; e.g. {g} in {', '.join(where)}"
-            )
+        for key in ("group", "subject"):
+            if key not in split:
+                continue
+            seen = split.dropna(subset=[col, key]).groupby(key)[col].nunique()
+            bad = seen[seen > 1]
+            if len(bad):
+                g = bad.index[0]
+                where = sorted(map(str, split.loc[split[key] == g, col].dropna().unique()))
+                raise LeakageError(
+                    f"{len(bad)} {key}(s) sit on more than one {col}; e.g. {g} in {', '.join(where)}"
+                )
 
 
 def _group_folds(m: Manifest, k: int, seed: int) -> np.ndarray:

@@ -133,7 +133,7 @@ def _write_cells(path: Path, m: Manifest, y: np.ndarray, probs_a: np.ndarray, pr
                        "predicted_b": [classes[i] for i in probs_b.argmax(axis=1)]})
     for name, probs in (("a", probs_a), ("b", probs_b)):
         for i, c in enumerate(classes):
-            df[f"p_{name}_{c}"] = probs[:, i].round(6)
+            df[f"p_{name}_{c}"] = probs[:, i]
     write_csv_atomic(path, df)
 
 

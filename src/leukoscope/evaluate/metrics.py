@@ -155,9 +155,9 @@ BOOTSTRAP_FIGURES = ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted")
 
 
 def label_figure(y: np.ndarray, pred: np.ndarray, k: int, metric: str) -> float:
-    """One of ``BOOTSTRAP_FIGURES`` from a k x k confusion matrix, as scikit-learn computes it
-    (balanced accuracy over the classes present in ``y``; macro F1 over those in ``y`` or ``pred``),
-    in microseconds, so thousands of resamples stay cheap."""
+    """One of ``BOOTSTRAP_FIGURES`` from a k x k confusion matrix, as ``classification_metrics`` computes
+    it (balanced accuracy and macro F1 over the classes present in ``y``), in microseconds, so thousands
+    of resamples stay cheap and each interval is of its own point estimate."""
     cm = np.bincount(y * k + pred, minlength=k * k).reshape(k, k).astype(np.float64)
     support, predicted, hits = cm.sum(1), cm.sum(0), np.diag(cm)
     if metric == "accuracy":
@@ -167,7 +167,7 @@ def label_figure(y: np.ndarray, pred: np.ndarray, k: int, metric: str) -> float:
         return float((hits[present] / support[present]).mean())
     f1 = np.divide(2 * hits, support + predicted, out=np.zeros(k), where=(support + predicted) > 0)
     if metric == "f1_macro":
-        return float(f1[(support + predicted) > 0].mean())
+        return float(f1[support > 0].mean())
     if metric == "f1_weighted":
         return float((f1 * support).sum() / max(support.sum(), 1))
     raise ValueError(f"unknown figure {metric!r}; one of {', '.join(BOOTSTRAP_FIGURES)}")

@@ -118,7 +118,9 @@ def _warnings(m: Manifest, overlap: dict[str, int], side: str | None, classes: S
     if protocol(m) == "image-level":
         out.append(IMAGE_LEVEL_WARNING + "; no subject-level figures")
     seen = {k: v for k, v in overlap.items() if k in ("train", "val")}
-    if seen and side is None:
+    # on any side but the bundle's own validation side (said below): also a side of --split FILE, or
+    # --side train
+    if seen and not (side == "val" and set(seen) == {"val"}):
         desc = ", ".join(f"{v} on its {k} side" for k, v in seen.items())
         out.append(f"{sum(seen.values())} evaluated image(s) were used to build this model ({desc}): "
                    "figures on them are optimistic; use --side test")
@@ -153,9 +155,9 @@ def _write_predictions(path: Path, m: Manifest, y: np.ndarray, probs: np.ndarray
                        "predicted": [classes[i] for i in called]})
     df["correct"] = df["label"] == df["predicted"]
     for i, c in enumerate(classes):
-        df[f"p_{c}"] = probs[:, i].round(6)
+        df[f"p_{c}"] = probs[:, i]
     if bundle.unfamiliar is not None and unf is not None:
-        df["unfamiliarity"], df["unfamiliar"] = unf.round(6), bundle.unfamiliar.flag(unf)
+        df["unfamiliarity"], df["unfamiliar"] = unf, bundle.unfamiliar.flag(unf)
     write_csv_atomic(path, df)
 
 

@@ -90,11 +90,11 @@ def evaluate_patients(bundle: PatientBundle, m: Manifest, out: Path, cache: Path
     write_csv_atomic(out / "patients.csv", pd.DataFrame({
         "subject": bags.subjects, bags.target: bags.label_names(), "cells": counts,
         "cells_unfamiliar": np.bincount(bags.patient[flagged], minlength=n),
-        f"p_{bundle.positive}": p.round(6), "call": np.where(call == 1, bundle.positive, bags.negative),
+        f"p_{bundle.positive}": p, "call": np.where(call == 1, bundle.positive, bags.negative),
         "too_few": too_few}))
     write_csv_atomic(out / "cells.csv", pd.DataFrame({
         "path": bags.cells["path"], "subject": bags.cells["subject"],
-        f"p_{bundle.positive}": cell_p.round(6), "unfamiliar": flagged,
+        f"p_{bundle.positive}": cell_p, "unfamiliar": flagged,
         "predicted_type": np.array(bundle.cell_types)[bundle.head.predict(bags.X)]}))
     return result
 
