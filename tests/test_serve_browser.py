@@ -14,6 +14,7 @@ from leukoscope.serve.background import serving
 from patients_support import cohort, run_dir  # noqa: F401 - fixtures used by name
 from serve_support import ARTIFACTS, browser, network_bundle, sample_images  # noqa: F401 - fixtures by name
 from unfamiliar_support import allidb2_bundle  # noqa: F401 - fixture used by name
+from use_support import classical_bundle  # noqa: F401 - fixture used by name
 
 
 @pytest.fixture(scope="module")
@@ -312,4 +313,30 @@ def test_a_second_drop_while_the_first_call_is_in_flight_leaves_no_stale_rows(
         assert not r["contribution"].startswith("'")
         float(r["contribution"])  # a number, negative ones too
     assert problems == []
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def classical_server(classical_bundle: Path) -> Iterator[str]:  # noqa: F811
+    with serving(classical_bundle, timeout=300) as running:
+        yield running.url
+
+
+def test_a_figure_that_cannot_be_computed_shows_na_not_null(browser: Any, classical_server: str,  # noqa: F811
+                                                            tmp_path: Path) -> None:
+    """A black 1x1 image has no nucleus: its handcrafted features and unfamiliarity are not numbers (null in
+    the JSON); the page says "n/a" for them."""
+    import numpy as np
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "dot.png")
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(classical_server + "/")
+    page.wait_for_selector("#card dl")
+    page.set_input_files("#files", [str(tmp_path / "dot.png")])
+    result = page.locator(".result[data-label]")
+    expect(result).to_have_count(1, timeout=60_000)
+    text = result.inner_text()
+    assert "unfamiliarity n/a" in text and "null" not in text
     page.close()

@@ -209,3 +209,25 @@ def test_dropped_upload_is_one_log_line(server: Server, cell: bytes) -> None:
     assert new[0].startswith("127.0.0.1:") and new[0].endswith(
         f"hung up during POST /api/predict after {received:,} of 1,000,000 bytes of its upload")
     assert_still_serves(server, cell)
+
+
+def test_stalled_uploads_get_408_and_free_their_places(network_bundle: Path, cell: bytes) -> None:  # noqa: F811
+    """Two clients that stop sending mid-upload hold the only place and the queue for ``--body-timeout``
+    seconds, not for as long as they keep their sockets open: each gets 408, and a real call then runs."""
+    with serving(network_bundle, "--max-active", "1", "--max-queue", "1", "--body-timeout", "2",
+                 timeout=300) as running:
+        body = multipart(cell)
+        held = [connect(running), connect(running)]
+        try:
+            for s in held:
+                s.sendall(request_head(len(body)) + body[: len(body) // 2])
+            start = time.monotonic()
+            for s in held:
+                status, headers, answer = read_response(s)
+                assert status == 408 and headers["connection"] == "close"
+                assert json.loads(answer)["detail"] == "request body stalled: no bytes for 2 s; send it again"
+            assert time.monotonic() - start < 15
+        finally:
+            for s in held:
+                s.close()
+        assert_still_serves(running, cell)

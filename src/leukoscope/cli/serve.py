@@ -60,6 +60,9 @@ def serve_cmd(
     max_queue: Annotated[int, typer.Option("--max-queue", help="Predict requests that may wait for a "
                                            "place; any more get 503 with Retry-After.",
                                            rich_help_panel=LIMITS)] = _D.max_queue,
+    body_timeout: Annotated[float, typer.Option("--body-timeout", help="Seconds a request body may go "
+                                                "without a byte before the request gets 408 and its place "
+                                                "is freed.", rich_help_panel=LIMITS)] = _D.body_timeout,
     runtime: RuntimeOpt = _D.runtime,
     threads: Annotated[int, typer.Option(help="PyTorch threads per model call (0: one per core). One "
                                          "leaves the other cores to decoding and HTTP, and avoids "
@@ -75,8 +78,8 @@ def serve_cmd(
     hosts = LOOPBACK_HOSTS if _loopback(host) else ("*",)
     settings = ServeSettings(max_files=max_files, max_bytes=max_bytes, max_pixels=max_pixels,
                              max_body=max_body, max_request_pixels=max_request_pixels,
-                             max_active=max_active, max_queue=max_queue, allowed_hosts=hosts,
-                             runtime=runtime)
+                             max_active=max_active, max_queue=max_queue, body_timeout=body_timeout,
+                             allowed_hosts=hosts, runtime=runtime)
     if not 1 <= port <= 65535:
         raise ConfigError(f"--port must be 1 to 65535 (got {port})")
     if threads < 0:

@@ -115,16 +115,19 @@ def _check_size(name: str, w: int, h: int, max_pixels: int) -> None:
 
 
 @contextmanager
-def _pil_errors(name: str) -> Iterator[None]:
-    """Turn every way Pillow fails on a file into one ``ImageError`` naming it."""
+def _pil_errors(name: str, max_pixels: int | None = None) -> Iterator[None]:
+    """Turn every way Pillow fails on a file into one ``ImageError`` naming it (and the limit of pixels
+    it was read under, where Pillow's own guard refused it first)."""
     try:
         yield
     except ImageError:
         raise
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not a readable image") from None
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"{name}: too large, decompression bomb guard ({e})") from None
+    except Image.DecompressionBombError:
+        limit = MAX_PIXELS if max_pixels is None else max_pixels
+        raise ImageError(f"{name}: its header declares more pixels than the limit of {limit:,} "
+                         "(decompression-bomb guard)") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"{name}: cannot decode image ({e})") from None
 
@@ -141,7 +144,7 @@ def _open(source: Path | io.BytesIO, name: str, max_pixels: int | None,
     Returns the RGB array and the file's own PIL mode.
     """
     max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
-    with _pil_errors(name), Image.open(source, formats=FORMATS) as im:
+    with _pil_errors(name, max_pixels), Image.open(source, formats=FORMATS) as im:
         _check_size(name, *im.size, max_pixels)
         mode = im.mode  # as the header says (loading may change it for some formats)
         im.load()

@@ -9,6 +9,8 @@
   bodies unread (the server's own flow control holds them back); any more get 503 with
   ``Retry-After`` as soon as their bodies (at most ``max_body``) have been read and dropped, so a
   flood of clients costs a queue slot each, or a read, not memory or model time;
+- a body that stops arriving for ``body_timeout`` seconds gets 408 and its place back, so a few idle
+  sockets cannot hold every place;
 - a client that hangs up mid-upload is one warning line, not a 500 and two tracebacks.
 
 FastAPI's own ``max_body_size`` checks only when the app first reads (after the wait in line) and
@@ -38,6 +40,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class _BodyTooLarge(Exception):
+    pass
+
+
+class _BodyStalled(Exception):
     pass
 
 
@@ -94,18 +100,30 @@ class Admission:
     def __init__(self, app: ASGIApp, settings: ServeSettings, heavy: Collection[str]):
         self.app = app
         self.max_body = settings.max_body
+        self.body_timeout = settings.body_timeout
         self.heavy = frozenset(heavy)
         self.line = Line(settings.max_active, settings.max_queue)
 
     def too_large(self) -> str:
         return f"request body exceeds the limit of {self.max_body:,} bytes; send fewer or smaller files"
 
+    def stalled(self) -> str:
+        return f"request body stalled: no bytes for {self.body_timeout:g} s; send it again"
+
+    async def _body_part(self, receive: Receive) -> Message:
+        """The next message while the body is arriving, or ``_BodyStalled`` after ``body_timeout``."""
+        try:
+            with anyio.fail_after(self.body_timeout):
+                return await receive()
+        except TimeoutError:
+            raise _BodyStalled from None
+
     async def _drain(self, receive: Receive) -> None:
         """Read and drop the body: a client still sending when the server hangs up gets a reset,
         and many (asyncio ones among them) then lose the answer they were sent."""
         received = 0
         while True:
-            message = await receive()
+            message = await self._body_part(receive)
             if message["type"] != "http.request":
                 return
             received += len(message.get("body", b""))
@@ -131,6 +149,9 @@ class Admission:
             except _BodyTooLarge:
                 await reply(send, 413, self.too_large(), CLOSE)
                 return
+            except _BodyStalled:
+                await reply(send, 408, self.stalled(), CLOSE)
+                return
             wait = self.line.retry_after()
             await reply(send, 503, f"server busy: {self.line.active} requests running and "
                         f"{self.line.queue} waiting; retry in {wait} s", {"Retry-After": str(wait)})
@@ -147,7 +168,7 @@ class Admission:
 
         async def counted_receive() -> Message:
             nonlocal received, complete, dropped
-            message = await receive()
+            message = await receive() if complete else await self._body_part(receive)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body:
@@ -168,6 +189,10 @@ class Admission:
             if started:
                 raise
             await reply(send, 413, self.too_large(), CLOSE)
+        except _BodyStalled:
+            if started:
+                raise
+            await reply(send, 408, self.stalled(), CLOSE)
         except Exception:
             if not dropped:
                 raise

@@ -147,7 +147,7 @@ def display_name(filename: str | None, index: int) -> str:
 
 async def read_uploads(request: Request, settings: ServeSettings) -> list[tuple[str, bytes]]:
     """(display name, bytes) of every file in the ``files`` field, read in memory under the limits."""
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         raise HTTPException(415, f"send the images as multipart/form-data in the field {FIELD!r}")
     parser = _InMemoryMultiPart(request.headers, request.stream(), max_files=settings.max_files,
                                 max_fields=16, max_part_size=4096)
@@ -264,7 +264,7 @@ def model_card(model: Model, settings: ServeSettings) -> dict[str, Any]:
         "model": model.name, "family": model.bundle.family, "classes": model.bundle.classes,
         "display_names": model.bundle.display_names,
         "data": cfg.get("data"), "protocol": protocol,
-        "warning": " ".join(warnings) or None,
+        "warning": " ".join(w if w.endswith(".") else w + "." for w in warnings) or None,
         "split": _split_sizes(model.bundle), "metrics": metrics, "metrics_error": metrics_error,
         "runtime": type(model.bundle).__name__,
         "input_size": cfg.get("input_size") or cfg.get("preprocessing", {}).get("input_size"),
@@ -332,17 +332,17 @@ def create_app(bundle_dir: Path | str, settings: ServeSettings | None = None) ->
         return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"},
                             status_code=500)
 
-    @web.get("/", include_in_schema=False)
+    @web.api_route("/", include_in_schema=False, methods=["GET", "HEAD"])
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_CSP,
                                                             "Cache-Control": "no-cache"})
 
-    @web.get("/healthz")
+    @web.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz() -> dict[str, Any]:
         """Liveness: answers even while the model is busy."""
         return {"status": "ok", "model": model.name, "classes": len(model.bundle.classes)}
 
-    @web.get("/api/model")
+    @web.api_route("/api/model", methods=["GET", "HEAD"])
     async def api_model() -> dict[str, Any]:
         """The model card: classes, training data and split sizes, protocol, metrics, intended use."""
         return model_card(model, settings)

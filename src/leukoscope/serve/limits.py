@@ -31,6 +31,9 @@ class ServeSettings:
     #: requests classified at once; ``max_queue`` more wait, and the rest get 503 with Retry-After
     max_active: int = 2
     max_queue: int = 16
+    #: seconds a request body may go without a byte: a client that stops sending mid-upload gets 408
+    #: and gives its place back (without it, ``max_active`` idle sockets would stall every call)
+    body_timeout: float = 30.0
     allowed_hosts: tuple[str, ...] = ("*",)
     #: network bundles: torch, onnx, onnx-int8, or auto (ONNX when a current export is in the bundle)
     runtime: str = "auto"
@@ -41,6 +44,8 @@ class ServeSettings:
             value = getattr(self, name)
             if value < low:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least {low} (got {value})")
+        if not self.body_timeout > 0:
+            raise ConfigError(f"--body-timeout must be more than 0 seconds (got {self.body_timeout})")
 
     def limits(self) -> dict[str, int]:
         """What one request may send: the page batches by these, and the model card shows them."""

@@ -24,7 +24,9 @@ function setStatus(text, bad = false) {
 const pct = (p) => (100 * p).toFixed(1) + "%";
 // A probability as text: no model knows a call to 100 % (or 0 %), so neither does the page.
 const shown = (p) => (p >= 0.999 ? "> 99.9%" : p <= 0.001 ? "< 0.1%" : pct(p));
-const fmt = (v) => (typeof v === "number" && !Number.isInteger(v) ? v.toFixed(3) : String(v));
+// null is a figure that could not be computed (a NaN on the server): shown as "n/a", never "null"
+const fmt = (v) => (v === null || v === undefined ? "n/a"
+  : typeof v === "number" && !Number.isInteger(v) ? v.toFixed(3) : String(v));
 
 // ---- model card -------------------------------------------------------------------------------
 function definitionList(pairs) {
