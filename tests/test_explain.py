@@ -166,3 +166,32 @@ def test_explain_non_utf8_and_long_names(cell_path, classical_bundle, tmp_path):
         assert len(os.fsencode(p.name)) < 200 and p.is_file()
     assert [p.name for p in (written[0], *written[2:])] == ["cell\ufffd_features.png", "CELL_features.png",
                                                           "cell-2_features.png"]
+
+
+def test_names_a_path_or_a_figure_would_misread(cell_path, classical_bundle, network_bundle, tmp_path):  # noqa: F811
+    """``..png`` (stem ".") stays inside --out; ``$x^{2$`` is a title, not mathtext; both explained."""
+    src = tmp_path / "in"
+    src.mkdir()
+    dots, math = src / "..png", src / "cell_$x^{2$.png"
+    for p in (dots, math):
+        shutil.copy(cell_path, p)
+    for bundle in (classical_bundle, network_bundle):
+        out = tmp_path / f"ex-{bundle.name}-{bundle.parent.name}"
+        written = explain(load_bundle(bundle), [dots, math], out)
+        assert len(written) == 2 and all(p.parent == out and p.is_file() for p in written)
+        assert written[0].name.startswith("image_")
+    assert not list(tmp_path.glob("ex-*_*.png"))  # nothing beside the folders
+
+
+def test_explain_with_nothing_to_explain_is_one_line(network_bundle, tmp_path):  # noqa: F811
+    from typer.testing import CliRunner
+
+    from leukoscope.cli.verbs import app
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.png").write_text("not an image")
+    for folder, said in (("empty", "no image files found in:"), ("bad", "nothing explained: none of the 1")):
+        res = CliRunner().invoke(app, ["explain", str(network_bundle), str(tmp_path / folder), "--out",
+                                       str(tmp_path / f"out-{folder}")])
+        assert res.exit_code == 1 and said in res.output and "Traceback" not in res.output, res.output

@@ -167,7 +167,7 @@ def contributions_figure(df: pd.DataFrame, title: str, top: int = TOP_FEATURES) 
             color=["#c0392b" if v > 0 else "#2e86c1" for v in part["contribution"]])
     ax.axvline(0, color="k", lw=0.8)
     ax.set_xlabel("change in p(call) vs the feature at its training mean")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=10, parse_math=False)  # a file name may hold $...$
     ax.tick_params(axis="y", labelsize=8)
     return fig
 
@@ -264,16 +264,17 @@ def explain(bundle: Bundle, paths: Iterable[str | Path], out_dir: Path | str,
     probability. Unreadable images are skipped (reported through ``on_skip(path, reason)`` and the index).
     """
     from leukoscope.predict import unfamiliar
-    from leukoscope.predict.local import iter_inputs
+    from leukoscope.predict.local import check_inputs, iter_inputs
 
     how = EXPLAINERS.get(bundle.family)
     if how is None:
         raise BundleError(f"{bundle.path}: no explanation for family {bundle.family!r}")
+    items, _, _ = check_inputs(paths, 1)  # no input, or no image file in it: one line, nothing written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written, rows = [], []
     used: set[str] = set()
-    images = list(iter_inputs(paths))
+    images = list(iter_inputs(items))
     advance = progress.task("explaining", len(images))
     for p in images:
         stem = _unique_stem(p, used)
@@ -320,7 +321,8 @@ def _safe_stem(path: Path) -> str:
     """``path``'s stem as valid UTF-8 (undecodable bytes as U+FFFD) of at most ``MAX_STEM_BYTES``: output
     names and figure titles every file system, font and report can hold (the index keeps the real path)."""
     stem = path.stem.encode("utf-8", NAME_ERRORS).decode("utf-8", "replace")
-    return stem.encode("utf-8")[:MAX_STEM_BYTES].decode("utf-8", "ignore")
+    stem = stem.encode("utf-8")[:MAX_STEM_BYTES].decode("utf-8", "ignore")
+    return stem if stem.strip(".") else "image"  # "..png": out / "." would write beside the folder
 
 
 def _write_index(path: Path, rows: Sequence[dict[str, str]]) -> None:

@@ -10,6 +10,7 @@ import typer
 from leukoscope.cli.app import app, console, say
 from leukoscope.cli.options import BundleArg, ImagesArg
 from leukoscope.cli.progress import shown
+from leukoscope.errors import DataError
 
 
 @app.command("explain")
@@ -31,3 +32,5 @@ def explain_cmd(
         console.print(f"[yellow]{len(skipped)} unreadable file(s) skipped:[/]")
         for p, r in skipped:
             say(f"  {p}: {r}")
+    if not written:
+        raise DataError(f"nothing explained: none of the {len(skipped)} input image(s) could be read")
