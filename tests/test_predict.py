@@ -251,9 +251,24 @@ def test_a_partial_without_a_record_is_refused(network_bundle, images, tmp_path)
         predict(bundle, [images], out, batch_size=3, progress=Counting(_kill_after(3)))
     record = run_record_path(out)
     assert record.is_file()
+    for text in ("[]", "null"):  # JSON, but not a record
+        record.write_text(text)
+        with pytest.raises(DataError, match=f"no record of the run that wrote it .*{record.name}.*--restart"):
+            predict(bundle, [images], out, batch_size=3)
     record.unlink()
     with pytest.raises(DataError, match=f"no record of the run that wrote it .*{record.name}.*--restart"):
         predict(bundle, [images], out, batch_size=3)
+
+
+def test_out_never_overwrites_an_input_image_or_the_bundle(network_bundle, images, tmp_path):  # noqa: F811
+    bundle = load_bundle(network_bundle)
+    first = next(iter_inputs([images]))
+    before = first.read_bytes()
+    with pytest.raises(DataError, match="--out is one of the input images"):
+        predict(bundle, [images], first)
+    assert first.read_bytes() == before
+    with pytest.raises(DataError, match="--out is inside the bundle"):
+        predict(bundle, [images], network_bundle / "config.json")
 
 
 def test_cli_restart_starts_over_and_the_help_says_so(network_bundle, images, tmp_path):  # noqa: F811

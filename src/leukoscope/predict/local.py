@@ -232,6 +232,8 @@ def _resume(out: Path, cols: list[str], record: dict[str, Any]) -> set[str]:
         return set()
     try:
         old = json.loads(recorded.read_text())
+        if not isinstance(old, dict):
+            raise ValueError("not a JSON object")
     except (OSError, ValueError):
         raise DataError(f"{partial}: no record of the run that wrote it ({recorded.name} is missing or "
                         "unreadable); rerun with --restart to discard its rows") from None
@@ -245,18 +247,22 @@ def _resume(out: Path, cols: list[str], record: dict[str, Any]) -> set[str]:
     return done
 
 
-def check_inputs(inputs: Iterable[str | Path], batch_size: int) -> tuple[list[str], int, str]:
+def check_inputs(inputs: Iterable[str | Path], batch_size: int, out: Path | None = None
+                 ) -> tuple[list[str], int, str]:
     """The input items, how many image files they hold and a digest of their paths in order (shared
-    by every engine); bad input raises."""
+    by every engine); bad input raises, and so does an input image that ``out`` would overwrite."""
     if batch_size < 1:
         raise DataError(f"--batch-size must be at least 1, got {batch_size}")
     items = [str(i) for i in inputs]
     if not items:
         raise DataError("no input images given")
+    target = os.path.realpath(out) if out is not None else None
     total, h = 0, hashlib.sha1()
     for p in iter_inputs(items):
         total += 1
         h.update(os.fsencode(p) + b"\0")
+        if target is not None and os.path.realpath(p) == target:
+            raise DataError(f"{out}: --out is one of the input images; name another file")
     if total == 0:
         raise DataError(f"no image files found in: {', '.join(items)}")
     return items, total, h.hexdigest()
@@ -280,12 +286,14 @@ def bundle_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def check_out(out: Path) -> None:
-    """Refuse an output that cannot become a CSV file, before any work: a folder, or a folder that
-    cannot be made."""
+def check_out(out: Path, bundle: Path) -> None:
+    """Refuse an output that cannot become a CSV file, before any work: a folder, a file of the
+    ``bundle`` (its config.json would be lost), or a folder that cannot be made."""
     if out.is_dir():
         raise DataError(f"{out}: --out is a folder; name the CSV file to write, e.g. "
                         f"{out / 'predictions.csv'}")
+    if Path(os.path.realpath(out)).is_relative_to(os.path.realpath(bundle)):
+        raise DataError(f"{out}: --out is inside the bundle {bundle}; write predictions elsewhere")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -373,7 +381,7 @@ def predict(bundle: Bundle, inputs: Iterable[str | Path], out_csv: Path | str, b
     the bundle is first adapted to all the inputs (``predict.adapt``; a resumed run adapts to them again).
     """
     out = Path(out_csv)
-    check_out(out)
+    check_out(out, bundle.path)
     with output_lock(out):
         return _predict(bundle, inputs, out, batch_size, tta, progress, restart, adapt)
 
@@ -383,7 +391,7 @@ def _predict(bundle: Bundle, inputs: Iterable[str | Path], out: Path, batch_size
     """``predict`` once the output is checked and held."""
     from leukoscope.predict.adapt import adapt_to
 
-    items, total, inputs_digest = check_inputs(inputs, batch_size)
+    items, total, inputs_digest = check_inputs(inputs, batch_size, out)
     classes = bundle.classes
     cols = header(classes) + unfamiliar.columns(bundle)
     partial = partial_path(out)
