@@ -79,6 +79,11 @@ NETWORK_BAD = [
     ({"tta": "yes"}, "tta"),
     ({"versions": "1.0"}, "versions"),
     ({"onnx": {"weights_digest": 5}}, "onnx.weights_digest"),
+    ({"preprocessing__std": [1e-300, 0.2, 0.2]}, "preprocessing.std"),  # NaN probabilities, exit 0
+    ({"preprocessing__mean": [1e308, 0.5, 0.5]}, "preprocessing.mean"),
+    ({"onnx": {"int8_agreement": "0.99"}}, "onnx.int8_agreement"),  # a TypeError at load
+    ({"onnx": {"int8_agreement": 1.5}}, "onnx.int8_agreement"),
+    ({"onnx": {"int8_agreement_images": "100"}}, "onnx.int8_agreement_images"),
 ]
 
 
@@ -250,3 +255,19 @@ def test_cli_predict_refuses_with_one_line(edits: dict[str, Any], key: str, onnx
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert res.output.count("error:") == 1 and key in res.output
     assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.parametrize("text, said", [("", "not a readable split"), ("path,side\nx.png,train\n",
+                                                                      "a split needs the column(s) label"),
+                                        (b"path,label\n\xff\xfe,all\n", "not a readable split")])
+def test_a_bad_split_csv_is_one_line(text: str | bytes, said: str, network_bundle: Path,  # noqa: F811
+                                     tmp_path: Path) -> None:
+    """split.csv feeds export --int8's calibration, --adapt's training frequencies and the shortcut row."""
+    from leukoscope.bundle.export import calibration_paths
+
+    folder = edited(network_bundle, tmp_path / "b")
+    (folder / "split.csv").write_bytes(text.encode() if isinstance(text, str) else text)
+    for read in (lambda: load_bundle(folder).split(), lambda: calibration_paths(folder)):
+        with pytest.raises(BundleError) as e:
+            read()
+        assert str(e.value).startswith(str(folder / "split.csv")) and said in str(e.value)

@@ -25,6 +25,7 @@ from leukoscope.bundle.format import (
     RUNTIMES,
     SPLIT,
     UNFAMILIAR,
+    one_line,
     read_config,
     read_metrics,
 )
@@ -195,14 +196,26 @@ class Bundle(ABC):
     def split(self, present: Iterable[str] | None = None) -> pd.DataFrame | None:
         """The split the model was trained with, absolute paths (``data.paths.resolved``: a moved data folder
         is found among the ``present`` image paths)."""
-        import pandas as pd
-
-        from leukoscope.data.paths import resolved
-
         p = self.path / SPLIT
-        if not p.exists():
-            return None
-        return resolved(pd.read_csv(p, dtype={"subject": object, "label": str}), present)
+        return read_split_csv(p, present) if p.exists() else None
+
+
+def read_split_csv(path: Path, present: Iterable[str] | None = None) -> pd.DataFrame:
+    """A bundle's split.csv, paths resolved (``data.paths.resolved``), labels as class names even where
+    they look like numbers; one ``BundleError`` naming the file when it is not a split (empty, not CSV,
+    no path or label column)."""
+    import pandas as pd
+
+    from leukoscope.data.paths import resolved
+
+    try:
+        split = pd.read_csv(path, dtype={"subject": object, "label": str}, encoding="utf-8")
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path}: not a readable split ({one_line(e)})") from None
+    missing = [c for c in ("path", "label") if c not in split]
+    if missing:
+        raise BundleError(f"{path}: a split needs the column(s) {', '.join(missing)}")
+    return resolved(split, present)
 
 
 def adapt_sample(rows: list[np.ndarray]) -> np.ndarray:

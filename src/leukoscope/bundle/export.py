@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from leukoscope.bundle.base import load_bundle
+from leukoscope.bundle.base import load_bundle, read_split_csv
 from leukoscope.bundle.format import (
     CONFIG,
     ONNX,
@@ -66,11 +66,7 @@ def calibration_paths(bundle_dir: Path, n: int = CALIBRATION_IMAGES, seed: int =
     split_csv = Path(bundle_dir) / SPLIT
     if not split_csv.is_file():
         raise BundleError(f"{bundle_dir}: no {SPLIT} to draw int8 calibration images from")
-    import pandas as pd
-
-    from leukoscope.data.paths import resolved
-
-    split = resolved(pd.read_csv(split_csv))
+    split = read_split_csv(split_csv)
     if "side" in split:
         split = split[split["side"].isin(["train", "val"])]
     split = split[split["path"].map(os.path.isfile)]

@@ -84,6 +84,8 @@ _short.maxstring, _short.maxother, _short.maxlist = 40, 40, 6
 _INFO_TYPES: dict[str, type] = {"model": str, "protocol": str, "data": str, "created": str, "tta": bool,
                                 "versions": dict, "params": dict, "training": dict, "train": dict,
                                 "model_params": dict, "onnx": dict}
+#: Largest |mean| and std, and the inverse of the smallest std, of a network's input normalisation.
+NORMALISE_BOUND = 1000.0
 #: Stain-normalisation parameters by method (``models.stain.fit`` writes them): key -> array shape.
 _STAIN_PARAMS: dict[str, dict[str, tuple[int, ...]]] = {
     "none": {}, "reinhard": {"mean": (3,), "std": (3,)}, "macenko": {"HERef": (3, 2), "maxCRef": (2,)},
@@ -183,9 +185,7 @@ def check_config(config: Any, cfg: Path) -> dict[str, Any]:
     for key, kind in _INFO_TYPES.items():
         if key in config:
             need(isinstance(config[key], kind), key, f"a JSON {kind.__name__}", config[key])
-    digests = config.get("onnx", {}).get(ONNX_DIGESTS, {})
-    need(isinstance(digests, dict) and all(isinstance(v, str) for v in digests.values()),
-         f"onnx.{ONNX_DIGESTS}", "an object of file name -> SHA-256 (hex)", digests)
+    _check_onnx(config.get("onnx", {}), need)
     if "rare_classes" in config:
         _check_rare(config["rare_classes"], need)
     names = config.get("display_names", {})
@@ -294,13 +294,30 @@ def _nested(d: dict[str, Any], prefix: str) -> Iterator[tuple[str, Any]]:
             yield f"{prefix}.{k}", v
 
 
+def _check_onnx(info: dict[str, Any], need: Need) -> None:
+    """What ``export`` records under ``onnx`` and ``--runtime auto`` compares (a string there was a
+    TypeError at load)."""
+    digests = info.get(ONNX_DIGESTS, {})
+    need(isinstance(digests, dict) and all(isinstance(v, str) for v in digests.values()),
+         f"onnx.{ONNX_DIGESTS}", "an object of file name -> SHA-256 (hex)", digests)
+    share = info.get("int8_agreement", 0.0)
+    need(_number(share) and 0 <= share <= 1, "onnx.int8_agreement", "a number in [0, 1]", share)
+    images = info.get("int8_agreement_images", 0)
+    need(isinstance(images, int) and not isinstance(images, bool) and images >= 0,
+         "onnx.int8_agreement_images", "a whole number >= 0", images)
+
+
 def _check_preprocessing(pre: dict[str, Any], need: Need) -> None:
     size = pre.get("input_size")
     need(_input_size(size), "preprocessing.input_size",
          f"an integer in {INPUT_SIZES[0]}..{INPUT_SIZES[1]}", size)
-    need(_numbers(pre.get("mean"), (3,)), "preprocessing.mean", "three numbers", pre.get("mean"))
+    # bounded so that (pixel - mean) / std stays a finite number for every pixel in [0, 1]
+    mean: Any = pre.get("mean")
+    need(_numbers(mean, (3,)) and max(map(abs, mean)) <= NORMALISE_BOUND, "preprocessing.mean",
+         f"three numbers in [-{NORMALISE_BOUND:g}, {NORMALISE_BOUND:g}]", mean)
     std: Any = pre.get("std")
-    need(_numbers(std, (3,)) and min(std) > 0, "preprocessing.std", "three positive numbers", std)
+    need(_numbers(std, (3,)) and min(std) >= 1 / NORMALISE_BOUND and max(std) <= NORMALISE_BOUND,
+         "preprocessing.std", f"three numbers in [{1 / NORMALISE_BOUND:g}, {NORMALISE_BOUND:g}]", std)
     for key in ("grayscale", "crop_to_cell"):
         need(isinstance(pre.get(key, False), bool), f"preprocessing.{key}", "true or false", pre.get(key))
     stain = pre.get("stain") or {"method": "none"}
