@@ -110,6 +110,18 @@ def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path: Path) -> None:
         assert (img[..., 0] == img[..., 2]).all()
 
 
+def test_16_bit_and_float_are_scaled_by_their_type_not_their_content(tmp_path: Path) -> None:
+    """Two 16-bit files one grey level apart in one pixel decode alike; a float image reads as 0..1."""
+    dim = np.full((4, 4), 200, np.uint16)
+    for top in (255, 256):
+        dim[0, 0] = top
+        Image.fromarray(dim).save(tmp_path / f"max{top}.png")
+    low, high = (load_rgb(tmp_path / f"max{top}.png") for top in (255, 256))
+    assert np.abs(low.astype(int) - high).max() <= 1 and low[1, 1, 0] == 0  # 200 of 65535: near black
+    Image.fromarray(np.array([[0.0, 0.5, 1.0]], np.float32)).save(tmp_path / "unit.tif")
+    assert load_rgb(tmp_path / "unit.tif")[0, :, 0].tolist() == [0, 127, 255]
+
+
 def test_16_bit_rgb_keeps_colour(tmp_path: Path) -> None:
     rgb16 = np.array([[[65535, 0, 0], [0, 32896, 0], [0, 0, 65535]]], np.uint16)
     (tmp_path / "rgb48.png").write_bytes(png_bytes(rgb16, bit_depth=16, colour_type=2))

@@ -480,3 +480,17 @@ def test_float_images_with_nan_or_infinite_pixels_are_skipped(network_bundle, im
         s = predict(load_bundle(network_bundle), [images], tmp_path / "p.csv")
     reason = "not a readable image (NaN or infinite pixel values)"
     assert s.predicted == 12 and s.skipped == [(str(bad / "inf.tif"), reason), (str(bad / "nan.tif"), reason)]
+
+
+def test_a_broken_link_in_a_folder_is_a_counted_skip(network_bundle, images, tmp_path):  # noqa: F811
+    folder = tmp_path / "links"
+    folder.mkdir()
+    shutil.copy(next(iter_inputs([images])), folder / "x.png")
+    (folder / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    (folder / "l1.png").symlink_to(folder / "l2.png")
+    (folder / "l2.png").symlink_to(folder / "l1.png")
+    s = predict(load_bundle(network_bundle), [folder], tmp_path / "p.csv")
+    assert s.rows == 1
+    broken = "broken link (no target, or links in a circle)"
+    assert sorted((Path(p).name, r) for p, r in s.skipped) == [
+        (name, broken) for name in ("dangling.png", "l1.png", "l2.png")]

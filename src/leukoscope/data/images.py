@@ -61,27 +61,36 @@ def is_image_file(path: Path) -> bool:
 
 
 def iter_image_files(folder: Path) -> Iterator[Path]:
-    """Image files under ``folder``, recursively, in a stable (sorted) order."""
+    """Image files under ``folder``, recursively, in a stable (sorted) order; a link named like an image
+    that leads nowhere (or in a circle) too, so that batch work counts it as a skip instead of losing it."""
     for root, dirs, files in os.walk(folder):
         dirs.sort()
         for name in sorted(files):
             p = Path(root) / name
-            if is_image_file(p):
+            if is_image_file(p) or _broken_link(p):
                 yield p
 
 
-def _to_rgb(im: Image.Image, name: str) -> np.ndarray:
-    """Convert any PIL mode to an HxWx3 uint8 array (16-bit scaled, alpha composited on black).
+def _broken_link(p: Path) -> bool:
+    return p.is_symlink() and not p.exists() and p.suffix.lower() in IMAGE_SUFFIXES \
+        and not p.name.startswith(".")
 
-    A float image with NaN or infinite pixels is refused (``name`` labels the error): they have no
-    gray level, and the cast would make garbage pixels of them.
+
+def _to_rgb(im: Image.Image, name: str) -> np.ndarray:
+    """Convert any PIL mode to an HxWx3 uint8 array (alpha composited on black).
+
+    Integer gray images are scaled by their bit depth (16 bits: 0..65535, also for Pillow's 32-bit
+    ``I``), never by their content: one brighter pixel must not turn a cell black. Float images are
+    read as 0..1, the usual convention, unless their values leave it (then 0..255, else 0..65535). A
+    float image with NaN or infinite pixels is refused (``name`` labels the error): they have no gray
+    level, and the cast would make garbage pixels of them.
     """
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         a = np.asarray(im, dtype=np.float64)
         if not np.isfinite(a).all():
             raise ImageError(f"{name}: not a readable image (NaN or infinite pixel values)")
-        hi = a.max()
-        scale = 65535.0 if hi > 255 else 255.0
+        hi = a.max(initial=0.0)
+        scale = (65535.0 if im.mode != "F" or hi > 255 else 255.0 if hi > 1 else 1.0)
         g = np.clip(a / scale * 255.0, 0, 255).astype(np.uint8)
         return np.repeat(g[..., None], 3, axis=2)
     if im.mode == "P" and "transparency" in im.info:
@@ -157,7 +166,8 @@ def _open(source: Path | io.BytesIO, name: str, max_pixels: int | None,
 def _read(path: Path | str, max_pixels: int | None, size: int | None = None) -> tuple[np.ndarray, str]:
     p = Path(path)
     if not p.exists():
-        raise ImageError(f"{p}: file not found")
+        why = "broken link (no target, or links in a circle)" if p.is_symlink() else "file not found"
+        raise ImageError(f"{p}: {why}")
     if p.stat().st_size == 0:
         raise ImageError(f"{p}: empty file (0 bytes)")
     return _open(p, str(p), max_pixels, size)
