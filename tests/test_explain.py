@@ -72,14 +72,23 @@ def test_classical_contributions(classical_bundle, cell, cell_path, tmp_path):  
     assert df.attrs["predicted"] == bundle.classes[int(p.argmax())]
     assert df.attrs["probability"] == pytest.approx(p.max(), abs=1e-6)
     assert df["contribution"].abs().max() > 0
-    # the top contribution, recomputed by hand: p(call) minus p(call) with that feature at its mean
+    # the top contribution, recomputed by hand: the calibrated log-odds of the call, minus the same with
+    # that feature at its training mean
     x = bundle.features([cell])[0].astype(np.float64)
     j = bundle.extractor.names().index(df["feature"][0])
     moved = x.copy()
     moved[j] = bundle.pipeline.named_steps["scale"].mean_[j]
     call = int(p.argmax())
-    p_moved = softmax_t(log_probabilities(bundle.pipeline, moved[None], 2), bundle.temperature)[0, call]
-    assert df["contribution"][0] == pytest.approx(p[call] - p_moved, abs=1e-6)
+
+    def log_odds(row):
+        z = log_probabilities(bundle.pipeline, row[None], 2)[0] / bundle.temperature
+        return z[call] - z[1 - call]
+
+    assert df["contribution"][0] == pytest.approx(log_odds(x) - log_odds(moved), abs=1e-6)
+    # a sharp calibration saturates the probability of the call, not its log-odds
+    sharp = _rewritten(classical_bundle, tmp_path / "sharp", temperature=bundle.temperature / 50)
+    assert softmax_t(log_probabilities(sharp.pipeline, x[None], 2), sharp.temperature)[0].max() > 1 - 1e-9
+    assert feature_contributions(sharp, cell)["contribution"].abs().max() > 1
     [png] = explain(bundle, [cell_path], tmp_path / "ex")
     assert png.name == f"{cell_path.stem}_features.png" and png.stat().st_size > 1000
     table = (tmp_path / "ex" / f"{cell_path.stem}_features.csv").read_text().splitlines()

@@ -323,7 +323,7 @@ def classical_server(classical_bundle: Path) -> Iterator[str]:  # noqa: F811
 
 
 def test_a_figure_that_cannot_be_computed_shows_na_not_null(browser: Any, classical_server: str,  # noqa: F811
-                                                            tmp_path: Path) -> None:
+                                                            data: Path, tmp_path: Path) -> None:
     """A black 1x1 image has no nucleus: its handcrafted features and unfamiliarity are not numbers (null in
     the JSON); the page says "n/a" for them."""
     import numpy as np
@@ -334,9 +334,14 @@ def test_a_figure_that_cannot_be_computed_shows_na_not_null(browser: Any, classi
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(classical_server + "/")
     page.wait_for_selector("#card dl")
-    page.set_input_files("#files", [str(tmp_path / "dot.png")])
+    cell = sorted((data / "cnmc_cells" / "all").glob("*.png"))[0]
+    page.set_input_files("#files", [str(tmp_path / "dot.png"), str(cell)])
     result = page.locator(".result[data-label]")
-    expect(result).to_have_count(1, timeout=60_000)
-    text = result.inner_text()
+    expect(result).to_have_count(2, timeout=60_000)
+    text = result.nth(0).inner_text()
     assert "unfamiliarity n/a" in text and "null" not in text
+    # a real cell's features, as changes in the log-odds of the call (probabilities saturate)
+    features = result.nth(1).locator(".features li").all_inner_texts()
+    assert features and all(re.search(r": [+−]\d+\.\d\d log-odds (towards|against) the call$", f)
+                            for f in features), features
     page.close()

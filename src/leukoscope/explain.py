@@ -126,8 +126,10 @@ def feature_contributions(bundle: Bundle, image: np.ndarray, target: int | None 
     """Per feature of a classical bundle: value, training mean, contribution to the call (``Bundle.decide``,
     or ``target``).
 
-    Sorted by absolute contribution; ``contribution`` is p(call) minus p(call) with the feature at
-    its training mean, so positive values pushed towards the call.
+    Sorted by absolute contribution; ``contribution`` is the calibrated log-odds of the call minus the
+    same with the feature at its training mean, so positive values pushed towards the call. Log-odds, not
+    probability: a confident call (p = 0.99999) moves little in probability whatever a feature does, and
+    every contribution would read 0.
     """
     pipeline = getattr(bundle, "pipeline", None)
     scale = getattr(pipeline, "named_steps", {}).get("scale")
@@ -137,18 +139,24 @@ def feature_contributions(bundle: Bundle, image: np.ndarray, target: int | None 
     from leukoscope.bundle.classical import log_probabilities
     from leukoscope.probability import softmax_t
 
-    def proba(rows: np.ndarray) -> np.ndarray:  # calibrated, as predict reports it
-        return softmax_t(log_probabilities(pipeline, rows, len(bundle.classes)), bundle.temperature)
+    def logits(rows: np.ndarray) -> np.ndarray:  # calibrated, as predict reports them
+        return log_probabilities(pipeline, rows, len(bundle.classes)) / bundle.temperature
+
+    def log_odds(z: np.ndarray, c: int) -> np.ndarray:
+        others = np.delete(z, c, axis=1)
+        top = others.max(axis=1)
+        return z[:, c] - top - np.log(np.exp(others - top[:, None]).sum(axis=1))
 
     x = np.asarray(bundle.features([image]), np.float64)[0]  # type: ignore[attr-defined]
     names = bundle.extractor.names()  # type: ignore[attr-defined]
     mean = np.asarray(scale.mean_, np.float64)
-    p = proba(x[None, :])[0]
+    z = logits(x[None, :])
+    p = softmax_t(z, 1.0)[0]
     call = int(bundle.decide(p[None, :])[0]) if target is None else int(target)
     occluded = np.repeat(x[None, :], len(x), axis=0)
     occluded[np.arange(len(x)), np.arange(len(x))] = mean
-    p_occ = proba(occluded)[:, call]
-    df = pd.DataFrame({"feature": names, "value": x, "train_mean": mean, "contribution": p[call] - p_occ})
+    change = log_odds(z, call)[0] - log_odds(logits(occluded), call)
+    df = pd.DataFrame({"feature": names, "value": x, "train_mean": mean, "contribution": change})
     df.attrs |= {"predicted": bundle.classes[call], "probability": float(p[call])}
     return df.reindex(df["contribution"].abs().sort_values(ascending=False, kind="stable").index
                       ).reset_index(drop=True)
@@ -166,7 +174,7 @@ def contributions_figure(df: pd.DataFrame, title: str, top: int = TOP_FEATURES) 
     ax.barh(part["feature"], part["contribution"],
             color=["#c0392b" if v > 0 else "#2e86c1" for v in part["contribution"]])
     ax.axvline(0, color="k", lw=0.8)
-    ax.set_xlabel("change in p(call) vs the feature at its training mean")
+    ax.set_xlabel("change in the log-odds of the call vs the feature at its training mean")
     ax.set_title(title, fontsize=10, parse_math=False)  # a file name may hold $...$
     ax.tick_params(axis="y", labelsize=8)
     return fig

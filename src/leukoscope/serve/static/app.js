@@ -198,7 +198,7 @@ function showResult(node, res) {
     for (const f of res.features) {
       const towards = f.contribution >= 0;
       list.append(el("li", { class: towards ? "towards" : "against" },
-        `${f.feature} = ${fmt(f.value)}: ${towards ? "+" : "−"}${pct(Math.abs(f.contribution))} ${towards ? "towards" : "against"} the call`));
+        `${f.feature} = ${fmt(f.value)}: ${towards ? "+" : "−"}${Math.abs(f.contribution).toFixed(2)} log-odds ${towards ? "towards" : "against"} the call`));
     }
     node.querySelector(".why").hidden = false;
   }
