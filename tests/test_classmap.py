@@ -272,9 +272,16 @@ def test_benchmark_scores_a_mapped_lab(two_labs: tuple[Path, Path], tmp_path: Pa
             "1",
             "--out",
             str(tmp_path / "lb"),
+            "--save-best",
+            str(tmp_path / "best"),
         ],
     )
     assert res.exit_code == 0, res.output
+    # the saved bundle records the map, so evaluate maps the same lab's cells without being told
+    assert json.loads((tmp_path / "best" / "config.json").read_text())["class_map"]["name"] == "pbc-deepapl"
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "best"), str(deep), "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    assert "none given, so the one the bundle was trained with" in res.output
     assert (
         "class map pbc-deepapl applied: 40 labelled cell(s) onto 2 common label(s) (lymphocyte 20, "
         "neutrophil 20); left out 5 cell(s) of types it drops (Smudge cells 5)" in res.output

@@ -126,3 +126,21 @@ def test_eda_all_black_image_has_no_colour(data: Path, tmp_path: Path) -> None:
     assert "13 images;" in html and "None: every image decoded." in html
     text = re.sub(r'"data:image/png;base64,[^"]*"', "", html)
     assert "nan" not in text.lower()  # a class's colour is the mean of its images that have one
+
+
+def test_a_subject_with_cells_of_two_labels_shows_both(data: Path) -> None:
+    """Images per subject are stacked by label (a mixed subject was drawn in its last row's colour only)."""
+    from matplotlib.colors import to_hex
+
+    from leukoscope.eda import _images_per_subject
+
+    m = read([data / "cnmc_cells"]).iloc[:6].copy()
+    m["subject"] = ["1", "1", "1", "1", "H6", "H6"]
+    labels = ["all", "all", "all", "hem", "hem", "hem"]
+    colours = {"all": "#aa0000", "hem": "#0000aa"}
+    fig = _images_per_subject(m, labels, colours, {"all": "all", "hem": "hem"})
+    ax = fig.axes[0]
+    bars = [(round(b.get_x() + b.get_width() / 2), b.get_height(), to_hex(b.get_facecolor()))
+            for b in ax.patches if b.get_height() > 0]
+    assert sorted(bars) == [(0, 1.0, "#0000aa"), (0, 3.0, "#aa0000"), (1, 2.0, "#0000aa")]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["all", "hem"]

@@ -114,11 +114,13 @@ def test_registry_and_spec() -> None:
 
 def test_cache_hit_and_skipped(synthetic2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     m = read([synthetic2]).iloc[:10]
-    bad = tmp_path / "broken.png"
-    bad.write_bytes(b"not an image")
-    m = make_manifest([*m[["path", "label"]].to_dict("records"), {"path": str(bad), "label": "blast"}])
+    bad, twin = tmp_path / "broken.png", tmp_path / "broken-too.png"  # the same bytes: both listed
+    for f in (bad, twin):
+        f.write_bytes(b"not an image")
+    m = make_manifest([*m[["path", "label"]].to_dict("records"), {"path": str(bad), "label": "blast"},
+                       {"path": str(twin), "label": "normal"}])
     first, skipped = extract(m, "handcrafted", cache=tmp_path / "c", n_jobs=1, size=64)
-    assert [p for p, _ in skipped] == [str(bad)] and "not a readable image" in skipped[0][1]
+    assert [p for p, _ in skipped] == [str(bad), str(twin)] and "not a readable image" in skipped[1][1]
     assert list(first.index) == list(range(10)) and list(first.columns) == NAMES
 
     def boom(self, images):  # a second run must not compute anything
@@ -136,7 +138,7 @@ def test_cache_hit_and_skipped(synthetic2: Path, tmp_path: Path, monkeypatch: py
     third, _ = extract(m, "handcrafted", cache=tmp_path / "c", n_jobs=1, size=64,
                        progress=Counting(lambda done, total: seen.append((done, total))))
     pd.testing.assert_frame_equal(first, third)
-    assert seen[-1] == (11, 11)
+    assert seen[-1] == (12, 12)
 
 
 def test_parallel_equals_serial(synthetic2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -135,8 +135,20 @@ def test_ray_only_options_are_refused_by_the_local_engine(exported, cells, tmp_p
 @pytest.mark.parametrize(("options", "message"), [
     (["--address", "ray://head:10001"], "Ray Data cannot run through Ray Client"),
     (["--address", "auto", "--num-cpus", "2"], "--num-cpus sizes a local Ray instance"),
+    (["--address", "127.0.0.1:1"], "--address 127.0.0.1:1: cannot connect to a Ray cluster (nothing answers"),
 ])
 def test_cluster_options_that_cannot_work_are_refused(exported, cells, tmp_path, options, message):
     r = runner.invoke(app, ["predict", str(exported), str(cells), "--out", str(tmp_path / "o"),
                             "--engine", "ray", *options])
     assert r.exit_code == 1 and message in r.output
+
+
+def test_a_command_line_that_is_not_utf8_starts_ray(monkeypatch):
+    """Ray records the command line; a folder name in another encoding stopped it (UnicodeEncodeError)."""
+    from leukoscope.predict.ray_engine import ray_session
+
+    argv = ["leukoscope", "predict", "bundle", os.fsdecode(b"/data/d\xe9ir"), "--engine", "ray"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with ray_session(num_cpus=1) as ray:
+        assert ray.is_initialized()
+    assert sys.argv is argv

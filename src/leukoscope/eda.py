@@ -151,19 +151,25 @@ def _images_per_subject(m: Manifest, labels: list[str], colours: dict[str, Any],
     from matplotlib.patches import Patch
     from matplotlib.ticker import MaxNLocator
 
+    """A bar per subject, stacked by label: a subject with cells of two labels shows both."""
     rows = [(s, lab) for s, lab in zip(m["subject"], labels, strict=True) if s is not None]
     counts = Counter(s for s, _ in rows)
-    label_of = {s: lab for s, lab in rows}
-    order = sorted(counts, key=lambda s: (-counts[s], label_of[s], len(s), s))
+    per = Counter(rows)  # (subject, label) -> images
+    main = {s: max(sorted({lab for t, lab in per if t == s}), key=lambda lab: per[s, lab]) for s in counts}
+    order = sorted(counts, key=lambda s: (-counts[s], main[s], len(s), s))
     fig = Figure(figsize=(min(14, max(5, 0.28 * len(order) + 2)), 3.4))
     ax = fig.subplots()
-    ax.bar(range(len(order)), [counts[s] for s in order], color=[colours[label_of[s]] for s in order])
+    present = sorted({lab for _, lab in per})
+    bottom = np.zeros(len(order))
+    for lab in present:
+        heights = np.array([per[s, lab] for s in order], float)
+        ax.bar(range(len(order)), heights, bottom=bottom, color=colours[lab])
+        bottom += heights
     if len(order) <= 60:
         ax.set_xticks(range(len(order)), order, rotation=90, fontsize=7)
     else:
         ax.set_xticks([])
-    ax.legend(handles=[Patch(color=colours[lab], label=shown[lab]) for lab in sorted(set(label_of.values()))],
-              fontsize=8)
+    ax.legend(handles=[Patch(color=colours[lab], label=shown[lab]) for lab in present], fontsize=8)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("images")
     ax.set_title(f"Images per subject ({len(order)} subjects)")

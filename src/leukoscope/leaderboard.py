@@ -316,15 +316,16 @@ def write_leaderboard(lb: Leaderboard, out: Path) -> dict[str, Path]:
     return paths
 
 
-def save_best(lb: Leaderboard, split: Manifest, X: np.ndarray, out: Path, *, model: str | None = None
-              ) -> Path:
+def save_best(lb: Leaderboard, split: Manifest, X: np.ndarray, out: Path, *, model: str | None = None,
+              class_map: dict[str, Any] | None = None) -> Path:
     """Refit the winner (or ``model``) and write it as a classical bundle at ``out``.
 
     It is fitted on the train side of the leaderboard's split (``benchmark``'s rows and their
     ``side``), the calibration temperature fitted on its val side, and the figures in metrics.json
     measured on val and, once, on the test side the leaderboard's CV never saw; metrics.json also
     carries the CV figures (on the train and val sides) under ``cross_validation``. The bundle's
-    split.csv holds all three sides, so ``evaluate --side test`` scores the same test side.
+    split.csv holds all three sides, so ``evaluate --side test`` scores the same test side. ``class_map``
+    (``ClassMap.to_json``) is recorded as ``train --class-map`` records it, so evaluate maps new cells alike.
     """
     from leukoscope.errors import ConfigError
     from leukoscope.train.classical import fit_on_train, write_bundle
@@ -355,6 +356,8 @@ def save_best(lb: Leaderboard, split: Manifest, X: np.ndarray, out: Path, *, mod
               "data": lb.data,
               "training": {"rows": int((sides == "train").sum()), "val_rows": int((sides == "val").sum()),
                            "test_rows": int((sides == "test").sum()), "seed": lb.seed, "cv_folds": lb.folds}}
+    if class_map is not None:
+        config["class_map"] = class_map
     scorer = classical_scorer(X, y, sides, held_out["val"], temperature, lb.seed)
     return write_bundle(out, pipeline, config | unfamiliar_config(scorer), metrics, bundle_split(side),
                         scorer)

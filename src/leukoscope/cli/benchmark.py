@@ -76,7 +76,7 @@ def benchmark_cmd(
                 raise ConfigError(f"--models: no classical model matches {pattern!r}; choose from: "
                                   f"{', '.join(list_models(family='classical'))}")
             names += [n for n in found if n not in names]
-    m, _, counts = mapped(read_data(paths, layout), class_map)
+    m, cmap, counts = mapped(read_data(paths, layout), class_map)
     with shown() as bars:
         lb, split, X = benchmark(m, features=features, k=cv, models=names, timeout=timeout, jobs=jobs,
                                  seed=seed, params=params, min_cells=min_cells, rare=rare, split_file=split,
@@ -104,7 +104,7 @@ def benchmark_cmd(
     print_skipped(lb.skipped)
     say(f"wrote {', '.join(str(p) for p in written.values())}")
     if save_best:
-        bundle = save_best_bundle(lb, split, X, save_best)
+        bundle = save_best_bundle(lb, split, X, save_best, class_map=cmap.to_json() if cmap else None)
         from leukoscope.bundle import load_bundle
 
         figs = load_bundle(bundle).metrics()

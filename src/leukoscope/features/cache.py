@@ -141,9 +141,10 @@ def extract_with(m: Manifest, extractor: FeatureExtractor, cache: Path | None = 
                 missing[d] = p
         advance(len(paths) - len(missing))  # the rest is counted as it is computed
         for p, row in _run(part, list(missing.values()), n_jobs, advance):
-            if isinstance(row, str):
-                skipped.append((p, row))
-                bad.update(q for q, d in digests.items() if d == digests[p])
+            if isinstance(row, str):  # every file with these bytes is as unreadable, and listed
+                same = [q for q, d in digests.items() if d == digests[p] and q not in bad]
+                skipped += [(q, row) for q in same]
+                bad.update(same)
                 continue
             rows[digests[p]] = row
             _save_npy(folder / f"{digests[p]}.npy", row)

@@ -61,6 +61,9 @@ INSTALL_HINT = "the ray engine needs Ray: pip install -e .[ray]"
 PARQUET, CSV, SKIPPED = "predictions.parquet", "predictions.csv", "skipped.csv"
 #: Input blocks per actor: enough to balance the pool and report progress, few enough to stay cheap.
 BLOCKS_PER_ACTOR = 16
+#: Seconds to reach a cluster's head (``--address host:port``) before saying it cannot be reached: Ray
+#: itself retries for minutes without a word.
+CONNECT_TIMEOUT_S = 5.0
 
 
 def import_ray() -> Any:
@@ -94,7 +97,9 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
             raise ConfigError("--num-cpus sizes a local Ray instance; with --address the cluster's CPUs "
                               "are used")
         try:
-            ray.init(address=address, **quiet)
+            _reachable(address)
+            with _utf8_argv():
+                ray.init(address=address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ConfigError(f"--address {address}: cannot connect to a Ray cluster ({e}); start one "
                               "with `ray start --head`") from None
@@ -102,11 +107,40 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         if num_cpus is not None and num_cpus < 1:
             raise ConfigError(f"--num-cpus must be at least 1, got {num_cpus}")
         # "local": a new instance even if `ray start` left a cluster running here or RAY_ADDRESS is set
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
+        with _utf8_argv():
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _reachable(address: str) -> None:
+    """A ``ConnectionError`` unless a ``host:port`` address answers within ``CONNECT_TIMEOUT_S`` (``auto``
+    and the like are Ray's to resolve)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise ConnectionError(f"nothing answers at {address} within {CONNECT_TIMEOUT_S:g} s ({e})") from None
+
+
+@contextmanager
+def _utf8_argv() -> Iterator[None]:
+    """``sys.argv`` as valid UTF-8 while Ray starts: it records the command line, and an argument that is
+    not UTF-8 (a folder name in Latin-1, say) stopped it with a UnicodeEncodeError."""
+    import sys
+
+    saved = sys.argv
+    sys.argv = [printable(a) for a in saved]
+    try:
+        yield
+    finally:
+        sys.argv = saved
 
 
 def _bundle_files(folder: Path) -> dict[str, bytes]:
