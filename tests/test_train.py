@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -142,3 +143,35 @@ def test_training_uses_the_threads_omp_num_threads_allows(synthetic2, tmp_path, 
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("setting", "value", "said"), [
+    ("label_smoothing", 5.0, "label_smoothing must be in [0, 1)"),
+    ("weight_decay", -1.0, "weight_decay must be >= 0"),
+    ("warmup_epochs", -3.0, "warmup_epochs must be >= 0"),
+    ("threads", -4, "threads must be >= 0"),
+    ("body_lr", -1.0, "body_lr must be >= 0"),
+    ("finetune_depth", -2, "finetune_depth must be >= -1"),
+])
+def test_settings_a_config_file_gives_are_checked_before_any_work(setting, value, said):
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        TrainConfig.build(model="leukonet", **{setting: value}).resolved()  # as train opens its run
+
+
+def test_a_body_lr_of_zero_is_a_body_that_does_not_learn():
+    from leukoscope.models.networks import network_class
+    from leukoscope.train.fit import Plan, _trainer
+
+    cfg = TrainConfig.build(model="leukonet", body_lr=0.0).resolved()
+    model = network_class("leukonet")(num_classes=2, pretrained=False)
+    t = _trainer(model, cfg, True, Plan.of(cfg, 100), np.ones(2))
+    assert [g["initial_lr"] for g in t.opt.param_groups] == [cfg.lr, 0.0]  # it was 1.0 x lr
+
+
+def test_a_batch_size_cut_for_a_small_set_is_said_and_recorded(synthetic2, tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", str(synthetic2), "--model", "leukonet", "--epochs", "1",
+                                   "--img-size", "32", "--batch-size", "1000", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    used = json.loads((out / "metrics.json").read_text())["batch_size"]
+    assert used < 1000 and f"batch size {used}, not 1000" in " ".join(res.output.split())

@@ -206,3 +206,24 @@ def test_a_run_records_its_device_and_resumes_under_another_device_setting(cells
     assert config["trained_on"] == expected and config["train"]["device"] == "auto"
     assert json.loads((out / "metrics.json").read_text())["timing"]["device"] == expected
     assert f'trained_on: "{expected}"' in (out / "bundle" / "MODEL_CARD.md").read_text()
+
+
+def test_a_finished_run_is_not_handed_back_for_other_data_or_without_its_record(cells, tmp_path):
+    """Rerunning into a finished folder returns its bundle only for the same settings and the same data."""
+    from leukoscope.errors import DataError
+    from leukoscope.train import rundir
+
+    out = tmp_path / "run"
+    first = train(read([cells]), TrainConfig.build(**SETTINGS), out)
+    assert train(read([cells]), TrainConfig.build(**SETTINGS), out).path == first.path  # same: handed back
+    fewer = tmp_path / "fewer"
+    fewer.mkdir()
+    for f in sorted(cells.iterdir())[2:]:
+        shutil.copy(f, fewer / f.name)
+    with pytest.raises(ConfigError, match=r"holds a run on other data \(24 images then, 22 now"):
+        train(read([fewer]), TrainConfig.build(**SETTINGS), out)
+    (out / "config.json").unlink()
+    with pytest.raises(ConfigError, match="without a readable record of its settings"):
+        train(read([cells]), TrainConfig.build(**SETTINGS), out)
+    with rundir.held(tmp_path / "busy"), pytest.raises(DataError, match="another train is writing"):
+        train(read([cells]), TrainConfig.build(**SETTINGS), tmp_path / "busy")

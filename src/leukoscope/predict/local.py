@@ -23,7 +23,6 @@ import os
 import stat
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +36,7 @@ from leukoscope.data.names import subject_from_name
 from leukoscope.errors import DataError
 from leukoscope.filenames import NAME_ERRORS
 from leukoscope.io import write_json_atomic
+from leukoscope.locks import exclusive
 from leukoscope.predict import ENGINES, unfamiliar
 from leukoscope.predict.tta import proba_from_views
 from leukoscope.progress import SILENT, Progress
@@ -300,44 +300,6 @@ def check_out(out: Path, bundle: Path) -> None:
         raise DataError(f"{out}: cannot create its folder {out.parent} ({e.strerror})") from None
 
 
-@contextmanager
-def output_lock(out: Path) -> Iterator[None]:
-    """Hold ``<out>.lock`` (an exclusive, non-blocking flock) while writing ``out``.
-
-    A second run on the same output raises at once, naming the first one's pid; the lock file is
-    removed while still held, so a run that opened it meanwhile sees another file and tries again.
-    """
-    import fcntl
-
-    lock = out.with_name(out.name + ".lock")
-    while True:
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise DataError(f"{out}: cannot write beside it ({e.strerror})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise DataError(f"another predict is writing {out} (pid {pid})") from None
-        try:
-            held = os.stat(lock)
-        except FileNotFoundError:
-            held = None
-        mine = os.fstat(fd)
-        if held is not None and (held.st_dev, held.st_ino) == (mine.st_dev, mine.st_ino):
-            break
-        os.close(fd)  # the run before removed the file we locked: lock the new one
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-        os.close(fd)
-
-
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """What a recorded run did otherwise than this one, as short phrases."""
     said = []
@@ -382,7 +344,7 @@ def predict(bundle: Bundle, inputs: Iterable[str | Path], out_csv: Path | str, b
     """
     out = Path(out_csv)
     check_out(out, bundle.path)
-    with output_lock(out):
+    with exclusive(out.with_name(out.name + ".lock"), f"another predict is writing {out}"):
         return _predict(bundle, inputs, out, batch_size, tta, progress, restart, adapt)
 
 

@@ -38,7 +38,7 @@ def train_classical(m: Manifest, config: TrainConfig, out: Path, progress: Progr
     """
     from leukoscope.models.registry import get_model
 
-    out, cfg, done = rundir.begin(config, out, "classical")
+    out, cfg, done = rundir.begin(config, out, "classical", m)
     if done is not None:
         return done
     try:

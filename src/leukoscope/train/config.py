@@ -188,6 +188,14 @@ class TrainConfig:
         need(self.balance in BALANCE, f"balance must be one of {', '.join(BALANCE)}, got {self.balance!r}")
         need(self.cv == 0 or self.cv >= 2, f"--cv must be 0 (off) or >= 2, got {self.cv}")
         need(self.min_steps is None or self.min_steps >= 0, f"min_steps must be >= 0, got {self.min_steps}")
+        # settings a config file may give: checked here, not as a traceback from torch after decoding
+        need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        need(self.threads >= 0, f"threads must be >= 0 (0: one per core), got {self.threads}")
+        need(self.finetune_depth >= -1, f"finetune_depth must be >= -1 (-1: all), got {self.finetune_depth}")
+        need(self.body_lr is None or self.body_lr >= 0,
+             f"body_lr must be >= 0 (0: the body does not learn), got {self.body_lr}")
         need(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.device == "cuda":  # refused before any data is read, not epochs later
             self.torch_device()

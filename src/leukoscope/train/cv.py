@@ -39,9 +39,14 @@ def cross_validate(m: Manifest, config: TrainConfig, out: Path, progress: Progre
     if cfg.family != "network":
         raise ConfigError(f"--model {cfg.model}: cross-validation here is for networks; "
                           "a classical model's is leukoscope benchmark --models")
+    with rundir.held(out):
+        return _cross_validate(m, cfg, out, progress)
+
+
+def _cross_validate(m: Manifest, cfg: TrainConfig, out: Path, progress: Progress) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    rundir.check_same(out, cfg)
-    cfg.write(out)
+    rundir.check_same(out, cfg, m)
+    rundir.claim(out, cfg, m)
     rows = decoded_rows(m, cfg, progress)
     m, images, pre0, class_names = rows.rows, rows.images, rows.pre, rows.classes
     from leukoscope.audit.groups import grouped

@@ -103,6 +103,9 @@ def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
     plan = Plan.of(cfg, len(tr))
     if say_stretch and (note := cfg.stretch_note(plan.steps)):
         report.note(note)
+    if say_stretch and plan.batch_size != (cfg.batch_size or 32):
+        report.note(f"batch size {plan.batch_size}, not {cfg.batch_size or 32}: so that the {len(tr)} "
+                    "training images give each epoch at least 4 optimiser steps (metrics.json records it)")
     expected = resume.fingerprint(cfg, data.split)
     state = resume.saved_state(out, cfg, expected)
     weights = class_weights(data.y[tr], k)
@@ -116,7 +119,7 @@ def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
     sample_p = weights[data.y[tr]] / weights[data.y[tr]].sum() if cfg.balance == "sampler" else None
     _epochs(t, data, pre, cfg, plan, progress, expected, sample_p, out, report)
     model, history, extra = _best(t.model, out, progress, plan)
-    return model, history, extra | {"device": device_name(device)}
+    return model, history, extra | {"device": device_name(device), "batch_size": plan.batch_size}
 
 
 def device_name(device: torch.device) -> str:
@@ -143,8 +146,9 @@ def _trainer(model: Network, cfg: TrainConfig, pretrained: bool, plan: Plan,
     lr = cfg.lr or 1e-3
     # pretrained bodies move slower than the head (Adam's first steps are as large as lr whatever the
     # gradient, enough to scramble ImageNet filters at a head's learning rate)
+    body_lr = lr * (1.0 if cfg.body_lr is None else cfg.body_lr)  # 0 is a body that does not learn
     groups = [{"params": [p for p in params if id(p) in head_ids], "lr": lr},
-              {"params": [p for p in params if id(p) not in head_ids], "lr": lr * (cfg.body_lr or 1.0)}]
+              {"params": [p for p in params if id(p) not in head_ids], "lr": body_lr}]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, _schedule(plan.epochs * plan.steps, int(cfg.warmup_epochs * plan.steps)))

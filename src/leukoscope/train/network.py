@@ -44,7 +44,7 @@ def train_network(m: Manifest, config: TrainConfig, out: Path, progress: Progres
 
     A finished run directory is not retrained: rerunning returns its bundle; an unfinished one resumes.
     """
-    out, cfg, done = rundir.begin(config, out, "network")
+    out, cfg, done = rundir.begin(config, out, "network", m)
     if done is not None:
         return done
     rows = decoded_rows(m, cfg, progress)
@@ -68,7 +68,7 @@ def fit_and_bundle(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: P
     metrics, temperature, probs = evaluate(model, data, pre, cfg.tta, progress)
     metrics |= split_record(data.split) | {"tta": cfg.tta,
                 "best_epoch": extra["best_epoch"], "epochs_run": extra["epochs_run"],
-                "epochs_planned": extra["epochs_planned"],
+                "epochs_planned": extra["epochs_planned"], "batch_size": extra["batch_size"],
                 # this session only (a resumed run counts from the resume); the load average says
                 # whether other work shared the machine
                 "timing": {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,

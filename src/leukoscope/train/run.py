@@ -7,6 +7,7 @@ from pathlib import Path
 from leukoscope.bundle import Bundle
 from leukoscope.data.manifest import Manifest
 from leukoscope.progress import SILENT, Progress
+from leukoscope.train import rundir
 from leukoscope.train.classical import train_classical
 from leukoscope.train.config import TrainConfig
 from leukoscope.train.network import train_network
@@ -19,4 +20,5 @@ def train(m: Manifest, config: TrainConfig, out: Path, progress: Progress = SILE
     A finished run directory is not retrained: rerunning returns its bundle.
     """
     run = train_classical if config.family == "classical" else train_network
-    return run(m, config, out, progress)
+    with rundir.held(Path(out)):
+        return run(m, config, out, progress)
