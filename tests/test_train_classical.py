@@ -149,3 +149,31 @@ def test_train_settings_that_do_not_fit_the_model_are_one_line(args: list[str], 
     assert res.exit_code == 1
     assert message in res.output and "Traceback" not in res.output and res.output.count("error:") == 1
     assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def few(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 aria_all cells of each of 4 classes: --subset 0.3 leaves a training side of 4 (one per class)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("few") / "aria"
+    for c in ("Benign", "Early", "Pre", "Pro"):
+        (root / c).mkdir(parents=True)
+        for f in sorted((data / "aria_all" / c).iterdir())[:8]:
+            shutil.copy(f, root / c / f.name)
+    return root
+
+
+@pytest.mark.parametrize("model", ["knn", "svc", "lda"])
+def test_a_training_side_too_small_for_the_model_is_one_line(few: Path, tmp_path: Path, model: str) -> None:
+    res = runner.invoke(app, ["train", str(few), "--model", model, "--subset", "0.3", "--out", str(tmp_path)])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert "the training side (4 images) is too small for this model" in " ".join(res.output.split())
+
+
+def test_one_training_cell_per_class_still_gets_an_unfamiliarity_score(few: Path, tmp_path: Path) -> None:
+    """Cells that do not vary within their class gave a singular covariance (LinAlgError, no bundle)."""
+    res = runner.invoke(app, ["train", str(few), "--model", "logistic_regression", "--subset", "0.3", "--out",
+                              str(tmp_path / "lr")])
+    assert res.exit_code == 0, res.output
+    assert load_bundle(tmp_path / "lr" / "bundle").unfamiliar is not None

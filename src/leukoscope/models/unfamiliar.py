@@ -197,9 +197,11 @@ def _measurable(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _precision(centred: np.ndarray) -> np.ndarray:
-    """The inverse of the covariance of ``centred`` rows, with ``SHRINKAGE`` so it can be inverted."""
+    """The inverse of the covariance of ``centred`` rows, with ``SHRINKAGE`` so it can be inverted (towards
+    the unit matrix when the rows do not vary at all: one training cell per class, or identical ones)."""
     cov = centred.T @ centred / max(len(centred) - 1, 1)
-    cov += SHRINKAGE * float(np.trace(cov)) / cov.shape[0] * np.eye(cov.shape[0], dtype=cov.dtype)
+    spread = float(np.trace(cov)) / cov.shape[0]
+    cov += SHRINKAGE * (spread if spread > 0 else 1.0) * np.eye(cov.shape[0], dtype=cov.dtype)
     return np.linalg.inv(cov).astype(np.float32)
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 from leukoscope.bundle import Bundle, finish_bundle, load_bundle, write_json, writing_bundle
 from leukoscope.bundle.classical import WEIGHTS, log_probabilities, save_pipeline
 from leukoscope.data.manifest import Manifest, classes, label_indices, skipped_files
-from leukoscope.errors import ConfigError
+from leukoscope.errors import ConfigError, DataError
 from leukoscope.features.cache import feature_matrix
 from leukoscope.models.unfamiliar import Scorer
 from leukoscope.progress import SILENT, Progress
@@ -84,9 +84,13 @@ def fit_on_train(estimator: Any, X: np.ndarray, y: np.ndarray, sides: np.ndarray
     """``estimator`` fitted on the rows whose side is ``train``; its logits on the val and test rows
     (the sides present), for the temperature and the held-out figures."""
     train = sides == "train"
-    pipeline = estimator.fit(X[train], y[train])
-    logits = {side: log_probabilities(pipeline, X[sides == side], n_classes)
-              for side in ("val", "test") if (sides == side).any()}
+    try:
+        pipeline = estimator.fit(X[train], y[train])
+        logits = {side: log_probabilities(pipeline, X[sides == side], n_classes)
+                  for side in ("val", "test") if (sides == side).any()}
+    except (ValueError, np.linalg.LinAlgError) as e:  # fewer images than an inner CV's folds, or neighbours
+        raise DataError(f"the training side ({int(train.sum())} images) is too small for this model "
+                        f"({' '.join(str(e).split())}); use more data or a larger --subset") from None
     return pipeline, logits
 
 
