@@ -141,3 +141,27 @@ def test_an_os_error_is_one_line_naming_the_file(data: Path, tmp_path: Path) -> 
     afile.write_text("")
     res = runner.invoke(app, ["data", "split", str(data / "cnmc_sample"), "--out", str(afile / "s.csv")])
     _one_line(res, str(afile))
+
+
+def test_unreadable_images_are_said_by_train_with_one_reason_format(data: Path, tmp_path: Path) -> None:
+    """train lists the images it could not use (only skipped.json did), networks and classical alike."""
+    cells = _cells(data, tmp_path / "cells")
+    bad = cells / CLASSES[0] / "broken.jpg"
+    bad.write_text("not an image")
+    for model in ("logistic_regression", "leukonet"):
+        extra = ["--img-size", "32", "--epochs", "1"] if model == "leukonet" else []
+        res = runner.invoke(app, ["train", str(cells), "--model", model, "--min-cells", "0", "--out",
+                                  str(tmp_path / model), *extra])
+        assert res.exit_code == 0, res.output
+        said = " ".join(res.output.split())
+        assert f"skipped 1 unreadable image(s): {bad}: not a readable image" in said, said
+        record = json.loads((tmp_path / model / "skipped.json").read_text())
+        assert record == [{"path": str(bad), "reason": "not a readable image"}]
+
+
+def test_out_inside_a_folder_the_command_reads_is_refused(data: Path, tmp_path: Path) -> None:
+    """A run written into its data set became part of it (its curves.png a class of the next read)."""
+    cells = _cells(data, tmp_path / "cells")
+    res = _train(cells, cells / "run")
+    _one_line(res, f"--out {cells / 'run'} is inside {cells}, which this command reads")
+    assert not (cells / "run").exists()

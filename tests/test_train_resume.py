@@ -118,7 +118,9 @@ def test_a_truncated_checkpoint_is_one_line_then_deleting_it_starts_over(cells, 
     assert state["epoch"] == 1
     m, cfg = read([cells]), TrainConfig.build(**SETTINGS)
     # well-formed files whose contents fit no run (edited, or planted by hand)
-    for edited in ({**state, "model": {"w": torch.zeros(2)}}, {**state, "rng": {}}, {"fingerprint": "x"}):
+    for edited in ({**state, "model": {"w": torch.zeros(2)}}, {**state, "rng": {}}, {"fingerprint": "x"},
+                   {**state, "epoch": "x"}, {**state, "history": "abc"}, {**state, "best_score": "hi"},
+                   {**state, "extra": [1]}):
         checkpoint.save(ckpt, edited)
         with pytest.raises(ConfigError, match="not a usable checkpoint"):
             train(m, cfg, out)
@@ -135,6 +137,18 @@ def test_a_truncated_checkpoint_is_one_line_then_deleting_it_starts_over(cells, 
     res = runner.invoke(app, command)
     assert res.exit_code == 0, res.output
     assert list(pd.read_csv(out / "history.csv")["epoch"]) == [1, 2, 3]
+
+
+def test_a_best_weights_file_replaced_by_a_pickle_is_one_line(cells, tmp_path):
+    import pickle
+
+    out = tmp_path / "run"
+    _stopped_after_one_epoch(cells, out)
+    (out / "best.safetensors").write_bytes(pickle.dumps({"w": [1, 2, 3]}))
+    state = checkpoint.load(out / checkpoint.NAME)
+    checkpoint.save(out / checkpoint.NAME, {**state, "stopped": True})  # the next step reads best weights
+    with pytest.raises(ConfigError, match="best.safetensors: not a usable checkpoint"):
+        train(read([cells]), TrainConfig.build(**SETTINGS), out)
 
 
 def test_a_checkpoint_from_another_program_is_refused(tmp_path):
@@ -227,3 +241,20 @@ def test_a_finished_run_is_not_handed_back_for_other_data_or_without_its_record(
         train(read([cells]), TrainConfig.build(**SETTINGS), out)
     with rundir.held(tmp_path / "busy"), pytest.raises(DataError, match="another train is writing"):
         train(read([cells]), TrainConfig.build(**SETTINGS), tmp_path / "busy")
+
+
+def test_ctrl_c_while_a_checkpoint_is_written_says_the_epochs_on_disk(cells, tmp_path, monkeypatch):
+    from leukoscope.train import resume
+
+    real, calls = resume.save, []
+
+    def save(*args, **kwargs):  # the third epoch's checkpoint is being written when Ctrl-C comes
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(resume, "save", save)
+    with pytest.raises(TrainingInterrupted) as e:
+        train(read([cells]), TrainConfig.build(**SETTINGS), tmp_path / "run")
+    assert e.value.epoch == 2 == checkpoint.load(tmp_path / "run" / checkpoint.NAME)["epoch"]

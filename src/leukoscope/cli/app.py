@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import gc
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -240,15 +241,24 @@ console = LazyConsole()
 err_console = LazyConsole(stderr=True)
 
 
-def check_out_folder(out: Any) -> None:
-    """Refuse an --out folder that is a file, or lies under one (``OUT_FOLDERS``)."""
+def check_out_folder(out: Any, given: dict[str, Any]) -> None:
+    """Refuse an --out folder that is a file, or lies under one, or lies inside a folder the command reads
+    (``given``: its other arguments): a run written into a data set becomes part of it (its PNGs a class,
+    its bundle folder an empty class) and the next read of that data fails or changes (``OUT_FOLDERS``)."""
     if not isinstance(out, Path):
         return
     for p in (out, *out.parents):
         if p.exists():
             if not p.is_dir():
                 raise ConfigError(f"--out {out}: {'a file' if p == out else f'{p} is a file'}, not a folder")
-            return
+            break
+    where = os.path.realpath(out)
+    for name, value in given.items():
+        for folder in value if isinstance(value, list | tuple) else [value]:
+            if name != "out" and isinstance(folder, Path) and folder.is_dir() \
+                    and Path(where).is_relative_to(os.path.realpath(folder)):
+                raise ConfigError(f"--out {out} is inside {folder}, which this command reads; write it "
+                                  "elsewhere")
 
 
 def os_reason(e: OSError) -> str:
@@ -275,7 +285,7 @@ def guarded(fn: F, out_folder: bool = False) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             if out_folder:
-                check_out_folder(kwargs.get("out"))
+                check_out_folder(kwargs.get("out"), kwargs)
             return fn(*args, **kwargs)
         except LeukoscopeError as e:
             raise fail(str(e)) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -9,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from leukoscope.cli.app import app, console, err_console, print_rare, read_data
+from leukoscope.cli.app import app, console, err_console, print_rare, print_skipped, read_data
 from leukoscope.cli.classmap import mapped
 from leukoscope.cli.decisions import print_operating_point
 from leukoscope.cli.options import (
@@ -32,6 +33,12 @@ NETWORKS, CLASSICAL, PATIENTS = "Networks", "Classical", "Patients (--target)"
 #: What the "frozen + LR" rows are, printed where they appear.
 FROZEN_LR = ("frozen + LR: logistic regression on the pretrained network's frozen embeddings, fitted before "
              "fine-tuning (it starts the head); the baseline that fine-tuning has to beat")
+
+
+def _skipped_json(out: Path) -> list[dict[str, str]]:
+    """The run's skipped.json (``train.rundir.write_skipped``), empty when it has none."""
+    f = out / "skipped.json"
+    return json.loads(f.read_text()) if f.is_file() else []
 
 
 def _figures_table(metrics: dict[str, Any]) -> Table:
@@ -194,8 +201,9 @@ def train_cmd(
             table.caption = FROZEN_LR
         console.print(table)
         lo, hi = result["f1_weighted_ci95"]
+        over = "images" if result["protocol"] == "image-level" else "subjects"
         console.print(f"pooled weighted F1 {result['pooled']['f1_weighted']:.3f} "
-                      f"(95% subject-bootstrap interval {lo:.2f}-{hi:.2f}); "
+                      f"(95% interval, bootstrap over {over}, {lo:.2f}-{hi:.2f}); "
                       f"per-fold mean {result['f1_weighted_mean']:.3f} +- {result['f1_weighted_std']:.3f}")
         for key, name in (("balanced_accuracy", "balanced accuracy"), ("f1_macro", "macro F1")):
             lo, hi = result[f"{key}_ci95"]
@@ -205,6 +213,10 @@ def train_cmd(
         console.print(f"results: {out / 'cv.json'}")
         return
     console.print(_figures_table(bundle.metrics()))
+    from leukoscope.data.manifest import skipped_files
+
+    said = {p for p, _ in skipped_files(m)}  # the reader's left-outs, printed as it read them
+    print_skipped([(s["path"], s["reason"]) for s in _skipped_json(out) if s["path"] not in said])
     names = bundle.display_names
     console.print(escape("classes: " + ", ".join(show_class(c, names) for c in bundle.classes)))
     print_operating_point(bundle.metrics().get("operating_point"))

@@ -130,7 +130,7 @@ def decode(paths: Sequence[str], pre: dict[str, Any], progress: Progress
         try:
             out[i] = preprocess.to_uint8([load_rgb(paths[i])], geometry)[0]
         except ImageError as e:
-            skipped.append((paths[i], str(e)))
+            skipped.append((paths[i], str(e).removeprefix(f"{paths[i]}: ")))  # the reason, as elsewhere
         advance(1)
 
     with ThreadPoolExecutor(max_workers=threads()) as pool:

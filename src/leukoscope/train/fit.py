@@ -174,6 +174,7 @@ def _epochs(t: Trainer, data: Prepared, pre: dict[str, Any], cfg: TrainConfig, p
     """From where ``progress`` stands to the planned last epoch or early stopping, saving after each."""
     epochs_bar = report.task("epochs", plan.epochs)
     epochs_bar(progress.epoch)
+    saved = len(progress.history)  # what the checkpoint on disk holds, whenever Ctrl-C comes
     try:
         for epoch in range(progress.epoch, plan.epochs):
             if progress.stopped:
@@ -184,10 +185,11 @@ def _epochs(t: Trainer, data: Prepared, pre: dict[str, Any], cfg: TrainConfig, p
             row["seconds"] = time.perf_counter() - t0
             _record(progress, row, score, plan.patience, t.model, out)
             resume.save(out / checkpoint.NAME, expected, t.model, t.opt, t.sched, progress, t.gen, t.rng)
+            saved = len(progress.history)
             report.epoch(row)
             epochs_bar(1)
     except KeyboardInterrupt:
-        raise TrainingInterrupted(out, len(progress.history)) from None
+        raise TrainingInterrupted(out, saved) from None
     report.done("epochs")
 
 
@@ -261,9 +263,13 @@ def _record(progress: Progress, row: dict[str, Any], score: float, patience: int
 def _best(model: Network, out: Path, progress: Progress, plan: Plan
           ) -> tuple[Network, pd.DataFrame, dict[str, Any]]:
     """The best epoch's weights back in ``model``; history.csv and curves.png written."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    model.load_state_dict(load_file(str(out / BEST)))
+    try:
+        model.load_state_dict(load_file(str(out / BEST)))
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise checkpoint.unreadable(out / BEST, e) from None
     model.eval()
     history = pd.DataFrame(progress.history)
     _plot_history(history, out / "curves.png")

@@ -81,6 +81,7 @@ def restore(state: dict[str, Any], path: Path, model: nn.Module, opt: torch.opti
             rng: np.random.Generator) -> Progress:
     """Load ``state`` (read from ``path``) into the run's objects; the progress it had reached."""
     try:
+        _check_progress(state)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         _match_layout(opt)
@@ -93,6 +94,22 @@ def restore(state: dict[str, Any], path: Path, model: nn.Module, opt: torch.opti
     except BAD_STATE as e:
         raise checkpoint.unreadable(path, e) from None
     return progress
+
+
+def _check_progress(state: dict[str, Any]) -> None:
+    """The progress fields' types, so an edited checkpoint is refused here rather than failing epochs later
+    (a ``TypeError`` deep in the loop)."""
+    def whole(v: Any, least: int = 0) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+    for key, ok in (("epoch", whole(state["epoch"])), ("best_epoch", whole(state["best_epoch"], -1)),
+                    ("bad_epochs", whole(state["bad_epochs"])),
+                    ("best_score", isinstance(state["best_score"], int | float)),
+                    ("history", isinstance(state["history"], list)
+                     and all(isinstance(row, dict) for row in state["history"])),
+                    ("extra", isinstance(state["extra"], dict))):
+        if not ok:
+            raise ValueError(f"{key} is {type(state[key]).__name__} {str(state[key])[:40]!r}")
 
 
 def _rng_states(gen: torch.Generator, rng: np.random.Generator, device: torch.device) -> dict[str, Any]:
