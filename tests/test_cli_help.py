@@ -117,7 +117,7 @@ def _registry_choices() -> list[tuple[list[str], str, list[str]]]:
         (["data", "describe"], "Force a layout:", LAYOUTS.names()),
         (["data", "features"], "Feature kind:", list_feature_kinds()),
         (["benchmark"], "names or globs of classical models:", list_models(family="classical")),
-        (["tune"], "The model to tune:", list_models()),
+        (["tune"], "The model to tune:", [*list_models(family="classical"), *list_models(family="network")]),
         (["tune"], "What the search maximises:", list(METRICS)),
         (["tune"], "How trials are stopped early:", list(PRUNERS)),
         (["predict"], "Where to run:", ENGINES.names()),

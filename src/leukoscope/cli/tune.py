@@ -37,7 +37,8 @@ def parse_fixed(items: list[str]) -> dict[str, Any]:
 @app.command("tune")
 def tune_cmd(
     paths: Paths,
-    model: Annotated[str, typer.Option("--model", help="The model to tune: {models}.")],
+    model: Annotated[str, typer.Option("--model", help="The model to tune: "
+                                       "{classical_models}, {network_models}.")],
     out: Annotated[Path, typer.Option("--out", help="Folder: study.db, best.yaml, trials.csv, report.html.")],
     trials: Annotated[int, typer.Option("--trials", help="Finished trials wanted in the study (all "
                                         "workers together; finished ones from earlier runs count).")] = 40,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import shutil
 import warnings
 from collections.abc import Mapping
@@ -38,6 +39,16 @@ HELD_OUT_KEYS = ("n", "accuracy", "balanced_accuracy", "f1_macro", "f1_weighted"
 
 def _held_out(figures: dict[str, Any]) -> dict[str, Any]:
     return {k: figures[k] for k in HELD_OUT_KEYS if k in figures}
+
+
+def _parameter_errors() -> tuple[type[Exception], ...]:
+    """What scikit-learn, XGBoost and LightGBM raise for a parameter value they refuse: each checks
+    values only when fitting, so a bad ``--fix C=abc`` passes the builder and fails in the CV."""
+    from lightgbm.basic import LightGBMError
+    from sklearn.utils._param_validation import InvalidParameterError
+    from xgboost.core import XGBoostError
+
+    return InvalidParameterError, XGBoostError, LightGBMError
 
 
 class _Objective:
@@ -79,8 +90,9 @@ class ClassicalObjective(_Objective):
         train = split[split["side"] == "train"].drop(columns="side")
         kept, self.X, self.features, self.skipped = feature_matrix(train, settings.features, cache=cache,
                                                                    progress=progress)
-        # each repeat shuffles the groups into folds anew (kfold keeps the row order)
-        self.folds = [kfold(kept, settings.cv, settings.seed + r)["fold"].to_numpy()
+        # each repeat shuffles the groups into folds anew (kfold keeps the row order); its seed wraps,
+        # as numpy seeds stop at 2**32 - 1
+        self.folds = [kfold(kept, settings.cv, (settings.seed + r) % 2**32)["fold"].to_numpy()
                       for r in range(settings.classical_repeats)]
         self.y = np.asarray(label_indices(kept, self.classes))
         self.default_params()  # a fixed setting the builder does not take fails here, not in every trial
@@ -122,6 +134,12 @@ class ClassicalObjective(_Objective):
             try:
                 for folds in self.folds:
                     cross_validate_model(estimator, self.X, self.y, folds, self.classes, on_fold)
+            except _parameter_errors() as e:  # looked up only when something is raised
+                named = [k for k in self.settings.fixed if re.search(rf"\b{re.escape(k)}\b", str(e))]
+                if not named:  # not a value the user set: a bug, shown as it is
+                    raise
+                raise ConfigError(f"{', '.join(f'--fix {k}' for k in named)}: {' '.join(str(e).split())}"
+                                  ) from None
             finally:
                 if trial is not None:
                     trial.set_user_attr("fold_scores", scores)

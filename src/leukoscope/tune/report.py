@@ -60,6 +60,21 @@ def load_config(path: Path) -> dict[str, Any]:
     return {"model": data["model"], "params": data["params"], "features": features}
 
 
+def check_out(out: Path, study: str) -> None:
+    """Refuse an ``out`` holding another study's outputs: this study's would silently replace them.
+    The same study's are its own, rewritten when it resumes."""
+    from leukoscope.train.config import read_settings
+
+    path = Path(out) / SUMMARY_FILE
+    if not path.is_file():
+        return
+    summary = read_settings(path)
+    found = summary.get("study") if isinstance(summary, dict) else None
+    if found != study:
+        raise ConfigError(f"--out {out} holds the outputs of study {found!r}; writing study {study!r} there "
+                          "would replace them: give another --out")
+
+
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial (surplus ones left out): number, state, value, params, timings, errors and
     the worker (host:pid) that ran it."""

@@ -25,7 +25,7 @@ from leukoscope.data.manifest import Manifest
 from leukoscope.errors import ConfigError
 from leukoscope.progress import SILENT, Progress
 from leukoscope.tune.objectives import OBJECTIVES
-from leukoscope.tune.report import TuneResult, write_outputs
+from leukoscope.tune.report import TuneResult, check_out, write_outputs
 from leukoscope.tune.selection import choose
 from leukoscope.tune.settings import TuneSettings, holdout
 from leukoscope.tune.study import TrialEvent, fingerprint, open_study, run_trials, storage_url, trial_counts
@@ -36,7 +36,8 @@ def tune(m: Manifest, settings: TuneSettings, out: Path, *, n_trials: int, timeo
          heartbeat: tuple[int, int] = (10, 30), progress: Progress = SILENT,
          on_trial: Callable[[TrialEvent], None] | None = None) -> TuneResult:
     """Search ``settings.model``'s space on ``m``, then score the best and default configurations on
-    the held-out test side and write the outputs (see ``write_outputs``) into ``out``.
+    the held-out test side and write the outputs (see ``write_outputs``) into ``out``, which must not
+    hold another study's (``check_out``).
 
     ``progress`` hears of the features, the trials (notes: failures, each new best) and, for
     networks, every training run's epochs; ``on_trial`` gets each of this worker's finished trials.
@@ -53,14 +54,15 @@ def tune(m: Manifest, settings: TuneSettings, out: Path, *, n_trials: int, timeo
     if heartbeat[0] < 1:
         raise ConfigError(f"--heartbeat must be at least 1 second, got {heartbeat[0]}")
     family = get_model(settings.model).family
-    out = Path(out)
+    out, name = Path(out), study_name or settings.model
+    url = storage_url(out, storage)
+    check_out(out, name)
     out.mkdir(parents=True, exist_ok=True)
     kind = OBJECTIVES[family]
     split = holdout(kind.rows(m, settings), settings.test, settings.seed, dedupe=settings.dedupe,
                     split=settings.split, cache=cache, progress=progress)
     check_no_leak(split)
-    study = open_study(settings, storage_url(out, storage), study_name or settings.model,
-                       fingerprint(split), heartbeat=heartbeat)
+    study = open_study(settings, url, name, fingerprint(split), heartbeat=heartbeat)
     objective = kind(settings, split, out, cache=cache, progress=progress)
     default = objective.default_params()
     resolved = json.dumps(objective.config_file(default), sort_keys=True, default=str)

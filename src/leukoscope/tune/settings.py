@@ -51,6 +51,18 @@ class TuneSettings:
     split: str | None = None
 
     def check(self) -> None:
+        """Refuse a bad setting in one line naming it, before any data is read or study opened."""
+        from leukoscope.models.registry import list_models
+        from leukoscope.tune.objectives import OBJECTIVES
+
+        # a patient model scores patients, not the cells a study's CV folds (an unknown one: get_model)
+        tunable = [name for family in OBJECTIVES for name in list_models(family=family)]
+        if self.model in list_models() and self.model not in tunable:
+            raise ConfigError(f"--model {self.model!r} cannot be tuned; tune searches "
+                              f"{' and '.join(OBJECTIVES)} models: {', '.join(tunable)}")
+        # numpy seeds only take [0, 2**32): anything else would fail deep in the split
+        if type(self.seed) is not int or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"--seed must be an integer in [0, 2**32 - 1], got {self.seed!r}")
         if self.metric not in METRICS:
             raise ConfigError(f"--metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
         if self.pruner not in PRUNERS:

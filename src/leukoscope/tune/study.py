@@ -47,12 +47,17 @@ POSTGRES_DRIVER = "postgresql+psycopg://"
 
 def storage_url(out: Path, storage: str | None = None) -> str:
     """``storage`` (a PostgreSQL URL pointed at the installed driver), else an SQLite file in ``out``,
-    its path escaped so that any folder name (``?``, ``%``, ``#``) is taken literally."""
+    its path escaped so that any folder name (``?``, ``%``, ``#``) is taken literally. An in-memory
+    SQLite database is refused: each connection sees its own (Optuna's heartbeat thread finds no
+    tables), and a study there could neither resume nor be shared."""
     if storage is None:
         from sqlalchemy.engine import URL
 
         path = (Path(out) / "study.db").resolve()
         return URL.create("sqlite", database=str(path)).render_as_string(hide_password=False)
+    if _sqlite_database(storage) in ("", ":memory:"):
+        raise ConfigError(f"--storage {storage!r} is an in-memory SQLite database: a study there can neither "
+                          "resume nor be shared; give a file, e.g. sqlite:///study.db")
     for scheme in POSTGRES_SCHEMES:
         if storage.startswith(scheme):
             return POSTGRES_DRIVER + storage[len(scheme):]
@@ -72,8 +77,9 @@ def shown_url(url: str) -> str:
         return url
 
 
-def _sqlite_file(url: str) -> Path | None:
-    """The file an SQLite URL names (None for another database, an in-memory one or a bad URL)."""
+def _sqlite_database(url: str) -> str | None:
+    """The database an SQLite URL names (``""`` or ``":memory:"`` in memory); None for another
+    database or a bad URL."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -81,7 +87,12 @@ def _sqlite_file(url: str) -> Path | None:
         parsed = make_url(url)
     except ArgumentError:
         return None
-    database = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    return (parsed.database or "") if parsed.get_backend_name() == "sqlite" else None
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file an SQLite URL names (None for another database, an in-memory one or a bad URL)."""
+    database = _sqlite_database(url)
     return Path(database) if database and database != ":memory:" else None
 
 
