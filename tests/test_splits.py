@@ -191,3 +191,9 @@ def test_a_class_with_one_group_is_a_clear_error(synthetic2: Path) -> None:
     joined = mark_dedupe(m.assign(group=m["label"]), True)  # clusters joined every subject of a class
     with pytest.raises(DataError, match="fewer than 2 groups .*--no-dedupe keeps subjects apart"):
         train_val_test(joined, val=0.15, test=0.15, seed=0)
+
+
+def test_the_largest_seed_splits_with_a_val_side(aria: pd.DataFrame) -> None:
+    """The val side is drawn with seed + 1, which must wrap where numpy's seeds stop."""
+    split = train_val_test(aria, seed=2**32 - 1)
+    assert set(split["side"]) == {"train", "val", "test"}

@@ -139,7 +139,7 @@ def train_val_test(m: Manifest, val: float = 0.15, test: float = 0.15, seed: int
     rest = out["side"] == "train"
     if val > 0:
         sub = out[rest]
-        mask = _holdout(sub, val / (1 - test), seed + 1)
+        mask = _holdout(sub, val / (1 - test), (seed + 1) % 2**32)  # numpy seeds stop at 2**32 - 1
         out.loc[sub.index[mask], "side"] = "val"
     check_no_leak(out)
     return out
