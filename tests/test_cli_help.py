@@ -105,6 +105,14 @@ def test_defaults_are_shown() -> None:
     assert "[default: (detected)]" in flat and "[default: (one per core)]" in flat
 
 
+def test_the_step_floor_in_the_help_is_the_models() -> None:
+    from leukoscope.models.networks import network_class
+
+    floor = network_class("efficientnet_lite0").train_defaults["min_steps"]
+    help_text = _flat(runner.invoke(app, ["train", "--help"]).output)
+    assert f"e.g. {floor} steps for efficientnet_lite0" in help_text
+
+
 def _registry_choices() -> list[tuple[list[str], str, list[str]]]:
     from leukoscope.bundle.format import RUNTIMES
     from leukoscope.data.readers import LAYOUTS

@@ -124,12 +124,14 @@ def test_partial_from_another_model_is_refused(network_bundle, images, tmp_path)
 
 def test_tta_is_the_mean_over_the_eight_views(network_bundle, images, tmp_path):  # noqa: F811
     bundle = load_bundle(network_bundle)
-    img = load_rgb(next((images / "png").iterdir()))
+    path = next((images / "png").iterdir())
+    img = load_rgb(path)
     views = dihedral(img)
     assert len(views) == 8 and np.array_equal(views[0], img)
     assert len({v.tobytes() for v in views}) == 8  # a real cell has no symmetry
     expected = bundle.predict_proba(views).mean(axis=0)
     np.testing.assert_allclose(predict_proba(bundle, [img], tta=True)[0], expected, atol=1e-6)
+    np.testing.assert_allclose(predict_proba(bundle, [path], tta=True)[0], expected, atol=1e-6)  # a path too
     s = predict(bundle, [images], tmp_path / "tta.csv", tta=True)
     plain = predict(bundle, [images], tmp_path / "plain.csv")
     assert s.rows == plain.rows == 12

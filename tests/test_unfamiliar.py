@@ -147,7 +147,15 @@ def test_evaluate_reports_risk_coverage_and_flags(allidb2_bundle, data, tmp_path
     html = (tmp_path / "ev" / "report.html").read_text()
     assert "Unfamiliar cells and risk-coverage" in html and 'alt="risk-coverage curve"' in html
     rows = _rows(tmp_path / "ev" / "predictions.csv")
-    assert {"unfamiliarity", "unfamiliar"} <= set(rows[0])
+    assert {"unfamiliarity", "unfamiliar", "call"} <= set(rows[0])
+    # C-NMC cells, which an ALL-IDB2 model has no business calling: the call says so, as predict's does
+    res = runner.invoke(app, ["evaluate", str(allidb2_bundle), str(data / "cnmc_cells"), "--out",
+                              str(tmp_path / "foreign")])
+    assert res.exit_code == 0, res.output
+    foreign = _rows(tmp_path / "foreign" / "predictions.csv")
+    assert any(r["unfamiliar"] == "True" for r in foreign)
+    for r in rows + foreign:
+        assert r["call"] == ("unfamiliar" if r["unfamiliar"] == "True" else r["predicted"]), r
 
 
 def test_relative_mahalanobis_flags_cnmc_cells_and_round_trips(allidb2_bundle, data, tmp_path):  # noqa: F811

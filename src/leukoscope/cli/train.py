@@ -83,7 +83,7 @@ def train_cmd(
     epochs: Annotated[int | None, typer.Option(
         show_default="the model's", rich_help_panel=NETWORKS,
         help="Maximum epochs, kept as given (the model's own is stretched on small sets to its min_steps, "
-        "e.g. 150 steps for efficientnet_lite0; see --min-steps).")] = None,
+        "e.g. 400 steps for efficientnet_lite0; see --min-steps).")] = None,
     min_steps: Annotated[int | None, typer.Option("--min-steps", help=(
         "Pad the model's epochs until the run takes at least this many optimiser steps (a small set or "
         "--subset gets more epochs; a line says so); 0 turns it off."), show_default="the model's",

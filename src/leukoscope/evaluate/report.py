@@ -41,6 +41,7 @@ from leukoscope.io import write_csv_atomic, write_json_atomic
 from leukoscope.predict.adapt import adapt_to
 from leukoscope.predict.local import scored_batches
 from leukoscope.predict.tta import proba_from_views
+from leukoscope.predict.unfamiliar import UNFAMILIAR
 from leukoscope.progress import SILENT, Progress
 
 METRICS_FILE = "metrics.json"
@@ -151,13 +152,17 @@ def _gallery(paths: Sequence[str], y: np.ndarray, probs: np.ndarray, classes: Se
 def _write_predictions(path: Path, m: Manifest, y: np.ndarray, probs: np.ndarray,
                        classes: Sequence[str], called: np.ndarray, unf: np.ndarray | None,
                        bundle: Bundle) -> None:
+    """One row per evaluated cell: ``predicted`` is the class the figures score (every cell gets one),
+    ``call`` what ``predict`` and the page say of it (``unfamiliar`` where the score flags the cell)."""
     df = pd.DataFrame({"path": m["path"], "subject": m["subject"], "label": [classes[i] for i in y],
                        "predicted": [classes[i] for i in called]})
     df["correct"] = df["label"] == df["predicted"]
+    df["call"] = df["predicted"]
     for i, c in enumerate(classes):
         df[f"p_{c}"] = probs[:, i]
     if bundle.unfamiliar is not None and unf is not None:
         df["unfamiliarity"], df["unfamiliar"] = unf, bundle.unfamiliar.flag(unf)
+        df.loc[df["unfamiliar"], "call"] = UNFAMILIAR
     write_csv_atomic(path, df)
 
 

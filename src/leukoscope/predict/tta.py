@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from leukoscope.bundle import Bundle
+from leukoscope.bundle import Bundle, ImageLike
+from leukoscope.bundle.base import decode
 from leukoscope.geometry import D4, dihedral
 from leukoscope.probability import softmax_t
 
@@ -29,8 +30,9 @@ def proba_from_views(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray
     return softmax_t(logits.reshape(n * v, k), temperature).reshape(n, v, k).mean(axis=1)
 
 
-def predict_proba(bundle: Bundle, images: Sequence[np.ndarray], tta: bool = False) -> np.ndarray:
-    """``bundle.predict_proba``, or with ``tta`` the mean calibrated probability over the D4 views."""
+def predict_proba(bundle: Bundle, images: Sequence[ImageLike], tta: bool = False) -> np.ndarray:
+    """``bundle.predict_proba``, or with ``tta`` the mean calibrated probability over the D4 views; images
+    as arrays or as file paths, as ``bundle.predict_proba`` takes them."""
     if not tta or len(images) == 0:
         return bundle.predict_proba(images)
-    return proba_from_views(view_logits(bundle, images, tta=True), bundle.temperature)
+    return proba_from_views(view_logits(bundle, decode(images), tta=True), bundle.temperature)
