@@ -217,7 +217,7 @@ def test_bad_input_is_one_line(run_dir: Path, network_bundle: Path, data: Path, 
     _link(data / "deepapl" / "Data" / "All" / TRUNCATED, tmp_path / "broken" / "cell.jpg")
     for args, message in [
         ([bundle, tmp_path / "only_overview", tmp_path / "empty", tmp_path / "broken"],
-         "no patient could be reported from 3 folder(s): "
+         "no patient could be reported from 3 folder(s) given: "
          f"{tmp_path / 'only_overview'}: no cell image (1 whole-field overview(s), 0 other skipped file(s)); "
          f"{tmp_path / 'empty'}: no image in the folder; "
          f"{tmp_path / 'broken'}: none of its 1 cell image(s) could be read"),
@@ -250,7 +250,8 @@ def test_a_linked_folder_inside_a_patient_is_followed(run_dir: Path, later_cohor
 
 
 def test_a_cohort_folder_without_cohort_is_refused(run_dir: Path, later_cohort: Path) -> None:  # noqa: F811
-    code, out = run("report", run_dir / "bundle", later_cohort, "--out", later_cohort.parent / "never")
-    flat = " ".join(out.split())
-    assert code == 1 and f"{later_cohort}: a cohort of many patients" in flat and "add --cohort" in flat
+    for folder in (later_cohort, later_cohort / "Data", later_cohort / "Data" / "All"):
+        code, out = run("report", run_dir / "bundle", folder, "--out", later_cohort.parent / "never")
+        flat = " ".join(out.split())
+        assert code == 1 and f"{folder}: a cohort of many patients" in flat and "add --cohort" in flat, flat
     assert not (later_cohort.parent / "never").exists()

@@ -85,14 +85,18 @@ def train_patients_cmd(paths: Sequence[Path], layout: str | None, out: Path, tar
 
 
 def evaluate_patients_cmd(bundle: Any, paths: Sequence[Path], layout: str | None, out: Path,
-                          subjects: SubjectTable | None = None) -> None:
-    """``leukoscope evaluate PATIENT_BUNDLE COHORT``: patient- and cell-level figures."""
+                          subjects: SubjectTable | None = None, diagnosis_given: bool = False) -> None:
+    """``leukoscope evaluate PATIENT_BUNDLE COHORT``: patient- and cell-level figures. Each patient's label
+    is the column the bundle was trained on, or the one ``--diagnosis`` names (``diagnosis_given``, or a
+    table without the bundle's column)."""
     from leukoscope.patients.evaluate import METRICS_FILE, evaluate_patients
 
     m = read_data(paths, layout, subjects)
-    with shown() as bars:  # the label is the column --diagnosis names, where a table is given
-        r = evaluate_patients(bundle, m, out, progress=bars,
-                              target=subjects.diagnosis if subjects is not None else None)
+    target = None  # the bundle's own
+    if subjects is not None and (diagnosis_given or bundle.config.get("target") not in subjects.table):
+        target = subjects.diagnosis
+    with shown() as bars:
+        r = evaluate_patients(bundle, m, out, progress=bars, target=target)
     p, c = r["patient"], r["cell"]
     table = Table(title=escape(f"{r['model']} on {p['n_patients']} patients, {r['cells']} cells "
                                f"(positive = {r['positive']})"))

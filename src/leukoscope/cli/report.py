@@ -52,11 +52,12 @@ def report_cmd(
         c = p.call
         interval = (f"95% {percent(c.interval[0])} - {percent(c.interval[1])}" if c.cells_used > 1
                     else "no interval from one cell")
+        said = (f"P({escape(c.positive)}) {percent(c.probability)} ({interval})" if c.cells_used
+                else "no probability: no cell left to call from")
         call = "[yellow]no call: too few cells[/]" if c.too_few else f"[bold]{escape(str(c.call))}[/]"
         note = " [yellow](interval spans the threshold)[/]" if p.uncertain() else ""
-        console.print(f"{escape(p.subject)}: {call}  P({escape(c.positive)}) {percent(c.probability)} "
-                      f"({interval}), {c.cells_used} cell(s) used, {len(c.skipped)} skipped{note}",
-                      soft_wrap=True)
+        console.print(f"{escape(p.subject)}: {call}  {said}, {c.cells_used} cell(s) used, "
+                      f"{len(c.skipped)} skipped{note}", soft_wrap=True)
         if c.unfamiliar_note():
             console.print(f"  [yellow]{escape(str(c.unfamiliar_note()))}[/]", soft_wrap=True)
     if r.not_reported:

@@ -35,10 +35,12 @@ def risk_coverage(correct: np.ndarray, uncertainty: np.ndarray) -> dict[str, Any
 
 
 def coverage_section(y: np.ndarray, probs: np.ndarray, scores: np.ndarray | None,
-                     scorer: Scorer | None) -> dict[str, Any]:
+                     scorer: Scorer | None, calls: np.ndarray | None = None) -> dict[str, Any]:
     """metrics.json's ``unfamiliar`` section: risk-coverage by confidence and by unfamiliarity, and
-    how many cells the bundle's threshold flags (accuracy of the rest)."""
-    correct = probs.argmax(axis=1) == np.asarray(y)
+    how many cells the bundle's threshold flags (accuracy of the rest). ``calls``: the classes the bundle
+    calls (``Bundle.decide``: an operating point's, not always the most probable); the risks are theirs."""
+    calls = probs.argmax(axis=1) if calls is None else np.asarray(calls)
+    correct = calls == np.asarray(y)
     out: dict[str, Any] = {"by_confidence": risk_coverage(correct, 1.0 - probs.max(axis=1))}
     if scorer is None or scores is None:
         out["note"] = "the bundle has no unfamiliarity score (written before scores existed)"

@@ -151,17 +151,18 @@ def _gallery(paths: Sequence[str], y: np.ndarray, probs: np.ndarray, classes: Se
 
 def _write_predictions(path: Path, m: Manifest, y: np.ndarray, probs: np.ndarray,
                        classes: Sequence[str], called: np.ndarray, unf: np.ndarray | None,
-                       bundle: Bundle) -> None:
-    """One row per evaluated cell: ``predicted`` is the class the figures score (every cell gets one),
-    ``call`` what ``predict`` and the page say of it (``unfamiliar`` where the score flags the cell)."""
+                       flags: np.ndarray | None) -> None:
+    """One row per evaluated cell: ``predicted`` is the class the figures score (the most probable;
+    every cell gets one), ``call`` what ``predict`` and the page say of it (``called``: an operating
+    point's class where the bundle has one; ``unfamiliar`` where the score ``flags`` the cell)."""
     df = pd.DataFrame({"path": m["path"], "subject": m["subject"], "label": [classes[i] for i in y],
-                       "predicted": [classes[i] for i in called]})
+                       "predicted": [classes[i] for i in probs.argmax(axis=1)]})
     df["correct"] = df["label"] == df["predicted"]
-    df["call"] = df["predicted"]
+    df["call"] = [classes[i] for i in called]
     for i, c in enumerate(classes):
         df[f"p_{c}"] = probs[:, i]
-    if bundle.unfamiliar is not None and unf is not None:
-        df["unfamiliarity"], df["unfamiliar"] = unf, bundle.unfamiliar.flag(unf)
+    if unf is not None and flags is not None:
+        df["unfamiliarity"], df["unfamiliar"] = unf, flags
         df.loc[df["unfamiliar"], "call"] = UNFAMILIAR
     write_csv_atomic(path, df)
 
@@ -229,19 +230,20 @@ def evaluate(bundle: Bundle, m: Manifest, out: Path, tta: bool = False, side: st
         "calibration": {"temperature": temperature, "ece_before": ece(before, y), "ece_after": ece(probs, y),
                         "reliability_before": reliability(before, y),
                         "reliability_after": reliability(probs, y)},
-        "unfamiliar": coverage_section(y, probs, unf, bundle.unfamiliar),
+        "unfamiliar": coverage_section(y, probs, unf, bundle.unfamiliar, bundle.decide(probs)),
         "adapted": bundle.adaptation,
     }
     # the colour shortcut beside the model; its warning is about the data set, not about what makes these
     # figures optimistic (``warnings``), so the report shows it in its own section, under the headline figures
     result["shortcut"] = for_evaluation(bundle, m, y, scores["cell"]["balanced_accuracy"])
     out.mkdir(parents=True, exist_ok=True)
-    if class_map is not None:
+    if class_map is not None and not overlap:  # the bundle's own lab's cells are not cross-lab
         per_label = {classes[k]: int(n) for k, n in enumerate(np.bincount(y, minlength=len(classes))) if n}
         result["crosslab"] = crosslab_section(bundle.metrics(), scores["cell"], per_label, class_map)
         write_json_atomic(out / CROSSLAB_FILE, result["crosslab"])
     write_json_atomic(out / METRICS_FILE, result)
-    _write_predictions(out / PREDICTIONS_FILE, m, y, probs, classes, bundle.decide(probs), unf, bundle)
+    flags = bundle.unfamiliar.flag(unf) if bundle.unfamiliar is not None and unf is not None else None
+    _write_predictions(out / PREDICTIONS_FILE, m, y, probs, classes, bundle.decide(probs), unf, flags)
     cal = result["calibration"]
     history = bundle.history()
     roc_pr = curves(y, probs, classes)

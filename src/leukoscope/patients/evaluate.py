@@ -20,7 +20,7 @@ from leukoscope.bundle.patient import PatientBundle
 from leukoscope.data.manifest import Manifest
 from leukoscope.evaluate.metrics import classification_metrics
 from leukoscope.io import write_csv_atomic, write_json_atomic
-from leukoscope.patients.bags import load_bags, type_codes
+from leukoscope.patients.bags import load_bags
 from leukoscope.patients.protocol import auc, bootstrap_auc
 from leukoscope.probability import sigmoid
 from leukoscope.progress import SILENT, Progress
@@ -32,16 +32,21 @@ def _rate(hit: np.ndarray) -> float | None:
     return float(hit.mean()) if len(hit) else None
 
 
-def patient_figures(y: np.ndarray, p: np.ndarray, call: np.ndarray) -> dict[str, Any]:
-    """ROC AUC (+ bootstrap 95% interval), sensitivity, specificity, balanced accuracy, Brier, n."""
-    both = 0 < y.sum() < len(y)
-    sens, spec = _rate(call[y == 1] == 1), _rate(call[y == 0] == 0)
-    return {"n_patients": int(len(y)), "n_positive": int(y.sum()),
-            "roc_auc": auc(y, p) if both else None,
-            "roc_auc_ci95": bootstrap_auc(y, p[None]) if both else None,
+def patient_figures(y: np.ndarray, p: np.ndarray, call: np.ndarray, called: np.ndarray) -> dict[str, Any]:
+    """ROC AUC (+ bootstrap 95% interval) and Brier over the patients with a probability (a cell the model
+    knows); sensitivity, specificity and balanced accuracy over those ``called`` (enough such cells), as
+    ``report`` calls them; n of each."""
+    scored = np.isfinite(p)
+    ys, ps = y[scored], p[scored]
+    both = 0 < ys.sum() < len(ys)
+    sens, spec = _rate(call[called & (y == 1)] == 1), _rate(call[called & (y == 0)] == 0)
+    return {"n_patients": int(len(y)), "n_positive": int(y.sum()), "n_scored": int(scored.sum()),
+            "n_called": int(called.sum()),
+            "roc_auc": auc(ys, ps) if both else None,
+            "roc_auc_ci95": bootstrap_auc(ys, ps[None]) if both else None,
             "sensitivity": sens, "specificity": spec,
             "balanced_accuracy": (sens + spec) / 2 if sens is not None and spec is not None else None,
-            "brier": float(((p - y) ** 2).mean())}
+            "brier": float(((ps - ys) ** 2).mean()) if len(ys) else None}
 
 
 def evaluate_patients(bundle: PatientBundle, m: Manifest, out: Path, cache: Path | None = None,
@@ -51,15 +56,14 @@ def evaluate_patients(bundle: PatientBundle, m: Manifest, out: Path, cache: Path
     cfg = bundle.config
     bags = load_bags(m, target or str(cfg["target"]), bundle.positive, cfg["features"].get("params", {}),
                      cache, progress, classes=bundle.classes)
-    types = type_codes(bags.cells["cell_type"], bundle.cell_types)
+    # as ``report`` calls them: cells typed by the bundle's own head, not the technologist's folders (what a
+    # new patient has), the cells the unfamiliarity score flags left out, no call below min_cells
+    types = np.full(len(bags.X), -1)
     n = len(bags.y)
     flagged, _ = bundle.flag_cells(bags.X)
     used = np.bincount(bags.patient[~flagged], minlength=n)
-    # as ``report`` calls them: without the cells the unfamiliarity score flags (all of a patient's cells
-    # where it flags every one, so that patient is still scored here, as too few for a call)
-    keep = ~flagged | (used == 0)[bags.patient]
-    decision = bundle.scorer.decisions(bags.X[keep], types[keep], bags.patient[keep], n)
-    p = sigmoid(bundle.log_odds(decision))
+    decision = bundle.scorer.decisions(bags.X[~flagged], types[~flagged], bags.patient[~flagged], n)
+    p = np.where(used > 0, sigmoid(bundle.log_odds(decision)), np.nan)  # no cell left: no probability
     counts = np.bincount(bags.patient, minlength=n)
     too_few = used < max(bundle.min_cells, 1)
     call = bundle.decide(decision).astype(int)
@@ -75,13 +79,14 @@ def evaluate_patients(bundle: PatientBundle, m: Manifest, out: Path, cache: Path
                 ] if seen else []
     if too_few.any():
         warnings.append(f"{int(too_few.sum())} patient(s) have fewer than {bundle.min_cells} cells the "
-                        "model knows: the bundle makes no call for them in a report (they are scored here)")
+                        "model knows: no call for them, here as in a report (left out of sensitivity and "
+                        "specificity; in the AUC where they have a probability)")
     result = {"bundle": str(bundle.path), "model": cfg.get("model"), "family": bundle.family,
               "target": bags.target, "classes": bundle.classes, "positive": bundle.positive,
               "protocol": "patient-level: each patient's cells as one bag; cells inherit the patient's label",
               "trained_with": cfg.get("protocol"), "warnings": warnings, "cells": int(len(bags.X)),
               "skipped": [{"path": s, "reason": r} for s, r in bags.skipped],
-              "patient": {**patient_figures(bags.y, p, call), "threshold_probability":
+              "patient": {**patient_figures(bags.y, p, call, ~too_few), "threshold_probability":
                           float(sigmoid(bundle.log_odds(bundle.threshold))), "too_few": int(too_few.sum())},
               "cell": classification_metrics(cell_labels, cell_probs, bundle.classes)}
     out = Path(out)
@@ -90,7 +95,8 @@ def evaluate_patients(bundle: PatientBundle, m: Manifest, out: Path, cache: Path
     write_csv_atomic(out / "patients.csv", pd.DataFrame({
         "subject": bags.subjects, bags.target: bags.label_names(), "cells": counts,
         "cells_unfamiliar": np.bincount(bags.patient[flagged], minlength=n),
-        f"p_{bundle.positive}": p, "call": np.where(call == 1, bundle.positive, bags.negative),
+        f"p_{bundle.positive}": p,
+        "call": np.where(too_few, "", np.where(call == 1, bundle.positive, bags.negative)),
         "too_few": too_few}))
     write_csv_atomic(out / "cells.csv", pd.DataFrame({
         "path": bags.cells["path"], "subject": bags.cells["subject"],

@@ -182,6 +182,15 @@ def cohort_folders(root: Path | str, subjects: SubjectTable | None = None
     return [(i, found[i]) for i in ids if i in found], missing
 
 
+def _is_cohort(folder: Path) -> bool:
+    """A DeepAPL-layout cohort, or its ``All`` folder of patient folders (master.csv beside it)."""
+    if not folder.is_dir():
+        return False
+    table = deepapl_table(folder) or deepapl_table(folder.resolve().parent)
+    return table is not None and folder.resolve() in (table.parent.resolve(), table.parent.parent.resolve(),
+                                                      (table.parent / DEEPAPL_CELLS).resolve())
+
+
 @dataclass
 class PatientReport:
     """A reported patient: the bundle's call, the folder(s) it came from ("; "-joined) and its composition."""
@@ -241,7 +250,7 @@ def report_patients(bundle: Bundle, folders: Sequence[Path | str], out: Path | s
             found, missing = cohort_folders(Path(f), subjects)
             patients += found
             not_reported += missing
-        elif Path(f).is_dir() and deepapl_table(Path(f)) is not None:
+        elif _is_cohort(Path(f)):
             raise DataError(f"{f}: a cohort of many patients (master.csv beside All), not one patient's "
                             "folder: add --cohort for a call per patient")
         else:
@@ -277,8 +286,7 @@ def report_patients(bundle: Bundle, folders: Sequence[Path | str], out: Path | s
     progress.done("calling patients")
     if not reports:
         reasons = "; ".join(f"{f}: {r}" for f, r in not_reported) or "no folder given"
-        n = sum(len(paths) for _, paths in patients)
-        raise DataError(f"no patient could be reported from {n} folder(s): {reasons}")
+        raise DataError(f"no patient could be reported from {len(folders)} folder(s) given: {reasons}")
     result = ReportResult(Path(out), reports, not_reported)
     result.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(result.out / JSON_FILE, {

@@ -21,7 +21,8 @@ class ServeSettings:
     on top of the model); waiting requests hold only their connection.
     """
 
-    max_files: int = 32
+    #: files of one request: /api/patient takes one patient's cells at once (DeepAPL's hold up to ~40)
+    max_files: int = 64
     max_bytes: int = 10 * 2**20
     max_pixels: int = 16_000_000
     #: bytes of one request body, counted as they arrive
