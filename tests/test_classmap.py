@@ -282,6 +282,9 @@ def test_benchmark_scores_a_mapped_lab(two_labs: tuple[Path, Path], tmp_path: Pa
     res = runner.invoke(app, ["evaluate", str(tmp_path / "best"), str(deep), "--out", str(tmp_path / "ev")])
     assert res.exit_code == 0, res.output
     assert "none given, so the one the bundle was trained with" in res.output
+    # its own lab's cells are in-lab: no cross-lab section (it showed the same figures twice, as cross-lab)
+    assert "crosslab" not in json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert not (tmp_path / "ev" / "crosslab.json").exists()
     assert (
         "class map pbc-deepapl applied: 40 labelled cell(s) onto 2 common label(s) (lymphocyte 20, "
         "neutrophil 20); left out 5 cell(s) of types it drops (Smudge cells 5)" in res.output

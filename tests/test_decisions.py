@@ -241,3 +241,31 @@ def test_a_network_run_gets_its_operating_point_too(data: Path, tmp_path: Path) 
     probs = np.array([[1 - op["threshold"], op["threshold"]]])  # exactly at the threshold: hem
     assert bundle.classes == ["all", "hem"] and bundle.decide(probs).tolist() == [1]
     assert bundle.decide(probs + [[1e-6, -1e-6]]).tolist() == [0]
+
+
+def test_evaluate_scores_the_class_and_shows_the_call_at_the_threshold(run: Path, cells: Path,
+                                                                        tmp_path: Path) -> None:
+    """predictions.csv: ``predicted`` is the most probable class (what the figures score), ``call`` the
+    bundle's call at its threshold (or unfamiliar); the unflagged accuracy is that of the calls made."""
+    import pandas as pd
+
+    copy = tmp_path / "bundle"  # a threshold that sets some calls apart from the most probable class
+    shutil.copytree(run / "bundle", copy)
+    config = json.loads((copy / "config.json").read_text())
+    p_all = load_bundle(run / "bundle").predict_proba(sorted(str(f) for f in cells.iterdir()))[:, 0]
+    config["operating_point"]["threshold"] = float(np.quantile(p_all[p_all < 0.5], 0.5))
+    (copy / "config.json").write_text(json.dumps(config))
+    res = runner.invoke(app, ["evaluate", str(copy), str(cells), "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    rows = pd.read_csv(tmp_path / "ev" / "predictions.csv")
+    bundle = load_bundle(copy)
+    probs = rows[[f"p_{c}" for c in bundle.classes]].to_numpy()
+    classes = np.array(bundle.classes)
+    assert (rows["predicted"] == classes[probs.argmax(1)]).all()
+    decided = np.where(rows["unfamiliar"], "unfamiliar", classes[bundle.decide(probs)])
+    assert (rows["call"] == decided).all() and (classes[bundle.decide(probs)] != rows["predicted"]).any()
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["cell"]["accuracy"] == pytest.approx((rows["predicted"] == rows["label"]).mean())
+    kept = ~rows["unfamiliar"]
+    made = classes[bundle.decide(probs)][kept] == rows["label"][kept]
+    assert m["unfamiliar"]["accuracy_unflagged"] == pytest.approx(made.mean())
