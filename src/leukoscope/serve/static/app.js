@@ -130,12 +130,11 @@ async function loadCard() {
 }
 
 // ---- results ----------------------------------------------------------------------------------
-// A result node for a file (the caller puts it on the page), with its row reserved in state.rows: the CSV
-// follows the order the files were chosen, and its file column is the name the user chose.
+// A result node for a file (``showOnTop`` puts it on the page and reserves its CSV row); the CSV's file
+// column is the name the user chose.
 function newResult(file) {
   const node = $("#result-template").content.firstElementChild.cloneNode(true);
   node.row = { name: file.name, pending: true };
-  state.rows.push(node.row);
   node.querySelector(".thumb").src = URL.createObjectURL(file);
   node.querySelector(".thumb").alt = file.name;
   node.querySelector(".name").textContent = file.name;
@@ -292,6 +291,13 @@ function renderPatient(p) {
   }
 }
 
+// A drop's results on top of the page, in the order chosen, and their rows on top of the CSV: the CSV
+// lists the results in the order the page shows them.
+function showOnTop(nodes) {
+  $("#results").prepend(...nodes);
+  state.rows.unshift(...nodes.map((n) => n.row));
+}
+
 function showPatientError(message) {
   state.patientSummary = null;
   const box = $("#patient");
@@ -306,7 +312,7 @@ async function diagnosePatient(files) {
   clearCells();
   const generation = state.generation;
   const nodes = all.map(newResult);
-  $("#results").prepend(...nodes);
+  showOnTop(nodes);
   const lim = state.card.limits;
   const bytes = all.reduce((n, f) => n + f.size, 0);
   let problem = "";
@@ -382,7 +388,7 @@ async function classify(fileList) {
   const room = lim.max_body - 65536; // the body also carries multipart framing
   const generation = state.generation;
   const nodes = files.map(newResult);
-  $("#results").prepend(...nodes); // this upload on top, in the order chosen
+  showOnTop(nodes);
   const batch = [], batchNodes = [], batches = [];
   let bytes = 0;
   files.forEach((f, i) => {
