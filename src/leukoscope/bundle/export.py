@@ -202,7 +202,9 @@ def _correct_biases(pre: Any, quant: Any, work: Path, batches: Iterator[dict[str
 
 
 def _export_int8(fp32: Path, target: Path, paths: Sequence[str], config: dict[str, Any],
-                 full_range: bool, leading: int) -> None:
+                 full_range: bool, leading: int) -> int:
+    """Write the int8 model; how many convolutions it kept in fp32 (``fp32_nodes``: at most a quarter of
+    them, so fewer than ``leading`` in a small network)."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -223,12 +225,15 @@ def _export_int8(fp32: Path, target: Path, paths: Sequence[str], config: dict[st
         # int16 sums; full-range weights overflow them (measured: 70% label agreement, 100% with it).
         # With VNNI the sums are int32 and 8-bit weights round half as coarsely (aria_all Lite0 at
         # 128 px, 800 cells: 98.3% label agreement with fp32 instead of 94.9%).
+        kept = fp32_nodes(pre_model, leading)
         quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         reduce_range=not full_range, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, nodes_to_exclude=fp32_nodes(pre_model, leading))
+                        weight_type=QuantType.QInt8, nodes_to_exclude=kept)
         quant = onnx.load(str(out))
         _correct_biases(pre_model, quant, Path(work), _calibration_batches(paths, config))
         onnx.save(quant, str(out))
+    convs = {n.name for n in pre_model.graph.node if n.op_type == "Conv"}
+    return sum(name in convs for name in kept)
 
 
 def _calls(bundle_dir: Path, config: dict[str, Any], model_file: str, images: Sequence[np.ndarray]
@@ -253,8 +258,8 @@ def held_out_images(bundle_dir: Path, calibration: Sequence[str]) -> list[np.nda
         ranked = calibration_paths(bundle_dir, len(calibration) + AGREEMENT_IMAGES)
     except (BundleError, DataError):
         return []
-    used = set(calibration)
-    return load_batch([p for p in ranked if p not in used][:AGREEMENT_IMAGES])[1]
+    used = {os.path.realpath(p) for p in calibration}  # by file: a linked folder names them otherwise
+    return load_batch([p for p in ranked if os.path.realpath(p) not in used][:AGREEMENT_IMAGES])[1]
 
 
 def int8_agreement(fp32: tuple[np.ndarray, float], int8: tuple[np.ndarray, float]) -> dict[str, Any]:
@@ -295,16 +300,18 @@ def export_onnx(bundle_dir: Path | str, int8: bool = False,
         # too few held-out cells for any agreement to count: straight to the most fp32 convolutions
         ladder = INT8_FP32_CONVS if enough_to_tell(len(held_out)) else INT8_FP32_CONVS[-1:]
         for leading in ladder:
-            _export_int8(bundle_dir / ONNX, bundle_dir / ONNX_INT8, paths, config, full_range, leading)
+            kept = _export_int8(bundle_dir / ONNX, bundle_dir / ONNX_INT8, paths, config, full_range, leading)
             measured = (int8_agreement(fp32, _calls(bundle_dir, config, ONNX_INT8, held_out))
                         if fp32 is not None else {"int8_agreement_images": 0})
             if int8_agrees(measured):
                 break
         info |= {"int8": ONNX_INT8, "int8_calibration_images": len(paths), "int8_vnni": full_range,
-                 "int8_fp32_convs": leading,
+                 "int8_fp32_convs": kept,
                  "int8_scheme": f"static QDQ, per-channel {8 if full_range else 7}-bit int8 weights, uint8 "
                  "activations (MinMax), convolution biases corrected for weight rounding; first "
-                 f"{leading} convolutions and classifier in fp32", **measured}
+                 f"{kept} convolutions and classifier in fp32"
+                 + (f" ({leading} tried; a network keeps at most a quarter)" if kept < leading else ""),
+                 **measured}
     else:
         for stale in (ONNX_INT8, optimized_twin(Path(ONNX_INT8)).name):  # an old int8 file would be stale
             (bundle_dir / stale).unlink(missing_ok=True)
