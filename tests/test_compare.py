@@ -218,3 +218,45 @@ def test_readme_compare_command_runs_as_written(allidb2_pair, data, tmp_path) ->
     res = runner.invoke(app, [*args, "--bootstrap", "200"], terminal_width=160)
     assert res.exit_code == 0, res.output
     assert "McNemar exact" in res.output and list((tmp_path / "runs").rglob("comparison.md"))
+
+
+def test_compare_on_a_side_the_models_were_built_from_says_so(allidb2_pair, data, tmp_path) -> None:
+    """--side train / val are the models' own cells: the same note as without --side, no rule of three."""
+    svc, net = allidb2_pair
+    for side in ("train", "val"):
+        res = runner.invoke(app, ["compare", str(svc), str(net), str(data / "allidb2"), "--side", side,
+                                  "--bootstrap", "200", "--out", str(tmp_path / side)], terminal_width=160)
+        assert res.exit_code == 0, res.output
+        notes = json.loads((tmp_path / side / "comparison.json").read_text())["notes"]
+        assert any("were used to build A" in n and "optimistic" in n for n in notes), notes
+        assert not any("rule of three" in n for n in notes)
+
+
+def test_a_cell_only_one_model_cannot_read_is_listed(allidb2_pair, data, tmp_path, monkeypatch) -> None:
+    import leukoscope.evaluate.compare as compare_module
+    from leukoscope.data.readers import read
+    from leukoscope.evaluate.compare import compare
+
+    svc, net = allidb2_pair
+    real, calls = compare_module.score_paths, []
+
+    def score_paths(bundle, paths, *args, **kwargs):  # the second model finds one file unreadable
+        calls.append(1)
+        ok, logits, skipped = real(bundle, paths, *args, **kwargs)
+        if len(calls) == 2:
+            return ok[1:], logits[1:], [*skipped, (paths[ok[0]], "unreadable for B")]
+        return ok, logits, skipped
+
+    monkeypatch.setattr(compare_module, "score_paths", score_paths)
+    r = compare(load_bundle(svc), load_bundle(net), read([data / "allidb2"]), tmp_path / "cmp", side="test",
+                n_boot=100)
+    assert r["compared"] == r["images"] - 1 and [s["reason"] for s in r["skipped"]] == ["unreadable for B"]
+
+
+def test_compare_runtime_applies_to_the_network_bundle(allidb2_pair, data, tmp_path) -> None:
+    svc, net = allidb2_pair
+    exported = shutil.copytree(net, tmp_path / "net")
+    assert runner.invoke(app, ["export", str(exported), "--onnx"]).exit_code == 0
+    res = runner.invoke(app, ["compare", str(svc), str(exported), str(data / "allidb2"), "--side", "test",
+                              "--runtime", "onnx", "--bootstrap", "100", "--out", str(tmp_path / "cmp")])
+    assert res.exit_code == 0, res.output  # the classical bundle was refused the runtime

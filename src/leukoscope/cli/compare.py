@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -38,10 +38,14 @@ def compare_cmd(
     runtime: RuntimeOpt = "auto",
 ) -> None:
     """Score two models on exactly the same cells; McNemar, DeLong and paired bootstrap tests."""
-    from leukoscope.bundle import load_bundle
+    from leukoscope.bundle import load_bundle, read_config
     from leukoscope.evaluate.compare import HTML_FILE, compare, protocol_text, table_header, table_rows, title
 
-    a, b = load_bundle(bundle_a, runtime=runtime), load_bundle(bundle_b, runtime=runtime)
+    def loaded(path: Path) -> Any:  # --runtime is how a network runs; a classical model runs as it does
+        network = read_config(path).get("family") == "network"
+        return load_bundle(path, runtime=runtime if network else "auto")
+
+    a, b = loaded(bundle_a), loaded(bundle_b)
     m = read_data(paths, layout)
     with shown() as bars:
         r = compare(a, b, m, out, side=side, tta=tta, batch_size=batch_size, n_boot=draws, seed=seed,

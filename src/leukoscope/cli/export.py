@@ -28,6 +28,8 @@ def export_cmd(
 
     if not onnx:
         raise ConfigError("choose a format: --onnx")
+    if calibration and not int8:
+        raise ConfigError("--calibration: the images int8 is calibrated on; give --int8 too")
     from leukoscope.bundle import read_config
 
     if read_config(bundle)["family"] == "patient":

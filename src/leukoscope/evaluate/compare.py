@@ -42,26 +42,27 @@ def class_order(a: Bundle, b: Bundle) -> list[int]:
 
 
 def common_cells(a: Bundle, b: Bundle, m: Manifest, side: str | None) -> tuple[Manifest, list[str]]:
-    """The labelled rows both bundles are judged on, and notes on what that choice means."""
-    if side is None:
-        notes = []
-        for name, bundle in (("A", a), ("B", b)):
-            overlap = training_overlap(bundle, list(m["path"]))
-            seen = {k: v for k, v in overlap.items() if k in ("train", "val")}
-            if seen:
-                notes.append(f"{sum(seen.values())} of the images were used to build {name} "
-                             f"({', '.join(f'{v} {k}' for k, v in seen.items())}): use --side test")
-        return m, notes
-    on_a, on_b = set(on_side(a, m, side)["path"]), set(on_side(b, m, side)["path"])
-    both = on_a & on_b
-    if not both:
-        raise DataError(f"--side {side}: no image sits on the {side} side of both {a.path} and {b.path}")
+    """The labelled rows both bundles are judged on, and notes on what that choice means (images either
+    model was built from: on any side but test, so also with ``--side train`` or ``val``)."""
     notes = []
-    if on_a != on_b:
-        notes.append(f"the bundles recorded different splits: compared on the {len(both)} images on the "
-                     f"{side} side of both; dropped {len(on_a - both)} only on A's and {len(on_b - both)} "
-                     f"only on B's")
-    return m[m["path"].isin(both)].reset_index(drop=True), notes
+    if side is not None:
+        on_a, on_b = set(on_side(a, m, side)["path"]), set(on_side(b, m, side)["path"])
+        both = on_a & on_b
+        if not both:
+            raise DataError(f"--side {side}: no image sits on the {side} side of both {a.path} and {b.path}")
+        if on_a != on_b:
+            notes.append(f"the bundles recorded different splits: compared on the {len(both)} images on the "
+                         f"{side} side of both; dropped {len(on_a - both)} only on A's and "
+                         f"{len(on_b - both)} only on B's")
+        m = m[m["path"].isin(both)].reset_index(drop=True)
+    for name, bundle in (("A", a), ("B", b)):
+        overlap = training_overlap(bundle, list(m["path"]))
+        seen = {k: v for k, v in overlap.items() if k in ("train", "val")}
+        if seen:
+            notes.append(f"{sum(seen.values())} of the images were used to build {name} "
+                         f"({', '.join(f'{v} {k}' for k, v in seen.items())}): figures on them are "
+                         "optimistic; use --side test")
+    return m, notes
 
 
 def _label(bundle: Bundle, other: Bundle) -> str:
@@ -83,7 +84,8 @@ def compare(a: Bundle, b: Bundle, m: Manifest, out: Path, side: str | None = Non
         raise DataError("no labelled images to compare")
     paths = list(m["path"])
     ok_a, logits_a, skipped = score_paths(a, paths, batch_size, tta, progress)
-    ok_b, logits_b, _ = score_paths(b, paths, batch_size, tta, progress)
+    ok_b, logits_b, skipped_b = score_paths(b, paths, batch_size, tta, progress)
+    skipped += [s for s in skipped_b if s not in skipped]  # a cell one model cannot read is out for both
     ok, in_a, in_b = np.intersect1d(ok_a, ok_b, return_indices=True)
     if len(ok) == 0:
         raise DataError(f"none of the {len(m)} images could be read")
@@ -100,8 +102,9 @@ def compare(a: Bundle, b: Bundle, m: Manifest, out: Path, side: str | None = Non
     stats = compare_predictions(y, probs_a, probs_b, classes, list(m["group"]),
                                 by_subject=prot != "image-level", n_boot=n_boot, seed=seed)
     accuracy = next(row for row in stats["table"] if row["figure"] == "accuracy")
+    built_from = any("were used to build" in n for n in notes)
     for key, bundle, other in (("a", a, b), ("b", b, a)):
-        if accuracy[key] == 1.0:  # the percentile bootstrap of a perfect score is [1, 1]
+        if accuracy[key] == 1.0 and not built_from:  # the percentile bootstrap of a perfect score is [1, 1]
             notes.append(f"{_label(bundle, other)} got all {len(y)} images right, so its "
                          f"bootstrap interval is [1, 1]; its error rate on new cells is only bounded, "
                          f"below {3 / len(y):.3f} with 95% confidence (rule of three)")
