@@ -75,6 +75,15 @@ def test_patient_call_is_the_librarys(client: Any, cells: list[Path], run_dir: P
     assert all(toward * x["contribution"] > 0 for x in drivers)
 
 
+def test_the_interval_does_not_depend_on_the_order_of_the_cells(client: Any, cells: list[Path]) -> None:
+    """The page sends cells in the order they were dropped, report in the folder's order: one interval."""
+    orders = (cells, cells[::-1], cells[1::2] + cells[::2])
+    sent = [[(p.name, p.read_bytes()) for p in order] for order in orders]
+    calls = [client.post("/api/patient", **files(*cells_sent)).json()["patient"] for cells_sent in sent]
+    assert all(c["interval"] == pytest.approx(calls[0]["interval"], abs=1e-12) for c in calls)
+    assert all(c["probability"] == pytest.approx(calls[0]["probability"], abs=1e-12) for c in calls)
+
+
 def test_an_overview_is_a_counted_skip_and_results_stay_on_their_files(run_dir: Path,  # noqa: F811
                                                                        cells: list[Path], data: Path) -> None:
     """A whole-field overview among the cells (within every limit) is skipped by diagnose's rule, as

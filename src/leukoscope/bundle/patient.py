@@ -217,9 +217,12 @@ class PatientBundle(Bundle):
         z = self.log_odds(np.nan_to_num(s))
         p = float(sigmoid(z @ w))
         rng = np.random.default_rng(seed)
+        # resampled in an order of the cells themselves (their embeddings), not the order they were given
+        # in: the same cells dropped on the page or read from a folder get the same interval
+        canonical = np.lexsort(X.T[::-1])
         boot = []
         for _ in range(BOOTSTRAP_CELLS if len(X) > 1 else 0):
-            i = rng.integers(0, len(X), len(X))
+            i = canonical[rng.integers(0, len(X), len(X))]
             bs, bw = self.scorer.bag(X[i], unknown[i])
             boot.append(float(sigmoid(self.log_odds(np.nan_to_num(bs)) @ bw)))
         interval = (float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))) if boot else (p, p)
