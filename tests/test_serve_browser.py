@@ -123,6 +123,7 @@ def test_patient_view_shows_the_summary_above_the_cells(browser: Any, patient_se
     text = summary.inner_text()
     assert re.search(r"P\(APL\) (\d+\.\d%|[<>] \S+%) \(95% interval ", text), text
     assert f"{n} cell(s) used, 1 skipped" in text and "100%" not in text and "100.0%" not in text
+    assert page.inner_text("#status") == f"{n} of {n + 1} cell(s) used; 1 skipped"  # the summary's counts
     assert summary.locator(".too-few").count() == 0
     rows = summary.locator("table.composition tr")
     assert rows.count() >= 2  # header + at least one type

@@ -348,11 +348,15 @@ async function diagnosePatient(files) {
   if (r && r.ok && data && data.patient) renderPatient(data.patient); else showPatientError(detail);
   if (data && Array.isArray(data.results)) data.results.forEach((res, i) => showResult(nodes[i], res));
   else nodes.forEach((n) => showError(n, detail.startsWith("request failed") ? detail : `request failed: ${detail}`));
-  const rows = doneRows();
-  const used = rows.filter((r) => !r.error).length;
-  const unreadable = rows.filter((r) => r.error && !r.error.startsWith("byte copy of")).length;
-  setStatus(`${used} of ${all.length} cell(s) used` + (unreadable ? `, ${unreadable} could not be read` : ""),
-    unreadable > 0);
+  // the summary's own counts (what report says): unfamiliar cells are not used, overviews are skipped
+  const p = data && data.patient;
+  if (p) {
+    const left = [p.skipped.length ? `${p.skipped.length} skipped` : "",
+      p.cells_unfamiliar ? `${p.cells_unfamiliar} unfamiliar` : ""].filter(Boolean).join(", ");
+    setStatus(`${p.cells_used} of ${all.length} cell(s) used` + (left ? `; ${left}` : ""), false);
+  } else {
+    setStatus(detail, true);
+  }
   updateButtons();
 }
 
