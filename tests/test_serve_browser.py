@@ -348,3 +348,27 @@ def test_a_figure_that_cannot_be_computed_shows_na_not_null(browser: Any, classi
     assert features and all(re.search(r": [+−]\d+\.\d\d log-odds (towards|against) the call$", f)
                             for f in features), features
     page.close()
+
+
+def test_the_page_fits_a_phone_and_keeps_one_focus_stop_for_the_drop_zone(browser: Any, server: str,  # noqa: F811
+                                                                          data: Path) -> None:
+    from playwright.sync_api import expect
+
+    images = sample_images(data)
+    page = browser.new_page(viewport={"width": 375, "height": 800})
+    page.goto(server + "/")
+    page.wait_for_selector("#card dl")
+    page.set_input_files("#files", [str(images["png"])])
+    expect(page.locator(".result[data-label]")).to_have_count(1, timeout=60_000)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375  # no sideways scrolling
+    widths = [b["width"] for b in (page.locator(".bars .bar").nth(i).bounding_box()
+                                   for i in range(page.locator(".bars .bar").count())) if b]
+    assert widths and min(widths) >= 40  # the bars are drawn, not squeezed to nothing
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "drop"
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") != "files"  # no second, invisible stop
+    page.focus("#clear")
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "drop"  # not lost to the body
+    page.close()

@@ -489,6 +489,7 @@ function clearResults() {
   $("#patient").hidden = true;
   setStatus("");
   updateButtons();
+  $("#drop").focus(); // Clear disables itself: the focus goes back where the next drop starts
 }
 
 // ---- wiring -----------------------------------------------------------------------------------
