@@ -47,6 +47,8 @@ def test_page_classifies_a_dropped_image_and_shows_the_heat_map(browser: Any, se
     page.wait_for_selector("#card dl")  # the model card arrived from /api/model
     card = page.inner_text("#card")
     assert "all (ALL blast), hem (normal)" in card and "Research use only" in card  # display names
+    # figures only: split sizes and timings are not metric columns
+    assert page.locator("#card .metrics th").all_inner_texts() == ["metric", "validation", "test"]
 
     dropped = [images["bmp"], images["jpeg"], images["tiff"]]
     page.set_input_files("#files", [str(p) for p in dropped])
@@ -111,6 +113,8 @@ def test_patient_view_shows_the_summary_above_the_cells(browser: Any, patient_se
     page.goto(patient_server + "/")
     page.wait_for_selector("#card dl")
     assert page.inner_text("#drop-title") == "Drop the cells of one patient here"
+    auc = next(r for r in page.locator("#card .metrics tr").all_inner_texts() if r.startswith("roc auc"))
+    assert re.search(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", auc), auc  # the patient AUC with its interval
 
     page.set_input_files("#files", [str(cells[0])])  # one cell: below the bundle's min_cells
     summary = page.locator("#patient")

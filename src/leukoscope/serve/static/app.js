@@ -41,20 +41,29 @@ function definitionList(pairs) {
   return dl;
 }
 
+// The figures a model is judged by; other numbers of metrics.json (split sizes, timings) are bookkeeping.
+const FIGURE = /^(accuracy|balanced_accuracy|roc_auc|f1_\w+|precision_\w+|recall_\w+|ece\w*|brier|sensitivity|specificity)$/;
+
 function metricsTable(metrics) {
-  // Parts (validation, test, ...) as columns, their numeric figures as rows; top-level numbers below.
+  // Parts (validation, test, patient, ...) as columns, their figures as rows, each with its 95 % interval
+  // where the part records one (``<figure>_ci95`` or ``ci95.<figure>``); top-level numbers below.
   const parts = {}, scalars = [];
+  const label = (k) => k.replace(/_/g, " ");
   for (const [part, figures] of Object.entries(metrics || {})) {
     if (figures && typeof figures === "object" && !Array.isArray(figures)) {
-      const nums = Object.entries(figures).filter(([, v]) => typeof v === "number");
-      if (nums.length) parts[part] = Object.fromEntries(nums);
+      const nums = Object.entries(figures).filter(([k, v]) => typeof v === "number" && FIGURE.test(k));
+      if (!nums.length) continue;
+      parts[part] = Object.fromEntries(nums.map(([k, v]) => {
+        const ci = figures[`${k}_ci95`] || (figures.ci95 && figures.ci95[k]);
+        return [k, Array.isArray(ci) && ci.length === 2 && ci.every((x) => typeof x === "number")
+          ? `${fmt(v)} [${ci[0].toFixed(3)}, ${ci[1].toFixed(3)}]` : fmt(v)];
+      }));
     } else if (typeof figures === "number") {
-      scalars.push(`${part} ${fmt(figures)}`);
+      scalars.push(`${label(part)} ${fmt(figures)}`);
     }
   }
   const names = Object.keys(parts);
   const box = el("div", { class: "metrics" });
-  const label = (k) => k.replace(/_/g, " ");
   if (!names.length) box.append(el("p", { class: "muted" }, "No metrics recorded in this bundle."));
   else {
     const table = el("table");
@@ -65,7 +74,7 @@ function metricsTable(metrics) {
     for (const m of [...new Set(names.flatMap((p) => Object.keys(parts[p])))]) {
       const tr = el("tr");
       tr.append(el("td", {}, label(m)));
-      for (const p of names) tr.append(el("td", {}, m in parts[p] ? fmt(parts[p][m]) : "–"));
+      for (const p of names) tr.append(el("td", {}, m in parts[p] ? parts[p][m] : "–"));
       table.append(tr);
     }
     box.append(table);
