@@ -37,12 +37,20 @@ def test_a_network_bundle_and_its_exports_pass_every_check(onnx_bundle: Path) ->
     findings = verify(onnx_bundle)
     assert all(f.ok for f in findings), findings
     assert [f.check for f in findings] == [
-        "config.json", "format_version", "config", "files", "metrics.json",
+        "config.json", "format_version", "config", "files", "metrics.json", "split.csv",
         "model.onnx", "model.int8.onnx", "model.opt.onnx", "model.int8.opt.onnx",
         "weights (torch)", "predict (torch)", "weights (onnx)", "predict (onnx)",
         "weights (onnx-int8)", "predict (onnx-int8)"]
     assert findings[1].detail == str(FORMAT_VERSION)
     assert "model.safetensors" in findings[3].detail and "model.int8.onnx" in findings[3].detail
+
+
+def test_a_split_csv_that_is_not_a_split_fails(network_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
+    """split.csv feeds --side, export --int8 and --adapt: garbage there is a finding, not a traceback."""
+    b = shutil.copytree(network_bundle, tmp_path / "b")
+    (b / "split.csv").write_text("nothing,here\n1,2\n")
+    [split] = [f for f in verify(b) if f.check == "split.csv"]
+    assert not split.ok and "a split needs the column(s) path, label" in split.detail
 
 
 def test_a_classical_bundle_passes(classical_bundle: Path) -> None:  # noqa: F811
@@ -109,7 +117,7 @@ def test_cli_prints_one_line_per_check_and_exits_1_on_a_failure(network_bundle: 
     ok = runner.invoke(app, ["verify", str(network_bundle)])
     assert ok.exit_code == 0, ok.output
     lines = ok.output.strip().splitlines()
-    assert len(lines) == len(verify(network_bundle)) == 7
+    assert len(lines) == len(verify(network_bundle)) == 8
     assert all(line.startswith("ok") for line in lines) and lines[-1].startswith("ok   predict (torch):")
 
     bundle = _copy(network_bundle, tmp_path)

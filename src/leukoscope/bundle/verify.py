@@ -19,12 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from leukoscope.bundle.base import family_class, load_bundle
+from leukoscope.bundle.base import family_class, load_bundle, read_split_csv
 from leukoscope.bundle.format import (
     CARD,
     CONFIG,
     EXPORT_FILES,
     METRICS,
+    SPLIT,
     check_config,
     format_version,
     one_line,
@@ -148,6 +149,12 @@ def verify(path: Path | str) -> list[Finding]:
         add(METRICS, True, "readable JSON")
     except LeukoscopeError as e:
         add(METRICS, False, str(e))
+    if (path / SPLIT).is_file():  # what --side, export --int8 and --adapt read (a bundle may have none)
+        try:
+            sides = read_split_csv(path / SPLIT)
+            add(SPLIT, True, f"{len(sides)} images with path and label")
+        except LeukoscopeError as e:
+            add(SPLIT, False, str(e))
     info = config.get("onnx", {})
     opens = "opens and fits the config" if config["family"] == "network" else "opens in ONNX Runtime"
     for name in recorded_files(info):
