@@ -66,3 +66,21 @@ def cnmc_copy(data: Path, root: Path, extra_rows: tuple[str, ...] = (),
         text += f"UID_H{90 + i}_1_1_hem.bmp,{name},0\r\n"
     (dst / "validation_data" / CNMC_CSV).write_bytes(text.encode())
     return root
+
+
+def tiff_with_a_rational_strip_offset() -> bytes:
+    """A small float TIFF whose StripOffsets tag says RATIONAL instead of LONG: Pillow raises TypeError
+    while decoding it (as a fuzzed file did), not OSError."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((40, 50), np.float32)).save(buf, format="TIFF")
+    data = bytearray(buf.getvalue())
+    ifd = struct.unpack("<I", data[4:8])[0]
+    for i in range(struct.unpack("<H", data[ifd:ifd + 2])[0]):
+        entry = ifd + 2 + 12 * i
+        if struct.unpack("<H", data[entry:entry + 2])[0] == 273:  # StripOffsets
+            struct.pack_into("<H", data, entry + 2, 5)  # type RATIONAL
+    return bytes(data)

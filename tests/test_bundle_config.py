@@ -84,6 +84,7 @@ NETWORK_BAD = [
     ({"onnx": {"int8_agreement": "0.99"}}, "onnx.int8_agreement"),  # a TypeError at load
     ({"onnx": {"int8_agreement": 1.5}}, "onnx.int8_agreement"),
     ({"onnx": {"int8_agreement_images": "100"}}, "onnx.int8_agreement_images"),
+    ({"unfamiliar__target_false_flag_rate": [1]}, "unfamiliar.target_false_flag_rate"),  # a TypeError
 ]
 
 
@@ -271,3 +272,50 @@ def test_a_bad_split_csv_is_one_line(text: str | bytes, said: str, network_bundl
         with pytest.raises(BundleError) as e:
             read()
         assert str(e.value).startswith(str(folder / "split.csv")) and said in str(e.value)
+
+
+UNPARSABLE = ["[" * 200_000 + "]" * 200_000, '{"family": "network", "x": ' + "9" * 5000 + "}"]
+
+
+@pytest.mark.parametrize("text", UNPARSABLE)
+def test_json_python_cannot_parse_is_one_line(text: str, network_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Deep nesting (RecursionError) and a 5,000-digit number (ValueError) in config.json or metrics.json."""
+    for name in (CONFIG, "metrics.json"):
+        folder = edited(network_bundle, tmp_path / name)
+        (folder / name).write_text(text)
+        with pytest.raises(BundleError, match="invalid JSON"):
+            load_bundle(folder).metrics() if name == "metrics.json" else load_bundle(folder)
+
+
+def test_a_pipeline_declaring_gigabytes_is_refused_before_unpacking(classical_bundle: Path,  # noqa: F811
+                                                                    tmp_path: Path) -> None:
+    """A zip bomb: a few bytes of pipeline.skops declaring a 6 GB array, refused from its .npy header."""
+    import io
+    import zipfile
+
+    folder = edited(classical_bundle, tmp_path / "b")
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False,
+                                                 "shape": (750_000_000,)})
+    with zipfile.ZipFile(folder / "pipeline.skops", "a") as z:
+        z.writestr("bomb.npy", header.getvalue())
+    with pytest.raises(BundleError, match="its arrays declare 6,000,.* refusing to unpack it"):
+        load_bundle(folder)
+
+
+@pytest.mark.parametrize("shape", [(5, 128), ()])
+def test_an_unfamiliarity_tensor_of_the_wrong_shape_is_refused_at_load(shape: tuple[int, ...],
+                                                                         network_bundle: Path,  # noqa: F811
+                                                                         tmp_path: Path) -> None:
+    """A precision that is not d x d (or a scalar) passed verify and failed inside predict's matmul."""
+    from safetensors.numpy import load_file, save_file
+
+    folder = edited(network_bundle, tmp_path / "b")
+    tensors = load_file(str(folder / "unfamiliar.safetensors"))
+    if "precision" not in tensors:
+        pytest.skip("this bundle's score keeps no precision")
+    width = tensors["precision"].shape[0]
+    tensors["precision"] = np.ones(shape if shape else (), np.float32) if shape != (5, 128) \
+        else np.ones((5, width), np.float32)
+    save_file(tensors, str(folder / "unfamiliar.safetensors"))
+    refused(folder, "unfamiliar.safetensors", file="unfamiliar.safetensors")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imagefiles import png_bytes, truncated_copy
+from imagefiles import png_bytes, tiff_with_a_rational_strip_offset, truncated_copy
 from leukoscope.data import images
 from leukoscope.data.images import (
     DecodeCache,
@@ -279,3 +279,18 @@ def test_decoding_never_swaps_the_process_warning_filters(data: Path) -> None:
         watcher.join()
     assert len(ok) == len(paths) and not skipped
     assert seen == {start}
+
+
+def test_a_tiff_whose_tag_has_the_wrong_type_is_one_error(tmp_path: Path) -> None:
+    """Pillow fails on a malformed tag with a TypeError: one ImageError naming the file, and in a batch a
+    skip (it aborted predict and gave the web server a 500)."""
+    from leukoscope.data.images import load_batch
+
+    bad = tmp_path / "tag.tif"
+    bad.write_bytes(tiff_with_a_rational_strip_offset())
+    with pytest.raises(ImageError, match=r"tag.tif: cannot decode image \(TypeError"):
+        load_rgb(bad)
+    good = tmp_path / "good.png"
+    good.write_bytes(png_bytes(np.zeros((8, 8, 3), np.uint8)))
+    ok, arrays, skipped = load_batch([str(good), str(bad)])
+    assert list(ok) == [str(good)] and len(arrays) == 1 and [p for p, _ in skipped] == [str(bad)]

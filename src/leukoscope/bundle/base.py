@@ -161,9 +161,10 @@ class Bundle(ABC):
 
         if isinstance(images, str | os.PathLike):
             images = [images]
-        if len(images) == 0:
+        arrays = decode(images)
+        if len(arrays) == 0:
             return np.zeros((0, len(self.classes)))
-        return softmax_t(self.logits(decode(images)), self.temperature)
+        return softmax_t(self.logits(arrays), self.temperature)
 
     @property
     def display_names(self) -> dict[str, str]:
@@ -238,8 +239,18 @@ def mix_warning(classes: Sequence[str], logits: np.ndarray) -> dict[str, str]:
                        f"of one type towards others, so score such a sample without --adapt"}
 
 
-def decode(images: Sequence[ImageLike]) -> Sequence[np.ndarray]:
-    """``images`` with every path decoded (``data.images.load_batch``); arrays pass through as they are."""
+def decode(images: Iterable[ImageLike]) -> Sequence[np.ndarray]:
+    """``images`` with every path decoded (``data.images.load_batch``); arrays pass through once checked to
+    be what every model reads (H x W x 3 uint8 RGB, not empty): anything else is one ``ImageError``, not a
+    confident call on no pixels or an error from deep inside a model."""
+    if isinstance(images, np.ndarray) and images.ndim != 4:
+        raise ImageError(f"an array of images must be N x H x W x 3, got shape {images.shape}; give a list "
+                         "(one array or path per image)")
+    if not isinstance(images, Sequence | np.ndarray):
+        images = list(images)  # a generator
+    for i, im in enumerate(images):
+        if not isinstance(im, str | os.PathLike):
+            _check_array(i, im)
     paths = [im for im in images if isinstance(im, str | os.PathLike)]
     if not paths:
         return images  # type: ignore[return-value]  # arrays only
@@ -252,6 +263,15 @@ def decode(images: Sequence[ImageLike]) -> Sequence[np.ndarray]:
         raise ImageError(f"{path}: {why}{more}")
     decoded = iter(arrays)
     return [next(decoded) if isinstance(im, str | os.PathLike) else im for im in images]
+
+
+def _check_array(i: int, im: Any) -> None:
+    shape, dtype = getattr(im, "shape", None), getattr(im, "dtype", None)
+    if not (isinstance(im, np.ndarray) and im.ndim == 3 and shape is not None and shape[2] == 3
+            and shape[0] > 0 and shape[1] > 0 and dtype == np.uint8):
+        what = f"shape {shape}, dtype {dtype}" if shape is not None else type(im).__name__
+        raise ImageError(f"image {i}: expected an H x W x 3 uint8 RGB array (data.images.load_rgb reads any "
+                         f"file into one), got {what}")
 
 
 def bundle_family(name: str) -> Callable[[type[Bundle]], type[Bundle]]:

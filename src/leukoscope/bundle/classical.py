@@ -76,6 +76,32 @@ def _refuse_untrusted(path: Path) -> None:
                           f"{', '.join(bad)}")
 
 
+#: Largest size a pipeline's arrays may declare, all together: a classical model on leukoscope's features is a
+#: few MB; a few KB of zip may declare gigabytes of zeros (a zip bomb) that loading would allocate.
+MAX_PIPELINE_BYTES = 1 << 30
+
+
+def _refuse_too_large(path: Path) -> None:
+    """Refuse a pipeline whose entries unpack to, or whose arrays declare, more than ``MAX_PIPELINE_BYTES``:
+    from the zip's directory and each ``.npy`` header, before anything is allocated."""
+    import zipfile
+
+    declared = 0
+    with zipfile.ZipFile(path) as z:
+        for entry in z.infolist():
+            declared += entry.file_size
+            if entry.filename.endswith(".npy"):
+                with z.open(entry) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                        else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f)
+                    declared += int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if declared > MAX_PIPELINE_BYTES:
+        raise BundleError(f"{path}: its arrays declare {declared:,} bytes, more than a pipeline of "
+                          f"leukoscope's holds ({MAX_PIPELINE_BYTES:,}); refusing to unpack it")
+
+
 def load_pipeline(path: Path) -> Any:
     """Read a skops pipeline, trusting only types on the allow-list (never blindly)."""
     import skops.io as sio
@@ -84,6 +110,7 @@ def load_pipeline(path: Path) -> Any:
     if not path.is_file():
         raise BundleError(f"{path.parent}: classical bundle has no {path.name}")
     try:
+        _refuse_too_large(path)
         _refuse_untrusted(path)
         # the allow-list again, not what the check found: skops audits the file it actually reads
         return sio.load(path, trusted=sorted(ALLOWED_TYPES))

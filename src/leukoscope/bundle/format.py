@@ -102,7 +102,7 @@ def raw_config(path: Path) -> Any:
         raise BundleError(f"{path}: not a model bundle (no {CONFIG})")
     try:
         config = json.loads(cfg.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (UnicodeDecodeError, RecursionError, ValueError) as e:  # JSONDecodeError; nesting; huge ints
         raise BundleError(f"{cfg}: invalid JSON ({e})") from None
     if isinstance(config, dict) and not {"family", "classes"} <= set(config) \
             and (path / "bundle" / CONFIG).is_file():  # a training run folder holds its bundle
@@ -117,7 +117,7 @@ def read_metrics(path: Path) -> dict[str, Any]:
         return {}
     try:
         metrics = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (UnicodeDecodeError, RecursionError, ValueError) as e:  # JSONDecodeError; nesting; huge ints
         raise BundleError(f"{p}: invalid JSON ({e})") from None
     except OSError as e:
         raise BundleError(f"{p}: cannot read ({e.strerror or e})") from None
@@ -252,6 +252,8 @@ def _check_unfamiliar(u: Any, need: Need) -> None:
          f"a number in [{TEMPERATURES[0]}, {TEMPERATURES[1]}]", t)
     need(isinstance(u.get("standardise", False), bool), "unfamiliar.standardise", "true or false",
          u.get("standardise"))
+    rate = u.get("target_false_flag_rate", 0.05)
+    need(_number(rate) and 0 < rate < 1, "unfamiliar.target_false_flag_rate", "a number in (0, 1)", rate)
 
 
 def _check_network(config: dict[str, Any], need: Need) -> None:

@@ -11,6 +11,7 @@ import hashlib
 import io
 import math
 import os
+import struct
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -137,8 +138,9 @@ def _pil_errors(name: str, max_pixels: int | None = None) -> Iterator[None]:
         limit = MAX_PIXELS if max_pixels is None else max_pixels
         raise ImageError(f"{name}: its header declares more pixels than the limit of {limit:,} "
                          "(decompression-bomb guard)") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ImageError(f"{name}: cannot decode image ({e})") from None
+    except (OSError, ValueError, SyntaxError, TypeError, IndexError, ZeroDivisionError, struct.error) as e:
+        # a malformed header or tag: Pillow's decoders fail in all of these ways (a fuzzed TIFF: TypeError)
+        raise ImageError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
 
 
 def _open(source: Path | io.BytesIO, name: str, max_pixels: int | None,

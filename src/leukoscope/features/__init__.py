@@ -76,11 +76,12 @@ class PerImageFeatures(FeatureExtractor):
 
     def __init__(self, size: int | None = None):
         size = self.default_size if size is None else size
-        if not 32 <= int(size) <= 1024:
+        if not (isinstance(size, int) and not isinstance(size, bool) and 32 <= size <= 1024):
             from leukoscope.errors import ConfigError
 
-            raise ConfigError(f"{self.kind} features: size must be 32..1024 pixels, got {size}")
-        self.size = int(size)
+            raise ConfigError(f"{self.kind} features: size must be a whole number of pixels in 32..1024, "
+                              f"got {size!r}")
+        self.size = size
 
     @abstractmethod
     def of_image(self, image: np.ndarray) -> np.ndarray:

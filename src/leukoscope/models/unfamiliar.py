@@ -65,6 +65,8 @@ SHRINKAGE = 0.1
 TENSORS = {"knn": ("reference",), "mahalanobis": ("means", "precision"),
            "relative_mahalanobis": ("means", "precision", "background_mean", "background_precision"),
            "msp": (), "energy": ()}
+#: Each stored tensor's rank (2 unless named): one row per vector, or a d x d precision.
+SHAPES = {"background_mean": 1, "mean": 1, "std": 1}
 
 
 class ScorerMismatch(BundleError, ValueError):
@@ -278,8 +280,13 @@ def load_scorer(path: Path, settings: dict[str, Any]) -> Scorer:
     missing = [n for n in need if n not in tensors]
     if missing:
         raise ValueError(f"{path}: missing tensor(s) {', '.join(missing)}")
+    if any(tensors[n].ndim != SHAPES.get(n, 2) for n in need):
+        shapes = ", ".join(f"{n} {tensors[n].shape}" for n in need)
+        raise ValueError(f"{path}: tensors of the wrong rank ({shapes})")
     dims = {tensors[n].shape[-1] for n in need}
-    if len(dims) != 1 or any(not np.isfinite(tensors[n]).all() for n in need):
-        raise ValueError(f"{path}: tensors of unequal width or with NaN / infinite values")
+    square = all(tensors[n].shape[0] == tensors[n].shape[1] for n in need if "precision" in n)
+    if len(dims) != 1 or not square or any(not np.isfinite(tensors[n]).all() for n in need):
+        raise ValueError(f"{path}: tensors of unequal width, a precision that is not square, or NaN / "
+                         "infinite values")
     s.tensors = {n: tensors[n] for n in need}
     return s
