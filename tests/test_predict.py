@@ -496,3 +496,25 @@ def test_a_broken_link_in_a_folder_is_a_counted_skip(network_bundle, images, tmp
     broken = "broken link (no target, or links in a circle)"
     assert sorted((Path(p).name, r) for p, r in s.skipped) == [
         (name, broken) for name in ("dangling.png", "l1.png", "l2.png")]
+
+
+@pytest.mark.parametrize("bad", [np.zeros((0, 0, 3), np.uint8), np.zeros((0, 50, 3), np.uint8),
+                                 np.zeros((40, 50, 3), np.float64), np.zeros((40, 50), np.uint8),
+                                 np.zeros((40, 50, 4), np.uint8), np.zeros((40, 50, 3), np.uint16)])
+def test_arrays_a_model_cannot_read_are_one_image_error(network_bundle, classical_bundle, bad):  # noqa: F811
+    """The library takes H x W x 3 uint8 RGB arrays (load_rgb makes one of any file): an empty image got a
+    confident call, other shapes and dtypes raised numpy or PIL errors."""
+    from leukoscope.errors import ImageError
+
+    for path in (network_bundle, classical_bundle):
+        with pytest.raises(ImageError, match=r"image 0: expected an H x W x 3 uint8 RGB array"):
+            load_bundle(path).predict_proba([bad])
+
+
+def test_a_lone_array_is_refused_and_a_generator_is_read(network_bundle):  # noqa: F811
+    from leukoscope.errors import ImageError
+
+    bundle, cell = load_bundle(network_bundle), np.full((40, 50, 3), 128, np.uint8)
+    with pytest.raises(ImageError, match="an array of images must be N x H x W x 3"):
+        bundle.predict_proba(cell)  # one image, not a list: its rows would be read as images
+    np.testing.assert_allclose(bundle.predict_proba(im for im in [cell]), bundle.predict_proba([cell]))
