@@ -140,7 +140,7 @@ def _pil_errors(name: str, max_pixels: int | None = None) -> Iterator[None]:
                          "(decompression-bomb guard)") from None
     except (OSError, ValueError, SyntaxError, TypeError, IndexError, ZeroDivisionError, struct.error) as e:
         # a malformed header or tag: Pillow's decoders fail in all of these ways (a fuzzed TIFF: TypeError)
-        raise ImageError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
+        raise ImageError(f"{name}: cannot decode image ({e})") from None
 
 
 def _open(source: Path | io.BytesIO, name: str, max_pixels: int | None,
