@@ -17,6 +17,14 @@ from unfamiliar_support import allidb2_bundle  # noqa: F401 - fixture used by na
 from use_support import classical_bundle  # noqa: F401 - fixture used by name
 
 
+def downloaded_csv(page: Any, saved: Path) -> list[dict[str, str]]:
+    """The rows of the page's CSV download (its CSV button), saved at ``saved``."""
+    with page.expect_download() as dl:
+        page.click("#csv")
+    dl.value.save_as(saved)
+    return list(csv.DictReader(saved.open(newline="")))
+
+
 @pytest.fixture(scope="module")
 def server(network_bundle: Path) -> Iterator[str]:  # noqa: F811
     # two files per request, so three dropped files take two requests, and the first two (a 450x450
@@ -73,11 +81,7 @@ def test_page_classifies_a_dropped_image_and_shows_the_heat_map(browser: Any, se
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "serve-page.png"), full_page=True)
 
-    with page.expect_download() as dl:
-        page.click("#csv")
-    saved = tmp_path / "results.csv"
-    dl.value.save_as(saved)
-    rows = list(csv.DictReader(saved.open(newline="")))
+    rows = downloaded_csv(page, tmp_path / "results.csv")
     # in the order the page shows them: the later drop on top, each drop in the order chosen
     shown = [t.split("\n")[0] for t in page.locator(".result .name").all_inner_texts()]
     assert [r["file"] for r in rows] == ["notes.png"] + [p.name for p in dropped] == shown
@@ -139,11 +143,7 @@ def test_patient_view_shows_the_summary_above_the_cells(browser: Any, patient_se
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "serve-patient.png"), full_page=True)
-    with page.expect_download() as dl:
-        page.click("#csv")
-    saved = tmp_path / "cells.csv"
-    dl.value.save_as(saved)
-    got = list(csv.DictReader(saved.open(newline="")))
+    got = downloaded_csv(page, tmp_path / "cells.csv")
     assert len(got) == n + 1 and all(r["cell_type"] for r in got if not r["error"])
     page.click("#clear")
     expect(summary).to_be_hidden()
@@ -253,11 +253,7 @@ def test_the_accent_goes_to_the_call_and_the_csv_keeps_numbers(browser: Any, ope
         differs += bars.first.locator(".cls").inner_text() != label
     assert differs >= 1  # the operating point made a call other than the most probable class
 
-    with page.expect_download() as dl:
-        page.click("#csv")
-    saved = tmp_path / "op.csv"
-    dl.value.save_as(saved)
-    rows = list(csv.DictReader(saved.open(newline="")))
+    rows = downloaded_csv(page, tmp_path / "op.csv")
     assert [r["file"] for r in rows] == ["'" + names[0]] + names[1:]  # the chosen name, guarded as text
     assert all(r["unfamiliarity"] == "-0.048735" for r in rows)  # a number, not the text '-0.048735
     assert all(float(r["p_basophil"]) >= 0 for r in rows)
@@ -310,11 +306,7 @@ def test_a_second_drop_while_the_first_call_is_in_flight_leaves_no_stale_rows(
     shown = [page.locator(".result .thumb").nth(i).get_attribute("alt") for i in range(n)]
     assert shown == [c.name for c in cells]  # the order chosen
     assert f"{n} cell(s) used" in page.inner_text("#patient")
-    with page.expect_download() as dl:
-        page.click("#csv")
-    saved = tmp_path / "cells.csv"
-    dl.value.save_as(saved)
-    got = list(csv.DictReader(saved.open(newline="")))
+    got = downloaded_csv(page, tmp_path / "cells.csv")
     assert [r["file"] for r in got] == [c.name for c in cells]  # no duplicates, the order chosen
     for r in got:
         assert not r["contribution"].startswith("'")

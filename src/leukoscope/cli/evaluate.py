@@ -74,8 +74,7 @@ def evaluate_cmd(
         if ignored := [flag for flag, v in cell_only.items() if v]:
             raise ConfigError(f"{', '.join(ignored)}: not options of a patient bundle's evaluation "
                               f"(it scores every patient given, from all their cells)")
-        return evaluate_patients_cmd(b, paths, layout, out, cohort_table,
-                                     diagnosis_given=diagnosis != "diagnosis")
+        return evaluate_patients_cmd(b, paths, layout, out, cohort_table, diagnosis)
     from leukoscope.data.rare import as_trained
     from leukoscope.data.splits import read_split
 

@@ -85,15 +85,17 @@ def train_patients_cmd(paths: Sequence[Path], layout: str | None, out: Path, tar
 
 
 def evaluate_patients_cmd(bundle: Any, paths: Sequence[Path], layout: str | None, out: Path,
-                          subjects: SubjectTable | None = None, diagnosis_given: bool = False) -> None:
+                          subjects: SubjectTable | None = None, diagnosis: str | None = None) -> None:
     """``leukoscope evaluate PATIENT_BUNDLE COHORT``: patient- and cell-level figures. Each patient's label
-    is the column the bundle was trained on, or the one ``--diagnosis`` names (``diagnosis_given``, or a
-    table without the bundle's column)."""
+    is the column the bundle was trained on, or the one ``--diagnosis`` names (given other than its
+    default, or a table without the bundle's column)."""
+    from leukoscope.data.cohort import DEFAULT_DIAGNOSIS
     from leukoscope.patients.evaluate import METRICS_FILE, evaluate_patients
 
     m = read_data(paths, layout, subjects)
     target = None  # the bundle's own
-    if subjects is not None and (diagnosis_given or bundle.config.get("target") not in subjects.table):
+    named = diagnosis not in (None, DEFAULT_DIAGNOSIS)
+    if subjects is not None and (named or bundle.config.get("target") not in subjects.table):
         target = subjects.diagnosis
     with shown() as bars:
         r = evaluate_patients(bundle, m, out, progress=bars, target=target)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,12 +32,6 @@ NETWORKS, CLASSICAL, PATIENTS = "Networks", "Classical", "Patients (--target)"
 #: What the "frozen + LR" rows are, printed where they appear.
 FROZEN_LR = ("frozen + LR: logistic regression on the pretrained network's frozen embeddings, fitted before "
              "fine-tuning (it starts the head); the baseline that fine-tuning has to beat")
-
-
-def _skipped_json(out: Path) -> list[dict[str, str]]:
-    """The run's skipped.json (``train.rundir.write_skipped``), empty when it has none."""
-    f = out / "skipped.json"
-    return json.loads(f.read_text()) if f.is_file() else []
 
 
 def _figures_table(metrics: dict[str, Any]) -> Table:
@@ -214,9 +207,10 @@ def train_cmd(
         return
     console.print(_figures_table(bundle.metrics()))
     from leukoscope.data.manifest import skipped_files
+    from leukoscope.train import rundir
 
     said = {p for p, _ in skipped_files(m)}  # the reader's left-outs, printed as it read them
-    print_skipped([(s["path"], s["reason"]) for s in _skipped_json(out) if s["path"] not in said])
+    print_skipped([(p, r) for p, r in rundir.read_skipped(out) if p not in said])
     names = bundle.display_names
     console.print(escape("classes: " + ", ".join(show_class(c, names) for c in bundle.classes)))
     print_operating_point(bundle.metrics().get("operating_point"))

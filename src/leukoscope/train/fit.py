@@ -42,6 +42,8 @@ from leukoscope.train.resume import Progress
 from leukoscope.train.warmstart import warm_start
 
 BEST = "best.safetensors"
+#: Images per optimiser step unless the settings say otherwise (``Plan.of`` cuts it on a small set).
+DEFAULT_BATCH = 32
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -64,7 +66,7 @@ class Plan:
     @classmethod
     def of(cls, cfg: TrainConfig, n_train: int) -> Plan:
         # tiny sets (C-NMC sample): smaller batches, so an epoch still takes at least 4 steps
-        bs = max(2, min(cfg.batch_size or 32, n_train // 4))
+        bs = max(2, min(cfg.batch_size or DEFAULT_BATCH, n_train // 4))
         steps = max(1, n_train // bs)
         epochs, patience = cfg.schedule(steps)
         return cls(bs, steps, epochs, patience)
@@ -103,8 +105,9 @@ def fit(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
     plan = Plan.of(cfg, len(tr))
     if say_stretch and (note := cfg.stretch_note(plan.steps)):
         report.note(note)
-    if say_stretch and plan.batch_size != (cfg.batch_size or 32):
-        report.note(f"batch size {plan.batch_size}, not {cfg.batch_size or 32}: so that the {len(tr)} "
+    asked = cfg.batch_size or DEFAULT_BATCH
+    if say_stretch and plan.batch_size != asked:
+        report.note(f"batch size {plan.batch_size}, not {asked}: so that the {len(tr)} "
                     "training images give each epoch at least 4 optimiser steps (metrics.json records it)")
     expected = resume.fingerprint(cfg, data.split)
     state = resume.saved_state(out, cfg, expected)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 BUNDLE = "bundle"
 DONE = ".done"
 DATA = "data.json"
+SKIPPED = "skipped.json"
 
 
 def data_record(m: Manifest) -> dict[str, Any]:
@@ -126,4 +127,10 @@ def mark_done(out: Path) -> None:
 def write_skipped(out: Path, skipped: list[tuple[str, str]]) -> None:
     """``skipped.json``: the images a run could not use and why (nothing when there were none)."""
     if skipped:
-        write_json(out / "skipped.json", [{"path": p, "reason": r} for p, r in skipped])
+        write_json(out / SKIPPED, [{"path": p, "reason": r} for p, r in skipped])
+
+
+def read_skipped(out: Path) -> list[tuple[str, str]]:
+    """What ``write_skipped`` wrote into ``out``: ``(path, reason)`` pairs, none when it wrote nothing."""
+    f = out / SKIPPED
+    return [(s["path"], s["reason"]) for s in json.loads(f.read_text())] if f.is_file() else []
