@@ -25,7 +25,9 @@ and of familiar test cells flagged at the validation threshold; per model: test 
 For ``pbc-deepapl`` also, per DeepAPL cell type, the shipped score's AUC of the blasts against that type,
 and a **supervised ceiling**: a logistic regression taught DeepAPL's own blasts against its known types in
 the same embedding (5-fold CV grouped by patient, its C chosen by inner grouped CV), which no detector
-fitted on PBC alone can be expected to beat.
+fitted on PBC alone can be expected to beat; and the score ``train --outliers`` fits (``exposure``,
+``OUTLIERS``: ALL-IDB2's blasts, its normal cells as familiar cells of their lab), on the same model (the
+network trains the same with or without outliers; only the score differs).
 Writes JSON (default benchmarks/results/unfamiliar.json) and prints a Markdown table with the load.
 ``--quick``: leukonet at 32 px for 2 epochs and at most 40 foreign cells (a smoke test).
 """
@@ -58,6 +60,9 @@ SPACE_NAMES = {"embedding": "", "handcrafted": " on handcrafted", "both": " on e
 #: Pairs of METHODS rows whose scores are also averaged (as ranks among the familiar validation cells).
 COMBINED = ((("embedding", "mahalanobis", 1), ("handcrafted", "mahalanobis", 1)),
             (("embedding", "relative_mahalanobis", 1), ("handcrafted", "knn", 5)))
+#: The outliers ``train --outliers DATA --outlier-class CLASS`` is given, per pair that measures them.
+OUTLIERS = {"pbc-deepapl": ("allidb2", "all")}
+EXPOSURE = "exposure (--outliers allidb2 --outlier-class all)"
 SEED = 0
 BOOT = 1000  # bootstrap resamples per interval
 CEILING_C = (1e-4, 1e-3, 1e-2, 1e-1)  # the supervised ceiling's regularisation grid
@@ -236,6 +241,26 @@ def train_run(name: str, data: Path, runs: Path, quick: bool, recipe: dict[str, 
     return load_bundle(out / "bundle", runtime="torch")
 
 
+def exposure_scores(bundle: Any, data: Path, runs: Path, outliers: tuple[str, str],
+                    got: dict[str, tuple[np.ndarray, ...]], y_train: np.ndarray
+                    ) -> tuple[Any, dict[str, np.ndarray], dict[str, Any]]:
+    """The ``exposure`` scorer ``train --outliers`` fits for ``bundle`` (the same function, on the same
+    sides of the outliers), its score on every set of ``got``, and its figures on the held-out outliers."""
+    from leukoscope.train.outliers import read_outliers
+    from leukoscope.train.unfamiliar import exposure
+
+    name, cls = outliers
+    folder = runs / f"outliers-{name}-{cls}"
+    folder.mkdir(parents=True, exist_ok=True)
+    m = read_outliers(str(data / name), cls, bundle.split(), SEED, folder)
+    emb = embedded(bundle, {"outliers": list(m["path"])}, folder)["outliers"]
+    m = m.set_index("path").loc[list(emb[3])].reset_index()  # the cells that decoded, in their order
+    scorer, figures = exposure(got["train"][1], y_train, (got["val"][1], got["val"][0]),
+                               (got["test"][1], got["test"][0]), bundle.temperature, m, (emb[1], emb[0]),
+                               (str(data / name), cls))
+    return scorer, {k: scorer.score(v[1], v[0]) for k, v in got.items()}, figures
+
+
 def measure(pair: str, data: Path, runs: Path, max_foreign: int, quick: bool,
             recipe: dict[str, int]) -> dict[str, Any]:
     from leukoscope.evaluate.metrics import classification_metrics
@@ -269,6 +294,10 @@ def measure(pair: str, data: Path, runs: Path, max_foreign: int, quick: bool,
         score = combined(scored[a], scored[b])
         rows.append(row(f"rank mean of {label(a)} and {label(b)}", score,
                         float(np.quantile(score["val"], 0.95)), familiar, groups))
+    exposed = None
+    if pair in OUTLIERS:
+        scorer, exposed, figures = exposure_scores(bundle, data, runs, OUTLIERS[pair], got, y_train)
+        rows.append(row(EXPOSURE, exposed, scorer.threshold, familiar, groups) | {"outliers": figures})
     shipped = bundle.config["unfamiliar"]
     extra = {}
     if familiar == "new_lab_known":  # where the blasts are lost, and how far labels would get
@@ -283,6 +312,9 @@ def measure(pair: str, data: Path, runs: Path, max_foreign: int, quick: bool,
                                                 groups["foreign"]),
                              "ceiling": by_type(taught_known, taught_blast, types, groups[familiar],
                                                 groups["foreign"])}}
+        if exposed is not None:
+            extra["by_type"]["exposure"] = by_type(exposed[familiar], exposed["foreign"], types,
+                                                   groups[familiar], groups["foreign"])
     return {"pair": pair, "model": bundle.config["model"], "bundle": str(bundle.path),
             "familiar_for_auc": familiar, "n": {k: int(len(v[0])) for k, v in got.items()},
             "test_f1_macro": test["f1_macro"], "test_accuracy": test["accuracy"],
@@ -294,7 +326,7 @@ def measure(pair: str, data: Path, runs: Path, max_foreign: int, quick: bool,
 PAIR_TITLES = {"pbc-deepapl": "PBC → DeepAPL blasts", "allidb2-cnmc": "ALL-IDB2 → C-NMC",
                "aria_all-pbc": "aria_all → PBC"}
 #: The methods the README compares (the bundle's own embedding; the rest stay in the JSON).
-README_METHODS = ("msp", "energy", "mahalanobis", "relative_mahalanobis", "knn (k=5)")
+README_METHODS = ("msp", "energy", "mahalanobis", "relative_mahalanobis", "knn (k=5)", EXPOSURE)
 
 
 def frames(doc: dict[str, Any]) -> tuple[Any, Any]:
@@ -316,13 +348,15 @@ def frames(doc: dict[str, Any]) -> tuple[Any, Any]:
                                 "familiar_flagged": m[f"{familiar}_flagged"], "wall_s": r["seconds"]})
         if "ceiling" in r:
             shipped = next(m for m in r["methods"] if m["method"] == r["bundle_method"])
-            types.append({"type": "every known type", "n": r["n"][familiar],
-                          **{k: shipped[k] for k in ("auc", "auc_lo", "auc_hi")},
-                          **{f"ceiling_{k}": v for k, v in r["ceiling"].items()}})
-            taught = r["by_type"]["ceiling"]
-            for t, v in r["by_type"]["shipped"].items():
-                types.append({"type": t, **v, **{f"ceiling_{k}": x for k, x in taught[t].items()
-                                                 if k != "n"}})
+            exposed = next((m for m in r["methods"] if m["method"] == EXPOSURE), {})
+            keys = ("auc", "auc_lo", "auc_hi")
+            types.append({"type": "every known type", "n": r["n"][familiar], **{k: shipped[k] for k in keys},
+                          **{f"ceiling_{k}": v for k, v in r["ceiling"].items()},
+                          **{f"exposure_{k}": exposed[k] for k in keys if k in exposed}})
+            by = r["by_type"]
+            for t, v in by["shipped"].items():
+                others = [o for o in ("ceiling", "exposure") if o in by]
+                types.append({"type": t, **v, **{f"{o}_{k}": by[o][t][k] for o in others for k in keys}})
     return pd.DataFrame(methods), pd.DataFrame(types)
 
 

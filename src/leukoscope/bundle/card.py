@@ -37,6 +37,13 @@ def model_card(config: dict[str, Any], metrics: dict[str, Any],
     if op:
         lines.append(f"- operating point: {op['positive']} when p({op['positive']}) >= {op['threshold']:.4g} "
                      f"({op.get('rule', '-')} on the validation side), else the most probable other class")
+    u = config.get("unfamiliar")
+    if u:
+        taught = (" (outlier exposure: taught cells it must not call, see the metrics' `outliers`; the "
+                  "Mahalanobis distance as a backstop)" if u["method"] == "exposure" else "")
+        rate = u.get("target_false_flag_rate", 0.05)
+        lines.append(f"- unfamiliarity score: {u['method']}{taught}; a cell past {u['threshold']:.4g} is "
+                     f"called unfamiliar ({rate:.0%} of familiar validation cells)")
     for key in ("input_size", "features", "preprocessing", "trained_on"):
         if key in config:
             lines.append(f"- {key}: {json.dumps(config[key])}")

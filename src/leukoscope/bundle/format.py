@@ -239,7 +239,7 @@ def _check_class_map(cmap: Any, need: Need) -> None:
 
 def _check_unfamiliar(u: Any, need: Need) -> None:
     """``unfamiliar`` (``models.unfamiliar.Scorer.config``): optional; a bundle without it has no score."""
-    from leukoscope.models.unfamiliar import METHODS
+    from leukoscope.models.unfamiliar import EXPOSURE, METHODS
 
     need(isinstance(u, dict), "unfamiliar", "a JSON object", u)
     need(u.get("method") in METHODS, "unfamiliar.method", f"one of {', '.join(METHODS)}", u.get("method"))
@@ -254,6 +254,11 @@ def _check_unfamiliar(u: Any, need: Need) -> None:
          u.get("standardise"))
     rate = u.get("target_false_flag_rate", 0.05)
     need(_number(rate) and 0 < rate < 1, "unfamiliar.target_false_flag_rate", "a number in (0, 1)", rate)
+    if u["method"] == "exposure":
+        e = u.get("exposure")
+        need(isinstance(e, dict) and all(_number(e.get(k)) for k in EXPOSURE) and e["scale"] > 0
+             and e["backstop_scale"] > 0, "unfamiliar.exposure",
+             f"an object of the finite numbers {', '.join(EXPOSURE)} (scales > 0)", e)
 
 
 def _check_network(config: dict[str, Any], need: Need) -> None:

@@ -29,6 +29,7 @@ from leukoscope.cli.progress import shown
 from leukoscope.errors import ConfigError
 
 NETWORKS, CLASSICAL, PATIENTS = "Networks", "Classical", "Patients (--target)"
+UNFAMILIAR = "Unfamiliar cells"
 #: What the "frozen + LR" rows are, printed where they appear.
 FROZEN_LR = ("frozen + LR: logistic regression on the pretrained network's frozen embeddings, fitted before "
              "fine-tuning (it starts the head); the baseline that fine-tuning has to beat")
@@ -49,6 +50,21 @@ def _figures_table(metrics: dict[str, Any]) -> Table:
     if metrics.get("frozen_lr"):
         table.caption = FROZEN_LR
     return table
+
+
+def print_outliers(figures: dict[str, Any] | None) -> None:
+    """The line saying how well the score learnt ``--outliers``: on their held-out (test) side."""
+    if not figures:
+        return
+    n = figures["cells"]["outlier"]
+    auc = figures.get("test_auc")
+    flagged, own = figures["test_outliers_flagged"], figures["test_cells_flagged"]
+    console.print(escape(
+        f"unfamiliar (outlier exposure, {sum(n.values())} outlier cells: {n['train']} learnt, {n['val']} to "
+        f"choose C = {figures['C']:g}, {n['test']} held out): "
+        + ("-" if flagged is None else f"{flagged:.1%} of held-out outliers flagged")
+        + ("" if own is None else f", {own:.1%} of this run's test cells")
+        + ("" if auc is None else f", ROC AUC {auc:.3f}")))
 
 
 @app.command("train")
@@ -142,6 +158,14 @@ def train_cmd(
     split: SplitFileOpt = None,
     dedupe: DedupeOpt = None,
     class_map: ClassMapOpt = None,
+    outliers: Annotated[Path | None, typer.Option("--outliers", help=(
+        "A data set of cells the model must never call one of its classes (say, blasts for a model of "
+        "normal cells): the unfamiliarity score learns them (outlier exposure) and flags cells like them."),
+        show_default="none", rich_help_panel=UNFAMILIAR)] = None,
+    outlier_class: Annotated[str | None, typer.Option("--outlier-class", help=(
+        "Only this class of --outliers is what to flag; its other cells teach the score that their lab's "
+        "stain is no reason to flag."), show_default="every cell of --outliers", rich_help_panel=UNFAMILIAR)
+                             ] = None,
 ) -> None:
     """Train a network (from scratch or fine-tuned) or fit a classical pipeline on a grouped split; rerun
     to resume. With --target, a patient-level model instead: one call per patient from its cells."""
@@ -154,12 +178,16 @@ def train_cmd(
             raise ConfigError("--target-sensitivity goes with a cell-level model, not --target")
         if class_map is not None:  # patient labels come from the cohort table, not from cell labels
             raise ConfigError("--class-map maps cell labels; it does not apply to --target (patient labels)")
+        if outliers is not None or outlier_class is not None:
+            raise ConfigError("--outliers teaches a cell-level model's score; it does not apply to --target")
         from leukoscope.cli.patients import train_patients_cmd
 
         return train_patients_cmd(paths, layout, out, target, model, positive, repeats, cv, img_size, seed,
                                   cohort_table)
     if repeats is not None:
         raise ConfigError("--repeats goes with --target (a patient-level model)")
+    if outliers is not None and not outliers.exists():
+        raise ConfigError(f"--outliers {outliers}: not found")
     from leukoscope.train import TrainConfig, TrainingInterrupted, cross_validate, train
 
     cfg = TrainConfig.build(
@@ -169,7 +197,8 @@ def train_cmd(
         crop_to_cell=crop_to_cell, tta=tta, patience=patience, finetune_depth=finetune_depth, seed=seed,
         freeze_bn=freeze_bn, cv=cv, split_protocol=split_protocol, features=features, min_cells=min_cells,
         rare=rare, device=device, positive=positive, target_sensitivity=target_sensitivity,
-        split=None if split is None else str(split.resolve()), dedupe=dedupe, min_steps=min_steps)
+        split=None if split is None else str(split.resolve()), dedupe=dedupe, min_steps=min_steps,
+        outliers=None if outliers is None else str(outliers.resolve()), outlier_class=outlier_class)
     m, cmap, _ = mapped(read_data(paths, layout, cohort_table), class_map, cfg.class_map, f"{config} records")
     if cmap is not None:  # the bundle records the map's content, so a moved or edited file does not matter
         cfg.class_map = cmap.to_json()
@@ -214,6 +243,7 @@ def train_cmd(
     names = bundle.display_names
     console.print(escape("classes: " + ", ".join(show_class(c, names) for c in bundle.classes)))
     print_operating_point(bundle.metrics().get("operating_point"))
+    print_outliers(bundle.metrics().get("outliers"))
     recorded = bundle.config.get("rare_classes")
     print_rare(RareReport.from_json(recorded) if recorded else None)
     warning = bundle.metrics().get("split_warning")

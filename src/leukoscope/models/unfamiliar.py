@@ -13,6 +13,13 @@ validation side: the ``1 - target`` quantile of the in-distribution validation s
   of all training embeddings, so directions in which every training cell varies weigh less.
 - ``knn``: 1 - the cosine similarity of the L2-normalised embedding to its k-th nearest training
   embedding (a float16 reference matrix, at most ``MAX_REFERENCE`` rows, subsampled per class).
+- ``exposure`` (outlier exposure, Hendrycks et al. 2019; ``train --outliers``): a logistic regression in
+  the normalised embedding taught examples of cells the model must not call (say, another lab's blasts for
+  a model of normal cells) against the training cells and any familiar cells of the outliers' own lab,
+  its regularisation chosen on the outliers' validation side. Score: the larger of its log-odds and the
+  Mahalanobis distance, each scaled by the spread of the familiar validation scores and offset at a
+  quantile of them (``EXPOSURE`` in config.json), so cells unlike both the training cells and the
+  outliers are still flagged by the distance (the backstop flags ``BACKSTOP_TARGET`` of familiar cells).
 
 ``DEFAULT_METHOD`` is ``mahalanobis``, chosen by benchmarks/unfamiliar.py at full settings (the
 default recipe, EfficientNet-Lite0 at 128 px, every method fitted on the same embeddings; 2 cores, load
@@ -52,7 +59,7 @@ import numpy as np
 
 from leukoscope.errors import BundleError, DataError
 
-METHODS = ("knn", "mahalanobis", "relative_mahalanobis", "msp", "energy")
+METHODS = ("knn", "mahalanobis", "relative_mahalanobis", "msp", "energy", "exposure")
 DEFAULT_METHOD = "mahalanobis"
 DEFAULT_K = 5
 #: Target share of familiar validation cells flagged (the threshold is their 95th percentile).
@@ -61,10 +68,16 @@ DEFAULT_TARGET = 0.05
 MAX_REFERENCE = 5000
 #: Ridge added to the shared covariance (relative to its mean variance) so it can be inverted.
 SHRINKAGE = 0.1
+#: ``exposure``: the regularisation grid of its logistic regression, and the share of familiar validation
+#: cells its Mahalanobis backstop alone flags.
+EXPOSURE_C = (0.01, 0.1, 1.0, 10.0)
+BACKSTOP_TARGET = 0.005
+#: ``exposure``'s numbers in config.json: the regression's offset; the offsets and scales of its two parts.
+EXPOSURE = ("offset", "centre", "scale", "backstop", "backstop_scale", "C")
 #: Tensors each method stores (``standardise`` adds ``mean`` and ``std``).
 TENSORS = {"knn": ("reference",), "mahalanobis": ("means", "precision"),
            "relative_mahalanobis": ("means", "precision", "background_mean", "background_precision"),
-           "msp": (), "energy": ()}
+           "msp": (), "energy": (), "exposure": ("means", "precision", "direction")}
 #: Each stored tensor's rank (2 unless named): one row per vector, or a d x d precision.
 SHAPES = {"background_mean": 1, "mean": 1, "std": 1}
 
@@ -90,6 +103,8 @@ class Scorer:
     target: float = DEFAULT_TARGET
     standardise: bool = False
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    #: ``exposure``'s numbers (``EXPOSURE``); empty for the other methods.
+    exposure: dict[str, float] = field(default_factory=dict)
     #: Where the tensors came from, named in ``score``'s errors (``load_scorer`` sets the path).
     source: str = "unfamiliar.safetensors"
 
@@ -121,11 +136,15 @@ class Scorer:
         if embeddings is None:
             raise ValueError(f"method {self.method!r} needs embeddings")
         x = self._embed(embeddings)
-        if self.method in ("mahalanobis", "relative_mahalanobis"):
+        if self.method in ("mahalanobis", "relative_mahalanobis", "exposure"):
             t = self.tensors
             m = _mahalanobis(x, t["means"], t["precision"]).min(axis=1)
             if self.method == "relative_mahalanobis":
                 m -= _mahalanobis(x, t["background_mean"][None], t["background_precision"])[:, 0]
+            if self.method == "exposure":
+                p = self.exposure
+                odds = (x @ t["direction"][0]).astype(np.float64) + p["offset"]
+                m = np.maximum((odds - p["centre"]) / p["scale"], (m - p["backstop"]) / p["backstop_scale"])
             return np.asarray(m, np.float64)
         ref = self._reference
         sims = np.concatenate([x[i:i + 256] @ ref.T for i in range(0, len(x), 256)]) if len(x) else \
@@ -147,7 +166,7 @@ class Scorer:
         """The settings for config.json's ``unfamiliar`` key."""
         return {"method": self.method, "threshold": float(self.threshold), "k": self.k,
                 "temperature": self.temperature, "target_false_flag_rate": self.target,
-                "standardise": self.standardise}
+                "standardise": self.standardise} | ({"exposure": self.exposure} if self.exposure else {})
 
     def save(self, path: Path) -> None:
         from safetensors.numpy import save_file
@@ -159,8 +178,8 @@ def fit_scorer(train_emb: np.ndarray, train_y: np.ndarray, method: str = DEFAULT
                k: int = DEFAULT_K, temperature: float = 1.0, standardise: bool = False,
                seed: int = 0) -> Scorer:
     """A scorer fitted on the train side's embeddings and labels (threshold not yet set)."""
-    if method not in METHODS:
-        raise ValueError(f"unfamiliarity method {method!r} is not one of {', '.join(METHODS)}")
+    if method not in METHODS or method == "exposure":  # exposure needs outliers: fit_exposure
+        raise ValueError(f"unfamiliarity method {method!r} is not one of {', '.join(METHODS[:-1])}")
     s = Scorer(method, k=k, temperature=float(temperature), standardise=standardise)
     if method in ("msp", "energy"):
         return s
@@ -196,6 +215,12 @@ def _measurable(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"unfamiliarity score: none of the {len(x)} training cells has measurable features "
                         f"(grey or blank images?)")
     return x[keep], y[keep]
+
+
+def _finite(x: np.ndarray) -> np.ndarray:
+    """The rows of ``x`` with every value finite (those ``_measurable`` keeps)."""
+    x = np.asarray(x, np.float32)
+    return x[np.isfinite(x).all(axis=1)]
 
 
 def _precision(centred: np.ndarray) -> np.ndarray:
@@ -255,6 +280,44 @@ def fit_unfamiliar(train_emb: np.ndarray, train_y: np.ndarray, val_emb: np.ndarr
     return set_threshold(s, s.score(val_emb, val_logits), target)
 
 
+def fit_exposure(train_emb: np.ndarray, train_y: np.ndarray, val_emb: np.ndarray, val_logits: np.ndarray,
+                 temperature: float, outliers: dict[str, np.ndarray], others: dict[str, np.ndarray], *,
+                 standardise: bool = False, target: float = DEFAULT_TARGET) -> Scorer:
+    """The ``exposure`` scorer: Mahalanobis fitted as ``fit_scorer`` does, the regression fitted on the
+    train sides of ``outliers`` (embeddings by side: ``train``, ``val``) against the training cells and the
+    train side of ``others`` (familiar cells of the outliers' lab; may be empty), its C the one with the
+    best validation AUC of outliers against the validation cells and ``others``' validation side."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    if not len(_finite(val_emb)):
+        raise DataError("--outliers: the run has no validation cells with measurable features to set the "
+                        "score's threshold on")
+    s = fit_scorer(train_emb, train_y, "mahalanobis", temperature=temperature, standardise=standardise)
+    s.method = "exposure"
+
+    def rows(side: str, familiar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Outliers (1) and familiar cells (0) of one side, embedded as the score reads them."""
+        bad = s._embed(_finite(outliers[side]))
+        good = s._embed(_finite(np.concatenate([familiar, others[side]]) if side in others else familiar))
+        return np.concatenate([bad, good]), np.r_[np.ones(len(bad)), np.zeros(len(good))]
+
+    (X, y), (Xv, yv) = rows("train", train_emb), rows("val", val_emb)
+    fits = [LogisticRegression(C=c, class_weight="balanced", max_iter=5000).fit(X, y) for c in EXPOSURE_C]
+    aucs = [roc_auc_score(yv, f.decision_function(Xv)) for f in fits]
+    best = int(np.argmax(aucs))  # the first of equals: the strongest regularisation
+    s.tensors["direction"] = fits[best].coef_.astype(np.float32)
+    offset = float(fits[best].intercept_[0])
+    x = s._embed(_finite(val_emb))
+    odds = x @ s.tensors["direction"][0] + offset
+    dist = _mahalanobis(x, s.tensors["means"], s.tensors["precision"]).min(axis=1)
+    s.exposure = {"offset": offset, "centre": float(np.quantile(odds, 1 - target)),
+                  "scale": float(max(odds.std(), 1e-6)),
+                  "backstop": float(np.quantile(dist, 1 - BACKSTOP_TARGET)),
+                  "backstop_scale": float(max(dist.std(), 1e-6)), "C": EXPOSURE_C[best]}
+    return set_threshold(s, s.score(val_emb, val_logits), target)
+
+
 def load_scorer(path: Path, settings: dict[str, Any]) -> Scorer:
     """The scorer a bundle stored: ``settings`` from its config (checked), tensors from ``path``.
 
@@ -265,6 +328,8 @@ def load_scorer(path: Path, settings: dict[str, Any]) -> Scorer:
                temperature=float(settings.get("temperature", 1.0)),
                target=float(settings.get("target_false_flag_rate", DEFAULT_TARGET)),
                standardise=bool(settings.get("standardise", False)), source=str(path))
+    if s.method == "exposure":  # bundle.format checked the numbers
+        s.exposure = {k: float(settings["exposure"][k]) for k in EXPOSURE}
     need = TENSORS[s.method] + (("mean", "std") if s.standardise else ())
     if not need:
         return s

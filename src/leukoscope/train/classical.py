@@ -28,7 +28,8 @@ from leukoscope.train import rundir
 from leukoscope.train.config import TrainConfig
 from leukoscope.train.data import bundle_split, describe, run_rows, run_split, split_record
 from leukoscope.train.heldout import calibrated, operating_point
-from leukoscope.train.unfamiliar import classical_scorer, save_scorer, unfamiliar_config
+from leukoscope.train.outliers import read_outliers
+from leukoscope.train.unfamiliar import classical_scorer, exposure, save_scorer, unfamiliar_config
 
 
 def train_classical(m: Manifest, config: TrainConfig, out: Path, progress: Progress = SILENT) -> Bundle:
@@ -46,6 +47,8 @@ def train_classical(m: Manifest, config: TrainConfig, out: Path, progress: Progr
     except Exception as e:  # noqa: BLE001 - a builder that cannot run here (a missing library) is one line
         raise ConfigError(f"--model {cfg.model}: cannot build ({type(e).__name__}: {e})") from None
     taken, rare = run_rows(m, cfg)
+    outliers = (None if cfg.outliers is None else
+                read_outliers(cfg.outliers, cfg.outlier_class, m, cfg.seed, out))
     rows, X, spec, skipped = feature_matrix(taken, str(cfg.features), progress=progress)
     split = run_split(taken, cfg, rows, progress)
     X = X[rows["path"].isin(split["path"]).to_numpy()]  # rows a split file leaves out are not used
@@ -66,7 +69,17 @@ def train_classical(m: Manifest, config: TrainConfig, out: Path, progress: Progr
     op = operating_point(cfg.positive, cfg.target_sensitivity, probs, held_y, class_names, metrics)
     if op is not None:
         settings["operating_point"] = op
-    scorer = classical_scorer(X, y, sides, logits.get("val"), temperature, cfg.seed)
+    if outliers is None:
+        scorer = classical_scorer(X, y, sides, logits.get("val"), temperature, cfg.seed)
+    else:
+        kept, OX, _, bad = feature_matrix(outliers, str(cfg.features), progress=progress)
+        skipped += bad
+        scorer, metrics["outliers"] = exposure(
+            X[sides == "train"], y[sides == "train"],
+            (X[sides == "val"], logits.get("val", np.zeros((0, len(class_names))))),
+            (X[sides == "test"], logits.get("test", np.zeros((0, len(class_names))))), temperature, kept,
+            (OX, log_probabilities(pipeline, OX, len(class_names))), (str(cfg.outliers), cfg.outlier_class),
+            standardise=True)
     settings |= unfamiliar_config(scorer)
     if cfg.class_map is not None:
         settings["class_map"] = cfg.class_map

@@ -28,14 +28,14 @@ SPLIT_PROTOCOLS = ("auto", "official")
 #: Settings added after run directories were first written, with the value that reproduces those
 #: runs (a run from before ``min_steps`` trained exactly its epochs).
 ADDED = {"min_steps": 0, "min_cells": 0, "rare": "other", "positive": None, "target_sensitivity": None,
-         "split": None, "dedupe": False, "class_map": None}
+         "split": None, "dedupe": False, "class_map": None, "outliers": None, "outlier_class": None}
 BALANCE = ("loss", "sampler", "none")
 DEVICES = ("auto", "cpu", "cuda")
 #: Settings of where a run executes, not of what it learns: a run started on one device resumes on another.
 RUNTIME = ("device",)
 #: The settings a classical run uses: which rows, how they are split, which features.
 CLASSICAL = ("model", "subset", "seed", "val", "test", "split_protocol", "features", "min_cells", "rare",
-             "positive", "target_sensitivity", "split", "dedupe", "class_map")
+             "positive", "target_sensitivity", "split", "dedupe", "class_map", "outliers", "outlier_class")
 
 
 @dataclass
@@ -94,6 +94,10 @@ class TrainConfig:
     positive: str | None = None
     #: the threshold is the highest reaching this validation sensitivity (None: Youden's J)
     target_sensitivity: float | None = None
+    #: a data set of cells the model must not call: the unfamiliarity score learns them (``train.outliers``)
+    outliers: str | None = None
+    #: only this class of ``outliers`` is what to flag; its other cells are familiar kinds of another lab
+    outlier_class: str | None = None
 
     @property
     def family(self) -> str:
@@ -171,6 +175,10 @@ class TrainConfig:
              "validation side, not with --cv")
         need(self.split is None or (self.split_protocol == "auto" and self.cv == 0 and self.subset == 1),
              "--split FILE gives the sides: leave out --split-protocol, --cv and --subset")
+        need(self.outlier_class is None or self.outliers is not None, "--outlier-class needs --outliers DATA")
+        need(self.outliers is None or (not self.cv and (self.val > 0 or self.split is not None)),
+             "--outliers fits the unfamiliarity score on one split's validation side: not with --cv or "
+             "val 0")
         if self.family == "classical":
             self._check_classical()
             return

@@ -171,6 +171,13 @@ def decoded_rows(m: Manifest, cfg: TrainConfig, progress: Progress) -> Decoded:
     return Decoded(m, images, pre, classes(m), skipped, rare, taken)
 
 
+def styled(images: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
+    """``decode``'s images with the run's stain normalisation and grey scale applied (the final cache)."""
+    if pre["stain"]["method"] != "none" or pre["grayscale"]:
+        return preprocess.to_uint8(list(images), {**pre, "crop_to_cell": False})
+    return images
+
+
 @dataclass
 class Prepared:
     """A split with its pixels: ``images[i]`` belongs to ``split.iloc[i]``."""
@@ -190,7 +197,6 @@ def prepare_split(split: Split, images: np.ndarray, pre: dict[str, Any], cfg: Tr
     train_idx = np.flatnonzero(split["side"].to_numpy() == "train")
     target = stain.fit([images[i] for i in train_idx[:64]], cfg.stain)
     pre = {**pre, "stain": target}
-    if target["method"] != "none" or pre["grayscale"]:
-        images = preprocess.to_uint8(list(images), {**pre, "crop_to_cell": False})
+    images = styled(images, pre)
     y = np.asarray(label_indices(split, class_names), np.int64)
     return Prepared(split.reset_index(drop=True), images, y, class_names), pre

@@ -28,11 +28,15 @@ from leukoscope.train.data import (
     split_record,
 )
 from leukoscope.train.fit import fit
-from leukoscope.train.forward import predict_logits
+from leukoscope.train.forward import embeddings, predict_logits
 from leukoscope.train.heldout import calibrated, operating_point
+from leukoscope.train.outliers import read_outliers
 from leukoscope.train.unfamiliar import (
+    exposure,
+    head_logits,
     mean_logits,
     network_embeddings,
+    network_outliers,
     network_scorer,
     save_scorer,
     unfamiliar_config,
@@ -47,22 +51,29 @@ def train_network(m: Manifest, config: TrainConfig, out: Path, progress: Progres
     out, cfg, done = rundir.begin(config, out, "network", m)
     if done is not None:
         return done
+    outliers = (None if cfg.outliers is None else
+                read_outliers(cfg.outliers, cfg.outlier_class, m, cfg.seed, out))
     rows = decoded_rows(m, cfg, progress)
     split = run_split(rows.taken, cfg, rows.rows, progress)
     images = rows.images[rows.rows["path"].isin(split["path"]).to_numpy()]  # a split file may leave rows out
     data, pre = prepare_split(split, images, rows.pre, cfg, classes(split))
-    bundle, _ = fit_and_bundle(data, pre, cfg, out, progress, describe(rows.rows), rows.rare)
-    rundir.write_skipped(out, skipped_files(m) + rows.skipped)
+    skipped: list[tuple[str, str]] = []
+    bundle, _ = fit_and_bundle(data, pre, cfg, out, progress, describe(rows.rows), rows.rare,
+                               outliers=outliers, outliers_skipped=skipped)
+    rundir.write_skipped(out, skipped_files(m) + rows.skipped + skipped)
     return bundle
 
 
 def fit_and_bundle(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
                    progress: Progress = SILENT, data_desc: str = "", rare: RareReport | None = None, *,
-                   say_stretch: bool = True) -> tuple[Bundle, dict[str, np.ndarray]]:
+                   say_stretch: bool = True, outliers: Manifest | None = None,
+                   outliers_skipped: list[tuple[str, str]] | None = None
+                   ) -> tuple[Bundle, dict[str, np.ndarray]]:
     """``fit``, evaluate, write metrics.json and ``out/bundle``; the loaded bundle and test probs.
 
     ``rare`` (the classes merged or dropped before the split) is recorded in both; ``say_stretch`` as in
-    ``fit``."""
+    ``fit``; ``outliers`` (``train.outliers``) make the score ``exposure``, and the ones that do not decode
+    are added to ``outliers_skipped``."""
     t0, c0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     model, history, extra = fit(data, pre, cfg, out, progress, say_stretch=say_stretch)
     metrics, temperature, probs = evaluate(model, data, pre, cfg.tta, progress)
@@ -85,7 +96,16 @@ def fit_and_bundle(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: P
     if op is not None:
         config["operating_point"] = op
     train, train_emb, val_emb = network_embeddings(model, data, pre, cfg.tta, cfg.seed)
-    scorer = network_scorer(model, train_emb, data.y[train], val_emb, temperature, cfg.seed)
+    if outliers is None:
+        scorer = network_scorer(model, train_emb, data.y[train], val_emb, temperature, cfg.seed)
+    else:
+        kept, emb, logits, skipped = network_outliers(model, outliers, pre, cfg.tta, progress)
+        (outliers_skipped if outliers_skipped is not None else []).extend(skipped)
+        test_emb = embeddings(model, data.images[data.side("test")], pre, cfg.tta)
+        scorer, metrics["outliers"] = exposure(
+            train_emb, data.y[train], (val_emb, head_logits(model, val_emb)),
+            (test_emb, head_logits(model, test_emb)), temperature, kept, (emb, logits),
+            (str(cfg.outliers), cfg.outlier_class))
     config |= unfamiliar_config(scorer) | mean_logits(model, train_emb)
     if cfg.class_map is not None:
         config["class_map"] = cfg.class_map

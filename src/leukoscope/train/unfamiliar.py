@@ -2,7 +2,8 @@
 threshold set on the validation side, written as ``unfamiliar.safetensors`` + config key ``unfamiliar``.
 
 A run without a validation side gets no score (a threshold on training cells would flag almost
-nothing: the nearest neighbour of a training cell is itself).
+nothing: the nearest neighbour of a training cell is itself). With ``--outliers`` the score is
+``exposure`` (``train.outliers``), and both families pass their outliers' embeddings to ``exposure``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from leukoscope.bundle.format import UNFAMILIAR
-from leukoscope.models.unfamiliar import MAX_REFERENCE, Scorer, fit_unfamiliar
-from leukoscope.train.data import Prepared
+from leukoscope.data.manifest import Manifest
+from leukoscope.models.unfamiliar import MAX_REFERENCE, Scorer, fit_exposure, fit_unfamiliar
+from leukoscope.progress import SILENT, Progress
+from leukoscope.train.data import Prepared, decode, styled
+from leukoscope.train.outliers import OUTLIER, by_side, figures
 
 if TYPE_CHECKING:
     from leukoscope.models.networks import Network
@@ -50,6 +54,33 @@ def network_scorer(model: Network, train_emb: np.ndarray, train_y: np.ndarray, v
     if len(val_emb) == 0 or len(train_emb) == 0:
         return None
     return fit_unfamiliar(train_emb, train_y, val_emb, head_logits(model, val_emb), temperature, seed=seed)
+
+
+def network_outliers(model: Network, outliers: Manifest, pre: dict[str, Any], tta: bool,
+                     progress: Progress = SILENT
+                     ) -> tuple[Manifest, np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """The outlier cells that decode, their embeddings and logits (preprocessed as the training cells
+    were), and the skipped files."""
+    from leukoscope.train.forward import embeddings
+
+    images, skipped = decode(list(outliers["path"]), pre, progress)
+    keep = ~outliers["path"].isin({p for p, _ in skipped}).to_numpy()
+    emb = embeddings(model, styled(images[keep], pre), pre, tta)
+    return outliers[keep].reset_index(drop=True), emb, head_logits(model, emb), skipped
+
+
+def exposure(train_emb: np.ndarray, train_y: np.ndarray, val: tuple[np.ndarray, np.ndarray],
+             test: tuple[np.ndarray, np.ndarray], temperature: float, outliers: Manifest,
+             embedded: tuple[np.ndarray, np.ndarray], source: tuple[str, str | None], *,
+             standardise: bool = False) -> tuple[Scorer, dict[str, Any]]:
+    """The ``exposure`` scorer of a run with ``--outliers``, and metrics.json's ``outliers`` figures.
+
+    ``val`` and ``test`` are the run's (embeddings, logits) of those sides, ``embedded`` the outliers'
+    (rows of ``outliers``), ``source`` the ``--outliers`` path and ``--outlier-class``."""
+    bad, good = by_side(outliers, embedded[0])
+    scorer = fit_exposure(train_emb, train_y, val[0], val[1], temperature, bad, good, standardise=standardise)
+    held = ((outliers["side"] == "test") & (outliers["label"] == OUTLIER)).to_numpy()
+    return scorer, figures(scorer, (embedded[0][held], embedded[1][held]), test, source, outliers)
 
 
 def mean_logits(model: Network, train_emb: np.ndarray) -> dict[str, Any]:
