@@ -248,3 +248,26 @@ def test_calibration_images_named_through_links_are_not_held_out(network_bundle,
     by_link = held_out_images(network_bundle, [str(x) for x in links])
     assert len(by_link) == len(by_name)
     assert all(np.array_equal(a, b) for a, b in zip(by_link, by_name, strict=True))
+
+
+def test_an_onnx_model_with_external_weights_is_refused(onnx_bundle, sample, tmp_path, monkeypatch):  # noqa: F811
+    """Opened from bytes, ONNX Runtime would read external data relative to the working directory: a hostile
+    bundle could have a user's own file taken in as weights. It is refused before a session opens."""
+    import hashlib
+
+    import onnx
+
+    b = tmp_path / "b"
+    shutil.copytree(onnx_bundle, b)
+    model = onnx.load(str(b / "model.onnx"))
+    monkeypatch.chdir(tmp_path)  # where the runtime would look for weights.bin
+    onnx.save_model(model, str(b / "model.onnx"), save_as_external_data=True, location="weights.bin",
+                    size_threshold=0)
+    shutil.move(b / "weights.bin", tmp_path / "weights.bin")
+    config = json.loads((b / "config.json").read_text())
+    config["onnx"]["sha256"]["model.onnx"] = hashlib.sha256((b / "model.onnx").read_bytes()).hexdigest()
+    config["onnx"]["optimized_for"] = None  # no twin: the file itself is opened
+    (b / "config.json").write_text(json.dumps(config))
+    refused = r"model\.onnx: tensor '.+' refers to an external data file \('weights\.bin'\); a bundle's ONNX"
+    with pytest.raises(BundleError, match=refused):
+        load_bundle(b, runtime="onnx")

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from leukoscope.errors import BundleError
 from leukoscope.io import atomic_path
 
 OPSET = 17
@@ -97,6 +98,7 @@ def ort_session(path: Path, optimized_for: str | None = None,
             return str(file)
         data = file.read_bytes()
         check(file, data)
+        refuse_external_data(file, data)
         return data
 
     opts = ort.SessionOptions()
@@ -111,6 +113,44 @@ def ort_session(path: Path, optimized_for: str | None = None,
             pass
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(source(path), opts, providers=["CPUExecutionProvider"])
+
+
+def refuse_external_data(file: Path, data: bytes) -> None:
+    """A ``BundleError`` for an ONNX file whose tensors live in other files (ONNX's external data).
+
+    Opened from bytes, ONNX Runtime would look for them relative to the working directory, not the bundle:
+    a hostile bundle could have a user's own file read in as weights. Export never writes external data.
+    Parsing the graph costs ~7 ms for Lite0 (13.5 MB)."""
+    import onnx
+
+    try:
+        model = onnx.ModelProto.FromString(data)
+    except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends: not an ONNX file
+        why = " ".join(str(e).split()) or type(e).__name__
+        raise BundleError(f"{file}: cannot load ({why})") from None  # as ONNX Runtime's refusals read
+    tensors = _graph_tensors(model.graph) + [t for f in model.functions for t in _node_tensors(f.node)]
+    for tensor in tensors:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
+            where = next((e.value for e in tensor.external_data if e.key == "location"), "?")
+            raise BundleError(f"{file}: tensor {tensor.name!r} refers to an external data file "
+                              f"({where!r}); a bundle's ONNX model must hold its own weights: re-export it")
+
+
+def _graph_tensors(graph: Any) -> list[Any]:
+    """Every tensor of ``graph``: initializers, sparse ones, and those of its nodes."""
+    sparse = [t for s in graph.sparse_initializer for t in (s.values, s.indices)]
+    return [*graph.initializer, *sparse, *_node_tensors(graph.node)]
+
+
+def _node_tensors(nodes: Any) -> list[Any]:
+    """The tensors in ``nodes``' attributes, and in the graphs nested there (If / Loop / Scan bodies)."""
+    out: list[Any] = []
+    for node in nodes:
+        for a in node.attribute:
+            out += ([a.t] if a.HasField("t") else []) + list(a.tensors)
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                out += _graph_tensors(g)
+    return out
 
 
 def optimized_twin(path: Path) -> Path:
