@@ -252,7 +252,7 @@ def exposure_scores(bundle: Any, data: Path, runs: Path, outliers: tuple[str, st
     name, cls = outliers
     folder = runs / f"outliers-{name}-{cls}"
     folder.mkdir(parents=True, exist_ok=True)
-    m = read_outliers(str(data / name), cls, bundle.split(), SEED, folder)
+    m = read_outliers(str(data / name), cls, bundle.split(), SEED)
     emb = embedded(bundle, {"outliers": list(m["path"])}, folder)["outliers"]
     m = m.set_index("path").loc[list(emb[3])].reset_index()  # the cells that decoded, in their order
     scorer, figures = exposure(got["train"][1], y_train, (got["val"][1], got["val"][0]),

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
@@ -22,6 +23,7 @@ from leukoscope.cli.verbs import app
 from leukoscope.data.images import load_batch
 from leukoscope.errors import BundleError
 from leukoscope.models.unfamiliar import fit_exposure
+from leukoscope.train.outliers import read_outliers
 from use_support import _once
 
 runner = CliRunner()
@@ -88,7 +90,8 @@ def test_outlier_run_records_its_score_sides_and_figures(runs, data, tmp_path):
     assert figures["test_outliers_flagged"] >= 0.8 and figures["test_auc"] >= 0.9, figures
     assert "of held-out outliers flagged" in (run / "output.txt").read_text()
     card = (run / "bundle" / "MODEL_CARD.md").read_text()
-    assert "- unfamiliarity score: exposure (outlier exposure" in card
+    assert (f"- unfamiliarity score: exposure (outlier exposure: taught 130 cells of class 'all' of "
+            f"{data / 'allidb2'}, 130 others of it as familiar; 100.0% of the held-out ones flagged") in card
 
     with open(run / "outliers.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -136,7 +139,7 @@ def test_network_run_learns_outliers_and_counts_an_unreadable_one(data, tmp_path
     (["--outliers", "{allidb2}", "--outlier-class", "blast"], "--outlier-class 'blast' is not a class of"),
     (["--outlier-class", "all"], "--outlier-class needs --outliers DATA"),
     (["--outliers", "{pbc}/basophil"], "are also training cells"),
-    (["--outliers", "{few}"], "1 outlier cell(s); at least 10 are needed"),
+    (["--outliers", "{few}"], "1 usable outlier cell(s) in 1 group(s) (1 train, 0 val, 0 test); at least 10"),
     (["--outliers", "{allidb2}", "--cv", "3"], "--outliers fits the unfamiliarity score on one split"),
     (["--outliers", "{missing}"], "not found"),
     (["--outliers", "{allidb2}", "--target", "diagnosis"], "--outliers teaches a cell-level model's score"),
@@ -174,3 +177,140 @@ def test_backstop_flags_a_cell_unlike_both_the_training_cells_and_the_outliers()
     regression = (odds - s.exposure["centre"]) / s.exposure["scale"]
     assert np.mean(regression > s.threshold) <= 0.1  # the regression alone would let them through
     assert np.mean(s.flag(s.score(elsewhere, np.zeros((100, 1))))) >= 0.9
+
+
+def _pbc(data: Path) -> pd.DataFrame:
+    from leukoscope.data.readers import read
+
+    return read([data / "pbc"])
+
+
+def test_a_cohort_keeps_its_patients_whole_and_its_unlabelled_cells_and_overviews_out(data):
+    cohort = data / "deepapl"
+    blasts = read_outliers(str(cohort), "Blast, no lineage spec", _pbc(data), 0)
+    assert not blasts["path"].str.contains("Unsigned slides").any()  # no type: neither outlier nor familiar
+    assert set(blasts["label"]) == {"outlier", "familiar"}
+    every = read_outliers(str(cohort), None, _pbc(data), 0)
+    assert every["path"].str.contains("Unsigned slides").any()  # every cell of the set, typed or not
+    for m in (blasts, every):
+        assert m.groupby("group")["side"].nunique().max() == 1  # no patient on two sides
+        assert m["group"].str.startswith("subject:").all()
+    from leukoscope.data.readers import read_with_cohorts
+
+    overviews = set(read_with_cohorts([cohort])[1][0].overviews["path"])
+    assert len(overviews) == 6 and not overviews & set(every["path"])  # whole fields are not cells
+
+
+def test_unusable_outliers_are_refused_before_training(data, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for p in sorted(data.glob("allidb2/*_1.tif"))[:4]:
+        (bad / p.name).symlink_to(p)
+    for i in range(12):
+        (bad / f"x{i}.tif").write_bytes(b"version https://git-lfs.github.com/spec/v1\n")  # an LFS pointer
+    (bad / "loop1.tif").symlink_to(bad / "loop2.tif")
+    (bad / "loop2.tif").symlink_to(bad / "loop1.tif")
+    for model in (["logistic_regression"], ["leukonet", "--img-size", "32", "--epochs", "1"]):
+        res = runner.invoke(app, ["train", str(data / "pbc"), "--model", *model, "--subset", "0.2",
+                                  "--outliers", str(bad), "--out", str(tmp_path / model[0])])
+        assert res.exit_code != 0 and "Traceback" not in res.output, res.output
+        assert "4 usable outlier cell(s) in 4 group(s)" in res.output
+        assert not (tmp_path / model[0] / "checkpoint.safetensors").exists()  # refused before any epoch
+        assert not (tmp_path / model[0] / "outliers.csv").exists()
+
+
+def test_grey_outliers_of_a_classical_model_are_skipped_not_learnt(data, tmp_path):
+    from PIL import Image
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    blasts = sorted(data.glob("allidb2/*_1.tif"))
+    for p in blasts[:12]:
+        (mixed / p.name).symlink_to(p)
+    for p in blasts[12:17]:  # grey: the handcrafted features cannot be measured
+        Image.open(p).convert("L").save(mixed / f"{p.stem}_grey.png")
+    out = _train([str(data / "pbc"), "--model", "logistic_regression", "--subset", "0.2", "--outliers",
+                  str(mixed)], tmp_path / "run")
+    figures = json.loads((out / "bundle" / "metrics.json").read_text())["outliers"]
+    assert sum(figures["cells"]["outlier"].values()) == 12
+    skipped = json.loads((out / "skipped.json").read_text())
+    assert sum("grey or blank" in s["reason"] for s in skipped) == 5
+    with open(out / "outliers.csv", newline="") as f:
+        assert not any(r["path"].endswith("_grey.png") for r in csv.DictReader(f))
+
+
+def test_changed_outliers_are_another_run_and_config_paths_are_where_they_were_given(data, tmp_path,
+                                                                                       monkeypatch):
+    folder = tmp_path / "blasts"
+    folder.mkdir()
+    blasts = sorted(data.glob("allidb2/*_1.tif"))
+    for p in blasts[:20]:
+        (folder / p.name).symlink_to(p)
+    base = ["train", str(data / "pbc"), "--model", "logistic_regression", "--subset", "0.2",
+            "--out", str(tmp_path / "run")]
+    assert runner.invoke(app, [*base, "--outliers", str(folder)]).exit_code == 0
+    for p in blasts[20:30]:
+        (folder / p.name).symlink_to(p)
+    res = runner.invoke(app, [*base, "--outliers", str(folder)])
+    assert res.exit_code != 0 and "holds a run on other data" in res.output and "outliers: 20 then, 30 now" \
+        in res.output, res.output
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run.yaml").write_text("outliers: blasts\n")
+    res = runner.invoke(app, ["train", str(data / "pbc"), "--model", "logistic_regression", "--subset", "0.2",
+                              "--config", "run.yaml", "--out", str(tmp_path / "run2")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "run2" / "config.json").read_text())["outliers"] == str(folder)
+    (tmp_path / "empty.yaml").write_text('outliers: ""\n')
+    res = runner.invoke(app, ["train", str(data / "pbc"), "--model", "logistic_regression", "--config",
+                              "empty.yaml", "--out", str(tmp_path / "run3")])
+    assert res.exit_code != 0 and "--outliers: empty path" in res.output, res.output
+
+
+def test_what_the_outliers_reader_leaves_out_is_counted(data, tmp_path):
+    folder = tmp_path / "cls"
+    for label in ("all", "hem"):
+        (folder / label).mkdir(parents=True)
+        for p in sorted(data.glob(f"allidb2/*_{int(label == 'all')}.tif"))[:15]:
+            (folder / label / p.name).symlink_to(p)
+    loose = folder / "loose.tif"
+    loose.symlink_to(sorted(data.glob("allidb2/*_1.tif"))[20])
+    out = _train([str(data / "pbc"), "--model", "logistic_regression", "--subset", "0.2", "--outliers",
+                  str(folder), "--outlier-class", "all"], tmp_path / "run")
+    skipped = json.loads((out / "skipped.json").read_text())
+    assert [s["path"] for s in skipped] == [str(loose)]
+
+
+@pytest.mark.parametrize("edit", ["no rows", "two rows", "bfloat16", "int64", "huge offset", "other width"])
+def test_a_hostile_exposure_score_is_one_line_from_verify_and_predict(runs, data, tmp_path, edit):
+    import torch
+    from safetensors.numpy import load_file, save_file
+    from safetensors.torch import save_file as save_torch
+
+    copy = tmp_path / "b"
+    shutil.copytree(runs["exposed"] / "bundle", copy)
+    f = copy / "unfamiliar.safetensors"
+    t = load_file(str(f))
+    d = t["direction"]
+    if edit == "no rows":
+        save_file({**t, "direction": d[:0]}, str(f))
+    elif edit == "two rows":
+        save_file({**t, "direction": np.concatenate([0 * d, d])}, str(f))
+    elif edit == "int64":
+        save_file({**t, "direction": (d * 100).astype(np.int64)}, str(f))
+    elif edit == "bfloat16":
+        tensors = {k: torch.from_numpy(v) for k, v in t.items()}
+        save_torch(tensors | {"direction": tensors["direction"].bfloat16()}, str(f))
+    elif edit == "other width":
+        save_file({k: v[..., :10] if k != "precision" else v[:10, :10] for k, v in t.items()}, str(f))
+    else:
+        config = json.loads((copy / "config.json").read_text())
+        (copy / "config.json").write_text(json.dumps(config).replace(
+            f'"offset": {json.dumps(config["unfamiliar"]["exposure"]["offset"])}', '"offset": 1' + "0" * 400))
+    res = runner.invoke(app, ["verify", str(copy)])
+    assert res.exit_code != 0 and "Traceback" not in res.output, res.output
+    out = tmp_path / "p.csv"
+    cell = str(sorted(data.glob("allidb2/*.tif"))[0])
+    res = runner.invoke(app, ["predict", str(copy), cell, "--out", str(out)])
+    assert res.exit_code != 0 and "Traceback" not in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output

@@ -364,3 +364,22 @@ def test_an_image_beside_the_class_folders_is_listed(data: Path, tmp_path: Path)
     shutil.copy(next((data / "aria_all" / "Early").iterdir()), loose)
     m = read([tmp_path / "set"])
     assert len(m) == 6 and skipped_files(m) == [(str(loose), "beside the class folders, in none of them")]
+
+
+def test_links_in_a_circle_are_rows_that_decode_to_a_counted_skip(data, tmp_path):
+    """Path.resolve raised on them (a traceback from every reader); they are read as rows and skipped with
+    a reason when decoded, as a link to nowhere is."""
+    for label, cls in (("a", "basophil"), ("b", "eosinophil")):
+        (tmp_path / "cells" / label).mkdir(parents=True)
+        for p in sorted((data / "pbc" / cls).iterdir())[:2]:
+            (tmp_path / "cells" / label / p.name).symlink_to(p)
+    (tmp_path / "cells" / "a" / "loop1.jpg").symlink_to(tmp_path / "cells" / "a" / "loop2.jpg")
+    (tmp_path / "cells" / "a" / "loop2.jpg").symlink_to(tmp_path / "cells" / "a" / "loop1.jpg")
+    assert len(read([tmp_path / "cells"])) == 6
+    from typer.testing import CliRunner
+
+    from leukoscope.cli.verbs import app
+
+    res = CliRunner().invoke(app, ["data", "describe", str(tmp_path / "cells")])
+    assert res.exit_code == 0 and "loop1.jpg: broken link (no target, or links in a circle)" in res.output, \
+        res.output

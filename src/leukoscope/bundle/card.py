@@ -23,6 +23,16 @@ def class_map_line(cmap: dict[str, Any]) -> str:
     return f"{cmap['name']}: " + "; ".join(parts) + drop
 
 
+def outliers_line(figures: dict[str, Any]) -> str:
+    """Where ``train --outliers`` took its cells from, how many, and how many held-out ones it flags."""
+    n = {role: sum(sides.values()) for role, sides in figures["cells"].items()}
+    what = f"class {figures['class']!r} of " if figures.get("class") is not None else ""
+    flagged = figures.get("test_outliers_flagged")
+    return (f"{n['outlier']} cells of {what}{figures['source']}"
+            + (f", {n['familiar']} others of it as familiar" if n.get("familiar") else "")
+            + ("" if flagged is None else f"; {flagged:.1%} of the held-out ones flagged"))
+
+
 def model_card(config: dict[str, Any], metrics: dict[str, Any],
                split: pd.DataFrame | None) -> str:
     """A MONAI-style model card in Markdown: what, trained on what, how judged, for what use."""
@@ -39,8 +49,8 @@ def model_card(config: dict[str, Any], metrics: dict[str, Any],
                      f"({op.get('rule', '-')} on the validation side), else the most probable other class")
     u = config.get("unfamiliar")
     if u:
-        taught = (" (outlier exposure: taught cells it must not call, see the metrics' `outliers`; the "
-                  "Mahalanobis distance as a backstop)" if u["method"] == "exposure" else "")
+        taught = (f" (outlier exposure: taught {outliers_line(metrics['outliers'])}; the Mahalanobis "
+                  "distance as a backstop)" if u["method"] == "exposure" and "outliers" in metrics else "")
         rate = u.get("target_false_flag_rate", 0.05)
         lines.append(f"- unfamiliarity score: {u['method']}{taught}; a cell past {u['threshold']:.4g} is "
                      f"called unfamiliar ({rate:.0%} of familiar validation cells)")

@@ -141,7 +141,13 @@ def format_version(config: dict[str, Any], cfg: Path) -> int:
 
 
 def _number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite JSON number (an integer too large for a float, which ``math.isfinite`` raises on, is not)."""
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 def _numbers(v: Any, shape: tuple[int, ...]) -> bool:

@@ -97,17 +97,21 @@ def onnx_file(path: Path, config: dict[str, Any], name: str) -> str:
 
 
 def _smoke(bundle: Any) -> str:
-    """Predict synthetic cells; what was wrong with the probabilities, or '' when nothing was."""
+    """Predict synthetic cells; what was wrong with the probabilities or the unfamiliarity score, or ''
+    when nothing was."""
     from leukoscope.data.synthetic import synthetic_cell
 
     rng = np.random.default_rng(0)
     images = [synthetic_cell(i % 2, SMOKE_SIZE, rng) for i in range(SMOKE_IMAGES)]
     with np.errstate(all="ignore"):  # overflowing scores are reported below, not warned about
-        p = np.asarray(bundle.predict_proba(images))
+        probs, scores = bundle.assess(images)  # the unfamiliarity score too: predict computes both
+    p = np.asarray(probs)
     if p.shape != (SMOKE_IMAGES, len(bundle.classes)):
         return f"probabilities of shape {p.shape}, expected {(SMOKE_IMAGES, len(bundle.classes))}"
     if not np.isfinite(p).all() or (p < 0).any() or not np.allclose(p.sum(axis=1), 1.0, atol=1e-6):
         return f"rows that are not probabilities summing to 1: {np.round(p, 4).tolist()}"
+    if scores is not None and np.shape(scores) != (SMOKE_IMAGES,):
+        return f"unfamiliarity scores of shape {np.shape(scores)}, expected {(SMOKE_IMAGES,)}"
     return ""
 
 

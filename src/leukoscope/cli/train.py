@@ -198,7 +198,7 @@ def train_cmd(
         freeze_bn=freeze_bn, cv=cv, split_protocol=split_protocol, features=features, min_cells=min_cells,
         rare=rare, device=device, positive=positive, target_sensitivity=target_sensitivity,
         split=None if split is None else str(split.resolve()), dedupe=dedupe, min_steps=min_steps,
-        outliers=None if outliers is None else str(outliers.resolve()), outlier_class=outlier_class)
+        outliers=None if outliers is None else str(outliers), outlier_class=outlier_class)
     m, cmap, _ = mapped(read_data(paths, layout, cohort_table), class_map, cfg.class_map, f"{config} records")
     if cmap is not None:  # the bundle records the map's content, so a moved or edited file does not matter
         cfg.class_map = cmap.to_json()

@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from leukoscope.data.images import file_digest, image_size, is_image_file
+from leukoscope.data.images import file_digest, image_size, is_image_file, real_path
 from leukoscope.data.manifest import COLUMNS, UNLABELLED, Manifest, make_manifest, skipped_files, with_skipped
 from leukoscope.errors import DataError, ImageError
 
@@ -258,7 +258,7 @@ def scan_cohort(root: Path | str, subjects: SubjectTable | None = None) -> Cohor
     for where, parts, _, files in folders:
         for name in files:
             f = where / name
-            if f.resolve() == table_file:
+            if real_path(f) == str(table_file):
                 continue
             if not is_image_file(f):
                 skipped.append((str(f), "not an image"))
@@ -274,7 +274,7 @@ def scan_cohort(root: Path | str, subjects: SubjectTable | None = None) -> Cohor
             head = read_header(f, skipped)
             if head is None:
                 continue
-            path = str(f.resolve())
+            path = real_path(f)
             if head.overview:
                 overviews.append(dict(path=path, subject=subject, width=head.width, height=head.height))
                 continue

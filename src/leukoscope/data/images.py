@@ -61,6 +61,12 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
+def real_path(path: Path | str) -> str:
+    """The absolute path with every link followed, as a string; a link loop is returned as far as it
+    resolves (``Path.resolve`` raises on one), so that reading the file later skips it with a reason."""
+    return os.path.realpath(path)
+
+
 def iter_image_files(folder: Path) -> Iterator[Path]:
     """Image files under ``folder``, recursively, in a stable (sorted) order; a link named like an image
     that leads nowhere (or in a circle) too, so that batch work counts it as a skip instead of losing it."""

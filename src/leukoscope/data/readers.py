@@ -16,7 +16,7 @@ import pandas as pd
 
 from leukoscope.data import LAYOUTS
 from leukoscope.data.cohort import Cohort, SubjectTable, is_deepapl, scan_cohort
-from leukoscope.data.images import is_image_file, iter_image_files, load_rgb
+from leukoscope.data.images import is_image_file, iter_image_files, load_rgb, real_path
 from leukoscope.data.manifest import Manifest, make_manifest, skipped_files, validate, with_skipped
 from leukoscope.data.names import subject_from_name
 from leukoscope.data.paths import resolved
@@ -110,7 +110,7 @@ def read_cnmc(path: Path) -> Manifest:
         for cls_dir in sorted(d for d in fold_dir.iterdir() if d.is_dir()):
             for f in _image_files(cls_dir):
                 rows.append(
-                    dict(path=str(f.resolve()), label=cls_dir.name.lower(),
+                    dict(path=real_path(f), label=cls_dir.name.lower(),
                          subject=subject_from_name(f.name), source_split="train",
                          source_fold=fold_dir.name, original_name=f.name)
                 )
@@ -118,7 +118,7 @@ def read_cnmc(path: Path) -> Manifest:
     test_dir = root / "testing_data"
     if test_dir.is_dir():
         for f in _image_files(test_dir):
-            rows.append(dict(path=str(f.resolve()), label="", subject=None,
+            rows.append(dict(path=real_path(f), label="", subject=None,
                              source_split="unlabelled", source_fold=None, original_name=f.name))
     if not rows:
         raise DataError(f"{path}: C-NMC layout but no images under training_data/ or validation_data/")
@@ -153,7 +153,7 @@ def _cnmc_validation(folder: Path) -> list[dict]:
     for r in table.itertuples(index=False):
         if r.labels not in _BINARY:
             raise DataError(f"{csvs[0]}: label {r.labels!r} for {r.new_names} is not 0 or 1")
-        rows.append(dict(path=str(images[r.new_names].resolve()), label=_BINARY[r.labels],
+        rows.append(dict(path=real_path(images[r.new_names]), label=_BINARY[r.labels],
                          subject=subject_from_name(r.Patient_ID), source_split="val",
                          source_fold=None, original_name=r.Patient_ID))
     return rows
@@ -174,7 +174,7 @@ def read_label_in_name(path: Path) -> Manifest:
         m = _ALLIDB.match(f.stem)
         if not m:
             raise DataError(f"{f}: name is not ImXXX_Y (Y = 1 blast, 0 normal)")
-        rows.append(dict(path=str(f.resolve()), label=_BINARY[m.group(2)], subject=None))
+        rows.append(dict(path=real_path(f), label=_BINARY[m.group(2)], subject=None))
     if not rows:
         raise DataError(f"{path}: no images found")
     return make_manifest(rows)
@@ -215,7 +215,7 @@ def read_class_folders(path: Path) -> Manifest:
         if not files:
             empty.append(d.name)
         for f in files:
-            rows.append(dict(path=str(f.resolve()), label=d.name,
+            rows.append(dict(path=real_path(f), label=d.name,
                              subject=subject_from_name(f.name)))
     if not rows:
         raise DataError(f"{path}: no images found in its sub-folders")
@@ -253,8 +253,8 @@ def read_csv_manifest(path: Path) -> Manifest:
         subject = (r.get("subject") or "").strip() or None
         kept = {k: v.strip() for k in ("group", "side") if (v := (r.get(k) or "")).strip()}
         if "group" not in kept and "group" in table:
-            kept["group"] = f"subject:{subject}" if subject is not None else f"image:{f.resolve()}"
-        rows.append(dict(path=str(f.resolve()), label=r["label"].strip(), subject=subject, **kept))
+            kept["group"] = f"subject:{subject}" if subject is not None else f"image:{real_path(f)}"
+        rows.append(dict(path=real_path(f), label=r["label"].strip(), subject=subject, **kept))
     if missing:
         raise DataError(f"{path}: {len(missing)} row(s) name missing files ({_preview(missing)})")
     if not rows:

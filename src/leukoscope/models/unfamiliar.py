@@ -80,6 +80,8 @@ TENSORS = {"knn": ("reference",), "mahalanobis": ("means", "precision"),
            "msp": (), "energy": (), "exposure": ("means", "precision", "direction")}
 #: Each stored tensor's rank (2 unless named): one row per vector, or a d x d precision.
 SHAPES = {"background_mean": 1, "mean": 1, "std": 1}
+#: Tensors of a fixed number of rows (``exposure``'s one direction; others: a row per class or cell).
+ROWS = {"direction": 1}
 
 
 class ScorerMismatch(BundleError, ValueError):
@@ -340,14 +342,16 @@ def load_scorer(path: Path, settings: dict[str, Any]) -> Scorer:
         raise ValueError(f"{path}: missing (config.json's 'unfamiliar' needs it)")
     try:
         tensors = load_file(str(path))
-    except (SafetensorError, OSError) as e:  # truncated, corrupt or not safetensors at all
+    except (SafetensorError, OSError, TypeError) as e:  # truncated, corrupt, not safetensors, bfloat16
         raise ValueError(f"{path}: cannot read ({' '.join(str(e).split())})") from None
     missing = [n for n in need if n not in tensors]
     if missing:
         raise ValueError(f"{path}: missing tensor(s) {', '.join(missing)}")
-    if any(tensors[n].ndim != SHAPES.get(n, 2) for n in need):
-        shapes = ", ".join(f"{n} {tensors[n].shape}" for n in need)
-        raise ValueError(f"{path}: tensors of the wrong rank ({shapes})")
+    shapes = ", ".join(f"{n} {tensors[n].shape} {tensors[n].dtype}" for n in need)
+    if any(tensors[n].ndim != SHAPES.get(n, 2) or tensors[n].dtype.kind != "f" or not tensors[n].size
+           or (n in ROWS and tensors[n].shape[0] != ROWS[n]) for n in need):
+        raise ValueError(f"{path}: tensors of the wrong rank, type or size ({shapes}; floating point, "
+                         f"not empty{', direction one row' if 'direction' in need else ''})")
     dims = {tensors[n].shape[-1] for n in need}
     square = all(tensors[n].shape[0] == tensors[n].shape[1] for n in need if "precision" in n)
     if len(dims) != 1 or not square or any(not np.isfinite(tensors[n]).all() for n in need):

@@ -28,7 +28,7 @@ from leukoscope.train import rundir
 from leukoscope.train.config import TrainConfig
 from leukoscope.train.data import bundle_split, describe, run_rows, run_split, split_record
 from leukoscope.train.heldout import calibrated, operating_point
-from leukoscope.train.outliers import read_outliers
+from leukoscope.train.outliers import UNMEASURABLE, run_outliers, usable, write_record
 from leukoscope.train.unfamiliar import classical_scorer, exposure, save_scorer, unfamiliar_config
 
 
@@ -39,7 +39,8 @@ def train_classical(m: Manifest, config: TrainConfig, out: Path, progress: Progr
     """
     from leukoscope.models.registry import get_model
 
-    out, cfg, done = rundir.begin(config, out, "classical", m)
+    outliers = run_outliers(config, m)
+    out, cfg, done = rundir.begin(config, out, "classical", m, outliers)
     if done is not None:
         return done
     try:
@@ -47,9 +48,10 @@ def train_classical(m: Manifest, config: TrainConfig, out: Path, progress: Progr
     except Exception as e:  # noqa: BLE001 - a builder that cannot run here (a missing library) is one line
         raise ConfigError(f"--model {cfg.model}: cannot build ({type(e).__name__}: {e})") from None
     taken, rare = run_rows(m, cfg)
-    outliers = (None if cfg.outliers is None else
-                read_outliers(cfg.outliers, cfg.outlier_class, m, cfg.seed, out))
     rows, X, spec, skipped = feature_matrix(taken, str(cfg.features), progress=progress)
+    if outliers is not None:  # featurised (and refused if unusable) before the model is fitted
+        outliers, OX, bad = featurised_outliers(outliers, cfg, progress)
+        skipped += bad
     split = run_split(taken, cfg, rows, progress)
     X = X[rows["path"].isin(split["path"]).to_numpy()]  # rows a split file leaves out are not used
     class_names = classes(split)
@@ -72,12 +74,10 @@ def train_classical(m: Manifest, config: TrainConfig, out: Path, progress: Progr
     if outliers is None:
         scorer = classical_scorer(X, y, sides, logits.get("val"), temperature, cfg.seed)
     else:
-        kept, OX, _, bad = feature_matrix(outliers, str(cfg.features), progress=progress)
-        skipped += bad
         scorer, metrics["outliers"] = exposure(
             X[sides == "train"], y[sides == "train"],
             (X[sides == "val"], logits.get("val", np.zeros((0, len(class_names))))),
-            (X[sides == "test"], logits.get("test", np.zeros((0, len(class_names))))), temperature, kept,
+            (X[sides == "test"], logits.get("test", np.zeros((0, len(class_names))))), temperature, outliers,
             (OX, log_probabilities(pipeline, OX, len(class_names))), (str(cfg.outliers), cfg.outlier_class),
             standardise=True)
     settings |= unfamiliar_config(scorer)
@@ -87,9 +87,21 @@ def train_classical(m: Manifest, config: TrainConfig, out: Path, progress: Progr
         metrics["rare_classes"] = settings["rare_classes"] = rare.to_json()
     write_json(out / "metrics.json", metrics)
     write_bundle(out / rundir.BUNDLE, pipeline, settings, metrics, bundle_split(split), scorer)
+    if outliers is not None:
+        write_record(out, outliers)
     rundir.mark_done(out)
     rundir.write_skipped(out, skipped_files(m) + skipped)
     return load_bundle(out / rundir.BUNDLE)
+
+
+def featurised_outliers(outliers: Manifest, cfg: TrainConfig, progress: Progress = SILENT
+                        ) -> tuple[Manifest, np.ndarray, list[tuple[str, str]]]:
+    """The outlier cells whose features are all finite (checked again: ``train.outliers.usable``), their
+    feature rows, and the files skipped (the reader's, unreadable ones, unmeasurable ones)."""
+    kept, X, _, bad = feature_matrix(outliers, str(cfg.features), progress=progress)
+    finite = np.isfinite(X).all(axis=1)
+    bad = skipped_files(outliers) + bad + [(p, UNMEASURABLE) for p in kept.loc[~finite, "path"]]
+    return usable(kept, finite, f"--outliers {cfg.outliers}", cfg.outlier_class), X[finite], bad
 
 
 def fit_on_train(estimator: Any, X: np.ndarray, y: np.ndarray, sides: np.ndarray, n_classes: int

@@ -127,6 +127,8 @@ class TrainConfig:
         data = cls.from_file(file) if file else {}
         data.update({k: _typed(k, v, where=f"--{k.replace('_', '-')}") if k in KINDS else v
                      for k, v in options.items() if v is not None})
+        if isinstance(data.get("outliers"), str) and data["outliers"].strip():  # as given where it was given
+            data["outliers"] = str(Path(data["outliers"]).absolute())
         try:
             return cls(**data)
         except TypeError as e:
@@ -175,6 +177,8 @@ class TrainConfig:
              "validation side, not with --cv")
         need(self.split is None or (self.split_protocol == "auto" and self.cv == 0 and self.subset == 1),
              "--split FILE gives the sides: leave out --split-protocol, --cv and --subset")
+        need(self.outliers is None or bool(self.outliers.strip()), "--outliers: empty path; name a folder or "
+             "a CSV of images")
         need(self.outlier_class is None or self.outliers is not None, "--outlier-class needs --outliers DATA")
         need(self.outliers is None or (not self.cv and (self.val > 0 or self.split is not None)),
              "--outliers fits the unfamiliarity score on one split's validation side: not with --cv or "

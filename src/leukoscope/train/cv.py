@@ -45,8 +45,9 @@ def cross_validate(m: Manifest, config: TrainConfig, out: Path, progress: Progre
 
 def _cross_validate(m: Manifest, cfg: TrainConfig, out: Path, progress: Progress) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    rundir.check_same(out, cfg, m)
-    rundir.claim(out, cfg, m)
+    record = rundir.data_record(m)
+    rundir.check_same(out, cfg, record)
+    rundir.claim(out, cfg, record)
     rows = decoded_rows(m, cfg, progress)
     m, images, pre0, class_names = rows.rows, rows.images, rows.pre, rows.classes
     from leukoscope.audit.groups import grouped

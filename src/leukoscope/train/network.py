@@ -30,13 +30,13 @@ from leukoscope.train.data import (
 from leukoscope.train.fit import fit
 from leukoscope.train.forward import embeddings, predict_logits
 from leukoscope.train.heldout import calibrated, operating_point
-from leukoscope.train.outliers import read_outliers
+from leukoscope.train.outliers import run_outliers, write_record
 from leukoscope.train.unfamiliar import (
+    decoded_outliers,
     exposure,
     head_logits,
     mean_logits,
     network_embeddings,
-    network_outliers,
     network_scorer,
     save_scorer,
     unfamiliar_config,
@@ -48,32 +48,29 @@ def train_network(m: Manifest, config: TrainConfig, out: Path, progress: Progres
 
     A finished run directory is not retrained: rerunning returns its bundle; an unfinished one resumes.
     """
-    out, cfg, done = rundir.begin(config, out, "network", m)
+    outliers = run_outliers(config, m)
+    out, cfg, done = rundir.begin(config, out, "network", m, outliers)
     if done is not None:
         return done
-    outliers = (None if cfg.outliers is None else
-                read_outliers(cfg.outliers, cfg.outlier_class, m, cfg.seed, out))
     rows = decoded_rows(m, cfg, progress)
     split = run_split(rows.taken, cfg, rows.rows, progress)
     images = rows.images[rows.rows["path"].isin(split["path"]).to_numpy()]  # a split file may leave rows out
     data, pre = prepare_split(split, images, rows.pre, cfg, classes(split))
-    skipped: list[tuple[str, str]] = []
+    decoded, skipped = (None, []) if outliers is None else decoded_outliers(outliers, pre, cfg, progress)
     bundle, _ = fit_and_bundle(data, pre, cfg, out, progress, describe(rows.rows), rows.rare,
-                               outliers=outliers, outliers_skipped=skipped)
+                               outliers=decoded)
     rundir.write_skipped(out, skipped_files(m) + rows.skipped + skipped)
     return bundle
 
 
 def fit_and_bundle(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: Path,
                    progress: Progress = SILENT, data_desc: str = "", rare: RareReport | None = None, *,
-                   say_stretch: bool = True, outliers: Manifest | None = None,
-                   outliers_skipped: list[tuple[str, str]] | None = None
+                   say_stretch: bool = True, outliers: tuple[Manifest, np.ndarray] | None = None
                    ) -> tuple[Bundle, dict[str, np.ndarray]]:
     """``fit``, evaluate, write metrics.json and ``out/bundle``; the loaded bundle and test probs.
 
     ``rare`` (the classes merged or dropped before the split) is recorded in both; ``say_stretch`` as in
-    ``fit``; ``outliers`` (``train.outliers``) make the score ``exposure``, and the ones that do not decode
-    are added to ``outliers_skipped``."""
+    ``fit``; ``outliers`` (``decoded_outliers``: cells and pixels) make the score ``exposure``."""
     t0, c0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     model, history, extra = fit(data, pre, cfg, out, progress, say_stretch=say_stretch)
     metrics, temperature, probs = evaluate(model, data, pre, cfg.tta, progress)
@@ -99,13 +96,13 @@ def fit_and_bundle(data: Prepared, pre: dict[str, Any], cfg: TrainConfig, out: P
     if outliers is None:
         scorer = network_scorer(model, train_emb, data.y[train], val_emb, temperature, cfg.seed)
     else:
-        kept, emb, logits, skipped = network_outliers(model, outliers, pre, cfg.tta, progress)
-        (outliers_skipped if outliers_skipped is not None else []).extend(skipped)
-        test_emb = embeddings(model, data.images[data.side("test")], pre, cfg.tta)
+        cells, pixels = outliers
+        emb, test_emb = (embeddings(model, x, pre, cfg.tta) for x in (pixels, data.images[data.side("test")]))
         scorer, metrics["outliers"] = exposure(
             train_emb, data.y[train], (val_emb, head_logits(model, val_emb)),
-            (test_emb, head_logits(model, test_emb)), temperature, kept, (emb, logits),
+            (test_emb, head_logits(model, test_emb)), temperature, cells, (emb, head_logits(model, emb)),
             (str(cfg.outliers), cfg.outlier_class))
+        write_record(out, cells)
     config |= unfamiliar_config(scorer) | mean_logits(model, train_emb)
     if cfg.class_map is not None:
         config["class_map"] = cfg.class_map

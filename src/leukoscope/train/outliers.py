@@ -8,7 +8,9 @@ are familiar kinds from the outliers' lab, which teach the score that a lab's st
 
 The outlier set gets its own train / val / test sides (whole groups, ``SIDES``): the regression learns on
 train, its regularisation is chosen on val, and the bundle's metrics say how many held-out (test) outliers
-it flags (``figures``). The run directory keeps the outliers and their sides (``outliers.csv``).
+it flags (``figures``). Both families read and decode (or featurise) the outliers before training, so an
+unusable set is refused at once (``usable``); the run directory keeps the cells used and their sides
+(``outliers.csv``, written when the run finishes).
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
+from leukoscope.data.images import real_path
 from leukoscope.data.manifest import Manifest
 from leukoscope.errors import ConfigError
+from leukoscope.train.config import TrainConfig
 
 #: Shares of the outlier set's groups on each side.
 SIDES = {"train": 0.6, "val": 0.2, "test": 0.2}
@@ -29,76 +32,108 @@ MIN_OUTLIERS = 10
 OUTLIER, FAMILIAR = "outlier", "familiar"
 
 
-#: The run directory's record of the outlier cells: path, label (outlier / familiar), side.
+#: The run directory's record of the outlier cells it used: path, label (outlier / familiar), side.
 RECORD = "outliers.csv"
+#: Why an outlier cell whose classical features are not all finite is not used.
+UNMEASURABLE = "its features cannot be measured (a grey or blank image?): not used as an outlier"
 
 
-def read_outliers(path: str, cls: str | None, training: Manifest, seed: int, out: Path) -> Manifest:
-    """The outlier set's cells, ``label`` ``outlier`` or ``familiar`` (cells of the other classes when ``cls``
-    is given), with a ``side``, also written to ``out / RECORD``. Refused: a class the set does not have, too
-    few outliers, and cells that are also training cells (a cell cannot be both)."""
-    from leukoscope.io import write_csv_atomic
+def run_outliers(config: TrainConfig, training: Manifest) -> Manifest | None:
+    """``read_outliers`` of a run's ``--outliers`` (None without), its settings checked first."""
+    cfg = config.resolved()
+    if cfg.outliers is None:
+        return None
+    return read_outliers(cfg.outliers, cfg.outlier_class, training, cfg.seed)
+
+
+def read_outliers(path: str, cls: str | None, training: Manifest, seed: int) -> Manifest:
+    """The outlier set's cells, ``label`` ``outlier`` or ``familiar`` (its other labelled cells when ``cls``
+    is given), with a ``side``; what its reader left out is in ``skipped_files``. A folder in a layout
+    leukoscope reads keeps its groups (patients) and leaves out what is not a cell; any other folder gives
+    every image in it. Refused: a class the set does not have, too few outliers or groups to fill the sides
+    (``check``), and cells that are also training cells (a cell cannot be both)."""
+    from leukoscope.data.manifest import skipped_files, with_skipped
 
     where = f"--outliers {path}"
-    if cls is None:
-        m = _every_image(Path(path), where)
-    else:
-        m = _read(path, where)
-        labels = sorted(set(m["label"].dropna().astype(str)))
+    m = _load(Path(path), where)
+    left_out = skipped_files(m)
+    if cls is not None:
+        m = m[(m["source_split"] != "unlabelled") & (m["label"].astype(str) != "")]
+        labels = sorted(set(m["label"].astype(str)))
         if cls not in labels:
             raise ConfigError(f"--outlier-class {cls!r} is not a class of {path} "
-                              f"({', '.join(labels) or 'it has none'})")
-        m = m[m["label"].notna()]
-        m = m.assign(label=np.where(m["label"].astype(str) == cls, OUTLIER, FAMILIAR)).reset_index(drop=True)
-    n = int((m["label"] == OUTLIER).sum())
-    if n < MIN_OUTLIERS:
-        raise ConfigError(f"{where}: {n} outlier cell(s); at least {MIN_OUTLIERS} are needed (they are split "
-                          "into train / validation / test)")
-    both = set(map(_resolved, m["path"])) & set(map(_resolved, training["path"]))
+                              f"({'; '.join(map(repr, labels)) or 'it has no labelled cells'})")
+        m = m.assign(label=np.where(m["label"].astype(str) == cls, OUTLIER, FAMILIAR))
+    else:
+        m = m.assign(label=OUTLIER)
+    m = m.assign(source_split="train").reset_index(drop=True)  # every row now has its role as its label
+    both = set(map(real_path, m["path"])) & set(map(real_path, training["path"]))
     if both:
         raise ConfigError(f"{where}: {len(both)} cell(s) are also training cells (e.g. {sorted(both)[0]}); "
                           "a cell cannot be both")
-    m = _sided(m, seed)
+    return with_skipped(check(_sided(m, seed), where, cls), left_out)
+
+
+def usable(m: Manifest, kept: np.ndarray, where: str, cls: str | None) -> Manifest:
+    """The rows of ``m`` that ``kept`` marks (those that decoded, or whose features are finite), checked
+    again: an unreadable outlier set is refused before any training, not after."""
+    return check(m[kept].reset_index(drop=True), where, cls)
+
+
+def check(m: Manifest, where: str, cls: str | None) -> Manifest:
+    """``m`` when it has at least ``MIN_OUTLIERS`` outliers and some on every side, else a ConfigError
+    saying how many there are, in how many groups, side by side."""
+    bad = m[m["label"] == OUTLIER]
+    per_side = {s: int((bad["side"] == s).sum()) for s in SIDES}
+    if len(bad) >= MIN_OUTLIERS and all(per_side.values()):
+        return m
+    what = f"of class {cls!r} " if cls is not None else ""
+    sides = ", ".join(f"{n} {s}" for s, n in per_side.items())
+    groups = bad["group"].nunique()
+    raise ConfigError(f"{where}: {len(bad)} usable outlier cell(s) {what}in {groups} group(s) "
+                      f"({sides}); at least {MIN_OUTLIERS}, and enough groups (patients) for some on the "
+                      "train, validation and test sides, are needed")
+
+
+def write_record(out: Path, m: Manifest) -> None:
+    """``out / RECORD``: the outlier cells a finished run used, and their sides."""
+    from leukoscope.io import write_csv_atomic
+
     write_csv_atomic(Path(out) / RECORD, m[["path", "label", "side"]])
-    return m
 
 
-def _every_image(path: Path, where: str) -> Manifest:
-    """Every image under the folder ``path`` as an outlier, whatever its layout (each image its own group);
-    a file is read as a list of images (a CSV manifest)."""
+def _load(path: Path, where: str) -> Manifest:
+    """``path`` read by the reader of its layout, or, for a folder of no known layout, every image in it
+    (each its own group)."""
     from leukoscope.data.images import iter_image_files
     from leukoscope.data.manifest import make_manifest
-
-    if not path.is_dir():
-        return _read(str(path), where).assign(label=OUTLIER)
-    return make_manifest({"path": str(p), "label": OUTLIER} for p in iter_image_files(path.absolute()))
-
-
-def _read(path: str, where: str) -> Manifest:
-    """The data set at ``path`` read as every command reads data; its errors name ``--outliers``."""
-    from leukoscope.data.readers import read
+    from leukoscope.data.readers import detect_layout, read
     from leukoscope.errors import DataError
 
     try:
+        if path.is_dir() and any(path.iterdir()):
+            try:
+                detect_layout(path)
+            except DataError:  # no layout: a plain folder of images
+                files = iter_image_files(path.absolute())
+                return make_manifest({"path": str(p), "label": OUTLIER} for p in files)
         return read([path])
     except (DataError, ConfigError) as e:
-        raise ConfigError(f"{where}: {e}") from None
-
-
-def _resolved(path: str) -> str:
-    return str(Path(path).resolve())
+        why = str(e).removeprefix(f"{path}: ").removesuffix(" (see --layout)")
+        raise ConfigError(f"{where}: {why}") from None
 
 
 def _sided(m: Manifest, seed: int) -> Manifest:
-    """Whole groups of each role spread over ``SIDES`` in a seeded order."""
+    """Whole groups (patients) spread over ``SIDES`` in a seeded order, those holding outliers and the others
+    each in those shares: a patient's cells are all on one side, and every side gets outliers."""
     rng = np.random.default_rng(seed)
-    side = pd.Series("train", index=m.index)
-    for _, part in m.groupby("label"):
-        groups = rng.permutation(sorted(part["group"].unique()))
+    holds = (m["label"] == OUTLIER).groupby(m["group"]).any()
+    side: dict[str, str] = {}
+    for stratum in (True, False):
+        groups = rng.permutation(sorted(holds.index[holds == stratum]))
         cut = np.cumsum([round(len(groups) * SIDES[s]) for s in ("val", "test")])
-        for name, chosen in (("val", groups[:cut[0]]), ("test", groups[cut[0]:cut[1]])):
-            side[part.index[part["group"].isin(chosen)]] = name
-    return m.assign(side=side.to_numpy())
+        side |= dict.fromkeys(groups[:cut[0]], "val") | dict.fromkeys(groups[cut[0]:cut[1]], "test")
+    return m.assign(side=[side.get(g, "train") for g in m["group"]])
 
 
 def by_side(m: Manifest, emb: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

@@ -40,12 +40,13 @@ DATA = "data.json"
 SKIPPED = "skipped.json"
 
 
-def data_record(m: Manifest) -> dict[str, Any]:
+def data_record(m: Manifest, outliers: Manifest | None = None) -> dict[str, Any]:
     """The images and labels a run was given, as a digest of their file names and labels (not their
-    folders, so a moved data set is still the same data)."""
+    folders, so a moved data set is still the same data); with ``--outliers``, theirs too."""
     rows = sorted(f"{Path(p).name}\0{label}" for p, label in zip(m["path"], m["label"], strict=True))
     digest = hashlib.sha1("\n".join(rows).encode("utf-8", NAME_ERRORS)).hexdigest()
-    return {"images": len(rows), "digest": digest}
+    return {"images": len(rows), "digest": digest} | ({} if outliers is None else
+                                                     {"outliers": data_record(outliers)})
 
 
 @contextmanager
@@ -61,31 +62,33 @@ def held(out: Path) -> Iterator[None]:
         yield
 
 
-def begin(config: TrainConfig, out: Path, family: str, m: Manifest
+def begin(config: TrainConfig, out: Path, family: str, m: Manifest, outliers: Manifest | None = None
           ) -> tuple[Path, TrainConfig, Bundle | None]:
-    """Open the run of ``config`` (a model of ``family``) on ``m`` in ``out``: its resolved settings, and
-    its bundle when the run already finished. Otherwise ``out`` is claimed (refused if it holds another
-    run's progress) and the settings and data record are written into it."""
+    """Open the run of ``config`` (a model of ``family``) on ``m`` (and ``outliers``, ``train.outliers``) in
+    ``out``: its resolved settings, and its bundle when the run already finished. Otherwise ``out`` is
+    claimed (refused if it holds another run's progress) and the settings and data record are written
+    into it."""
     out, cfg = Path(out), config.resolved()
     if cfg.family != family:
         raise ConfigError(f"--model {cfg.model} is a {cfg.family} model, not a {family} one")
+    record = data_record(m, outliers)
     if (out / DONE).exists() and (out / BUNDLE).is_dir():
-        check_same(out, cfg, m)
+        check_same(out, cfg, record)
         return out, cfg, load_bundle(out / BUNDLE)
     out.mkdir(parents=True, exist_ok=True)
-    check_same(out, cfg, m)
+    check_same(out, cfg, record)
     checkpoint.find(out)  # an old pickle checkpoint is refused now, not after decoding every image
-    claim(out, cfg, m)
+    claim(out, cfg, record)
     return out, cfg, None
 
 
-def claim(out: Path, cfg: TrainConfig, m: Manifest) -> None:
-    """Write the settings and the data record of the run that now owns ``out``."""
+def claim(out: Path, cfg: TrainConfig, record: dict[str, Any]) -> None:
+    """Write the settings and the data record (``data_record``) of the run that now owns ``out``."""
     cfg.write(out)
-    write_json(out / DATA, data_record(m))
+    write_json(out / DATA, record)
 
 
-def check_same(out: Path, cfg: TrainConfig, m: Manifest) -> None:
+def check_same(out: Path, cfg: TrainConfig, record: dict[str, Any]) -> None:
     """Refuse to mix two different runs in one directory: other settings, other data, or progress with no
     record of either. A directory with no finished epoch (a start that failed before its first checkpoint,
     leaving only its config) holds nothing to protect: the corrected command takes it over."""
@@ -100,9 +103,13 @@ def check_same(out: Path, cfg: TrainConfig, m: Manifest) -> None:
         raise ConfigError(f"{out} holds a run with other settings (see {f}); "
                           "use another --out, or delete it to start over")
     given = _record(d)
-    if given is not None and given != data_record(m):  # runs written before data.json: not known
+    if given is not None and given != record:  # runs written before data.json: not known
+        outliers = [r["outliers"].get("images") if isinstance(r.get("outliers"), dict) else 0
+                    for r in (given, record)]
+        also = f"; outliers: {outliers[0]} then, {outliers[1]} now" if any(outliers) else ""
         raise ConfigError(f"{out} holds a run on other data ({given.get('images')} images then, "
-                          f"{len(m)} now; see {d}); use another --out, or delete it to start over")
+                          f"{record['images']} now{also}; see {d}); use another --out, or delete it to start "
+                          "over")
 
 
 def _record(f: Path) -> dict[str, Any] | None:

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from leukoscope.bundle.format import UNFAMILIAR
-from leukoscope.data.manifest import Manifest
+from leukoscope.data.manifest import Manifest, skipped_files
 from leukoscope.models.unfamiliar import MAX_REFERENCE, Scorer, fit_exposure, fit_unfamiliar
 from leukoscope.progress import SILENT, Progress
+from leukoscope.train.config import TrainConfig
 from leukoscope.train.data import Prepared, decode, styled
-from leukoscope.train.outliers import OUTLIER, by_side, figures
+from leukoscope.train.outliers import OUTLIER, by_side, figures, usable
 
 if TYPE_CHECKING:
     from leukoscope.models.networks import Network
@@ -56,17 +57,14 @@ def network_scorer(model: Network, train_emb: np.ndarray, train_y: np.ndarray, v
     return fit_unfamiliar(train_emb, train_y, val_emb, head_logits(model, val_emb), temperature, seed=seed)
 
 
-def network_outliers(model: Network, outliers: Manifest, pre: dict[str, Any], tta: bool,
-                     progress: Progress = SILENT
-                     ) -> tuple[Manifest, np.ndarray, np.ndarray, list[tuple[str, str]]]:
-    """The outlier cells that decode, their embeddings and logits (preprocessed as the training cells
-    were), and the skipped files."""
-    from leukoscope.train.forward import embeddings
-
+def decoded_outliers(outliers: Manifest, pre: dict[str, Any], cfg: TrainConfig, progress: Progress = SILENT
+                     ) -> tuple[tuple[Manifest, np.ndarray], list[tuple[str, str]]]:
+    """The outlier cells that decode and their pixels, preprocessed as the training cells were (checked
+    again: ``train.outliers.usable``), before the network trains; the files skipped (the reader's too)."""
     images, skipped = decode(list(outliers["path"]), pre, progress)
     keep = ~outliers["path"].isin({p for p, _ in skipped}).to_numpy()
-    emb = embeddings(model, styled(images[keep], pre), pre, tta)
-    return outliers[keep].reset_index(drop=True), emb, head_logits(model, emb), skipped
+    cells = usable(outliers, keep, f"--outliers {cfg.outliers}", cfg.outlier_class)
+    return (cells, styled(images[keep], pre)), skipped_files(outliers) + skipped
 
 
 def exposure(train_emb: np.ndarray, train_y: np.ndarray, val: tuple[np.ndarray, np.ndarray],
