@@ -82,6 +82,9 @@ def test_model_card_describes_bundle(client: Any, network_bundle: Path) -> None:
     assert card["family"] == "network" and card["explanation"] == "Grad-CAM heat map"
     assert card["protocol"] == bundle.config["protocol"]
     assert card["metrics"] == bundle.metrics() and card["metrics_error"] is None
+    assert bundle.unfamiliar is not None and card["unfamiliar"] == bundle.unfamiliar.config()
+    score = card["unfamiliar"]
+    assert (score["method"], score["target_false_flag_rate"]) == ("mahalanobis", 0.05)
     split = bundle.split()
     assert split is not None
     assert sum(p["images"] for p in card["split"].values()) == len(split)

@@ -269,6 +269,8 @@ def model_card(model: Model, settings: ServeSettings) -> dict[str, Any]:
         "runtime": type(model.bundle).__name__,
         "input_size": cfg.get("input_size") or cfg.get("preprocessing", {}).get("input_size"),
         "temperature": model.bundle.temperature,
+        # the score that calls a cell "unfamiliar": method, threshold, share of familiar cells it flags
+        "unfamiliar": None if model.bundle.unfamiliar is None else model.bundle.unfamiliar.config(),
         "created": cfg.get("created"), "versions": cfg.get("versions", {}),
         "explanation": model.explanation,
         "intended_use": INTENDED_USE,
