@@ -139,6 +139,7 @@ def test_network_run_learns_outliers_and_counts_an_unreadable_one(data, tmp_path
     (["--outliers", "{allidb2}", "--outlier-class", "blast"], "--outlier-class 'blast' is not a class of"),
     (["--outlier-class", "all"], "--outlier-class needs --outliers DATA"),
     (["--outliers", "{pbc}/basophil"], "are also training cells"),
+    (["--outliers", "{copies}"], "are byte-identical copies of training cells"),
     (["--outliers", "{few}"], "1 usable outlier cell(s) in 1 group(s) (1 train, 0 val, 0 test); at least 10"),
     (["--outliers", "{allidb2}", "--cv", "3"], "--outliers fits the unfamiliarity score on one split"),
     (["--outliers", "{missing}"], "not found"),
@@ -148,7 +149,12 @@ def test_bad_outlier_settings_are_one_line_errors(data, tmp_path, extra, message
     few = tmp_path / "few"
     few.mkdir()
     (few / "Im001_1.tif").symlink_to(data / "allidb2" / "Im001_1.tif")
-    where = {"allidb2": data / "allidb2", "pbc": data / "pbc", "few": few, "missing": tmp_path / "nope"}
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    for p in sorted((data / "pbc" / "basophil").iterdir())[:12]:  # at another path: the same cells
+        shutil.copy(p, copies / p.name)
+    where = {"allidb2": data / "allidb2", "pbc": data / "pbc", "few": few, "missing": tmp_path / "nope",
+             "copies": copies}
     args = [a.format(**where) for a in extra]
     res = runner.invoke(app, ["train", str(data / "pbc"), "--model", "logistic_regression", "--subset", "0.2",
                               *args, "--out", str(tmp_path / "run")])

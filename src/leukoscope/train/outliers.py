@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from leukoscope.data.images import real_path
+from leukoscope.data.images import file_digest, real_path
 from leukoscope.data.manifest import Manifest
 from leukoscope.errors import ConfigError
 from leukoscope.train.config import TrainConfig
@@ -71,6 +72,10 @@ def read_outliers(path: str, cls: str | None, training: Manifest, seed: int) -> 
     if both:
         raise ConfigError(f"{where}: {len(both)} cell(s) are also training cells (e.g. {sorted(both)[0]}); "
                           "a cell cannot be both")
+    ours, theirs = _digests(m["path"]), _digests(training["path"])
+    if copies := sorted(ours[d] for d in ours.keys() & theirs.keys()):
+        raise ConfigError(f"{where}: {len(copies)} cell(s) are byte-identical copies of training cells (e.g. "
+                          f"{copies[0]}, a copy of {theirs[file_digest(copies[0])]}); a cell cannot be both")
     return with_skipped(check(_sided(m, seed), where, cls), left_out)
 
 
@@ -93,6 +98,17 @@ def check(m: Manifest, where: str, cls: str | None) -> Manifest:
     raise ConfigError(f"{where}: {len(bad)} usable outlier cell(s) {what}in {groups} group(s) "
                       f"({sides}); at least {MIN_OUTLIERS}, and enough groups (patients) for some on the "
                       "train, validation and test sides, are needed")
+
+
+def _digests(paths: pd.Series) -> dict[str, str]:
+    """Each readable file's content digest -> its path (an unreadable one is skipped when decoded)."""
+    out = {}
+    for p in paths:
+        try:
+            out[file_digest(p)] = p
+        except OSError:
+            continue
+    return out
 
 
 def write_record(out: Path, m: Manifest) -> None:
