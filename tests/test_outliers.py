@@ -90,8 +90,11 @@ def test_outlier_run_records_its_score_sides_and_figures(runs, data, tmp_path):
     assert figures["test_outliers_flagged"] >= 0.8 and figures["test_auc"] >= 0.9, figures
     assert "of held-out outliers flagged" in (run / "output.txt").read_text()
     card = (run / "bundle" / "MODEL_CARD.md").read_text()
+    n = cells["outlier"]
     assert (f"- unfamiliarity score: exposure (outlier exposure: taught 130 cells of class 'all' of "
-            f"{data / 'allidb2'}, 130 others of it as familiar; 100.0% of the held-out ones flagged") in card
+            f"{data / 'allidb2'} ({n['train']} learnt, {n['val']} to choose its regularisation, {n['test']} "
+            f"held out), 130 others of it as familiar; 100.0% of the held-out ones flagged, and ") in card
+    assert 0 <= figures["test_others_flagged"] <= 1  # ALL-IDB2's own normal cells: did it learn the lab?
 
     with open(run / "outliers.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -143,6 +146,7 @@ def test_network_run_learns_outliers_and_counts_an_unreadable_one(data, tmp_path
     (["--outliers", "{few}"], "1 usable outlier cell(s) in 1 group(s) (1 train, 0 val, 0 test); at least 10"),
     (["--outliers", "{allidb2}", "--cv", "3"], "--outliers fits the unfamiliarity score on one split"),
     (["--outliers", "{missing}"], "not found"),
+    (["--outliers", ""], "--outliers: empty path"),
     (["--outliers", "{allidb2}", "--target", "diagnosis"], "--outliers teaches a cell-level model's score"),
 ])
 def test_bad_outlier_settings_are_one_line_errors(data, tmp_path, extra, message):
@@ -320,3 +324,34 @@ def test_a_hostile_exposure_score_is_one_line_from_verify_and_predict(runs, data
     res = runner.invoke(app, ["predict", str(copy), cell, "--out", str(out)])
     assert res.exit_code != 0 and "Traceback" not in res.output, res.output
     assert len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_outlier_runs_check_their_split_and_out_folder_and_old_records_still_resume(data, tmp_path):
+    split = tmp_path / "split.csv"
+    assert runner.invoke(app, ["data", "split", str(data / "pbc"), "--out", str(split)]).exit_code == 0
+    rows = pd.read_csv(split)
+    rows.loc[rows["side"] == "val", "side"] = "train"
+    rows.to_csv(tmp_path / "noval.csv", index=False)
+    base = ["train", str(data / "pbc"), "--model", "logistic_regression"]
+    noval = ["--split", str(tmp_path / "noval.csv"), "--out", str(tmp_path / "noval")]
+    res = runner.invoke(app, [*base, *noval, "--outliers", str(data / "allidb2"), "--outlier-class", "all"])
+    assert res.exit_code != 0 and "has no validation side, which --outliers" in res.output, res.output
+    assert not (tmp_path / "noval" / "bundle").exists()
+
+    folder = tmp_path / "blasts"
+    folder.mkdir()
+    for p in sorted(data.glob("allidb2/*_1.tif"))[:20]:
+        (folder / p.name).symlink_to(p)
+    (tmp_path / "run.yaml").write_text(f"outliers: {folder}\n")
+    res = runner.invoke(app, [*base, "--subset", "0.2", "--config", str(tmp_path / "run.yaml"),
+                              "--out", str(folder / "run")])
+    assert res.exit_code != 0 and f"is inside {folder}, which this command reads" in res.output, res.output
+
+    out = _train([str(data / "pbc"), "--model", "logistic_regression", "--subset", "0.2", "--outliers",
+                  str(folder)], tmp_path / "run")
+    record = json.loads((out / "data.json").read_text())
+    assert record["outliers"]["images"] == 20
+    del record["outliers"]  # as a run written before outliers were recorded
+    (out / "data.json").write_text(json.dumps(record))
+    res = runner.invoke(app, [*base, "--subset", "0.2", "--outliers", str(folder), "--out", str(out)])
+    assert res.exit_code == 0, res.output  # handed back, not "other data"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -197,3 +198,32 @@ def test_the_largest_seed_splits_with_a_val_side(aria: pd.DataFrame) -> None:
     """The val side is drawn with seed + 1, which must wrap where numpy's seeds stop."""
     split = train_val_test(aria, seed=2**32 - 1)
     assert set(split["side"]) == {"train", "val", "test"}
+
+
+def test_a_split_file_follows_a_moved_or_copied_data_set(data, tmp_path):
+    """train --split on a moved copy, and evaluate --side on a copy while the original is still there, found
+    none of their images: the paths were joined onto the recorded folder without looking at those given."""
+    from typer.testing import CliRunner
+
+    from leukoscope.cli.verbs import app
+
+    run = CliRunner().invoke
+    orig = tmp_path / "orig"
+    shutil.copytree(data / "cnmc_sample", orig)
+    assert run(app, ["data", "split", str(orig), "--out", str(tmp_path / "split.csv")]).exit_code == 0
+    res = run(app, ["train", str(orig), "--model", "logistic_regression", "--out", str(tmp_path / "r1")])
+    assert res.exit_code == 0, res.output
+    copy = tmp_path / "copy"
+    shutil.copytree(orig, copy)
+    res = run(app, ["evaluate", str(tmp_path / "r1" / "bundle"), str(copy), "--side", "test",
+                    "--out", str(tmp_path / "e")])
+    assert res.exit_code == 0, res.output
+    predictions = (tmp_path / "e" / "predictions.csv").read_text()
+    assert str(copy) in predictions and str(orig) not in predictions
+    moved = tmp_path / "moved"
+    orig.rename(moved)
+    res = run(app, ["train", str(moved), "--split", str(tmp_path / "split.csv"), "--model",
+                    "logistic_regression", "--out", str(tmp_path / "r2")])
+    assert res.exit_code == 0, res.output
+    res = run(app, ["data", "describe", str(data / "pbc"), "--layout", "cnmc"])
+    assert res.exit_code != 0 and "not a C-NMC download" in res.output and "Traceback" not in res.output

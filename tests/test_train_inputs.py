@@ -165,3 +165,34 @@ def test_out_inside_a_folder_the_command_reads_is_refused(data: Path, tmp_path: 
     res = _train(cells, cells / "run")
     _one_line(res, f"--out {cells / 'run'} is inside {cells}, which this command reads")
     assert not (cells / "run").exists()
+
+
+def test_a_network_split_without_a_validation_side_trains_on_its_training_loss(data, tmp_path):
+    """Its epochs were scored -loss, never above a new run's best of -1 once the loss passed 1, so no best
+    weights were written and the run failed on a checkpoint that did not exist."""
+    import pandas as pd
+
+    split = tmp_path / "split.csv"
+    assert CliRunner().invoke(app, ["data", "split", str(data / "pbc"), "--out", str(split)]).exit_code == 0
+    rows = pd.read_csv(split)
+    rows.loc[rows["side"] == "val", "side"] = "train"
+    rows.to_csv(split, index=False)
+    res = CliRunner().invoke(app, ["train", str(data / "pbc"), "--model", "leukonet", "--img-size", "32",
+                                   "--epochs", "2", "--split", str(split), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    history = load_bundle(tmp_path / "run" / "bundle").history()
+    assert history is not None and history["train_loss"].iloc[0] > 1 and history["val_loss"].isna().all()
+
+
+def test_a_broken_link_in_the_data_is_a_counted_skip_with_the_default_dedupe(data, tmp_path):
+    """The duplicate check hashed every file unguarded: one broken link stopped train and data split."""
+    for cls in ("basophil", "eosinophil"):
+        (tmp_path / "cells" / cls).mkdir(parents=True)
+        for p in sorted((data / "pbc" / cls).iterdir())[:6]:
+            (tmp_path / "cells" / cls / p.name).symlink_to(p)
+    (tmp_path / "cells" / "basophil" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "cells"), "--model", "logistic_regression",
+                                   "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    skipped = json.loads((tmp_path / "run" / "skipped.json").read_text())  # the link, not its missing target
+    assert [s["path"] for s in skipped] == [str(tmp_path / "cells" / "basophil" / "gone.jpg")]

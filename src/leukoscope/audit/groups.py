@@ -34,6 +34,15 @@ def _key(digests: list[str]) -> str:
     return h.hexdigest()
 
 
+def _digest(path: str) -> str:
+    """``file_digest``, or a key of the path alone for a file that cannot be read (a link to nowhere or
+    in a circle): it is in no cluster, and decoding skips it with its reason."""
+    try:
+        return file_digest(path)
+    except OSError:
+        return f"unreadable:{path}"
+
+
 def duplicate_clusters(m: Manifest, *, cache: Path | None = None, progress: Progress = SILENT
                        ) -> list[list[int]]:
     """Row positions of ``m`` in each duplicate cluster the audit finds (two or more rows).
@@ -43,7 +52,7 @@ def duplicate_clusters(m: Manifest, *, cache: Path | None = None, progress: Prog
     """
     from leukoscope.settings import cache_dir
 
-    digests = [file_digest(p) for p in m["path"]]
+    digests = [_digest(p) for p in m["path"]]
     file = (Path(cache) if cache is not None else cache_dir()) / "audit" / f"{_key(digests)}.json"
     try:
         stored: list[list[str]] = json.loads(file.read_text())["clusters"]

@@ -26,11 +26,14 @@ def class_map_line(cmap: dict[str, Any]) -> str:
 def outliers_line(figures: dict[str, Any]) -> str:
     """Where ``train --outliers`` took its cells from, how many, and how many held-out ones it flags."""
     n = {role: sum(sides.values()) for role, sides in figures["cells"].items()}
+    sides = figures["cells"]["outlier"]
     what = f"class {figures['class']!r} of " if figures.get("class") is not None else ""
-    flagged = figures.get("test_outliers_flagged")
-    return (f"{n['outlier']} cells of {what}{figures['source']}"
+    flagged, others = figures.get("test_outliers_flagged"), figures.get("test_others_flagged")
+    return (f"{n['outlier']} cells of {what}{figures['source']} ({sides['train']} learnt, {sides['val']} to "
+            f"choose its regularisation, {sides['test']} held out)"
             + (f", {n['familiar']} others of it as familiar" if n.get("familiar") else "")
-            + ("" if flagged is None else f"; {flagged:.1%} of the held-out ones flagged"))
+            + ("" if flagged is None else f"; {flagged:.1%} of the held-out ones flagged")
+            + ("" if others is None else f", and {others:.1%} of its other held-out cells"))
 
 
 def model_card(config: dict[str, Any], metrics: dict[str, Any],

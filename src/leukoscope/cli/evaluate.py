@@ -81,7 +81,7 @@ def evaluate_cmd(
     m, cmap, counts = mapped(read_data(paths, layout, cohort_table), class_map, b.config.get("class_map"))
     if cmap is not None:  # the mapped labels, as the model's training merged or dropped rare classes
         cmap.check_classes(as_trained(m, b.config), b.classes, f"the classes of {bundle}")
-    given = read_split(split) if split is not None else None
+    given = read_split(split, present=m["path"]) if split is not None else None
     with shown() as bars:
         r = evaluate(b, m, out, tta=tta, side=side, batch_size=batch_size, progress=bars, split=given,
                      class_map=counts, adapt=adapt)

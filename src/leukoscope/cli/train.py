@@ -9,7 +9,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from leukoscope.cli.app import app, console, err_console, print_rare, print_skipped, read_data
+from leukoscope.cli.app import (
+    app,
+    check_out_folder,
+    console,
+    err_console,
+    print_rare,
+    print_skipped,
+    read_data,
+)
 from leukoscope.cli.classmap import mapped
 from leukoscope.cli.decisions import print_operating_point
 from leukoscope.cli.options import (
@@ -58,12 +66,13 @@ def print_outliers(figures: dict[str, Any] | None) -> None:
         return
     n = figures["cells"]["outlier"]
     auc = figures.get("test_auc")
-    flagged, own = figures["test_outliers_flagged"], figures["test_cells_flagged"]
+    flagged, own, others = (figures.get(f"test_{k}_flagged") for k in ("outliers", "cells", "others"))
     console.print(escape(
         f"unfamiliar (outlier exposure, {sum(n.values())} outlier cells: {n['train']} learnt, {n['val']} to "
         f"choose C = {figures['C']:g}, {n['test']} held out): "
         + ("-" if flagged is None else f"{flagged:.1%} of held-out outliers flagged")
         + ("" if own is None else f", {own:.1%} of this run's test cells")
+        + ("" if others is None else f", {others:.1%} of the outlier set's other held-out cells")
         + ("" if auc is None else f", ROC AUC {auc:.3f}")))
 
 
@@ -158,7 +167,7 @@ def train_cmd(
     split: SplitFileOpt = None,
     dedupe: DedupeOpt = None,
     class_map: ClassMapOpt = None,
-    outliers: Annotated[Path | None, typer.Option("--outliers", help=(
+    outliers: Annotated[str | None, typer.Option("--outliers", metavar="PATH", help=(
         "A data set of cells the model must never call one of its classes (say, blasts for a model of "
         "normal cells): the unfamiliarity score learns them (outlier exposure) and flags cells like them."),
         show_default="none", rich_help_panel=UNFAMILIAR)] = None,
@@ -186,7 +195,9 @@ def train_cmd(
                                   cohort_table)
     if repeats is not None:
         raise ConfigError("--repeats goes with --target (a patient-level model)")
-    if outliers is not None and not outliers.exists():
+    if outliers is not None and not outliers.strip():  # Path("") would be the current folder
+        raise ConfigError("--outliers: empty path; name a folder or a CSV of images")
+    if outliers is not None and not Path(outliers).exists():
         raise ConfigError(f"--outliers {outliers}: not found")
     from leukoscope.train import TrainConfig, TrainingInterrupted, cross_validate, train
 
@@ -198,7 +209,9 @@ def train_cmd(
         freeze_bn=freeze_bn, cv=cv, split_protocol=split_protocol, features=features, min_cells=min_cells,
         rare=rare, device=device, positive=positive, target_sensitivity=target_sensitivity,
         split=None if split is None else str(split.resolve()), dedupe=dedupe, min_steps=min_steps,
-        outliers=None if outliers is None else str(outliers), outlier_class=outlier_class)
+        outliers=outliers, outlier_class=outlier_class)
+    if cfg.outliers:  # given here or by --config: a run written into the outliers would become one of them
+        check_out_folder(out, {"outliers": Path(cfg.outliers)})
     m, cmap, _ = mapped(read_data(paths, layout, cohort_table), class_map, cfg.class_map, f"{config} records")
     if cmap is not None:  # the bundle records the map's content, so a moved or edited file does not matter
         cfg.class_map = cmap.to_json()

@@ -62,9 +62,11 @@ def is_image_file(path: Path) -> bool:
 
 
 def real_path(path: Path | str) -> str:
-    """The absolute path with every link followed, as a string; a link loop is returned as far as it
-    resolves (``Path.resolve`` raises on one), so that reading the file later skips it with a reason."""
-    return os.path.realpath(path)
+    """The absolute path with every link followed, as a string. A link that leads nowhere or in a circle
+    (``Path.resolve`` raises on one) stays the link's own path, so that reading it later skips it with a
+    reason naming the file in the data set, not a target that does not exist."""
+    real = os.path.realpath(path)
+    return real if os.path.exists(real) else os.path.abspath(path)
 
 
 def iter_image_files(folder: Path) -> Iterator[Path]:

@@ -4,9 +4,9 @@ Split files (a bundle's split.csv, ``data split``) and audit outputs name thousa
 absolute paths they break the day the data folder moves; so they store each path relative to the images'
 common folder, the *data root*, recorded beside them: a ``data_root`` column in a CSV (``stored`` /
 ``resolved``), a ``data_root`` key in JSON (``stored_json`` / ``resolved_json``). Reading joins them again:
-onto the recorded root while it exists, else onto the folder where the same relative paths now sit among the
-images at hand (``present``, e.g. the manifest given to ``evaluate --side``). A file from before (no
-``data_root``) is read as it is.
+onto the recorded root, unless the images at hand (``present``, e.g. the manifest given to ``evaluate
+--side``) hold none of the paths so joined (the folder moved, or a copy of it is given): then onto the folder
+where the same relative paths now sit among them. A file from before (no ``data_root``) is read as it is.
 """
 
 from __future__ import annotations
@@ -61,10 +61,16 @@ def resolved(frame: pd.DataFrame, present: Iterable[str] | None = None) -> pd.Da
     if ROOT not in frame:
         return frame
     root = str(frame[ROOT].iloc[0]) if len(frame) else ""
-    if not os.path.isdir(root) and present is not None:
-        root = moved_root(frame["path"].astype(str), present) or root
-    paths = [os.path.normpath(os.path.join(root, p)) for p in frame["path"].astype(str)]
-    return frame.drop(columns=ROOT).assign(path=paths)
+    rel = frame["path"].astype(str)
+    if present is not None:  # the recorded folder gone, or a copy of it given while it is still there
+        present = [str(q) for q in present]
+        if not set(_joined(root, rel)) & set(present):
+            root = moved_root(rel, present) or root
+    return frame.drop(columns=ROOT).assign(path=_joined(root, rel))
+
+
+def _joined(root: str, paths: Iterable[str]) -> list[str]:
+    return [os.path.normpath(os.path.join(root, p)) for p in paths]
 
 
 def _walk(data: Any, change: Callable[[str], str]) -> Any:

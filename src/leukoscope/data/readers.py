@@ -104,7 +104,9 @@ def _preview(names: Sequence[str], n: int = 3) -> str:
 def read_cnmc(path: Path) -> Manifest:
     """C-NMC 2019 as downloaded: training_data/fold_*/{all,hem}, validation_data + labels CSV."""
     root = _cnmc_root(path)
-    assert root is not None
+    if root is None:  # --layout cnmc on another folder
+        raise DataError(f"{path}: not a C-NMC download (no training_data/ or validation_data/ folder in it "
+                        "or in its C-NMC_Leukemia/)")
     rows: list[dict] = []
     for fold_dir in sorted((root / "training_data").glob("fold_*")):
         for cls_dir in sorted(d for d in fold_dir.iterdir() if d.is_dir()):

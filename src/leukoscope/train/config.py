@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -128,7 +129,7 @@ class TrainConfig:
         data.update({k: _typed(k, v, where=f"--{k.replace('_', '-')}") if k in KINDS else v
                      for k, v in options.items() if v is not None})
         if isinstance(data.get("outliers"), str) and data["outliers"].strip():  # as given where it was given
-            data["outliers"] = str(Path(data["outliers"]).absolute())
+            data["outliers"] = os.path.realpath(data["outliers"])  # one spelling of one folder
         try:
             return cls(**data)
         except TypeError as e:

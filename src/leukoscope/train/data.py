@@ -76,7 +76,7 @@ def protocol_split(m: Manifest, *, val: float, test: float, seed: int, dedupe: b
     from leukoscope.audit.groups import grouped
 
     if split_file is not None:
-        return apply_split(m, read_split(Path(split_file)))
+        return apply_split(m, read_split(Path(split_file), present=m["path"]))  # a moved copy finds its rows
     m = grouped(m, dedupe, cache=cache, progress=progress)
     if official:
         return official_cnmc(m, val=val, seed=seed)

@@ -238,9 +238,9 @@ def _train_epoch(t: Trainer, data: Prepared, pre: dict[str, Any], cfg: TrainConf
 def _validate(model: Network, data: Prepared, pre: dict[str, Any], row: dict[str, Any]) -> float:
     """Add the validation figures to the epoch's ``row``; the score early stopping keeps the best of."""
     va = data.side("val")
-    if not len(va):
+    if not len(va):  # lower training loss is better, as a score in (0, 1]: above a new run's best of -1
         row |= {"val_loss": math.nan, "val_accuracy": math.nan, "val_balanced_accuracy": math.nan}
-        return -row["train_loss"]
+        return 1.0 / (1.0 + row["train_loss"])
     lv = predict_logits(model, data.images[va], pre)
     s = scores(data.y[va], softmax_t(lv), data.classes)
     loss = nn.functional.cross_entropy(torch.from_numpy(lv), torch.from_numpy(data.y[va]))

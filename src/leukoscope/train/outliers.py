@@ -44,6 +44,13 @@ def run_outliers(config: TrainConfig, training: Manifest) -> Manifest | None:
     cfg = config.resolved()
     if cfg.outliers is None:
         return None
+    if cfg.split is not None:  # known now, not once a model has been fitted
+        from leukoscope.data.splits import read_split
+
+        split = read_split(Path(cfg.split))
+        if "side" in split and not (split["side"] == "val").any():
+            raise ConfigError(f"--split {cfg.split} has no validation side, which --outliers sets the "
+                              "score's threshold on")
     return read_outliers(cfg.outliers, cfg.outlier_class, training, cfg.seed)
 
 
@@ -76,7 +83,11 @@ def read_outliers(path: str, cls: str | None, training: Manifest, seed: int) -> 
     if copies := sorted(ours[d] for d in ours.keys() & theirs.keys()):
         raise ConfigError(f"{where}: {len(copies)} cell(s) are byte-identical copies of training cells (e.g. "
                           f"{copies[0]}, a copy of {theirs[file_digest(copies[0])]}); a cell cannot be both")
-    return with_skipped(check(_sided(m, seed), where, cls), left_out)
+    from leukoscope.audit.groups import grouped
+
+    # the audit's duplicate clusters joined into one group, as the training split does: a copy of a held-out
+    # outlier is not learnt
+    return with_skipped(check(_sided(grouped(m, True), seed), where, cls), left_out)
 
 
 def usable(m: Manifest, kept: np.ndarray, where: str, cls: str | None) -> Manifest:
@@ -160,12 +171,16 @@ def by_side(m: Manifest, emb: np.ndarray) -> tuple[dict[str, np.ndarray], dict[s
     return part(OUTLIER), part(FAMILIAR)
 
 
-def figures(scorer: Any, held: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-            source: tuple[str, str | None], m: Manifest) -> dict[str, Any]:
+Scored = tuple[np.ndarray, np.ndarray]  # embeddings and logits of some cells
+
+
+def figures(scorer: Any, held: Scored, others: Scored, test: Scored, source: tuple[str, str | None],
+            m: Manifest) -> dict[str, Any]:
     """metrics.json's ``outliers``: where they came from (``source``: path, class), how many per side, and
-    on the held-out sides (``held``: the test outliers' embeddings and logits, ``test``: the run's test
-    cells') the share of outliers flagged, of the run's own test cells flagged, and the ROC AUC between
-    the two."""
+    on the held-out sides (embeddings and logits of ``held``: the test outliers, ``others``: the outlier
+    set's other test cells, ``test``: the run's test cells) the share of each flagged, and the ROC AUC of
+    the outliers against the run's test cells. The others' share says whether the score learnt the
+    outliers or their lab: a high one is the lab."""
     from sklearn.metrics import roc_auc_score
 
     bad, good = scorer.score(*held), scorer.score(*test)
@@ -175,7 +190,8 @@ def figures(scorer: Any, held: tuple[np.ndarray, np.ndarray], test: tuple[np.nda
         "cells": {role: {s: int(((m["label"] == role) & (m["side"] == s)).sum()) for s in SIDES}
                   for role in (OUTLIER, FAMILIAR)},
         "test_outliers_flagged": float(scorer.flag(bad).mean()) if len(bad) else None,
-        "test_cells_flagged": float(scorer.flag(good).mean()) if len(good) else None}
+        "test_cells_flagged": float(scorer.flag(good).mean()) if len(good) else None,
+        "test_others_flagged": float(scorer.flag(scorer.score(*others)).mean()) if len(others[0]) else None}
     if len(bad) and len(good) and np.isfinite(both).all():
         out["test_auc"] = float(roc_auc_score(np.r_[np.ones(len(bad)), np.zeros(len(good))], both))
     return out

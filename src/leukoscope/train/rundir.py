@@ -103,10 +103,13 @@ def check_same(out: Path, cfg: TrainConfig, record: dict[str, Any]) -> None:
         raise ConfigError(f"{out} holds a run with other settings (see {f}); "
                           "use another --out, or delete it to start over")
     given = _record(d)
+    if given is not None and "outliers" not in given:  # written before outliers were recorded: not known
+        record = {k: v for k, v in record.items() if k != "outliers"}
     if given is not None and given != record:  # runs written before data.json: not known
         outliers = [r["outliers"].get("images") if isinstance(r.get("outliers"), dict) else 0
                     for r in (given, record)]
-        also = f"; outliers: {outliers[0]} then, {outliers[1]} now" if any(outliers) else ""
+        also = f"; outliers: {outliers[0]} then, {outliers[1]} now" if given.get("outliers") != \
+            record.get("outliers") else ""
         raise ConfigError(f"{out} holds a run on other data ({given.get('images')} images then, "
                           f"{record['images']} now{also}; see {d}); use another --out, or delete it to start "
                           "over")

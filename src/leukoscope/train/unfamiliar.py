@@ -19,7 +19,7 @@ from leukoscope.models.unfamiliar import MAX_REFERENCE, Scorer, fit_exposure, fi
 from leukoscope.progress import SILENT, Progress
 from leukoscope.train.config import TrainConfig
 from leukoscope.train.data import Prepared, decode, styled
-from leukoscope.train.outliers import OUTLIER, by_side, figures, usable
+from leukoscope.train.outliers import FAMILIAR, OUTLIER, by_side, figures, usable
 
 if TYPE_CHECKING:
     from leukoscope.models.networks import Network
@@ -77,8 +77,11 @@ def exposure(train_emb: np.ndarray, train_y: np.ndarray, val: tuple[np.ndarray, 
     (rows of ``outliers``), ``source`` the ``--outliers`` path and ``--outlier-class``."""
     bad, good = by_side(outliers, embedded[0])
     scorer = fit_exposure(train_emb, train_y, val[0], val[1], temperature, bad, good, standardise=standardise)
-    held = ((outliers["side"] == "test") & (outliers["label"] == OUTLIER)).to_numpy()
-    return scorer, figures(scorer, (embedded[0][held], embedded[1][held]), test, source, outliers)
+    held = (outliers["side"] == "test").to_numpy()
+    bad = held & (outliers["label"] == OUTLIER).to_numpy()
+    others = held & (outliers["label"] == FAMILIAR).to_numpy()
+    return scorer, figures(scorer, (embedded[0][bad], embedded[1][bad]),
+                           (embedded[0][others], embedded[1][others]), test, source, outliers)
 
 
 def mean_logits(model: Network, train_emb: np.ndarray) -> dict[str, Any]:
