@@ -348,11 +348,43 @@ def test_file_name_not_utf8_is_a_counted_skip_in_every_layout(data: Path, tmp_pa
         read([tmp_path / "only"])
 
 
-def test_labels_differing_only_in_case_are_refused(data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("one", "other"), [("Benign", "benign"), ("B\u00e9nin", "Be\u0301nin")])
+def test_labels_differing_only_in_case_or_unicode_form_are_refused(data: Path, tmp_path: Path, one: str,
+                                                                   other: str) -> None:
     files = sorted((data / "aria_all" / "Benign").iterdir())[:4]
-    rows = "\n".join(f"{f},{'Benign' if i % 2 else 'benign'}" for i, f in enumerate(files))
-    with pytest.raises(DataError, match="differ only in case would be separate classes: Benign, benign"):
+    rows = "\n".join(f"{f},{one if i % 2 else other}" for i, f in enumerate(files))
+    with pytest.raises(DataError, match="differ only in case, surrounding spaces or Unicode form would be "
+                                        f"separate classes: '{other}', '{one}'|'{one}', '{other}'"):
         read([_write_csv(tmp_path / "case.csv", "path,label\n" + rows + "\n")])
+
+
+def test_a_class_folder_with_a_trailing_space_is_refused(data: Path, tmp_path: Path) -> None:
+    for name in ("Benign", "Benign ", "Pre"):
+        (tmp_path / "set" / name).mkdir(parents=True)
+        start = 2 if name.endswith(" ") else 0  # other cells than the folder spelt without the space
+        for f in sorted((data / "aria_all" / name.strip()).iterdir())[start:start + 2]:
+            (tmp_path / "set" / name / f.name).symlink_to(f)
+    with pytest.raises(DataError, match="'Benign', 'Benign '; spell each class one way"):
+        read([tmp_path / "set"])
+
+
+def test_subjects_differing_only_in_case_are_one_patient(data: Path, tmp_path: Path) -> None:
+    files = [f for cls in ("Benign", "Pre") for f in sorted((data / "aria_all" / cls).iterdir())[:6]]
+    subjects = ["H6", "h6", "H6", "P1", "P2", "P3"] * 2
+    rows = "\n".join(f"{f},{f.parent.name},{s}" for f, s in zip(files, subjects, strict=True))
+    m = read([_write_csv(tmp_path / "s.csv", "path,label,subject\n" + rows + "\n")])
+    assert set(m["subject"]) == {"H6", "P1", "P2", "P3"} and m["group"].nunique() == 4
+
+
+def test_a_symlinked_sub_folder_of_a_class_is_read(data: Path, tmp_path: Path) -> None:
+    for cls in ("basophil", "eosinophil"):
+        (tmp_path / "set" / cls).mkdir(parents=True)
+    (tmp_path / "set" / "basophil" / "more").symlink_to(data / "pbc" / "basophil")
+    (tmp_path / "set" / "basophil" / "again").symlink_to(data / "pbc" / "basophil")  # counted once
+    (tmp_path / "set" / "basophil" / "up").symlink_to(tmp_path / "set" / "basophil")  # a circle: not followed
+    (tmp_path / "set" / "eosinophil" / "e").symlink_to(data / "pbc" / "eosinophil")
+    m = read([tmp_path / "set"])
+    assert m["label"].value_counts().to_dict() == {"basophil": 150, "eosinophil": 150}
 
 
 def test_an_image_beside_the_class_folders_is_listed(data: Path, tmp_path: Path) -> None:

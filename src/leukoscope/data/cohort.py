@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from leukoscope.data.images import file_digest, image_size, is_image_file, real_path
+from leukoscope.data.images import file_digest, image_size, is_image_file, real_path, walk_folders
 from leukoscope.data.manifest import COLUMNS, UNLABELLED, Manifest, make_manifest, skipped_files, with_skipped
 from leukoscope.errors import DataError, ImageError
 
@@ -179,21 +179,13 @@ class Cohort:
 def walk(root: Path) -> list[tuple[Path, tuple[str, ...], list[str], list[str]]]:
     """Every folder under ``root`` (hidden ones left out): path, parts below root, sub-folders, files.
 
-    Symlinked folders are followed (a cohort assembled from links to patient folders is still a cohort),
-    each real folder once, as first reached: a link back to an ancestor would otherwise never end, and
-    two links to one folder would count its cells twice.
+    Symlinked folders are followed (``images.walk_folders``: a cohort assembled from links to patient
+    folders is still a cohort), each real folder once.
     """
     out = []
-    seen: set[str] = set()
-    for dirpath, dirs, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    for dirpath, dirs, files in walk_folders(root, hidden=False):
         where = Path(dirpath)
-        out.append((where, where.relative_to(root).parts, list(dirs), sorted(files)))
+        out.append((where, where.relative_to(root).parts, list(dirs), files))
     return out
 
 

@@ -69,12 +69,27 @@ def real_path(path: Path | str) -> str:
     return real if os.path.exists(real) else os.path.abspath(path)
 
 
+def walk_folders(root: Path | str, hidden: bool = True) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk`` of ``root`` in sorted order, following symlinked folders (data assembled from links to
+    folders is still data), each real folder once, as first reached: a link back to an ancestor would
+    otherwise never end, and two links to one folder would count its files twice. Without ``hidden``,
+    folders whose name starts with a dot are left out."""
+    seen: set[str] = set()
+    for dirpath, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if hidden or not d.startswith("."))
+        yield dirpath, dirs, sorted(files)
+
+
 def iter_image_files(folder: Path) -> Iterator[Path]:
     """Image files under ``folder``, recursively, in a stable (sorted) order; a link named like an image
     that leads nowhere (or in a circle) too, so that batch work counts it as a skip instead of losing it."""
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        for name in sorted(files):
+    for root, _, files in walk_folders(folder):
+        for name in files:
             p = Path(root) / name
             if is_image_file(p) or _broken_link(p):
                 yield p

@@ -69,12 +69,33 @@ def make_manifest(records: Iterable[Mapping[str, Any]]) -> Manifest:
     if "source_split" not in df:
         df["source_split"] = "train"
     df["subject"] = df["subject"].astype("object").where(df["subject"].notna(), None)
+    df["subject"] = _one_spelling(df["subject"])
     if "group" not in df:
         df["group"] = [
             f"subject:{s}" if s is not None else f"image:{p}"
             for s, p in zip(df["subject"], df["path"], strict=True)
         ]
     return with_skipped(validate(df), skipped)
+
+
+def _spelling(name: str) -> str:
+    """What two spellings of one name share: Unicode form (NFC), surrounding spaces and case aside."""
+    import unicodedata
+
+    return unicodedata.normalize("NFC", name).strip().casefold()
+
+
+def _one_spelling(subjects: pd.Series) -> pd.Series:
+    """Subject ids that differ only in ``_spelling`` (``H6`` and ``h6`` in a table) as one id, the most
+    common spelling, so that a split never puts one patient on two sides."""
+    ids = subjects.dropna().astype(str)
+    if ids.map(_spelling).nunique() == ids.nunique():
+        return subjects
+    counts = ids.value_counts()
+    chosen: dict[str, str] = {}
+    for name in sorted(counts.index, key=lambda n: (-counts[n], n)):
+        chosen.setdefault(_spelling(name), name)
+    return subjects.map(lambda v: v if v is None else chosen[_spelling(str(v))])
 
 
 def skipped_files(m: Manifest) -> list[tuple[str, str]]:
@@ -102,10 +123,10 @@ def validate(df: pd.DataFrame) -> Manifest:
         dup = df.loc[df["path"].duplicated(), "path"].iloc[0]
         raise DataError(f"manifest lists the same image twice: {dup}")
     spelled = pd.Series(sorted(set(df["label"].dropna().astype(str))))
-    clash = spelled[spelled.str.casefold().duplicated(keep=False)]
+    clash = spelled[spelled.map(_spelling).duplicated(keep=False)]
     if len(clash):
-        raise DataError(f"labels that differ only in case would be separate classes: {', '.join(clash)}; "
-                        "spell each class one way")
+        raise DataError("labels that differ only in case, surrounding spaces or Unicode form would be "
+                        f"separate classes: {', '.join(map(repr, clash))}; spell each class one way")
     extra = [c for c in df.columns if c not in COLUMNS]
     return df[COLUMNS + extra].reset_index(drop=True)
 
