@@ -227,3 +227,24 @@ def test_a_split_file_follows_a_moved_or_copied_data_set(data, tmp_path):
     assert res.exit_code == 0, res.output
     res = run(app, ["data", "describe", str(data / "pbc"), "--layout", "cnmc"])
     assert res.exit_code != 0 and "not a C-NMC download" in res.output and "Traceback" not in res.output
+
+
+def test_data_split_says_when_a_hold_out_cannot_be_the_fraction_asked(data, tmp_path):
+    from typer.testing import CliRunner
+
+    from leukoscope.cli.verbs import app
+    from leukoscope.data.splits import holdout_shares
+
+    out = tmp_path / "s.csv"
+    res = CliRunner().invoke(app, ["data", "split", str(data / "pbc"), "--test", "0.4", "--val", "0",
+                                   "--no-dedupe", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "--test 0.4 holds out about 50% of the cells" in " ".join(res.output.split())
+    sides = pd.read_csv(out)["side"].value_counts(normalize=True)
+    assert sides["test"] == pytest.approx(holdout_shares(0, 0.4)["test"], abs=0.01)  # what the note says
+    assert holdout_shares(0.15, 0.15) == pytest.approx({"val": 6 / 7 / 6, "test": 1 / 7})
+    res = CliRunner().invoke(app, ["data", "split", str(data / "pbc"), "--out", str(out)])
+    assert "holds out about" not in res.output  # the defaults come within two points
+    res = CliRunner().invoke(app, ["data", "split", str(data / "cnmc_sample"), "--official", "--k", "3",
+                                   "--out", str(out)])
+    assert res.exit_code != 0 and "--official uses C-NMC's own folds and test set" in res.output

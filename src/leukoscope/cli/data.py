@@ -106,6 +106,7 @@ def split_cmd(
     from leukoscope.data.rare import rare_classes
     from leukoscope.data.splits import (
         describe_split,
+        holdout_shares,
         kfold,
         mark_dedupe,
         official_cnmc,
@@ -113,6 +114,10 @@ def split_cmd(
         write_split,
     )
 
+    if official and k is not None:
+        from leukoscope.errors import ConfigError
+
+        raise ConfigError("--official uses C-NMC's own folds and test set; leave out --k")
     m, rare_report = rare_classes(read_data(paths, layout), min_cells, rare)
     merged = None
     if dedupe:
@@ -126,6 +131,11 @@ def split_cmd(
         s = kfold(m, k=k, seed=seed)
     else:
         s = train_val_test(m, val=val, test=test, seed=seed)
+        for side, share in holdout_shares(val, test).items():
+            asked = {"val": val, "test": test}[side]
+            if abs(share - asked) > 0.02:
+                console.print(escape(f"note: --{side} {asked:g} holds out about {share:.0%} of the cells: a "
+                                     "grouped hold-out is one of k stratified folds, and 1/k comes nearest"))
     write_split(s, out)
     info = describe_split(s)
     table = Table(title=f"split ({info['protocol']})")

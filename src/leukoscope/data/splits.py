@@ -108,9 +108,20 @@ def kfold(m: Manifest, k: int = 5, seed: int = 0) -> Split:
 
 
 def _holdout(m: Manifest, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of a grouped, stratified hold-out of about ``fraction`` of the rows."""
-    k = max(2, round(1 / fraction))
-    return _group_folds(m, k, seed) == 0
+    """Boolean mask of a grouped, stratified hold-out of about ``fraction`` of the rows: one of
+    ``_folds(fraction)`` folds."""
+    return _group_folds(m, _folds(fraction), seed) == 0
+
+
+def _folds(fraction: float) -> int:
+    return max(2, round(1 / fraction))
+
+
+def holdout_shares(val: float, test: float) -> dict[str, float]:
+    """About what share of the rows ``train_val_test`` puts on the val and test sides: one fold of
+    ``_folds`` each (test of all rows, val of what test leaves), so 0.4 asked gives a half."""
+    t = 1 / _folds(test) if test > 0 else 0.0
+    return {"val": (1 - t) / _folds(val / (1 - test)) if val > 0 else 0.0, "test": t}
 
 
 def _check_fractions(val: float, test: float) -> None:
