@@ -245,6 +245,11 @@ def test_data_split_says_when_a_hold_out_cannot_be_the_fraction_asked(data, tmp_
     assert holdout_shares(0.15, 0.15) == pytest.approx({"val": 6 / 7 / 6, "test": 1 / 7})
     res = CliRunner().invoke(app, ["data", "split", str(data / "pbc"), "--out", str(out)])
     assert "holds out about" not in res.output  # the defaults come within two points
+    res = CliRunner().invoke(app, ["data", "split", str(data / "cnmc_sample"), "--k", "100", "--out",
+                                   str(out)])
+    folds = pd.read_csv(out)["fold"].nunique()
+    assert res.exit_code == 0 and folds < 100, res.output
+    assert f"note: --k 100 made {folds} folds" in res.output
     res = CliRunner().invoke(app, ["data", "split", str(data / "cnmc_sample"), "--official", "--k", "3",
                                    "--out", str(out)])
     assert res.exit_code != 0 and "--official uses C-NMC's own folds and test set" in res.output

@@ -129,6 +129,9 @@ def split_cmd(
         s = official_cnmc(m, val=val, seed=seed)
     elif k is not None:
         s = kfold(m, k=k, seed=seed)
+        if (made := s["fold"].nunique()) != k:
+            console.print(escape(f"note: --k {k} made {made} folds: no more than the groups (subjects, or "
+                                 "images) of the rarest class"))
     else:
         s = train_val_test(m, val=val, test=test, seed=seed)
         for side, share in holdout_shares(val, test).items():
