@@ -319,7 +319,8 @@ def read_with_cohorts(paths: Sequence[Path | str], layout: str | None = None,
                 for path, part in zip(paths, parts, strict=True)]
         if len({frozenset(s) for _, s in sets}) > 1:
             desc = "; ".join(f"{k}: {sorted(v)}" for k, v in sets)
-            raise DataError(f"the inputs have different classes ({desc})")
+            raise DataError(f"the inputs have different classes ({desc}); read together, they must have the "
+                            "same (a --class-map applies to their union, so it cannot reconcile them)")
     m = validate(pd.concat(parts, ignore_index=True))  # concat keeps attrs only where every part has the same
     return with_skipped(m, [s for part in parts for s in skipped_files(part)]), cohorts
 
