@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from leukoscope.data.images import file_digest, real_path
-from leukoscope.data.manifest import Manifest
+from leukoscope.data.manifest import Manifest, skipped_files, with_skipped
 from leukoscope.errors import ConfigError
 from leukoscope.train.config import TrainConfig
 
@@ -31,8 +31,6 @@ SIDES = {"train": 0.6, "val": 0.2, "test": 0.2}
 #: Fewest outlier cells: at least one on each side, and a few to learn from.
 MIN_OUTLIERS = 10
 OUTLIER, FAMILIAR = "outlier", "familiar"
-
-
 #: The run directory's record of the outlier cells it used: path, label (outlier / familiar), side.
 RECORD = "outliers.csv"
 #: Why an outlier cell whose classical features are not all finite is not used.
@@ -60,8 +58,6 @@ def read_outliers(path: str, cls: str | None, training: Manifest, seed: int) -> 
     leukoscope reads keeps its groups (patients) and leaves out what is not a cell; any other folder gives
     every image in it. Refused: a class the set does not have, too few outliers or groups to fill the sides
     (``check``), and cells that are also training cells (a cell cannot be both)."""
-    from leukoscope.data.manifest import skipped_files, with_skipped
-
     where = f"--outliers {path}"
     m = _load(Path(path), where)
     left_out = skipped_files(m)
