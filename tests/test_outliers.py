@@ -291,7 +291,8 @@ def test_what_the_outliers_reader_leaves_out_is_counted(data, tmp_path):
     assert [s["path"] for s in skipped] == [str(loose)]
 
 
-@pytest.mark.parametrize("edit", ["no rows", "two rows", "bfloat16", "int64", "huge offset", "other width"])
+@pytest.mark.parametrize("edit", ["no rows", "two rows", "bfloat16", "int64", "huge offset", "other width",
+                                  "zero std"])
 def test_a_hostile_exposure_score_is_one_line_from_verify_and_predict(runs, data, tmp_path, edit):
     import torch
     from safetensors.numpy import load_file, save_file
@@ -311,6 +312,8 @@ def test_a_hostile_exposure_score_is_one_line_from_verify_and_predict(runs, data
     elif edit == "bfloat16":
         tensors = {k: torch.from_numpy(v) for k, v in t.items()}
         save_torch(tensors | {"direction": tensors["direction"].bfloat16()}, str(f))
+    elif edit == "zero std":  # every score NaN: every cell flagged, and verify passed it
+        save_file({**t, "std": np.zeros_like(t["std"])}, str(f))
     elif edit == "other width":
         save_file({k: v[..., :10] if k != "precision" else v[:10, :10] for k, v in t.items()}, str(f))
     else:

@@ -84,7 +84,8 @@ def _group_folds(m: Manifest, k: int, seed: int) -> np.ndarray:
         merged = (" (their subjects were joined over the audit's duplicate clusters: `leukoscope data audit` "
                   "shows them, --no-dedupe keeps subjects apart)" if joined else "")
         raise DataError(f"too few subjects or images to split: class {rare} has fewer than 2 groups{merged}; "
-                        f"merge or leave out rare classes with --min-cells N --rare other|drop")
+                        "merge or leave out rare classes (train, data split, benchmark: --min-cells N --rare "
+                        "other|drop)")
     k = max(2, min(k, int(per_class.min())))
     sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     fold = np.full(len(m), -1)

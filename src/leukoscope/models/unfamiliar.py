@@ -357,5 +357,7 @@ def load_scorer(path: Path, settings: dict[str, Any]) -> Scorer:
     if len(dims) != 1 or not square or any(not np.isfinite(tensors[n]).all() for n in need):
         raise ValueError(f"{path}: tensors of unequal width, a precision that is not square, or NaN / "
                          "infinite values")
+    if s.standardise and (tensors["std"] <= 0).any():  # fitting keeps it >= 1e-6: every score would be NaN
+        raise ValueError(f"{path}: a standard deviation that is not > 0")
     s.tensors = {n: tensors[n] for n in need}
     return s
