@@ -122,7 +122,7 @@ def test_data_split_on_deepapl_works_and_no_patient_straddles_sides(deepapl: Pat
 
     code, _, err = run("data", "split", deepapl, "--min-cells", "0", "--out", tmp_path / "x.csv")
     assert code == 1 and "class Prolymphocyte (1) has fewer than 2 groups; merge or leave out rare " \
-                          "classes with --min-cells" in " ".join(err.split())
+                          "classes (train, data split, benchmark: --min-cells" in " ".join(err.split())
 
 
 def test_audit_reports_a_cell_filed_under_two_types_as_a_label_conflict(cohort: Path, tmp_path: Path) -> None:
