@@ -461,3 +461,22 @@ def test_train_refuses_a_class_map_with_a_patient_target(two_labs: tuple[Path, P
     assert res.exit_code != 0 and "Traceback" not in res.output
     assert "--class-map maps cell labels; it does not apply to --target (patient labels)" in res.output
     assert not (tmp_path / "p").exists()
+
+
+def test_two_labs_with_their_own_labels_train_together_through_a_class_map(data, tmp_path):
+    """PBC's 'basophil' and DeepAPL's 'Basophil' were refused as two inputs with different classes, and as
+    labels spelt two ways, before the map could make them one."""
+    both = [str(data / "pbc"), str(data / "deepapl")]
+    res = CliRunner().invoke(app, ["train", *both, "--model", "logistic_regression", "--subset", "0.1",
+                                   "--out", str(tmp_path / "x")])
+    assert res.exit_code != 0 and "a --class-map can map them to common ones" in " ".join(res.output.split())
+    res = CliRunner().invoke(app, ["train", *both, "--class-map", "pbc-deepapl", "--model",
+                                   "logistic_regression", "--subset", "0.1", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    bundle = load_bundle(tmp_path / "run" / "bundle")
+    assert bundle.classes == ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte",
+                              "neutrophil", "platelet"]
+    split = bundle.split()
+    assert split is not None and set(split["dataset"]) == {"pbc", "deepapl"}
+    patients = split[split["subject"].notna()]
+    assert len(patients) and patients.groupby("subject")["side"].nunique().max() == 1  # each on one side

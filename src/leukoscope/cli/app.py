@@ -315,15 +315,16 @@ def print_skipped(skipped: list[tuple[str, str]]) -> None:
 
 
 def read_data(paths: Sequence[Path | str], layout: str | None = None,
-              subjects: SubjectTable | None = None) -> Manifest:
+              subjects: SubjectTable | None = None, mapped: bool = False) -> Manifest:
     """The data sets at ``paths`` (``data.readers.read``; cohorts keyed by ``subjects`` where given), saying
     which files the readers left out and why (a name that is not UTF-8; in a cohort, a file that is not a
     cell, a folder the table does not list): every verb that reads data reads it here, so none drops a file
-    unsaid."""
+    unsaid. ``mapped``: a class map follows, so the sets' classes need not agree yet.
+    """
     from leukoscope.data.manifest import skipped_files
     from leukoscope.data.readers import read
 
-    m = read(paths, layout, subjects)
+    m = read(paths, layout, subjects, same_classes=not mapped)
     if left := skipped_files(m):
         console.print(f"[yellow]left out {len(left)} file(s):[/]")
         for path, reason in left:

@@ -76,7 +76,7 @@ def benchmark_cmd(
                 raise ConfigError(f"--models: no classical model matches {pattern!r}; choose from: "
                                   f"{', '.join(list_models(family='classical'))}")
             names += [n for n in found if n not in names]
-    m, cmap, counts = mapped(read_data(paths, layout), class_map)
+    m, cmap, counts = mapped(read_data(paths, layout, mapped=class_map is not None), class_map)
     with shown() as bars:
         lb, split, X = benchmark(m, features=features, k=cv, models=names, timeout=timeout, jobs=jobs,
                                  seed=seed, params=params, min_cells=min_cells, rare=rare, split_file=split,

@@ -78,7 +78,8 @@ def evaluate_cmd(
     from leukoscope.data.rare import as_trained
     from leukoscope.data.splits import read_split
 
-    m, cmap, counts = mapped(read_data(paths, layout, cohort_table), class_map, b.config.get("class_map"))
+    given = read_data(paths, layout, cohort_table, mapped=class_map is not None or "class_map" in b.config)
+    m, cmap, counts = mapped(given, class_map, b.config.get("class_map"))
     if cmap is not None:  # the mapped labels, as the model's training merged or dropped rare classes
         cmap.check_classes(as_trained(m, b.config), b.classes, f"the classes of {bundle}")
     given = read_split(split, present=m["path"]) if split is not None else None

@@ -212,7 +212,8 @@ def train_cmd(
         outliers=outliers, outlier_class=outlier_class)
     if cfg.outliers:  # given here or by --config: a run written into the outliers would become one of them
         check_out_folder(out, {"outliers": Path(cfg.outliers)})
-    m, cmap, _ = mapped(read_data(paths, layout, cohort_table), class_map, cfg.class_map, f"{config} records")
+    given = read_data(paths, layout, cohort_table, mapped=class_map is not None or cfg.class_map is not None)
+    m, cmap, _ = mapped(given, class_map, cfg.class_map, f"{config} records")
     if cmap is not None:  # the bundle records the map's content, so a moved or edited file does not matter
         cfg.class_map = cmap.to_json()
     try:

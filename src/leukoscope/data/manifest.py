@@ -111,8 +111,9 @@ def with_skipped(m: Manifest, skipped: list[tuple[str, str]]) -> Manifest:
     return m
 
 
-def validate(df: pd.DataFrame) -> Manifest:
-    """Check the schema and return the frame with the fixed columns first."""
+def validate(df: pd.DataFrame, spelled_once: bool = True) -> Manifest:
+    """Check the schema and return the frame with the fixed columns first; with ``spelled_once``, also that
+    no two labels differ only in spelling (off for sets a class map is about to map to common labels)."""
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"manifest is missing column(s): {', '.join(missing)}")
@@ -124,7 +125,7 @@ def validate(df: pd.DataFrame) -> Manifest:
         raise DataError(f"manifest lists the same image twice: {dup}")
     spelled = pd.Series(sorted(set(df["label"].dropna().astype(str))))
     clash = spelled[spelled.map(_spelling).duplicated(keep=False)]
-    if len(clash):
+    if len(clash) and spelled_once:
         raise DataError("labels that differ only in case, surrounding spaces or Unicode form would be "
                         f"separate classes: {', '.join(map(repr, clash))}; spell each class one way")
     extra = [c for c in df.columns if c not in COLUMNS]

@@ -279,18 +279,20 @@ def detect_layout(path: Path) -> str:
 
 
 def read(paths: Sequence[Path | str], layout: str | None = None,
-         subjects: SubjectTable | None = None) -> Manifest:
-    """Read one or more data sets into one Manifest (their classes must agree).
+         subjects: SubjectTable | None = None, same_classes: bool = True) -> Manifest:
+    """Read one or more data sets into one Manifest (their classes must agree, and be spelt one way, unless
+    ``same_classes`` is off: a class map is about to map each set's labels to common ones).
 
     ``subjects`` reads every path as a patient cohort keyed by that table (see data/cohort.py). What a
     cohort's scan leaves out (``cohort_left_out``) joins ``skipped_files`` of the result.
     """
-    m, cohorts = read_with_cohorts(paths, layout, subjects)
+    m, cohorts = read_with_cohorts(paths, layout, subjects, same_classes)
     return with_skipped(m, skipped_files(m) + [s for c in cohorts for s in cohort_left_out(c)])
 
 
 def read_with_cohorts(paths: Sequence[Path | str], layout: str | None = None,
-                      subjects: SubjectTable | None = None) -> tuple[Manifest, list[Cohort]]:
+                      subjects: SubjectTable | None = None, same_classes: bool = True
+                      ) -> tuple[Manifest, list[Cohort]]:
     """``read``, also returning the scan of each cohort input (its overview images, skipped files).
 
     Files the readers left out (a name that is not UTF-8, see ``make_manifest``) are listed in
@@ -314,14 +316,15 @@ def read_with_cohorts(paths: Sequence[Path | str], layout: str | None = None,
         m["layout"] = name
         m["synthetic"] = p.is_dir() and (p / SYNTHETIC_MARKER).is_file()
         parts.append(m)
-    if len(parts) > 1:
+    if len(parts) > 1 and same_classes:
         sets = [(str(path), set(part.loc[part["source_split"] != "unlabelled", "label"]))
                 for path, part in zip(paths, parts, strict=True)]
         if len({frozenset(s) for _, s in sets}) > 1:
             desc = "; ".join(f"{k}: {sorted(v)}" for k, v in sets)
-            raise DataError(f"the inputs have different classes ({desc}); read together, they must have the "
-                            "same (a --class-map applies to their union, so it cannot reconcile them)")
-    m = validate(pd.concat(parts, ignore_index=True))  # concat keeps attrs only where every part has the same
+            raise DataError(f"the inputs have different classes ({desc}); a --class-map can map them to "
+                            "common ones")
+    # concat keeps attrs only where every part has the same
+    m = validate(pd.concat(parts, ignore_index=True), spelled_once=same_classes)
     return with_skipped(m, [s for part in parts for s in skipped_files(part)]), cohorts
 
 
