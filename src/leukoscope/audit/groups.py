@@ -15,7 +15,7 @@ from pathlib import Path
 
 from leukoscope.audit.clusters import UnionFind
 from leukoscope.audit.find import THRESHOLD, audit
-from leukoscope.data.images import file_digest
+from leukoscope.data.images import readable_digest
 from leukoscope.data.manifest import Manifest
 from leukoscope.data.splits import mark_dedupe
 from leukoscope.io import write_json_atomic
@@ -34,15 +34,6 @@ def _key(digests: list[str]) -> str:
     return h.hexdigest()
 
 
-def _digest(path: str) -> str:
-    """``file_digest``, or a key of the path alone for a file that cannot be read (a link to nowhere or
-    in a circle): it is in no cluster, and decoding skips it with its reason."""
-    try:
-        return file_digest(path)
-    except OSError:
-        return f"unreadable:{path}"
-
-
 def duplicate_clusters(m: Manifest, *, cache: Path | None = None, progress: Progress = SILENT
                        ) -> list[list[int]]:
     """Row positions of ``m`` in each duplicate cluster the audit finds (two or more rows).
@@ -52,7 +43,8 @@ def duplicate_clusters(m: Manifest, *, cache: Path | None = None, progress: Prog
     """
     from leukoscope.settings import cache_dir
 
-    digests = [_digest(p) for p in m["path"]]
+    # an unreadable file keys on its path alone: it is in no cluster
+    digests = [readable_digest(p) or f"unreadable:{p}" for p in m["path"]]
     file = (Path(cache) if cache is not None else cache_dir()) / "audit" / f"{_key(digests)}.json"
     try:
         stored: list[list[str]] = json.loads(file.read_text())["clusters"]

@@ -274,6 +274,15 @@ def file_digest(path: Path | str) -> str:
     return h.hexdigest()
 
 
+def readable_digest(path: Path | str) -> str | None:
+    """``file_digest``, or None for a file that cannot be read (a link to nowhere or in a circle): batch
+    work skips such a file with its reason when it decodes it."""
+    try:
+        return file_digest(path)
+    except OSError:
+        return None
+
+
 class DecodeCache:
     """Resized uint8 images on disk, keyed by file content and size: decode each image once.
 

@@ -17,6 +17,7 @@ through data/cohort.py's ``subject_labels``.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeAlias
 
@@ -80,8 +81,6 @@ def make_manifest(records: Iterable[Mapping[str, Any]]) -> Manifest:
 
 def _spelling(name: str) -> str:
     """What two spellings of one name share: Unicode form (NFC), surrounding spaces and case aside."""
-    import unicodedata
-
     return unicodedata.normalize("NFC", name).strip().casefold()
 
 

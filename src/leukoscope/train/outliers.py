@@ -21,9 +21,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from leukoscope.data.images import file_digest, real_path
-from leukoscope.data.manifest import Manifest, skipped_files, with_skipped
-from leukoscope.errors import ConfigError
+from leukoscope.audit.groups import grouped
+from leukoscope.data.images import iter_image_files, readable_digest, real_path
+from leukoscope.data.manifest import Manifest, make_manifest, skipped_files, with_skipped
+from leukoscope.data.readers import detect_layout, read
+from leukoscope.data.splits import read_split
+from leukoscope.errors import ConfigError, DataError
+from leukoscope.io import write_csv_atomic
 from leukoscope.train.config import TrainConfig
 
 #: Shares of the outlier set's groups on each side.
@@ -43,8 +47,6 @@ def run_outliers(config: TrainConfig, training: Manifest) -> Manifest | None:
     if cfg.outliers is None:
         return None
     if cfg.split is not None:  # known now, not once a model has been fitted
-        from leukoscope.data.splits import read_split
-
         split = read_split(Path(cfg.split))
         if "side" in split and not (split["side"] == "val").any():
             raise ConfigError(f"--split {cfg.split} has no validation side, which --outliers sets the "
@@ -76,11 +78,9 @@ def read_outliers(path: str, cls: str | None, training: Manifest, seed: int) -> 
         raise ConfigError(f"{where}: {len(both)} cell(s) are also training cells (e.g. {sorted(both)[0]}); "
                           "a cell cannot be both")
     ours, theirs = _digests(m["path"]), _digests(training["path"])
-    if copies := sorted(ours[d] for d in ours.keys() & theirs.keys()):
+    if copies := sorted((ours[d], theirs[d]) for d in ours.keys() & theirs.keys()):
         raise ConfigError(f"{where}: {len(copies)} cell(s) are byte-identical copies of training cells (e.g. "
-                          f"{copies[0]}, a copy of {theirs[file_digest(copies[0])]}); a cell cannot be both")
-    from leukoscope.audit.groups import grouped
-
+                          f"{copies[0][0]}, a copy of {copies[0][1]}); a cell cannot be both")
     # the audit's duplicate clusters joined into one group, as the training split does: a copy of a held-out
     # outlier is not learnt
     return with_skipped(check(_sided(grouped(m, True), seed), where, cls), left_out)
@@ -109,30 +109,17 @@ def check(m: Manifest, where: str, cls: str | None) -> Manifest:
 
 def _digests(paths: pd.Series) -> dict[str, str]:
     """Each readable file's content digest -> its path (an unreadable one is skipped when decoded)."""
-    out = {}
-    for p in paths:
-        try:
-            out[file_digest(p)] = p
-        except OSError:
-            continue
-    return out
+    return {d: p for p in paths if (d := readable_digest(p)) is not None}
 
 
 def write_record(out: Path, m: Manifest) -> None:
     """``out / RECORD``: the outlier cells a finished run used, and their sides."""
-    from leukoscope.io import write_csv_atomic
-
     write_csv_atomic(Path(out) / RECORD, m[["path", "label", "side"]])
 
 
 def _load(path: Path, where: str) -> Manifest:
     """``path`` read by the reader of its layout, or, for a folder of no known layout, every image in it
     (each its own group)."""
-    from leukoscope.data.images import iter_image_files
-    from leukoscope.data.manifest import make_manifest
-    from leukoscope.data.readers import detect_layout, read
-    from leukoscope.errors import DataError
-
     try:
         if path.is_dir() and any(path.iterdir()):
             try:
